@@ -1,0 +1,49 @@
+# hookstream — two commands to start: `make run` and `make test`.
+GO      ?= go
+BIN     := bin/hookstream
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+# Packages and flags for `make test`; e.g. `make test PKG=./eventstore/ TESTFLAGS=-v`.
+PKG       ?= ./...
+TESTFLAGS ?=
+BENCHTIME ?= 2s
+
+.DEFAULT_GOAL := help
+.PHONY: help build run test bench lint migrate db db-stop clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+build: ## build bin/hookstream
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/hookstream
+
+run: build ## run API + workers (uses DATABASE_URL, else a local PostgreSQL under .data/)
+	./$(BIN) serve --dev
+
+test: build ## go test -race on a throwaway PostgreSQL (or DATABASE_URL when set)
+	@if [ -n "$$DATABASE_URL" ]; then \
+		$(GO) test -race -count=1 $(TESTFLAGS) $(PKG); \
+	else \
+		./$(BIN) devdb exec -- $(GO) test -race -count=1 $(TESTFLAGS) $(PKG); \
+	fi
+
+bench: build ## benchmarks on a throwaway PostgreSQL with durable settings (fsync on)
+	./$(BIN) devdb exec --durable -- $(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem $(PKG)
+
+lint: ## gofmt check and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt wants to rewrite:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+migrate: build ## apply pending migrations
+	./$(BIN) migrate
+
+db: build ## start the local PostgreSQL under .data/ and print its DATABASE_URL
+	@./$(BIN) devdb start
+
+db-stop: build ## stop the local PostgreSQL
+	./$(BIN) devdb stop
+
+clean: ## stop the local PostgreSQL and remove bin/ and .data/
+	-@[ -x $(BIN) ] && ./$(BIN) devdb stop
+	rm -rf bin .data

@@ -1,0 +1,251 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hookstream/hookstream/internal/pgcluster"
+	"github.com/hookstream/hookstream/migrations"
+)
+
+const localDataDir = ".data/postgres"
+
+// database is an open pool and, when hookstream started the local cluster
+// for this process, the function that stops it.
+type database struct {
+	Pool  *pgxpool.Pool
+	URL   string
+	Local bool
+	close func()
+}
+
+func (d *database) Close() { d.close() }
+
+// openDatabase connects to DATABASE_URL, or starts (or reuses) the local
+// cluster under .data/postgres and creates its "hookstream" database.
+func openDatabase(ctx context.Context, log *slog.Logger, maxConns int32) (*database, error) {
+	url := os.Getenv("DATABASE_URL")
+	stopCluster := func() {}
+	local := false
+	if url == "" {
+		c, started, err := startLocalCluster(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if started {
+			log.Info("started local PostgreSQL", "data_dir", c.Dir, "port", c.Port)
+			stopCluster = func() {
+				sctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				if err := c.Stop(sctx, false); err != nil {
+					log.Error("stop local PostgreSQL", "err", err)
+				} else {
+					log.Info("stopped local PostgreSQL")
+				}
+			}
+		}
+		if err := ensureDatabase(ctx, c.URL("postgres"), "hookstream"); err != nil {
+			stopCluster()
+			return nil, err
+		}
+		url = c.URL("hookstream")
+		local = true
+	}
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		stopCluster()
+		return nil, fmt.Errorf("parse DATABASE_URL: %w", err)
+	}
+	if maxConns > 0 {
+		cfg.MaxConns = maxConns
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err == nil {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = pool.Ping(pctx)
+		cancel()
+		if err != nil {
+			pool.Close()
+		}
+	}
+	if err != nil {
+		stopCluster()
+		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)
+	}
+	return &database{Pool: pool, URL: url, Local: local, close: func() { pool.Close(); stopCluster() }}, nil
+}
+
+// startLocalCluster opens .data/postgres and starts it unless it already runs;
+// started says whether this call started it.
+func startLocalCluster(ctx context.Context) (*pgcluster.Cluster, bool, error) {
+	dir, err := filepath.Abs(localDataDir)
+	if err != nil {
+		return nil, false, err
+	}
+	c, err := pgcluster.Open(ctx, pgcluster.Params{Dir: dir})
+	if err != nil {
+		return nil, false, err
+	}
+	if port, ok := c.Running(ctx); ok {
+		c.Port = port
+		return c, false, nil
+	}
+	if err := c.Start(ctx); err != nil {
+		return nil, false, err
+	}
+	return c, true, nil
+}
+
+func ensureDatabase(ctx context.Context, adminURL, name string) error {
+	conn, err := pgx.Connect(ctx, adminURL)
+	if err != nil {
+		return fmt.Errorf("connect to local PostgreSQL: %w", err)
+	}
+	defer conn.Close(ctx)
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name).Scan(&exists); err != nil {
+		return fmt.Errorf("look up database: %w", err)
+	}
+	if !exists {
+		if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+			return fmt.Errorf("create database %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func cmdMigrate(ctx context.Context, args []string, stdout io.Writer, log *slog.Logger) error {
+	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
+	if err := fs.Parse(args); err != nil {
+		return exitCode(2)
+	}
+	db, err := openDatabase(ctx, log, 2)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	applied, err := migrations.Apply(ctx, db.Pool)
+	for _, name := range applied {
+		fmt.Fprintln(stdout, "applied", name)
+	}
+	if err != nil {
+		return err
+	}
+	if len(applied) == 0 {
+		fmt.Fprintln(stdout, "database is up to date")
+	}
+	return nil
+}
+
+func cmdDevDB(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return errors.New("devdb: want start, stop or exec -- CMD")
+	}
+	switch args[0] {
+	case "start":
+		c, _, err := startLocalCluster(ctx)
+		if err != nil {
+			return err
+		}
+		if err := ensureDatabase(ctx, c.URL("postgres"), "hookstream"); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "DATABASE_URL=%s\n", c.URL("hookstream"))
+		return nil
+	case "stop":
+		dir, _ := filepath.Abs(localDataDir)
+		if _, err := os.Stat(filepath.Join(dir, "PG_VERSION")); err != nil {
+			return nil
+		}
+		c, err := pgcluster.Open(ctx, pgcluster.Params{Dir: dir})
+		if err != nil {
+			return err
+		}
+		return c.Stop(ctx, false)
+	case "exec":
+		rest := args[1:]
+		durable := false
+		if len(rest) > 0 && rest[0] == "--durable" {
+			durable, rest = true, rest[1:]
+		}
+		if len(rest) > 0 && rest[0] == "--" {
+			rest = rest[1:]
+		}
+		if len(rest) == 0 {
+			return errors.New("devdb exec: want a command after --")
+		}
+		return devDBExec(ctx, rest, durable, stdout, stderr)
+	}
+	return fmt.Errorf("devdb: unknown subcommand %q", args[0])
+}
+
+// devDBExec runs a command against a throwaway cluster in a temporary
+// directory, and removes the cluster afterwards whatever the command did,
+// also on Ctrl-C or SIGTERM (the signal is passed on to the command first).
+// With durable, the cluster keeps PostgreSQL's default fsync settings (for
+// benchmarks); otherwise it trades durability for test speed.
+func devDBExec(ctx context.Context, argv []string, durable bool, stdout, stderr io.Writer) error {
+	dir, err := os.MkdirTemp("", "hookstream-pg-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	// The temp dir must be traversable by the server's (unprivileged) user.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return err
+	}
+	// The cluster must not die with ctx: it is stopped explicitly below.
+	bg := context.WithoutCancel(ctx)
+	c, err := pgcluster.Open(bg, pgcluster.Params{Dir: filepath.Join(dir, "data"), Throwaway: !durable})
+	if err != nil {
+		return err
+	}
+	if err := c.Start(bg); err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(bg, time.Minute)
+		defer cancel()
+		if err := c.Stop(sctx, true); err != nil {
+			fmt.Fprintln(stderr, "hookstream devdb:", err)
+		}
+	}()
+	fmt.Fprintf(stderr, "hookstream devdb: throwaway PostgreSQL on 127.0.0.1:%d\n", c.Port)
+
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, stdout, stderr
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+c.URL("postgres"))
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	for {
+		select {
+		case s := <-sigs:
+			_ = cmd.Process.Signal(s)
+		case err := <-done:
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				return exitCode(max(ee.ExitCode(), 1))
+			}
+			return err
+		}
+	}
+}

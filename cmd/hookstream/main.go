@@ -1,0 +1,93 @@
+// Command hookstream is the event-sourced webhook delivery engine: one binary
+// with subcommands. Configuration is parsed here only and handed down as
+// plain values.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/term"
+)
+
+// version is stamped by the Makefile (-ldflags "-X main.version=…").
+var version = "dev"
+
+const usage = `hookstream — event-sourced webhook delivery engine
+
+Usage:
+  hookstream serve [flags]      run the API and the delivery workers
+  hookstream migrate            apply pending database migrations
+  hookstream devdb start        start the project-local PostgreSQL and print its DATABASE_URL
+  hookstream devdb stop         stop the project-local PostgreSQL
+  hookstream devdb exec [--durable] -- CMD
+                                run CMD against a throwaway PostgreSQL (DATABASE_URL set), then remove it
+  hookstream version            print the version
+
+Without DATABASE_URL, serve, migrate and keys use the project-local cluster
+under .data/postgres (started when needed).
+Run "hookstream COMMAND -h" for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	log := newLogger(stderr)
+	var err error
+	switch args[0] {
+	case "serve":
+		err = cmdServe(ctx, args[1:], stdout, log)
+	case "migrate":
+		err = cmdMigrate(ctx, args[1:], stdout, log)
+	case "devdb":
+		err = cmdDevDB(ctx, args[1:], stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintln(stdout, "hookstream", version)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "hookstream: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if err != nil {
+		var ec exitCode
+		if errors.As(err, &ec) {
+			return int(ec)
+		}
+		fmt.Fprintln(stderr, "hookstream:", err)
+		return 1
+	}
+	return 0
+}
+
+// exitCode ends the process with a code and no message (the child said it).
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// newLogger logs JSON, or text when stderr is a terminal.
+func newLogger(w io.Writer) *slog.Logger {
+	level := slog.LevelInfo
+	if os.Getenv("HOOKSTREAM_LOG_LEVEL") == "debug" {
+		level = slog.LevelDebug
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}

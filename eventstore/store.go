@@ -1,0 +1,335 @@
+// Package eventstore is the append-only PostgreSQL event store: append at an
+// expected version, load a stream, read everything in commit-safe order, and
+// let Watermill consumer groups read the events table directly.
+package eventstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Expected-version sentinels for Append.
+const (
+	// AnyVersion appends after whatever the stream holds.
+	AnyVersion int64 = -1
+	// NoStream requires that the stream has no events yet.
+	NoStream int64 = 0
+)
+
+var (
+	// ErrConcurrency means the stream was not at the expected version: another
+	// writer appended first. Reload, decide again, retry.
+	ErrConcurrency = errors.New("eventstore: stream is not at the expected version")
+	// ErrDuplicateEvent means an event with the same event id is already stored;
+	// nothing of the append was stored.
+	ErrDuplicateEvent = errors.New("eventstore: event id already stored")
+	// ErrInvalid means the append itself was malformed (no events, empty ids).
+	ErrInvalid = errors.New("eventstore: invalid append")
+)
+
+// DBTX is what the store runs statements on: a pool, a connection or a transaction.
+type DBTX interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Metadata travels with every event: who and what caused it.
+type Metadata struct {
+	CorrelationID string `json:"correlation_id,omitempty"`
+	CausationID   string `json:"causation_id,omitempty"`
+	Actor         string `json:"actor,omitempty"`
+	RequestID     string `json:"request_id,omitempty"`
+}
+
+// NewEvent is an event to append. ID defaults to a new UUIDv7.
+type NewEvent struct {
+	ID            uuid.UUID
+	Type          string
+	SchemaVersion int
+	Payload       any // marshalled with encoding/json; json.RawMessage is kept as is
+	Metadata      Metadata
+}
+
+// Event is a stored event.
+type Event struct {
+	GlobalPosition int64
+	TransactionID  uint64
+	EventID        uuid.UUID
+	StreamType     string
+	StreamID       string
+	StreamVersion  int64
+	Type           string
+	SchemaVersion  int
+	Payload        json.RawMessage
+	Metadata       Metadata
+	OrgID          string
+	EnvID          string
+	RecordedAt     time.Time
+}
+
+// Position is a commit-order cursor: events are read ordered by
+// (TransactionID, GlobalPosition), and a reader checkpoints the last pair.
+type Position struct {
+	TransactionID  uint64
+	GlobalPosition int64
+}
+
+// Position returns the cursor just after e.
+func (e Event) Position() Position {
+	return Position{TransactionID: e.TransactionID, GlobalPosition: e.GlobalPosition}
+}
+
+// Store appends and reads events.
+type Store struct {
+	now func() time.Time
+}
+
+// New returns a store; now is its clock (time.Now when nil).
+func New(now func() time.Time) *Store {
+	if now == nil {
+		now = time.Now
+	}
+	return &Store{now: now}
+}
+
+// StreamAppend is the events for one stream at one expected version.
+type StreamAppend struct {
+	StreamType string
+	StreamID   string
+	OrgID      string
+	EnvID      string
+	// Expected is the version the stream must be at: NoStream, an exact version, or AnyVersion.
+	Expected int64
+	Events   []NewEvent
+}
+
+// Append appends events to one stream. See AppendMany.
+func (s *Store) Append(ctx context.Context, q DBTX, a StreamAppend) ([]Event, error) {
+	return s.AppendMany(ctx, q, a)
+}
+
+const appendSQL = `
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::int[],
+                         $7::jsonb[], $8::jsonb[], $9::text[], $10::text[]) WITH ORDINALITY
+        AS i(event_id, stream_type, stream_id, expected, event_type, schema_version, payload, metadata, org_id, env_id, ord)
+), cur AS (
+    SELECT s.stream_id,
+           (SELECT coalesce(max(e.stream_version), 0) FROM events e WHERE e.stream_id = s.stream_id) AS v
+    FROM (SELECT DISTINCT stream_id FROM input) s
+), numbered AS (
+    SELECT i.*, cur.v, row_number() OVER (PARTITION BY i.stream_id ORDER BY i.ord) AS n
+    FROM input i JOIN cur USING (stream_id)
+)
+INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, schema_version,
+                    payload, metadata, org_id, env_id, recorded_at)
+SELECT event_id, stream_type, stream_id, v + n, event_type, schema_version, payload, metadata, org_id, env_id, $11
+FROM numbered
+WHERE NOT EXISTS (SELECT 1 FROM numbered x WHERE x.expected >= 0 AND x.expected <> x.v)
+ORDER BY ord
+RETURNING global_position, transaction_id::text::bigint, event_id, stream_version`
+
+// AppendMany appends to several streams in one statement: all or nothing.
+// Each stream must be at its expected version, or the call returns
+// ErrConcurrency; an event id that is already stored gives ErrDuplicateEvent.
+// Run it on a transaction to combine it with other writes; the event INSERT
+// should be the transaction's first write so its xid is taken late.
+func (s *Store) AppendMany(ctx context.Context, q DBTX, appends ...StreamAppend) ([]Event, error) {
+	n := 0
+	for _, a := range appends {
+		if a.StreamID == "" || a.StreamType == "" || len(a.Events) == 0 {
+			return nil, fmt.Errorf("%w: stream %q needs a type, an id and at least one event", ErrInvalid, a.StreamID)
+		}
+		n += len(a.Events)
+	}
+	var (
+		ids       = make([]uuid.UUID, 0, n)
+		types     = make([]string, 0, n)
+		streamIDs = make([]string, 0, n)
+		expected  = make([]int64, 0, n)
+		evTypes   = make([]string, 0, n)
+		schemas   = make([]int32, 0, n)
+		payloads  = make([]string, 0, n)
+		metas     = make([]string, 0, n)
+		orgs      = make([]string, 0, n)
+		envs      = make([]string, 0, n)
+		out       = make([]Event, 0, n)
+	)
+	now := s.now().UTC()
+	for _, a := range appends {
+		for _, ev := range a.Events {
+			if ev.Type == "" {
+				return nil, fmt.Errorf("%w: event without a type in stream %q", ErrInvalid, a.StreamID)
+			}
+			id := ev.ID
+			if id == uuid.Nil {
+				id = uuid.Must(uuid.NewV7())
+			}
+			sv := ev.SchemaVersion
+			if sv == 0 {
+				sv = 1
+			}
+			payload, err := marshalPayload(ev.Payload)
+			if err != nil {
+				return nil, fmt.Errorf("marshal %s payload: %w", ev.Type, err)
+			}
+			meta, err := json.Marshal(ev.Metadata)
+			if err != nil {
+				return nil, fmt.Errorf("marshal metadata: %w", err)
+			}
+			ids = append(ids, id)
+			types = append(types, a.StreamType)
+			streamIDs = append(streamIDs, a.StreamID)
+			expected = append(expected, a.Expected)
+			evTypes = append(evTypes, ev.Type)
+			schemas = append(schemas, int32(sv))
+			payloads = append(payloads, string(payload))
+			metas = append(metas, string(meta))
+			orgs = append(orgs, a.OrgID)
+			envs = append(envs, a.EnvID)
+			out = append(out, Event{
+				EventID: id, StreamType: a.StreamType, StreamID: a.StreamID, Type: ev.Type, SchemaVersion: sv,
+				Payload: payload, Metadata: ev.Metadata, OrgID: a.OrgID, EnvID: a.EnvID, RecordedAt: now,
+			})
+		}
+	}
+	rows, err := q.Query(ctx, appendSQL, ids, types, streamIDs, expected, evTypes, schemas, payloads, metas, orgs, envs, now)
+	if err != nil {
+		return nil, translate(err)
+	}
+	byID := make(map[uuid.UUID]int, n)
+	for i, e := range out {
+		byID[e.EventID] = i
+	}
+	got := 0
+	for rows.Next() {
+		var pos, txid, ver int64
+		var id uuid.UUID
+		if err := rows.Scan(&pos, &txid, &id, &ver); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("scan appended event: %w", err)
+		}
+		e := &out[byID[id]]
+		e.GlobalPosition, e.TransactionID, e.StreamVersion = pos, uint64(txid), ver
+		got++
+	}
+	if err := rows.Err(); err != nil {
+		return nil, translate(err)
+	}
+	if got != n {
+		return nil, ErrConcurrency
+	}
+	return out, nil
+}
+
+func marshalPayload(p any) (json.RawMessage, error) {
+	switch v := p.(type) {
+	case nil:
+		return json.RawMessage("{}"), nil
+	case json.RawMessage:
+		if !json.Valid(v) {
+			return nil, errors.New("payload is not valid JSON")
+		}
+		return v, nil
+	default:
+		return json.Marshal(v)
+	}
+}
+
+// translate maps driver errors to the store's vocabulary.
+func translate(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
+		switch pgErr.ConstraintName {
+		case "events_stream_version_key":
+			return ErrConcurrency
+		case "events_event_id_key":
+			return ErrDuplicateEvent
+		}
+	}
+	return fmt.Errorf("append events: %w", err)
+}
+
+const selectColumns = `global_position, transaction_id::text::bigint, event_id, stream_type, stream_id, stream_version,
+	event_type, schema_version, payload, metadata, org_id, env_id, recorded_at`
+
+func scanEvent(row pgx.Row) (Event, error) {
+	var e Event
+	var txid int64
+	var meta []byte
+	err := row.Scan(&e.GlobalPosition, &txid, &e.EventID, &e.StreamType, &e.StreamID, &e.StreamVersion,
+		&e.Type, &e.SchemaVersion, &e.Payload, &meta, &e.OrgID, &e.EnvID, &e.RecordedAt)
+	if err != nil {
+		return e, err
+	}
+	e.TransactionID = uint64(txid)
+	if len(meta) > 0 {
+		if err := json.Unmarshal(meta, &e.Metadata); err != nil {
+			return e, fmt.Errorf("decode metadata of event %s: %w", e.EventID, err)
+		}
+	}
+	return e, nil
+}
+
+func collect(rows pgx.Rows, err error) ([]Event, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Event
+	for rows.Next() {
+		e, err := scanEvent(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// Load returns a stream's events in version order (none for an unknown stream).
+func (s *Store) Load(ctx context.Context, q DBTX, streamID string) ([]Event, error) {
+	evs, err := collect(q.Query(ctx, `SELECT `+selectColumns+` FROM events WHERE stream_id = $1 ORDER BY stream_version`, streamID))
+	if err != nil {
+		return nil, fmt.Errorf("load stream %s: %w", streamID, err)
+	}
+	return evs, nil
+}
+
+// LoadMany returns the events of several streams, each in version order.
+func (s *Store) LoadMany(ctx context.Context, q DBTX, streamIDs []string) (map[string][]Event, error) {
+	evs, err := collect(q.Query(ctx, `SELECT `+selectColumns+` FROM events WHERE stream_id = ANY($1) ORDER BY stream_id, stream_version`, streamIDs))
+	if err != nil {
+		return nil, fmt.Errorf("load streams: %w", err)
+	}
+	out := make(map[string][]Event, len(streamIDs))
+	for _, e := range evs {
+		out[e.StreamID] = append(out[e.StreamID], e)
+	}
+	return out, nil
+}
+
+// ReadAll returns up to limit events after the cursor, in commit order. Only
+// events of transactions older than every transaction still in progress are
+// returned, so a reader that checkpoints the last Position never skips an
+// event that commits later with a smaller position.
+func (s *Store) ReadAll(ctx context.Context, q DBTX, after Position, limit int) ([]Event, error) {
+	evs, err := collect(q.Query(ctx, `SELECT `+selectColumns+` FROM events
+		WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
+		  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+		ORDER BY transaction_id, global_position
+		LIMIT $3`, strconv.FormatUint(after.TransactionID, 10), after.GlobalPosition, limit))
+	if err != nil {
+		return nil, fmt.Errorf("read all: %w", err)
+	}
+	return evs, nil
+}

@@ -1,0 +1,425 @@
+package eventstore_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wsql "github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/internal/pgtest"
+)
+
+func ev(typ string, payload any) eventstore.NewEvent {
+	return eventstore.NewEvent{Type: typ, Payload: payload, Metadata: eventstore.Metadata{Actor: "test", CorrelationID: "corr-1", RequestID: "req_1"}}
+}
+
+func appendTo(stream string, expected int64, evs ...eventstore.NewEvent) eventstore.StreamAppend {
+	return eventstore.StreamAppend{StreamType: "test", StreamID: stream, Expected: expected, OrgID: "org", EnvID: "env", Events: evs}
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestAppendAndLoad(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	s := eventstore.New(nil)
+
+	got, err := s.Append(ctx, pool, appendTo("s1", eventstore.NoStream, ev("A", map[string]int{"n": 1}), ev("B", map[string]int{"n": 2})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got[0].StreamVersion != 1 || got[1].StreamVersion != 2 || got[0].GlobalPosition >= got[1].GlobalPosition {
+		t.Fatalf("versions/positions = %+v", got)
+	}
+	if _, err := s.Append(ctx, pool, appendTo("s1", eventstore.NoStream, ev("C", nil))); !errors.Is(err, eventstore.ErrConcurrency) {
+		t.Fatalf("NoStream on an existing stream: err = %v, want ErrConcurrency", err)
+	}
+	if _, err := s.Append(ctx, pool, appendTo("s1", 5, ev("C", nil))); !errors.Is(err, eventstore.ErrConcurrency) {
+		t.Fatalf("expected version ahead of the stream: err = %v, want ErrConcurrency", err)
+	}
+	if _, err := s.Append(ctx, pool, appendTo("s1", eventstore.AnyVersion, ev("C", nil))); err != nil {
+		t.Fatal(err)
+	}
+	loaded, err := s.Load(ctx, pool, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(loaded) != 3 || loaded[2].Type != "C" || loaded[2].StreamVersion != 3 {
+		t.Fatalf("loaded %+v", loaded)
+	}
+	if loaded[0].Metadata != (eventstore.Metadata{Actor: "test", CorrelationID: "corr-1", RequestID: "req_1"}) {
+		t.Fatalf("metadata = %+v", loaded[0].Metadata)
+	}
+	var p map[string]int
+	if err := json.Unmarshal(loaded[1].Payload, &p); err != nil || p["n"] != 2 {
+		t.Fatalf("payload = %s (%v)", loaded[1].Payload, err)
+	}
+}
+
+func TestAppendDuplicateEventIDStoredOnce(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	s := eventstore.New(nil)
+	first, err := s.Append(ctx, pool, appendTo("dup", eventstore.NoStream, ev("A", nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	again := ev("A", nil)
+	again.ID = first[0].EventID
+	if _, err := s.Append(ctx, pool, appendTo("dup", eventstore.AnyVersion, again)); !errors.Is(err, eventstore.ErrDuplicateEvent) {
+		t.Fatalf("err = %v, want ErrDuplicateEvent", err)
+	}
+	var n int
+	if err := pool.QueryRow(ctx, "SELECT count(*) FROM events WHERE event_id = $1", first[0].EventID).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("stored %d times (%v)", n, err)
+	}
+}
+
+func TestAppendManyIsAllOrNothing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	s := eventstore.New(nil)
+	if _, err := s.Append(ctx, pool, appendTo("b", eventstore.NoStream, ev("A", nil))); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.AppendMany(ctx, pool, appendTo("a", eventstore.NoStream, ev("A", nil)), appendTo("b", eventstore.NoStream, ev("B", nil)))
+	if !errors.Is(err, eventstore.ErrConcurrency) {
+		t.Fatalf("err = %v, want ErrConcurrency", err)
+	}
+	if evs, _ := s.Load(ctx, pool, "a"); len(evs) != 0 {
+		t.Fatalf("stream a got %d events from a failed append", len(evs))
+	}
+}
+
+func TestEventsAreImmutable(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	if _, err := eventstore.New(nil).Append(ctx, pool, appendTo("imm", eventstore.NoStream, ev("A", nil))); err != nil {
+		t.Fatal(err)
+	}
+	for _, stmt := range []string{
+		"UPDATE events SET event_type = 'X'",
+		"DELETE FROM events",
+		"TRUNCATE events",
+	} {
+		if _, err := pool.Exec(ctx, stmt); err == nil {
+			t.Errorf("%s succeeded; stored events must be immutable", stmt)
+		}
+	}
+	var typ string
+	if err := pool.QueryRow(ctx, "SELECT event_type FROM events").Scan(&typ); err != nil || typ != "A" {
+		t.Fatalf("event after tampering attempts: %q, %v", typ, err)
+	}
+}
+
+func TestConcurrentAppendsOneWinnerPerVersion(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	s := eventstore.New(nil)
+	const rounds, writers = 10, 16
+	for v := int64(0); v < rounds; v++ {
+		var wins, conflicts atomic.Int32
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for w := 0; w < writers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				_, err := s.Append(ctx, pool, appendTo("race", v, ev("Raced", map[string]int{"writer": w})))
+				switch {
+				case err == nil:
+					wins.Add(1)
+				case errors.Is(err, eventstore.ErrConcurrency):
+					conflicts.Add(1)
+				default:
+					t.Errorf("writer %d: %v", w, err)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		if wins.Load() != 1 || conflicts.Load() != writers-1 {
+			t.Fatalf("version %d: %d wins, %d conflicts; want 1 and %d", v+1, wins.Load(), conflicts.Load(), writers-1)
+		}
+	}
+	evs, err := s.Load(ctx, pool, "race")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range evs {
+		if e.StreamVersion != int64(i+1) {
+			t.Fatalf("event %d has version %d", i, e.StreamVersion)
+		}
+	}
+	if len(evs) != rounds {
+		t.Fatalf("%d events, want %d", len(evs), rounds)
+	}
+}
+
+type counted struct {
+	mu   sync.Mutex
+	seen map[string]int   // event id -> times seen
+	last map[string]int64 // stream -> last version seen
+	errs []string
+}
+
+func (c *counted) record(msg *message.Message) {
+	e, err := eventstore.EventFromMessage(msg)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.errs = append(c.errs, err.Error())
+		return
+	}
+	c.seen[e.EventID.String()]++
+	if e.StreamVersion != c.last[e.StreamID]+1 {
+		c.errs = append(c.errs, fmt.Sprintf("stream %s: version %d after %d", e.StreamID, e.StreamVersion, c.last[e.StreamID]))
+	}
+	c.last[e.StreamID] = e.StreamVersion
+}
+
+func subscribe(t *testing.T, pool *pgxpool.Pool, p eventstore.SubscriberParams) <-chan *message.Message {
+	t.Helper()
+	sub, err := eventstore.NewSubscriber(pool, p, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	msgs, err := sub.Subscribe(ctx, eventstore.Topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); _ = sub.Close() })
+	return msgs
+}
+
+func TestConsumerGroupSeesEveryEventOnceInStreamOrder(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	s := eventstore.New(nil)
+	msgs := subscribe(t, pool, eventstore.SubscriberParams{ConsumerGroup: "test-all", PollInterval: 5 * time.Millisecond})
+	c := &counted{seen: map[string]int{}, last: map[string]int64{}}
+	go func() {
+		for m := range msgs {
+			c.record(m)
+			m.Ack()
+		}
+	}()
+
+	const writers, streams, perWriter = 8, 20, 60
+	var wg sync.WaitGroup
+	var appended atomic.Int64
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < perWriter; i++ {
+				stream := fmt.Sprintf("stream-%d", (w*perWriter+i)%streams)
+				for {
+					_, err := s.Append(ctx, pool, appendTo(stream, eventstore.AnyVersion, ev("E", map[string]int{"w": w, "i": i})))
+					if errors.Is(err, eventstore.ErrConcurrency) {
+						continue // lost the race for the next version: retry
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					appended.Add(1)
+					break
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	waitFor(t, 30*time.Second, "consumer to see every event", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.seen) == int(appended.Load())
+	})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, n := range c.seen {
+		if n != 1 {
+			t.Errorf("event %s seen %d times", id, n)
+		}
+	}
+	for _, e := range c.errs {
+		t.Error(e)
+	}
+	if appended.Load() != writers*perWriter {
+		t.Fatalf("appended %d, want %d", appended.Load(), writers*perWriter)
+	}
+}
+
+// countingBackoff counts empty polls so a test can wait until the consumer
+// has looked at the table again.
+type countingBackoff struct {
+	wsql.BackoffManager
+	empty atomic.Int64
+}
+
+func (b *countingBackoff) HandleError(l watermill.LoggerAdapter, noMsg bool, err error) time.Duration {
+	if noMsg {
+		b.empty.Add(1)
+	}
+	return b.BackoffManager.HandleError(l, noMsg, err)
+}
+
+func TestLateCommitterIsNeitherSkippedNorPassed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	s := eventstore.New(nil)
+	backoff := &countingBackoff{BackoffManager: wsql.NewDefaultBackoffManager(5*time.Millisecond, 20*time.Millisecond)}
+	msgs := subscribe(t, pool, eventstore.SubscriberParams{ConsumerGroup: "test-late", PollInterval: 5 * time.Millisecond, Backoff: backoff})
+	var mu sync.Mutex
+	var order []string
+	go func() {
+		for m := range msgs {
+			e, _ := eventstore.EventFromMessage(m)
+			mu.Lock()
+			order = append(order, e.Type)
+			mu.Unlock()
+			m.Ack()
+		}
+	}()
+	seen := func(n int) func() bool {
+		return func() bool { mu.Lock(); defer mu.Unlock(); return len(order) >= n }
+	}
+
+	if _, err := s.Append(ctx, pool, appendTo("c", eventstore.NoStream, ev("Before", nil))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the first event", seen(1))
+
+	// The late transaction takes its xid (and a smaller global position) first…
+	late, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Rollback(ctx) //nolint:errcheck
+	if _, err := s.Append(ctx, late, appendTo("late", eventstore.NoStream, ev("Late", nil))); err != nil {
+		t.Fatal(err)
+	}
+	// …then a later transaction commits before it.
+	if _, err := s.Append(ctx, pool, appendTo("early", eventstore.NoStream, ev("Early", nil))); err != nil {
+		t.Fatal(err)
+	}
+	// Let the consumer poll several times while the late transaction is open.
+	polls := backoff.empty.Load()
+	waitFor(t, 10*time.Second, "the consumer to poll again", func() bool { return backoff.empty.Load() >= polls+3 })
+	mu.Lock()
+	if len(order) != 1 {
+		t.Fatalf("consumer passed an open transaction: saw %v", order)
+	}
+	mu.Unlock()
+	if evs, err := s.ReadAll(ctx, pool, eventstore.Position{}, 10); err != nil || len(evs) != 1 {
+		t.Fatalf("ReadAll with a transaction open returned %d events (%v), want 1", len(evs), err)
+	}
+	if err := late.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "all three events", seen(3))
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(order) != "[Before Late Early]" {
+		t.Fatalf("order = %v, want [Before Late Early] (commit order)", order)
+	}
+	evs, err := s.ReadAll(ctx, pool, eventstore.Position{}, 10)
+	if err != nil || len(evs) != 3 || evs[1].Type != "Late" {
+		t.Fatalf("ReadAll = %+v, %v", evs, err)
+	}
+	rest, err := s.ReadAll(ctx, pool, evs[1].Position(), 10)
+	if err != nil || len(rest) != 1 || rest[0].Type != "Early" {
+		t.Fatalf("ReadAll after the late event = %+v, %v", rest, err)
+	}
+}
+
+func TestSavepointHandlerRecoversAfterSQLError(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	if _, err := pool.Exec(ctx, "CREATE TABLE handled (event_id uuid PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	const ackDeadline = 30 * time.Second
+	msgs := subscribe(t, pool, eventstore.SubscriberParams{ConsumerGroup: "test-savepoint", PollInterval: 5 * time.Millisecond, AckDeadline: ackDeadline})
+	var calls atomic.Int32
+	go func() {
+		for m := range msgs {
+			err := eventstore.InSavepoint(m.Context(), func(tx pgx.Tx) error {
+				if calls.Add(1) == 1 {
+					_, err := tx.Exec(m.Context(), "INSERT INTO handled (event_id) VALUES ('not-a-uuid')")
+					return err
+				}
+				_, err := tx.Exec(m.Context(), "INSERT INTO handled (event_id) VALUES ($1)", m.UUID)
+				return err
+			})
+			if err != nil {
+				m.Nack()
+				continue
+			}
+			m.Ack()
+		}
+	}()
+	start := time.Now()
+	if _, err := eventstore.New(nil).Append(ctx, pool, appendTo("sp", eventstore.NoStream, ev("A", nil))); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	waitFor(t, ackDeadline/3, "the redelivered message to commit", func() bool {
+		return pool.QueryRow(ctx, "SELECT count(*) FROM handled").Scan(&n) == nil && n == 1
+	})
+	if calls.Load() != 2 {
+		t.Fatalf("handler ran %d times, want 2 (one failure, one success)", calls.Load())
+	}
+	t.Logf("recovered %s after the failed attempt (ack deadline %s)", time.Since(start).Round(time.Millisecond), ackDeadline)
+}
+
+func TestPublishingThroughWatermillIsRefused(t *testing.T) {
+	t.Parallel()
+	_, err := eventstore.SchemaAdapter{}.InsertQuery(wsql.InsertQueryParams{Topic: eventstore.Topic, Msgs: message.Messages{message.NewMessage("x", []byte("{}"))}})
+	if !errors.Is(err, eventstore.ErrPublishRefused) {
+		t.Fatalf("err = %v, want ErrPublishRefused", err)
+	}
+	pool := pgtest.NewPool(t)
+	pub, err := wsql.NewPublisher(wsql.BeginnerFromPgx(pool), wsql.PublisherConfig{SchemaAdapter: eventstore.SchemaAdapter{}}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.Publish(eventstore.Topic, message.NewMessage("x", []byte("{}"))); err == nil {
+		t.Fatal("publish succeeded")
+	}
+	var n int
+	if err := pool.QueryRow(context.Background(), "SELECT count(*) FROM events").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("events after refused publish: %d (%v)", n, err)
+	}
+}

@@ -1,0 +1,250 @@
+package eventstore
+
+import (
+	"context"
+	stdsql "database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill-sql/v4/pkg/sql"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Topic is the name Watermill subscribers use for the events table.
+const Topic = "events"
+
+// Metadata keys set on every Watermill message read from the events table.
+const (
+	MetaEventType      = "event_type"
+	MetaStreamType     = "stream_type"
+	MetaStreamID       = "stream_id"
+	MetaStreamVersion  = "stream_version"
+	MetaSchemaVersion  = "schema_version"
+	MetaOrgID          = "org_id"
+	MetaEnvID          = "env_id"
+	MetaRecordedAt     = "recorded_at"
+	MetaGlobalPosition = "global_position"
+	MetaTransactionID  = "transaction_id"
+	MetaCorrelationID  = "correlation_id"
+	MetaCausationID    = "causation_id"
+	MetaActor          = "actor"
+	MetaRequestID      = "request_id"
+)
+
+// ErrPublishRefused is returned by the schema adapter's InsertQuery: events
+// enter the store only through Store.Append, never through a Watermill publisher.
+var ErrPublishRefused = errors.New("eventstore: publishing into the events table through Watermill is refused; use Store.Append")
+
+// SchemaAdapter lets watermill-sql subscribers read the events table in commit
+// order: (transaction_id, global_position) after the group's offset, below the
+// oldest running transaction.
+type SchemaAdapter struct {
+	// BatchSize is how many events one subscriber query reads (default 100).
+	BatchSize int
+}
+
+var _ sql.SchemaAdapter = SchemaAdapter{}
+
+// InsertQuery always fails with ErrPublishRefused.
+func (SchemaAdapter) InsertQuery(sql.InsertQueryParams) (sql.Query, error) {
+	return sql.Query{}, ErrPublishRefused
+}
+
+// SchemaInitializingQueries returns nothing: migrations own the schema.
+func (SchemaAdapter) SchemaInitializingQueries(sql.SchemaInitializingQueriesParams) ([]sql.Query, error) {
+	return nil, nil
+}
+
+// SubscribeIsolationLevel is REPEATABLE READ, so a batch reads one snapshot.
+func (SchemaAdapter) SubscribeIsolationLevel() stdsql.IsolationLevel {
+	return stdsql.LevelRepeatableRead
+}
+
+// SelectQuery returns the next batch for a consumer group.
+func (a SchemaAdapter) SelectQuery(p sql.SelectQueryParams) (sql.Query, error) {
+	if p.Topic != Topic {
+		return sql.Query{}, fmt.Errorf("eventstore: unknown topic %q (only %q exists)", p.Topic, Topic)
+	}
+	next, err := p.OffsetsAdapter.NextOffsetQuery(sql.NextOffsetQueryParams{Topic: p.Topic, ConsumerGroup: p.ConsumerGroup})
+	if err != nil {
+		return sql.Query{}, err
+	}
+	batch := a.BatchSize
+	if batch <= 0 {
+		batch = 100
+	}
+	// A row comparison ordered on the raw columns is one range scan of the
+	// (transaction_id, global_position) index that stops after LIMIT rows.
+	// The OR-of-conditions form watermill's default uses, sorted on a cast,
+	// bitmap-scans every row past the cursor (42 ms vs 0.16 ms per batch at
+	// 150k unread rows).
+	q := `WITH last_processed AS (` + next.Query + `)
+	SELECT global_position, transaction_id::text::bigint AS txid, event_id, payload, metadata,
+	       event_type, stream_type, stream_id, stream_version, schema_version, org_id, env_id, recorded_at
+	FROM events
+	WHERE (transaction_id, global_position) >
+	      ((SELECT last_processed_transaction_id FROM last_processed), (SELECT offset_acked FROM last_processed))
+	  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+	ORDER BY transaction_id, global_position
+	LIMIT ` + strconv.Itoa(batch)
+	return sql.Query{Query: q, Args: next.Args}, nil
+}
+
+// UnmarshalMessage turns a row into a message whose UUID is the event id,
+// whose payload is the event payload and whose metadata names the event.
+func (SchemaAdapter) UnmarshalMessage(p sql.UnmarshalMessageParams) (sql.Row, error) {
+	var (
+		r                  sql.Row
+		txid, version      int64
+		schemaVersion      int
+		id                 uuid.UUID
+		evType, sType, sID string
+		org, env           string
+		recorded           time.Time
+	)
+	if err := p.Row.Scan(&r.Offset, &txid, &id, &r.Payload, &r.Metadata, &evType, &sType, &sID, &version, &schemaVersion, &org, &env, &recorded); err != nil {
+		return sql.Row{}, fmt.Errorf("scan event row: %w", err)
+	}
+	r.UUID = []byte(id.String())
+	var md Metadata
+	if len(r.Metadata) > 0 {
+		if err := json.Unmarshal(r.Metadata, &md); err != nil {
+			return sql.Row{}, fmt.Errorf("decode metadata of event %s: %w", id, err)
+		}
+	}
+	msg := message.NewMessage(id.String(), r.Payload)
+	msg.Metadata = message.Metadata{
+		MetaEventType:      evType,
+		MetaStreamType:     sType,
+		MetaStreamID:       sID,
+		MetaStreamVersion:  strconv.FormatInt(version, 10),
+		MetaSchemaVersion:  strconv.Itoa(schemaVersion),
+		MetaOrgID:          org,
+		MetaEnvID:          env,
+		MetaRecordedAt:     recorded.UTC().Format(time.RFC3339Nano),
+		MetaGlobalPosition: strconv.FormatInt(r.Offset, 10),
+		MetaTransactionID:  strconv.FormatInt(txid, 10),
+		MetaCorrelationID:  md.CorrelationID,
+		MetaCausationID:    md.CausationID,
+		MetaActor:          md.Actor,
+		MetaRequestID:      md.RequestID,
+	}
+	r.Msg = msg
+	r.ExtraData = map[string]any{"transaction_id": strconv.FormatInt(txid, 10)}
+	return r, nil
+}
+
+// EventFromMessage rebuilds the stored event from a message the subscriber produced.
+func EventFromMessage(msg *message.Message) (Event, error) {
+	id, err := uuid.Parse(msg.UUID)
+	if err != nil {
+		return Event{}, fmt.Errorf("message uuid %q: %w", msg.UUID, err)
+	}
+	md := msg.Metadata
+	version, _ := strconv.ParseInt(md.Get(MetaStreamVersion), 10, 64)
+	pos, _ := strconv.ParseInt(md.Get(MetaGlobalPosition), 10, 64)
+	txid, _ := strconv.ParseUint(md.Get(MetaTransactionID), 10, 64)
+	sv, _ := strconv.Atoi(md.Get(MetaSchemaVersion))
+	recorded, _ := time.Parse(time.RFC3339Nano, md.Get(MetaRecordedAt))
+	return Event{
+		GlobalPosition: pos, TransactionID: txid, EventID: id,
+		StreamType: md.Get(MetaStreamType), StreamID: md.Get(MetaStreamID), StreamVersion: version,
+		Type: md.Get(MetaEventType), SchemaVersion: sv, Payload: json.RawMessage(msg.Payload),
+		Metadata: Metadata{
+			CorrelationID: md.Get(MetaCorrelationID), CausationID: md.Get(MetaCausationID),
+			Actor: md.Get(MetaActor), RequestID: md.Get(MetaRequestID),
+		},
+		OrgID: md.Get(MetaOrgID), EnvID: md.Get(MetaEnvID), RecordedAt: recorded,
+	}, nil
+}
+
+// OffsetsAdapter stores consumer-group offsets in the consumer_offsets table.
+func OffsetsAdapter() sql.OffsetsAdapter {
+	return sql.DefaultPostgreSQLOffsetsAdapter{
+		GenerateMessagesOffsetsTableName: func(string) string { return "consumer_offsets" },
+	}
+}
+
+// SubscriberParams configure a consumer-group subscriber on the events table.
+type SubscriberParams struct {
+	ConsumerGroup string        // required; a persisted name, never derived
+	BatchSize     int           // events per query (default 100)
+	PollInterval  time.Duration // wait after an empty read (default 50ms)
+	AckDeadline   time.Duration // a handler slower than this is nacked (default 30s)
+	// ResendInterval is the pause before a nacked message is handed out again (default 50ms).
+	ResendInterval time.Duration
+	// Backoff decides the wait after each read; default polls every PollInterval.
+	Backoff sql.BackoffManager
+}
+
+// NewSubscriber returns a watermill-sql subscriber that reads the events table
+// for one consumer group. Handlers find the subscriber's transaction with
+// InSavepoint; it commits with the group's offset.
+func NewSubscriber(pool *pgxpool.Pool, p SubscriberParams, logger watermill.LoggerAdapter) (*sql.Subscriber, error) {
+	if p.ConsumerGroup == "" {
+		return nil, errors.New("eventstore: subscriber needs a consumer group")
+	}
+	if p.PollInterval <= 0 {
+		p.PollInterval = 50 * time.Millisecond
+	}
+	if p.AckDeadline <= 0 {
+		p.AckDeadline = 30 * time.Second
+	}
+	if p.ResendInterval <= 0 {
+		p.ResendInterval = 50 * time.Millisecond
+	}
+	if logger == nil {
+		logger = watermill.NopLogger{}
+	}
+	ack := p.AckDeadline
+	return sql.NewSubscriber(sql.BeginnerFromPgx(pool), sql.SubscriberConfig{
+		ConsumerGroup:  p.ConsumerGroup,
+		AckDeadline:    &ack,
+		PollInterval:   p.PollInterval,
+		ResendInterval: p.ResendInterval,
+		RetryInterval:  p.PollInterval * 4,
+		BackoffManager: p.Backoff,
+		SchemaAdapter:  SchemaAdapter{BatchSize: p.BatchSize},
+		OffsetsAdapter: OffsetsAdapter(),
+	}, logger)
+}
+
+// ErrNoSubscriberTx is returned by InSavepoint outside a subscriber's handler.
+var ErrNoSubscriberTx = errors.New("eventstore: no subscriber transaction in the message context")
+
+// InSavepoint runs fn inside a SAVEPOINT of the subscriber transaction carried
+// by ctx (a message's context). When fn fails, only the savepoint is rolled
+// back, so the batch's transaction stays usable and the redelivered message
+// can succeed; without it, one SQL error would poison the whole batch until
+// the ack deadline.
+func InSavepoint(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	wtx, ok := sql.TxFromContext(ctx)
+	if !ok {
+		return ErrNoSubscriberTx
+	}
+	ptx, ok := wtx.(*sql.PgxTx)
+	if !ok {
+		return fmt.Errorf("%w: transaction is %T, not pgx", ErrNoSubscriberTx, wtx)
+	}
+	sp, err := ptx.Tx.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("savepoint: %w", err)
+	}
+	if err := fn(sp); err != nil {
+		if rbErr := sp.Rollback(ctx); rbErr != nil {
+			return errors.Join(err, fmt.Errorf("rollback to savepoint: %w", rbErr))
+		}
+		return err
+	}
+	if err := sp.Commit(ctx); err != nil {
+		return fmt.Errorf("release savepoint: %w", err)
+	}
+	return nil
+}

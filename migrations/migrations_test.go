@@ -1,0 +1,80 @@
+package migrations_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hookstream/hookstream/internal/pgtest"
+	"github.com/hookstream/hookstream/migrations"
+)
+
+func TestApplyTwiceIsNoOpAndEditedMigrationIsRefused(t *testing.T) {
+	ctx := context.Background()
+	// A database created empty (not from the migrated template).
+	url := pgtest.NewDatabase(t)
+	pool, err := pgxpool.New(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(ctx, "DROP SCHEMA public CASCADE; CREATE SCHEMA public"); err != nil {
+		t.Fatal(err)
+	}
+	all, err := migrations.All()
+	if err != nil {
+		t.Fatal(err)
+	}
+	applied, err := migrations.Apply(ctx, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(applied) != len(all) {
+		t.Fatalf("first run applied %v, want all %d", applied, len(all))
+	}
+	again, err := migrations.Apply(ctx, pool)
+	if err != nil || len(again) != 0 {
+		t.Fatalf("second run applied %v (%v), want nothing", again, err)
+	}
+	// Simulate an edited file: the stored checksum no longer matches.
+	if _, err := pool.Exec(ctx, "UPDATE schema_migrations SET checksum = 'edited' || checksum WHERE version = $1", all[0].Version); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrations.Apply(ctx, pool); !errors.Is(err, migrations.ErrEdited) {
+		t.Fatalf("err = %v, want ErrEdited", err)
+	}
+}
+
+func TestConcurrentAppliesSerialise(t *testing.T) {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, pgtest.NewDatabase(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := pool.Exec(ctx, "DROP SCHEMA public CASCADE; CREATE SCHEMA public"); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 4)
+	total := make(chan int, 4)
+	for i := 0; i < 4; i++ {
+		go func() {
+			applied, err := migrations.Apply(ctx, pool)
+			errs <- err
+			total <- len(applied)
+		}()
+	}
+	sum := 0
+	for i := 0; i < 4; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+		sum += <-total
+	}
+	all, _ := migrations.All()
+	if sum != len(all) {
+		t.Fatalf("4 concurrent runs applied %d migrations in total, want %d (each once)", sum, len(all))
+	}
+}
