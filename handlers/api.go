@@ -14,6 +14,7 @@ import (
 
 // APIParams configure the REST API.
 type APIParams struct {
+	Service *Service
 	Pool    *pgxpool.Pool
 	Log     *slog.Logger
 	Version string
@@ -38,6 +39,8 @@ func NewAPI(p APIParams) *API {
 	a.router.Use(a.withRequestID)
 	v1 := a.router.PathPrefix("/v1").Subrouter()
 	a.registerHealthRoutes(v1)
+	a.registerResourceRoutes(v1)
+	a.registerDeliveryRoutes(v1)
 	a.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, newRequestID()))
 		writeError(w, r, a.p.Log, domain.Errorf(domain.ENotFound, "Not found"))

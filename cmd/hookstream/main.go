@@ -24,6 +24,8 @@ const usage = `hookstream — event-sourced webhook delivery engine
 Usage:
   hookstream serve [flags]      run the API and the delivery workers
   hookstream migrate            apply pending database migrations
+  hookstream keys create --name NAME [--org ID --env ID] [--test] [--json]
+                                create an API key (printed once)
   hookstream devdb start        start the project-local PostgreSQL and print its DATABASE_URL
   hookstream devdb stop         stop the project-local PostgreSQL
   hookstream devdb exec [--durable] -- CMD
@@ -53,6 +55,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdServe(ctx, args[1:], stdout, log)
 	case "migrate":
 		err = cmdMigrate(ctx, args[1:], stdout, log)
+	case "keys":
+		err = cmdKeys(ctx, args[1:], stdout, log)
 	case "devdb":
 		err = cmdDevDB(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-v":

@@ -9,8 +9,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"strings"
 	"time"
 
+	"github.com/hookstream/hookstream/eventstore"
 	"github.com/hookstream/hookstream/handlers"
 	"github.com/hookstream/hookstream/migrations"
 )
@@ -21,7 +24,14 @@ type serveConfig struct {
 	Migrate       bool
 	ShutdownGrace time.Duration
 	// Dev is `make run`'s local mode: destinations on loopback are allowed.
-	Dev bool
+	Dev            bool
+	AllowCIDRs     string
+	PublicURL      string
+	MaxIngestBody  int64
+	Lanes          int
+	PerDestination int
+	LeaseMargin    time.Duration
+	API, Workers   bool
 }
 
 func parseServe(args []string) (serveConfig, error) {
@@ -30,9 +40,20 @@ func parseServe(args []string) (serveConfig, error) {
 	fs.StringVar(&c.Addr, "addr", envOr("HOOKSTREAM_ADDR", "127.0.0.1:8080"), "listen address (HOOKSTREAM_ADDR)")
 	fs.BoolVar(&c.Migrate, "migrate", envBool("HOOKSTREAM_MIGRATE", true), "apply pending migrations at start (HOOKSTREAM_MIGRATE)")
 	fs.BoolVar(&c.Dev, "dev", false, "local development mode: allow loopback destinations")
+	fs.StringVar(&c.AllowCIDRs, "allow-cidrs", envOr("HOOKSTREAM_ALLOW_CIDRS", ""), "comma-separated CIDRs destinations may resolve to despite the private-address guard (HOOKSTREAM_ALLOW_CIDRS)")
+	fs.StringVar(&c.PublicURL, "public-url", envOr("HOOKSTREAM_PUBLIC_URL", ""), "base URL shown in ingest URLs (HOOKSTREAM_PUBLIC_URL; default http://ADDR)")
+	fs.Int64Var(&c.MaxIngestBody, "max-ingest-body", 1<<20, "largest ingested body in bytes (413 above)")
+	fs.IntVar(&c.Lanes, "lanes", 32, "delivery batches in flight at once")
+	fs.IntVar(&c.PerDestination, "per-destination", 32, "in-flight requests per destination")
+	fs.DurationVar(&c.LeaseMargin, "lease-margin", 30*time.Second, "added to a destination's timeout for a claimed job's lease")
+	fs.BoolVar(&c.API, "api", false, "run only the API (with --workers: both, the default)")
+	fs.BoolVar(&c.Workers, "workers", false, "run only the delivery workers")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 15*time.Second, "how long in-flight work may finish on shutdown")
 	if err := fs.Parse(args); err != nil {
 		return c, err
+	}
+	if !c.API && !c.Workers {
+		c.API, c.Workers = true, true
 	}
 	return c, nil
 }
@@ -56,16 +77,46 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 			log.Info("applied migration", "name", m)
 		}
 	}
-	api := handlers.NewAPI(handlers.APIParams{Pool: db.Pool, Log: log, Version: version})
+	policy, err := outboundPolicy(cfg)
+	if err != nil {
+		return err
+	}
+	if cfg.Dev {
+		log.Warn("dev mode: deliveries to loopback addresses are allowed")
+	}
+	if err := bootstrapKey(ctx, db, stdout); err != nil {
+		return err
+	}
+	store := eventstore.New(nil)
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}
+	publicURL := cfg.PublicURL
+	if publicURL == "" {
+		publicURL = "http://" + ln.Addr().String()
+	}
+	svc := handlers.NewService(handlers.ServiceParams{Pool: db.Pool, Store: store, Log: log, PublicURL: publicURL, MaxIngestBody: cfg.MaxIngestBody})
+	api := handlers.NewAPI(handlers.APIParams{Service: svc, Pool: db.Pool, Log: log, Version: version})
 	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	fmt.Fprintf(stdout, "hookstream %s listening on http://%s\n", version, ln.Addr())
-	log.Info("serving", "addr", ln.Addr().String())
+	errc := make(chan error, 2)
+	if cfg.API {
+		go func() { errc <- srv.Serve(ln) }()
+		fmt.Fprintf(stdout, "hookstream %s listening on %s\n", version, publicURL)
+	} else {
+		ln.Close()
+	}
+	engineDone := make(chan error, 1)
+	engineCtx, stopEngine := context.WithCancel(ctx)
+	defer stopEngine()
+	if cfg.Workers {
+		engine := handlers.NewEngine(handlers.EngineParams{Pool: db.Pool, Store: store, Log: log, Outbound: policy,
+			Lanes: cfg.Lanes, PerDestination: cfg.PerDestination, LeaseMargin: cfg.LeaseMargin})
+		go func() { engineDone <- engine.Run(engineCtx) }()
+	} else {
+		close(engineDone)
+	}
+	log.Info("serving", "addr", ln.Addr().String(), "api", cfg.API, "workers", cfg.Workers)
 
 	select {
 	case err := <-errc:
@@ -78,5 +129,43 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("shutdown: %w", err)
 	}
+	stopEngine()
+	if err := <-engineDone; err != nil {
+		return fmt.Errorf("engine: %w", err)
+	}
+	return nil
+}
+
+func outboundPolicy(cfg serveConfig) (handlers.OutboundPolicy, error) {
+	var p handlers.OutboundPolicy
+	cidrs := cfg.AllowCIDRs
+	if cfg.Dev {
+		cidrs += ",127.0.0.0/8,::1/128"
+	}
+	for _, c := range strings.Split(cidrs, ",") {
+		if c = strings.TrimSpace(c); c == "" {
+			continue
+		}
+		pfx, err := netip.ParsePrefix(c)
+		if err != nil {
+			return p, fmt.Errorf("--allow-cidrs: %q is not a CIDR", c)
+		}
+		p.Allow = append(p.Allow, pfx)
+	}
+	return p, nil
+}
+
+// bootstrapKey creates a default organization, environment and API key on
+// the first start against an empty database, and prints the key once.
+func bootstrapKey(ctx context.Context, db *database, stdout io.Writer) error {
+	has, err := handlers.HasAPIKeys(ctx, db.Pool)
+	if err != nil || has {
+		return err
+	}
+	k, err := handlers.CreateAPIKey(ctx, db.Pool, eventstore.New(nil), handlers.KeyParams{Name: "default"}, time.Now())
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\nCreated the first API key (shown once, keep it):\n\n  export HOOKSTREAM_API_KEY=%s\n\n", k.Key)
 	return nil
 }

@@ -1,0 +1,164 @@
+package domain
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Decided is an event a decision produced, ready to append.
+type Decided struct {
+	Type    string
+	Payload any
+}
+
+// PlannedAttempt is the attempt a delivery will make next.
+type PlannedAttempt struct {
+	ID      string
+	Number  int
+	Trigger string
+	Due     time.Time
+}
+
+// Delivery is the aggregate of one delivery stream: one event to one
+// connection's destination. It changes only by applying events and decides
+// by returning new ones.
+type Delivery struct {
+	version     int64
+	requested   DeliveryRequested
+	lastNumber  int    // highest attempt number assigned
+	autoRetries int    // automatic retries made
+	next        *PlannedAttempt
+	terminal    string // "", "success" or "dlq"
+	reopened    string // terminal state a manual retry reopened
+	lastAttempt string
+}
+
+// Version is the stream version the aggregate reflects.
+func (d *Delivery) Version() int64 { return d.version }
+
+// Requested is the stream's opening event.
+func (d *Delivery) Requested() DeliveryRequested { return d.requested }
+
+// Next is the attempt the delivery waits for, or nil when none is planned.
+func (d *Delivery) Next() *PlannedAttempt { return d.next }
+
+// Terminal is "success", "dlq", or "" while the delivery is live.
+func (d *Delivery) Terminal() string { return d.terminal }
+
+// Apply folds one stored event into the aggregate.
+func (d *Delivery) Apply(version int64, eventType string, payload []byte) error {
+	d.version = version
+	switch eventType {
+	case EvDeliveryRequested:
+		var e DeliveryRequested
+		if err := json.Unmarshal(payload, &e); err != nil {
+			return fmt.Errorf("decode %s: %w", eventType, err)
+		}
+		d.requested = e
+		d.lastNumber = 1
+		d.next = &PlannedAttempt{ID: e.AttemptID, Number: 1, Trigger: e.TriggerType, Due: e.RequestedAt}
+	case EvDeliveryAttempted:
+		var e DeliveryAttempted
+		if err := json.Unmarshal(payload, &e); err != nil {
+			return fmt.Errorf("decode %s: %w", eventType, err)
+		}
+		if e.TriggerType == TriggerRetry {
+			d.autoRetries++
+		}
+		d.lastAttempt = e.AttemptID
+		d.next = nil
+		if e.Status == AttemptSuccess {
+			d.terminal = AttemptSuccess
+		}
+	case EvRetryScheduled:
+		var e RetryScheduled
+		if err := json.Unmarshal(payload, &e); err != nil {
+			return fmt.Errorf("decode %s: %w", eventType, err)
+		}
+		d.next = &PlannedAttempt{ID: e.NextAttemptID, Number: e.AttemptNumber, Trigger: TriggerRetry, Due: e.NotBefore}
+		d.lastNumber = max(d.lastNumber, e.AttemptNumber)
+	case EvRetryRequested:
+		var e RetryRequested
+		if err := json.Unmarshal(payload, &e); err != nil {
+			return fmt.Errorf("decode %s: %w", eventType, err)
+		}
+		d.reopened = d.terminal
+		d.terminal = ""
+		d.next = &PlannedAttempt{ID: e.AttemptID, Number: e.AttemptNumber, Trigger: TriggerManual, Due: e.RequestedAt}
+		d.lastNumber = max(d.lastNumber, e.AttemptNumber)
+	case EvMovedToDLQ:
+		d.terminal = "dlq"
+		d.reopened = ""
+		d.next = nil
+	default:
+		return fmt.Errorf("delivery stream: unknown event type %q", eventType)
+	}
+	return nil
+}
+
+// ErrAttemptNotPlanned is returned by RecordAttempt for an attempt the
+// delivery is not waiting for (already recorded, or superseded).
+var ErrAttemptNotPlanned = Errorf(EConflict, "attempt is not the one the delivery waits for")
+
+// RecordAttempt decides what follows an attempt: DeliveryAttempted, then
+// RetryScheduled while automatic retries remain, or MovedToDLQ when they are
+// exhausted (or when a manual retry of a terminal delivery failed).
+func (d *Delivery) RecordAttempt(res DeliveryAttempted, policy RetryPolicy, now time.Time, newID func() string) ([]Decided, error) {
+	if d.next == nil || d.next.ID != res.AttemptID {
+		return nil, ErrAttemptNotPlanned
+	}
+	res.AttemptNumber = d.next.Number
+	res.TriggerType = d.next.Trigger
+	out := []Decided{{Type: EvDeliveryAttempted, Payload: res}}
+	if res.Status == AttemptSuccess {
+		return out, nil
+	}
+	retriesMade := d.autoRetries
+	if res.TriggerType == TriggerRetry {
+		retriesMade++
+	}
+	dlq := func(reason string) []Decided {
+		return append(out, Decided{Type: EvMovedToDLQ, Payload: MovedToDLQ{AttemptID: res.AttemptID, Reason: reason, DLQAt: now}})
+	}
+	switch {
+	case res.TriggerType == TriggerReplay:
+		return out, nil // replays are never retried
+	case d.reopened != "":
+		return dlq("manual retry failed"), nil
+	case !policy.Enabled:
+		return dlq("retries disabled"), nil
+	case retriesMade >= policy.MaxRetries:
+		return dlq(fmt.Sprintf("retries exhausted after %d attempts", res.AttemptNumber)), nil
+	}
+	return append(out, Decided{Type: EvRetryScheduled, Payload: RetryScheduled{
+		AfterAttemptID: res.AttemptID,
+		NextAttemptID:  newID(),
+		AttemptNumber:  d.lastNumber + 1,
+		NotBefore:      now.Add(policy.Delay(retriesMade + 1)),
+	}}), nil
+}
+
+// RequestRetry decides a manual retry: a new attempt now. A pending automatic
+// retry is pulled forward (the manual attempt takes its place); a terminal
+// delivery gets one extra attempt. It refuses (EInvalid) while a manual retry
+// is already waiting to run.
+func (d *Delivery) RequestRetry(fromAttemptID, attemptID, url, method string, now time.Time) ([]Decided, error) {
+	if d.version == 0 {
+		return nil, Errorf(ENotFound, "Delivery attempt not found")
+	}
+	number := d.lastNumber + 1
+	if d.next != nil {
+		switch d.next.Trigger {
+		case TriggerManual:
+			return nil, Errorf(EInvalid, "Retry failed: a retry of this delivery is already in flight")
+		case TriggerInitial, TriggerReplay:
+			return nil, Errorf(EInvalid, "Retry failed: the delivery's first attempt has not run yet")
+		}
+		number = d.next.Number
+	}
+	return []Decided{{Type: EvRetryRequested, Payload: RetryRequested{
+		AttemptID: attemptID, AttemptNumber: number, FromAttemptID: fromAttemptID,
+		RequestURL: url, RequestMethod: method, RequestedAt: now,
+	}}}, nil
+}

@@ -1,0 +1,123 @@
+package domain
+
+import "time"
+
+// Stream types. Persisted: never rename.
+const (
+	StreamSource      = "source"
+	StreamDestination = "destination"
+	StreamConnection  = "connection"
+	StreamEvent       = "event"
+	StreamDelivery    = "delivery"
+	StreamAPIKey      = "api_key"
+)
+
+// Event type names. Persisted: never rename, never derive by reflection.
+const (
+	EvSourceCreated      = "SourceCreated"
+	EvSourceUpdated      = "SourceUpdated"
+	EvSourceDeleted      = "SourceDeleted"
+	EvDestinationCreated = "DestinationCreated"
+	EvDestinationUpdated = "DestinationUpdated"
+	EvDestinationDeleted = "DestinationDeleted"
+	EvConnectionCreated  = "ConnectionCreated"
+	EvConnectionUpdated  = "ConnectionUpdated"
+	EvConnectionDeleted  = "ConnectionDeleted"
+	EvAPIKeyCreated      = "APIKeyCreated"
+
+	EvEventReceived     = "EventReceived"
+	EvDeliveryRequested = "DeliveryRequested"
+	EvDeliveryAttempted = "DeliveryAttempted"
+	EvRetryScheduled    = "RetryScheduled"
+	EvRetryRequested    = "RetryRequested"
+	EvMovedToDLQ        = "MovedToDLQ"
+)
+
+// Attempt statuses and trigger types of the delivery_attempt object.
+const (
+	AttemptPending = "pending"
+	AttemptSuccess = "success"
+	AttemptFailed  = "failed"
+
+	TriggerInitial = "initial"
+	TriggerRetry   = "retry"
+	TriggerManual  = "manual"
+	TriggerReplay  = "replay"
+)
+
+// EventReceived is an ingested webhook, exactly as it arrived.
+type EventReceived struct {
+	EventID     string              `json:"event_id"`
+	SourceID    string              `json:"source_id"`
+	SourceName  string              `json:"source_name"`
+	SourceSlug  string              `json:"source_slug"`
+	Method      string              `json:"method"`
+	Headers     map[string][]string `json:"headers"`
+	Query       map[string][]string `json:"query"`
+	ContentType string              `json:"content_type,omitempty"`
+	SourceIP    string              `json:"source_ip,omitempty"`
+	BodyB64     string              `json:"body_b64"`
+	BodySize    int                 `json:"body_size"`
+	Deliveries  int                 `json:"deliveries"`
+	ReceivedAt  time.Time           `json:"received_at"`
+}
+
+// DeliveryRequested opens a delivery stream: one event to one connection's destination.
+type DeliveryRequested struct {
+	DeliveryID      string    `json:"delivery_id"`
+	EventID         string    `json:"event_id"`
+	ReceivedUUID    string    `json:"received_uuid"` // store event id of the EventReceived
+	ConnectionID    string    `json:"connection_id"`
+	ConnectionName  string    `json:"connection_name"`
+	DestinationID   string    `json:"destination_id"`
+	DestinationName string    `json:"destination_name"`
+	RequestURL      string    `json:"request_url"`
+	RequestMethod   string    `json:"request_method"`
+	AttemptID       string    `json:"attempt_id"` // id of attempt 1
+	TriggerType     string    `json:"trigger_type"`
+	RequestedAt     time.Time `json:"requested_at"`
+}
+
+// DeliveryAttempted records one HTTP attempt and what the destination said.
+type DeliveryAttempted struct {
+	AttemptID       string    `json:"attempt_id"`
+	AttemptNumber   int       `json:"attempt_number"`
+	TriggerType     string    `json:"trigger_type"`
+	RequestURL      string    `json:"request_url"`
+	RequestMethod   string    `json:"request_method"`
+	RequestHeaders  string    `json:"request_headers"`
+	RequestBodySize int       `json:"request_body_size"`
+	ResponseStatus  *int      `json:"response_status"`
+	ResponseHeaders *string   `json:"response_headers"`
+	ResponseBody    *string   `json:"response_body"`
+	DurationMS      int       `json:"duration_ms"`
+	Status          string    `json:"status"` // success | failed
+	Error           *string   `json:"error"`
+	StartedAt       time.Time `json:"started_at"`
+}
+
+// RetryScheduled is the decision to retry automatically, not before NotBefore.
+// Replays read it instead of re-running today's policy.
+type RetryScheduled struct {
+	AfterAttemptID string    `json:"after_attempt_id"`
+	NextAttemptID  string    `json:"next_attempt_id"`
+	AttemptNumber  int       `json:"attempt_number"`
+	NotBefore      time.Time `json:"not_before"`
+}
+
+// RetryRequested is a manual retry (the retry endpoint): a new attempt now.
+type RetryRequested struct {
+	AttemptID     string    `json:"attempt_id"`
+	AttemptNumber int       `json:"attempt_number"`
+	FromAttemptID string    `json:"from_attempt_id"`
+	RequestURL    string    `json:"request_url"`
+	RequestMethod string    `json:"request_method"`
+	RequestedAt   time.Time `json:"requested_at"`
+}
+
+// MovedToDLQ marks the delivery dead-lettered after AttemptID failed.
+type MovedToDLQ struct {
+	AttemptID string    `json:"attempt_id"`
+	Reason    string    `json:"reason"`
+	DLQAt     time.Time `json:"dlq_at"`
+}

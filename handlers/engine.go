@@ -1,0 +1,571 @@
+package handlers
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/projections"
+)
+
+// ResponseBodyLimit is how much of a destination's response body an attempt records.
+const ResponseBodyLimit = 10 * 1024
+
+// EngineParams configure the delivery workers.
+type EngineParams struct {
+	Pool     *pgxpool.Pool
+	Store    *eventstore.Store
+	Log      *slog.Logger
+	Now      func() time.Time
+	Outbound OutboundPolicy
+	// Lanes is how many delivery batches run at once (default 32).
+	Lanes int
+	// PerDestination bounds in-flight requests to one destination (default 32),
+	// so a hanging destination cannot take every lane.
+	PerDestination int
+	// LeaseMargin is added to a destination's timeout for a job's lease (default 30s).
+	LeaseMargin time.Duration
+	// Poll is the dispatcher's fallback poll when no notification wakes it (default 250ms).
+	Poll time.Duration
+	// ConsumerPoll is the consumer groups' poll interval (default 10ms).
+	ConsumerPoll time.Duration
+	WorkerID     string
+}
+
+// Engine runs the pipeline: the "log" router (scheduler and projectors on the
+// events table), the dispatcher, and the "delivery" router.
+type Engine struct {
+	p      EngineParams
+	client *http.Client
+	wlog   watermill.LoggerAdapter
+
+	lanes    chan int
+	mu       sync.Mutex
+	inflight map[string]int
+	wake     chan struct{}
+}
+
+// NewEngine fills defaults and returns an engine ready to Run.
+func NewEngine(p EngineParams) *Engine {
+	if p.Now == nil {
+		p.Now = time.Now
+	}
+	if p.Log == nil {
+		p.Log = slog.Default()
+	}
+	if p.Store == nil {
+		p.Store = eventstore.New(p.Now)
+	}
+	if p.Lanes <= 0 {
+		p.Lanes = 32
+	}
+	if p.PerDestination <= 0 {
+		p.PerDestination = 32
+	}
+	if p.LeaseMargin <= 0 {
+		p.LeaseMargin = 30 * time.Second
+	}
+	if p.Poll <= 0 {
+		p.Poll = 250 * time.Millisecond
+	}
+	if p.ConsumerPoll <= 0 {
+		p.ConsumerPoll = 10 * time.Millisecond
+	}
+	if p.WorkerID == "" {
+		p.WorkerID = newID()
+	}
+	e := &Engine{p: p, client: NewHTTPClient(p.Outbound), wlog: watermill.NewSlogLogger(p.Log.With("component", "watermill")),
+		lanes: make(chan int, p.Lanes), inflight: map[string]int{}, wake: make(chan struct{}, 1)}
+	for i := 0; i < p.Lanes; i++ {
+		e.lanes <- i
+	}
+	return e
+}
+
+// Run runs the engine until ctx ends, then stops claiming, lets in-flight
+// deliveries finish and record, and returns.
+func (e *Engine) Run(ctx context.Context) error {
+	logRouter, err := message.NewRouter(message.RouterConfig{CloseTimeout: 30 * time.Second}, e.wlog)
+	if err != nil {
+		return err
+	}
+	for _, c := range []struct {
+		group string
+		apply func(context.Context, pgx.Tx, eventstore.Event) error
+	}{
+		{GroupScheduler, applySchedule},
+		{projections.GroupDeliveryAttempts, projections.ApplyDeliveryAttempts},
+		{projections.GroupEvents, projections.ApplyEvents},
+	} {
+		sub, err := eventstore.NewSubscriber(e.p.Pool, eventstore.SubscriberParams{ConsumerGroup: c.group, PollInterval: e.p.ConsumerPoll}, e.wlog)
+		if err != nil {
+			return err
+		}
+		apply := c.apply
+		logRouter.AddConsumerHandler(c.group, eventstore.Topic, sub, func(msg *message.Message) error {
+			ev, err := eventstore.EventFromMessage(msg)
+			if err != nil {
+				return err
+			}
+			return eventstore.InSavepoint(msg.Context(), func(tx pgx.Tx) error { return apply(msg.Context(), tx, ev) })
+		})
+	}
+
+	bus := gochannel.NewGoChannel(gochannel.Config{}, e.wlog)
+	deliveryRouter, err := message.NewRouter(message.RouterConfig{CloseTimeout: 2*time.Minute + e.p.LeaseMargin}, e.wlog)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < e.p.Lanes; i++ {
+		deliveryRouter.AddConsumerHandler("delivery."+strconv.Itoa(i), laneTopic(i), bus, e.handleBatch)
+	}
+
+	runCtx, stopRouters := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRouters()
+	errc := make(chan error, 3)
+	go func() { errc <- logRouter.Run(runCtx) }()
+	go func() { errc <- deliveryRouter.Run(runCtx) }()
+	<-logRouter.Running()
+	<-deliveryRouter.Running()
+	e.p.Log.Info("engine running", "worker", e.p.WorkerID, "lanes", e.p.Lanes, "per_destination", e.p.PerDestination)
+
+	dispatchDone := make(chan struct{})
+	go func() { defer close(dispatchDone); e.dispatch(ctx, bus) }()
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		e.p.Log.Error("router stopped", "err", err)
+	}
+	<-dispatchDone
+	// Stop claiming first, then let in-flight batches record their attempts.
+	closeErr := errors.Join(deliveryRouter.Close(), logRouter.Close(), bus.Close())
+	e.releaseLeases()
+	return closeErr
+}
+
+func laneTopic(i int) string { return "deliveries." + strconv.Itoa(i) }
+
+// releaseLeases hands back jobs this worker claimed but never started.
+func (e *Engine) releaseLeases() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := e.p.Pool.Exec(ctx, `UPDATE delivery_jobs SET lease_until = NULL, leased_by = NULL WHERE leased_by = $1 AND state = 'scheduled'`, e.p.WorkerID); err != nil {
+		e.p.Log.Error("release leases", "err", err)
+	}
+}
+
+// dispatchJob is a claimed job with everything the HTTP call needs.
+type dispatchJob struct {
+	DeliveryID    string             `json:"delivery_id"`
+	OrgID         string             `json:"org_id"`
+	EnvID         string             `json:"env_id"`
+	EventID       string             `json:"event_id"`
+	DestinationID string             `json:"destination_id"`
+	AttemptID     string             `json:"attempt_id"`
+	AttemptNumber int                `json:"attempt_number"`
+	Version       int64              `json:"version"`
+	BodyB64       string             `json:"body_b64"`
+	ContentType   string             `json:"content_type"`
+	DestFound     bool               `json:"dest_found"`
+	URL           string             `json:"url"`
+	Method        string             `json:"method"`
+	Headers       map[string]string  `json:"headers"`
+	TimeoutMS     int                `json:"timeout_ms"`
+	Retry         domain.RetryPolicy `json:"retry"`
+}
+
+func (e *Engine) dispatch(ctx context.Context, bus message.Publisher) {
+	go e.listen(ctx)
+	ticker := time.NewTicker(e.p.Poll)
+	defer ticker.Stop()
+	for {
+		for {
+			n, err := e.claimAndPublish(ctx, bus)
+			if err != nil {
+				if ctx.Err() == nil {
+					e.p.Log.Error("dispatch", "err", err)
+				}
+				break
+			}
+			if n == 0 {
+				break
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.wake:
+		case <-ticker.C:
+		}
+	}
+}
+
+// listen turns NOTIFY hookstream_jobs (sent when jobs become due now) into
+// wake-ups; polling stays the fallback.
+func (e *Engine) listen(ctx context.Context) {
+	for ctx.Err() == nil {
+		conn, err := e.p.Pool.Acquire(ctx)
+		if err != nil {
+			time.Sleep(time.Second)
+			continue
+		}
+		if _, err := conn.Exec(ctx, "LISTEN hookstream_jobs"); err == nil {
+			for {
+				if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
+					break
+				}
+				e.poke()
+			}
+		}
+		conn.Hijack().Close(context.Background()) //nolint:errcheck // a LISTENing connection is not returned to the pool
+	}
+}
+
+func (e *Engine) poke() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+const claimSQL = `
+WITH c AS (
+    SELECT j.delivery_id, j.destination_id FROM delivery_jobs j
+    WHERE j.state = 'scheduled' AND j.due_at <= $1 AND (j.lease_until IS NULL OR j.lease_until < $1)
+      AND j.destination_id <> ALL($3::text[])
+      AND NOT EXISTS (SELECT 1 FROM destinations d WHERE d.id = j.destination_id AND d.status = 'paused')
+    ORDER BY j.due_at
+    LIMIT $2
+    FOR UPDATE OF j SKIP LOCKED
+), u AS (
+    UPDATE delivery_jobs j
+    SET lease_until = $1 + (coalesce(d.timeout_ms, 30000) * interval '1 millisecond') + $5::interval, leased_by = $4
+    FROM c LEFT JOIN destinations d ON d.id = c.destination_id
+    WHERE j.delivery_id = c.delivery_id
+    RETURNING j.delivery_id, j.org_id, j.env_id, j.event_id, j.destination_id, j.attempt_id, j.attempt_number, j.version, j.received_uuid
+)
+SELECT u.delivery_id, u.org_id, u.env_id, u.event_id, u.destination_id, u.attempt_id, u.attempt_number, u.version,
+       e.payload->>'body_b64', coalesce(e.payload->>'content_type', ''),
+       d.id IS NOT NULL, coalesce(d.url, ''), coalesce(d.method, 'POST'), coalesce(d.headers, '{}'), coalesce(d.timeout_ms, 30000),
+       coalesce(d.retry_enabled, false), coalesce(d.retry_max_attempts, 0), coalesce(d.retry_backoff_type, 'exponential'),
+       coalesce(d.retry_intervals, '[30]')
+FROM u JOIN events e ON e.event_id = u.received_uuid
+LEFT JOIN destinations d ON d.id = u.destination_id`
+
+// claimAndPublish claims due jobs, groups them per destination within the
+// per-destination bound, and hands each group to a free lane.
+func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (int, error) {
+	e.mu.Lock()
+	saturated := []string{}
+	for d, n := range e.inflight {
+		if n >= e.p.PerDestination {
+			saturated = append(saturated, d)
+		}
+	}
+	e.mu.Unlock()
+	rows, err := e.p.Pool.Query(ctx, claimSQL, e.p.Now().UTC(), 128, saturated, e.p.WorkerID, e.p.LeaseMargin)
+	if err != nil {
+		return 0, fmt.Errorf("claim jobs: %w", err)
+	}
+	var jobs []dispatchJob
+	for rows.Next() {
+		var j dispatchJob
+		var headers, intervals []byte
+		if err := rows.Scan(&j.DeliveryID, &j.OrgID, &j.EnvID, &j.EventID, &j.DestinationID, &j.AttemptID, &j.AttemptNumber, &j.Version,
+			&j.BodyB64, &j.ContentType, &j.DestFound, &j.URL, &j.Method, &headers, &j.TimeoutMS,
+			&j.Retry.Enabled, &j.Retry.MaxRetries, &j.Retry.Backoff, &intervals); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("scan claimed job: %w", err)
+		}
+		_ = json.Unmarshal(headers, &j.Headers)
+		_ = json.Unmarshal(intervals, &j.Retry.Intervals)
+		jobs = append(jobs, j)
+	}
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("claim jobs: %w", err)
+	}
+	byDest := map[string][]dispatchJob{}
+	var order []string
+	for _, j := range jobs {
+		if _, ok := byDest[j.DestinationID]; !ok {
+			order = append(order, j.DestinationID)
+		}
+		byDest[j.DestinationID] = append(byDest[j.DestinationID], j)
+	}
+	var excess []string
+	for _, dest := range order {
+		group := byDest[dest]
+		e.mu.Lock()
+		free := e.p.PerDestination - e.inflight[dest]
+		if free < len(group) {
+			for _, j := range group[max(free, 0):] {
+				excess = append(excess, j.DeliveryID)
+			}
+			group = group[:max(free, 0)]
+		}
+		e.inflight[dest] += len(group)
+		e.mu.Unlock()
+		for len(group) > 0 {
+			chunk := group[:min(16, len(group))]
+			group = group[len(chunk):]
+			var lane int
+			select {
+			case lane = <-e.lanes:
+			case <-ctx.Done():
+				e.finished(dest, len(chunk)+len(group), -1)
+				return len(jobs), ctx.Err()
+			}
+			payload, _ := json.Marshal(chunk)
+			msg := message.NewMessage(newID(), payload)
+			msg.Metadata.Set("lane", strconv.Itoa(lane))
+			msg.Metadata.Set("destination_id", dest)
+			if err := bus.Publish(laneTopic(lane), msg); err != nil {
+				e.finished(dest, len(chunk)+len(group), lane)
+				return len(jobs), fmt.Errorf("publish batch: %w", err)
+			}
+		}
+	}
+	if len(excess) > 0 {
+		if _, err := e.p.Pool.Exec(ctx, `UPDATE delivery_jobs SET lease_until = NULL, leased_by = NULL WHERE delivery_id = ANY($1) AND leased_by = $2`, excess, e.p.WorkerID); err != nil {
+			return len(jobs), fmt.Errorf("release excess jobs: %w", err)
+		}
+	}
+	return len(jobs) - len(excess), nil
+}
+
+// finished returns n per-destination slots and a lane (when lane >= 0).
+func (e *Engine) finished(dest string, n, lane int) {
+	e.mu.Lock()
+	e.inflight[dest] -= n
+	if e.inflight[dest] <= 0 {
+		delete(e.inflight, dest)
+	}
+	e.mu.Unlock()
+	if lane >= 0 {
+		e.lanes <- lane
+	}
+	e.poke()
+}
+
+// handleBatch is the delivery handler: HTTP calls with no transaction open,
+// then one short transaction records every outcome.
+func (e *Engine) handleBatch(msg *message.Message) error {
+	var jobs []dispatchJob
+	if err := json.Unmarshal(msg.Payload, &jobs); err != nil {
+		return fmt.Errorf("decode batch: %w", err)
+	}
+	lane, _ := strconv.Atoi(msg.Metadata.Get("lane"))
+	defer e.finished(msg.Metadata.Get("destination_id"), len(jobs), lane)
+	results := make([]domain.DeliveryAttempted, len(jobs))
+	var wg sync.WaitGroup
+	for i := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = e.send(msg.Context(), jobs[i])
+		}()
+	}
+	wg.Wait()
+	// Recording must outlive a shutdown signal: the requests were made.
+	ctx := context.WithoutCancel(msg.Context())
+	for try := 0; ; try++ {
+		err := e.complete(ctx, jobs, results)
+		if err == nil {
+			return nil
+		}
+		if try == 4 {
+			e.p.Log.Error("record attempts failed; leases will expire and the deliveries run again", "err", err, "deliveries", len(jobs))
+			return nil
+		}
+		time.Sleep(time.Duration(100*(try+1)) * time.Millisecond)
+	}
+}
+
+// send makes one HTTP attempt and describes it.
+func (e *Engine) send(ctx context.Context, j dispatchJob) domain.DeliveryAttempted {
+	started := e.p.Now().UTC()
+	res := domain.DeliveryAttempted{AttemptID: j.AttemptID, RequestURL: j.URL, RequestMethod: j.Method, StartedAt: started, Status: domain.AttemptFailed}
+	fail := func(msg string) domain.DeliveryAttempted {
+		res.Error = &msg
+		res.DurationMS = int(e.p.Now().Sub(started).Milliseconds())
+		return res
+	}
+	if !j.DestFound {
+		return fail("destination was deleted")
+	}
+	body, err := base64.StdEncoding.DecodeString(j.BodyB64)
+	if err != nil {
+		return fail("stored payload is unreadable")
+	}
+	res.RequestBodySize = len(body)
+	reqCtx, cancel := context.WithTimeout(ctx, time.Duration(j.TimeoutMS)*time.Millisecond)
+	defer cancel()
+	req, err := http.NewRequestWithContext(reqCtx, j.Method, j.URL, strings.NewReader(string(body)))
+	if err != nil {
+		return fail("invalid request: " + err.Error())
+	}
+	for k, v := range j.Headers {
+		req.Header.Set(k, v)
+	}
+	if j.ContentType != "" {
+		req.Header.Set("Content-Type", j.ContentType)
+	}
+	req.Header.Set("User-Agent", "hookstream/1.0")
+	req.Header.Set("X-hookstream-Event-Id", j.EventID)
+	req.Header.Set("X-hookstream-Delivery-Id", j.DeliveryID)
+	req.Header.Set("X-hookstream-Delivery-Attempt", strconv.Itoa(j.AttemptNumber))
+	req.Header.Set("X-hookstream-Timestamp", started.Format(time.RFC3339))
+	req.Header.Set("Idempotency-Key", j.DeliveryID)
+	sent, _ := json.Marshal(flatten(req.Header))
+	res.RequestHeaders = string(sent)
+
+	resp, err := e.client.Do(req)
+	if err != nil {
+		if reqCtx.Err() == context.DeadlineExceeded {
+			return fail(fmt.Sprintf("timeout after %dms", j.TimeoutMS))
+		}
+		return fail(err.Error())
+	}
+	defer resp.Body.Close()
+	limited, _ := io.ReadAll(io.LimitReader(resp.Body, ResponseBodyLimit))
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20)) // drain so the connection is reused
+	res.DurationMS = int(e.p.Now().Sub(started).Milliseconds())
+	status := resp.StatusCode
+	res.ResponseStatus = &status
+	rh, _ := json.Marshal(flatten(resp.Header))
+	rhs, rb := string(rh), string(limited)
+	res.ResponseHeaders, res.ResponseBody = &rhs, &rb
+	if status >= 200 && status < 300 {
+		res.Status = domain.AttemptSuccess
+	} else {
+		msg := fmt.Sprintf("HTTP %d", status)
+		res.Error = &msg
+	}
+	return res
+}
+
+func flatten(h http.Header) map[string]string {
+	out := make(map[string]string, len(h))
+	for k, v := range h {
+		out[k] = strings.Join(v, ", ")
+	}
+	return out
+}
+
+// complete records a batch's outcomes in one transaction: load the streams,
+// decide, append every stream at its expected version, move the jobs. When a
+// stream moved meanwhile, each delivery is recorded on its own.
+func (e *Engine) complete(ctx context.Context, jobs []dispatchJob, results []domain.DeliveryAttempted) error {
+	err := e.completeTx(ctx, jobs, results)
+	if !errors.Is(err, eventstore.ErrConcurrency) || len(jobs) == 1 {
+		return err
+	}
+	for i := range jobs {
+		for try := 0; ; try++ {
+			err := e.completeTx(ctx, jobs[i:i+1], results[i:i+1])
+			if err == nil || !errors.Is(err, eventstore.ErrConcurrency) || try == 3 {
+				if err != nil {
+					return err
+				}
+				break
+			}
+		}
+	}
+	return nil
+}
+
+func (e *Engine) completeTx(ctx context.Context, jobs []dispatchJob, results []domain.DeliveryAttempted) error {
+	return pgx.BeginFunc(ctx, e.p.Pool, func(tx pgx.Tx) error {
+		ids := make([]string, len(jobs))
+		for i, j := range jobs {
+			ids[i] = j.DeliveryID
+		}
+		streams, err := e.p.Store.LoadMany(ctx, tx, ids)
+		if err != nil {
+			return err
+		}
+		now := e.p.Now().UTC()
+		var appends []eventstore.StreamAppend
+		aggs := map[string]*domain.Delivery{}
+		var stale []string
+		for i, j := range jobs {
+			d := &domain.Delivery{}
+			for _, ev := range streams[j.DeliveryID] {
+				if err := d.Apply(ev.StreamVersion, ev.Type, ev.Payload); err != nil {
+					return err
+				}
+			}
+			decided, err := d.RecordAttempt(results[i], j.Retry, now, newID)
+			if errors.Is(err, domain.ErrAttemptNotPlanned) {
+				stale = append(stale, j.DeliveryID)
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			aggs[j.DeliveryID] = d
+			appends = append(appends, eventstore.StreamAppend{
+				StreamType: domain.StreamDelivery, StreamID: j.DeliveryID, OrgID: j.OrgID, EnvID: j.EnvID, Expected: d.Version(),
+				Events: toNewEvents(decided, eventstore.Metadata{Actor: "engine", CorrelationID: j.EventID}),
+			})
+		}
+		if len(appends) > 0 {
+			stored, err := e.p.Store.AppendMany(ctx, tx, appends...)
+			if err != nil {
+				return err
+			}
+			for _, ev := range stored {
+				if err := aggs[ev.StreamID].Apply(ev.StreamVersion, ev.Type, ev.Payload); err != nil {
+					return err
+				}
+			}
+		}
+		var (
+			jid, jstate, jattempt, jtrigger []string
+			jnum                            []int32
+			jdue                            []time.Time
+			jver                            []int64
+		)
+		for id, d := range aggs {
+			state, attempt, num, trigger, due := "done", "", int32(0), domain.TriggerInitial, now
+			if n := d.Next(); n != nil {
+				state, attempt, num, trigger, due = "scheduled", n.ID, int32(n.Number), n.Trigger, n.Due
+			}
+			jid, jstate, jattempt, jtrigger = append(jid, id), append(jstate, state), append(jattempt, attempt), append(jtrigger, trigger)
+			jnum, jdue, jver = append(jnum, num), append(jdue, due), append(jver, d.Version())
+		}
+		if len(jid) > 0 {
+			if _, err := tx.Exec(ctx, `UPDATE delivery_jobs j SET state = u.state, attempt_id = NULLIF(u.attempt_id, ''), attempt_number = u.num,
+					trigger_type = u.trig, due_at = u.due, lease_until = NULL, leased_by = NULL, version = u.ver
+				FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[], $7::bigint[])
+					AS u(id, state, attempt_id, num, trig, due, ver)
+				WHERE j.delivery_id = u.id AND j.version < u.ver`, jid, jstate, jattempt, jnum, jtrigger, jdue, jver); err != nil {
+				return fmt.Errorf("update jobs: %w", err)
+			}
+		}
+		if len(stale) > 0 {
+			if _, err := tx.Exec(ctx, `UPDATE delivery_jobs SET lease_until = NULL, leased_by = NULL WHERE delivery_id = ANY($1) AND leased_by = $2`, stale, e.p.WorkerID); err != nil {
+				return fmt.Errorf("release stale jobs: %w", err)
+			}
+		}
+		return nil
+	})
+}

@@ -1,0 +1,794 @@
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/eventstore"
+)
+
+var slugPattern = regexp.MustCompile(`^[a-z0-9-]+$`)
+
+func slugify(name string) string {
+	var b strings.Builder
+	dash := false
+	for _, r := range strings.ToLower(name) {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+			b.WriteRune(r)
+			dash = false
+		case !dash && b.Len() > 0:
+			b.WriteByte('-')
+			dash = true
+		}
+	}
+	s := strings.Trim(b.String(), "-")
+	if s == "" {
+		s = "resource"
+	}
+	return s
+}
+
+func checkName(field, v string) error {
+	if strings.TrimSpace(v) == "" {
+		return invalidf("'%s' is required", field)
+	}
+	if len(v) > 200 {
+		return invalidf("'%s' must be at most 200 characters", field)
+	}
+	return nil
+}
+
+func checkSlug(v string) error {
+	if !slugPattern.MatchString(v) || len(v) > 100 {
+		return invalidf("'slug' must match pattern ^[a-z0-9-]+$")
+	}
+	return nil
+}
+
+func checkStatus(v string) error {
+	switch v {
+	case "active", "paused", "disabled":
+		return nil
+	}
+	return invalidf("'status' must be one of active, paused, disabled")
+}
+
+func isoTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z") }
+
+func isoTimePtr(t *time.Time) *string {
+	if t == nil {
+		return nil
+	}
+	s := isoTime(*t)
+	return &s
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// recordConfig appends a configuration event in tx (first write of the tx).
+func (s *Service) recordConfig(ctx context.Context, tx pgx.Tx, t Tenant, streamType, id, evType string, payload any, requestID string) error {
+	_, err := s.store.Append(ctx, tx, eventstore.StreamAppend{
+		StreamType: streamType, StreamID: id, OrgID: t.OrgID, EnvID: t.EnvID, Expected: eventstore.AnyVersion,
+		Events: []eventstore.NewEvent{{Type: evType, Payload: payload, Metadata: eventstore.Metadata{Actor: t.Actor, RequestID: requestID, CorrelationID: requestID}}},
+	})
+	return err
+}
+
+// ---- sources ----
+
+// Source is hookstream's source object.
+type Source struct {
+	ID          string  `json:"id"`
+	OrgID       string  `json:"org_id"`
+	EnvID       string  `json:"env_id"`
+	Name        string  `json:"name"`
+	Slug        string  `json:"slug"`
+	Description *string `json:"description"`
+	Type        string  `json:"type"`
+	Status      string  `json:"status"`
+	IngestURL   string  `json:"ingest_url"`
+	CreatedAt   string  `json:"created_at"`
+	UpdatedAt   string  `json:"updated_at"`
+}
+
+// SourceInput is the body of POST and PATCH /v1/sources.
+type SourceInput struct {
+	Name        *string `json:"name"`
+	Slug        *string `json:"slug"`
+	Description *string `json:"description"`
+	Type        *string `json:"type"`
+	Status      *string `json:"status"`
+	OrgID       *string `json:"org_id"`
+	EnvID       *string `json:"env_id"`
+}
+
+const sourceCols = `id, org_id, env_id, name, slug, description, status, created_at, updated_at`
+
+func (s *Service) scanSource(row pgx.Row) (Source, error) {
+	var src Source
+	var created, updated time.Time
+	if err := row.Scan(&src.ID, &src.OrgID, &src.EnvID, &src.Name, &src.Slug, &src.Description, &src.Status, &created, &updated); err != nil {
+		return src, err
+	}
+	src.Type = "http"
+	src.CreatedAt, src.UpdatedAt = isoTime(created), isoTime(updated)
+	src.IngestURL = strings.TrimRight(s.p.PublicURL, "/") + "/v1/ingest/" + src.ID
+	return src, nil
+}
+
+func checkTenantFields(t Tenant, org, env *string) error {
+	if org != nil && *org != t.OrgID {
+		return domain.Errorf(domain.ENotFound, "Environment not found")
+	}
+	if env != nil && *env != t.EnvID {
+		return domain.Errorf(domain.ENotFound, "Environment not found")
+	}
+	return nil
+}
+
+// CreateSource creates a source. EInvalid names the bad field.
+func (s *Service) CreateSource(ctx context.Context, t Tenant, in SourceInput, rid string) (Source, error) {
+	if err := checkTenantFields(t, in.OrgID, in.EnvID); err != nil {
+		return Source{}, err
+	}
+	if in.Name == nil {
+		return Source{}, invalidf("'name' is required")
+	}
+	if err := checkName("name", *in.Name); err != nil {
+		return Source{}, err
+	}
+	slug := slugify(*in.Name)
+	if in.Slug != nil {
+		slug = *in.Slug
+	}
+	if err := checkSlug(slug); err != nil {
+		return Source{}, err
+	}
+	if in.Type != nil && *in.Type != "http" {
+		return Source{}, invalidf("'type' must be http")
+	}
+	status := "active"
+	if in.Status != nil {
+		if err := checkStatus(*in.Status); err != nil {
+			return Source{}, err
+		}
+		status = *in.Status
+	}
+	now := s.now()
+	id := newID()
+	var out Source
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		snap := map[string]any{"id": id, "name": *in.Name, "slug": slug, "description": in.Description, "status": status}
+		if err := s.recordConfig(ctx, tx, t, domain.StreamSource, id, domain.EvSourceCreated, snap, rid); err != nil {
+			return err
+		}
+		var err error
+		out, err = s.scanSource(tx.QueryRow(ctx, `INSERT INTO sources (id, org_id, env_id, name, slug, description, status, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING `+sourceCols, id, t.OrgID, t.EnvID, *in.Name, slug, in.Description, status, now))
+		return err
+	})
+	if err != nil {
+		return Source{}, fmt.Errorf("create source: %w", err)
+	}
+	return out, nil
+}
+
+// GetSource returns a source of the tenant, or ENotFound.
+func (s *Service) GetSource(ctx context.Context, t Tenant, id string) (Source, error) {
+	if !validID(id) {
+		return Source{}, notFound("Source")
+	}
+	src, err := s.scanSource(s.pool.QueryRow(ctx, `SELECT `+sourceCols+` FROM sources WHERE id = $1 AND org_id = $2 AND env_id = $3`, id, t.OrgID, t.EnvID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Source{}, notFound("Source")
+	}
+	if err != nil {
+		return Source{}, fmt.Errorf("get source: %w", err)
+	}
+	return src, nil
+}
+
+// ListSources lists the tenant's sources, newest first.
+func (s *Service) ListSources(ctx context.Context, t Tenant, status string) ([]Source, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+sourceCols+` FROM sources WHERE org_id = $1 AND env_id = $2 AND ($3 = '' OR status = $3) ORDER BY created_at DESC, id DESC LIMIT 1000`, t.OrgID, t.EnvID, status)
+	if err != nil {
+		return nil, fmt.Errorf("list sources: %w", err)
+	}
+	out := []Source{}
+	defer rows.Close()
+	for rows.Next() {
+		src, err := s.scanSource(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list sources: %w", err)
+		}
+		out = append(out, src)
+	}
+	return out, rows.Err()
+}
+
+// UpdateSource applies a partial update.
+func (s *Service) UpdateSource(ctx context.Context, t Tenant, id string, in SourceInput, rid string) (Source, error) {
+	cur, err := s.GetSource(ctx, t, id)
+	if err != nil {
+		return Source{}, err
+	}
+	if in.OrgID != nil || in.EnvID != nil || in.Type != nil {
+		return Source{}, invalidf("'org_id', 'env_id' and 'type' cannot be changed")
+	}
+	name, slug, desc, status := cur.Name, cur.Slug, cur.Description, cur.Status
+	if in.Name != nil {
+		if err := checkName("name", *in.Name); err != nil {
+			return Source{}, err
+		}
+		name = *in.Name
+	}
+	if in.Slug != nil {
+		if err := checkSlug(*in.Slug); err != nil {
+			return Source{}, err
+		}
+		slug = *in.Slug
+	}
+	if in.Description != nil {
+		desc = in.Description
+	}
+	if in.Status != nil {
+		if err := checkStatus(*in.Status); err != nil {
+			return Source{}, err
+		}
+		status = *in.Status
+	}
+	var out Source
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		snap := map[string]any{"id": id, "name": name, "slug": slug, "description": desc, "status": status}
+		if err := s.recordConfig(ctx, tx, t, domain.StreamSource, id, domain.EvSourceUpdated, snap, rid); err != nil {
+			return err
+		}
+		var err error
+		out, err = s.scanSource(tx.QueryRow(ctx, `UPDATE sources SET name = $2, slug = $3, description = $4, status = $5, updated_at = $6
+			WHERE id = $1 RETURNING `+sourceCols, id, name, slug, desc, status, s.now()))
+		return err
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Source{}, notFound("Source")
+	}
+	if err != nil {
+		return Source{}, fmt.Errorf("update source: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteSource deletes a source; EConflict while connections use it.
+func (s *Service) DeleteSource(ctx context.Context, t Tenant, id, rid string) error {
+	if _, err := s.GetSource(ctx, t, id); err != nil {
+		return err
+	}
+	return s.deleteConfig(ctx, t, domain.StreamSource, domain.EvSourceDeleted, "sources", "source_id", "Source", id, rid)
+}
+
+func (s *Service) deleteConfig(ctx context.Context, t Tenant, streamType, evType, table, connCol, kind, id, rid string) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if connCol != "" {
+			var n int
+			if err := tx.QueryRow(ctx, `SELECT count(*) FROM connections WHERE `+connCol+` = $1`, id).Scan(&n); err != nil {
+				return err
+			}
+			if n > 0 {
+				return domain.Errorf(domain.EConflict, "%s has %d connection(s); delete them first", kind, n)
+			}
+		}
+		if err := s.recordConfig(ctx, tx, t, streamType, id, evType, map[string]any{"id": id}, rid); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `DELETE FROM `+table+` WHERE id = $1 AND org_id = $2 AND env_id = $3`, id, t.OrgID, t.EnvID)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return notFound(kind)
+		}
+		return nil
+	})
+	if err != nil && domain.ErrorCode(err) == domain.EInternal {
+		return fmt.Errorf("delete %s: %w", strings.ToLower(kind), err)
+	}
+	return err
+}
+
+// ---- destinations ----
+
+// Destination is hookstream's destination object (HTTP type).
+type Destination struct {
+	ID               string `json:"id"`
+	OrgID            string `json:"org_id"`
+	EnvID            string `json:"env_id"`
+	Name             string `json:"name"`
+	Slug             string `json:"slug"`
+	Type             string `json:"type"`
+	URL              string `json:"url"`
+	Method           string `json:"method"`
+	Headers          string `json:"headers"`
+	TimeoutMS        int    `json:"timeout_ms"`
+	Status           string `json:"status"`
+	RetryEnabled     int    `json:"retry_enabled"`
+	RetryMaxAttempts int    `json:"retry_max_attempts"`
+	RetryBackoffType string `json:"retry_backoff_type"`
+	RetryIntervals   string `json:"retry_intervals"`
+	CreatedAt        string `json:"created_at"`
+	UpdatedAt        string `json:"updated_at"`
+}
+
+// DestinationInput is the body of POST and PATCH /v1/destinations.
+type DestinationInput struct {
+	Name             *string            `json:"name"`
+	Slug             *string            `json:"slug"`
+	Type             *string            `json:"type"`
+	URL              *string            `json:"url"`
+	Method           *string            `json:"method"`
+	Headers          *map[string]string `json:"headers"`
+	TimeoutMS        *int               `json:"timeout_ms"`
+	RetryEnabled     *bool              `json:"retry_enabled"`
+	RetryMaxAttempts *int               `json:"retry_max_attempts"`
+	RetryBackoffType *string            `json:"retry_backoff_type"`
+	RetryIntervals   *[]int             `json:"retry_intervals"`
+	Status           *string            `json:"status"`
+	OrgID            *string            `json:"org_id"`
+	EnvID            *string            `json:"env_id"`
+}
+
+// destState is a destination's stored configuration.
+type destState struct {
+	Name, Slug, URL, Method, Status string
+	Headers                         map[string]string
+	TimeoutMS                       int
+	Retry                           domain.RetryPolicy
+}
+
+const destCols = `id, org_id, env_id, name, slug, url, method, headers, timeout_ms, retry_enabled, retry_max_attempts,
+	retry_backoff_type, retry_intervals, status, created_at, updated_at`
+
+func scanDestination(row pgx.Row) (Destination, destState, error) {
+	var d Destination
+	var st destState
+	var headers, intervals []byte
+	var created, updated time.Time
+	var retryEnabled bool
+	err := row.Scan(&d.ID, &d.OrgID, &d.EnvID, &d.Name, &d.Slug, &d.URL, &d.Method, &headers, &d.TimeoutMS, &retryEnabled,
+		&d.RetryMaxAttempts, &d.RetryBackoffType, &intervals, &d.Status, &created, &updated)
+	if err != nil {
+		return d, st, err
+	}
+	d.Type = "http"
+	d.Headers, d.RetryIntervals = string(headers), string(intervals)
+	d.RetryEnabled = boolInt(retryEnabled)
+	d.CreatedAt, d.UpdatedAt = isoTime(created), isoTime(updated)
+	st = destState{Name: d.Name, Slug: d.Slug, URL: d.URL, Method: d.Method, Status: d.Status, TimeoutMS: d.TimeoutMS,
+		Retry: domain.RetryPolicy{Enabled: retryEnabled, MaxRetries: d.RetryMaxAttempts, Backoff: d.RetryBackoffType}}
+	_ = json.Unmarshal(headers, &st.Headers)
+	_ = json.Unmarshal(intervals, &st.Retry.Intervals)
+	return d, st, nil
+}
+
+func (st *destState) apply(in DestinationInput) error {
+	if in.Name != nil {
+		if err := checkName("name", *in.Name); err != nil {
+			return err
+		}
+		st.Name = *in.Name
+	}
+	if in.Slug != nil {
+		if err := checkSlug(*in.Slug); err != nil {
+			return err
+		}
+		st.Slug = *in.Slug
+	}
+	if in.URL != nil {
+		u, err := url.Parse(*in.URL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || len(*in.URL) > 2048 {
+			return invalidf("'url' must be an absolute http(s) URL")
+		}
+		st.URL = *in.URL
+	}
+	if in.Method != nil {
+		m := strings.ToUpper(*in.Method)
+		if m != "POST" && m != "PUT" && m != "PATCH" {
+			return invalidf("'method' must be one of POST, PUT, PATCH")
+		}
+		st.Method = m
+	}
+	if in.Headers != nil {
+		if len(*in.Headers) > 50 {
+			return invalidf("'headers' may hold at most 50 headers")
+		}
+		for k, v := range *in.Headers {
+			if k == "" || strings.ContainsAny(k, " :\r\n") || strings.ContainsAny(v, "\r\n") {
+				return invalidf("'headers' has an invalid header %q", k)
+			}
+		}
+		st.Headers = *in.Headers
+	}
+	if in.TimeoutMS != nil {
+		if *in.TimeoutMS < 100 || *in.TimeoutMS > 120000 {
+			return invalidf("'timeout_ms' must be between 100 and 120000")
+		}
+		st.TimeoutMS = *in.TimeoutMS
+	}
+	if in.RetryEnabled != nil {
+		st.Retry.Enabled = *in.RetryEnabled
+	}
+	if in.RetryMaxAttempts != nil {
+		st.Retry.MaxRetries = *in.RetryMaxAttempts
+	}
+	if in.RetryBackoffType != nil {
+		st.Retry.Backoff = *in.RetryBackoffType
+	}
+	if in.RetryIntervals != nil {
+		st.Retry.Intervals = *in.RetryIntervals
+	}
+	if in.Status != nil {
+		if err := checkStatus(*in.Status); err != nil {
+			return err
+		}
+		st.Status = *in.Status
+	}
+	return st.Retry.Validate()
+}
+
+func (st destState) snapshot(id string) map[string]any {
+	return map[string]any{"id": id, "name": st.Name, "slug": st.Slug, "url": st.URL, "method": st.Method, "headers": st.Headers,
+		"timeout_ms": st.TimeoutMS, "retry_enabled": st.Retry.Enabled, "retry_max_attempts": st.Retry.MaxRetries,
+		"retry_backoff_type": st.Retry.Backoff, "retry_intervals": st.Retry.Intervals, "status": st.Status}
+}
+
+// CreateDestination creates an HTTP destination with hookstream's defaults.
+func (s *Service) CreateDestination(ctx context.Context, t Tenant, in DestinationInput, rid string) (Destination, error) {
+	if err := checkTenantFields(t, in.OrgID, in.EnvID); err != nil {
+		return Destination{}, err
+	}
+	if in.Type != nil && *in.Type != "http" {
+		return Destination{}, invalidf("'type' must be http")
+	}
+	if in.Name == nil {
+		return Destination{}, invalidf("'name' is required")
+	}
+	if in.URL == nil {
+		return Destination{}, invalidf("'url' is required for HTTP destinations")
+	}
+	st := destState{Method: "POST", Status: "active", Headers: map[string]string{}, TimeoutMS: 30000, Retry: domain.DefaultRetryPolicy()}
+	if in.Slug == nil {
+		sl := slugify(*in.Name)
+		in.Slug = &sl
+	}
+	if err := st.apply(in); err != nil {
+		return Destination{}, err
+	}
+	id, now := newID(), s.now()
+	var out Destination
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := s.recordConfig(ctx, tx, t, domain.StreamDestination, id, domain.EvDestinationCreated, st.snapshot(id), rid); err != nil {
+			return err
+		}
+		headers, _ := json.Marshal(st.Headers)
+		intervals, _ := json.Marshal(st.Retry.Intervals)
+		var err error
+		out, _, err = scanDestination(tx.QueryRow(ctx, `INSERT INTO destinations (id, org_id, env_id, name, slug, url, method, headers, timeout_ms,
+			retry_enabled, retry_max_attempts, retry_backoff_type, retry_intervals, status, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15) RETURNING `+destCols,
+			id, t.OrgID, t.EnvID, st.Name, st.Slug, st.URL, st.Method, headers, st.TimeoutMS, st.Retry.Enabled, st.Retry.MaxRetries,
+			st.Retry.Backoff, intervals, st.Status, now))
+		return err
+	})
+	if err != nil {
+		return Destination{}, fmt.Errorf("create destination: %w", err)
+	}
+	return out, nil
+}
+
+// GetDestination returns a destination of the tenant, or ENotFound.
+func (s *Service) GetDestination(ctx context.Context, t Tenant, id string) (Destination, error) {
+	d, _, err := s.getDestination(ctx, t, id)
+	return d, err
+}
+
+func (s *Service) getDestination(ctx context.Context, t Tenant, id string) (Destination, destState, error) {
+	if !validID(id) {
+		return Destination{}, destState{}, notFound("Destination")
+	}
+	d, st, err := scanDestination(s.pool.QueryRow(ctx, `SELECT `+destCols+` FROM destinations WHERE id = $1 AND org_id = $2 AND env_id = $3`, id, t.OrgID, t.EnvID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return d, st, notFound("Destination")
+	}
+	if err != nil {
+		return d, st, fmt.Errorf("get destination: %w", err)
+	}
+	return d, st, nil
+}
+
+// ListDestinations lists the tenant's destinations, newest first.
+func (s *Service) ListDestinations(ctx context.Context, t Tenant, status string) ([]Destination, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+destCols+` FROM destinations WHERE org_id = $1 AND env_id = $2 AND ($3 = '' OR status = $3) ORDER BY created_at DESC, id DESC LIMIT 1000`, t.OrgID, t.EnvID, status)
+	if err != nil {
+		return nil, fmt.Errorf("list destinations: %w", err)
+	}
+	defer rows.Close()
+	out := []Destination{}
+	for rows.Next() {
+		d, _, err := scanDestination(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list destinations: %w", err)
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// UpdateDestination applies a partial update; a rename is recorded and
+// followed by the delivery attempts read model.
+func (s *Service) UpdateDestination(ctx context.Context, t Tenant, id string, in DestinationInput, rid string) (Destination, error) {
+	if in.OrgID != nil || in.EnvID != nil || in.Type != nil {
+		return Destination{}, invalidf("'org_id', 'env_id' and 'type' cannot be changed")
+	}
+	_, st, err := s.getDestination(ctx, t, id)
+	if err != nil {
+		return Destination{}, err
+	}
+	if err := st.apply(in); err != nil {
+		return Destination{}, err
+	}
+	var out Destination
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := s.recordConfig(ctx, tx, t, domain.StreamDestination, id, domain.EvDestinationUpdated, st.snapshot(id), rid); err != nil {
+			return err
+		}
+		headers, _ := json.Marshal(st.Headers)
+		intervals, _ := json.Marshal(st.Retry.Intervals)
+		var err error
+		out, _, err = scanDestination(tx.QueryRow(ctx, `UPDATE destinations SET name = $2, slug = $3, url = $4, method = $5, headers = $6,
+			timeout_ms = $7, retry_enabled = $8, retry_max_attempts = $9, retry_backoff_type = $10, retry_intervals = $11, status = $12, updated_at = $13
+			WHERE id = $1 RETURNING `+destCols, id, st.Name, st.Slug, st.URL, st.Method, headers, st.TimeoutMS, st.Retry.Enabled,
+			st.Retry.MaxRetries, st.Retry.Backoff, intervals, st.Status, s.now()))
+		return err
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Destination{}, notFound("Destination")
+	}
+	if err != nil {
+		return Destination{}, fmt.Errorf("update destination: %w", err)
+	}
+	return out, nil
+}
+
+// DeleteDestination deletes a destination; EConflict while connections use it.
+func (s *Service) DeleteDestination(ctx context.Context, t Tenant, id, rid string) error {
+	if _, _, err := s.getDestination(ctx, t, id); err != nil {
+		return err
+	}
+	return s.deleteConfig(ctx, t, domain.StreamDestination, domain.EvDestinationDeleted, "destinations", "destination_id", "Destination", id, rid)
+}
+
+// ---- connections ----
+
+// Connection is hookstream's connection object.
+type Connection struct {
+	ID              string  `json:"id"`
+	OrgID           string  `json:"org_id"`
+	EnvID           string  `json:"env_id"`
+	SourceID        string  `json:"source_id"`
+	DestinationID   string  `json:"destination_id"`
+	Name            string  `json:"name"`
+	Description     *string `json:"description"`
+	Enabled         int     `json:"enabled"`
+	Status          string  `json:"status"`
+	FilterRules     string  `json:"filter_rules"`
+	SourceName      *string `json:"source_name"`
+	DestinationName *string `json:"destination_name"`
+	CreatedAt       string  `json:"created_at"`
+	UpdatedAt       string  `json:"updated_at"`
+}
+
+// ConnectionInput is the body of POST and PATCH /v1/connections.
+type ConnectionInput struct {
+	SourceID      *string              `json:"source_id"`
+	DestinationID *string              `json:"destination_id"`
+	Name          *string              `json:"name"`
+	Description   *string              `json:"description"`
+	Enabled       *bool                `json:"enabled"`
+	Status        *string              `json:"status"`
+	FilterRules   *[]domain.FilterRule `json:"filter_rules"`
+	OrgID         *string              `json:"org_id"`
+	EnvID         *string              `json:"env_id"`
+}
+
+const connSelect = `SELECT c.id, c.org_id, c.env_id, c.source_id, c.destination_id, c.name, c.description, c.enabled, c.status,
+	c.filter_rules, s.name, d.name, c.created_at, c.updated_at
+	FROM connections c LEFT JOIN sources s ON s.id = c.source_id LEFT JOIN destinations d ON d.id = c.destination_id`
+
+func scanConnection(row pgx.Row) (Connection, error) {
+	var c Connection
+	var enabled bool
+	var rules []byte
+	var created, updated time.Time
+	err := row.Scan(&c.ID, &c.OrgID, &c.EnvID, &c.SourceID, &c.DestinationID, &c.Name, &c.Description, &enabled, &c.Status,
+		&rules, &c.SourceName, &c.DestinationName, &created, &updated)
+	c.Enabled = boolInt(enabled)
+	c.FilterRules = string(rules)
+	c.CreatedAt, c.UpdatedAt = isoTime(created), isoTime(updated)
+	return c, err
+}
+
+// CreateConnection routes a source to a destination, both of the tenant.
+func (s *Service) CreateConnection(ctx context.Context, t Tenant, in ConnectionInput, rid string) (Connection, error) {
+	if err := checkTenantFields(t, in.OrgID, in.EnvID); err != nil {
+		return Connection{}, err
+	}
+	switch {
+	case in.SourceID == nil:
+		return Connection{}, invalidf("'source_id' is required")
+	case in.DestinationID == nil:
+		return Connection{}, invalidf("'destination_id' is required")
+	case in.Name == nil:
+		return Connection{}, invalidf("'name' is required")
+	}
+	if err := checkName("name", *in.Name); err != nil {
+		return Connection{}, err
+	}
+	if _, err := s.GetSource(ctx, t, *in.SourceID); err != nil {
+		return Connection{}, remapNotFound(err, "Source or destination not found")
+	}
+	if _, _, err := s.getDestination(ctx, t, *in.DestinationID); err != nil {
+		return Connection{}, remapNotFound(err, "Source or destination not found")
+	}
+	rules := []domain.FilterRule{}
+	if in.FilterRules != nil {
+		rules = *in.FilterRules
+	}
+	if err := domain.ValidateFilterRules(rules); err != nil {
+		return Connection{}, err
+	}
+	enabled, status := true, "active"
+	if in.Enabled != nil {
+		enabled = *in.Enabled
+	}
+	if in.Status != nil {
+		if err := checkStatus(*in.Status); err != nil {
+			return Connection{}, err
+		}
+		status = *in.Status
+	}
+	id, now := newID(), s.now()
+	rulesJSON, _ := json.Marshal(rules)
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		snap := map[string]any{"id": id, "source_id": *in.SourceID, "destination_id": *in.DestinationID, "name": *in.Name,
+			"description": in.Description, "enabled": enabled, "status": status, "filter_rules": rules}
+		if err := s.recordConfig(ctx, tx, t, domain.StreamConnection, id, domain.EvConnectionCreated, snap, rid); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO connections (id, org_id, env_id, source_id, destination_id, name, description, enabled, status, filter_rules, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)`, id, t.OrgID, t.EnvID, *in.SourceID, *in.DestinationID, *in.Name, in.Description, enabled, status, rulesJSON, now)
+		return err
+	})
+	if err != nil {
+		return Connection{}, fmt.Errorf("create connection: %w", err)
+	}
+	return s.GetConnection(ctx, t, id)
+}
+
+func remapNotFound(err error, msg string) error {
+	if domain.ErrorCode(err) == domain.ENotFound {
+		return domain.Errorf(domain.ENotFound, "%s", msg)
+	}
+	return err
+}
+
+// GetConnection returns a connection of the tenant, or ENotFound.
+func (s *Service) GetConnection(ctx context.Context, t Tenant, id string) (Connection, error) {
+	if !validID(id) {
+		return Connection{}, notFound("Connection")
+	}
+	c, err := scanConnection(s.pool.QueryRow(ctx, connSelect+` WHERE c.id = $1 AND c.org_id = $2 AND c.env_id = $3`, id, t.OrgID, t.EnvID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return c, notFound("Connection")
+	}
+	if err != nil {
+		return c, fmt.Errorf("get connection: %w", err)
+	}
+	return c, nil
+}
+
+// ListConnections lists the tenant's connections, optionally by source, destination or status.
+func (s *Service) ListConnections(ctx context.Context, t Tenant, sourceID, destinationID, status string) ([]Connection, error) {
+	rows, err := s.pool.Query(ctx, connSelect+` WHERE c.org_id = $1 AND c.env_id = $2 AND ($3 = '' OR c.source_id = $3)
+		AND ($4 = '' OR c.destination_id = $4) AND ($5 = '' OR c.status = $5) ORDER BY c.created_at DESC, c.id DESC LIMIT 1000`,
+		t.OrgID, t.EnvID, sourceID, destinationID, status)
+	if err != nil {
+		return nil, fmt.Errorf("list connections: %w", err)
+	}
+	defer rows.Close()
+	out := []Connection{}
+	for rows.Next() {
+		c, err := scanConnection(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list connections: %w", err)
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// UpdateConnection applies a partial update (source and destination are fixed).
+func (s *Service) UpdateConnection(ctx context.Context, t Tenant, id string, in ConnectionInput, rid string) (Connection, error) {
+	cur, err := s.GetConnection(ctx, t, id)
+	if err != nil {
+		return Connection{}, err
+	}
+	if in.OrgID != nil || in.EnvID != nil || in.SourceID != nil || in.DestinationID != nil {
+		return Connection{}, invalidf("'source_id', 'destination_id', 'org_id' and 'env_id' cannot be changed")
+	}
+	name, desc, enabled, status := cur.Name, cur.Description, cur.Enabled == 1, cur.Status
+	var rules []domain.FilterRule
+	_ = json.Unmarshal([]byte(cur.FilterRules), &rules)
+	if in.Name != nil {
+		if err := checkName("name", *in.Name); err != nil {
+			return Connection{}, err
+		}
+		name = *in.Name
+	}
+	if in.Description != nil {
+		desc = in.Description
+	}
+	if in.Enabled != nil {
+		enabled = *in.Enabled
+	}
+	if in.Status != nil {
+		if err := checkStatus(*in.Status); err != nil {
+			return Connection{}, err
+		}
+		status = *in.Status
+	}
+	if in.FilterRules != nil {
+		if err := domain.ValidateFilterRules(*in.FilterRules); err != nil {
+			return Connection{}, err
+		}
+		rules = *in.FilterRules
+	}
+	if rules == nil {
+		rules = []domain.FilterRule{}
+	}
+	rulesJSON, _ := json.Marshal(rules)
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		snap := map[string]any{"id": id, "source_id": cur.SourceID, "destination_id": cur.DestinationID, "name": name,
+			"description": desc, "enabled": enabled, "status": status, "filter_rules": rules}
+		if err := s.recordConfig(ctx, tx, t, domain.StreamConnection, id, domain.EvConnectionUpdated, snap, rid); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE connections SET name = $2, description = $3, enabled = $4, status = $5, filter_rules = $6, updated_at = $7 WHERE id = $1`,
+			id, name, desc, enabled, status, rulesJSON, s.now())
+		return err
+	})
+	if err != nil {
+		return Connection{}, fmt.Errorf("update connection: %w", err)
+	}
+	return s.GetConnection(ctx, t, id)
+}
+
+// DeleteConnection deletes a connection; deliveries already made stay.
+func (s *Service) DeleteConnection(ctx context.Context, t Tenant, id, rid string) error {
+	if _, err := s.GetConnection(ctx, t, id); err != nil {
+		return err
+	}
+	return s.deleteConfig(ctx, t, domain.StreamConnection, domain.EvConnectionDeleted, "connections", "", "Connection", id, rid)
+}

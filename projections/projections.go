@@ -1,0 +1,135 @@
+// Package projections builds hookstream's read models from the event store.
+// Each projection is a pure function of events applied in commit order by
+// its own consumer group; its checkpoint commits in the same transaction as
+// its writes, so a read model is never ahead of or behind its checkpoint.
+package projections
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/eventstore"
+)
+
+// Consumer-group names. Persisted: renaming one replays its projection.
+const (
+	GroupDeliveryAttempts = "projector.delivery_attempts"
+	GroupEvents           = "projector.events"
+)
+
+// ApplyDeliveryAttempts folds one event into delivery_attempts (and its
+// helper projected_deliveries). Every write is idempotent, so a redelivered
+// event changes nothing.
+func ApplyDeliveryAttempts(ctx context.Context, tx pgx.Tx, e eventstore.Event) error {
+	var err error
+	switch e.Type {
+	case domain.EvDeliveryRequested:
+		var p domain.DeliveryRequested
+		if err = json.Unmarshal(e.Payload, &p); err != nil {
+			break
+		}
+		if _, err = tx.Exec(ctx, `INSERT INTO projected_deliveries (delivery_id, event_id, connection_id, destination_id, connection_name, destination_name)
+			VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (delivery_id) DO NOTHING`,
+			p.DeliveryID, p.EventID, p.ConnectionID, p.DestinationID, p.ConnectionName, p.DestinationName); err != nil {
+			break
+		}
+		err = insertPending(ctx, tx, e, p.AttemptID, p.DeliveryID, 1, p.TriggerType, p.RequestURL, p.RequestMethod, p.RequestedAt)
+	case domain.EvRetryRequested:
+		var p domain.RetryRequested
+		if err = json.Unmarshal(e.Payload, &p); err != nil {
+			break
+		}
+		err = insertPending(ctx, tx, e, p.AttemptID, e.StreamID, p.AttemptNumber, domain.TriggerManual, p.RequestURL, p.RequestMethod, p.RequestedAt)
+	case domain.EvDeliveryAttempted:
+		var p domain.DeliveryAttempted
+		if err = json.Unmarshal(e.Payload, &p); err != nil {
+			break
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
+				request_url, request_method, request_headers, request_body_size, response_status, response_headers, response_body,
+				duration_ms, status, error, created_at, attempt_number, trigger_type, connection_name, destination_name)
+			SELECT $1, $2, $3, d.delivery_id, d.event_id, d.connection_id, d.destination_id, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+				$15, $16, $17, d.connection_name, d.destination_name
+			FROM projected_deliveries d WHERE d.delivery_id = $4
+			ON CONFLICT (id) DO UPDATE SET request_url = excluded.request_url, request_method = excluded.request_method,
+				request_headers = excluded.request_headers, request_body_size = excluded.request_body_size,
+				response_status = excluded.response_status, response_headers = excluded.response_headers,
+				response_body = excluded.response_body, duration_ms = excluded.duration_ms, status = excluded.status,
+				error = excluded.error, attempt_number = excluded.attempt_number, trigger_type = excluded.trigger_type`,
+			p.AttemptID, e.OrgID, e.EnvID, e.StreamID, p.RequestURL, p.RequestMethod, p.RequestHeaders, p.RequestBodySize,
+			p.ResponseStatus, p.ResponseHeaders, p.ResponseBody, p.DurationMS, p.Status, p.Error, p.StartedAt, p.AttemptNumber, p.TriggerType)
+	case domain.EvRetryScheduled:
+		var p domain.RetryScheduled
+		if err = json.Unmarshal(e.Payload, &p); err != nil {
+			break
+		}
+		_, err = tx.Exec(ctx, `UPDATE delivery_attempts SET next_retry_at = $2 WHERE id = $1`, p.AfterAttemptID, p.NotBefore)
+	case domain.EvMovedToDLQ:
+		var p domain.MovedToDLQ
+		if err = json.Unmarshal(e.Payload, &p); err != nil {
+			break
+		}
+		_, err = tx.Exec(ctx, `UPDATE delivery_attempts SET is_dlq = 1, dlq_at = $2, next_retry_at = NULL WHERE id = $1`, p.AttemptID, p.DLQAt)
+	case domain.EvDestinationCreated, domain.EvDestinationUpdated:
+		var p struct{ ID, Name string }
+		if err = json.Unmarshal(e.Payload, &p); err != nil {
+			break
+		}
+		if _, err = tx.Exec(ctx, `UPDATE projected_deliveries SET destination_name = $2 WHERE destination_id = $1 AND destination_name IS DISTINCT FROM $2`, p.ID, p.Name); err != nil {
+			break
+		}
+		_, err = tx.Exec(ctx, `UPDATE delivery_attempts SET destination_name = $2 WHERE destination_id = $1 AND destination_name IS DISTINCT FROM $2`, p.ID, p.Name)
+	case domain.EvConnectionCreated, domain.EvConnectionUpdated:
+		var p struct{ ID, Name string }
+		if err = json.Unmarshal(e.Payload, &p); err != nil {
+			break
+		}
+		if _, err = tx.Exec(ctx, `UPDATE projected_deliveries SET connection_name = $2 WHERE connection_id = $1 AND connection_name IS DISTINCT FROM $2`, p.ID, p.Name); err != nil {
+			break
+		}
+		_, err = tx.Exec(ctx, `UPDATE delivery_attempts SET connection_name = $2 WHERE connection_id = $1 AND connection_name IS DISTINCT FROM $2`, p.ID, p.Name)
+	}
+	if err != nil {
+		return fmt.Errorf("project %s %s into delivery_attempts: %w", e.Type, e.EventID, err)
+	}
+	return nil
+}
+
+func insertPending(ctx context.Context, tx pgx.Tx, e eventstore.Event, attemptID, deliveryID string, number int, trigger, url, method string, at any) error {
+	_, err := tx.Exec(ctx, `INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
+			request_url, request_method, status, created_at, attempt_number, trigger_type, connection_name, destination_name)
+		SELECT $1, $2, $3, d.delivery_id, d.event_id, d.connection_id, d.destination_id, $5, $6, 'pending', $7, $8, $9, d.connection_name, d.destination_name
+		FROM projected_deliveries d WHERE d.delivery_id = $4
+		ON CONFLICT (id) DO NOTHING`, attemptID, e.OrgID, e.EnvID, deliveryID, url, method, at, number, trigger)
+	return err
+}
+
+// ApplyEvents folds one event into events_view.
+func ApplyEvents(ctx context.Context, tx pgx.Tx, e eventstore.Event) error {
+	if e.Type != domain.EvEventReceived {
+		return nil
+	}
+	var p domain.EventReceived
+	if err := json.Unmarshal(e.Payload, &p); err != nil {
+		return fmt.Errorf("project %s: %w", e.EventID, err)
+	}
+	status := "received"
+	if p.Deliveries > 0 {
+		status = "processing"
+	}
+	headers, _ := json.Marshal(p.Headers)
+	query, _ := json.Marshal(p.Query)
+	_, err := tx.Exec(ctx, `INSERT INTO events_view (id, org_id, env_id, source_id, source_name, source_slug, method, content_type,
+			source_ip, headers, query_params, body_b64, payload_size, status, delivery_count, received_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, NULLIF($8, ''), NULLIF($9, ''), $10, $11, $12, $13, $14, $15, $16)
+		ON CONFLICT (id) DO NOTHING`, p.EventID, e.OrgID, e.EnvID, p.SourceID, p.SourceName, p.SourceSlug, p.Method, p.ContentType,
+		p.SourceIP, headers, query, p.BodyB64, p.BodySize, status, p.Deliveries, p.ReceivedAt)
+	if err != nil {
+		return fmt.Errorf("project %s into events_view: %w", e.EventID, err)
+	}
+	return nil
+}
