@@ -26,8 +26,8 @@ type PlannedAttempt struct {
 type Delivery struct {
 	version     int64
 	requested   DeliveryRequested
-	lastNumber  int    // highest attempt number assigned
-	autoRetries int    // automatic retries made
+	lastNumber  int // highest attempt number assigned
+	autoRetries int // automatic retries made
 	next        *PlannedAttempt
 	terminal    string // "", "success" or "dlq"
 	reopened    string // terminal state a manual retry reopened

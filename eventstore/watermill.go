@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -187,7 +188,7 @@ type SubscriberParams struct {
 // NewSubscriber returns a watermill-sql subscriber that reads the events table
 // for one consumer group. Handlers find the subscriber's transaction with
 // InSavepoint; it commits with the group's offset.
-func NewSubscriber(pool *pgxpool.Pool, p SubscriberParams, logger watermill.LoggerAdapter) (*sql.Subscriber, error) {
+func NewSubscriber(pool *pgxpool.Pool, p SubscriberParams, logger watermill.LoggerAdapter) (message.Subscriber, error) {
 	if p.ConsumerGroup == "" {
 		return nil, errors.New("eventstore: subscriber needs a consumer group")
 	}
@@ -204,7 +205,7 @@ func NewSubscriber(pool *pgxpool.Pool, p SubscriberParams, logger watermill.Logg
 		logger = watermill.NopLogger{}
 	}
 	ack := p.AckDeadline
-	return sql.NewSubscriber(sql.BeginnerFromPgx(pool), sql.SubscriberConfig{
+	sub, err := sql.NewSubscriber(sql.BeginnerFromPgx(pool), sql.SubscriberConfig{
 		ConsumerGroup:  p.ConsumerGroup,
 		AckDeadline:    &ack,
 		PollInterval:   p.PollInterval,
@@ -214,6 +215,10 @@ func NewSubscriber(pool *pgxpool.Pool, p SubscriberParams, logger watermill.Logg
 		SchemaAdapter:  SchemaAdapter{BatchSize: p.BatchSize},
 		OffsetsAdapter: OffsetsAdapter(),
 	}, logger)
+	if err != nil {
+		return nil, err
+	}
+	return &drainingSubscriber{sub: sub, closing: make(chan struct{})}, nil
 }
 
 // ErrNoSubscriberTx is returned by InSavepoint outside a subscriber's handler.
@@ -247,4 +252,82 @@ func InSavepoint(ctx context.Context, fn func(tx pgx.Tx) error) error {
 		return fmt.Errorf("release savepoint: %w", err)
 	}
 	return nil
+}
+
+// drainingSubscriber lets in-flight messages finish before the SQL subscriber
+// closes. watermill-sql commits the batch transaction as soon as it is told
+// to close, even while a router handler is still using that transaction;
+// draining first keeps every handler's SQL inside a live transaction.
+type drainingSubscriber struct {
+	sub      *sql.Subscriber
+	inflight sync.WaitGroup
+	closing  chan struct{}
+	once     sync.Once
+	mu       sync.Mutex
+	cancels  []context.CancelFunc
+}
+
+func (d *drainingSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	// The SQL subscriber must not see the caller's cancellation before the
+	// drain: it would end the batch transaction under a running handler.
+	subCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	d.mu.Lock()
+	d.cancels = append(d.cancels, cancel)
+	d.mu.Unlock()
+	go func() {
+		select {
+		case <-ctx.Done():
+			d.once.Do(func() { close(d.closing) })
+		case <-d.closing:
+		}
+	}()
+	in, err := d.sub.Subscribe(subCtx, topic)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	out := make(chan *message.Message)
+	go func() {
+		defer close(out)
+		for msg := range in {
+			select {
+			case <-d.closing:
+				continue // not forwarded, not acked: redelivered after restart
+			default:
+			}
+			d.inflight.Add(1)
+			// Read the context before handing the message on: the router replaces it.
+			acked, nacked, done := msg.Acked(), msg.Nacked(), msg.Context().Done()
+			go func() {
+				defer d.inflight.Done()
+				select {
+				case <-acked:
+				case <-nacked:
+				case <-done:
+				}
+			}()
+			select {
+			case out <- msg:
+			case <-d.closing:
+				d.inflight.Done()
+			}
+		}
+	}()
+	return out, nil
+}
+
+func (d *drainingSubscriber) Close() error {
+	d.once.Do(func() { close(d.closing) })
+	done := make(chan struct{})
+	go func() { d.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+	}
+	d.mu.Lock()
+	for _, c := range d.cancels {
+		c()
+	}
+	d.mu.Unlock()
+	return d.sub.Close()
 }

@@ -91,7 +91,8 @@ func NewEngine(p EngineParams) *Engine {
 	if p.WorkerID == "" {
 		p.WorkerID = newID()
 	}
-	e := &Engine{p: p, client: NewHTTPClient(p.Outbound), wlog: watermill.NewSlogLogger(p.Log.With("component", "watermill")),
+	e := &Engine{p: p, client: NewHTTPClient(p.Outbound), wlog: watermill.NewSlogLoggerWithLevelMapping(p.Log.With("component", "watermill"),
+		map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}),
 		lanes: make(chan int, p.Lanes), inflight: map[string]int{}, wake: make(chan struct{}, 1)}
 	for i := 0; i < p.Lanes; i++ {
 		e.lanes <- i

@@ -92,6 +92,9 @@ type KeyParams struct {
 // CreateAPIKey creates an API key (and records APIKeyCreated, without the secret).
 // It returns ENotFound when the organization or environment does not exist.
 func CreateAPIKey(ctx context.Context, pool *pgxpool.Pool, store *eventstore.Store, p KeyParams, now time.Time) (CreatedKey, error) {
+	if store == nil {
+		store = eventstore.New(nil)
+	}
 	if strings.TrimSpace(p.Name) == "" {
 		return CreatedKey{}, domain.Errorf(domain.EInvalid, "key name is required")
 	}

@@ -1,0 +1,525 @@
+package handlers_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/internal/pgtest"
+)
+
+// harness is a running hookstream (API + engine) on a fresh database.
+type harness struct {
+	t    *testing.T
+	pool *pgxpool.Pool
+	api  *httptest.Server
+	key  string
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	pool := pgtest.NewPool(t)
+	svc := handlers.NewService(handlers.ServiceParams{Pool: pool, MaxIngestBody: 64 << 10})
+	api := httptest.NewServer(handlers.NewAPI(handlers.APIParams{Service: svc, Pool: pool}))
+	t.Cleanup(api.Close)
+	engine := handlers.NewEngine(handlers.EngineParams{Pool: pool, LeaseMargin: time.Second, Poll: 50 * time.Millisecond,
+		Outbound: handlers.OutboundPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- engine.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("engine: %v", err)
+		}
+	})
+	return &harness{t: t, pool: pool, api: api, key: newKey(t, pool, "")}
+}
+
+// newKey creates an API key in its own new organization (or the given one).
+func newKey(t *testing.T, pool *pgxpool.Pool, org string) string {
+	t.Helper()
+	ctx := context.Background()
+	p := handlers.KeyParams{Name: "test"}
+	if org == "" {
+		o, e, err := handlers.CreateTenant(ctx, pool, "org "+t.Name(), time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.OrgID, p.EnvID = o, e
+	}
+	k, err := handlers.CreateAPIKey(ctx, pool, nil, p, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.Key
+}
+
+// do sends a request and decodes the JSON answer.
+func (h *harness) do(method, path, key string, body any) (int, map[string]any) {
+	h.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		raw, _ := json.Marshal(b)
+		rd = bytes.NewReader(raw)
+	}
+	req, _ := http.NewRequest(method, h.api.URL+path, rd)
+	if key != "" {
+		req.Header.Set("X-API-Key", key)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	raw, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(raw, &out); err != nil {
+		h.t.Fatalf("%s %s: non-JSON answer %d %q", method, path, resp.StatusCode, raw)
+	}
+	return resp.StatusCode, out
+}
+
+func (h *harness) mustCreate(path string, body any) map[string]any {
+	h.t.Helper()
+	code, out := h.do("POST", path, h.key, body)
+	if code != 201 {
+		h.t.Fatalf("POST %s = %d %v", path, code, out)
+	}
+	for _, v := range out {
+		return v.(map[string]any)
+	}
+	return nil
+}
+
+// route creates destination → source → connection and returns the source id and destination id.
+func (h *harness) route(url string, dest map[string]any, filter []map[string]any) (string, string) {
+	h.t.Helper()
+	if dest == nil {
+		dest = map[string]any{}
+	}
+	dest["name"], dest["url"] = "dest", url
+	d := h.mustCreate("/v1/destinations", dest)
+	s := h.mustCreate("/v1/sources", map[string]any{"name": "src"})
+	conn := map[string]any{"name": "conn", "source_id": s["id"], "destination_id": d["id"]}
+	if filter != nil {
+		conn["filter_rules"] = filter
+	}
+	h.mustCreate("/v1/connections", conn)
+	return s["id"].(string), d["id"].(string)
+}
+
+func (h *harness) ingest(source, body string) string {
+	h.t.Helper()
+	code, out := h.do("POST", "/v1/ingest/"+source, "", body)
+	if code != 200 {
+		h.t.Fatalf("ingest = %d %v", code, out)
+	}
+	return out["event_id"].(string)
+}
+
+func (h *harness) attempts(query string) []map[string]any {
+	h.t.Helper()
+	code, out := h.do("GET", "/v1/delivery-attempts?"+query, h.key, nil)
+	if code != 200 {
+		h.t.Fatalf("list attempts = %d %v", code, out)
+	}
+	var list []map[string]any
+	for _, a := range out["delivery_attempts"].([]any) {
+		list = append(list, a.(map[string]any))
+	}
+	return list
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// sink is a destination that answers from a script of status codes and
+// records what it received.
+type sink struct {
+	mu      sync.Mutex
+	srv     *httptest.Server
+	codes   []int
+	bodies  []string
+	headers []http.Header
+}
+
+func newSink(t *testing.T, codes ...int) *sink {
+	s := &sink{codes: codes}
+	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		s.mu.Lock()
+		n := len(s.bodies)
+		s.bodies = append(s.bodies, string(body))
+		s.headers = append(s.headers, r.Header.Clone())
+		code := 200
+		if n < len(s.codes) {
+			code = s.codes[n]
+		}
+		s.mu.Unlock()
+		w.WriteHeader(code)
+		fmt.Fprintf(w, "reply %d", n+1)
+	}))
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+func (s *sink) count() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.bodies) }
+
+func num(v any) int { f, _ := v.(float64); return int(f) }
+
+func byNumber(list []map[string]any, n int) map[string]any {
+	for _, a := range list {
+		if num(a["attempt_number"]) == n {
+			return a
+		}
+	}
+	return nil
+}
+
+func TestDeliverySucceedsFirstTry(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	dst := newSink(t)
+	src, _ := h.route(dst.srv.URL+"/hook", nil, nil)
+	ev := h.ingest(src, `{"type":"order.created","id":42}`)
+	var list []map[string]any
+	waitFor(t, 10*time.Second, "a successful attempt", func() bool {
+		list = h.attempts("event_id=" + ev)
+		return len(list) == 1 && list[0]["status"] == "success"
+	})
+	a := list[0]
+	if len(a) != 24 {
+		t.Errorf("delivery_attempt has %d fields, want the seed's 24: %v", len(a), a)
+	}
+	if num(a["attempt_number"]) != 1 || a["trigger_type"] != "initial" || num(a["response_status"]) != 200 || num(a["is_dlq"]) != 0 ||
+		a["destination_name"] != "dest" || a["connection_name"] != "conn" || a["response_body"] != "reply 1" {
+		t.Errorf("attempt = %v", a)
+	}
+	if _, ok := a["request_headers"].(string); !ok {
+		t.Errorf("request_headers must be a JSON-encoded string, got %T", a["request_headers"])
+	}
+	if dst.count() != 1 || dst.bodies[0] != `{"type":"order.created","id":42}` {
+		t.Fatalf("destination received %v", dst.bodies)
+	}
+	hd := dst.headers[0]
+	if hd.Get("X-hookstream-Event-Id") != ev || hd.Get("X-hookstream-Delivery-Attempt") != "1" || hd.Get("X-hookstream-Timestamp") == "" || hd.Get("Idempotency-Key") == "" {
+		t.Errorf("delivery headers = %v", hd)
+	}
+	code, out := h.do("GET", "/v1/delivery-attempts/"+a["id"].(string), h.key, nil)
+	if code != 200 || out["delivery_attempt"].(map[string]any)["id"] != a["id"] {
+		t.Errorf("get attempt = %d %v", code, out)
+	}
+	waitFor(t, 5*time.Second, "the event in the events list", func() bool {
+		code, out := h.do("GET", "/v1/events/"+ev, h.key, nil)
+		return code == 200 && out["event"].(map[string]any)["source_id"] == src
+	})
+}
+
+func TestFailureThenSuccessRetries(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	dst := newSink(t, 503)
+	src, _ := h.route(dst.srv.URL, map[string]any{"retry_intervals": []int{1}}, nil)
+	ev := h.ingest(src, `{}`)
+	var list []map[string]any
+	waitFor(t, 15*time.Second, "the retry to succeed", func() bool {
+		list = h.attempts("event_id=" + ev)
+		return len(list) == 2 && byNumber(list, 2) != nil && byNumber(list, 2)["status"] == "success"
+	})
+	first, second := byNumber(list, 1), byNumber(list, 2)
+	if first["status"] != "failed" || num(first["response_status"]) != 503 || first["next_retry_at"] == nil || first["error"] == nil {
+		t.Errorf("first attempt = %v", first)
+	}
+	if second["trigger_type"] != "retry" {
+		t.Errorf("second attempt = %v", second)
+	}
+	if dst.headers[0].Get("Idempotency-Key") != dst.headers[1].Get("Idempotency-Key") {
+		t.Error("idempotency id changed between attempts")
+	}
+	if dst.headers[1].Get("X-hookstream-Delivery-Attempt") != "2" {
+		t.Errorf("attempt header = %q", dst.headers[1].Get("X-hookstream-Delivery-Attempt"))
+	}
+}
+
+func TestExhaustionMovesToDLQAndManualRetryDelivers(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	dst := newSink(t, 500, 500, 500)
+	src, _ := h.route(dst.srv.URL, map[string]any{"retry_intervals": []int{0}, "retry_max_attempts": 2, "retry_backoff_type": "fixed"}, nil)
+	ev := h.ingest(src, `{}`)
+	var list []map[string]any
+	waitFor(t, 15*time.Second, "the delivery to reach the DLQ", func() bool {
+		list = h.attempts("event_id=" + ev + "&is_dlq=1")
+		return len(list) == 1
+	})
+	last := list[0]
+	if num(last["attempt_number"]) != 3 || last["dlq_at"] == nil || last["next_retry_at"] != nil || last["status"] != "failed" {
+		t.Errorf("DLQ attempt = %v", last)
+	}
+	all := h.attempts("event_id=" + ev)
+	if len(all) != 3 || byNumber(all, 1)["next_retry_at"] == nil || num(byNumber(all, 1)["is_dlq"]) != 0 {
+		t.Fatalf("attempts = %v", all)
+	}
+	// Manual retry of the DLQ'd attempt: a new attempt, the original untouched.
+	code, out := h.do("POST", "/v1/delivery-attempts/"+last["id"].(string)+"/retry", h.key, nil)
+	if code != 200 {
+		t.Fatalf("retry = %d %v", code, out)
+	}
+	na := out["delivery_attempt"].(map[string]any)
+	if na["trigger_type"] != "manual" || num(na["attempt_number"]) != 4 || na["status"] != "success" || na["id"] == last["id"] {
+		t.Errorf("manual attempt = %v", na)
+	}
+	code, out = h.do("GET", "/v1/delivery-attempts/"+last["id"].(string), h.key, nil)
+	if code != 200 || num(out["delivery_attempt"].(map[string]any)["is_dlq"]) != 1 {
+		t.Errorf("original after retry = %v", out)
+	}
+	if dst.count() != 4 {
+		t.Errorf("destination saw %d requests, want 4", dst.count())
+	}
+}
+
+func TestFailedManualRetryReturnsToDLQ(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	dst := newSink(t, 500, 500)
+	src, _ := h.route(dst.srv.URL, map[string]any{"retry_enabled": false}, nil)
+	ev := h.ingest(src, `{}`)
+	var list []map[string]any
+	waitFor(t, 10*time.Second, "DLQ", func() bool { list = h.attempts("event_id=" + ev + "&is_dlq=1"); return len(list) == 1 })
+	code, out := h.do("POST", "/v1/delivery-attempts/"+list[0]["id"].(string)+"/retry", h.key, nil)
+	if code != 200 {
+		t.Fatalf("retry = %d %v", code, out)
+	}
+	na := out["delivery_attempt"].(map[string]any)
+	if na["status"] != "failed" || num(na["is_dlq"]) != 1 || na["dlq_at"] == nil || num(na["response_status"]) != 500 {
+		t.Errorf("failed manual retry = %v", na)
+	}
+}
+
+func TestConcurrentRetriesOneAccepted(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	release := make(chan struct{})
+	var hits atomic.Int32
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) > 1 {
+			<-release // the manual retry hangs until both calls have answered
+		}
+		w.WriteHeader(500)
+	}))
+	defer slow.Close()
+	defer close(release)
+	src, _ := h.route(slow.URL, map[string]any{"retry_enabled": false}, nil)
+	ev := h.ingest(src, `{}`)
+	var list []map[string]any
+	waitFor(t, 10*time.Second, "DLQ", func() bool { list = h.attempts("event_id=" + ev + "&is_dlq=1"); return len(list) == 1 })
+	id := list[0]["id"].(string)
+	codes := make(chan int, 2)
+	for i := 0; i < 2; i++ {
+		go func() {
+			code, _ := h.do("POST", "/v1/delivery-attempts/"+id+"/retry?wait=false", h.key, nil)
+			codes <- code
+		}()
+	}
+	got := []int{<-codes, <-codes}
+	if !((got[0] == 200 && got[1] == 400) || (got[0] == 400 && got[1] == 200)) {
+		t.Fatalf("concurrent retries answered %v, want one 200 and one 400", got)
+	}
+	waitFor(t, 10*time.Second, "the accepted retry to reach the destination", func() bool { return hits.Load() == 2 })
+	if n := hits.Load(); n != 2 {
+		t.Fatalf("destination saw %d requests, want 2 (initial + one retry)", n)
+	}
+}
+
+func TestDestinationRenameFollowsIntoAttempts(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	dst := newSink(t)
+	src, did := h.route(dst.srv.URL, nil, nil)
+	ev := h.ingest(src, `{}`)
+	waitFor(t, 10*time.Second, "delivery", func() bool { l := h.attempts("event_id=" + ev); return len(l) == 1 && l[0]["status"] == "success" })
+	if code, out := h.do("PATCH", "/v1/destinations/"+did, h.key, map[string]any{"name": "renamed"}); code != 200 {
+		t.Fatalf("rename = %d %v", code, out)
+	}
+	waitFor(t, 10*time.Second, "the new name on the old attempt", func() bool {
+		return h.attempts("event_id=" + ev)[0]["destination_name"] == "renamed"
+	})
+}
+
+func TestTenantIsolationAndAuth(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	dst := newSink(t)
+	src, did := h.route(dst.srv.URL, nil, nil)
+	ev := h.ingest(src, `{}`)
+	var list []map[string]any
+	waitFor(t, 10*time.Second, "delivery", func() bool { list = h.attempts("event_id=" + ev); return len(list) == 1 })
+	other := newKey(t, h.pool, "")
+	id := list[0]["id"].(string)
+	for _, path := range []string{"/v1/delivery-attempts/" + id, "/v1/destinations/" + did, "/v1/sources/" + src, "/v1/events/" + ev} {
+		if code, out := h.do("GET", path, other, nil); code != 404 {
+			t.Errorf("other tenant GET %s = %d %v, want 404", path, code, out)
+		}
+	}
+	if code, out := h.do("POST", "/v1/delivery-attempts/"+id+"/retry", other, nil); code != 404 || out["error"] != "Delivery attempt not found" {
+		t.Errorf("other tenant retry = %d %v", code, out)
+	}
+	if code, _ := h.do("POST", "/v1/delivery-attempts/not-an-id/retry", h.key, nil); code != 404 {
+		t.Errorf("malformed id retry = %d, want 404", code)
+	}
+	if l := len(h.attempts("")); l != 1 {
+		t.Errorf("own list has %d attempts", l)
+	}
+	code, out := h.do("GET", "/v1/delivery-attempts", "hs_live_"+strings.Repeat("0", 64), nil)
+	if code != 401 || out["error"] != "Unauthorized" || out["status"] != float64(401) || !strings.HasPrefix(out["request_id"].(string), "req_") {
+		t.Errorf("bad key = %d %v", code, out)
+	}
+	req, _ := http.NewRequest("GET", h.api.URL+"/v1/delivery-attempts", nil)
+	req.Header.Set("Authorization", "Bearer "+h.key)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 200 {
+		t.Errorf("bearer auth failed: %v %v", resp, err)
+	}
+}
+
+func TestBadInputIsRejectedAndNothingStored(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	cases := []struct {
+		name, body string
+		want       int
+		mention    string
+	}{
+		{"malformed", `{"name":`, 400, "malformed"},
+		{"wrong type", `{"name":"d","url":"http://x.example","timeout_ms":"slow"}`, 400, "timeout_ms"},
+		{"unknown field", `{"name":"d","url":"http://x.example","colour":"red"}`, 400, "colour"},
+		{"missing url", `{"name":"d"}`, 400, "url"},
+		{"bad retry", `{"name":"d","url":"http://x.example","retry_max_attempts":11}`, 400, "retry_max_attempts"},
+		{"huge", `{"name":"` + strings.Repeat("x", 2<<20) + `"}`, 413, "too large"},
+	}
+	for _, c := range cases {
+		code, out := h.do("POST", "/v1/destinations", h.key, c.body)
+		msg, _ := out["error"].(string)
+		if code != c.want || !strings.Contains(strings.ToLower(msg), c.mention) {
+			t.Errorf("%s: %d %v, want %d mentioning %q", c.name, code, out, c.want, c.mention)
+		}
+	}
+	var n int
+	if err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM destinations`).Scan(&n); err != nil || n != 0 {
+		t.Errorf("destinations stored after bad input: %d (%v)", n, err)
+	}
+	code, _ := h.do("POST", "/v1/ingest/"+strings.Repeat("a", 32), "", `{}`)
+	if code != 404 {
+		t.Errorf("ingest to unknown source = %d", code)
+	}
+	src := h.mustCreate("/v1/sources", map[string]any{"name": "s"})
+	code, _ = h.do("POST", "/v1/ingest/"+src["id"].(string), "", strings.Repeat("y", 65<<10))
+	if code != 413 {
+		t.Errorf("oversized ingest = %d, want 413", code)
+	}
+	if err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM events WHERE event_type = 'EventReceived'`).Scan(&n); err != nil || n != 0 {
+		t.Errorf("events stored after rejected ingests: %d", n)
+	}
+}
+
+func TestFilterExcludesEvent(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	dst := newSink(t)
+	src, _ := h.route(dst.srv.URL, nil, []map[string]any{{"field": "payload.type", "op": "eq", "value": "keep"}})
+	dropped := h.ingest(src, `{"type":"drop"}`)
+	kept := h.ingest(src, `{"type":"keep"}`)
+	waitFor(t, 10*time.Second, "the kept event delivered", func() bool { l := h.attempts("event_id=" + kept); return len(l) == 1 && l[0]["status"] == "success" })
+	if l := h.attempts("event_id=" + dropped); len(l) != 0 {
+		t.Fatalf("filtered event has attempts: %v", l)
+	}
+	var n int
+	if err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM events WHERE event_type = 'DeliveryRequested'`).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("DeliveryRequested events = %d, want 1", n)
+	}
+	if dst.count() != 1 {
+		t.Fatalf("destination saw %d requests", dst.count())
+	}
+}
+
+func TestHangingDestinationDoesNotDelayOthers(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	hang := make(chan struct{})
+	hung := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-hang }))
+	defer hung.Close()
+	defer close(hang)
+	fast := newSink(t)
+	slowSrc, _ := h.route(hung.URL, map[string]any{"timeout_ms": 60000}, nil)
+	fastSrc, _ := h.route(fast.srv.URL, nil, nil)
+	for i := 0; i < 80; i++ { // more than the per-destination bound
+		h.ingest(slowSrc, `{}`)
+	}
+	for i := 0; i < 20; i++ {
+		h.ingest(fastSrc, `{}`)
+	}
+	waitFor(t, 10*time.Second, "the healthy destination's deliveries", func() bool { return fast.count() == 20 })
+}
+
+func TestOutboundGuardRefusesPrivateAddresses(t *testing.T) {
+	t.Parallel()
+	for _, a := range []string{"127.0.0.1", "10.1.2.3", "169.254.169.254", "192.168.1.1", "::1", "fe80::1"} {
+		if err := (handlers.OutboundPolicy{}).Check(netip.MustParseAddr(a)); err == nil {
+			t.Errorf("%s allowed by default", a)
+		}
+	}
+	if err := (handlers.OutboundPolicy{}).Check(netip.MustParseAddr("93.184.216.34")); err != nil {
+		t.Errorf("public address refused: %v", err)
+	}
+	h := newHarnessStrict(t)
+	dst := newSink(t)
+	src, _ := h.route(dst.srv.URL, map[string]any{"retry_enabled": false}, nil)
+	ev := h.ingest(src, `{}`)
+	var list []map[string]any
+	waitFor(t, 10*time.Second, "the refused attempt", func() bool { list = h.attempts("event_id=" + ev); return len(list) == 1 && list[0]["status"] == "failed" })
+	if msg, _ := list[0]["error"].(string); !strings.Contains(msg, "not allowed") || dst.count() != 0 {
+		t.Fatalf("attempt = %v, destination saw %d", list[0], dst.count())
+	}
+}
+
+// newHarnessStrict runs the engine with the default outbound policy (no loopback).
+func newHarnessStrict(t *testing.T) *harness {
+	pool := pgtest.NewPool(t)
+	svc := handlers.NewService(handlers.ServiceParams{Pool: pool})
+	api := httptest.NewServer(handlers.NewAPI(handlers.APIParams{Service: svc, Pool: pool}))
+	t.Cleanup(api.Close)
+	engine := handlers.NewEngine(handlers.EngineParams{Pool: pool, Poll: 50 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- engine.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return &harness{t: t, pool: pool, api: api, key: newKey(t, pool, "")}
+}
