@@ -523,3 +523,20 @@ func newHarnessStrict(t *testing.T) *harness {
 	t.Cleanup(func() { cancel(); <-done })
 	return &harness{t: t, pool: pool, api: api, key: newKey(t, pool, "")}
 }
+
+func newKeyB(b *testing.B, pool *pgxpool.Pool) string {
+	o, e, err := handlers.CreateTenant(context.Background(), pool, "bench", time.Now())
+	if err != nil {
+		b.Fatal(err)
+	}
+	k, err := handlers.CreateAPIKey(context.Background(), pool, nil, handlers.KeyParams{Name: "bench", OrgID: o, EnvID: e}, time.Now())
+	if err != nil {
+		b.Fatal(err)
+	}
+	return k.Key
+}
+
+func decodeBody(resp *http.Response, v any) {
+	defer resp.Body.Close()
+	_ = json.NewDecoder(resp.Body).Decode(v)
+}
