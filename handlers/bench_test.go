@@ -65,7 +65,9 @@ func BenchmarkEndToEnd(b *testing.B) {
 					b.Error(err)
 					return
 				}
-				var out struct{ EventID string `json:"event_id"` }
+				var out struct {
+					EventID string `json:"event_id"`
+				}
 				decodeBody(resp, &out)
 				mu.Lock()
 				sent[out.EventID] = t0

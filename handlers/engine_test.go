@@ -504,7 +504,10 @@ func TestOutboundGuardRefusesPrivateAddresses(t *testing.T) {
 	src, _ := h.route(dst.srv.URL, map[string]any{"retry_enabled": false}, nil)
 	ev := h.ingest(src, `{}`)
 	var list []map[string]any
-	waitFor(t, 10*time.Second, "the refused attempt", func() bool { list = h.attempts("event_id=" + ev); return len(list) == 1 && list[0]["status"] == "failed" })
+	waitFor(t, 10*time.Second, "the refused attempt", func() bool {
+		list = h.attempts("event_id=" + ev)
+		return len(list) == 1 && list[0]["status"] == "failed"
+	})
 	if msg, _ := list[0]["error"].(string); !strings.Contains(msg, "not allowed") || dst.count() != 0 {
 		t.Fatalf("attempt = %v, destination saw %d", list[0], dst.count())
 	}
