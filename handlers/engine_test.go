@@ -328,33 +328,40 @@ func TestFailedManualRetryReturnsToDLQ(t *testing.T) {
 func TestConcurrentRetriesOneAccepted(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	release := make(chan struct{})
 	var hits atomic.Int32
-	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if hits.Add(1) > 1 {
-			<-release // the manual retry hangs until both calls have answered
-		}
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
 		w.WriteHeader(500)
 	}))
-	defer slow.Close()
-	defer close(release)
-	src, _ := h.route(slow.URL, map[string]any{"retry_enabled": false}, nil)
+	defer failing.Close()
+	src, _ := h.route(failing.URL, map[string]any{"retry_enabled": false}, nil)
 	ev := h.ingest(src, `{}`)
 	var list []map[string]any
 	waitFor(t, 10*time.Second, "DLQ", func() bool { list = h.attempts("event_id=" + ev + "&is_dlq=1"); return len(list) == 1 })
 	id := list[0]["id"].(string)
 	codes := make(chan int, 2)
+	start := make(chan struct{})
 	for i := 0; i < 2; i++ {
 		go func() {
+			<-start
 			code, _ := h.do("POST", "/v1/delivery-attempts/"+id+"/retry?wait=false", h.key, nil)
 			codes <- code
 		}()
 	}
+	close(start)
 	got := []int{<-codes, <-codes}
 	if !((got[0] == 200 && got[1] == 400) || (got[0] == 400 && got[1] == 200)) {
 		t.Fatalf("concurrent retries answered %v, want one 200 and one 400", got)
 	}
-	waitFor(t, 10*time.Second, "the accepted retry to reach the destination", func() bool { return hits.Load() == 2 })
+	// Wait until the accepted retry is recorded (failed, back in the DLQ);
+	// by then a second dispatch would have reached the destination too.
+	waitFor(t, 10*time.Second, "the manual attempt to be recorded", func() bool {
+		l := h.attempts("event_id=" + ev + "&is_dlq=1")
+		return len(l) == 2
+	})
+	if all := h.attempts("event_id=" + ev); len(all) != 2 {
+		t.Fatalf("%d attempts, want 2 (initial + one manual)", len(all))
+	}
 	if n := hits.Load(); n != 2 {
 		t.Fatalf("destination saw %d requests, want 2 (initial + one retry)", n)
 	}

@@ -63,6 +63,24 @@ func checkStatus(v string) error {
 	return invalidf("'status' must be one of active, paused, disabled")
 }
 
+// collectRows scans every row with scan; it always returns a non-nil slice
+// on success, so empty lists encode as [].
+func collectRows[T any](rows pgx.Rows, err error, scan func(pgx.Row) (T, error)) ([]T, error) {
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []T{}
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
 func isoTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z") }
 
 func isoTimePtr(t *time.Time) *string {
@@ -206,19 +224,11 @@ func (s *Service) GetSource(ctx context.Context, t Tenant, id string) (Source, e
 // ListSources lists the tenant's sources, newest first.
 func (s *Service) ListSources(ctx context.Context, t Tenant, status string) ([]Source, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+sourceCols+` FROM sources WHERE org_id = $1 AND env_id = $2 AND ($3 = '' OR status = $3) ORDER BY created_at DESC, id DESC LIMIT 1000`, t.OrgID, t.EnvID, status)
+	out, err := collectRows(rows, err, s.scanSource)
 	if err != nil {
 		return nil, fmt.Errorf("list sources: %w", err)
 	}
-	out := []Source{}
-	defer rows.Close()
-	for rows.Next() {
-		src, err := s.scanSource(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list sources: %w", err)
-		}
-		out = append(out, src)
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // UpdateSource applies a partial update.
@@ -521,19 +531,14 @@ func (s *Service) getDestination(ctx context.Context, t Tenant, id string) (Dest
 // ListDestinations lists the tenant's destinations, newest first.
 func (s *Service) ListDestinations(ctx context.Context, t Tenant, status string) ([]Destination, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+destCols+` FROM destinations WHERE org_id = $1 AND env_id = $2 AND ($3 = '' OR status = $3) ORDER BY created_at DESC, id DESC LIMIT 1000`, t.OrgID, t.EnvID, status)
+	out, err := collectRows(rows, err, func(row pgx.Row) (Destination, error) {
+		d, _, err := scanDestination(row)
+		return d, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list destinations: %w", err)
 	}
-	defer rows.Close()
-	out := []Destination{}
-	for rows.Next() {
-		d, _, err := scanDestination(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list destinations: %w", err)
-		}
-		out = append(out, d)
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // UpdateDestination applies a partial update; a rename is recorded and
@@ -714,19 +719,11 @@ func (s *Service) ListConnections(ctx context.Context, t Tenant, sourceID, desti
 	rows, err := s.pool.Query(ctx, connSelect+` WHERE c.org_id = $1 AND c.env_id = $2 AND ($3 = '' OR c.source_id = $3)
 		AND ($4 = '' OR c.destination_id = $4) AND ($5 = '' OR c.status = $5) ORDER BY c.created_at DESC, c.id DESC LIMIT 1000`,
 		t.OrgID, t.EnvID, sourceID, destinationID, status)
+	out, err := collectRows(rows, err, scanConnection)
 	if err != nil {
 		return nil, fmt.Errorf("list connections: %w", err)
 	}
-	defer rows.Close()
-	out := []Connection{}
-	for rows.Next() {
-		c, err := scanConnection(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list connections: %w", err)
-		}
-		out = append(out, c)
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // UpdateConnection applies a partial update (source and destination are fixed).

@@ -33,77 +33,64 @@ func (a *API) withAuth(next http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// crudRoutes are the five routes of a configuration resource.
+type crudRoutes[In, Out any] struct {
+	path, one, many string // "/sources", "source", "sources"
+	create          func(context.Context, Tenant, In, string) (Out, error)
+	list            func(*http.Request, Tenant) ([]Out, error)
+	get             func(context.Context, Tenant, string) (Out, error)
+	update          func(context.Context, Tenant, string, In, string) (Out, error)
+	remove          func(context.Context, Tenant, string, string) error
+}
+
+func registerCRUD[In, Out any](a *API, r *mux.Router, c crudRoutes[In, Out]) {
+	r.HandleFunc(c.path, a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		var in In
+		if a.decode(w, r, &in) {
+			a.respond(w, r, http.StatusCreated, c.one)(c.create(r.Context(), tenantOf(r), in, requestID(r)))
+		}
+	})).Methods(http.MethodPost)
+	r.HandleFunc(c.path, a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		a.respond(w, r, http.StatusOK, c.many)(c.list(r, tenantOf(r)))
+	})).Methods(http.MethodGet)
+	r.HandleFunc(c.path+"/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		a.respond(w, r, http.StatusOK, c.one)(c.get(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
+	})).Methods(http.MethodGet)
+	r.HandleFunc(c.path+"/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		var in In
+		if a.decode(w, r, &in) {
+			a.respond(w, r, http.StatusOK, c.one)(c.update(r.Context(), tenantOf(r), mux.Vars(r)["id"], in, requestID(r)))
+		}
+	})).Methods(http.MethodPatch)
+	r.HandleFunc(c.path+"/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		a.deleted(w, r, c.remove(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r)))
+	})).Methods(http.MethodDelete)
+}
+
 func (a *API) registerResourceRoutes(r *mux.Router) {
 	svc := a.p.Service
-	// Sources.
-	r.HandleFunc("/sources", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		var in SourceInput
-		if a.decode(w, r, &in) {
-			a.respond(w, r, http.StatusCreated, "source")(svc.CreateSource(r.Context(), tenantOf(r), in, requestID(r)))
-		}
-	})).Methods(http.MethodPost)
-	r.HandleFunc("/sources", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		a.respond(w, r, http.StatusOK, "sources")(svc.ListSources(r.Context(), tenantOf(r), r.URL.Query().Get("status")))
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/sources/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		a.respond(w, r, http.StatusOK, "source")(svc.GetSource(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/sources/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		var in SourceInput
-		if a.decode(w, r, &in) {
-			a.respond(w, r, http.StatusOK, "source")(svc.UpdateSource(r.Context(), tenantOf(r), mux.Vars(r)["id"], in, requestID(r)))
-		}
-	})).Methods(http.MethodPatch)
-	r.HandleFunc("/sources/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		a.deleted(w, r, svc.DeleteSource(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r)))
-	})).Methods(http.MethodDelete)
-
-	// Destinations.
-	r.HandleFunc("/destinations", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		var in DestinationInput
-		if a.decode(w, r, &in) {
-			a.respond(w, r, http.StatusCreated, "destination")(svc.CreateDestination(r.Context(), tenantOf(r), in, requestID(r)))
-		}
-	})).Methods(http.MethodPost)
-	r.HandleFunc("/destinations", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		a.respond(w, r, http.StatusOK, "destinations")(svc.ListDestinations(r.Context(), tenantOf(r), r.URL.Query().Get("status")))
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/destinations/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		a.respond(w, r, http.StatusOK, "destination")(svc.GetDestination(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/destinations/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		var in DestinationInput
-		if a.decode(w, r, &in) {
-			a.respond(w, r, http.StatusOK, "destination")(svc.UpdateDestination(r.Context(), tenantOf(r), mux.Vars(r)["id"], in, requestID(r)))
-		}
-	})).Methods(http.MethodPatch)
-	r.HandleFunc("/destinations/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		a.deleted(w, r, svc.DeleteDestination(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r)))
-	})).Methods(http.MethodDelete)
-
-	// Connections.
-	r.HandleFunc("/connections", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		var in ConnectionInput
-		if a.decode(w, r, &in) {
-			a.respond(w, r, http.StatusCreated, "connection")(svc.CreateConnection(r.Context(), tenantOf(r), in, requestID(r)))
-		}
-	})).Methods(http.MethodPost)
-	r.HandleFunc("/connections", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		q := r.URL.Query()
-		a.respond(w, r, http.StatusOK, "connections")(svc.ListConnections(r.Context(), tenantOf(r), q.Get("source_id"), q.Get("destination_id"), q.Get("status")))
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/connections/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		a.respond(w, r, http.StatusOK, "connection")(svc.GetConnection(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/connections/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		var in ConnectionInput
-		if a.decode(w, r, &in) {
-			a.respond(w, r, http.StatusOK, "connection")(svc.UpdateConnection(r.Context(), tenantOf(r), mux.Vars(r)["id"], in, requestID(r)))
-		}
-	})).Methods(http.MethodPatch)
-	r.HandleFunc("/connections/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		a.deleted(w, r, svc.DeleteConnection(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r)))
-	})).Methods(http.MethodDelete)
+	registerCRUD(a, r, crudRoutes[SourceInput, Source]{
+		path: "/sources", one: "source", many: "sources",
+		create: svc.CreateSource, get: svc.GetSource, update: svc.UpdateSource, remove: svc.DeleteSource,
+		list: func(r *http.Request, t Tenant) ([]Source, error) {
+			return svc.ListSources(r.Context(), t, r.URL.Query().Get("status"))
+		},
+	})
+	registerCRUD(a, r, crudRoutes[DestinationInput, Destination]{
+		path: "/destinations", one: "destination", many: "destinations",
+		create: svc.CreateDestination, get: svc.GetDestination, update: svc.UpdateDestination, remove: svc.DeleteDestination,
+		list: func(r *http.Request, t Tenant) ([]Destination, error) {
+			return svc.ListDestinations(r.Context(), t, r.URL.Query().Get("status"))
+		},
+	})
+	registerCRUD(a, r, crudRoutes[ConnectionInput, Connection]{
+		path: "/connections", one: "connection", many: "connections",
+		create: svc.CreateConnection, get: svc.GetConnection, update: svc.UpdateConnection, remove: svc.DeleteConnection,
+		list: func(r *http.Request, t Tenant) ([]Connection, error) {
+			q := r.URL.Query()
+			return svc.ListConnections(r.Context(), t, q.Get("source_id"), q.Get("destination_id"), q.Get("status"))
+		},
+	})
 }
 
 func (a *API) registerDeliveryRoutes(r *mux.Router) {

@@ -242,26 +242,28 @@ func (s *Service) ListAttempts(ctx context.Context, t Tenant, f AttemptFilter) (
 	where := `org_id = $1 AND env_id = $2 AND ($3 = '' OR event_id = $3) AND ($4 = '' OR connection_id = $4)
 		AND ($5 = '' OR destination_id = $5) AND ($6 = '' OR status = $6) AND ($7::int IS NULL OR is_dlq = $7)`
 	args := []any{t.OrgID, t.EnvID, f.EventID, f.ConnectionID, f.DestinationID, f.Status, f.IsDLQ}
-	p := Pagination{Limit: f.Limit, Offset: f.Offset}
-	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM delivery_attempts WHERE `+where, args...).Scan(&p.Total); err != nil {
-		return nil, p, fmt.Errorf("count attempts: %w", err)
-	}
-	rows, err := s.pool.Query(ctx, `SELECT `+attemptCols+` FROM delivery_attempts WHERE `+where+`
-		ORDER BY created_at DESC, id DESC LIMIT $8 OFFSET $9`, append(args, f.Limit, f.Offset)...)
+	out, p, err := pageQuery(ctx, s.pool, "delivery_attempts", attemptCols, where, "created_at DESC, id DESC", args, f.Limit, f.Offset, scanAttempt)
 	if err != nil {
 		return nil, p, fmt.Errorf("list attempts: %w", err)
 	}
-	defer rows.Close()
-	out := []Attempt{}
-	for rows.Next() {
-		a, err := scanAttempt(rows)
-		if err != nil {
-			return nil, p, fmt.Errorf("list attempts: %w", err)
-		}
-		out = append(out, a)
+	return out, p, nil
+}
+
+// pageQuery runs one offset-paginated list: the total and one page.
+func pageQuery[T any](ctx context.Context, pool *pgxpool.Pool, table, cols, where, order string, args []any, limit, offset int, scan func(pgx.Row) (T, error)) ([]T, Pagination, error) {
+	p := Pagination{Limit: limit, Offset: offset}
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE `+where, args...).Scan(&p.Total); err != nil {
+		return nil, p, err
 	}
-	p.HasMore = f.Offset+len(out) < p.Total
-	return out, p, rows.Err()
+	n := len(args)
+	rows, err := pool.Query(ctx, fmt.Sprintf(`SELECT %s FROM %s WHERE %s ORDER BY %s LIMIT $%d OFFSET $%d`, cols, table, where, order, n+1, n+2),
+		append(args, limit, offset)...)
+	out, err := collectRows(rows, err, scan)
+	if err != nil {
+		return nil, p, err
+	}
+	p.HasMore = offset+len(out) < p.Total
+	return out, p, nil
 }
 
 // GetAttempt returns one attempt of the tenant, or ENotFound "Delivery attempt not found".
@@ -508,25 +510,12 @@ func (s *Service) ListEvents(ctx context.Context, t Tenant, f EventFilter) ([]Ev
 	where := `org_id = $1 AND env_id = $2 AND ($3 = '' OR source_id = $3) AND ($4 = '' OR status = $4) AND ($5 = '' OR method = $5)
 		AND ($6::timestamptz IS NULL OR received_at > $6) AND ($7::timestamptz IS NULL OR received_at < $7)`
 	args := []any{t.OrgID, t.EnvID, f.SourceID, f.Status, f.Method, f.After, f.Before}
-	p := Pagination{Limit: f.Limit, Offset: f.Offset}
-	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM events_view WHERE `+where, args...).Scan(&p.Total); err != nil {
-		return nil, p, fmt.Errorf("count events: %w", err)
-	}
-	rows, err := s.pool.Query(ctx, `SELECT `+eventCols+` FROM events_view WHERE `+where+` ORDER BY received_at DESC, id DESC LIMIT $8 OFFSET $9`, append(args, f.Limit, f.Offset)...)
+	out, p, err := pageQuery(ctx, s.pool, "events_view", eventCols, where, "received_at DESC, id DESC", args, f.Limit, f.Offset,
+		func(row pgx.Row) (EventSummary, error) { return scanEventSummary(row) })
 	if err != nil {
 		return nil, p, fmt.Errorf("list events: %w", err)
 	}
-	defer rows.Close()
-	out := []EventSummary{}
-	for rows.Next() {
-		e, err := scanEventSummary(rows)
-		if err != nil {
-			return nil, p, fmt.Errorf("list events: %w", err)
-		}
-		out = append(out, e)
-	}
-	p.HasMore = f.Offset+len(out) < p.Total
-	return out, p, rows.Err()
+	return out, p, nil
 }
 
 // GetEvent returns one ingested event with headers, query and payload.

@@ -75,26 +75,27 @@ func ApplyDeliveryAttempts(ctx context.Context, tx pgx.Tx, e eventstore.Event) e
 		}
 		_, err = tx.Exec(ctx, `UPDATE delivery_attempts SET is_dlq = 1, dlq_at = $2, next_retry_at = NULL WHERE id = $1`, p.AttemptID, p.DLQAt)
 	case domain.EvDestinationCreated, domain.EvDestinationUpdated:
-		var p struct{ ID, Name string }
-		if err = json.Unmarshal(e.Payload, &p); err != nil {
-			break
-		}
-		if _, err = tx.Exec(ctx, `UPDATE projected_deliveries SET destination_name = $2 WHERE destination_id = $1 AND destination_name IS DISTINCT FROM $2`, p.ID, p.Name); err != nil {
-			break
-		}
-		_, err = tx.Exec(ctx, `UPDATE delivery_attempts SET destination_name = $2 WHERE destination_id = $1 AND destination_name IS DISTINCT FROM $2`, p.ID, p.Name)
+		err = followRename(ctx, tx, e.Payload, "destination_id", "destination_name")
 	case domain.EvConnectionCreated, domain.EvConnectionUpdated:
-		var p struct{ ID, Name string }
-		if err = json.Unmarshal(e.Payload, &p); err != nil {
-			break
-		}
-		if _, err = tx.Exec(ctx, `UPDATE projected_deliveries SET connection_name = $2 WHERE connection_id = $1 AND connection_name IS DISTINCT FROM $2`, p.ID, p.Name); err != nil {
-			break
-		}
-		_, err = tx.Exec(ctx, `UPDATE delivery_attempts SET connection_name = $2 WHERE connection_id = $1 AND connection_name IS DISTINCT FROM $2`, p.ID, p.Name)
+		err = followRename(ctx, tx, e.Payload, "connection_id", "connection_name")
 	}
 	if err != nil {
 		return fmt.Errorf("project %s %s into delivery_attempts: %w", e.Type, e.EventID, err)
+	}
+	return nil
+}
+
+// followRename writes a resource's current name into the deliveries and
+// attempts that show it (idCol/nameCol are fixed column names, not input).
+func followRename(ctx context.Context, tx pgx.Tx, payload []byte, idCol, nameCol string) error {
+	var p struct{ ID, Name string }
+	if err := json.Unmarshal(payload, &p); err != nil {
+		return err
+	}
+	for _, table := range []string{"projected_deliveries", "delivery_attempts"} {
+		if _, err := tx.Exec(ctx, `UPDATE `+table+` SET `+nameCol+` = $2 WHERE `+idCol+` = $1 AND `+nameCol+` IS DISTINCT FROM $2`, p.ID, p.Name); err != nil {
+			return err
+		}
 	}
 	return nil
 }
