@@ -365,43 +365,62 @@ func TestLateCommitterIsNeitherSkippedNorPassed(t *testing.T) {
 
 func TestSavepointHandlerRecoversAfterSQLError(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	pool := pgtest.NewPool(t)
-	if _, err := pool.Exec(ctx, "CREATE TABLE handled (event_id uuid PRIMARY KEY)"); err != nil {
-		t.Fatal(err)
-	}
-	const ackDeadline = 30 * time.Second
-	msgs := subscribe(t, pool, eventstore.SubscriberParams{ConsumerGroup: "test-savepoint", PollInterval: 5 * time.Millisecond, AckDeadline: ackDeadline})
-	var calls atomic.Int32
-	go func() {
-		for m := range msgs {
-			err := eventstore.InSavepoint(m.Context(), func(tx pgx.Tx) error {
-				if calls.Add(1) == 1 {
-					_, err := tx.Exec(m.Context(), "INSERT INTO handled (event_id) VALUES ('not-a-uuid')")
+	helpers := map[string]func(ctx context.Context, call int32, id string) error{
+		"InSavepoint": func(ctx context.Context, call int32, id string) error {
+			return eventstore.InSavepoint(ctx, func(tx pgx.Tx) error {
+				if call == 1 {
+					_, err := tx.Exec(ctx, "INSERT INTO handled (event_id) VALUES ('not-a-uuid')")
 					return err
 				}
-				_, err := tx.Exec(m.Context(), "INSERT INTO handled (event_id) VALUES ($1)", m.UUID)
+				_, err := tx.Exec(ctx, "INSERT INTO handled (event_id) VALUES ($1)", id)
 				return err
 			})
-			if err != nil {
-				m.Nack()
-				continue
+		},
+		"ExecInSavepoint": func(ctx context.Context, call int32, id string) error {
+			arg := id
+			if call == 1 {
+				arg = "not-a-uuid"
 			}
-			m.Ack()
-		}
-	}()
-	start := time.Now()
-	if _, err := eventstore.New(nil).Append(ctx, pool, appendTo("sp", eventstore.NoStream, ev("A", nil))); err != nil {
-		t.Fatal(err)
+			return eventstore.ExecInSavepoint(ctx, []eventstore.Statement{
+				{SQL: "SELECT 1"},
+				{SQL: "INSERT INTO handled (event_id) VALUES ($1::uuid)", Args: []any{arg}},
+			})
+		},
 	}
-	var n int
-	waitFor(t, ackDeadline/3, "the redelivered message to commit", func() bool {
-		return pool.QueryRow(ctx, "SELECT count(*) FROM handled").Scan(&n) == nil && n == 1
-	})
-	if calls.Load() != 2 {
-		t.Fatalf("handler ran %d times, want 2 (one failure, one success)", calls.Load())
+	for name, handle := range helpers {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			pool := pgtest.NewPool(t)
+			if _, err := pool.Exec(ctx, "CREATE TABLE handled (event_id uuid PRIMARY KEY)"); err != nil {
+				t.Fatal(err)
+			}
+			const ackDeadline = 30 * time.Second
+			msgs := subscribe(t, pool, eventstore.SubscriberParams{ConsumerGroup: "test-savepoint", PollInterval: 5 * time.Millisecond, AckDeadline: ackDeadline})
+			var calls atomic.Int32
+			go func() {
+				for m := range msgs {
+					if err := handle(m.Context(), calls.Add(1), m.UUID); err != nil {
+						m.Nack()
+						continue
+					}
+					m.Ack()
+				}
+			}()
+			start := time.Now()
+			if _, err := eventstore.New(nil).Append(ctx, pool, appendTo("sp", eventstore.NoStream, ev("A", nil))); err != nil {
+				t.Fatal(err)
+			}
+			var n int
+			waitFor(t, ackDeadline/3, "the redelivered message to commit", func() bool {
+				return pool.QueryRow(ctx, "SELECT count(*) FROM handled").Scan(&n) == nil && n == 1
+			})
+			if calls.Load() != 2 {
+				t.Fatalf("handler ran %d times, want 2 (one failure, one success)", calls.Load())
+			}
+			t.Logf("recovered %s after the failed attempt (ack deadline %s)", time.Since(start).Round(time.Millisecond), ackDeadline)
+		})
 	}
-	t.Logf("recovered %s after the failed attempt (ack deadline %s)", time.Since(start).Round(time.Millisecond), ackDeadline)
 }
 
 func TestPublishingThroughWatermillIsRefused(t *testing.T) {

@@ -218,7 +218,7 @@ func NewSubscriber(pool *pgxpool.Pool, p SubscriberParams, logger watermill.Logg
 	if err != nil {
 		return nil, err
 	}
-	return &drainingSubscriber{sub: sub, closing: make(chan struct{})}, nil
+	return newDrainingSubscriber(sub), nil
 }
 
 // ErrNoSubscriberTx is returned by InSavepoint outside a subscriber's handler.
@@ -259,12 +259,48 @@ func InSavepoint(ctx context.Context, fn func(tx pgx.Tx) error) error {
 // to close, even while a router handler is still using that transaction;
 // draining first keeps every handler's SQL inside a live transaction.
 type drainingSubscriber struct {
-	sub      *sql.Subscriber
-	inflight sync.WaitGroup
-	closing  chan struct{}
-	once     sync.Once
+	sub *sql.Subscriber
+
 	mu       sync.Mutex
+	idle     *sync.Cond // signalled when inflight drops to zero
+	inflight int
+	closed   bool
+	closing  chan struct{}
 	cancels  []context.CancelFunc
+}
+
+func newDrainingSubscriber(sub *sql.Subscriber) *drainingSubscriber {
+	d := &drainingSubscriber{sub: sub, closing: make(chan struct{})}
+	d.idle = sync.NewCond(&d.mu)
+	return d
+}
+
+// beginClose stops forwarding; it is safe to call more than once.
+func (d *drainingSubscriber) beginClose() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.closed {
+		d.closed = true
+		close(d.closing)
+	}
+}
+
+// track counts msg as in flight unless closing began; the returned release
+// (nil when not tracked) is safe to call more than once.
+func (d *drainingSubscriber) track() func() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.inflight++
+	return sync.OnceFunc(func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if d.inflight--; d.inflight == 0 {
+			d.idle.Broadcast()
+		}
+	})
 }
 
 func (d *drainingSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
@@ -277,7 +313,7 @@ func (d *drainingSubscriber) Subscribe(ctx context.Context, topic string) (<-cha
 	go func() {
 		select {
 		case <-ctx.Done():
-			d.once.Do(func() { close(d.closing) })
+			d.beginClose()
 		case <-d.closing:
 		}
 	}()
@@ -290,38 +326,44 @@ func (d *drainingSubscriber) Subscribe(ctx context.Context, topic string) (<-cha
 	go func() {
 		defer close(out)
 		for msg := range in {
-			select {
-			case <-d.closing:
-				continue // not forwarded, not acked: redelivered after restart
-			default:
+			release := d.track()
+			if release == nil {
+				continue // closing: not forwarded, not acked, read again after restart
 			}
-			d.inflight.Add(1)
-			// Read the context before handing the message on: the router replaces it.
+			// Read the channels before handing the message on: the router replaces its context.
 			acked, nacked, done := msg.Acked(), msg.Nacked(), msg.Context().Done()
 			go func() {
-				defer d.inflight.Done()
 				select {
 				case <-acked:
 				case <-nacked:
 				case <-done:
 				}
+				release()
 			}()
 			select {
 			case out <- msg:
 			case <-d.closing:
-				d.inflight.Done()
+				release()
 			}
 		}
 	}()
 	return out, nil
 }
 
+// Close waits (up to a minute) for in-flight messages, then closes the SQL subscriber.
 func (d *drainingSubscriber) Close() error {
-	d.once.Do(func() { close(d.closing) })
-	done := make(chan struct{})
-	go func() { d.inflight.Wait(); close(done) }()
+	d.beginClose()
+	drained := make(chan struct{})
+	go func() {
+		d.mu.Lock()
+		for d.inflight > 0 {
+			d.idle.Wait()
+		}
+		d.mu.Unlock()
+		close(drained)
+	}()
 	select {
-	case <-done:
+	case <-drained:
 	case <-time.After(time.Minute):
 	}
 	d.mu.Lock()
@@ -330,4 +372,42 @@ func (d *drainingSubscriber) Close() error {
 	}
 	d.mu.Unlock()
 	return d.sub.Close()
+}
+
+// Statement is one SQL statement with its arguments.
+type Statement struct {
+	SQL  string
+	Args []any
+}
+
+// ExecInSavepoint runs statements inside a SAVEPOINT of the subscriber
+// transaction carried by ctx, pipelined in one round trip (SAVEPOINT,
+// statements, RELEASE). On failure the savepoint is rolled back, so the
+// batch's transaction stays usable for the redelivered message.
+func ExecInSavepoint(ctx context.Context, stmts []Statement) error {
+	if len(stmts) == 0 {
+		return nil
+	}
+	wtx, ok := sql.TxFromContext(ctx)
+	if !ok {
+		return ErrNoSubscriberTx
+	}
+	ptx, ok := wtx.(*sql.PgxTx)
+	if !ok {
+		return fmt.Errorf("%w: transaction is %T, not pgx", ErrNoSubscriberTx, wtx)
+	}
+	b := &pgx.Batch{}
+	b.Queue("SAVEPOINT hookstream_handler")
+	for _, s := range stmts {
+		b.Queue(s.SQL, s.Args...)
+	}
+	b.Queue("RELEASE SAVEPOINT hookstream_handler")
+	err := ptx.Tx.SendBatch(ctx, b).Close()
+	if err == nil {
+		return nil
+	}
+	if _, rbErr := ptx.Tx.Exec(ctx, "ROLLBACK TO SAVEPOINT hookstream_handler"); rbErr != nil {
+		return errors.Join(err, fmt.Errorf("rollback to savepoint: %w", rbErr))
+	}
+	return err
 }

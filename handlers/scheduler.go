@@ -1,11 +1,8 @@
 package handlers
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
@@ -14,19 +11,23 @@ import (
 // GroupScheduler is the scheduler's consumer group. Persisted name.
 const GroupScheduler = "scheduler"
 
-// applySchedule keeps delivery_jobs in step with the delivery streams. Rows
+// schedule returns the statements that keep delivery_jobs in step with the delivery streams. Rows
 // only move forward in version, so writes made directly by the delivery
 // handler and the retry endpoint (in the same transaction as their events)
 // are never undone by a lagging scheduler, and replaying is harmless.
-func applySchedule(ctx context.Context, tx pgx.Tx, e eventstore.Event) error {
-	var err error
+func schedule(e eventstore.Event) ([]eventstore.Statement, error) {
+	var (
+		out []eventstore.Statement
+		err error
+	)
+	add := func(sql string, args ...any) { out = append(out, eventstore.Statement{SQL: sql, Args: args}) }
 	switch e.Type {
 	case domain.EvDeliveryRequested:
 		var p domain.DeliveryRequested
 		if err = json.Unmarshal(e.Payload, &p); err != nil {
 			break
 		}
-		_, err = tx.Exec(ctx, `WITH ins AS (
+		add(`WITH ins AS (
 				INSERT INTO delivery_jobs (delivery_id, org_id, env_id, event_id, connection_id, destination_id, received_uuid,
 					state, attempt_id, attempt_number, trigger_type, due_at, version)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, 'scheduled', $8, 1, $9, $10, $11)
@@ -38,28 +39,25 @@ func applySchedule(ctx context.Context, tx pgx.Tx, e eventstore.Event) error {
 		if err = json.Unmarshal(e.Payload, &p); err != nil {
 			break
 		}
-		err = scheduleJob(ctx, tx, e, p.NextAttemptID, p.AttemptNumber, domain.TriggerRetry, p.NotBefore)
+		add(scheduleSQL, e.StreamID, p.NextAttemptID, p.AttemptNumber, domain.TriggerRetry, p.NotBefore, e.StreamVersion)
 	case domain.EvRetryRequested:
 		var p domain.RetryRequested
 		if err = json.Unmarshal(e.Payload, &p); err != nil {
 			break
 		}
-		err = scheduleJob(ctx, tx, e, p.AttemptID, p.AttemptNumber, domain.TriggerManual, p.RequestedAt)
+		add(scheduleSQL, e.StreamID, p.AttemptID, p.AttemptNumber, domain.TriggerManual, p.RequestedAt, e.StreamVersion)
 	case domain.EvDeliveryAttempted, domain.EvMovedToDLQ:
-		_, err = tx.Exec(ctx, `UPDATE delivery_jobs SET state = 'done', attempt_id = NULL, lease_until = NULL, leased_by = NULL, version = $2
+		add(`UPDATE delivery_jobs SET state = 'done', attempt_id = NULL, lease_until = NULL, leased_by = NULL, version = $2
 			WHERE delivery_id = $1 AND version < $2`, e.StreamID, e.StreamVersion)
 	}
 	if err != nil {
-		return fmt.Errorf("schedule %s %s: %w", e.Type, e.EventID, err)
+		return nil, fmt.Errorf("schedule %s %s: %w", e.Type, e.EventID, err)
 	}
-	return nil
+	return out, nil
 }
 
-func scheduleJob(ctx context.Context, tx pgx.Tx, e eventstore.Event, attemptID string, number int, trigger string, due any) error {
-	_, err := tx.Exec(ctx, `WITH upd AS (
-			UPDATE delivery_jobs SET state = 'scheduled', attempt_id = $2, attempt_number = $3, trigger_type = $4, due_at = $5,
-				lease_until = NULL, leased_by = NULL, version = $6
-			WHERE delivery_id = $1 AND version < $6 RETURNING 1)
-		SELECT pg_notify('hookstream_jobs', '') FROM upd`, e.StreamID, attemptID, number, trigger, due, e.StreamVersion)
-	return err
-}
+const scheduleSQL = `WITH upd AS (
+		UPDATE delivery_jobs SET state = 'scheduled', attempt_id = $2, attempt_number = $3, trigger_type = $4, due_at = $5,
+			lease_until = NULL, leased_by = NULL, version = $6
+		WHERE delivery_id = $1 AND version < $6 RETURNING 1)
+	SELECT pg_notify('hookstream_jobs', '') FROM upd`

@@ -5,11 +5,8 @@
 package projections
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
@@ -21,35 +18,37 @@ const (
 	GroupEvents           = "projector.events"
 )
 
-// ApplyDeliveryAttempts folds one event into delivery_attempts (and its
-// helper projected_deliveries). Every write is idempotent, so a redelivered
-// event changes nothing.
-func ApplyDeliveryAttempts(ctx context.Context, tx pgx.Tx, e eventstore.Event) error {
-	var err error
+// DeliveryAttempts returns the statements that fold one event into
+// delivery_attempts (and its helper projected_deliveries); none for events it
+// ignores. Every statement is idempotent, so a redelivered event changes nothing.
+func DeliveryAttempts(e eventstore.Event) ([]eventstore.Statement, error) {
+	var (
+		out []eventstore.Statement
+		err error
+	)
+	add := func(sql string, args ...any) { out = append(out, eventstore.Statement{SQL: sql, Args: args}) }
 	switch e.Type {
 	case domain.EvDeliveryRequested:
 		var p domain.DeliveryRequested
 		if err = json.Unmarshal(e.Payload, &p); err != nil {
 			break
 		}
-		if _, err = tx.Exec(ctx, `INSERT INTO projected_deliveries (delivery_id, event_id, connection_id, destination_id, connection_name, destination_name)
+		add(`INSERT INTO projected_deliveries (delivery_id, event_id, connection_id, destination_id, connection_name, destination_name)
 			VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (delivery_id) DO NOTHING`,
-			p.DeliveryID, p.EventID, p.ConnectionID, p.DestinationID, p.ConnectionName, p.DestinationName); err != nil {
-			break
-		}
-		err = insertPending(ctx, tx, e, p.AttemptID, p.DeliveryID, 1, p.TriggerType, p.RequestURL, p.RequestMethod, p.RequestedAt)
+			p.DeliveryID, p.EventID, p.ConnectionID, p.DestinationID, p.ConnectionName, p.DestinationName)
+		add(insertPendingSQL, pendingArgs(e, p.AttemptID, p.DeliveryID, 1, p.TriggerType, p.RequestURL, p.RequestMethod, p.RequestedAt)...)
 	case domain.EvRetryRequested:
 		var p domain.RetryRequested
 		if err = json.Unmarshal(e.Payload, &p); err != nil {
 			break
 		}
-		err = insertPending(ctx, tx, e, p.AttemptID, e.StreamID, p.AttemptNumber, domain.TriggerManual, p.RequestURL, p.RequestMethod, p.RequestedAt)
+		add(insertPendingSQL, pendingArgs(e, p.AttemptID, e.StreamID, p.AttemptNumber, domain.TriggerManual, p.RequestURL, p.RequestMethod, p.RequestedAt)...)
 	case domain.EvDeliveryAttempted:
 		var p domain.DeliveryAttempted
 		if err = json.Unmarshal(e.Payload, &p); err != nil {
 			break
 		}
-		_, err = tx.Exec(ctx, `INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
+		add(`INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
 				request_url, request_method, request_headers, request_body_size, response_status, response_headers, response_body,
 				duration_ms, status, error, created_at, attempt_number, trigger_type, connection_name, destination_name)
 			SELECT $1, $2, $3, d.delivery_id, d.event_id, d.connection_id, d.destination_id, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
@@ -67,56 +66,60 @@ func ApplyDeliveryAttempts(ctx context.Context, tx pgx.Tx, e eventstore.Event) e
 		if err = json.Unmarshal(e.Payload, &p); err != nil {
 			break
 		}
-		_, err = tx.Exec(ctx, `UPDATE delivery_attempts SET next_retry_at = $2 WHERE id = $1`, p.AfterAttemptID, p.NotBefore)
+		add(`UPDATE delivery_attempts SET next_retry_at = $2 WHERE id = $1`, p.AfterAttemptID, p.NotBefore)
 	case domain.EvMovedToDLQ:
 		var p domain.MovedToDLQ
 		if err = json.Unmarshal(e.Payload, &p); err != nil {
 			break
 		}
-		_, err = tx.Exec(ctx, `UPDATE delivery_attempts SET is_dlq = 1, dlq_at = $2, next_retry_at = NULL WHERE id = $1`, p.AttemptID, p.DLQAt)
+		add(`UPDATE delivery_attempts SET is_dlq = 1, dlq_at = $2, next_retry_at = NULL WHERE id = $1`, p.AttemptID, p.DLQAt)
 	case domain.EvDestinationCreated, domain.EvDestinationUpdated:
-		err = followRename(ctx, tx, e.Payload, "destination_id", "destination_name")
+		out, err = followRename(e.Payload, "destination_id", "destination_name")
 	case domain.EvConnectionCreated, domain.EvConnectionUpdated:
-		err = followRename(ctx, tx, e.Payload, "connection_id", "connection_name")
+		out, err = followRename(e.Payload, "connection_id", "connection_name")
 	}
 	if err != nil {
-		return fmt.Errorf("project %s %s into delivery_attempts: %w", e.Type, e.EventID, err)
+		return nil, fmt.Errorf("project %s %s into delivery_attempts: %w", e.Type, e.EventID, err)
 	}
-	return nil
+	return out, nil
 }
 
-// followRename writes a resource's current name into the deliveries and
-// attempts that show it (idCol/nameCol are fixed column names, not input).
-func followRename(ctx context.Context, tx pgx.Tx, payload []byte, idCol, nameCol string) error {
+// followRename returns the statements that write a resource's current name
+// into the deliveries and attempts showing it (idCol/nameCol are fixed
+// column names, never input).
+func followRename(payload []byte, idCol, nameCol string) ([]eventstore.Statement, error) {
 	var p struct{ ID, Name string }
 	if err := json.Unmarshal(payload, &p); err != nil {
-		return err
+		return nil, err
 	}
+	var out []eventstore.Statement
 	for _, table := range []string{"projected_deliveries", "delivery_attempts"} {
-		if _, err := tx.Exec(ctx, `UPDATE `+table+` SET `+nameCol+` = $2 WHERE `+idCol+` = $1 AND `+nameCol+` IS DISTINCT FROM $2`, p.ID, p.Name); err != nil {
-			return err
-		}
+		out = append(out, eventstore.Statement{
+			SQL:  `UPDATE ` + table + ` SET ` + nameCol + ` = $2 WHERE ` + idCol + ` = $1 AND ` + nameCol + ` IS DISTINCT FROM $2`,
+			Args: []any{p.ID, p.Name},
+		})
 	}
-	return nil
+	return out, nil
 }
 
-func insertPending(ctx context.Context, tx pgx.Tx, e eventstore.Event, attemptID, deliveryID string, number int, trigger, url, method string, at any) error {
-	_, err := tx.Exec(ctx, `INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
-			request_url, request_method, status, created_at, attempt_number, trigger_type, connection_name, destination_name)
-		SELECT $1, $2, $3, d.delivery_id, d.event_id, d.connection_id, d.destination_id, $5, $6, 'pending', $7, $8, $9, d.connection_name, d.destination_name
-		FROM projected_deliveries d WHERE d.delivery_id = $4
-		ON CONFLICT (id) DO NOTHING`, attemptID, e.OrgID, e.EnvID, deliveryID, url, method, at, number, trigger)
-	return err
+const insertPendingSQL = `INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
+		request_url, request_method, status, created_at, attempt_number, trigger_type, connection_name, destination_name)
+	SELECT $1, $2, $3, d.delivery_id, d.event_id, d.connection_id, d.destination_id, $5, $6, 'pending', $7, $8, $9, d.connection_name, d.destination_name
+	FROM projected_deliveries d WHERE d.delivery_id = $4
+	ON CONFLICT (id) DO NOTHING`
+
+func pendingArgs(e eventstore.Event, attemptID, deliveryID string, number int, trigger, url, method string, at any) []any {
+	return []any{attemptID, e.OrgID, e.EnvID, deliveryID, url, method, at, number, trigger}
 }
 
-// ApplyEvents folds one event into events_view.
-func ApplyEvents(ctx context.Context, tx pgx.Tx, e eventstore.Event) error {
+// Events returns the statement that folds one event into events_view.
+func Events(e eventstore.Event) ([]eventstore.Statement, error) {
 	if e.Type != domain.EvEventReceived {
-		return nil
+		return nil, nil
 	}
 	var p domain.EventReceived
 	if err := json.Unmarshal(e.Payload, &p); err != nil {
-		return fmt.Errorf("project %s: %w", e.EventID, err)
+		return nil, fmt.Errorf("project %s: %w", e.EventID, err)
 	}
 	status := "received"
 	if p.Deliveries > 0 {
@@ -124,13 +127,9 @@ func ApplyEvents(ctx context.Context, tx pgx.Tx, e eventstore.Event) error {
 	}
 	headers, _ := json.Marshal(p.Headers)
 	query, _ := json.Marshal(p.Query)
-	_, err := tx.Exec(ctx, `INSERT INTO events_view (id, org_id, env_id, source_id, source_name, source_slug, method, content_type,
+	return []eventstore.Statement{{SQL: `INSERT INTO events_view (id, org_id, env_id, source_id, source_name, source_slug, method, content_type,
 			source_ip, headers, query_params, body_b64, payload_size, status, delivery_count, received_at)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, NULLIF($8, ''), NULLIF($9, ''), $10, $11, $12, $13, $14, $15, $16)
-		ON CONFLICT (id) DO NOTHING`, p.EventID, e.OrgID, e.EnvID, p.SourceID, p.SourceName, p.SourceSlug, p.Method, p.ContentType,
-		p.SourceIP, headers, query, p.BodyB64, p.BodySize, status, p.Deliveries, p.ReceivedAt)
-	if err != nil {
-		return fmt.Errorf("project %s into events_view: %w", e.EventID, err)
-	}
-	return nil
+		ON CONFLICT (id) DO NOTHING`, Args: []any{p.EventID, e.OrgID, e.EnvID, p.SourceID, p.SourceName, p.SourceSlug, p.Method, p.ContentType,
+		p.SourceIP, headers, query, p.BodyB64, p.BodySize, status, p.Deliveries, p.ReceivedAt}}}, nil
 }
