@@ -22,6 +22,7 @@ import (
 func BenchmarkEndToEnd(b *testing.B) {
 	pool := pgtest.NewPool(b)
 	svc := handlers.NewService(handlers.ServiceParams{Pool: pool})
+	defer svc.Close()
 	api := httptest.NewServer(handlers.NewAPI(handlers.APIParams{Service: svc, Pool: pool}))
 	defer api.Close()
 	engine := handlers.NewEngine(handlers.EngineParams{Pool: pool, Outbound: handlers.OutboundPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}})

@@ -33,6 +33,7 @@ func newHarness(t *testing.T) *harness {
 	t.Helper()
 	pool := pgtest.NewPool(t)
 	svc := handlers.NewService(handlers.ServiceParams{Pool: pool, MaxIngestBody: 64 << 10})
+	t.Cleanup(svc.Close)
 	api := httptest.NewServer(handlers.NewAPI(handlers.APIParams{Service: svc, Pool: pool}))
 	t.Cleanup(api.Close)
 	engine := handlers.NewEngine(handlers.EngineParams{Pool: pool, LeaseMargin: time.Second, Poll: 50 * time.Millisecond,
@@ -524,6 +525,7 @@ func TestOutboundGuardRefusesPrivateAddresses(t *testing.T) {
 func newHarnessStrict(t *testing.T) *harness {
 	pool := pgtest.NewPool(t)
 	svc := handlers.NewService(handlers.ServiceParams{Pool: pool})
+	t.Cleanup(svc.Close)
 	api := httptest.NewServer(handlers.NewAPI(handlers.APIParams{Service: svc, Pool: pool}))
 	t.Cleanup(api.Close)
 	engine := handlers.NewEngine(handlers.EngineParams{Pool: pool, Poll: 50 * time.Millisecond})

@@ -32,10 +32,11 @@ type ServiceParams struct {
 
 // Service is the application layer: every API call is one method here.
 type Service struct {
-	p     ServiceParams
-	pool  *pgxpool.Pool
-	store *eventstore.Store
-	now   func() time.Time
+	p      ServiceParams
+	pool   *pgxpool.Pool
+	store  *eventstore.Store
+	now    func() time.Time
+	ingest *groupCommitter
 }
 
 // NewService fills defaults and returns the service.
@@ -52,8 +53,14 @@ func NewService(p ServiceParams) *Service {
 	if p.Store == nil {
 		p.Store = eventstore.New(p.Now)
 	}
-	return &Service{p: p, pool: p.Pool, store: p.Store, now: func() time.Time { return p.Now().UTC() }}
+	return &Service{p: p, pool: p.Pool, store: p.Store, now: func() time.Time { return p.Now().UTC() },
+		ingest: newGroupCommitter(p.Pool, p.Store, 4, 256)}
 }
+
+// Close stops the ingest group committer; ingest calls after Close fail.
+func (s *Service) Close() { s.ingest.Close() }
+
+var errClosed = errors.New("service is closed")
 
 // ---- ingest ----
 
@@ -161,7 +168,7 @@ func (s *Service) Ingest(ctx context.Context, in IngestRequest) (IngestResult, e
 		StreamType: domain.StreamEvent, StreamID: eventID, OrgID: org, EnvID: env, Expected: eventstore.NoStream,
 		Events: []eventstore.NewEvent{{ID: receivedUUID, Type: domain.EvEventReceived, Payload: received, Metadata: meta}},
 	}}, appends...)
-	if _, err := s.store.AppendMany(ctx, s.pool, appends...); err != nil {
+	if err := s.ingest.Append(ctx, appends); err != nil {
 		return IngestResult{}, fmt.Errorf("ingest: append: %w", err)
 	}
 	return IngestResult{EventID: eventID, SourceID: in.SourceID}, nil

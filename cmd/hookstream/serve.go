@@ -97,6 +97,7 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 		publicURL = "http://" + ln.Addr().String()
 	}
 	svc := handlers.NewService(handlers.ServiceParams{Pool: db.Pool, Store: store, Log: log, PublicURL: publicURL, MaxIngestBody: cfg.MaxIngestBody})
+	defer svc.Close()
 	api := handlers.NewAPI(handlers.APIParams{Service: svc, Pool: db.Pool, Log: log, Version: version})
 	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 2)
