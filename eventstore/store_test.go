@@ -442,3 +442,59 @@ func TestPublishingThroughWatermillIsRefused(t *testing.T) {
 		t.Fatalf("events after refused publish: %d (%v)", n, err)
 	}
 }
+
+// A handler must be able to update a row that another transaction changed
+// after the consumer's batch began (the scheduler and the delivery handler
+// both write delivery_jobs). Under REPEATABLE READ that is a serialization
+// failure that repeats until the ack deadline while the batch pins the xmin
+// horizon for every consumer.
+func TestHandlerCanUpdateRowsChangedAfterBatchStart(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	if _, err := pool.Exec(ctx, "CREATE TABLE jobs (id int PRIMARY KEY, version int NOT NULL); INSERT INTO jobs VALUES (1, 1)"); err != nil {
+		t.Fatal(err)
+	}
+	msgs := subscribe(t, pool, eventstore.SubscriberParams{ConsumerGroup: "test-rc", PollInterval: 5 * time.Millisecond})
+	var calls atomic.Int32
+	result := make(chan error, 1)
+	go func() {
+		for m := range msgs {
+			if calls.Add(1) == 1 {
+				// Another writer moves the row on after the batch's snapshot…
+				if _, err := pool.Exec(ctx, "UPDATE jobs SET version = 3 WHERE id = 1"); err != nil {
+					result <- err
+					return
+				}
+			}
+			// …and the handler's version-guarded write must see it, not fail.
+			err := eventstore.ExecInSavepoint(m.Context(), []eventstore.Statement{{SQL: "UPDATE jobs SET version = 2 WHERE id = 1 AND version < 2"}})
+			if err != nil {
+				m.Nack()
+				if calls.Load() >= 3 {
+					result <- err
+					return
+				}
+				continue
+			}
+			m.Ack()
+			result <- nil
+			return
+		}
+	}()
+	if _, err := eventstore.New(nil).Append(ctx, pool, appendTo("rc", eventstore.NoStream, ev("A", nil))); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-result:
+		if err != nil {
+			t.Fatalf("handler could not write after a concurrent update (%d tries): %v", calls.Load(), err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("handler never finished")
+	}
+	var v int
+	if err := pool.QueryRow(ctx, "SELECT version FROM jobs WHERE id = 1").Scan(&v); err != nil || v != 3 {
+		t.Fatalf("version = %d (%v), want 3: the guard must keep the newer write", v, err)
+	}
+}

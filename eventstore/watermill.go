@@ -63,9 +63,15 @@ func (SchemaAdapter) SchemaInitializingQueries(sql.SchemaInitializingQueriesPara
 	return nil, nil
 }
 
-// SubscribeIsolationLevel is REPEATABLE READ, so a batch reads one snapshot.
+// SubscribeIsolationLevel is READ COMMITTED. The batch is read by one
+// statement (one snapshot either way, and the offset row is locked FOR
+// UPDATE), and handlers write shared tables that other transactions update
+// too (delivery_jobs): under watermill's default REPEATABLE READ such a write
+// fails with a serialization error on every redelivery in the same snapshot
+// until the ack deadline, while the open batch pins the xmin horizon and
+// stalls every consumer group. Handlers guard their writes by version instead.
 func (SchemaAdapter) SubscribeIsolationLevel() stdsql.IsolationLevel {
-	return stdsql.LevelRepeatableRead
+	return stdsql.LevelReadCommitted
 }
 
 // SelectQuery returns the next batch for a consumer group.
