@@ -35,7 +35,7 @@ type EngineParams struct {
 	Log      *slog.Logger
 	Now      func() time.Time
 	Outbound OutboundPolicy
-	// Lanes is how many delivery batches run at once (default 32).
+	// Lanes is how many delivery batches run at once (default 64).
 	Lanes int
 	// PerDestination bounds in-flight requests to one destination (default 32),
 	// so a hanging destination cannot take every lane.
@@ -58,9 +58,20 @@ type Engine struct {
 
 	lanes    chan int
 	mu       sync.Mutex
-	inflight map[string]int
+	inflight map[string]*destLoad
 	wake     chan struct{}
 }
+
+// destLoad is what one destination holds right now: requests in flight and
+// the lanes (batches) they occupy. Both are bounded, so a destination that
+// hangs can neither pile up requests nor take every lane with one-job batches.
+type destLoad struct{ requests, batches int }
+
+// batchSize is the most jobs one delivery batch (one lane) carries.
+const batchSize = 16
+
+// maxBatches is how many lanes one destination may occupy at once.
+func (e *Engine) maxBatches() int { return max(1, (e.p.PerDestination+batchSize-1)/batchSize) }
 
 // NewEngine fills defaults and returns an engine ready to Run.
 func NewEngine(p EngineParams) *Engine {
@@ -74,7 +85,7 @@ func NewEngine(p EngineParams) *Engine {
 		p.Store = eventstore.New(p.Now)
 	}
 	if p.Lanes <= 0 {
-		p.Lanes = 32
+		p.Lanes = 64
 	}
 	if p.PerDestination <= 0 {
 		p.PerDestination = 32
@@ -93,7 +104,7 @@ func NewEngine(p EngineParams) *Engine {
 	}
 	e := &Engine{p: p, client: NewHTTPClient(p.Outbound), wlog: watermill.NewSlogLoggerWithLevelMapping(p.Log.With("component", "watermill"),
 		map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}),
-		lanes: make(chan int, p.Lanes), inflight: map[string]int{}, wake: make(chan struct{}, 1)}
+		lanes: make(chan int, p.Lanes), inflight: map[string]*destLoad{}, wake: make(chan struct{}, 1)}
 	for i := 0; i < p.Lanes; i++ {
 		e.lanes <- i
 	}
@@ -281,8 +292,8 @@ LEFT JOIN destinations d ON d.id = u.destination_id`
 func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (int, error) {
 	e.mu.Lock()
 	saturated := []string{}
-	for d, n := range e.inflight {
-		if n >= e.p.PerDestination {
+	for d, l := range e.inflight {
+		if l.requests >= e.p.PerDestination || l.batches >= e.maxBatches() {
 			saturated = append(saturated, d)
 		}
 	}
@@ -320,31 +331,38 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (in
 	for _, dest := range order {
 		group := byDest[dest]
 		e.mu.Lock()
-		free := e.p.PerDestination - e.inflight[dest]
-		if free < len(group) {
-			for _, j := range group[max(free, 0):] {
-				excess = append(excess, j.DeliveryID)
-			}
-			group = group[:max(free, 0)]
+		load := e.inflight[dest]
+		if load == nil {
+			load = &destLoad{}
+			e.inflight[dest] = load
 		}
-		e.inflight[dest] += len(group)
+		keep := min(len(group), max(0, e.p.PerDestination-load.requests), max(0, e.maxBatches()-load.batches)*batchSize)
+		for _, j := range group[keep:] {
+			excess = append(excess, j.DeliveryID)
+		}
+		group = group[:keep]
+		chunks := (len(group) + batchSize - 1) / batchSize
+		load.requests += len(group)
+		load.batches += chunks
 		e.mu.Unlock()
 		for len(group) > 0 {
-			chunk := group[:min(16, len(group))]
+			chunk := group[:min(batchSize, len(group))]
 			group = group[len(chunk):]
 			var lane int
 			select {
 			case lane = <-e.lanes:
 			case <-ctx.Done():
-				e.finished(dest, len(chunk)+len(group), -1)
+				// Unpublished jobs keep their leases; shutdown releases them.
+				e.finished(dest, len(chunk)+len(group), chunks, -1)
 				return len(jobs), ctx.Err()
 			}
+			chunks--
 			payload, _ := json.Marshal(chunk)
 			msg := message.NewMessage(newID(), payload)
 			msg.Metadata.Set("lane", strconv.Itoa(lane))
 			msg.Metadata.Set("destination_id", dest)
 			if err := bus.Publish(laneTopic(lane), msg); err != nil {
-				e.finished(dest, len(chunk)+len(group), lane)
+				e.finished(dest, len(chunk)+len(group), chunks+1, lane)
 				return len(jobs), fmt.Errorf("publish batch: %w", err)
 			}
 		}
@@ -357,12 +375,16 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (in
 	return len(jobs) - len(excess), nil
 }
 
-// finished returns n per-destination slots and a lane (when lane >= 0).
-func (e *Engine) finished(dest string, n, lane int) {
+// finished returns n requests and b batches of a destination, and a lane
+// (when lane >= 0).
+func (e *Engine) finished(dest string, n, b, lane int) {
 	e.mu.Lock()
-	e.inflight[dest] -= n
-	if e.inflight[dest] <= 0 {
-		delete(e.inflight, dest)
+	if l := e.inflight[dest]; l != nil {
+		l.requests -= n
+		l.batches -= b
+		if l.requests <= 0 && l.batches <= 0 {
+			delete(e.inflight, dest)
+		}
 	}
 	e.mu.Unlock()
 	if lane >= 0 {
@@ -379,7 +401,7 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 		return fmt.Errorf("decode batch: %w", err)
 	}
 	lane, _ := strconv.Atoi(msg.Metadata.Get("lane"))
-	defer e.finished(msg.Metadata.Get("destination_id"), len(jobs), lane)
+	defer e.finished(msg.Metadata.Get("destination_id"), len(jobs), 1, lane)
 	results := make([]domain.DeliveryAttempted, len(jobs))
 	var wg sync.WaitGroup
 	for i := range jobs {

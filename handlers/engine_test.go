@@ -330,8 +330,11 @@ func TestConcurrentRetriesOneAccepted(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	var hits atomic.Int32
+	release := make(chan struct{})
 	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hits.Add(1)
+		if hits.Add(1) > 1 {
+			<-release // hold the accepted retry in flight until both calls have answered
+		}
 		w.WriteHeader(500)
 	}))
 	defer failing.Close()
@@ -351,6 +354,7 @@ func TestConcurrentRetriesOneAccepted(t *testing.T) {
 	}
 	close(start)
 	got := []int{<-codes, <-codes}
+	close(release)
 	if !((got[0] == 200 && got[1] == 400) || (got[0] == 400 && got[1] == 200)) {
 		t.Fatalf("concurrent retries answered %v, want one 200 and one 400", got)
 	}

@@ -2,8 +2,10 @@ package handlers
 
 import (
 	"context"
+	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/hookstream/hookstream/eventstore"
@@ -23,7 +25,16 @@ type groupCommitter struct {
 
 type appendRequest struct {
 	appends []eventstore.StreamAppend
+	jobs    []newJob
 	result  chan error
+}
+
+// newJob is the delivery_jobs row of a new delivery, written in the same
+// transaction as its DeliveryRequested (the scheduler derives the same row
+// from the log, idempotently, and is what rebuilds it).
+type newJob struct {
+	DeliveryID, OrgID, EnvID, EventID, ConnectionID, DestinationID, ReceivedUUID, AttemptID, Trigger string
+	Due                                                                                              time.Time
 }
 
 func newGroupCommitter(pool *pgxpool.Pool, store *eventstore.Store, workers, maxBatch int) *groupCommitter {
@@ -37,8 +48,8 @@ func newGroupCommitter(pool *pgxpool.Pool, store *eventstore.Store, workers, max
 // Append stores the appends, together with whatever other requests are
 // waiting, and returns once they are committed. It returns the store's
 // error for these appends (ErrConcurrency, ErrDuplicateEvent, …).
-func (g *groupCommitter) Append(ctx context.Context, appends []eventstore.StreamAppend) error {
-	req := appendRequest{appends: appends, result: make(chan error, 1)}
+func (g *groupCommitter) Append(ctx context.Context, appends []eventstore.StreamAppend, jobs []newJob) error {
+	req := appendRequest{appends: appends, jobs: jobs, result: make(chan error, 1)}
 	select {
 	case g.reqs <- req:
 	case <-ctx.Done():
@@ -75,26 +86,57 @@ func (g *groupCommitter) run() {
 func (g *groupCommitter) commit(batch []appendRequest) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if len(batch) == 1 {
-		_, err := g.store.AppendMany(ctx, g.pool, batch[0].appends...)
-		batch[0].result <- err
-		return
-	}
-	var all []eventstore.StreamAppend
-	for _, r := range batch {
-		all = append(all, r.appends...)
-	}
-	if _, err := g.store.AppendMany(ctx, g.pool, all...); err == nil {
+	err := g.commitTx(ctx, batch)
+	if err == nil || len(batch) == 1 {
 		for _, r := range batch {
-			r.result <- nil
+			r.result <- err
 		}
 		return
 	}
 	// One request's failure must not fail its neighbours: retry each alone.
 	for _, r := range batch {
-		_, err := g.store.AppendMany(ctx, g.pool, r.appends...)
-		r.result <- err
+		r.result <- g.commitTx(ctx, []appendRequest{r})
 	}
+}
+
+// commitTx appends every request's events and inserts their jobs in one
+// transaction, the event INSERT first.
+func (g *groupCommitter) commitTx(ctx context.Context, batch []appendRequest) error {
+	return pgx.BeginFunc(ctx, g.pool, func(tx pgx.Tx) error {
+		var all []eventstore.StreamAppend
+		var jobs []newJob
+		for _, r := range batch {
+			all = append(all, r.appends...)
+			jobs = append(jobs, r.jobs...)
+		}
+		if _, err := g.store.AppendMany(ctx, tx, all...); err != nil {
+			return err
+		}
+		if len(jobs) == 0 {
+			return nil
+		}
+		cols := make([][]string, 9)
+		due := make([]time.Time, len(jobs))
+		for i, j := range jobs {
+			for c, v := range []string{j.DeliveryID, j.OrgID, j.EnvID, j.EventID, j.ConnectionID, j.DestinationID, j.ReceivedUUID, j.AttemptID, j.Trigger} {
+				cols[c] = append(cols[c], v)
+			}
+			due[i] = j.Due
+		}
+		_, err := tx.Exec(ctx, `WITH ins AS (
+				INSERT INTO delivery_jobs (delivery_id, org_id, env_id, event_id, connection_id, destination_id, received_uuid,
+					state, attempt_id, attempt_number, trigger_type, due_at, version)
+				SELECT d, o, e, ev, c, dst, r::uuid, 'scheduled', a, 1, tr, due, 1
+				FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
+					AS u(d, o, e, ev, c, dst, r, a, tr, due)
+				ON CONFLICT (delivery_id) DO NOTHING RETURNING 1)
+			SELECT pg_notify('hookstream_jobs', '') FROM ins LIMIT 1`,
+			cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7], cols[8], due)
+		if err != nil {
+			return fmt.Errorf("insert jobs: %w", err)
+		}
+		return nil
+	})
 }
 
 func (g *groupCommitter) Close() { close(g.done) }

@@ -144,18 +144,21 @@ func (s *Service) Ingest(ctx context.Context, in IngestRequest) (IngestResult, e
 	receivedUUID := uuid.Must(uuid.NewV7())
 	meta := eventstore.Metadata{Actor: "ingest", RequestID: in.RequestID, CorrelationID: eventID}
 	var appends []eventstore.StreamAppend
+	var jobs []newJob
 	for _, r := range routes {
 		if srcStatus != "active" || !domain.MatchFilter(r.rules, input) {
 			continue
 		}
-		deliveryID := newID()
+		deliveryID, attemptID := newID(), newID()
+		jobs = append(jobs, newJob{DeliveryID: deliveryID, OrgID: org, EnvID: env, EventID: eventID, ConnectionID: r.connID,
+			DestinationID: r.destID, ReceivedUUID: receivedUUID.String(), AttemptID: attemptID, Trigger: domain.TriggerInitial, Due: now})
 		appends = append(appends, eventstore.StreamAppend{
 			StreamType: domain.StreamDelivery, StreamID: deliveryID, OrgID: org, EnvID: env, Expected: eventstore.NoStream,
 			Events: []eventstore.NewEvent{{Type: domain.EvDeliveryRequested, Metadata: eventstore.Metadata{Actor: "ingest", RequestID: in.RequestID, CorrelationID: eventID, CausationID: receivedUUID.String()},
 				Payload: domain.DeliveryRequested{
 					DeliveryID: deliveryID, EventID: eventID, ReceivedUUID: receivedUUID.String(),
 					ConnectionID: r.connID, ConnectionName: r.connName, DestinationID: r.destID, DestinationName: r.destName,
-					RequestURL: r.url, RequestMethod: r.method, AttemptID: newID(), TriggerType: domain.TriggerInitial, RequestedAt: now,
+					RequestURL: r.url, RequestMethod: r.method, AttemptID: attemptID, TriggerType: domain.TriggerInitial, RequestedAt: now,
 				}}},
 		})
 	}
@@ -168,7 +171,7 @@ func (s *Service) Ingest(ctx context.Context, in IngestRequest) (IngestResult, e
 		StreamType: domain.StreamEvent, StreamID: eventID, OrgID: org, EnvID: env, Expected: eventstore.NoStream,
 		Events: []eventstore.NewEvent{{ID: receivedUUID, Type: domain.EvEventReceived, Payload: received, Metadata: meta}},
 	}}, appends...)
-	if err := s.ingest.Append(ctx, appends); err != nil {
+	if err := s.ingest.Append(ctx, appends, jobs); err != nil {
 		return IngestResult{}, fmt.Errorf("ingest: append: %w", err)
 	}
 	return IngestResult{EventID: eventID, SourceID: in.SourceID}, nil

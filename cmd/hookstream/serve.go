@@ -43,7 +43,7 @@ func parseServe(args []string) (serveConfig, error) {
 	fs.StringVar(&c.AllowCIDRs, "allow-cidrs", envOr("HOOKSTREAM_ALLOW_CIDRS", ""), "comma-separated CIDRs destinations may resolve to despite the private-address guard (HOOKSTREAM_ALLOW_CIDRS)")
 	fs.StringVar(&c.PublicURL, "public-url", envOr("HOOKSTREAM_PUBLIC_URL", ""), "base URL shown in ingest URLs (HOOKSTREAM_PUBLIC_URL; default http://ADDR)")
 	fs.Int64Var(&c.MaxIngestBody, "max-ingest-body", 1<<20, "largest ingested body in bytes (413 above)")
-	fs.IntVar(&c.Lanes, "lanes", 32, "delivery batches in flight at once")
+	fs.IntVar(&c.Lanes, "lanes", 64, "delivery batches in flight at once")
 	fs.IntVar(&c.PerDestination, "per-destination", 32, "in-flight requests per destination")
 	fs.DurationVar(&c.LeaseMargin, "lease-margin", 30*time.Second, "added to a destination's timeout for a claimed job's lease")
 	fs.BoolVar(&c.API, "api", false, "run only the API (with --workers: both, the default)")
