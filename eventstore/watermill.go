@@ -49,6 +49,14 @@ var ErrPublishRefused = errors.New("eventstore: publishing into the events table
 type SchemaAdapter struct {
 	// BatchSize is how many events one subscriber query reads (default 100).
 	BatchSize int
+	// EventTypes, when set, limits the messages to these event types. The
+	// query scans a window of ScanWindow positions after the cursor and
+	// returns the matching rows; a window with none returns its last row
+	// instead, so the cursor moves past long runs of other events (the
+	// subscriber acks that row without handing it out).
+	EventTypes []string
+	// ScanWindow is how many positions one filtered query looks at (default 10×BatchSize).
+	ScanWindow int
 }
 
 var _ sql.SchemaAdapter = SchemaAdapter{}
@@ -92,16 +100,39 @@ func (a SchemaAdapter) SelectQuery(p sql.SelectQueryParams) (sql.Query, error) {
 	// The OR-of-conditions form watermill's default uses, sorted on a cast,
 	// bitmap-scans every row past the cursor (42 ms vs 0.16 ms per batch at
 	// 150k unread rows).
-	q := `WITH last_processed AS (` + next.Query + `)
-	SELECT global_position, transaction_id::text::bigint AS txid, event_id, payload, metadata,
-	       event_type, stream_type, stream_id, stream_version, schema_version, org_id, env_id, recorded_at
-	FROM events
-	WHERE (transaction_id, global_position) >
+	const cols = `e.global_position, e.transaction_id::text::bigint AS txid, e.event_id, e.payload, e.metadata,
+	       e.event_type, e.stream_type, e.stream_id, e.stream_version, e.schema_version, e.org_id, e.env_id, e.recorded_at`
+	const after = `(transaction_id, global_position) >
 	      ((SELECT last_processed_transaction_id FROM last_processed), (SELECT offset_acked FROM last_processed))
-	  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-	ORDER BY transaction_id, global_position
+	  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())`
+	if len(a.EventTypes) == 0 {
+		q := `WITH last_processed AS (` + next.Query + `)
+	SELECT ` + cols + ` FROM events e
+	WHERE ` + after + `
+	ORDER BY e.transaction_id, e.global_position
 	LIMIT ` + strconv.Itoa(batch)
-	return sql.Query{Query: q, Args: next.Args}, nil
+		return sql.Query{Query: q, Args: next.Args}, nil
+	}
+	window := a.ScanWindow
+	if window <= 0 {
+		window = 10 * batch
+	}
+	typesArg := "$" + strconv.Itoa(len(next.Args)+1)
+	q := `WITH last_processed AS (` + next.Query + `),
+	scanned AS (
+		SELECT transaction_id, global_position, event_type = ANY(` + typesArg + `::text[]) AS wanted FROM events
+		WHERE ` + after + `
+		ORDER BY transaction_id, global_position
+		LIMIT ` + strconv.Itoa(window) + `
+	), picked AS (
+		(SELECT transaction_id, global_position FROM scanned WHERE wanted ORDER BY transaction_id, global_position LIMIT ` + strconv.Itoa(batch) + `)
+		UNION ALL
+		(SELECT transaction_id, global_position FROM scanned WHERE NOT EXISTS (SELECT 1 FROM scanned WHERE wanted)
+		 ORDER BY transaction_id DESC, global_position DESC LIMIT 1)
+	)
+	SELECT ` + cols + ` FROM picked p JOIN events e ON e.global_position = p.global_position
+	ORDER BY p.transaction_id, p.global_position`
+	return sql.Query{Query: q, Args: append(append([]any{}, next.Args...), a.EventTypes)}, nil
 }
 
 // UnmarshalMessage turns a row into a message whose UUID is the event id,
@@ -189,6 +220,8 @@ type SubscriberParams struct {
 	ResendInterval time.Duration
 	// Backoff decides the wait after each read; default polls every PollInterval.
 	Backoff sql.BackoffManager
+	// EventTypes limits the group to these event types (all when empty).
+	EventTypes []string
 }
 
 // NewSubscriber returns a watermill-sql subscriber that reads the events table
@@ -218,13 +251,20 @@ func NewSubscriber(pool *pgxpool.Pool, p SubscriberParams, logger watermill.Logg
 		ResendInterval: p.ResendInterval,
 		RetryInterval:  p.PollInterval * 4,
 		BackoffManager: p.Backoff,
-		SchemaAdapter:  SchemaAdapter{BatchSize: p.BatchSize},
+		SchemaAdapter:  SchemaAdapter{BatchSize: p.BatchSize, EventTypes: p.EventTypes},
 		OffsetsAdapter: OffsetsAdapter(),
 	}, logger)
 	if err != nil {
 		return nil, err
 	}
-	return newDrainingSubscriber(sub), nil
+	d := newDrainingSubscriber(sub)
+	if len(p.EventTypes) > 0 {
+		d.wanted = map[string]bool{}
+		for _, t := range p.EventTypes {
+			d.wanted[t] = true
+		}
+	}
+	return d, nil
 }
 
 // ErrNoSubscriberTx is returned by InSavepoint outside a subscriber's handler.
@@ -265,7 +305,8 @@ func InSavepoint(ctx context.Context, fn func(tx pgx.Tx) error) error {
 // to close, even while a router handler is still using that transaction;
 // draining first keeps every handler's SQL inside a live transaction.
 type drainingSubscriber struct {
-	sub *sql.Subscriber
+	sub    *sql.Subscriber
+	wanted map[string]bool // nil: every event type
 
 	mu       sync.Mutex
 	idle     *sync.Cond // signalled when inflight drops to zero
@@ -332,6 +373,10 @@ func (d *drainingSubscriber) Subscribe(ctx context.Context, topic string) (<-cha
 	go func() {
 		defer close(out)
 		for msg := range in {
+			if d.wanted != nil && !d.wanted[msg.Metadata.Get(MetaEventType)] {
+				msg.Ack() // a cursor-advancing row of another type
+				continue
+			}
 			release := d.track()
 			if release == nil {
 				continue // closing: not forwarded, not acked, read again after restart

@@ -120,13 +120,14 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	for _, c := range []struct {
 		group string
+		types []string
 		apply func(eventstore.Event) ([]eventstore.Statement, error)
 	}{
-		{GroupScheduler, schedule},
-		{projections.GroupDeliveryAttempts, projections.DeliveryAttempts},
-		{projections.GroupEvents, projections.Events},
+		{GroupScheduler, scheduleEvents, schedule},
+		{projections.GroupDeliveryAttempts, projections.DeliveryAttemptsEvents, projections.DeliveryAttempts},
+		{projections.GroupEvents, projections.EventsEvents, projections.Events},
 	} {
-		sub, err := eventstore.NewSubscriber(e.p.Pool, eventstore.SubscriberParams{ConsumerGroup: c.group, PollInterval: e.p.ConsumerPoll}, e.wlog)
+		sub, err := eventstore.NewSubscriber(e.p.Pool, eventstore.SubscriberParams{ConsumerGroup: c.group, PollInterval: e.p.ConsumerPoll, EventTypes: c.types}, e.wlog)
 		if err != nil {
 			return err
 		}

@@ -11,6 +11,9 @@ import (
 // GroupScheduler is the scheduler's consumer group. Persisted name.
 const GroupScheduler = "scheduler"
 
+// scheduleEvents are the event types schedule uses.
+var scheduleEvents = []string{domain.EvDeliveryRequested, domain.EvRetryScheduled, domain.EvRetryRequested, domain.EvDeliveryAttempted, domain.EvMovedToDLQ}
+
 // schedule returns the statements that keep delivery_jobs in step with the delivery streams. Rows
 // only move forward in version, so writes made directly by the delivery
 // handler and the retry endpoint (in the same transaction as their events)

@@ -18,6 +18,16 @@ const (
 	GroupEvents           = "projector.events"
 )
 
+// DeliveryAttemptsEvents are the event types DeliveryAttempts uses; its
+// consumer group reads only these.
+var DeliveryAttemptsEvents = []string{
+	domain.EvDeliveryRequested, domain.EvRetryRequested, domain.EvDeliveryAttempted, domain.EvRetryScheduled, domain.EvMovedToDLQ,
+	domain.EvDestinationCreated, domain.EvDestinationUpdated, domain.EvConnectionCreated, domain.EvConnectionUpdated,
+}
+
+// EventsEvents are the event types Events uses.
+var EventsEvents = []string{domain.EvEventReceived}
+
 // DeliveryAttempts returns the statements that fold one event into
 // delivery_attempts (and its helper projected_deliveries); none for events it
 // ignores. Every statement is idempotent, so a redelivered event changes nothing.
