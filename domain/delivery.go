@@ -110,6 +110,7 @@ func (d *Delivery) RecordAttempt(res DeliveryAttempted, policy RetryPolicy, now 
 	}
 	res.AttemptNumber = d.next.Number
 	res.TriggerType = d.next.Trigger
+	res.EventID = d.requested.EventID
 	out := []Decided{{Type: EvDeliveryAttempted, Payload: res}}
 	if res.Status == AttemptSuccess {
 		return out, nil
@@ -119,7 +120,7 @@ func (d *Delivery) RecordAttempt(res DeliveryAttempted, policy RetryPolicy, now 
 		retriesMade++
 	}
 	dlq := func(reason string) []Decided {
-		return append(out, Decided{Type: EvMovedToDLQ, Payload: MovedToDLQ{AttemptID: res.AttemptID, Reason: reason, DLQAt: now}})
+		return append(out, Decided{Type: EvMovedToDLQ, Payload: MovedToDLQ{AttemptID: res.AttemptID, EventID: d.requested.EventID, Reason: reason, DLQAt: now}})
 	}
 	switch {
 	case res.TriggerType == TriggerReplay:

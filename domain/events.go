@@ -81,6 +81,7 @@ type DeliveryRequested struct {
 // DeliveryAttempted records one HTTP attempt and what the destination said.
 type DeliveryAttempted struct {
 	AttemptID       string    `json:"attempt_id"`
+	EventID         string    `json:"event_id"`
 	AttemptNumber   int       `json:"attempt_number"`
 	TriggerType     string    `json:"trigger_type"`
 	RequestURL      string    `json:"request_url"`
@@ -118,6 +119,7 @@ type RetryRequested struct {
 // MovedToDLQ marks the delivery dead-lettered after AttemptID failed.
 type MovedToDLQ struct {
 	AttemptID string    `json:"attempt_id"`
+	EventID   string    `json:"event_id"`
 	Reason    string    `json:"reason"`
 	DLQAt     time.Time `json:"dlq_at"`
 }

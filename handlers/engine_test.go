@@ -152,6 +152,16 @@ func (h *harness) attempts(query string) []map[string]any {
 	return list
 }
 
+// eventStatus is the event's status in GET /v1/events/{id} ("" while not listed).
+func (h *harness) eventStatus(id string) string {
+	code, out := h.do("GET", "/v1/events/"+id, h.key, nil)
+	if code != 200 {
+		return ""
+	}
+	st, _ := out["event"].(map[string]any)["status"].(string)
+	return st
+}
+
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -239,9 +249,9 @@ func TestDeliverySucceedsFirstTry(t *testing.T) {
 	if code != 200 || out["delivery_attempt"].(map[string]any)["id"] != a["id"] {
 		t.Errorf("get attempt = %d %v", code, out)
 	}
-	waitFor(t, 5*time.Second, "the event in the events list", func() bool {
+	waitFor(t, 5*time.Second, "the event, delivered, in the events list", func() bool {
 		code, out := h.do("GET", "/v1/events/"+ev, h.key, nil)
-		return code == 200 && out["event"].(map[string]any)["source_id"] == src
+		return code == 200 && out["event"].(map[string]any)["source_id"] == src && h.eventStatus(ev) == "delivered"
 	})
 }
 
@@ -283,6 +293,10 @@ func TestExhaustionMovesToDLQAndManualRetryDelivers(t *testing.T) {
 		return len(list) == 1
 	})
 	last := list[0]
+	waitFor(t, 5*time.Second, "the event to show failed", func() bool { return h.eventStatus(ev) == "failed" })
+	if code, out := h.do("GET", "/v1/events?status=failed", h.key, nil); code != 200 || len(out["events"].([]any)) != 1 {
+		t.Errorf("failed events list = %d %v", code, out)
+	}
 	if num(last["attempt_number"]) != 3 || last["dlq_at"] == nil || last["next_retry_at"] != nil || last["status"] != "failed" {
 		t.Errorf("DLQ attempt = %v", last)
 	}
@@ -306,6 +320,7 @@ func TestExhaustionMovesToDLQAndManualRetryDelivers(t *testing.T) {
 	if dst.count() != 4 {
 		t.Errorf("destination saw %d requests, want 4", dst.count())
 	}
+	waitFor(t, 5*time.Second, "the event to show delivered after the manual retry", func() bool { return h.eventStatus(ev) == "delivered" })
 }
 
 func TestFailedManualRetryReturnsToDLQ(t *testing.T) {
@@ -473,6 +488,7 @@ func TestFilterExcludesEvent(t *testing.T) {
 	if l := h.attempts("event_id=" + dropped); len(l) != 0 {
 		t.Fatalf("filtered event has attempts: %v", l)
 	}
+	waitFor(t, 5*time.Second, "the filtered event in the events list", func() bool { return h.eventStatus(dropped) == "received" })
 	var n int
 	if err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM events WHERE event_type = 'DeliveryRequested'`).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("DeliveryRequested events = %d, want 1", n)

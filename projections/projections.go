@@ -26,7 +26,7 @@ var DeliveryAttemptsEvents = []string{
 }
 
 // EventsEvents are the event types Events uses.
-var EventsEvents = []string{domain.EvEventReceived}
+var EventsEvents = []string{domain.EvEventReceived, domain.EvDeliveryAttempted, domain.EvMovedToDLQ}
 
 // DeliveryAttempts returns the statements that fold one event into
 // delivery_attempts (and its helper projected_deliveries); none for events it
@@ -112,6 +112,22 @@ func followRename(payload []byte, idCol, nameCol string) ([]eventstore.Statement
 	return out, nil
 }
 
+// eventOutcome records a delivery's latest outcome and re-derives its event's status.
+func eventOutcome(e eventstore.Event, eventID, outcome string) []eventstore.Statement {
+	return []eventstore.Statement{
+		{SQL: `INSERT INTO event_delivery_outcomes (delivery_id, event_id, outcome, version) VALUES ($1, $2, $3, $4)
+			ON CONFLICT (delivery_id) DO UPDATE SET outcome = excluded.outcome, version = excluded.version
+			WHERE event_delivery_outcomes.version < excluded.version`, Args: []any{e.StreamID, eventID, outcome, e.StreamVersion}},
+		{SQL: `UPDATE events_view v SET status = CASE
+				WHEN o.dlq > 0 THEN 'failed'
+				WHEN o.success >= v.delivery_count THEN 'delivered'
+				ELSE 'processing' END
+			FROM (SELECT count(*) FILTER (WHERE outcome = 'dlq') AS dlq, count(*) FILTER (WHERE outcome = 'success') AS success
+			      FROM event_delivery_outcomes WHERE event_id = $1) o
+			WHERE v.id = $1`, Args: []any{eventID}},
+	}
+}
+
 const insertPendingSQL = `INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
 		request_url, request_method, status, created_at, attempt_number, trigger_type, connection_name, destination_name)
 	SELECT $1, $2, $3, d.delivery_id, d.event_id, d.connection_id, d.destination_id, $5, $6, 'pending', $7, $8, $9, d.connection_name, d.destination_name
@@ -122,9 +138,30 @@ func pendingArgs(e eventstore.Event, attemptID, deliveryID string, number int, t
 	return []any{attemptID, e.OrgID, e.EnvID, deliveryID, url, method, at, number, trigger}
 }
 
-// Events returns the statement that folds one event into events_view.
+// Events returns the statements that fold one event into events_view: the
+// ingested event, then its status from its deliveries' outcomes.
 func Events(e eventstore.Event) ([]eventstore.Statement, error) {
-	if e.Type != domain.EvEventReceived {
+	switch e.Type {
+	case domain.EvEventReceived:
+	case domain.EvDeliveryAttempted:
+		var p domain.DeliveryAttempted
+		if err := json.Unmarshal(e.Payload, &p); err != nil {
+			return nil, fmt.Errorf("project %s: %w", e.EventID, err)
+		}
+		if p.Status != domain.AttemptSuccess || p.EventID == "" {
+			return nil, nil // a failure changes the status only once it reaches the DLQ
+		}
+		return eventOutcome(e, p.EventID, "success"), nil
+	case domain.EvMovedToDLQ:
+		var p domain.MovedToDLQ
+		if err := json.Unmarshal(e.Payload, &p); err != nil {
+			return nil, fmt.Errorf("project %s: %w", e.EventID, err)
+		}
+		if p.EventID == "" {
+			return nil, nil
+		}
+		return eventOutcome(e, p.EventID, "dlq"), nil
+	default:
 		return nil, nil
 	}
 	var p domain.EventReceived

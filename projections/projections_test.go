@@ -22,7 +22,7 @@ var AllEventTypes = []string{
 // A projection's consumer group reads only the types it declares, so an
 // event type it handles but does not declare would be silently skipped.
 func TestDeclaredEventTypesCoverWhatProjectionsUse(t *testing.T) {
-	payload, _ := json.Marshal(map[string]any{"id": "x", "name": "n", "delivery_id": "d", "attempt_id": "a", "after_attempt_id": "a", "event_id": "e"})
+	payload, _ := json.Marshal(map[string]any{"id": "x", "name": "n", "delivery_id": "d", "attempt_id": "a", "after_attempt_id": "a", "event_id": "e", "status": "success"})
 	for _, c := range []struct {
 		name  string
 		types []string
