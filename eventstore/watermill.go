@@ -276,15 +276,11 @@ var ErrNoSubscriberTx = errors.New("eventstore: no subscriber transaction in the
 // can succeed; without it, one SQL error would poison the whole batch until
 // the ack deadline.
 func InSavepoint(ctx context.Context, fn func(tx pgx.Tx) error) error {
-	wtx, ok := sql.TxFromContext(ctx)
-	if !ok {
-		return ErrNoSubscriberTx
+	tx, err := subscriberTx(ctx)
+	if err != nil {
+		return err
 	}
-	ptx, ok := wtx.(*sql.PgxTx)
-	if !ok {
-		return fmt.Errorf("%w: transaction is %T, not pgx", ErrNoSubscriberTx, wtx)
-	}
-	sp, err := ptx.Tx.Begin(ctx)
+	sp, err := tx.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("savepoint: %w", err)
 	}
@@ -425,11 +421,31 @@ func (d *drainingSubscriber) Close() error {
 	return d.sub.Close()
 }
 
+// subscriberTx returns the pgx transaction of the subscriber batch carried
+// by ctx (a message's context), or ErrNoSubscriberTx.
+func subscriberTx(ctx context.Context) (pgx.Tx, error) {
+	wtx, ok := sql.TxFromContext(ctx)
+	if !ok {
+		return nil, ErrNoSubscriberTx
+	}
+	ptx, ok := wtx.(*sql.PgxTx)
+	if !ok {
+		return nil, fmt.Errorf("%w: transaction is %T, not pgx", ErrNoSubscriberTx, wtx)
+	}
+	return ptx.Tx, nil
+}
+
 // Statement is one SQL statement with its arguments.
 type Statement struct {
 	SQL  string
 	Args []any
 }
+
+// Statements is a list of statements a handler builds up.
+type Statements []Statement
+
+// Add appends one statement.
+func (s *Statements) Add(sql string, args ...any) { *s = append(*s, Statement{SQL: sql, Args: args}) }
 
 // ExecInSavepoint runs statements inside a SAVEPOINT of the subscriber
 // transaction carried by ctx, pipelined in one round trip (SAVEPOINT,
@@ -439,13 +455,9 @@ func ExecInSavepoint(ctx context.Context, stmts []Statement) error {
 	if len(stmts) == 0 {
 		return nil
 	}
-	wtx, ok := sql.TxFromContext(ctx)
-	if !ok {
-		return ErrNoSubscriberTx
-	}
-	ptx, ok := wtx.(*sql.PgxTx)
-	if !ok {
-		return fmt.Errorf("%w: transaction is %T, not pgx", ErrNoSubscriberTx, wtx)
+	tx, err := subscriberTx(ctx)
+	if err != nil {
+		return err
 	}
 	b := &pgx.Batch{}
 	b.Queue("SAVEPOINT hookstream_handler")
@@ -453,11 +465,11 @@ func ExecInSavepoint(ctx context.Context, stmts []Statement) error {
 		b.Queue(s.SQL, s.Args...)
 	}
 	b.Queue("RELEASE SAVEPOINT hookstream_handler")
-	err := ptx.Tx.SendBatch(ctx, b).Close()
+	err = tx.SendBatch(ctx, b).Close()
 	if err == nil {
 		return nil
 	}
-	if _, rbErr := ptx.Tx.Exec(ctx, "ROLLBACK TO SAVEPOINT hookstream_handler"); rbErr != nil {
+	if _, rbErr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT hookstream_handler"); rbErr != nil {
 		return errors.Join(err, fmt.Errorf("rollback to savepoint: %w", rbErr))
 	}
 	return err

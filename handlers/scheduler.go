@@ -20,10 +20,10 @@ var scheduleEvents = []string{domain.EvDeliveryRequested, domain.EvRetrySchedule
 // are never undone by a lagging scheduler, and replaying is harmless.
 func schedule(e eventstore.Event) ([]eventstore.Statement, error) {
 	var (
-		out []eventstore.Statement
+		out eventstore.Statements
 		err error
 	)
-	add := func(sql string, args ...any) { out = append(out, eventstore.Statement{SQL: sql, Args: args}) }
+	add := out.Add
 	switch e.Type {
 	case domain.EvDeliveryRequested:
 		var p domain.DeliveryRequested

@@ -33,10 +33,10 @@ var EventsEvents = []string{domain.EvEventReceived, domain.EvDeliveryAttempted, 
 // ignores. Every statement is idempotent, so a redelivered event changes nothing.
 func DeliveryAttempts(e eventstore.Event) ([]eventstore.Statement, error) {
 	var (
-		out []eventstore.Statement
+		out eventstore.Statements
 		err error
 	)
-	add := func(sql string, args ...any) { out = append(out, eventstore.Statement{SQL: sql, Args: args}) }
+	add := out.Add
 	switch e.Type {
 	case domain.EvDeliveryRequested:
 		var p domain.DeliveryRequested
