@@ -43,7 +43,8 @@ func (d *Delivery) Requested() DeliveryRequested { return d.requested }
 // Next is the attempt the delivery waits for, or nil when none is planned.
 func (d *Delivery) Next() *PlannedAttempt { return d.next }
 
-// Terminal is "success", "dlq", or "" while the delivery is live.
+// Terminal is "success", "dlq", "failed" (a replay that failed), or "" while
+// the delivery is live.
 func (d *Delivery) Terminal() string { return d.terminal }
 
 // Apply folds one stored event into the aggregate.
@@ -68,8 +69,11 @@ func (d *Delivery) Apply(version int64, eventType string, payload []byte) error 
 		}
 		d.lastAttempt = e.AttemptID
 		d.next = nil
-		if e.Status == AttemptSuccess {
+		switch {
+		case e.Status == AttemptSuccess:
 			d.terminal = AttemptSuccess
+		case e.TriggerType == TriggerReplay:
+			d.terminal = AttemptFailed // replays are never retried automatically
 		}
 	case EvRetryScheduled:
 		var e RetryScheduled

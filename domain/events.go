@@ -10,6 +10,7 @@ const (
 	StreamEvent       = "event"
 	StreamDelivery    = "delivery"
 	StreamAPIKey      = "api_key"
+	StreamReplay      = "replay"
 )
 
 // Event type names. Persisted: never rename, never derive by reflection.
@@ -31,6 +32,10 @@ const (
 	EvRetryScheduled    = "RetryScheduled"
 	EvRetryRequested    = "RetryRequested"
 	EvMovedToDLQ        = "MovedToDLQ"
+
+	EvReplayRequested = "ReplayRequested"
+	EvReplayReleased  = "ReplayReleased"
+	EvReplayFailed    = "ReplayFailed"
 )
 
 // Attempt statuses and trigger types of the delivery_attempt object.
@@ -76,6 +81,7 @@ type DeliveryRequested struct {
 	AttemptID       string    `json:"attempt_id"` // id of attempt 1
 	TriggerType     string    `json:"trigger_type"`
 	RequestedAt     time.Time `json:"requested_at"`
+	ReplayID        string    `json:"replay_id,omitempty"` // set on deliveries a replay made
 }
 
 // DeliveryAttempted records one HTTP attempt and what the destination said.

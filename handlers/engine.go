@@ -46,6 +46,8 @@ type EngineParams struct {
 	Poll time.Duration
 	// ConsumerPoll is the consumer groups' poll interval (default 10ms).
 	ConsumerPoll time.Duration
+	// ReplayPoll is how often running replays are checked for a due batch (default 100ms).
+	ReplayPoll time.Duration
 	WorkerID     string
 }
 
@@ -98,6 +100,9 @@ func NewEngine(p EngineParams) *Engine {
 	}
 	if p.ConsumerPoll <= 0 {
 		p.ConsumerPoll = 10 * time.Millisecond
+	}
+	if p.ReplayPoll <= 0 {
+		p.ReplayPoll = 100 * time.Millisecond
 	}
 	if p.WorkerID == "" {
 		p.WorkerID = newID()
@@ -166,6 +171,8 @@ func (e *Engine) Run(ctx context.Context) error {
 
 	dispatchDone := make(chan struct{})
 	go func() { defer close(dispatchDone); e.dispatch(ctx, bus) }()
+	replaysDone := make(chan struct{})
+	go func() { defer close(replaysDone); e.runReplays(ctx) }()
 
 	select {
 	case <-ctx.Done():
@@ -173,6 +180,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.p.Log.Error("router stopped", "err", err)
 	}
 	<-dispatchDone
+	<-replaysDone
 	// Stop claiming first, then let in-flight batches record their attempts.
 	closeErr := errors.Join(deliveryRouter.Close(), logRouter.Close(), bus.Close())
 	e.releaseLeases()

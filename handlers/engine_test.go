@@ -23,10 +23,11 @@ import (
 
 // harness is a running hookstream (API + engine) on a fresh database.
 type harness struct {
-	t    *testing.T
-	pool *pgxpool.Pool
-	api  *httptest.Server
-	key  string
+	t          *testing.T
+	pool       *pgxpool.Pool
+	api        *httptest.Server
+	key        string
+	engineStop func()
 }
 
 func newHarness(t *testing.T) *harness {
@@ -36,18 +37,35 @@ func newHarness(t *testing.T) *harness {
 	t.Cleanup(svc.Close)
 	api := httptest.NewServer(handlers.NewAPI(handlers.APIParams{Service: svc, Pool: pool}))
 	t.Cleanup(api.Close)
-	engine := handlers.NewEngine(handlers.EngineParams{Pool: pool, LeaseMargin: time.Second, Poll: 50 * time.Millisecond,
+	h := &harness{t: t, pool: pool, api: api, key: newKey(t, pool, "")}
+	h.startEngine()
+	t.Cleanup(func() {
+		if h.engineStop != nil {
+			h.stopEngine()
+		}
+	})
+	return h
+}
+
+// startEngine runs a delivery engine against the harness's database.
+func (h *harness) startEngine() {
+	engine := handlers.NewEngine(handlers.EngineParams{Pool: h.pool, LeaseMargin: time.Second, Poll: 50 * time.Millisecond, ReplayPoll: 20 * time.Millisecond,
 		Outbound: handlers.OutboundPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- engine.Run(ctx) }()
-	t.Cleanup(func() {
+	h.engineStop = func() {
 		cancel()
 		if err := <-done; err != nil {
-			t.Errorf("engine: %v", err)
+			h.t.Errorf("engine: %v", err)
 		}
-	})
-	return &harness{t: t, pool: pool, api: api, key: newKey(t, pool, "")}
+	}
+}
+
+// stopEngine stops the engine and waits until it has returned.
+func (h *harness) stopEngine() {
+	h.engineStop()
+	h.engineStop = nil
 }
 
 // newKey creates an API key in its own new organization (or the given one).
@@ -181,6 +199,7 @@ type sink struct {
 	codes   []int
 	bodies  []string
 	headers []http.Header
+	times   []time.Time
 }
 
 func newSink(t *testing.T, codes ...int) *sink {
@@ -191,6 +210,7 @@ func newSink(t *testing.T, codes ...int) *sink {
 		n := len(s.bodies)
 		s.bodies = append(s.bodies, string(body))
 		s.headers = append(s.headers, r.Header.Clone())
+		s.times = append(s.times, time.Now())
 		code := 200
 		if n < len(s.codes) {
 			code = s.codes[n]

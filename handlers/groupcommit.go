@@ -115,28 +115,37 @@ func (g *groupCommitter) commitTx(ctx context.Context, batch []appendRequest) er
 		if len(jobs) == 0 {
 			return nil
 		}
-		cols := make([][]string, 9)
-		due := make([]time.Time, len(jobs))
-		for i, j := range jobs {
-			for c, v := range []string{j.DeliveryID, j.OrgID, j.EnvID, j.EventID, j.ConnectionID, j.DestinationID, j.ReceivedUUID, j.AttemptID, j.Trigger} {
-				cols[c] = append(cols[c], v)
-			}
-			due[i] = j.Due
-		}
-		_, err := tx.Exec(ctx, `WITH ins AS (
-				INSERT INTO delivery_jobs (delivery_id, org_id, env_id, event_id, connection_id, destination_id, received_uuid,
-					state, attempt_id, attempt_number, trigger_type, due_at, version)
-				SELECT d, o, e, ev, c, dst, r::uuid, 'scheduled', a, 1, tr, due, 1
-				FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
-					AS u(d, o, e, ev, c, dst, r, a, tr, due)
-				ON CONFLICT (delivery_id) DO NOTHING RETURNING 1)
-			SELECT pg_notify('hookstream_jobs', '') FROM ins LIMIT 1`,
-			cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7], cols[8], due)
-		if err != nil {
-			return fmt.Errorf("insert jobs: %w", err)
-		}
-		return nil
+		return insertJobs(ctx, tx, jobs)
 	})
 }
 
 func (g *groupCommitter) Close() { close(g.done) }
+
+// insertJobs writes new deliveries' job rows (and wakes the dispatcher on
+// commit); a row the scheduler already derived is left as it is.
+func insertJobs(ctx context.Context, tx pgx.Tx, jobs []newJob) error {
+	if len(jobs) == 0 {
+		return nil
+	}
+	cols := make([][]string, 9)
+	due := make([]time.Time, len(jobs))
+	for i, j := range jobs {
+		for c, v := range []string{j.DeliveryID, j.OrgID, j.EnvID, j.EventID, j.ConnectionID, j.DestinationID, j.ReceivedUUID, j.AttemptID, j.Trigger} {
+			cols[c] = append(cols[c], v)
+		}
+		due[i] = j.Due
+	}
+	_, err := tx.Exec(ctx, `WITH ins AS (
+			INSERT INTO delivery_jobs (delivery_id, org_id, env_id, event_id, connection_id, destination_id, received_uuid,
+				state, attempt_id, attempt_number, trigger_type, due_at, version)
+			SELECT d, o, e, ev, c, dst, r::uuid, 'scheduled', a, 1, tr, due, 1
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
+				AS u(d, o, e, ev, c, dst, r, a, tr, due)
+			ON CONFLICT (delivery_id) DO NOTHING RETURNING 1)
+		SELECT pg_notify('hookstream_jobs', '') FROM ins LIMIT 1`,
+		cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7], cols[8], due)
+	if err != nil {
+		return fmt.Errorf("insert jobs: %w", err)
+	}
+	return nil
+}

@@ -377,17 +377,19 @@ func (s *Service) requestRetry(ctx context.Context, t Tenant, deliveryID string,
 		if destStatus != "active" {
 			return retryFailed("the destination is " + destStatus)
 		}
-		var connEnabled bool
-		var connStatus string
-		err = tx.QueryRow(ctx, `SELECT enabled, status FROM connections WHERE id = $1`, orig.ConnectionID).Scan(&connEnabled, &connStatus)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return retryFailed("the connection was deleted")
-		}
-		if err != nil {
-			return fmt.Errorf("load connection: %w", err)
-		}
-		if !connEnabled || connStatus != "active" {
-			return retryFailed("the connection is disabled")
+		if orig.ConnectionID != "" { // a replay made without a connection has none
+			var connEnabled bool
+			var connStatus string
+			err = tx.QueryRow(ctx, `SELECT enabled, status FROM connections WHERE id = $1`, orig.ConnectionID).Scan(&connEnabled, &connStatus)
+			if errors.Is(err, pgx.ErrNoRows) {
+				return retryFailed("the connection was deleted")
+			}
+			if err != nil {
+				return fmt.Errorf("load connection: %w", err)
+			}
+			if !connEnabled || connStatus != "active" {
+				return retryFailed("the connection is disabled")
+			}
 		}
 		timeout = time.Duration(timeoutMS) * time.Millisecond
 		evs, err := s.store.Load(ctx, tx, deliveryID)

@@ -43,9 +43,9 @@ func DeliveryAttempts(e eventstore.Event) ([]eventstore.Statement, error) {
 		if err = json.Unmarshal(e.Payload, &p); err != nil {
 			break
 		}
-		add(`INSERT INTO projected_deliveries (delivery_id, event_id, connection_id, destination_id, connection_name, destination_name)
-			VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (delivery_id) DO NOTHING`,
-			p.DeliveryID, p.EventID, p.ConnectionID, p.DestinationID, p.ConnectionName, p.DestinationName)
+		add(`INSERT INTO projected_deliveries (delivery_id, event_id, connection_id, destination_id, connection_name, destination_name, replay_id)
+			VALUES ($1, $2, $3, $4, $5, $6, NULLIF($7, '')) ON CONFLICT (delivery_id) DO NOTHING`,
+			p.DeliveryID, p.EventID, p.ConnectionID, p.DestinationID, p.ConnectionName, p.DestinationName, p.ReplayID)
 		add(insertPendingSQL, pendingArgs(e, p.AttemptID, p.DeliveryID, 1, p.TriggerType, p.RequestURL, p.RequestMethod, p.RequestedAt)...)
 	case domain.EvRetryRequested:
 		var p domain.RetryRequested
@@ -60,9 +60,9 @@ func DeliveryAttempts(e eventstore.Event) ([]eventstore.Statement, error) {
 		}
 		add(`INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
 				request_url, request_method, request_headers, request_body_size, response_status, response_headers, response_body,
-				duration_ms, status, error, created_at, attempt_number, trigger_type, connection_name, destination_name)
+				duration_ms, status, error, created_at, attempt_number, trigger_type, connection_name, destination_name, replay_id)
 			SELECT $1, $2, $3, d.delivery_id, d.event_id, d.connection_id, d.destination_id, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-				$15, $16, $17, d.connection_name, d.destination_name
+				$15, $16, $17, d.connection_name, d.destination_name, d.replay_id
 			FROM projected_deliveries d WHERE d.delivery_id = $4
 			ON CONFLICT (id) DO UPDATE SET request_url = excluded.request_url, request_method = excluded.request_method,
 				request_headers = excluded.request_headers, request_body_size = excluded.request_body_size,
@@ -129,8 +129,8 @@ func eventOutcome(e eventstore.Event, eventID, outcome string) []eventstore.Stat
 }
 
 const insertPendingSQL = `INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
-		request_url, request_method, status, created_at, attempt_number, trigger_type, connection_name, destination_name)
-	SELECT $1, $2, $3, d.delivery_id, d.event_id, d.connection_id, d.destination_id, $5, $6, 'pending', $7, $8, $9, d.connection_name, d.destination_name
+		request_url, request_method, status, created_at, attempt_number, trigger_type, connection_name, destination_name, replay_id)
+	SELECT $1, $2, $3, d.delivery_id, d.event_id, d.connection_id, d.destination_id, $5, $6, 'pending', $7, $8, $9, d.connection_name, d.destination_name, d.replay_id
 	FROM projected_deliveries d WHERE d.delivery_id = $4
 	ON CONFLICT (id) DO NOTHING`
 
@@ -148,8 +148,8 @@ func Events(e eventstore.Event) ([]eventstore.Statement, error) {
 		if err := json.Unmarshal(e.Payload, &p); err != nil {
 			return nil, fmt.Errorf("project %s: %w", e.EventID, err)
 		}
-		if p.Status != domain.AttemptSuccess || p.EventID == "" {
-			return nil, nil // a failure changes the status only once it reaches the DLQ
+		if p.Status != domain.AttemptSuccess || p.EventID == "" || p.TriggerType == domain.TriggerReplay {
+			return nil, nil // a failure changes the status only once it reaches the DLQ; replays never do
 		}
 		return eventOutcome(e, p.EventID, "success"), nil
 	case domain.EvMovedToDLQ:

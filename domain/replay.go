@@ -1,0 +1,123 @@
+package domain
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Replay limits, as hookstream documents them.
+const (
+	ReplayDefaultRate      = 10
+	ReplayMaxRate          = 100
+	ReplayDefaultMaxEvents = 1000
+	ReplayMaxEvents        = 10000
+)
+
+// ReplayRequested opens a replay stream: re-deliver EventIDs (chronological,
+// fixed when the replay was asked for) to one destination, RateLimit per second.
+type ReplayRequested struct {
+	ReplayID      string    `json:"replay_id"`
+	DestinationID string    `json:"destination_id"`
+	SourceID      string    `json:"source_id,omitempty"`
+	ConnectionID  string    `json:"connection_id,omitempty"`
+	From          time.Time `json:"from"`
+	To            time.Time `json:"to"`
+	RateLimit     int       `json:"rate_limit"`
+	MaxEvents     int       `json:"max_events"`
+	EventIDs      []string  `json:"event_ids"`
+	RequestedAt   time.Time `json:"requested_at"`
+}
+
+// ReplayReleased records that EventIDs[Offset:Offset+Count] were handed to the
+// delivery pipeline (one DeliveryRequested each, in the same transaction).
+type ReplayReleased struct {
+	Offset      int       `json:"offset"`
+	Count       int       `json:"count"`
+	DeliveryIDs []string  `json:"delivery_ids"`
+	ReleasedAt  time.Time `json:"released_at"`
+}
+
+// ReplayFailed ends a replay early: nothing more is released.
+type ReplayFailed struct {
+	Reason   string    `json:"reason"`
+	FailedAt time.Time `json:"failed_at"`
+}
+
+// Replay is the aggregate of one replay stream. It releases its events in
+// batches of RateLimit, at most one batch per second, so the destination
+// sees the requested rate even after the engine was down for a while.
+type Replay struct {
+	version      int64
+	requested    ReplayRequested
+	released     int
+	lastReleased time.Time
+	failed       string
+}
+
+// Version is the stream version the aggregate reflects.
+func (r *Replay) Version() int64 { return r.version }
+
+// Requested is the stream's opening event.
+func (r *Replay) Requested() ReplayRequested { return r.requested }
+
+// Released is how many of the replay's events were handed to the pipeline.
+func (r *Replay) Released() int { return r.released }
+
+// Failed is why the replay stopped early, or "".
+func (r *Replay) Failed() string { return r.failed }
+
+// Apply folds one stored event into the aggregate.
+func (r *Replay) Apply(version int64, eventType string, payload []byte) error {
+	r.version = version
+	switch eventType {
+	case EvReplayRequested:
+		if err := json.Unmarshal(payload, &r.requested); err != nil {
+			return fmt.Errorf("decode %s: %w", eventType, err)
+		}
+	case EvReplayReleased:
+		var e ReplayReleased
+		if err := json.Unmarshal(payload, &e); err != nil {
+			return fmt.Errorf("decode %s: %w", eventType, err)
+		}
+		r.released = e.Offset + e.Count
+		r.lastReleased = e.ReleasedAt
+	case EvReplayFailed:
+		var e ReplayFailed
+		if err := json.Unmarshal(payload, &e); err != nil {
+			return fmt.Errorf("decode %s: %w", eventType, err)
+		}
+		r.failed = e.Reason
+	default:
+		return fmt.Errorf("replay stream: unknown event type %q", eventType)
+	}
+	return nil
+}
+
+// NextBatch returns the event ids to release at now and the index of the
+// first, or none while the previous batch's second has not passed, after the
+// last batch, or once the replay failed.
+func (r *Replay) NextBatch(now time.Time) (offset int, ids []string) {
+	if r.version == 0 || r.failed != "" || r.released >= len(r.requested.EventIDs) {
+		return r.released, nil
+	}
+	if !r.lastReleased.IsZero() && now.Before(r.lastReleased.Add(time.Second)) {
+		return r.released, nil
+	}
+	end := min(len(r.requested.EventIDs), r.released+max(1, r.requested.RateLimit))
+	return r.released, r.requested.EventIDs[r.released:end]
+}
+
+// Release decides a batch: ReplayReleased for count ids starting at offset,
+// and the deliveries the caller created for them.
+func (r *Replay) Release(offset, count int, deliveryIDs []string, now time.Time) (Decided, error) {
+	if offset != r.released || count <= 0 || offset+count > len(r.requested.EventIDs) {
+		return Decided{}, Errorf(EConflict, "replay batch %d+%d is not the next one (%d of %d released)", offset, count, r.released, len(r.requested.EventIDs))
+	}
+	return Decided{Type: EvReplayReleased, Payload: ReplayReleased{Offset: offset, Count: count, DeliveryIDs: deliveryIDs, ReleasedAt: now}}, nil
+}
+
+// Fail decides ReplayFailed: the replay stops releasing.
+func (r *Replay) Fail(reason string, now time.Time) Decided {
+	return Decided{Type: EvReplayFailed, Payload: ReplayFailed{Reason: reason, FailedAt: now}}
+}

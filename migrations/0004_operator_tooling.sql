@@ -1,0 +1,40 @@
+-- Replay jobs: each replay's parameters and how far it has released its
+-- events, written in the same transaction as the replay stream's events.
+-- Progress (processed, succeeded, failed) is read from delivery_attempts.
+CREATE TABLE replay_jobs (
+    id             text PRIMARY KEY,
+    org_id         text NOT NULL,
+    env_id         text NOT NULL,
+    destination_id text NOT NULL,
+    source_id      text,
+    connection_id  text,
+    from_at        timestamptz NOT NULL,
+    to_at          timestamptz NOT NULL,
+    rate_limit     integer NOT NULL,
+    max_events     integer NOT NULL,
+    status         text NOT NULL,            -- running | failed (completed is derived from progress)
+    error          text,
+    total          integer NOT NULL,
+    released       integer NOT NULL DEFAULT 0,
+    created_at     timestamptz NOT NULL,
+    failed_at      timestamptz
+);
+CREATE INDEX replay_jobs_running_idx ON replay_jobs (created_at) WHERE status = 'running';
+
+-- Deliveries made by a replay carry its id, so its progress is a count.
+ALTER TABLE projected_deliveries ADD COLUMN replay_id text;
+ALTER TABLE delivery_attempts ADD COLUMN replay_id text;
+CREATE INDEX delivery_attempts_replay_idx ON delivery_attempts (replay_id) WHERE replay_id IS NOT NULL;
+
+-- The last error each consumer group's handler returned (projections status).
+CREATE TABLE consumer_errors (
+    consumer_group text PRIMARY KEY,
+    error          text NOT NULL,
+    event_id       text,
+    failed_at      timestamptz NOT NULL,
+    failures       bigint NOT NULL DEFAULT 1
+);
+
+-- Time-range export and audit --as-of: recorded_at follows global_position,
+-- so a BRIN index is tiny and narrows a range scan to the right blocks.
+CREATE INDEX events_recorded_at_brin ON events USING brin (recorded_at);
