@@ -48,7 +48,7 @@ type EngineParams struct {
 	ConsumerPoll time.Duration
 	// ReplayPoll is how often running replays are checked for a due batch (default 100ms).
 	ReplayPoll time.Duration
-	WorkerID     string
+	WorkerID   string
 }
 
 // Engine runs the pipeline: the "log" router (scheduler and projectors on the
