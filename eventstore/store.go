@@ -323,13 +323,37 @@ func (s *Store) LoadMany(ctx context.Context, q DBTX, streamIDs []string) (map[s
 // returned, so a reader that checkpoints the last Position never skips an
 // event that commits later with a smaller position.
 func (s *Store) ReadAll(ctx context.Context, q DBTX, after Position, limit int) ([]Event, error) {
-	evs, err := collect(q.Query(ctx, `SELECT `+selectColumns+` FROM events
+	return ReadRange(ctx, q, RangeQuery{After: after, Limit: limit, UntilTx: -1})
+}
+
+// RangeQuery selects events for ReadRange.
+type RangeQuery struct {
+	After    Position // strictly after this cursor
+	Types    []string // only these event types (all when empty)
+	StreamID string   // only this stream (all when empty)
+	// UntilTx/UntilPos: not after this cursor; UntilTx < 0 means no bound.
+	UntilTx  int64
+	UntilPos int64
+	Limit    int
+}
+
+// ReadRange returns up to q.Limit events after q.After in commit order,
+// below the commit-safe horizon (as ReadAll), filtered by q.
+func ReadRange(ctx context.Context, db DBTX, q RangeQuery) ([]Event, error) {
+	types := q.Types
+	if types == nil {
+		types = []string{}
+	}
+	evs, err := collect(db.Query(ctx, `SELECT `+selectColumns+` FROM events
 		WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
 		  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+		  AND (cardinality($4::text[]) = 0 OR event_type = ANY($4))
+		  AND ($5 = '' OR stream_id = $5)
+		  AND ($6::bigint < 0 OR (transaction_id, global_position) <= ($6::bigint::text::xid8, $7))
 		ORDER BY transaction_id, global_position
-		LIMIT $3`, strconv.FormatUint(after.TransactionID, 10), after.GlobalPosition, limit))
+		LIMIT $3`, strconv.FormatUint(q.After.TransactionID, 10), q.After.GlobalPosition, q.Limit, types, q.StreamID, q.UntilTx, q.UntilPos))
 	if err != nil {
-		return nil, fmt.Errorf("read all: %w", err)
+		return nil, fmt.Errorf("read events: %w", err)
 	}
 	return evs, nil
 }

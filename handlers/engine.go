@@ -136,18 +136,24 @@ func (e *Engine) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		apply := c.apply
+		apply, group := c.apply, c.group
 		logRouter.AddConsumerHandler(c.group, eventstore.Topic, sub, func(msg *message.Message) error {
 			ev, err := eventstore.EventFromMessage(msg)
-			if err != nil {
-				return err
+			if err == nil {
+				var stmts []eventstore.Statement
+				if stmts, err = apply(ev); err == nil {
+					// Events this consumer ignores cost no SQL at all.
+					err = eventstore.ExecInSavepoint(msg.Context(), stmts)
+				}
 			}
-			stmts, err := apply(ev)
-			if err != nil {
-				return err
+			if err != nil && msg.Context().Err() == nil {
+				// Outside the batch's transaction, which rolls back: projections status shows it.
+				if rerr := projections.RecordError(context.WithoutCancel(msg.Context()), e.p.Pool, group, ev.EventID.String(), err, e.p.Now()); rerr != nil {
+					e.p.Log.Error("record consumer error", "group", group, "err", rerr)
+				}
+				e.p.Log.Error("consumer handler failed; the event is redelivered", "group", group, "event", ev.EventID, "err", err)
 			}
-			// Events this consumer ignores cost no SQL at all.
-			return eventstore.ExecInSavepoint(msg.Context(), stmts)
+			return err
 		})
 	}
 

@@ -6,13 +6,14 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/projections"
 )
 
 // GroupScheduler is the scheduler's consumer group. Persisted name.
-const GroupScheduler = "scheduler"
+const GroupScheduler = projections.GroupScheduler
 
 // scheduleEvents are the event types schedule uses.
-var scheduleEvents = []string{domain.EvDeliveryRequested, domain.EvRetryScheduled, domain.EvRetryRequested, domain.EvDeliveryAttempted, domain.EvMovedToDLQ}
+var scheduleEvents = projections.SchedulerEvents
 
 // schedule returns the statements that keep delivery_jobs in step with the delivery streams. Rows
 // only move forward in version, so writes made directly by the delivery

@@ -38,3 +38,10 @@ CREATE TABLE consumer_errors (
 -- Time-range export and audit --as-of: recorded_at follows global_position,
 -- so a BRIN index is tiny and narrows a range scan to the right blocks.
 CREATE INDEX events_recorded_at_brin ON events USING brin (recorded_at);
+
+-- A payload timestamp as the projections store it: Go writes time.Time
+-- truncated to microseconds, while PostgreSQL rounds the nanoseconds of an
+-- RFC 3339 string. Set-based rebuilds read payload times through this, so a
+-- rebuilt row equals the row the live projection wrote.
+CREATE FUNCTION hs_ts(text) RETURNS timestamptz LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$ SELECT regexp_replace($1, '(\.[0-9]{6})[0-9]+', '\1')::timestamptz $$;
