@@ -32,6 +32,7 @@ type Delivery struct {
 	terminal    string // "", "success" or "dlq"
 	reopened    string // terminal state a manual retry reopened
 	lastAttempt string
+	lastFailed  bool
 }
 
 // Version is the stream version the aggregate reflects.
@@ -42,6 +43,19 @@ func (d *Delivery) Requested() DeliveryRequested { return d.requested }
 
 // Next is the attempt the delivery waits for, or nil when none is planned.
 func (d *Delivery) Next() *PlannedAttempt { return d.next }
+
+// RetryableFailure returns the last attempt when it failed and nothing but
+// an automatic retry follows it (waiting in backoff, or dead-lettered): the
+// deliveries an event-level or issue-level retry acts on.
+func (d *Delivery) RetryableFailure() (attemptID string, ok bool) {
+	if !d.lastFailed || d.requested.TriggerType == TriggerReplay {
+		return "", false
+	}
+	if d.terminal == "dlq" || (d.terminal == "" && d.next != nil && d.next.Trigger == TriggerRetry) {
+		return d.lastAttempt, true
+	}
+	return "", false
+}
 
 // Terminal is "success", "dlq", "failed" (a replay that failed), or "" while
 // the delivery is live.
@@ -68,6 +82,7 @@ func (d *Delivery) Apply(version int64, eventType string, payload []byte) error 
 			d.autoRetries++
 		}
 		d.lastAttempt = e.AttemptID
+		d.lastFailed = e.Status != AttemptSuccess
 		d.next = nil
 		switch {
 		case e.Status == AttemptSuccess:

@@ -25,6 +25,9 @@ import (
 	"github.com/hookstream/hookstream/projections"
 )
 
+// errAborted marks a request cut off by shutdown: it is not recorded.
+const errAborted = "aborted by shutdown"
+
 // ResponseBodyLimit is how much of a destination's response body an attempt records.
 const ResponseBodyLimit = 10 * 1024
 
@@ -48,6 +51,10 @@ type EngineParams struct {
 	ConsumerPoll time.Duration
 	// ReplayPoll is how often running replays are checked for a due batch (default 100ms).
 	ReplayPoll time.Duration
+	// ShutdownGrace is how long in-flight requests may finish once Run's
+	// context ends (default 10s). Requests cut off after it are not recorded:
+	// their jobs go back to the queue and run again, with the same attempt id.
+	ShutdownGrace time.Duration
 	WorkerID   string
 }
 
@@ -57,6 +64,11 @@ type Engine struct {
 	p      EngineParams
 	client *http.Client
 	wlog   watermill.LoggerAdapter
+
+	// sends is the context of outbound requests: it outlives Run's context
+	// by ShutdownGrace, so a shutdown lets in-flight requests finish.
+	sends       context.Context
+	cancelSends context.CancelFunc
 
 	lanes    chan int
 	mu       sync.Mutex
@@ -101,6 +113,9 @@ func NewEngine(p EngineParams) *Engine {
 	if p.ConsumerPoll <= 0 {
 		p.ConsumerPoll = 10 * time.Millisecond
 	}
+	if p.ShutdownGrace <= 0 {
+		p.ShutdownGrace = 10 * time.Second
+	}
 	if p.ReplayPoll <= 0 {
 		p.ReplayPoll = 100 * time.Millisecond
 	}
@@ -113,6 +128,7 @@ func NewEngine(p EngineParams) *Engine {
 	for i := 0; i < p.Lanes; i++ {
 		e.lanes <- i
 	}
+	e.sends, e.cancelSends = context.WithCancel(context.Background())
 	return e
 }
 
@@ -187,6 +203,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	<-dispatchDone
 	<-replaysDone
+	grace := time.AfterFunc(e.p.ShutdownGrace, e.cancelSends)
+	defer grace.Stop()
+	defer e.cancelSends()
 	// Stop claiming first, then let in-flight batches record their attempts.
 	closeErr := errors.Join(deliveryRouter.Close(), logRouter.Close(), bus.Close())
 	e.releaseLeases()
@@ -423,10 +442,26 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = e.send(msg.Context(), jobs[i])
+			results[i] = e.send(e.sends, jobs[i])
 		}()
 	}
 	wg.Wait()
+	if e.sends.Err() != nil {
+		// Shut down past the grace period: requests cut off are not attempts.
+		// Their leases are released at shutdown and they run again.
+		kept := 0
+		for i := range jobs {
+			if results[i].Error != nil && *results[i].Error == errAborted {
+				continue
+			}
+			jobs[kept], results[kept] = jobs[i], results[i]
+			kept++
+		}
+		jobs, results = jobs[:kept], results[:kept]
+		if kept == 0 {
+			return nil
+		}
+	}
 	// Recording must outlive a shutdown signal: the requests were made.
 	ctx := context.WithoutCancel(msg.Context())
 	for try := 0; ; try++ {
@@ -482,6 +517,9 @@ func (e *Engine) send(ctx context.Context, j dispatchJob) domain.DeliveryAttempt
 
 	resp, err := e.client.Do(req)
 	if err != nil {
+		if ctx.Err() != nil {
+			return fail(errAborted)
+		}
 		if reqCtx.Err() == context.DeadlineExceeded {
 			return fail(fmt.Sprintf("timeout after %dms", j.TimeoutMS))
 		}

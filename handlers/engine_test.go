@@ -49,7 +49,7 @@ func newHarness(t *testing.T) *harness {
 
 // startEngine runs a delivery engine against the harness's database.
 func (h *harness) startEngine() {
-	engine := handlers.NewEngine(handlers.EngineParams{Pool: h.pool, LeaseMargin: time.Second, Poll: 50 * time.Millisecond, ReplayPoll: 20 * time.Millisecond,
+	engine := handlers.NewEngine(handlers.EngineParams{Pool: h.pool, LeaseMargin: time.Second, Poll: 50 * time.Millisecond, ReplayPoll: 20 * time.Millisecond, ShutdownGrace: time.Second,
 		Outbound: handlers.OutboundPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -495,43 +495,54 @@ type EventRetryResult struct {
 // RetryEvent retries every delivery of one event whose latest attempt failed
 // (dead-lettered or waiting for an automatic retry): one manual attempt
 // each, as POST /v1/delivery-attempts/{id}/retry would make, without waiting
-// for the outcomes. A delivery that cannot be retried is reported in Errors
-// and does not stop the others. Replay deliveries are not the event's
+// for the outcomes. It decides from the delivery streams, not from a read
+// model that may lag. A delivery that cannot be retried is reported in
+// Errors and does not stop the others. Replay deliveries are not the event's
 // routing and are left alone.
 func (s *Service) RetryEvent(ctx context.Context, t Tenant, eventID, rid string) (EventRetryResult, error) {
 	res := EventRetryResult{Retried: []Attempt{}, Errors: []string{}}
 	if _, err := s.GetEvent(ctx, t, eventID); err != nil {
 		return res, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT DISTINCT ON (delivery_id) id, status, coalesce(destination_name, destination_id)
-		FROM delivery_attempts WHERE event_id = $1 AND org_id = $2 AND env_id = $3 AND replay_id IS NULL
-		ORDER BY delivery_id, attempt_number DESC, created_at DESC`, eventID, t.OrgID, t.EnvID)
-	type latest struct{ id, status, dest string }
-	all, err := collectRows(rows, err, func(r pgx.Row) (latest, error) {
-		var l latest
-		return l, r.Scan(&l.id, &l.status, &l.dest)
+	rows, err := s.pool.Query(ctx, `SELECT delivery_id FROM delivery_jobs WHERE event_id = $1 AND org_id = $2 AND env_id = $3 ORDER BY delivery_id`,
+		eventID, t.OrgID, t.EnvID)
+	ids, err := collectRows(rows, err, func(r pgx.Row) (string, error) {
+		var id string
+		return id, r.Scan(&id)
 	})
 	if err != nil {
 		return res, fmt.Errorf("retry event: %w", err)
 	}
-	for _, l := range all {
-		if l.status != domain.AttemptFailed {
+	streams, err := s.store.LoadMany(ctx, s.pool, ids)
+	if err != nil {
+		return res, fmt.Errorf("retry event: %w", err)
+	}
+	for _, id := range ids {
+		d := &domain.Delivery{}
+		for _, ev := range streams[id] {
+			if err := d.Apply(ev.StreamVersion, ev.Type, ev.Payload); err != nil {
+				return res, err
+			}
+		}
+		last, ok := d.RetryableFailure()
+		if !ok {
 			continue
 		}
-		a, err := s.RetryAttempt(ctx, t, l.id, false, rid)
+		req := d.Requested()
+		orig := Attempt{ID: last, EventID: eventID, ConnectionID: req.ConnectionID, DestinationID: req.DestinationID}
+		a, err := s.retryDelivery(ctx, t, id, orig, false, rid)
 		if err != nil {
 			if domain.ErrorCode(err) == domain.EInternal {
 				return res, err
 			}
-			res.Errors = append(res.Errors, fmt.Sprintf("destination %s (attempt %s): %s", l.dest, l.id, err.Error()))
+			res.Errors = append(res.Errors, fmt.Sprintf("destination %s (attempt %s): %s", orDefault(req.DestinationName, req.DestinationID), last, err.Error()))
 			continue
 		}
 		res.Retried = append(res.Retried, a)
 	}
-	switch {
-	case len(res.Retried) == 0 && len(res.Errors) == 0:
+	if len(res.Retried) == 0 && len(res.Errors) == 0 {
 		res.Message = "No failed deliveries to retry"
-	default:
+	} else {
 		res.Message = fmt.Sprintf("Retried %d of %d failed deliveries", len(res.Retried), len(res.Retried)+len(res.Errors))
 	}
 	return res, nil

@@ -308,7 +308,14 @@ func (s *Service) RetryAttempt(ctx context.Context, t Tenant, attemptID string, 
 	if err := s.pool.QueryRow(ctx, `SELECT delivery_id FROM delivery_attempts WHERE id = $1`, orig.ID).Scan(&deliveryID); err != nil {
 		return Attempt{}, fmt.Errorf("retry: find delivery: %w", err)
 	}
+	return s.retryDelivery(ctx, t, deliveryID, orig, wait, rid)
+}
+
+// retryDelivery records a manual retry of a delivery (orig is the attempt
+// retried) and returns the new attempt, pending or, with wait, its outcome.
+func (s *Service) retryDelivery(ctx context.Context, t Tenant, deliveryID string, orig Attempt, wait bool, rid string) (Attempt, error) {
 	newAttempt := newID()
+	var err error
 	var timeout time.Duration
 	for try := 0; ; try++ {
 		timeout, err = s.requestRetry(ctx, t, deliveryID, orig, newAttempt, rid)

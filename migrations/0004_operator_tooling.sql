@@ -45,3 +45,7 @@ CREATE INDEX events_recorded_at_brin ON events USING brin (recorded_at);
 -- rebuilt row equals the row the live projection wrote.
 CREATE FUNCTION hs_ts(text) RETURNS timestamptz LANGUAGE sql STABLE PARALLEL SAFE
     AS $$ SELECT regexp_replace($1, '(\.[0-9]{6})[0-9]+', '\1')::timestamptz $$;
+
+-- Event-level retry finds an event's deliveries here: the job row is written
+-- in the same transaction as the delivery's first event, never behind it.
+CREATE INDEX delivery_jobs_event_idx ON delivery_jobs (event_id);

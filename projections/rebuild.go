@@ -83,7 +83,8 @@ var ErrRebuildRunning = errors.New("a rebuild of this projection is already runn
 const shadowSchema = "hookstream_rebuild"
 
 // stage extracts typed rows from one event type into a temp table, chunk by
-// chunk ($1, $2: position range; $3: the build's transaction bound).
+// chunk ($1, $2: position range; $3: the build's transaction bound; $4: true
+// for the events below it, false for those after).
 type stage struct {
 	table, columns, insert string
 }
@@ -108,7 +109,7 @@ type spec struct {
 }
 
 // whereChunk selects one event type's rows in a chunk, committed before the build began.
-const whereChunk = ` FROM events e WHERE e.event_type = '%s' AND e.global_position BETWEEN $1 AND $2 AND e.transaction_id < $3::text::xid8`
+const whereChunk = ` FROM events e WHERE e.event_type = '%s' AND e.global_position BETWEEN $1 AND $2 AND (e.transaction_id < $3::text::xid8) = $4`
 
 func sel(eventType, cols string) string { return `SELECT ` + cols + fmt.Sprintf(whereChunk, eventType) }
 
@@ -318,6 +319,8 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, name string, opt RebuildOp
 	if !locked {
 		return RebuildResult{}, fmt.Errorf("rebuild %s: %w", name, ErrRebuildRunning)
 	}
+	// Unlocked explicitly: a closed connection's backend may hold it a moment longer.
+	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext('hookstream.rebuild.' || $1))`, name) //nolint:errcheck // the session ends next
 	r := &rebuilder{conn: conn, sp: sp, opt: opt, res: RebuildResult{Name: name}}
 	switch sp.mode {
 	case modeSwap:
@@ -481,7 +484,7 @@ func (r *rebuilder) read(ctx context.Context) error {
 	for from := lo; from <= hi; from += r.opt.Chunk {
 		to := min(hi, from+r.opt.Chunk-1)
 		for _, st := range r.sp.stages {
-			n, err := r.exec(ctx, `INSERT INTO `+st.table+` `+st.insert, from, to, strconv.FormatUint(r.xmin, 10))
+			n, err := r.exec(ctx, `INSERT INTO `+st.table+` `+st.insert, from, to, strconv.FormatUint(r.xmin, 10), true)
 			if err != nil {
 				return err
 			}
@@ -493,6 +496,24 @@ func (r *rebuilder) read(ctx context.Context) error {
 		if _, err := r.exec(ctx, `ANALYZE `+table); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// readTail adds the events of transactions at or after the bound that have
+// committed by now to the stage tables.
+func (r *rebuilder) readTail(ctx context.Context) error {
+	var lo, hi *int64
+	if err := r.conn.QueryRow(ctx, `SELECT min(global_position), max(global_position) FROM events WHERE transaction_id >= $1::text::xid8`,
+		strconv.FormatUint(r.xmin, 10)).Scan(&lo, &hi); err != nil || lo == nil {
+		return err
+	}
+	for _, st := range r.sp.stages {
+		n, err := r.exec(ctx, `INSERT INTO `+st.table+` `+st.insert, *lo, *hi, strconv.FormatUint(r.xmin, 10), false)
+		if err != nil {
+			return err
+		}
+		r.res.CaughtUp += n
 	}
 	return nil
 }
@@ -659,7 +680,13 @@ func (r *rebuilder) merge(ctx context.Context) error {
 		return err
 	}
 	r.opt.Progress(Progress{Phase: "swap"})
+	// READ COMMITTED on purpose: the tail holds every event committed before
+	// it ran, and a writer committing after it also wrote its job row at a
+	// newer version, which the upsert's version guard then keeps.
 	return pgx.BeginFunc(ctx, r.conn, func(tx pgx.Tx) error {
+		if err := r.readTail(ctx); err != nil {
+			return err
+		}
 		for _, sql := range r.sp.fill {
 			if _, err := tx.Exec(ctx, sql); err != nil {
 				return err

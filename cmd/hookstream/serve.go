@@ -112,7 +112,7 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	defer stopEngine()
 	if cfg.Workers {
 		engine := handlers.NewEngine(handlers.EngineParams{Pool: db.Pool, Store: store, Log: log, Outbound: policy,
-			Lanes: cfg.Lanes, PerDestination: cfg.PerDestination, LeaseMargin: cfg.LeaseMargin})
+			Lanes: cfg.Lanes, PerDestination: cfg.PerDestination, LeaseMargin: cfg.LeaseMargin, ShutdownGrace: cfg.ShutdownGrace})
 		go func() { engineDone <- engine.Run(engineCtx) }()
 	} else {
 		close(engineDone)
