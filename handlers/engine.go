@@ -55,7 +55,7 @@ type EngineParams struct {
 	// context ends (default 10s). Requests cut off after it are not recorded:
 	// their jobs go back to the queue and run again, with the same attempt id.
 	ShutdownGrace time.Duration
-	WorkerID   string
+	WorkerID      string
 }
 
 // Engine runs the pipeline: the "log" router (scheduler and projectors on the
