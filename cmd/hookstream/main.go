@@ -30,6 +30,21 @@ Usage:
   hookstream devdb stop         stop the project-local PostgreSQL
   hookstream devdb exec [--durable] -- CMD
                                 run CMD against a throwaway PostgreSQL (DATABASE_URL set), then remove it
+  hookstream projections status [--json]
+                                every consumer group's checkpoint, lag and last error
+  hookstream projections rebuild NAME|--all [--json]
+                                rebuild a read model from the events while the engine runs
+                                (delivery_attempts, events, scheduler, replays)
+  hookstream audit attempt|delivery|event ID [--as-of TIME] [--json]
+                                the causal history of an attempt, delivery or event
+  hookstream events tail [--type T] [--stream ID] [-n N] [--follow] [--json]
+  hookstream events stream ID [--json]
+  hookstream events export --from TIME --to TIME [--type T] [--out FILE]
+                                read the event log (export writes NDJSON)
+  hookstream replay --destination ID --from TIME --to TIME [--source ID] [--rate-limit N]
+                    [--max-events N] [--wait] [--json]
+  hookstream replay status ID [--wait] [--json]
+                                re-deliver a time range of events (run by "serve")
   hookstream version            print the version
 
 Without DATABASE_URL, serve, migrate and keys use the project-local cluster
@@ -57,6 +72,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdMigrate(ctx, args[1:], stdout, log)
 	case "keys":
 		err = cmdKeys(ctx, args[1:], stdout, log)
+	case "projections":
+		err = cmdProjections(ctx, args[1:], stdout, stderr, log)
+	case "audit":
+		err = cmdAudit(ctx, args[1:], stdout, log)
+	case "events":
+		err = cmdEvents(ctx, args[1:], stdout, log)
+	case "replay":
+		err = cmdReplay(ctx, args[1:], stdout, stderr, log)
 	case "devdb":
 		err = cmdDevDB(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-v":
@@ -71,6 +94,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		var ec exitCode
 		if errors.As(err, &ec) {
 			return int(ec)
+		}
+		var ue usageError
+		if errors.As(err, &ue) {
+			fmt.Fprintln(stderr, "hookstream:", ue.Error())
+			return 2
 		}
 		fmt.Fprintln(stderr, "hookstream:", err)
 		return 1

@@ -1,0 +1,519 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/migrations"
+	"github.com/hookstream/hookstream/projections"
+)
+
+// usageError is a command-line mistake: printed with the command's usage, exit 2.
+type usageError struct{ msg, usage string }
+
+func (e usageError) Error() string { return e.msg + "\n\nUsage:\n  " + e.usage }
+
+// parseFlags parses args allowing flags after positional arguments, and
+// returns the positional ones.
+func parseFlags(fs *flag.FlagSet, args []string, usage string) ([]string, error) {
+	fs.SetOutput(io.Discard)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, usageError{err.Error(), usage}
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+// openMigrated opens the database (the project-local one without
+// DATABASE_URL) and applies pending migrations.
+func openMigrated(ctx context.Context, log *slog.Logger) (*database, error) {
+	db, err := openDatabase(ctx, log, 4)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := migrations.Apply(ctx, db.Pool); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+// ---- projections ----
+
+const projectionsUsage = `hookstream projections status [--json]
+  hookstream projections rebuild NAME|--all [--json] [--event-at-a-time]`
+
+func cmdProjections(ctx context.Context, args []string, stdout, stderr io.Writer, log *slog.Logger) error {
+	if len(args) == 0 {
+		return usageError{"projections: want a subcommand", projectionsUsage}
+	}
+	fs := flag.NewFlagSet("projections", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print JSON")
+	all := fs.Bool("all", false, "rebuild every projection")
+	slow := fs.Bool("event-at-a-time", false, "rebuild through the live projection code, one event at a time (slow; the reference path)")
+	pos, err := parseFlags(fs, args[1:], projectionsUsage)
+	if err != nil {
+		return err
+	}
+	switch args[0] {
+	case "status":
+		if len(pos) != 0 {
+			return usageError{"projections status takes no arguments", projectionsUsage}
+		}
+		db, err := openMigrated(ctx, log)
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		st, err := projections.Status(ctx, db.Pool, time.Now())
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return json.NewEncoder(stdout).Encode(map[string]any{"groups": st})
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "GROUP\tCHECKPOINT\tLAG (EVENTS)\tLAG (S)\tLAST ERROR")
+		for _, g := range st {
+			lastErr := "-"
+			if g.LastError != nil {
+				lastErr = fmt.Sprintf("%s (%s, %d failures)", oneLine(*g.LastError, 100), g.ErrorAt.UTC().Format(time.RFC3339), g.Failures)
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%s\n", g.Group, g.Position, g.LagEvents, g.LagSeconds, lastErr)
+		}
+		return tw.Flush()
+	case "rebuild":
+		var names []string
+		switch {
+		case *all && len(pos) == 0:
+			names = projections.Rebuildable()
+		case !*all && len(pos) == 1:
+			names = pos
+		default:
+			return usageError{"projections rebuild: name one projection or pass --all (known: " + strings.Join(projections.Rebuildable(), ", ") + ")", projectionsUsage}
+		}
+		for _, n := range names {
+			if !contains(projections.Rebuildable(), n) {
+				return usageError{fmt.Sprintf("projections rebuild: unknown projection %q (known: %s)", n, strings.Join(projections.Rebuildable(), ", ")), projectionsUsage}
+			}
+		}
+		db, err := openMigrated(ctx, log)
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		for _, n := range names {
+			bar := newProgressBar(stderr, n)
+			res, err := projections.Rebuild(ctx, db.Pool, n, projections.RebuildOptions{Progress: bar.update, EventAtATime: *slow})
+			bar.done()
+			if err != nil {
+				return err
+			}
+			if *asJSON {
+				if err := json.NewEncoder(stdout).Encode(res); err != nil {
+					return err
+				}
+				continue
+			}
+			rate := float64(res.Events) / max(res.Duration.Seconds(), 1e-9)
+			fmt.Fprintf(stdout, "rebuilt %s: %d events read in %s (%.0f events/s), %d rows, %d caught up after the build",
+				n, res.Events, res.Duration.Round(time.Millisecond), rate, res.Rows, res.CaughtUp)
+			if n == "scheduler" {
+				fmt.Fprintf(stdout, ", %d job rows repaired", res.Repaired)
+			}
+			fmt.Fprintln(stdout)
+		}
+		return nil
+	}
+	return usageError{fmt.Sprintf("projections: unknown subcommand %q", args[0]), projectionsUsage}
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// progressBar draws a rebuild's progress on a terminal, or logs each phase
+// change otherwise.
+type progressBar struct {
+	w     io.Writer
+	name  string
+	tty   bool
+	phase string
+	last  time.Time
+}
+
+func newProgressBar(w io.Writer, name string) *progressBar {
+	tty := false
+	if f, ok := w.(*os.File); ok {
+		tty = term.IsTerminal(int(f.Fd()))
+	}
+	return &progressBar{w: w, name: name, tty: tty}
+}
+
+func (b *progressBar) update(p projections.Progress) {
+	if !b.tty {
+		if p.Phase != b.phase {
+			b.phase = p.Phase
+			fmt.Fprintf(b.w, "rebuild %s: %s\n", b.name, p.Phase)
+		}
+		return
+	}
+	if p.Phase == b.phase && time.Since(b.last) < 100*time.Millisecond {
+		return
+	}
+	b.phase, b.last = p.Phase, time.Now()
+	line := fmt.Sprintf("%-18s %-9s", b.name, p.Phase)
+	if p.Total > 0 {
+		const width = 30
+		filled := int(float64(width) * float64(p.Done) / float64(p.Total))
+		line += fmt.Sprintf(" [%s%s] %d/%d events", strings.Repeat("#", filled), strings.Repeat(".", width-filled), p.Done, p.Total)
+	}
+	fmt.Fprintf(b.w, "\r\033[K%s", line)
+}
+
+func (b *progressBar) done() {
+	if b.tty {
+		fmt.Fprint(b.w, "\r\033[K")
+	}
+}
+
+// ---- replay ----
+
+const replayUsage = `hookstream replay --destination ID --from TIME --to TIME [--source ID] [--connection ID]
+                    [--rate-limit N] [--max-events N] [--wait] [--json]
+  hookstream replay status ID [--wait] [--json]`
+
+func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer, log *slog.Logger) error {
+	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
+	dest := fs.String("destination", "", "destination to re-deliver to (required)")
+	source := fs.String("source", "", "only this source's events")
+	conn := fs.String("connection", "", "the connection to show on the replayed attempts")
+	from := fs.String("from", "", "start of the time range, RFC 3339 (required)")
+	to := fs.String("to", "", "end of the time range, RFC 3339 (required)")
+	rate := fs.Int("rate-limit", domain.ReplayDefaultRate, "events per second, 1-100")
+	maxEvents := fs.Int("max-events", domain.ReplayDefaultMaxEvents, "at most this many events, 1-10000")
+	wait := fs.Bool("wait", false, "follow the job's progress until it ends (the engine, `hookstream serve`, runs it)")
+	asJSON := fs.Bool("json", false, "print the job as JSON")
+	var rest []string
+	status := len(args) > 0 && args[0] == "status"
+	if status {
+		rest = args[1:]
+	} else {
+		rest = args
+	}
+	pos, err := parseFlags(fs, rest, replayUsage)
+	if err != nil {
+		return err
+	}
+	if status && len(pos) != 1 {
+		return usageError{"replay status: want one job id", replayUsage}
+	}
+	if !status && len(pos) != 0 {
+		return usageError{fmt.Sprintf("replay: unexpected argument %q", pos[0]), replayUsage}
+	}
+	if !status && *dest == "" {
+		return usageError{"replay: --destination is required", replayUsage}
+	}
+	db, err := openMigrated(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	svc := handlers.NewService(handlers.ServiceParams{Pool: db.Pool, Log: log})
+	defer svc.Close()
+	var job handlers.ReplayJob
+	var tenant handlers.Tenant
+	if status {
+		var dest string
+		if err := db.Pool.QueryRow(ctx, `SELECT destination_id FROM replay_jobs WHERE id = $1`, pos[0]).Scan(&dest); err != nil {
+			return fmt.Errorf("replay status: no replay job %q", pos[0])
+		}
+		if tenant, err = svc.ReplayTenant(ctx, dest, "cli"); err != nil {
+			// The destination was deleted since: the job row still names its tenant.
+			if err := db.Pool.QueryRow(ctx, `SELECT org_id, env_id FROM replay_jobs WHERE id = $1`, pos[0]).Scan(&tenant.OrgID, &tenant.EnvID); err != nil {
+				return err
+			}
+		}
+		if job, err = svc.GetReplay(ctx, tenant, pos[0]); err != nil {
+			return err
+		}
+	} else {
+		if tenant, err = svc.ReplayTenant(ctx, *dest, "cli"); err != nil {
+			return fmt.Errorf("replay: %s", domain.ErrorMessage(err))
+		}
+		in := handlers.ReplayInput{DestinationID: dest, From: from, To: to, RateLimit: rate, MaxEvents: maxEvents}
+		if *source != "" {
+			in.SourceID = source
+		}
+		if *conn != "" {
+			in.ConnectionID = conn
+		}
+		if job, err = svc.CreateReplay(ctx, tenant, in, "cli"); err != nil {
+			return fmt.Errorf("replay: %s", domain.ErrorMessage(err))
+		}
+	}
+	printJob := func(j handlers.ReplayJob) error {
+		if *asJSON {
+			return json.NewEncoder(stdout).Encode(map[string]any{"job": j})
+		}
+		_, err := fmt.Fprintf(stdout, "replay %s: %s, %d/%d processed (%d succeeded, %d failed), %d released, %d/s to destination %s\n",
+			j.ID, j.Status, j.Processed, j.Total, j.Succeeded, j.Failed, j.Released, j.RateLimit, j.DestinationID)
+		return err
+	}
+	if !*wait {
+		return printJob(job)
+	}
+	last := ""
+	for {
+		line := fmt.Sprintf("%s %d/%d", job.Status, job.Processed, job.Total)
+		if line != last && !*asJSON {
+			fmt.Fprintf(stderr, "replay %s: %s processed\n", job.ID, line)
+			last = line
+		}
+		if job.Done() {
+			if err := printJob(job); err != nil {
+				return err
+			}
+			if job.Status == "failed" {
+				return fmt.Errorf("replay %s failed: %s", job.ID, deref(job.Error))
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+		if job, err = svc.GetReplay(ctx, tenant, job.ID); err != nil {
+			return err
+		}
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// ---- events ----
+
+const eventsUsage = `hookstream events tail [--type T[,T…]] [--stream ID] [-n N] [--follow] [--json]
+  hookstream events stream ID [--json]
+  hookstream events export --from TIME --to TIME [--type T[,T…]] [--out FILE]`
+
+func cmdEvents(ctx context.Context, args []string, stdout io.Writer, log *slog.Logger) error {
+	if len(args) == 0 {
+		return usageError{"events: want a subcommand", eventsUsage}
+	}
+	fs := flag.NewFlagSet("events", flag.ContinueOnError)
+	types := fs.String("type", "", "only these event types, comma-separated")
+	stream := fs.String("stream", "", "only this stream")
+	n := fs.Int("n", 20, "tail: how many recent events to show first")
+	follow := fs.Bool("follow", false, "tail: keep printing events as they commit")
+	asJSON := fs.Bool("json", false, "print NDJSON, one stored event per line")
+	from := fs.String("from", "", "export: start (inclusive), RFC 3339")
+	to := fs.String("to", "", "export: end (exclusive), RFC 3339")
+	out := fs.String("out", "", "export: write to this file instead of stdout")
+	pos, err := parseFlags(fs, args[1:], eventsUsage)
+	if err != nil {
+		return err
+	}
+	var typeList []string
+	for _, t := range strings.Split(*types, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			typeList = append(typeList, t)
+		}
+	}
+	switch args[0] {
+	case "tail":
+		if len(pos) != 0 || *n < 0 {
+			return usageError{"events tail: takes flags only, -n at least 0", eventsUsage}
+		}
+	case "stream":
+		if len(pos) != 1 {
+			return usageError{"events stream: want one stream id", eventsUsage}
+		}
+	case "export":
+		if len(pos) != 0 {
+			return usageError{"events export: takes flags only", eventsUsage}
+		}
+	default:
+		return usageError{fmt.Sprintf("events: unknown subcommand %q", args[0]), eventsUsage}
+	}
+	var fromT, toT time.Time
+	if args[0] == "export" {
+		if fromT, err = parseTime("--from", *from); err == nil {
+			toT, err = parseTime("--to", *to)
+		}
+		if err != nil {
+			return usageError{"events export: " + err.Error(), eventsUsage}
+		}
+		if !fromT.Before(toT) {
+			return usageError{"events export: --from must be before --to", eventsUsage}
+		}
+	}
+	db, err := openMigrated(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	pr := newEventPrinter(stdout, *asJSON)
+	switch args[0] {
+	case "stream":
+		evs, err := eventstore.New(nil).Load(ctx, db.Pool, pos[0])
+		if err != nil {
+			return err
+		}
+		if len(evs) == 0 {
+			return fmt.Errorf("events stream: no stream %q", pos[0])
+		}
+		for _, e := range evs {
+			pr.print(e)
+		}
+		return pr.flush()
+	case "export":
+		w := stdout
+		if *out != "" {
+			f, err := os.Create(*out)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			w = f
+		}
+		started := time.Now()
+		count, err := eventstore.Export(ctx, db.Pool, fromT, toT, typeList, w)
+		if err != nil {
+			return err
+		}
+		log.Info("exported", "events", count, "seconds", time.Since(started).Seconds())
+		return nil
+	}
+	q := eventstore.RangeQuery{Types: typeList, StreamID: *stream, Limit: *n, UntilTx: -1}
+	evs, err := eventstore.ReadLast(ctx, db.Pool, q)
+	if err != nil {
+		return err
+	}
+	var cursor eventstore.Position
+	if len(evs) > 0 {
+		cursor = evs[len(evs)-1].Position()
+	} else if err := db.Pool.QueryRow(ctx, `SELECT coalesce(max(transaction_id::text::bigint), 0), coalesce(max(global_position), 0) FROM events
+		WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())`).Scan(&cursor.TransactionID, &cursor.GlobalPosition); err != nil {
+		return err
+	}
+	for _, e := range evs {
+		pr.print(e)
+	}
+	if err := pr.flush(); err != nil || !*follow {
+		return err
+	}
+	for {
+		q.After, q.Limit = cursor, 500
+		evs, err := eventstore.ReadRange(ctx, db.Pool, q)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		for _, e := range evs {
+			pr.print(e)
+			cursor = e.Position()
+		}
+		if err := pr.flush(); err != nil {
+			return err
+		}
+		if len(evs) == 500 {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil // Ctrl-C ends a follow
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func parseTime(name, v string) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, fmt.Errorf("%s is required", name)
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%s: %q is not an RFC 3339 time such as 2026-03-01T14:30:00Z", name, v)
+	}
+	return t.UTC(), nil
+}
+
+// eventPrinter prints stored events as aligned lines or NDJSON.
+type eventPrinter struct {
+	json bool
+	enc  *json.Encoder
+	tw   *tabwriter.Writer
+}
+
+func newEventPrinter(w io.Writer, asJSON bool) *eventPrinter {
+	return &eventPrinter{json: asJSON, enc: json.NewEncoder(w), tw: tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)}
+}
+
+func (p *eventPrinter) print(e eventstore.Event) {
+	if p.json {
+		meta, _ := json.Marshal(e.Metadata)
+		_ = p.enc.Encode(eventstore.ExportLine{GlobalPosition: e.GlobalPosition, EventID: e.EventID.String(), StreamType: e.StreamType,
+			StreamID: e.StreamID, StreamVersion: e.StreamVersion, Type: e.Type, SchemaVersion: e.SchemaVersion, OrgID: e.OrgID, EnvID: e.EnvID,
+			RecordedAt: e.RecordedAt.UTC(), Metadata: meta, Payload: e.Payload})
+		return
+	}
+	fmt.Fprintf(p.tw, "%d\t%s\t%s/%s\tv%d\t%s\t%s\t%s\n", e.GlobalPosition, e.RecordedAt.UTC().Format("2006-01-02 15:04:05.000"),
+		e.StreamType, e.StreamID, e.StreamVersion, e.Type, orDash(e.Metadata.Actor), summarize(e))
+}
+
+func (p *eventPrinter) flush() error {
+	if p.json {
+		return nil
+	}
+	return p.tw.Flush()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
