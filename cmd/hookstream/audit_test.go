@@ -28,7 +28,9 @@ func auditScenario(t *testing.T) (ctx context.Context, db eventstore.DBTX) {
 	t0 := time.Date(2026, 3, 1, 14, 30, 0, 0, time.UTC)
 	now := t0
 	store := eventstore.New(func() time.Time { return now })
-	id := func(n int) uuid.UUID { return uuid.MustParse("00000000-0000-7000-8000-" + strings.Repeat("0", 11) + string(rune('0'+n))) }
+	id := func(n int) uuid.UUID {
+		return uuid.MustParse("00000000-0000-7000-8000-" + strings.Repeat("0", 11) + string(rune('0'+n)))
+	}
 	const (
 		org, env = "org0000000000000000000000000000a", "env0000000000000000000000000000a"
 		eventID  = "evt00000000000000000000000000001"
