@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/internal/benchdata"
 	"github.com/hookstream/hookstream/internal/pgtest"
 )
 
@@ -80,3 +81,28 @@ func BenchmarkConsumerGroupRead(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkExport writes the whole log of 60,000 webhooks (about 216,000
+// events) as NDJSON; one op is one full export.
+func BenchmarkExport(b *testing.B) {
+	ctx := context.Background()
+	pool := pgtest.NewPool(b)
+	total, err := benchdata.Generate(ctx, pool, 60_000)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var bytes countingWriter
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		n, err := eventstore.Export(ctx, pool, time.Unix(0, 0), time.Now().Add(time.Hour), nil, &bytes)
+		if err != nil || n != total {
+			b.Fatalf("exported %d of %d: %v", n, total, err)
+		}
+	}
+	b.ReportMetric(float64(total)*float64(b.N)/b.Elapsed().Seconds(), "events/s")
+	b.ReportMetric(float64(bytes)/b.Elapsed().Seconds()/(1<<20), "MiB/s")
+}
+
+type countingWriter int64
+
+func (c *countingWriter) Write(p []byte) (int, error) { *c += countingWriter(len(p)); return len(p), nil }

@@ -6,8 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"strconv"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // ReadLast returns the last q.Limit events matching q's filters (After and
@@ -47,14 +48,26 @@ type ExportLine struct {
 	Payload        json.RawMessage `json:"payload"`
 }
 
-// Export writes every committed event recorded in [from, to) (of the given
-// types, all when empty) to w as NDJSON in log order. It reads in pages of
-// positions, so memory stays constant however many events there are; the
-// BRIN index on recorded_at bounds the positions it scans.
-func Export(ctx context.Context, db DBTX, from, to time.Time, types []string, w io.Writer) (int64, error) {
+// TxBeginner starts transactions (a pool or a connection).
+type TxBeginner interface {
+	BeginTx(ctx context.Context, opts pgx.TxOptions) (pgx.Tx, error)
+}
+
+// Export writes every event recorded in [from, to) (of the given types, all
+// when empty) to w as NDJSON in log order. It reads one snapshot (a
+// read-only REPEATABLE READ transaction, which holds no transaction id and so
+// delays no consumer group) in pages along the primary key, so memory stays
+// constant however many events there are; the BRIN index on recorded_at
+// bounds the positions it pages through.
+func Export(ctx context.Context, pool TxBeginner, from, to time.Time, types []string, w io.Writer) (int64, error) {
 	if types == nil {
 		types = []string{}
 	}
+	db, err := pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return 0, fmt.Errorf("export: %w", err)
+	}
+	defer db.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // read-only
 	var lo, hi *int64
 	if err := db.QueryRow(ctx, `SELECT min(global_position), max(global_position) FROM events WHERE recorded_at >= $1 AND recorded_at < $2`,
 		from, to).Scan(&lo, &hi); err != nil {
@@ -63,23 +76,25 @@ func Export(ctx context.Context, db DBTX, from, to time.Time, types []string, w 
 	if lo == nil {
 		return 0, nil
 	}
+	// Commit-order readers stop below the oldest running transaction; an
+	// export of one snapshot needs no such bound: nothing it shows changes.
 	bw := bufio.NewWriterSize(w, 1<<16)
 	enc := json.NewEncoder(bw)
 	var n int64
-	cursor := *lo - 1
-	const page = 5000
-	for cursor < *hi {
+	// Fixed windows of positions, not LIMIT pages: each query is a bounded
+	// primary-key range whatever the planner's statistics say (with stale
+	// ones it sorted the whole remaining range for every page).
+	const window = 5000
+	for start := *lo; start <= *hi; start += window {
 		rows, err := db.Query(ctx, `SELECT global_position, event_id::text, stream_type, stream_id, stream_version, event_type, schema_version,
 				org_id, env_id, recorded_at, metadata::text, payload::text
 			FROM events
-			WHERE global_position > $1 AND global_position <= $2
-			  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+			WHERE global_position >= $1 AND global_position < $2
 			  AND recorded_at >= $3 AND recorded_at < $4 AND (cardinality($5::text[]) = 0 OR event_type = ANY($5))
-			ORDER BY global_position LIMIT `+strconv.Itoa(page), cursor, *hi, from, to, types)
+			ORDER BY global_position`, start, start+window, from, to, types)
 		if err != nil {
 			return n, fmt.Errorf("export: %w", err)
 		}
-		got := 0
 		var line ExportLine
 		var meta, payload string
 		for rows.Next() {
@@ -94,15 +109,10 @@ func Export(ctx context.Context, db DBTX, from, to time.Time, types []string, w 
 				rows.Close()
 				return n, fmt.Errorf("export: write: %w", err)
 			}
-			cursor = line.GlobalPosition
-			got++
 			n++
 		}
 		if err := rows.Err(); err != nil {
 			return n, fmt.Errorf("export: %w", err)
-		}
-		if got < page {
-			break
 		}
 	}
 	if err := bw.Flush(); err != nil {
