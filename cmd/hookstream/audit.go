@@ -145,38 +145,15 @@ func buildAudit(ctx context.Context, db eventstore.DBTX, req auditRequest) (audi
 		deliveries = []string{req.id}
 	case "event":
 		eventID = req.id
-		rows, err := db.Query(ctx, `SELECT delivery_id FROM delivery_jobs WHERE event_id = $1 ORDER BY delivery_id`, req.id)
-		if err != nil {
-			return rep, err
-		}
-		for rows.Next() {
-			var d string
-			if err := rows.Scan(&d); err != nil {
-				rows.Close()
-				return rep, err
-			}
-			deliveries = append(deliveries, d)
-		}
-		if err := rows.Err(); err != nil {
+		var err error
+		if deliveries, err = queryStrings(ctx, db, `SELECT delivery_id FROM delivery_jobs WHERE event_id = $1 ORDER BY delivery_id`, req.id); err != nil {
 			return rep, err
 		}
 		if len(deliveries) == 0 {
 			// No job rows (an event no connection matched, or lost scheduler
 			// state): the log names the event's deliveries itself.
-			rows, err := db.Query(ctx, `SELECT stream_id FROM events WHERE event_type = $2 AND payload->>'event_id' = $1 ORDER BY global_position`,
-				req.id, domain.EvDeliveryRequested)
-			if err != nil {
-				return rep, err
-			}
-			for rows.Next() {
-				var d string
-				if err := rows.Scan(&d); err != nil {
-					rows.Close()
-					return rep, err
-				}
-				deliveries = append(deliveries, d)
-			}
-			if err := rows.Err(); err != nil {
+			if deliveries, err = queryStrings(ctx, db, `SELECT stream_id FROM events WHERE event_type = $2 AND payload->>'event_id' = $1
+				ORDER BY global_position`, req.id, domain.EvDeliveryRequested); err != nil {
 				return rep, err
 			}
 		}
@@ -413,4 +390,13 @@ func summarize(e eventstore.Event) string {
 		return s
 	}
 	return "-"
+}
+
+// queryStrings returns a one-column query's rows.
+func queryStrings(ctx context.Context, db eventstore.DBTX, sql string, args ...any) ([]string, error) {
+	rows, err := db.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
