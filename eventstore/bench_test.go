@@ -82,7 +82,7 @@ func BenchmarkConsumerGroupRead(b *testing.B) {
 	}
 }
 
-// BenchmarkExport writes the whole log of 60,000 webhooks (about 216,000
+// BenchmarkExport writes the whole log of 60,000 webhooks (207,000
 // events) as NDJSON; one op is one full export.
 func BenchmarkExport(b *testing.B) {
 	ctx := context.Background()

@@ -203,8 +203,8 @@ func (s *Service) CreateReplay(ctx context.Context, t Tenant, in ReplayInput, ri
 // insertReplayJob writes a replay's row from its ReplayRequested.
 func insertReplayJob(ctx context.Context, tx pgx.Tx, org, env string, r domain.ReplayRequested) error {
 	_, err := tx.Exec(ctx, `INSERT INTO replay_jobs (id, org_id, env_id, destination_id, source_id, connection_id, from_at, to_at,
-			rate_limit, max_events, status, total, created_at)
-		VALUES ($1, $2, $3, $4, NULLIF($5, ''), NULLIF($6, ''), $7, $8, $9, $10, 'running', $11, $12) ON CONFLICT (id) DO NOTHING`,
+			rate_limit, max_events, status, total, created_at, next_batch_at)
+		VALUES ($1, $2, $3, $4, NULLIF($5, ''), NULLIF($6, ''), $7, $8, $9, $10, 'running', $11, $12, $12) ON CONFLICT (id) DO NOTHING`,
 		r.ReplayID, org, env, r.DestinationID, r.SourceID, r.ConnectionID, r.From, r.To, r.RateLimit, r.MaxEvents, len(r.EventIDs), r.RequestedAt)
 	return err
 }
@@ -344,7 +344,8 @@ func (e *Engine) runReplays(ctx context.Context) {
 			return
 		case <-ticker.C:
 		}
-		rows, err := e.p.Pool.Query(ctx, `SELECT id FROM replay_jobs WHERE status = 'running' AND released < total ORDER BY created_at`)
+		rows, err := e.p.Pool.Query(ctx, `SELECT id FROM replay_jobs WHERE status = 'running' AND released < total AND next_batch_at <= $1
+			ORDER BY next_batch_at`, e.p.Now())
 		ids, err := collectRows(rows, err, func(r pgx.Row) (string, error) {
 			var id string
 			return id, r.Scan(&id)
@@ -480,7 +481,8 @@ func (e *Engine) releaseReplay(ctx context.Context, id string) error {
 		if err := insertJobs(ctx, tx, jobs); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `UPDATE replay_jobs SET released = $2 WHERE id = $1 AND released < $2`, id, offset+len(batch))
+		_, err = tx.Exec(ctx, `UPDATE replay_jobs SET released = $2, next_batch_at = $3 WHERE id = $1 AND released < $2`,
+			id, offset+len(batch), now.Add(time.Second))
 		return err
 	})
 }

@@ -2,9 +2,12 @@ package handlers_test
 
 import (
 	"context"
+	"encoding/json"
 	"sort"
 	"testing"
 	"time"
+
+	"github.com/hookstream/hookstream/projections"
 )
 
 // replayScenario ingests before, then inside, then after a time window and
@@ -114,6 +117,14 @@ func TestReplayDeliversTheRangeAtTheRateWithoutRetries(t *testing.T) {
 	}
 	if scheduled != 0 {
 		t.Errorf("%d replay deliveries still scheduled: failures must not be retried", scheduled)
+	}
+	// The replay's row rebuilt from its events alone reads the same.
+	before, _ := json.Marshal(h.replayJob(id))
+	if _, err := projections.Rebuild(context.Background(), h.pool, "replays", projections.RebuildOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := json.Marshal(h.replayJob(id)); string(after) != string(before) {
+		t.Errorf("replay job after a rebuild:\n%s\nbefore:\n%s", after, before)
 	}
 	// A replay does not change the replayed events' status.
 	if st := h.eventStatus(sc.inside[1]); st != "delivered" {

@@ -16,10 +16,11 @@ CREATE TABLE replay_jobs (
     error          text,
     total          integer NOT NULL,
     released       integer NOT NULL DEFAULT 0,
+    next_batch_at  timestamptz NOT NULL,     -- when the next batch may go (the runner skips the job until then)
     created_at     timestamptz NOT NULL,
     failed_at      timestamptz
 );
-CREATE INDEX replay_jobs_running_idx ON replay_jobs (created_at) WHERE status = 'running';
+CREATE INDEX replay_jobs_running_idx ON replay_jobs (next_batch_at) WHERE status = 'running';
 
 -- Deliveries made by a replay carry its id, so its progress is a count.
 ALTER TABLE projected_deliveries ADD COLUMN replay_id text;

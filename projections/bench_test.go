@@ -12,7 +12,7 @@ import (
 )
 
 // BenchmarkRebuild rebuilds each read model from a log of 60,000 webhooks
-// (about 216,000 events); one op is one full rebuild, and events/s counts
+// (207,000 events); one op is one full rebuild, and events/s counts
 // the events of the model's types read per second of the whole rebuild.
 func BenchmarkRebuild(b *testing.B) {
 	ctx := context.Background()

@@ -16,8 +16,9 @@ import (
 
 // Generate appends the history of n webhooks, each delivered to one of 10
 // destinations: 80% succeed first time (3 events), 15% fail once then
-// succeed (5 events), 5% fail twice and are dead-lettered (6 events), about
-// 3.6 events per webhook. It returns the number of events stored.
+// succeed (5 events), 5% fail twice and are dead-lettered (6 events), on average
+// 3.45 events per webhook (60,000 webhooks: 207,000 events). It returns
+// the number of events stored.
 func Generate(ctx context.Context, pool *pgxpool.Pool, n int) (int64, error) {
 	store := eventstore.New(nil)
 	const org, env = "org_bench", "env_bench"
