@@ -14,6 +14,7 @@ const (
 	EConflict     = "conflict"
 	EUnauthorized = "unauthorized"
 	ETooLarge     = "too_large"
+	EForbidden    = "forbidden"
 	EInternal     = "internal"
 )
 

@@ -65,6 +65,21 @@ type EventReceived struct {
 	BodySize    int                 `json:"body_size"`
 	Deliveries  int                 `json:"deliveries"`
 	ReceivedAt  time.Time           `json:"received_at"`
+	// VerificationStatus is "verified" when the source checked a signature, else "none".
+	VerificationStatus string `json:"verification_status,omitempty"`
+	// DedupStatus is "duplicate" for a webhook seen within the source's window
+	// (stored, never delivered), else "unique"; DedupHash identifies its key.
+	DedupStatus string `json:"dedup_status,omitempty"`
+	DedupHash   string `json:"dedup_hash,omitempty"`
+	// Skipped are the connections that did not get a delivery, and why.
+	Skipped []SkippedRoute `json:"skipped,omitempty"`
+}
+
+// SkippedRoute is a connection an ingested event was not delivered through.
+type SkippedRoute struct {
+	ConnectionID  string `json:"connection_id"`
+	DestinationID string `json:"destination_id"`
+	Reason        string `json:"reason"` // filtered | connection disabled | destination disabled | source paused | duplicate
 }
 
 // DeliveryRequested opens a delivery stream: one event to one connection's destination.

@@ -26,7 +26,19 @@ type groupCommitter struct {
 type appendRequest struct {
 	appends []eventstore.StreamAppend
 	jobs    []newJob
-	result  chan error
+	// dedup, when set, is claimed in the same transaction; a request whose
+	// key is already held within its window stores dupAppends instead (the
+	// event marked duplicate, no deliveries) and reports *duplicate.
+	dedup      *dedupClaim
+	dupAppends []eventstore.StreamAppend
+	duplicate  *bool
+	result     chan error
+}
+
+// dedupClaim is a source's dedup key, held until expires.
+type dedupClaim struct {
+	SourceID, Key, EventID string
+	Now, Expires           time.Time
 }
 
 // newJob is the delivery_jobs row of a new delivery, written in the same
@@ -49,7 +61,18 @@ func newGroupCommitter(pool *pgxpool.Pool, store *eventstore.Store, workers, max
 // waiting, and returns once they are committed. It returns the store's
 // error for these appends (ErrConcurrency, ErrDuplicateEvent, …).
 func (g *groupCommitter) Append(ctx context.Context, appends []eventstore.StreamAppend, jobs []newJob) error {
-	req := appendRequest{appends: appends, jobs: jobs, result: make(chan error, 1)}
+	return g.append(ctx, appendRequest{appends: appends, jobs: jobs, result: make(chan error, 1)})
+}
+
+// AppendDedup is Append with a dedup claim: it reports whether the webhook
+// was a duplicate (and dupAppends were stored instead).
+func (g *groupCommitter) AppendDedup(ctx context.Context, appends []eventstore.StreamAppend, jobs []newJob, claim dedupClaim, dupAppends []eventstore.StreamAppend) (bool, error) {
+	var dup bool
+	err := g.append(ctx, appendRequest{appends: appends, jobs: jobs, dedup: &claim, dupAppends: dupAppends, duplicate: &dup, result: make(chan error, 1)})
+	return dup, err
+}
+
+func (g *groupCommitter) append(ctx context.Context, req appendRequest) error {
 	select {
 	case g.reqs <- req:
 	case <-ctx.Done():
@@ -103,9 +126,20 @@ func (g *groupCommitter) commit(batch []appendRequest) {
 // transaction, the event INSERT first.
 func (g *groupCommitter) commitTx(ctx context.Context, batch []appendRequest) error {
 	return pgx.BeginFunc(ctx, g.pool, func(tx pgx.Tx) error {
+		dups, err := claimDedup(ctx, tx, batch)
+		if err != nil {
+			return err
+		}
 		var all []eventstore.StreamAppend
 		var jobs []newJob
-		for _, r := range batch {
+		for i, r := range batch {
+			if r.duplicate != nil {
+				*r.duplicate = dups[i]
+			}
+			if dups[i] {
+				all = append(all, r.dupAppends...)
+				continue
+			}
 			all = append(all, r.appends...)
 			jobs = append(jobs, r.jobs...)
 		}
@@ -148,4 +182,55 @@ func insertJobs(ctx context.Context, tx pgx.Tx, jobs []newJob) error {
 		return fmt.Errorf("insert jobs: %w", err)
 	}
 	return nil
+}
+
+// claimDedup claims the batch's dedup keys and reports which requests are
+// duplicates: of a key's holders in the batch only the first can claim it,
+// and it does when no unexpired claim holds it.
+func claimDedup(ctx context.Context, tx pgx.Tx, batch []appendRequest) ([]bool, error) {
+	dups := make([]bool, len(batch))
+	first := map[[2]string]int{}
+	var src, key, ev []string
+	var exp []time.Time
+	var now time.Time
+	for i, r := range batch {
+		if r.dedup == nil {
+			continue
+		}
+		k := [2]string{r.dedup.SourceID, r.dedup.Key}
+		if _, seen := first[k]; seen {
+			dups[i] = true
+			continue
+		}
+		first[k] = i
+		src, key, ev, exp = append(src, k[0]), append(key, k[1]), append(ev, r.dedup.EventID), append(exp, r.dedup.Expires)
+		now = r.dedup.Now
+	}
+	if len(src) == 0 {
+		return dups, nil
+	}
+	rows, err := tx.Query(ctx, `INSERT INTO dedup_keys AS d (source_id, key, event_id, expires_at)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+		ON CONFLICT (source_id, key) DO UPDATE SET event_id = excluded.event_id, expires_at = excluded.expires_at
+		WHERE d.expires_at <= $5
+		RETURNING source_id, key`, src, key, ev, exp, now)
+	if err != nil {
+		return nil, fmt.Errorf("claim dedup keys: %w", err)
+	}
+	won := map[[2]string]bool{}
+	for rows.Next() {
+		var k [2]string
+		if err := rows.Scan(&k[0], &k[1]); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		won[k] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("claim dedup keys: %w", err)
+	}
+	for k, i := range first {
+		dups[i] = !won[k]
+	}
+	return dups, nil
 }

@@ -25,6 +25,8 @@ func statusOf(code string) int {
 		return http.StatusUnauthorized
 	case domain.ETooLarge:
 		return http.StatusRequestEntityTooLarge
+	case domain.EForbidden:
+		return http.StatusForbidden
 	default:
 		return http.StatusInternalServerError
 	}

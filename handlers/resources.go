@@ -109,44 +109,238 @@ func (s *Service) recordConfig(ctx context.Context, tx pgx.Tx, t Tenant, streamT
 
 // ---- sources ----
 
-// Source is hookstream's source object.
+// Source is hookstream's source object. The verification secret is never
+// returned whole: only its last four characters show.
 type Source struct {
-	ID          string  `json:"id"`
-	OrgID       string  `json:"org_id"`
-	EnvID       string  `json:"env_id"`
-	Name        string  `json:"name"`
-	Slug        string  `json:"slug"`
-	Description *string `json:"description"`
-	Type        string  `json:"type"`
-	Status      string  `json:"status"`
-	IngestURL   string  `json:"ingest_url"`
-	CreatedAt   string  `json:"created_at"`
-	UpdatedAt   string  `json:"updated_at"`
+	ID                  string  `json:"id"`
+	OrgID               string  `json:"org_id"`
+	EnvID               string  `json:"env_id"`
+	Name                string  `json:"name"`
+	Slug                string  `json:"slug"`
+	Description         *string `json:"description"`
+	Type                string  `json:"type"`
+	Status              string  `json:"status"`
+	IngestURL           string  `json:"ingest_url"`
+	VerificationEnabled int     `json:"verification_enabled"`
+	VerificationType    *string `json:"verification_type"`
+	VerificationSecret  *string `json:"verification_secret"`
+	VerificationHeader  *string `json:"verification_header"`
+	DedupEnabled        int     `json:"dedup_enabled"`
+	DedupStrategy       *string `json:"dedup_strategy"`
+	DedupField          *string `json:"dedup_field"`
+	DedupWindowSeconds  int     `json:"dedup_window_seconds"`
+	IPAllowlist         string  `json:"ip_allowlist"`
+	IPDenylist          string  `json:"ip_denylist"`
+	CreatedAt           string  `json:"created_at"`
+	UpdatedAt           string  `json:"updated_at"`
 }
 
-// SourceInput is the body of POST and PATCH /v1/sources.
+// SourceInput is the body of POST and PATCH /v1/sources. An empty string
+// clears verification_type, dedup_strategy and dedup_field.
 type SourceInput struct {
-	Name        *string `json:"name"`
-	Slug        *string `json:"slug"`
-	Description *string `json:"description"`
-	Type        *string `json:"type"`
-	Status      *string `json:"status"`
-	OrgID       *string `json:"org_id"`
-	EnvID       *string `json:"env_id"`
+	Name                *string   `json:"name"`
+	Slug                *string   `json:"slug"`
+	Description         *string   `json:"description"`
+	Type                *string   `json:"type"`
+	Status              *string   `json:"status"`
+	OrgID               *string   `json:"org_id"`
+	EnvID               *string   `json:"env_id"`
+	VerificationEnabled *bool     `json:"verification_enabled"`
+	VerificationType    *string   `json:"verification_type"`
+	VerificationSecret  *string   `json:"verification_secret"`
+	VerificationHeader  *string   `json:"verification_header"`
+	DedupEnabled        *bool     `json:"dedup_enabled"`
+	DedupStrategy       *string   `json:"dedup_strategy"`
+	DedupField          *string   `json:"dedup_field"`
+	DedupWindowSeconds  *int      `json:"dedup_window_seconds"`
+	IPAllowlist         *[]string `json:"ip_allowlist"`
+	IPDenylist          *[]string `json:"ip_denylist"`
 }
 
-const sourceCols = `id, org_id, env_id, name, slug, description, status, created_at, updated_at`
+// srcState is a source's stored configuration.
+type srcState struct {
+	Name, Slug, Status                     string
+	Description                            *string
+	VerifyEnabled                          bool
+	VerifyType, VerifySecret, VerifyHeader string
+	DedupEnabled                           bool
+	DedupStrategy, DedupField              string
+	DedupWindow                            int
+	Allow, Deny                            []string
+}
 
-func (s *Service) scanSource(row pgx.Row) (Source, error) {
-	var src Source
-	var created, updated time.Time
-	if err := row.Scan(&src.ID, &src.OrgID, &src.EnvID, &src.Name, &src.Slug, &src.Description, &src.Status, &created, &updated); err != nil {
-		return src, err
+const sourceCols = `id, org_id, env_id, name, slug, description, status, created_at, updated_at,
+	verification_enabled, coalesce(verification_type, ''), coalesce(verification_secret, ''), coalesce(verification_header, ''),
+	dedup_enabled, coalesce(dedup_strategy, ''), coalesce(dedup_field, ''), dedup_window_seconds, ip_allowlist, ip_denylist`
+
+// maskSecret shows the last four characters of a secret.
+func maskSecret(s string) *string {
+	if s == "" {
+		return nil
 	}
+	tail := s
+	if len(s) > 4 {
+		tail = s[len(s)-4:]
+	}
+	m := "****" + tail
+	return &m
+}
+
+func (s *Service) scanSourceState(row pgx.Row) (Source, srcState, error) {
+	var src Source
+	var st srcState
+	var created, updated time.Time
+	var allow, deny []byte
+	if err := row.Scan(&src.ID, &src.OrgID, &src.EnvID, &src.Name, &src.Slug, &src.Description, &src.Status, &created, &updated,
+		&st.VerifyEnabled, &st.VerifyType, &st.VerifySecret, &st.VerifyHeader, &st.DedupEnabled, &st.DedupStrategy, &st.DedupField,
+		&st.DedupWindow, &allow, &deny); err != nil {
+		return src, st, err
+	}
+	st.Name, st.Slug, st.Status, st.Description = src.Name, src.Slug, src.Status, src.Description
+	_ = json.Unmarshal(allow, &st.Allow)
+	_ = json.Unmarshal(deny, &st.Deny)
 	src.Type = "http"
 	src.CreatedAt, src.UpdatedAt = isoTime(created), isoTime(updated)
 	src.IngestURL = strings.TrimRight(s.p.PublicURL, "/") + "/v1/ingest/" + src.ID
-	return src, nil
+	src.VerificationEnabled, src.DedupEnabled, src.DedupWindowSeconds = boolInt(st.VerifyEnabled), boolInt(st.DedupEnabled), st.DedupWindow
+	src.VerificationType, src.VerificationHeader = nullIfEmpty(st.VerifyType), nullIfEmpty(st.VerifyHeader)
+	src.VerificationSecret = maskSecret(st.VerifySecret)
+	src.DedupStrategy, src.DedupField = nullIfEmpty(st.DedupStrategy), nullIfEmpty(st.DedupField)
+	allowJSON, _ := json.Marshal(st.Allow)
+	denyJSON, _ := json.Marshal(st.Deny)
+	src.IPAllowlist, src.IPDenylist = string(allowJSON), string(denyJSON)
+	return src, st, nil
+}
+
+func (s *Service) scanSource(row pgx.Row) (Source, error) {
+	src, _, err := s.scanSourceState(row)
+	return src, err
+}
+
+// apply validates a create or update onto the state.
+func (st *srcState) apply(in SourceInput) error {
+	if in.Name != nil {
+		if err := checkName("name", *in.Name); err != nil {
+			return err
+		}
+		st.Name = *in.Name
+	}
+	if in.Slug != nil {
+		if err := checkSlug(*in.Slug); err != nil {
+			return err
+		}
+		st.Slug = *in.Slug
+	}
+	if in.Description != nil {
+		st.Description = in.Description
+	}
+	if in.Status != nil {
+		if err := checkStatus(*in.Status); err != nil {
+			return err
+		}
+		st.Status = *in.Status
+	}
+	if in.VerificationType != nil {
+		if *in.VerificationType == "" {
+			st.VerifyType, st.VerifyEnabled = "", false
+		} else {
+			v, ok := domain.NormalizeVerificationType(*in.VerificationType)
+			if !ok {
+				return invalidf("'verification_type' must be one of hmac_sha256, hmac_sha1, standard_webhooks")
+			}
+			st.VerifyType, st.VerifyEnabled = v, true
+		}
+	}
+	if in.VerificationSecret != nil {
+		if len(*in.VerificationSecret) > 1024 {
+			return invalidf("'verification_secret' is longer than 1024 characters")
+		}
+		st.VerifySecret = *in.VerificationSecret
+	}
+	if in.VerificationHeader != nil {
+		if strings.ContainsAny(*in.VerificationHeader, " :\r\n") || len(*in.VerificationHeader) > 200 {
+			return invalidf("'verification_header' is not a header name")
+		}
+		st.VerifyHeader = *in.VerificationHeader
+	}
+	if in.VerificationEnabled != nil {
+		st.VerifyEnabled = *in.VerificationEnabled
+	}
+	if st.VerifyEnabled {
+		switch {
+		case st.VerifyType == "":
+			return invalidf("'verification_type' is required when verification is enabled")
+		case st.VerifySecret == "":
+			return invalidf("'verification_secret' is required when verification_type is set")
+		case st.VerifyType != domain.VerifyStdWebhooks && st.VerifyHeader == "":
+			st.VerifyHeader = "X-Signature"
+		}
+	}
+	if in.DedupStrategy != nil {
+		switch *in.DedupStrategy {
+		case "":
+			st.DedupStrategy, st.DedupEnabled = "", false
+		case domain.DedupPayloadHash, domain.DedupHeaderField, domain.DedupBodyField:
+			st.DedupStrategy, st.DedupEnabled = *in.DedupStrategy, true
+		default:
+			return invalidf("'dedup_strategy' must be one of payload_hash, header_field, body_field")
+		}
+	}
+	if in.DedupField != nil {
+		st.DedupField = *in.DedupField
+	}
+	if in.DedupWindowSeconds != nil {
+		if *in.DedupWindowSeconds < 1 || *in.DedupWindowSeconds > 7*86400 {
+			return invalidf("'dedup_window_seconds' must be between 1 and 604800")
+		}
+		st.DedupWindow = *in.DedupWindowSeconds
+	}
+	if in.DedupEnabled != nil {
+		st.DedupEnabled = *in.DedupEnabled
+	}
+	if st.DedupEnabled {
+		if st.DedupStrategy == "" {
+			st.DedupStrategy = domain.DedupPayloadHash
+		}
+		if st.DedupStrategy != domain.DedupPayloadHash && st.DedupField == "" {
+			return invalidf("'dedup_field' is required for dedup_strategy %s", st.DedupStrategy)
+		}
+	}
+	for _, l := range []struct {
+		field string
+		in    *[]string
+		dst   *[]string
+	}{{"ip_allowlist", in.IPAllowlist, &st.Allow}, {"ip_denylist", in.IPDenylist, &st.Deny}} {
+		if l.in == nil {
+			continue
+		}
+		if len(*l.in) > 500 {
+			return invalidf("'%s' may hold at most 500 entries", l.field)
+		}
+		if _, err := domain.ParseIPList(l.field, *l.in); err != nil {
+			return err
+		}
+		*l.dst = append([]string{}, *l.in...)
+	}
+	return nil
+}
+
+// snapshot is the source's configuration as its events record it: the
+// secret is represented by a fingerprint, never stored in the log.
+func (st srcState) snapshot(id string) map[string]any {
+	return map[string]any{"id": id, "name": st.Name, "slug": st.Slug, "description": st.Description, "status": st.Status,
+		"verification_enabled": st.VerifyEnabled, "verification_type": st.VerifyType, "verification_header": st.VerifyHeader,
+		"verification_secret_sha256": secretFingerprint(st.VerifySecret), "dedup_enabled": st.DedupEnabled,
+		"dedup_strategy": st.DedupStrategy, "dedup_field": st.DedupField, "dedup_window_seconds": st.DedupWindow,
+		"ip_allowlist": st.Allow, "ip_denylist": st.Deny}
+}
+
+// secretFingerprint identifies a secret in the event log without revealing it.
+func secretFingerprint(secret string) string {
+	if secret == "" {
+		return ""
+	}
+	return fmt.Sprintf("%x", hashSecret(secret))[:16]
 }
 
 func checkTenantFields(t Tenant, org, env *string) error {
@@ -159,6 +353,35 @@ func checkTenantFields(t Tenant, org, env *string) error {
 	return nil
 }
 
+// writeSource records the source's event and writes its row, in one transaction.
+func (s *Service) writeSource(ctx context.Context, t Tenant, id, evType string, st srcState, rid string) (Source, error) {
+	var out Source
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := s.recordConfig(ctx, tx, t, domain.StreamSource, id, evType, st.snapshot(id), rid); err != nil {
+			return err
+		}
+		allow, _ := json.Marshal(st.Allow)
+		deny, _ := json.Marshal(st.Deny)
+		now := s.now()
+		var err error
+		out, err = s.scanSource(tx.QueryRow(ctx, `INSERT INTO sources (id, org_id, env_id, name, slug, description, status, created_at, updated_at,
+				verification_enabled, verification_type, verification_secret, verification_header, dedup_enabled, dedup_strategy, dedup_field,
+				dedup_window_seconds, ip_allowlist, ip_denylist)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, NULLIF($10, ''), NULLIF($11, ''), NULLIF($12, ''), $13, NULLIF($14, ''), NULLIF($15, ''), $16, $17, $18)
+			ON CONFLICT (id) DO UPDATE SET name = excluded.name, slug = excluded.slug, description = excluded.description,
+				status = excluded.status, updated_at = excluded.updated_at, verification_enabled = excluded.verification_enabled,
+				verification_type = excluded.verification_type, verification_secret = excluded.verification_secret,
+				verification_header = excluded.verification_header, dedup_enabled = excluded.dedup_enabled,
+				dedup_strategy = excluded.dedup_strategy, dedup_field = excluded.dedup_field,
+				dedup_window_seconds = excluded.dedup_window_seconds, ip_allowlist = excluded.ip_allowlist, ip_denylist = excluded.ip_denylist
+			RETURNING `+sourceCols, id, t.OrgID, t.EnvID, st.Name, st.Slug, st.Description, st.Status, now,
+			st.VerifyEnabled, st.VerifyType, st.VerifySecret, st.VerifyHeader, st.DedupEnabled, st.DedupStrategy, st.DedupField,
+			st.DedupWindow, allow, deny))
+		return err
+	})
+	return out, err
+}
+
 // CreateSource creates a source. EInvalid names the bad field.
 func (s *Service) CreateSource(ctx context.Context, t Tenant, in SourceInput, rid string) (Source, error) {
 	if err := checkTenantFields(t, in.OrgID, in.EnvID); err != nil {
@@ -167,39 +390,18 @@ func (s *Service) CreateSource(ctx context.Context, t Tenant, in SourceInput, ri
 	if in.Name == nil {
 		return Source{}, invalidf("'name' is required")
 	}
-	if err := checkName("name", *in.Name); err != nil {
-		return Source{}, err
-	}
-	slug := slugify(*in.Name)
-	if in.Slug != nil {
-		slug = *in.Slug
-	}
-	if err := checkSlug(slug); err != nil {
-		return Source{}, err
+	if in.Slug == nil {
+		sl := slugify(*in.Name)
+		in.Slug = &sl
 	}
 	if in.Type != nil && *in.Type != "http" {
 		return Source{}, invalidf("'type' must be http")
 	}
-	status := "active"
-	if in.Status != nil {
-		if err := checkStatus(*in.Status); err != nil {
-			return Source{}, err
-		}
-		status = *in.Status
+	st := srcState{Status: "active", DedupWindow: 300, Allow: []string{}, Deny: []string{}}
+	if err := st.apply(in); err != nil {
+		return Source{}, err
 	}
-	now := s.now()
-	id := newID()
-	var out Source
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		snap := map[string]any{"id": id, "name": *in.Name, "slug": slug, "description": in.Description, "status": status}
-		if err := s.recordConfig(ctx, tx, t, domain.StreamSource, id, domain.EvSourceCreated, snap, rid); err != nil {
-			return err
-		}
-		var err error
-		out, err = s.scanSource(tx.QueryRow(ctx, `INSERT INTO sources (id, org_id, env_id, name, slug, description, status, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING `+sourceCols, id, t.OrgID, t.EnvID, *in.Name, slug, in.Description, status, now))
-		return err
-	})
+	out, err := s.writeSource(ctx, t, newID(), domain.EvSourceCreated, st, rid)
 	if err != nil {
 		return Source{}, fmt.Errorf("create source: %w", err)
 	}
@@ -208,17 +410,22 @@ func (s *Service) CreateSource(ctx context.Context, t Tenant, in SourceInput, ri
 
 // GetSource returns a source of the tenant, or ENotFound.
 func (s *Service) GetSource(ctx context.Context, t Tenant, id string) (Source, error) {
+	src, _, err := s.getSource(ctx, t, id)
+	return src, err
+}
+
+func (s *Service) getSource(ctx context.Context, t Tenant, id string) (Source, srcState, error) {
 	if !validID(id) {
-		return Source{}, notFound("Source")
+		return Source{}, srcState{}, notFound("Source")
 	}
-	src, err := s.scanSource(s.pool.QueryRow(ctx, `SELECT `+sourceCols+` FROM sources WHERE id = $1 AND org_id = $2 AND env_id = $3`, id, t.OrgID, t.EnvID))
+	src, st, err := s.scanSourceState(s.pool.QueryRow(ctx, `SELECT `+sourceCols+` FROM sources WHERE id = $1 AND org_id = $2 AND env_id = $3`, id, t.OrgID, t.EnvID))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Source{}, notFound("Source")
+		return Source{}, st, notFound("Source")
 	}
 	if err != nil {
-		return Source{}, fmt.Errorf("get source: %w", err)
+		return Source{}, st, fmt.Errorf("get source: %w", err)
 	}
-	return src, nil
+	return src, st, nil
 }
 
 // ListSources lists the tenant's sources, newest first.
@@ -233,49 +440,17 @@ func (s *Service) ListSources(ctx context.Context, t Tenant, status string) ([]S
 
 // UpdateSource applies a partial update.
 func (s *Service) UpdateSource(ctx context.Context, t Tenant, id string, in SourceInput, rid string) (Source, error) {
-	cur, err := s.GetSource(ctx, t, id)
+	_, st, err := s.getSource(ctx, t, id)
 	if err != nil {
 		return Source{}, err
 	}
 	if in.OrgID != nil || in.EnvID != nil || in.Type != nil {
 		return Source{}, invalidf("'org_id', 'env_id' and 'type' cannot be changed")
 	}
-	name, slug, desc, status := cur.Name, cur.Slug, cur.Description, cur.Status
-	if in.Name != nil {
-		if err := checkName("name", *in.Name); err != nil {
-			return Source{}, err
-		}
-		name = *in.Name
+	if err := st.apply(in); err != nil {
+		return Source{}, err
 	}
-	if in.Slug != nil {
-		if err := checkSlug(*in.Slug); err != nil {
-			return Source{}, err
-		}
-		slug = *in.Slug
-	}
-	if in.Description != nil {
-		desc = in.Description
-	}
-	if in.Status != nil {
-		if err := checkStatus(*in.Status); err != nil {
-			return Source{}, err
-		}
-		status = *in.Status
-	}
-	var out Source
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		snap := map[string]any{"id": id, "name": name, "slug": slug, "description": desc, "status": status}
-		if err := s.recordConfig(ctx, tx, t, domain.StreamSource, id, domain.EvSourceUpdated, snap, rid); err != nil {
-			return err
-		}
-		var err error
-		out, err = s.scanSource(tx.QueryRow(ctx, `UPDATE sources SET name = $2, slug = $3, description = $4, status = $5, updated_at = $6
-			WHERE id = $1 RETURNING `+sourceCols, id, name, slug, desc, status, s.now()))
-		return err
-	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Source{}, notFound("Source")
-	}
+	out, err := s.writeSource(ctx, t, id, domain.EvSourceUpdated, st, rid)
 	if err != nil {
 		return Source{}, fmt.Errorf("update source: %w", err)
 	}

@@ -140,7 +140,8 @@ func (a *API) registerDeliveryRoutes(r *mux.Router) {
 
 	r.HandleFunc("/events", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
-		f := EventFilter{SourceID: q.Get("source_id"), Status: q.Get("status"), Method: q.Get("method")}
+		f := EventFilter{SourceID: q.Get("source_id"), Status: q.Get("status"), Method: q.Get("method"),
+			DedupStatus: q.Get("dedup_status"), VerificationStatus: q.Get("verification_status")}
 		var err error
 		if f.Limit, f.Offset, err = pageParams(q.Get("limit"), q.Get("offset")); err == nil {
 			f.After, err = timeParam("after", q.Get("after"))

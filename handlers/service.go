@@ -82,51 +82,55 @@ type IngestResult struct {
 }
 
 type route struct {
-	connID, connName, destID, destName, url, method string
-	rules                                           []domain.FilterRule
+	connID, connName, connStatus, destID, destName, destStatus, url, method string
+	connEnabled                                                             bool
+	rules                                                                   []domain.FilterRule
 }
 
-// Ingest stores the webhook (EventReceived) and one DeliveryRequested per
-// matching enabled connection, in one statement, and returns after commit.
+// Ingest runs the source's checks in hookstream's order (IP lists, then the
+// signature, then dedup) and stores the webhook (EventReceived) with one
+// DeliveryRequested per matching connection, in one group-committed
+// transaction, returning after commit. A paused connection still gets its
+// delivery (the dispatcher holds it); a disabled connection or destination
+// gets none, and the event records why.
 func (s *Service) Ingest(ctx context.Context, in IngestRequest) (IngestResult, error) {
 	if !validID(in.SourceID) {
 		return IngestResult{}, notFound("Source")
 	}
-	rows, err := s.pool.Query(ctx, `SELECT s.org_id, s.env_id, s.name, s.slug, s.status,
-			c.id, c.name, c.filter_rules, d.id, d.name, d.url, d.method
-		FROM sources s
-		LEFT JOIN connections c ON c.source_id = s.id AND c.enabled AND c.status = 'active'
-		LEFT JOIN destinations d ON d.id = c.destination_id AND d.status <> 'disabled'
-		WHERE s.id = $1`, in.SourceID)
+	var org, env string
+	src, st, err := s.scanSourceState(s.pool.QueryRow(ctx, `SELECT `+sourceCols+` FROM sources WHERE id = $1`, in.SourceID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return IngestResult{}, notFound("Source")
+	}
 	if err != nil {
 		return IngestResult{}, fmt.Errorf("ingest: look up source: %w", err)
 	}
-	var org, env, srcName, srcSlug, srcStatus string
-	var routes []route
-	found := false
-	for rows.Next() {
-		var cID, cName, dID, dName, url, method *string
-		var rules []byte
-		if err := rows.Scan(&org, &env, &srcName, &srcSlug, &srcStatus, &cID, &cName, &rules, &dID, &dName, &url, &method); err != nil {
-			rows.Close()
-			return IngestResult{}, fmt.Errorf("ingest: scan routes: %w", err)
-		}
-		found = true
-		if cID == nil || dID == nil {
-			continue
-		}
-		r := route{connID: *cID, connName: *cName, destID: *dID, destName: *dName, url: *url, method: *method}
-		_ = json.Unmarshal(rules, &r.rules)
-		routes = append(routes, r)
-	}
-	if err := rows.Err(); err != nil {
-		return IngestResult{}, fmt.Errorf("ingest: look up source: %w", err)
-	}
-	if !found {
-		return IngestResult{}, notFound("Source")
-	}
-	if srcStatus == "disabled" {
+	org, env = src.OrgID, src.EnvID
+	if st.Status == "disabled" {
 		return IngestResult{}, domain.Errorf(domain.EConflict, "Source is disabled")
+	}
+	if reason := domain.CheckIP(in.SourceIP, st.Allow, st.Deny); reason != "" {
+		return IngestResult{}, domain.Errorf(domain.EForbidden, "%s", reason)
+	}
+	verification := "none"
+	if st.VerifyEnabled {
+		if err := verifySignature(st, in, s.now()); err != nil {
+			return IngestResult{}, err
+		}
+		verification = "verified"
+	}
+	rows, err := s.pool.Query(ctx, `SELECT c.id, c.name, c.enabled, c.status, c.filter_rules, d.id, d.name, d.status, d.url, d.method
+		FROM connections c JOIN destinations d ON d.id = c.destination_id
+		WHERE c.source_id = $1 ORDER BY c.created_at, c.id`, in.SourceID)
+	routes, err := collectRows(rows, err, func(row pgx.Row) (route, error) {
+		var r route
+		var rules []byte
+		err := row.Scan(&r.connID, &r.connName, &r.connEnabled, &r.connStatus, &rules, &r.destID, &r.destName, &r.destStatus, &r.url, &r.method)
+		_ = json.Unmarshal(rules, &r.rules)
+		return r, err
+	})
+	if err != nil {
+		return IngestResult{}, fmt.Errorf("ingest: look up routes: %w", err)
 	}
 	contentType := first(in.Headers, "Content-Type")
 	input := domain.FilterInput{Headers: map[string]string{}, Method: in.Method, ContentType: contentType, SourceIP: in.SourceIP}
@@ -145,8 +149,21 @@ func (s *Service) Ingest(ctx context.Context, in IngestRequest) (IngestResult, e
 	meta := eventstore.Metadata{Actor: "ingest", RequestID: in.RequestID, CorrelationID: eventID}
 	var appends []eventstore.StreamAppend
 	var jobs []newJob
+	var skipped []domain.SkippedRoute
 	for _, r := range routes {
-		if srcStatus != "active" || !domain.MatchFilter(r.rules, input) {
+		reason := ""
+		switch {
+		case st.Status != "active":
+			reason = "source " + st.Status
+		case !r.connEnabled || r.connStatus == "disabled":
+			reason = "connection disabled"
+		case r.destStatus == "disabled":
+			reason = "destination disabled"
+		case !domain.MatchFilter(r.rules, input):
+			reason = "filtered"
+		}
+		if reason != "" {
+			skipped = append(skipped, domain.SkippedRoute{ConnectionID: r.connID, DestinationID: r.destID, Reason: reason})
 			continue
 		}
 		deliveryID, attemptID := newID(), newID()
@@ -163,18 +180,54 @@ func (s *Service) Ingest(ctx context.Context, in IngestRequest) (IngestResult, e
 		})
 	}
 	received := domain.EventReceived{
-		EventID: eventID, SourceID: in.SourceID, SourceName: srcName, SourceSlug: srcSlug, Method: in.Method,
+		EventID: eventID, SourceID: in.SourceID, SourceName: src.Name, SourceSlug: src.Slug, Method: in.Method,
 		Headers: in.Headers, Query: in.Query, ContentType: contentType, SourceIP: in.SourceIP,
 		BodyB64: base64.StdEncoding.EncodeToString(in.Body), BodySize: len(in.Body), Deliveries: len(appends), ReceivedAt: now,
+		VerificationStatus: verification, DedupStatus: "unique", Skipped: skipped,
 	}
-	appends = append([]eventstore.StreamAppend{{
-		StreamType: domain.StreamEvent, StreamID: eventID, OrgID: org, EnvID: env, Expected: eventstore.NoStream,
-		Events: []eventstore.NewEvent{{ID: receivedUUID, Type: domain.EvEventReceived, Payload: received, Metadata: meta}},
-	}}, appends...)
-	if err := s.ingest.Append(ctx, appends, jobs); err != nil {
+	eventAppend := func(e domain.EventReceived) eventstore.StreamAppend {
+		return eventstore.StreamAppend{StreamType: domain.StreamEvent, StreamID: eventID, OrgID: org, EnvID: env, Expected: eventstore.NoStream,
+			Events: []eventstore.NewEvent{{ID: receivedUUID, Type: domain.EvEventReceived, Payload: e, Metadata: meta}}}
+	}
+	var key string
+	var dedup bool
+	if st.DedupEnabled {
+		key, dedup = domain.DedupKey(st.DedupStrategy, st.DedupField, in.Headers, in.Body)
+	}
+	if !dedup {
+		if err := s.ingest.Append(ctx, append([]eventstore.StreamAppend{eventAppend(received)}, appends...), jobs); err != nil {
+			return IngestResult{}, fmt.Errorf("ingest: append: %w", err)
+		}
+		return IngestResult{EventID: eventID, SourceID: in.SourceID}, nil
+	}
+	received.DedupHash = secretFingerprint(st.DedupStrategy + ":" + key)
+	dup := received
+	dup.DedupStatus, dup.Deliveries, dup.Skipped = "duplicate", 0, nil
+	for _, r := range routes {
+		dup.Skipped = append(dup.Skipped, domain.SkippedRoute{ConnectionID: r.connID, DestinationID: r.destID, Reason: "duplicate"})
+	}
+	claim := dedupClaim{SourceID: in.SourceID, Key: key, EventID: eventID, Now: now, Expires: now.Add(time.Duration(st.DedupWindow) * time.Second)}
+	if _, err := s.ingest.AppendDedup(ctx, append([]eventstore.StreamAppend{eventAppend(received)}, appends...), jobs, claim,
+		[]eventstore.StreamAppend{eventAppend(dup)}); err != nil {
 		return IngestResult{}, fmt.Errorf("ingest: append: %w", err)
 	}
 	return IngestResult{EventID: eventID, SourceID: in.SourceID}, nil
+}
+
+// verifySignature checks the webhook's signature over its raw body.
+func verifySignature(st srcState, in IngestRequest, now time.Time) error {
+	if st.VerifyType == domain.VerifyStdWebhooks {
+		return domain.VerifyStandardWebhooks(st.VerifySecret, first(in.Headers, "webhook-id"), first(in.Headers, "webhook-timestamp"),
+			first(in.Headers, "webhook-signature"), in.Body, now)
+	}
+	sig := first(in.Headers, st.VerifyHeader)
+	if sig == "" {
+		return domain.Errorf(domain.EUnauthorized, "Invalid signature: missing %s header", st.VerifyHeader)
+	}
+	if !domain.VerifyHMACSignature(st.VerifyType, st.VerifySecret, sig, in.Body) {
+		return domain.Errorf(domain.EUnauthorized, "Invalid signature")
+	}
+	return nil
 }
 
 func first(h map[string][]string, key string) string {
@@ -490,6 +543,7 @@ type EventSummary struct {
 	PayloadSize        int     `json:"payload_size"`
 	VerificationStatus string  `json:"verification_status"`
 	DedupStatus        string  `json:"dedup_status"`
+	DedupHash          *string `json:"dedup_hash"`
 	Status             string  `json:"status"`
 	ReceivedAt         string  `json:"received_at"`
 	SourceName         *string `json:"source_name"`
@@ -505,30 +559,32 @@ type EventDetail struct {
 	PayloadInline *string         `json:"payload_inline"`
 }
 
-const eventCols = `id, source_id, org_id, env_id, method, content_type, source_ip, payload_size, status, received_at, source_name, source_slug`
+const eventCols = `id, source_id, org_id, env_id, method, content_type, source_ip, payload_size, status, received_at, source_name, source_slug,
+	verification_status, dedup_status, dedup_hash`
 
 func scanEventSummary(row pgx.Row, extra ...any) (EventSummary, error) {
 	var e EventSummary
 	var received time.Time
 	err := row.Scan(append([]any{&e.ID, &e.SourceID, &e.OrgID, &e.EnvID, &e.Method, &e.ContentType, &e.SourceIP, &e.PayloadSize,
-		&e.Status, &received, &e.SourceName, &e.SourceSlug}, extra...)...)
+		&e.Status, &received, &e.SourceName, &e.SourceSlug, &e.VerificationStatus, &e.DedupStatus, &e.DedupHash}, extra...)...)
 	e.ReceivedAt = isoTime(received)
-	e.VerificationStatus, e.DedupStatus = "none", "unique"
 	return e, err
 }
 
 // EventFilter are the list filters of GET /v1/events.
 type EventFilter struct {
-	SourceID, Status, Method string
-	After, Before            *time.Time
-	Limit, Offset            int
+	SourceID, Status, Method        string
+	DedupStatus, VerificationStatus string
+	After, Before                   *time.Time
+	Limit, Offset                   int
 }
 
 // ListEvents lists the tenant's ingested events, newest first.
 func (s *Service) ListEvents(ctx context.Context, t Tenant, f EventFilter) ([]EventSummary, Pagination, error) {
 	where := `org_id = $1 AND env_id = $2 AND ($3 = '' OR source_id = $3) AND ($4 = '' OR status = $4) AND ($5 = '' OR method = $5)
-		AND ($6::timestamptz IS NULL OR received_at > $6) AND ($7::timestamptz IS NULL OR received_at < $7)`
-	args := []any{t.OrgID, t.EnvID, f.SourceID, f.Status, f.Method, f.After, f.Before}
+		AND ($6::timestamptz IS NULL OR received_at > $6) AND ($7::timestamptz IS NULL OR received_at < $7)
+		AND ($8 = '' OR dedup_status = $8) AND ($9 = '' OR verification_status = $9)`
+	args := []any{t.OrgID, t.EnvID, f.SourceID, f.Status, f.Method, f.After, f.Before, f.DedupStatus, f.VerificationStatus}
 	out, p, err := pageQuery(ctx, s.pool, "events_view", eventCols, where, "received_at DESC, id DESC", args, f.Limit, f.Offset,
 		func(row pgx.Row) (EventSummary, error) { return scanEventSummary(row) })
 	if err != nil {

@@ -175,8 +175,9 @@ func Events(e eventstore.Event) ([]eventstore.Statement, error) {
 	headers, _ := json.Marshal(p.Headers)
 	query, _ := json.Marshal(p.Query)
 	return []eventstore.Statement{{SQL: `INSERT INTO events_view (id, org_id, env_id, source_id, source_name, source_slug, method, content_type,
-			source_ip, headers, query_params, body_b64, payload_size, status, delivery_count, received_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, NULLIF($8, ''), NULLIF($9, ''), $10, $11, $12, $13, $14, $15, $16)
+			source_ip, headers, query_params, body_b64, payload_size, status, delivery_count, received_at, verification_status, dedup_status, dedup_hash)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, NULLIF($8, ''), NULLIF($9, ''), $10, $11, $12, $13, $14, $15, $16,
+			coalesce(NULLIF($17, ''), 'none'), coalesce(NULLIF($18, ''), 'unique'), NULLIF($19, ''))
 		ON CONFLICT (id) DO NOTHING`, Args: []any{p.EventID, e.OrgID, e.EnvID, p.SourceID, p.SourceName, p.SourceSlug, p.Method, p.ContentType,
-		p.SourceIP, headers, query, p.BodyB64, p.BodySize, status, p.Deliveries, p.ReceivedAt}}}, nil
+		p.SourceIP, headers, query, p.BodyB64, p.BodySize, status, p.Deliveries, p.ReceivedAt, p.VerificationStatus, p.DedupStatus, p.DedupHash}}}, nil
 }
