@@ -200,7 +200,9 @@ func TestIngestDedup(t *testing.T) {
 				return fmt.Sprintf(`{"i":%d}`, i), map[string]string{"X-Delivery-Id": "hdr-" + strconv.Itoa(i/3)}
 			}, 2},
 		{"body_field", map[string]any{"dedup_strategy": "body_field", "dedup_field": "data.id"},
-			func(i int) (string, map[string]string) { return fmt.Sprintf(`{"data":{"id":"obj_%d"},"i":%d}`, i/4, i), nil }, 1},
+			func(i int) (string, map[string]string) {
+				return fmt.Sprintf(`{"data":{"id":"obj_%d"},"i":%d}`, i/4, i), nil
+			}, 1},
 	} {
 		if code, out := h.do("PATCH", "/v1/sources/"+src, h.key, c.patch); code != 200 {
 			t.Fatalf("%s: PATCH = %d %v", c.name, code, out)
