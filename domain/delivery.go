@@ -144,6 +144,8 @@ func (d *Delivery) RecordAttempt(res DeliveryAttempted, policy RetryPolicy, now 
 	switch {
 	case res.TriggerType == TriggerReplay:
 		return out, nil // replays are never retried
+	case res.Final != "":
+		return dlq(res.Final), nil
 	case d.reopened != "":
 		return dlq("manual retry failed"), nil
 	case !policy.Enabled:
@@ -155,7 +157,7 @@ func (d *Delivery) RecordAttempt(res DeliveryAttempted, policy RetryPolicy, now 
 		AfterAttemptID: res.AttemptID,
 		NextAttemptID:  newID(),
 		AttemptNumber:  d.lastNumber + 1,
-		NotBefore:      now.Add(policy.Delay(retriesMade + 1)),
+		NotBefore:      now.Add(retryDelay(policy, retriesMade+1, res.RetryAfterMS)),
 	}}), nil
 }
 
@@ -181,4 +183,16 @@ func (d *Delivery) RequestRetry(fromAttemptID, attemptID, url, method string, no
 		AttemptID: attemptID, AttemptNumber: number, FromAttemptID: fromAttemptID,
 		RequestURL: url, RequestMethod: method, RequestedAt: now,
 	}}}, nil
+}
+
+// MaxRetryAfter bounds how long a receiver's Retry-After can postpone a retry.
+const MaxRetryAfter = time.Hour
+
+// retryDelay is the policy's delay before the n-th retry, or the receiver's
+// Retry-After (bounded to MaxRetryAfter) when it sent one.
+func retryDelay(policy RetryPolicy, n int, retryAfterMS int64) time.Duration {
+	if retryAfterMS > 0 {
+		return min(time.Duration(retryAfterMS)*time.Millisecond, MaxRetryAfter)
+	}
+	return policy.Delay(n)
 }

@@ -11,6 +11,8 @@ const (
 	StreamDelivery    = "delivery"
 	StreamAPIKey      = "api_key"
 	StreamReplay      = "replay"
+	StreamCircuit     = "circuit"
+	StreamIssue       = "issue"
 )
 
 // Event type names. Persisted: never rename, never derive by reflection.
@@ -32,6 +34,15 @@ const (
 	EvRetryScheduled    = "RetryScheduled"
 	EvRetryRequested    = "RetryRequested"
 	EvMovedToDLQ        = "MovedToDLQ"
+
+	EvDestinationDisabled = "DestinationDisabled"
+	EvCircuitOpened       = "CircuitOpened"
+	EvCircuitHalfOpened   = "CircuitHalfOpened"
+	EvCircuitClosed       = "CircuitClosed"
+	EvIssueOpened         = "IssueOpened"
+	EvIssueRecurred       = "IssueRecurred"
+	EvIssueUpdated        = "IssueUpdated"
+	EvIssueResolved       = "IssueResolved"
 
 	EvReplayRequested = "ReplayRequested"
 	EvReplayReleased  = "ReplayReleased"
@@ -116,6 +127,13 @@ type DeliveryAttempted struct {
 	Status          string    `json:"status"` // success | failed
 	Error           *string   `json:"error"`
 	StartedAt       time.Time `json:"started_at"`
+	// ErrorType classifies a failure: http_4xx, http_5xx, timeout or network.
+	ErrorType string `json:"error_type,omitempty"`
+	// RetryAfterMS is the receiver's Retry-After (429/503), bounded; the next
+	// automatic retry waits for it instead of the policy's delay.
+	RetryAfterMS int64 `json:"retry_after_ms,omitempty"`
+	// Final, when set, ends the delivery in the DLQ with this reason (410 Gone).
+	Final string `json:"final,omitempty"`
 }
 
 // RetryScheduled is the decision to retry automatically, not before NotBefore.
@@ -143,4 +161,35 @@ type MovedToDLQ struct {
 	EventID   string    `json:"event_id"`
 	Reason    string    `json:"reason"`
 	DLQAt     time.Time `json:"dlq_at"`
+}
+
+// DestinationDisabled records that the engine disabled a destination (a 410 Gone).
+type DestinationDisabled struct {
+	ID     string `json:"id"`
+	Reason string `json:"reason"`
+}
+
+// CircuitChanged records a circuit transition (CircuitOpened, CircuitHalfOpened, CircuitClosed).
+type CircuitChanged struct {
+	DestinationID string    `json:"destination_id"`
+	FailureCount  int       `json:"failure_count"`
+	Reason        string    `json:"reason"`
+	ProbeDelivery string    `json:"probe_delivery_id,omitempty"`
+	At            time.Time `json:"at"`
+}
+
+// IssueChanged records an issue's creation, a new occurrence, a status
+// change or its resolution.
+type IssueChanged struct {
+	IssueID       string     `json:"issue_id"`
+	DestinationID string     `json:"destination_id,omitempty"`
+	ErrorType     string     `json:"error_type,omitempty"`
+	Status        string     `json:"status,omitempty"`
+	SnoozedUntil  *time.Time `json:"snoozed_until,omitempty"`
+	DeliveryID    string     `json:"delivery_id,omitempty"`
+	AttemptID     string     `json:"attempt_id,omitempty"`
+	EventID       string     `json:"event_id,omitempty"`
+	Error         string     `json:"error,omitempty"`
+	StatusCode    *int       `json:"status_code,omitempty"`
+	At            time.Time  `json:"at"`
 }

@@ -65,7 +65,7 @@ func runEndToEnd(b *testing.B, firstFails bool, rate int) {
 	}))
 	defer sink.Close()
 	h := &harness{t: &testing.T{}, pool: pool, api: api, key: newKeyB(b, pool)}
-	src, _ := h.route(sink.URL, map[string]any{"retry_intervals": []int{0}}, nil)
+	src, _ := h.route(sink.URL, map[string]any{"retry_intervals": []int{0}, "circuit_breaker_enabled": false}, nil)
 
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	b.ResetTimer()

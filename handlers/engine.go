@@ -195,6 +195,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	go func() { defer close(dispatchDone); e.dispatch(ctx, bus) }()
 	replaysDone := make(chan struct{})
 	go func() { defer close(replaysDone); e.runReplays(ctx) }()
+	go e.resolveIssues(ctx)
 
 	select {
 	case <-ctx.Done():
@@ -241,6 +242,10 @@ type dispatchJob struct {
 	Headers       map[string]string  `json:"headers"`
 	TimeoutMS     int                `json:"timeout_ms"`
 	Retry         domain.RetryPolicy `json:"retry"`
+	DestStatus    string             `json:"dest_status"`
+	DisabledWhy   string             `json:"disabled_reason"`
+	Signing       *SigningConfig     `json:"signing"`
+	PrevSecret    string             `json:"prev_secret"`
 }
 
 func (e *Engine) dispatch(ctx context.Context, bus message.Publisher) {
@@ -303,6 +308,12 @@ WITH c AS (
     WHERE j.state = 'scheduled' AND j.due_at <= $1 AND (j.lease_until IS NULL OR j.lease_until < $1)
       AND j.destination_id <> ALL($3::text[])
       AND NOT EXISTS (SELECT 1 FROM destinations d WHERE d.id = j.destination_id AND d.status = 'paused')
+      AND NOT EXISTS (SELECT 1 FROM connections cn WHERE cn.id = j.connection_id AND cn.status = 'paused')
+      AND CASE WHEN $6::text[] IS NULL
+          -- an open or half-open circuit holds its destination's jobs ...
+          THEN NOT EXISTS (SELECT 1 FROM destination_circuits k WHERE k.destination_id = j.destination_id AND k.state <> 'closed')
+          -- ... except the probes handed in here
+          ELSE j.delivery_id = ANY($6) END
     ORDER BY j.due_at
     LIMIT $2
     FOR UPDATE OF j SKIP LOCKED
@@ -317,7 +328,8 @@ SELECT u.delivery_id, u.org_id, u.env_id, u.event_id, u.destination_id, u.attemp
        e.payload->>'body_b64', coalesce(e.payload->>'content_type', ''),
        d.id IS NOT NULL, coalesce(d.url, ''), coalesce(d.method, 'POST'), coalesce(d.headers, '{}'), coalesce(d.timeout_ms, 30000),
        coalesce(d.retry_enabled, false), coalesce(d.retry_max_attempts, 0), coalesce(d.retry_backoff_type, 'exponential'),
-       coalesce(d.retry_intervals, '[30]')
+       coalesce(d.retry_intervals, '[30]'), coalesce(d.status, ''), coalesce(d.disabled_reason, ''), d.signing_config,
+       CASE WHEN d.signing_previous_expires_at > $1 THEN coalesce(d.signing_previous_secret, '') ELSE '' END
 FROM u JOIN events e ON e.event_id = u.received_uuid
 LEFT JOIN destinations d ON d.id = u.destination_id`
 
@@ -332,26 +344,20 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (in
 		}
 	}
 	e.mu.Unlock()
-	rows, err := e.p.Pool.Query(ctx, claimSQL, e.p.Now().UTC(), 128, saturated, e.p.WorkerID, e.p.LeaseMargin)
+	probes, err := e.circuitProbes(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("claim jobs: %w", err)
+		return 0, err
 	}
 	var jobs []dispatchJob
-	for rows.Next() {
-		var j dispatchJob
-		var headers, intervals []byte
-		if err := rows.Scan(&j.DeliveryID, &j.OrgID, &j.EnvID, &j.EventID, &j.DestinationID, &j.AttemptID, &j.AttemptNumber, &j.Version,
-			&j.BodyB64, &j.ContentType, &j.DestFound, &j.URL, &j.Method, &headers, &j.TimeoutMS,
-			&j.Retry.Enabled, &j.Retry.MaxRetries, &j.Retry.Backoff, &intervals); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("scan claimed job: %w", err)
+	for _, only := range [][]string{probes, nil} {
+		if only != nil && len(only) == 0 {
+			continue
 		}
-		_ = json.Unmarshal(headers, &j.Headers)
-		_ = json.Unmarshal(intervals, &j.Retry.Intervals)
-		jobs = append(jobs, j)
-	}
-	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("claim jobs: %w", err)
+		claimed, err := e.claim(ctx, saturated, only)
+		if err != nil {
+			return 0, err
+		}
+		jobs = append(jobs, claimed...)
 	}
 	byDest := map[string][]dispatchJob{}
 	var order []string
@@ -407,6 +413,36 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (in
 		}
 	}
 	return len(jobs) - len(excess), nil
+}
+
+// claim leases due jobs (only the given ones when only is not nil).
+func (e *Engine) claim(ctx context.Context, saturated, only []string) ([]dispatchJob, error) {
+	rows, err := e.p.Pool.Query(ctx, claimSQL, e.p.Now().UTC(), 128, saturated, e.p.WorkerID, e.p.LeaseMargin, only)
+	if err != nil {
+		return nil, fmt.Errorf("claim jobs: %w", err)
+	}
+	var jobs []dispatchJob
+	for rows.Next() {
+		var j dispatchJob
+		var headers, intervals, signing []byte
+		if err := rows.Scan(&j.DeliveryID, &j.OrgID, &j.EnvID, &j.EventID, &j.DestinationID, &j.AttemptID, &j.AttemptNumber, &j.Version,
+			&j.BodyB64, &j.ContentType, &j.DestFound, &j.URL, &j.Method, &headers, &j.TimeoutMS,
+			&j.Retry.Enabled, &j.Retry.MaxRetries, &j.Retry.Backoff, &intervals, &j.DestStatus, &j.DisabledWhy, &signing, &j.PrevSecret); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("scan claimed job: %w", err)
+		}
+		_ = json.Unmarshal(headers, &j.Headers)
+		_ = json.Unmarshal(intervals, &j.Retry.Intervals)
+		if len(signing) > 0 && string(signing) != "null" {
+			j.Signing = &SigningConfig{}
+			_ = json.Unmarshal(signing, j.Signing)
+		}
+		jobs = append(jobs, j)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("claim jobs: %w", err)
+	}
+	return jobs, nil
 }
 
 // finished returns n requests and b batches of a destination, and a lane
@@ -489,6 +525,10 @@ func (e *Engine) send(ctx context.Context, j dispatchJob) domain.DeliveryAttempt
 	if !j.DestFound {
 		return fail("destination was deleted")
 	}
+	if j.DestStatus == "disabled" {
+		res.Final = "destination is disabled: " + orDefault(j.DisabledWhy, "by its owner")
+		return fail(res.Final)
+	}
 	body, err := base64.StdEncoding.DecodeString(j.BodyB64)
 	if err != nil {
 		return fail("stored payload is unreadable")
@@ -512,7 +552,8 @@ func (e *Engine) send(ctx context.Context, j dispatchJob) domain.DeliveryAttempt
 	req.Header.Set("X-hookstream-Delivery-Attempt", strconv.Itoa(j.AttemptNumber))
 	req.Header.Set("X-hookstream-Timestamp", started.Format(time.RFC3339))
 	req.Header.Set("Idempotency-Key", j.DeliveryID)
-	sent, _ := json.Marshal(flatten(req.Header))
+	j.Signing.sign(req.Header, j.DeliveryID, body, j.PrevSecret, started)
+	sent, _ := json.Marshal(flatten(redactSignature(req.Header, j.Signing)))
 	res.RequestHeaders = string(sent)
 
 	resp, err := e.client.Do(req)
@@ -520,10 +561,9 @@ func (e *Engine) send(ctx context.Context, j dispatchJob) domain.DeliveryAttempt
 		if ctx.Err() != nil {
 			return fail(errAborted)
 		}
-		if reqCtx.Err() == context.DeadlineExceeded {
-			return fail(fmt.Sprintf("timeout after %dms", j.TimeoutMS))
-		}
-		return fail(err.Error())
+		msg, class := classifyError(err, reqCtx.Err() == context.DeadlineExceeded, j.TimeoutMS)
+		res.ErrorType = class
+		return fail(msg)
 	}
 	defer resp.Body.Close()
 	limited, _ := io.ReadAll(io.LimitReader(resp.Body, ResponseBodyLimit))
@@ -536,9 +576,14 @@ func (e *Engine) send(ctx context.Context, j dispatchJob) domain.DeliveryAttempt
 	res.ResponseHeaders, res.ResponseBody = &rhs, &rb
 	if status >= 200 && status < 300 {
 		res.Status = domain.AttemptSuccess
-	} else {
-		msg := fmt.Sprintf("HTTP %d", status)
-		res.Error = &msg
+		return res
+	}
+	msg := fmt.Sprintf("HTTP %d", status)
+	res.Error = &msg
+	res.ErrorType = domain.ErrorClass(res)
+	res.RetryAfterMS = retryAfter(status, resp.Header, e.p.Now())
+	if status == http.StatusGone {
+		res.Final = "destination answered 410 Gone; the destination was disabled"
 	}
 	return res
 }
@@ -587,6 +632,9 @@ func (e *Engine) completeTx(ctx context.Context, jobs []dispatchJob, results []d
 		var appends []eventstore.StreamAppend
 		aggs := map[string]*domain.Delivery{}
 		var stale []string
+		var recordedJobs []dispatchJob
+		var recordedResults []domain.DeliveryAttempted
+		dlq := map[string]bool{}
 		for i, j := range jobs {
 			d := &domain.Delivery{}
 			for _, ev := range streams[j.DeliveryID] {
@@ -601,6 +649,12 @@ func (e *Engine) completeTx(ctx context.Context, jobs []dispatchJob, results []d
 			}
 			if err != nil {
 				return err
+			}
+			recordedJobs, recordedResults = append(recordedJobs, j), append(recordedResults, results[i])
+			for _, dec := range decided {
+				if dec.Type == domain.EvMovedToDLQ {
+					dlq[j.DeliveryID] = true
+				}
 			}
 			aggs[j.DeliveryID] = d
 			appends = append(appends, eventstore.StreamAppend{
@@ -647,6 +701,22 @@ func (e *Engine) completeTx(ctx context.Context, jobs []dispatchJob, results []d
 				return fmt.Errorf("release stale jobs: %w", err)
 			}
 		}
-		return nil
+		return e.recordOutcomes(ctx, tx, recordedJobs, recordedResults, dlq, now)
 	})
+}
+
+// resolveIssues auto-resolves quiet issues once a minute until ctx ends.
+func (e *Engine) resolveIssues(ctx context.Context) {
+	ticker := time.NewTicker(time.Minute)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+			if _, err := ResolveStaleIssues(ctx, e.p.Pool, e.p.Store, e.p.Now().UTC()); err != nil && ctx.Err() == nil {
+				e.p.Log.Error("resolve issues", "err", err)
+			}
+		}
+	}
 }

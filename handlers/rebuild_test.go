@@ -111,7 +111,7 @@ func mixedWorkload(t *testing.T, h *harness) (okSource string) {
 		w.WriteHeader(502)
 	}))
 	t.Cleanup(dead.Close)
-	deadSrc, deadDest := h.route(dead.URL, map[string]any{"retry_intervals": []int{0}, "retry_max_attempts": 1, "retry_backoff_type": "fixed"}, nil)
+	deadSrc, deadDest := h.route(dead.URL, map[string]any{"retry_intervals": []int{0}, "retry_max_attempts": 1, "retry_backoff_type": "fixed", "circuit_breaker_enabled": false}, nil)
 
 	var okEvents []string
 	for i := 0; i < 10; i++ {
@@ -256,7 +256,7 @@ func TestSchedulerRebuildSendsNoDuplicates(t *testing.T) {
 		w.WriteHeader(200)
 	}))
 	t.Cleanup(dst.Close)
-	src, _ := h.route(dst.URL, map[string]any{"retry_intervals": []int{1}, "retry_backoff_type": "fixed"}, nil)
+	src, _ := h.route(dst.URL, map[string]any{"retry_intervals": []int{1}, "retry_backoff_type": "fixed", "circuit_breaker_enabled": false}, nil)
 	var events []string
 	for i := 0; i < 40; i++ {
 		events = append(events, h.ingest(src, fmt.Sprintf(`{"i":%d}`, i)))

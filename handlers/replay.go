@@ -502,9 +502,8 @@ type EventRetryResult struct {
 // Errors and does not stop the others. Replay deliveries are not the event's
 // routing and are left alone.
 func (s *Service) RetryEvent(ctx context.Context, t Tenant, eventID, rid string) (EventRetryResult, error) {
-	res := EventRetryResult{Retried: []Attempt{}, Errors: []string{}}
 	if _, err := s.GetEvent(ctx, t, eventID); err != nil {
-		return res, err
+		return EventRetryResult{}, err
 	}
 	rows, err := s.pool.Query(ctx, `SELECT delivery_id FROM delivery_jobs WHERE event_id = $1 AND org_id = $2 AND env_id = $3 ORDER BY delivery_id`,
 		eventID, t.OrgID, t.EnvID)
@@ -513,11 +512,18 @@ func (s *Service) RetryEvent(ctx context.Context, t Tenant, eventID, rid string)
 		return id, r.Scan(&id)
 	})
 	if err != nil {
-		return res, fmt.Errorf("retry event: %w", err)
+		return EventRetryResult{}, fmt.Errorf("retry event: %w", err)
 	}
+	return s.retryFailedDeliveries(ctx, t, ids, rid)
+}
+
+// retryFailedDeliveries makes one manual attempt for each delivery whose
+// last attempt failed (folded from its stream), reporting refusals in Errors.
+func (s *Service) retryFailedDeliveries(ctx context.Context, t Tenant, ids []string, rid string) (EventRetryResult, error) {
+	res := EventRetryResult{Retried: []Attempt{}, Errors: []string{}}
 	streams, err := s.store.LoadMany(ctx, s.pool, ids)
 	if err != nil {
-		return res, fmt.Errorf("retry event: %w", err)
+		return res, fmt.Errorf("retry: %w", err)
 	}
 	for _, id := range ids {
 		d := &domain.Delivery{}
@@ -531,7 +537,7 @@ func (s *Service) RetryEvent(ctx context.Context, t Tenant, eventID, rid string)
 			continue
 		}
 		req := d.Requested()
-		orig := Attempt{ID: last, EventID: eventID, ConnectionID: req.ConnectionID, DestinationID: req.DestinationID}
+		orig := Attempt{ID: last, EventID: req.EventID, ConnectionID: req.ConnectionID, DestinationID: req.DestinationID}
 		a, err := s.retryDelivery(ctx, t, id, orig, false, rid)
 		if err != nil {
 			if domain.ErrorCode(err) == domain.EInternal {

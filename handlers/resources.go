@@ -498,41 +498,51 @@ func (s *Service) deleteConfig(ctx context.Context, t Tenant, streamType, evType
 
 // Destination is hookstream's destination object (HTTP type).
 type Destination struct {
-	ID               string `json:"id"`
-	OrgID            string `json:"org_id"`
-	EnvID            string `json:"env_id"`
-	Name             string `json:"name"`
-	Slug             string `json:"slug"`
-	Type             string `json:"type"`
-	URL              string `json:"url"`
-	Method           string `json:"method"`
-	Headers          string `json:"headers"`
-	TimeoutMS        int    `json:"timeout_ms"`
-	Status           string `json:"status"`
-	RetryEnabled     int    `json:"retry_enabled"`
-	RetryMaxAttempts int    `json:"retry_max_attempts"`
-	RetryBackoffType string `json:"retry_backoff_type"`
-	RetryIntervals   string `json:"retry_intervals"`
-	CreatedAt        string `json:"created_at"`
-	UpdatedAt        string `json:"updated_at"`
+	ID                      string         `json:"id"`
+	OrgID                   string         `json:"org_id"`
+	EnvID                   string         `json:"env_id"`
+	Name                    string         `json:"name"`
+	Slug                    string         `json:"slug"`
+	Type                    string         `json:"type"`
+	URL                     string         `json:"url"`
+	Method                  string         `json:"method"`
+	Headers                 string         `json:"headers"`
+	TimeoutMS               int            `json:"timeout_ms"`
+	Status                  string         `json:"status"`
+	RetryEnabled            int            `json:"retry_enabled"`
+	RetryMaxAttempts        int            `json:"retry_max_attempts"`
+	RetryBackoffType        string         `json:"retry_backoff_type"`
+	RetryIntervals          string         `json:"retry_intervals"`
+	CircuitBreakerEnabled   int            `json:"circuit_breaker_enabled"`
+	CircuitBreakerThreshold int            `json:"circuit_breaker_threshold"`
+	CircuitBreakerResetMS   int            `json:"circuit_breaker_reset_ms"`
+	SigningConfig           map[string]any `json:"signing_config"`
+	DisabledReason          *string        `json:"disabled_reason"`
+	CreatedAt               string         `json:"created_at"`
+	UpdatedAt               string         `json:"updated_at"`
 }
 
 // DestinationInput is the body of POST and PATCH /v1/destinations.
 type DestinationInput struct {
-	Name             *string            `json:"name"`
-	Slug             *string            `json:"slug"`
-	Type             *string            `json:"type"`
-	URL              *string            `json:"url"`
-	Method           *string            `json:"method"`
-	Headers          *map[string]string `json:"headers"`
-	TimeoutMS        *int               `json:"timeout_ms"`
-	RetryEnabled     *bool              `json:"retry_enabled"`
-	RetryMaxAttempts *int               `json:"retry_max_attempts"`
-	RetryBackoffType *string            `json:"retry_backoff_type"`
-	RetryIntervals   *[]int             `json:"retry_intervals"`
-	Status           *string            `json:"status"`
-	OrgID            *string            `json:"org_id"`
-	EnvID            *string            `json:"env_id"`
+	Name                    *string            `json:"name"`
+	Slug                    *string            `json:"slug"`
+	Type                    *string            `json:"type"`
+	URL                     *string            `json:"url"`
+	Method                  *string            `json:"method"`
+	Headers                 *map[string]string `json:"headers"`
+	TimeoutMS               *int               `json:"timeout_ms"`
+	RetryEnabled            *bool              `json:"retry_enabled"`
+	RetryMaxAttempts        *int               `json:"retry_max_attempts"`
+	RetryBackoffType        *string            `json:"retry_backoff_type"`
+	RetryIntervals          *[]int             `json:"retry_intervals"`
+	Status                  *string            `json:"status"`
+	OrgID                   *string            `json:"org_id"`
+	EnvID                   *string            `json:"env_id"`
+	CircuitBreakerEnabled   *bool              `json:"circuit_breaker_enabled"`
+	CircuitBreakerThreshold *int               `json:"circuit_breaker_threshold"`
+	CircuitBreakerResetMS   *int               `json:"circuit_breaker_reset_ms"`
+	// SigningConfig: an object sets or changes signing, null removes it.
+	SigningConfig json.RawMessage `json:"signing_config"`
 }
 
 // destState is a destination's stored configuration.
@@ -541,10 +551,18 @@ type destState struct {
 	Headers                         map[string]string
 	TimeoutMS                       int
 	Retry                           domain.RetryPolicy
+	Circuit                         domain.CircuitConfig
+	Signing                         *SigningConfig
+	// PrevSecret stays valid until PrevExpires after a rotation.
+	PrevSecret     string
+	PrevExpires    *time.Time
+	DisabledReason string
+	now            func() time.Time
 }
 
 const destCols = `id, org_id, env_id, name, slug, url, method, headers, timeout_ms, retry_enabled, retry_max_attempts,
-	retry_backoff_type, retry_intervals, status, created_at, updated_at`
+	retry_backoff_type, retry_intervals, status, created_at, updated_at, circuit_breaker_enabled, circuit_breaker_threshold,
+	circuit_breaker_reset_ms, signing_config, coalesce(signing_previous_secret, ''), signing_previous_expires_at, coalesce(disabled_reason, '')`
 
 func scanDestination(row pgx.Row) (Destination, destState, error) {
 	var d Destination
@@ -552,17 +570,28 @@ func scanDestination(row pgx.Row) (Destination, destState, error) {
 	var headers, intervals []byte
 	var created, updated time.Time
 	var retryEnabled bool
+	var signing []byte
+	var cbEnabled bool
 	err := row.Scan(&d.ID, &d.OrgID, &d.EnvID, &d.Name, &d.Slug, &d.URL, &d.Method, &headers, &d.TimeoutMS, &retryEnabled,
-		&d.RetryMaxAttempts, &d.RetryBackoffType, &intervals, &d.Status, &created, &updated)
+		&d.RetryMaxAttempts, &d.RetryBackoffType, &intervals, &d.Status, &created, &updated, &cbEnabled, &d.CircuitBreakerThreshold,
+		&d.CircuitBreakerResetMS, &signing, &st.PrevSecret, &st.PrevExpires, &st.DisabledReason)
 	if err != nil {
 		return d, st, err
 	}
+	d.CircuitBreakerEnabled = boolInt(cbEnabled)
+	st.Circuit = domain.CircuitConfig{Enabled: cbEnabled, Threshold: d.CircuitBreakerThreshold, Reset: time.Duration(d.CircuitBreakerResetMS) * time.Millisecond}
+	if len(signing) > 0 && string(signing) != "null" {
+		st.Signing = &SigningConfig{}
+		_ = json.Unmarshal(signing, st.Signing)
+		d.SigningConfig = st.Signing.masked()
+	}
+	d.DisabledReason = nullIfEmpty(st.DisabledReason)
 	d.Type = "http"
 	d.Headers, d.RetryIntervals = string(headers), string(intervals)
 	d.RetryEnabled = boolInt(retryEnabled)
 	d.CreatedAt, d.UpdatedAt = isoTime(created), isoTime(updated)
-	st = destState{Name: d.Name, Slug: d.Slug, URL: d.URL, Method: d.Method, Status: d.Status, TimeoutMS: d.TimeoutMS,
-		Retry: domain.RetryPolicy{Enabled: retryEnabled, MaxRetries: d.RetryMaxAttempts, Backoff: d.RetryBackoffType}}
+	st.Name, st.Slug, st.URL, st.Method, st.Status, st.TimeoutMS = d.Name, d.Slug, d.URL, d.Method, d.Status, d.TimeoutMS
+	st.Retry = domain.RetryPolicy{Enabled: retryEnabled, MaxRetries: d.RetryMaxAttempts, Backoff: d.RetryBackoffType}
 	_ = json.Unmarshal(headers, &st.Headers)
 	_ = json.Unmarshal(intervals, &st.Retry.Intervals)
 	return d, st, nil
@@ -628,15 +657,120 @@ func (st *destState) apply(in DestinationInput) error {
 		if err := checkStatus(*in.Status); err != nil {
 			return err
 		}
+		if *in.Status != "disabled" {
+			st.DisabledReason = ""
+		}
 		st.Status = *in.Status
+	}
+	if in.CircuitBreakerEnabled != nil {
+		st.Circuit.Enabled = *in.CircuitBreakerEnabled
+	}
+	if in.CircuitBreakerThreshold != nil {
+		if *in.CircuitBreakerThreshold < 1 || *in.CircuitBreakerThreshold > 1000 {
+			return invalidf("'circuit_breaker_threshold' must be between 1 and 1000")
+		}
+		st.Circuit.Threshold = *in.CircuitBreakerThreshold
+	}
+	if in.CircuitBreakerResetMS != nil {
+		if *in.CircuitBreakerResetMS < 100 || *in.CircuitBreakerResetMS > 86400000 {
+			return invalidf("'circuit_breaker_reset_ms' must be between 100 and 86400000")
+		}
+		st.Circuit.Reset = time.Duration(*in.CircuitBreakerResetMS) * time.Millisecond
+	}
+	if len(in.SigningConfig) > 0 {
+		if string(in.SigningConfig) == "null" {
+			st.Signing, st.PrevSecret, st.PrevExpires = nil, "", nil
+		} else {
+			var si SigningInput
+			dec := json.NewDecoder(strings.NewReader(string(in.SigningConfig)))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&si); err != nil {
+				if e := jsonError(err); strings.Contains(e.Error(), "'") {
+					return domain.Errorf(domain.EInvalid, "%s", strings.Replace(e.Error(), "Invalid body: '", "Invalid body: 'signing_config.", 1))
+				}
+				return invalidf("'signing_config' must be an object: %v", err)
+			}
+			old := st.Signing
+			next, err := applySigning(old, si)
+			if err != nil {
+				return err
+			}
+			if old != nil && old.Secret != next.Secret && next.Mode == "standard_webhooks" && next.RotationGraceSeconds > 0 {
+				// Rotation: the old secret keeps signing alongside the new one for the grace period.
+				until := st.now().Add(time.Duration(next.RotationGraceSeconds) * time.Second)
+				st.PrevSecret, st.PrevExpires = old.Secret, &until
+			}
+			st.Signing = next
+		}
 	}
 	return st.Retry.Validate()
 }
 
+// snapshot is the destination as its events record it; signing secrets
+// appear as fingerprints only.
 func (st destState) snapshot(id string) map[string]any {
-	return map[string]any{"id": id, "name": st.Name, "slug": st.Slug, "url": st.URL, "method": st.Method, "headers": st.Headers,
+	snap := map[string]any{"id": id, "name": st.Name, "slug": st.Slug, "url": st.URL, "method": st.Method, "headers": st.Headers,
 		"timeout_ms": st.TimeoutMS, "retry_enabled": st.Retry.Enabled, "retry_max_attempts": st.Retry.MaxRetries,
-		"retry_backoff_type": st.Retry.Backoff, "retry_intervals": st.Retry.Intervals, "status": st.Status}
+		"retry_backoff_type": st.Retry.Backoff, "retry_intervals": st.Retry.Intervals, "status": st.Status,
+		"circuit_breaker_enabled": st.Circuit.Enabled, "circuit_breaker_threshold": st.Circuit.Threshold,
+		"circuit_breaker_reset_ms": st.Circuit.Reset.Milliseconds()}
+	if st.Signing != nil {
+		sc := st.Signing.masked()
+		sc["secret_sha256"] = secretFingerprint(st.Signing.Secret)
+		delete(sc, "secret")
+		if st.PrevSecret != "" {
+			sc["previous_secret_sha256"], sc["previous_secret_expires_at"] = secretFingerprint(st.PrevSecret), st.PrevExpires
+		}
+		snap["signing_config"] = sc
+	}
+	return snap
+}
+
+// writeDestination records the destination's event and writes its row, in one transaction.
+func (s *Service) writeDestination(ctx context.Context, t Tenant, id, evType string, st destState, rid string) (Destination, error) {
+	var out Destination
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := s.recordConfig(ctx, tx, t, domain.StreamDestination, id, evType, st.snapshot(id), rid); err != nil {
+			return err
+		}
+		headers, _ := json.Marshal(st.Headers)
+		intervals, _ := json.Marshal(st.Retry.Intervals)
+		var signing []byte
+		if st.Signing != nil {
+			signing, _ = json.Marshal(st.Signing)
+		}
+		var err error
+		out, _, err = scanDestination(tx.QueryRow(ctx, `INSERT INTO destinations (id, org_id, env_id, name, slug, url, method, headers, timeout_ms,
+				retry_enabled, retry_max_attempts, retry_backoff_type, retry_intervals, status, created_at, updated_at,
+				circuit_breaker_enabled, circuit_breaker_threshold, circuit_breaker_reset_ms, signing_config, signing_previous_secret,
+				signing_previous_expires_at, disabled_reason)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16, $17, $18, $19, NULLIF($20, ''), $21, NULLIF($22, ''))
+			ON CONFLICT (id) DO UPDATE SET name = excluded.name, slug = excluded.slug, url = excluded.url, method = excluded.method,
+				headers = excluded.headers, timeout_ms = excluded.timeout_ms, retry_enabled = excluded.retry_enabled,
+				retry_max_attempts = excluded.retry_max_attempts, retry_backoff_type = excluded.retry_backoff_type,
+				retry_intervals = excluded.retry_intervals, status = excluded.status, updated_at = excluded.updated_at,
+				circuit_breaker_enabled = excluded.circuit_breaker_enabled, circuit_breaker_threshold = excluded.circuit_breaker_threshold,
+				circuit_breaker_reset_ms = excluded.circuit_breaker_reset_ms, signing_config = excluded.signing_config,
+				signing_previous_secret = excluded.signing_previous_secret, signing_previous_expires_at = excluded.signing_previous_expires_at,
+				disabled_reason = excluded.disabled_reason
+			RETURNING `+destCols,
+			id, t.OrgID, t.EnvID, st.Name, st.Slug, st.URL, st.Method, headers, st.TimeoutMS, st.Retry.Enabled, st.Retry.MaxRetries,
+			st.Retry.Backoff, intervals, st.Status, s.now(), st.Circuit.Enabled, st.Circuit.Threshold, st.Circuit.Reset.Milliseconds(),
+			signing, st.PrevSecret, st.PrevExpires, st.DisabledReason))
+		if err != nil {
+			return err
+		}
+		if !st.Circuit.Enabled {
+			// A breaker switched off lets its queue go.
+			if _, err := tx.Exec(ctx, `UPDATE destination_circuits SET state = 'closed', failure_count = 0, opened_at = NULL, probe_delivery_id = NULL
+				WHERE destination_id = $1 AND state <> 'closed'`, id); err != nil {
+				return err
+			}
+		}
+		_, err = tx.Exec(ctx, `SELECT pg_notify('hookstream_jobs', '')`)
+		return err
+	})
+	return out, err
 }
 
 // CreateDestination creates an HTTP destination with hookstream's defaults.
@@ -653,7 +787,8 @@ func (s *Service) CreateDestination(ctx context.Context, t Tenant, in Destinatio
 	if in.URL == nil {
 		return Destination{}, invalidf("'url' is required for HTTP destinations")
 	}
-	st := destState{Method: "POST", Status: "active", Headers: map[string]string{}, TimeoutMS: 30000, Retry: domain.DefaultRetryPolicy()}
+	st := destState{Method: "POST", Status: "active", Headers: map[string]string{}, TimeoutMS: 30000, Retry: domain.DefaultRetryPolicy(),
+		Circuit: domain.CircuitConfig{Enabled: true, Threshold: 5, Reset: time.Minute}, now: s.now}
 	if in.Slug == nil {
 		sl := slugify(*in.Name)
 		in.Slug = &sl
@@ -661,22 +796,7 @@ func (s *Service) CreateDestination(ctx context.Context, t Tenant, in Destinatio
 	if err := st.apply(in); err != nil {
 		return Destination{}, err
 	}
-	id, now := newID(), s.now()
-	var out Destination
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := s.recordConfig(ctx, tx, t, domain.StreamDestination, id, domain.EvDestinationCreated, st.snapshot(id), rid); err != nil {
-			return err
-		}
-		headers, _ := json.Marshal(st.Headers)
-		intervals, _ := json.Marshal(st.Retry.Intervals)
-		var err error
-		out, _, err = scanDestination(tx.QueryRow(ctx, `INSERT INTO destinations (id, org_id, env_id, name, slug, url, method, headers, timeout_ms,
-			retry_enabled, retry_max_attempts, retry_backoff_type, retry_intervals, status, created_at, updated_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15) RETURNING `+destCols,
-			id, t.OrgID, t.EnvID, st.Name, st.Slug, st.URL, st.Method, headers, st.TimeoutMS, st.Retry.Enabled, st.Retry.MaxRetries,
-			st.Retry.Backoff, intervals, st.Status, now))
-		return err
-	})
+	out, err := s.writeDestination(ctx, t, newID(), domain.EvDestinationCreated, st, rid)
 	if err != nil {
 		return Destination{}, fmt.Errorf("create destination: %w", err)
 	}
@@ -726,26 +846,11 @@ func (s *Service) UpdateDestination(ctx context.Context, t Tenant, id string, in
 	if err != nil {
 		return Destination{}, err
 	}
+	st.now = s.now
 	if err := st.apply(in); err != nil {
 		return Destination{}, err
 	}
-	var out Destination
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := s.recordConfig(ctx, tx, t, domain.StreamDestination, id, domain.EvDestinationUpdated, st.snapshot(id), rid); err != nil {
-			return err
-		}
-		headers, _ := json.Marshal(st.Headers)
-		intervals, _ := json.Marshal(st.Retry.Intervals)
-		var err error
-		out, _, err = scanDestination(tx.QueryRow(ctx, `UPDATE destinations SET name = $2, slug = $3, url = $4, method = $5, headers = $6,
-			timeout_ms = $7, retry_enabled = $8, retry_max_attempts = $9, retry_backoff_type = $10, retry_intervals = $11, status = $12, updated_at = $13
-			WHERE id = $1 RETURNING `+destCols, id, st.Name, st.Slug, st.URL, st.Method, headers, st.TimeoutMS, st.Retry.Enabled,
-			st.Retry.MaxRetries, st.Retry.Backoff, intervals, st.Status, s.now()))
-		return err
-	})
-	if errors.Is(err, pgx.ErrNoRows) {
-		return Destination{}, notFound("Destination")
-	}
+	out, err := s.writeDestination(ctx, t, id, domain.EvDestinationUpdated, st, rid)
 	if err != nil {
 		return Destination{}, fmt.Errorf("update destination: %w", err)
 	}

@@ -166,11 +166,7 @@ func (a *API) registerDeliveryRoutes(r *mux.Router) {
 
 	r.HandleFunc("/events/{id}/retry", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
 		res, err := svc.RetryEvent(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r))
-		if err != nil {
-			writeError(w, r, a.p.Log, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, res)
+		a.respondRaw(w, r, res, err)
 	})).Methods(http.MethodPost)
 
 	r.HandleFunc("/replay", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
@@ -196,6 +192,48 @@ func (a *API) registerDeliveryRoutes(r *mux.Router) {
 	r.HandleFunc("/replay/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
 		a.respond(w, r, http.StatusOK, "job")(svc.GetReplay(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
 	})).Methods(http.MethodGet)
+
+	r.HandleFunc("/destinations/{id}/circuit", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		res, err := svc.GetCircuit(r.Context(), tenantOf(r), mux.Vars(r)["id"])
+		a.respondRaw(w, r, res, err)
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/destinations/{id}/circuit/reset", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		res, err := svc.ResetCircuit(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r))
+		a.respondRaw(w, r, res, err)
+	})).Methods(http.MethodPost)
+
+	r.HandleFunc("/issues", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		f := IssueFilter{Status: q.Get("status"), DestinationID: q.Get("destination_id")}
+		var err error
+		if f.Limit, f.Offset, err = pageParams(q.Get("limit"), q.Get("offset")); err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		list, page, err := svc.ListIssues(r.Context(), tenantOf(r), f)
+		if err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"issues": list, "pagination": page})
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/issues/summary", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		res, err := svc.IssueSummary(r.Context(), tenantOf(r))
+		a.respondRaw(w, r, res, err)
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/issues/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		a.respond(w, r, http.StatusOK, "issue")(svc.GetIssue(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/issues/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		var in IssueInput
+		if a.decode(w, r, &in) {
+			a.respond(w, r, http.StatusOK, "issue")(svc.UpdateIssue(r.Context(), tenantOf(r), mux.Vars(r)["id"], in, requestID(r)))
+		}
+	})).Methods(http.MethodPatch)
+	r.HandleFunc("/issues/{id}/retry", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		res, err := svc.RetryIssue(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r))
+		a.respondRaw(w, r, res, err)
+	})).Methods(http.MethodPost)
 
 	// Ingest is public: any method.
 	r.HandleFunc("/ingest/{source_id}", a.ingest)
@@ -274,6 +312,15 @@ func (a *API) respond(w http.ResponseWriter, r *http.Request, status int, key st
 		}
 		writeJSON(w, status, map[string]any{key: v})
 	}
+}
+
+// respondRaw writes v unwrapped with 200, or the error.
+func (a *API) respondRaw(w http.ResponseWriter, r *http.Request, v any, err error) {
+	if err != nil {
+		writeError(w, r, a.p.Log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
 }
 
 func (a *API) deleted(w http.ResponseWriter, r *http.Request, err error) {

@@ -478,7 +478,11 @@ func (s *Service) requestRetry(ctx context.Context, t Tenant, deliveryID string,
 				return err
 			}
 		}
-		return upsertJob(ctx, tx, d, t.OrgID, t.EnvID)
+		if err := upsertJob(ctx, tx, d, t.OrgID, t.EnvID); err != nil {
+			return err
+		}
+		// A manual retry while the destination's circuit is open is its probe.
+		return probeByManualRetry(ctx, tx, s.store, t, orig.DestinationID, deliveryID, rid, now)
 	})
 	return timeout, err
 }

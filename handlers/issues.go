@@ -1,0 +1,314 @@
+package handlers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/eventstore"
+)
+
+// IssueAutoResolve is how long an issue stays open without a new failure.
+const IssueAutoResolve = 30 * time.Minute
+
+// issueOccurrence is one failure grouped into an issue.
+type issueOccurrence struct {
+	org, env, dest, destName, class   string
+	deliveryID, attemptID, eventID    string
+	errMsg                            string
+	status                            *int
+}
+
+var issueTitles = map[string]string{
+	"http_4xx": "returns 4xx errors", "http_5xx": "returns 5xx errors", "timeout": "times out",
+	"network": "cannot be reached", "circuit_open": "circuit breaker opened",
+}
+
+// recordIssue opens the issue of (destination, error class), or adds the
+// occurrence to the one that is not resolved, in the caller's transaction.
+func recordIssue(ctx context.Context, tx pgx.Tx, store *eventstore.Store, o issueOccurrence, now time.Time) error {
+	fingerprint := o.dest + ":" + o.class
+	var id string
+	err := tx.QueryRow(ctx, `SELECT id FROM issues WHERE fingerprint = $1 AND status <> 'resolved' FOR UPDATE`, fingerprint).Scan(&id)
+	evType := domain.EvIssueRecurred
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		id, evType = newID(), domain.EvIssueOpened
+		title := fmt.Sprintf("%s %s", orDefault(o.destName, o.dest), issueTitles[o.class])
+		_, err = tx.Exec(ctx, `INSERT INTO issues (id, org_id, env_id, destination_id, destination_name, fingerprint, error_type, title, status,
+				occurrence_count, first_seen_at, last_seen_at, last_attempt_id, last_event_id, last_error, last_status_code, created_at, updated_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'open', 1, $9, $9, $10, $11, $12, $13, $9, $9)`,
+			id, o.org, o.env, o.dest, o.destName, fingerprint, o.class, title, now, o.attemptID, o.eventID, o.errMsg, o.status)
+	case err == nil:
+		_, err = tx.Exec(ctx, `UPDATE issues SET occurrence_count = occurrence_count + 1, last_seen_at = $2, last_attempt_id = $3,
+				last_event_id = $4, last_error = $5, last_status_code = $6, destination_name = $7, updated_at = $2 WHERE id = $1`,
+			id, now, o.attemptID, o.eventID, o.errMsg, o.status, o.destName)
+	}
+	if err != nil {
+		return fmt.Errorf("record issue: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO issue_deliveries (issue_id, delivery_id, attempt_id, seen_at) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (issue_id, delivery_id) DO UPDATE SET attempt_id = excluded.attempt_id, seen_at = excluded.seen_at`,
+		id, o.deliveryID, o.attemptID, now); err != nil {
+		return fmt.Errorf("record issue delivery: %w", err)
+	}
+	_, err = store.Append(ctx, tx, eventstore.StreamAppend{StreamType: domain.StreamIssue, StreamID: id, OrgID: o.org, EnvID: o.env,
+		Expected: eventstore.AnyVersion, Events: []eventstore.NewEvent{{Type: evType, Metadata: eventstore.Metadata{Actor: "engine", CorrelationID: o.eventID},
+			Payload: domain.IssueChanged{IssueID: id, DestinationID: o.dest, ErrorType: o.class, DeliveryID: o.deliveryID, AttemptID: o.attemptID,
+				EventID: o.eventID, Error: o.errMsg, StatusCode: o.status, At: now}}}})
+	return err
+}
+
+// ResolveStaleIssues resolves every issue with no new failure for
+// IssueAutoResolve before now, and returns how many it resolved. The engine
+// runs it every minute; it takes the time so tests can move the clock.
+func ResolveStaleIssues(ctx context.Context, pool *pgxpool.Pool, store *eventstore.Store, now time.Time) (int, error) {
+	n := 0
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `UPDATE issues SET status = 'resolved', resolved_at = $1, updated_at = $1
+			WHERE status IN ('open', 'acknowledged') AND last_seen_at < $2 RETURNING id, org_id, env_id`, now, now.Add(-IssueAutoResolve))
+		type res struct{ id, org, env string }
+		resolved, err := collectRows(rows, err, func(r pgx.Row) (res, error) {
+			var x res
+			return x, r.Scan(&x.id, &x.org, &x.env)
+		})
+		if err != nil {
+			return err
+		}
+		for _, x := range resolved {
+			if _, err := store.Append(ctx, tx, eventstore.StreamAppend{StreamType: domain.StreamIssue, StreamID: x.id, OrgID: x.org, EnvID: x.env,
+				Expected: eventstore.AnyVersion, Events: []eventstore.NewEvent{{Type: domain.EvIssueResolved, Metadata: eventstore.Metadata{Actor: "engine"},
+					Payload: domain.IssueChanged{IssueID: x.id, Status: "resolved", Error: "no new failure for 30 minutes", At: now}}}}); err != nil {
+				return err
+			}
+		}
+		n = len(resolved)
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("resolve stale issues: %w", err)
+	}
+	return n, nil
+}
+
+// Issue is hookstream's issue object (OpenAPI fields, plus the hand-written
+// docs' error_type, message and recent_attempt_ids).
+type Issue struct {
+	ID               string   `json:"id"`
+	OrgID            string   `json:"org_id"`
+	EnvID            string   `json:"env_id"`
+	DestinationID    string   `json:"destination_id"`
+	DestinationName  *string  `json:"destination_name"`
+	Fingerprint      string   `json:"fingerprint"`
+	ErrorType        string   `json:"error_type"`
+	Title            string   `json:"title"`
+	Message          *string  `json:"message"`
+	Status           string   `json:"status"`
+	SnoozedUntil     *string  `json:"snoozed_until"`
+	OccurrenceCount  int      `json:"occurrence_count"`
+	FirstSeenAt      string   `json:"first_seen_at"`
+	LastSeenAt       string   `json:"last_seen_at"`
+	ResolvedAt       *string  `json:"resolved_at"`
+	LastAttemptID    *string  `json:"last_attempt_id"`
+	LastEventID      *string  `json:"last_event_id"`
+	LastError        *string  `json:"last_error"`
+	LastStatusCode   *int     `json:"last_status_code"`
+	RecentAttemptIDs []string `json:"recent_attempt_ids"`
+	CreatedAt        string   `json:"created_at"`
+	UpdatedAt        string   `json:"updated_at"`
+}
+
+const issueCols = `i.id, i.org_id, i.env_id, i.destination_id, i.destination_name, i.fingerprint, i.error_type, i.title, i.status, i.snoozed_until,
+	i.occurrence_count, i.first_seen_at, i.last_seen_at, i.resolved_at, i.last_attempt_id, i.last_event_id, i.last_error, i.last_status_code,
+	i.created_at, i.updated_at,
+	ARRAY(SELECT coalesce(x.attempt_id, '') FROM issue_deliveries x WHERE x.issue_id = i.id ORDER BY x.seen_at DESC LIMIT 10)`
+
+func scanIssue(row pgx.Row) (Issue, error) {
+	var i Issue
+	var snoozed, resolved *time.Time
+	var first, last, created, updated time.Time
+	err := row.Scan(&i.ID, &i.OrgID, &i.EnvID, &i.DestinationID, &i.DestinationName, &i.Fingerprint, &i.ErrorType, &i.Title, &i.Status, &snoozed,
+		&i.OccurrenceCount, &first, &last, &resolved, &i.LastAttemptID, &i.LastEventID, &i.LastError, &i.LastStatusCode, &created, &updated,
+		&i.RecentAttemptIDs)
+	i.SnoozedUntil, i.ResolvedAt = isoTimePtr(snoozed), isoTimePtr(resolved)
+	i.FirstSeenAt, i.LastSeenAt, i.CreatedAt, i.UpdatedAt = isoTime(first), isoTime(last), isoTime(created), isoTime(updated)
+	i.Message = i.LastError
+	return i, err
+}
+
+// IssueFilter are GET /v1/issues' filters; Status "all" lists every status.
+type IssueFilter struct {
+	Status, DestinationID string
+	Limit, Offset         int
+}
+
+// ListIssues lists the tenant's issues, most recently seen first.
+func (s *Service) ListIssues(ctx context.Context, t Tenant, f IssueFilter) ([]Issue, Pagination, error) {
+	if f.Status == "" {
+		f.Status = "open"
+	}
+	if f.Status != "all" && f.Status != "open" && f.Status != "acknowledged" && f.Status != "resolved" {
+		return nil, Pagination{}, domain.Errorf(domain.EInvalid, "Invalid query: 'status' must be one of open, acknowledged, resolved, all")
+	}
+	where := `i.org_id = $1 AND i.env_id = $2 AND ($3 = 'all' OR i.status = $3) AND ($4 = '' OR i.destination_id = $4)`
+	out, p, err := pageQuery(ctx, s.pool, "issues i", issueCols, where, "i.last_seen_at DESC, i.id DESC", []any{t.OrgID, t.EnvID, f.Status, f.DestinationID},
+		f.Limit, f.Offset, scanIssue)
+	if err != nil {
+		return nil, p, fmt.Errorf("list issues: %w", err)
+	}
+	return out, p, nil
+}
+
+// IssueSummary counts the tenant's issues by status.
+func (s *Service) IssueSummary(ctx context.Context, t Tenant) (map[string]int, error) {
+	out := map[string]int{"open": 0, "acknowledged": 0, "resolved": 0}
+	rows, err := s.pool.Query(ctx, `SELECT status, count(*) FROM issues WHERE org_id = $1 AND env_id = $2 GROUP BY status`, t.OrgID, t.EnvID)
+	if err != nil {
+		return nil, fmt.Errorf("issue summary: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var st string
+		var n int
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, err
+		}
+		out[st] = n
+	}
+	return out, rows.Err()
+}
+
+// GetIssue returns one issue, or ENotFound "Issue not found".
+func (s *Service) GetIssue(ctx context.Context, t Tenant, id string) (Issue, error) {
+	if !validID(id) {
+		return Issue{}, notFound("Issue")
+	}
+	i, err := scanIssue(s.pool.QueryRow(ctx, `SELECT `+issueCols+` FROM issues i WHERE i.id = $1 AND i.org_id = $2 AND i.env_id = $3`, id, t.OrgID, t.EnvID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Issue{}, notFound("Issue")
+	}
+	if err != nil {
+		return Issue{}, fmt.Errorf("get issue: %w", err)
+	}
+	return i, nil
+}
+
+// IssueInput is PATCH /v1/issues/{id}'s body; snoozed_until null clears it.
+type IssueInput struct {
+	Status       *string         `json:"status"`
+	SnoozedUntil *nullableString `json:"snoozed_until"`
+}
+
+// nullableString tells an explicit JSON null from an absent field.
+type nullableString struct {
+	Value *string
+}
+
+// UnmarshalJSON accepts a string or null.
+func (n *nullableString) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		n.Value = nil
+		return nil
+	}
+	var s string
+	if err := jsonUnmarshalString(b, &s); err != nil {
+		return err
+	}
+	n.Value = &s
+	return nil
+}
+
+// UpdateIssue changes an issue's status (open, acknowledged, resolved) and snooze.
+func (s *Service) UpdateIssue(ctx context.Context, t Tenant, id string, in IssueInput, rid string) (Issue, error) {
+	cur, err := s.GetIssue(ctx, t, id)
+	if err != nil {
+		return Issue{}, err
+	}
+	status := cur.Status
+	if in.Status != nil {
+		switch *in.Status {
+		case "open", "acknowledged", "resolved":
+			status = *in.Status
+		default:
+			return Issue{}, invalidf("'status' must be one of open, acknowledged, resolved")
+		}
+	}
+	var snooze *time.Time
+	if cur.SnoozedUntil != nil {
+		t, _ := time.Parse(time.RFC3339Nano, *cur.SnoozedUntil)
+		snooze = &t
+	}
+	if in.SnoozedUntil != nil {
+		snooze = nil
+		if v := in.SnoozedUntil.Value; v != nil {
+			t, err := time.Parse(time.RFC3339Nano, *v)
+			if err != nil {
+				return Issue{}, invalidf("'snoozed_until' must be an ISO 8601 time or null")
+			}
+			snooze = &t
+		}
+	}
+	now := s.now()
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if status != "resolved" && cur.Status == "resolved" {
+			var other bool
+			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM issues WHERE fingerprint = $1 AND status <> 'resolved' AND id <> $2)`,
+				cur.Fingerprint, id).Scan(&other); err != nil {
+				return err
+			}
+			if other {
+				return domain.Errorf(domain.EConflict, "Another unresolved issue groups the same destination and error type")
+			}
+		}
+		if _, err := tx.Exec(ctx, `UPDATE issues SET status = $2, snoozed_until = $3, updated_at = $4,
+				resolved_at = CASE WHEN $2 = 'resolved' THEN coalesce(resolved_at, $4) ELSE NULL END WHERE id = $1`, id, status, snooze, now); err != nil {
+			return err
+		}
+		evType := domain.EvIssueUpdated
+		if status == "resolved" && cur.Status != "resolved" {
+			evType = domain.EvIssueResolved
+		}
+		_, err := s.store.Append(ctx, tx, eventstore.StreamAppend{StreamType: domain.StreamIssue, StreamID: id, OrgID: t.OrgID, EnvID: t.EnvID,
+			Expected: eventstore.AnyVersion, Events: []eventstore.NewEvent{{Type: evType, Metadata: eventstore.Metadata{Actor: t.Actor, RequestID: rid},
+				Payload: domain.IssueChanged{IssueID: id, Status: status, SnoozedUntil: snooze, At: now}}}})
+		return err
+	})
+	if err != nil {
+		if domain.ErrorCode(err) != domain.EInternal {
+			return Issue{}, err
+		}
+		return Issue{}, fmt.Errorf("update issue: %w", err)
+	}
+	return s.GetIssue(ctx, t, id)
+}
+
+// RetryIssue retries every delivery grouped under the issue whose last
+// attempt failed, as the event-level retry does.
+func (s *Service) RetryIssue(ctx context.Context, t Tenant, id, rid string) (EventRetryResult, error) {
+	if _, err := s.GetIssue(ctx, t, id); err != nil {
+		return EventRetryResult{}, err
+	}
+	rows, err := s.pool.Query(ctx, `SELECT delivery_id FROM issue_deliveries WHERE issue_id = $1 ORDER BY seen_at`, id)
+	ids, err := collectRows(rows, err, func(r pgx.Row) (string, error) {
+		var d string
+		return d, r.Scan(&d)
+	})
+	if err != nil {
+		return EventRetryResult{}, fmt.Errorf("retry issue: %w", err)
+	}
+	return s.retryFailedDeliveries(ctx, t, ids, rid)
+}
+
+func jsonUnmarshalString(b []byte, s *string) error {
+	if len(b) < 2 || b[0] != '"' {
+		return &json.UnmarshalTypeError{Value: "non-string", Type: reflect.TypeOf("")}
+	}
+	return json.Unmarshal(b, s)
+}
