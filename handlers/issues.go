@@ -20,10 +20,10 @@ const IssueAutoResolve = 30 * time.Minute
 
 // issueOccurrence is one failure grouped into an issue.
 type issueOccurrence struct {
-	org, env, dest, destName, class   string
-	deliveryID, attemptID, eventID    string
-	errMsg                            string
-	status                            *int
+	org, env, dest, destName, class string
+	deliveryID, attemptID, eventID  string
+	errMsg                          string
+	status                          *int
 }
 
 var issueTitles = map[string]string{
