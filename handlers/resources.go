@@ -695,7 +695,7 @@ func (st *destState) apply(in DestinationInput) error {
 			if err != nil {
 				return err
 			}
-			if old != nil && old.Secret != next.Secret && next.Mode == "standard_webhooks" && next.RotationGraceSeconds > 0 {
+			if old != nil && old.Mode == "standard_webhooks" && old.Secret != next.Secret && next.Mode == "standard_webhooks" && next.RotationGraceSeconds > 0 {
 				// Rotation: the old secret keeps signing alongside the new one for the grace period.
 				until := st.now().Add(time.Duration(next.RotationGraceSeconds) * time.Second)
 				st.PrevSecret, st.PrevExpires = old.Secret, &until
