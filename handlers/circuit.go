@@ -47,19 +47,6 @@ func saveCircuit(ctx context.Context, tx pgx.Tx, destinationID, org, env string,
 	return err
 }
 
-func circuitConfig(ctx context.Context, q eventstore.DBTX, destinationID string) (domain.CircuitConfig, string, bool, error) {
-	var cfg domain.CircuitConfig
-	var resetMS int
-	var name string
-	err := q.QueryRow(ctx, `SELECT circuit_breaker_enabled, circuit_breaker_threshold, circuit_breaker_reset_ms, name FROM destinations WHERE id = $1`,
-		destinationID).Scan(&cfg.Enabled, &cfg.Threshold, &resetMS, &name)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return cfg, "", false, nil
-	}
-	cfg.Reset = time.Duration(resetMS) * time.Millisecond
-	return cfg, name, err == nil, err
-}
-
 // recordOutcomes runs inside the delivery handler's transaction after a
 // batch of one destination was recorded: it moves the destination's
 // circuit, opens or updates issues for dead letters and an opening circuit,
@@ -69,14 +56,41 @@ func (e *Engine) recordOutcomes(ctx context.Context, tx pgx.Tx, jobs []dispatchJ
 		return nil
 	}
 	dest, org, env := jobs[0].DestinationID, jobs[0].OrgID, jobs[0].EnvID
-	cfg, destName, found, err := circuitConfig(ctx, tx, dest)
-	if err != nil || !found {
-		return err
+	// One round trip for a healthy destination: its configuration and its
+	// circuit (locked when it has a row), written back only when it changed.
+	var cfg domain.CircuitConfig
+	var resetMS int
+	var destName string
+	var probe *string
+	c := domain.Circuit{}
+	load := func() error {
+		return tx.QueryRow(ctx, `SELECT d.circuit_breaker_enabled, d.circuit_breaker_threshold, d.circuit_breaker_reset_ms, d.name,
+				k.state, k.failure_count, k.opened_at, k.last_transition_at, k.probe_delivery_id
+			FROM destinations d JOIN destination_circuits k ON k.destination_id = d.id
+			WHERE d.id = $1 FOR UPDATE OF k`, dest).Scan(&cfg.Enabled, &cfg.Threshold, &resetMS, &destName,
+			&c.State, &c.Failures, &c.OpenedAt, &c.LastTransition, &probe)
 	}
-	c, err := loadCircuit(ctx, tx, dest)
+	err := load()
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Every destination gets its circuit row when it is written; create a missing one.
+		tag, ierr := tx.Exec(ctx, `INSERT INTO destination_circuits (destination_id, org_id, env_id)
+			SELECT id, org_id, env_id FROM destinations WHERE id = $1 ON CONFLICT (destination_id) DO NOTHING`, dest)
+		if ierr != nil {
+			return fmt.Errorf("create circuit: %w", ierr)
+		}
+		if tag.RowsAffected() == 0 {
+			return nil // the destination was deleted
+		}
+		err = load()
+	}
 	if err != nil {
-		return err
+		return fmt.Errorf("load circuit: %w", err)
 	}
+	cfg.Reset = time.Duration(resetMS) * time.Millisecond
+	if probe != nil {
+		c.Probe = *probe
+	}
+	before := c
 	md := eventstore.Metadata{Actor: "engine"}
 	disabled := jobs[0].DestStatus == "disabled"
 	for i, j := range jobs {
@@ -119,6 +133,9 @@ func (e *Engine) recordOutcomes(ctx context.Context, tx pgx.Tx, jobs []dispatchJ
 			disabled = true
 		}
 	}
+	if c.State == before.State && c.Failures == before.Failures && c.Probe == before.Probe {
+		return nil
+	}
 	return saveCircuit(ctx, tx, dest, org, env, c)
 }
 
@@ -140,6 +157,10 @@ func (e *Engine) disableDestination(ctx context.Context, tx pgx.Tx, dest, org, e
 func (e *Engine) circuitProbes(ctx context.Context) ([]string, error) {
 	now := e.p.Now().UTC()
 	var probes []string
+	var any bool
+	if err := e.p.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM destination_circuits WHERE state <> 'closed')`).Scan(&any); err != nil || !any {
+		return nil, err
+	}
 	err := pgx.BeginFunc(ctx, e.p.Pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `UPDATE destination_circuits k SET state = 'half_open', last_transition_at = $1, probe_delivery_id = NULL
 			FROM destinations d

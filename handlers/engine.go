@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,6 +70,8 @@ type Engine struct {
 	// by ShutdownGrace, so a shutdown lets in-flight requests finish.
 	sends       context.Context
 	cancelSends context.CancelFunc
+
+	lastProbeCheck time.Time // dispatcher goroutine only
 
 	lanes    chan int
 	mu       sync.Mutex
@@ -344,9 +347,15 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (in
 		}
 	}
 	e.mu.Unlock()
-	probes, err := e.circuitProbes(ctx)
-	if err != nil {
-		return 0, err
+	// Circuits are checked for cooldowns and probes at most every 50 ms,
+	// not on every claim: a healthy engine pays one cheap query for it.
+	var probes []string
+	if now := time.Now(); now.Sub(e.lastProbeCheck) >= 50*time.Millisecond {
+		e.lastProbeCheck = now
+		var err error
+		if probes, err = e.circuitProbes(ctx); err != nil {
+			return 0, err
+		}
 	}
 	var jobs []dispatchJob
 	for _, only := range [][]string{probes, nil} {
@@ -474,12 +483,24 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 	defer e.finished(msg.Metadata.Get("destination_id"), len(jobs), 1, lane)
 	results := make([]domain.DeliveryAttempted, len(jobs))
 	var wg sync.WaitGroup
+	// The batch is in due order. Each request starts once the one before it
+	// has been written, so a backlog (after a pause or an open circuit)
+	// leaves in order while the requests still overlap.
+	prev := make(chan struct{})
+	close(prev)
 	for i := range jobs {
 		wg.Add(1)
-		go func() {
+		written := make(chan struct{})
+		go func(prev <-chan struct{}) {
 			defer wg.Done()
-			results[i] = e.send(e.sends, jobs[i])
-		}()
+			var once sync.Once
+			signal := func() { once.Do(func() { close(written) }) }
+			defer signal()
+			<-prev
+			trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { signal() }}
+			results[i] = e.send(httptrace.WithClientTrace(e.sends, trace), jobs[i])
+		}(prev)
+		prev = written
 	}
 	wg.Wait()
 	if e.sends.Err() != nil {

@@ -399,6 +399,20 @@ func TestPauseHoldsAndResumeReleases(t *testing.T) {
 			t.Fatal("resume failed")
 		}
 		waitFor(t, 10*time.Second, "the held deliveries after resume", func() bool { return dst.count() == before+3 })
+		// Released in due order; the receiver's own concurrency may still
+		// reorder them, so the order is not asserted here.
+		dst.mu.Lock()
+		got := map[string]bool{}
+		for _, hd := range dst.headers[before:] {
+			got[hd.Get("X-hookstream-Event-Id")] = true
+		}
+		dst.mu.Unlock()
+		for _, ev := range evs {
+			if !got[ev] {
+				t.Errorf("%s resume: event %s not delivered", c.what, ev)
+			}
+		}
+		h.quiet(10 * time.Second)
 		for _, ev := range evs {
 			if a := h.attempts("event_id=" + ev); len(a) != 1 || num(a[0]["attempt_number"]) != 1 {
 				t.Errorf("%s pause spent attempts: %v", c.what, a)

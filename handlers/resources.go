@@ -186,14 +186,15 @@ func maskSecret(s string) *string {
 	return &m
 }
 
-func (s *Service) scanSourceState(row pgx.Row) (Source, srcState, error) {
+// scanSourceState scans sourceCols (then extra columns, when given).
+func (s *Service) scanSourceState(row pgx.Row, extra ...any) (Source, srcState, error) {
 	var src Source
 	var st srcState
 	var created, updated time.Time
 	var allow, deny []byte
-	if err := row.Scan(&src.ID, &src.OrgID, &src.EnvID, &src.Name, &src.Slug, &src.Description, &src.Status, &created, &updated,
+	if err := row.Scan(append([]any{&src.ID, &src.OrgID, &src.EnvID, &src.Name, &src.Slug, &src.Description, &src.Status, &created, &updated,
 		&st.VerifyEnabled, &st.VerifyType, &st.VerifySecret, &st.VerifyHeader, &st.DedupEnabled, &st.DedupStrategy, &st.DedupField,
-		&st.DedupWindow, &allow, &deny); err != nil {
+		&st.DedupWindow, &allow, &deny}, extra...)...); err != nil {
 		return src, st, err
 	}
 	st.Name, st.Slug, st.Status, st.Description = src.Name, src.Slug, src.Status, src.Description
@@ -758,6 +759,10 @@ func (s *Service) writeDestination(ctx context.Context, t Tenant, id, evType str
 			st.Retry.Backoff, intervals, st.Status, s.now(), st.Circuit.Enabled, st.Circuit.Threshold, st.Circuit.Reset.Milliseconds(),
 			signing, st.PrevSecret, st.PrevExpires, st.DisabledReason))
 		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO destination_circuits (destination_id, org_id, env_id) VALUES ($1, $2, $3)
+			ON CONFLICT (destination_id) DO NOTHING`, id, t.OrgID, t.EnvID); err != nil {
 			return err
 		}
 		if !st.Circuit.Enabled {

@@ -97,15 +97,46 @@ func (s *Service) Ingest(ctx context.Context, in IngestRequest) (IngestResult, e
 	if !validID(in.SourceID) {
 		return IngestResult{}, notFound("Source")
 	}
-	var org, env string
-	src, st, err := s.scanSourceState(s.pool.QueryRow(ctx, `SELECT `+sourceCols+` FROM sources WHERE id = $1`, in.SourceID))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return IngestResult{}, notFound("Source")
+	// One round trip: the source and its routes (a row per connection).
+	rows, err := s.pool.Query(ctx, `SELECT src.*, c.id, c.name, c.enabled, c.status, c.filter_rules, d.id, d.name, d.status, d.url, d.method
+		FROM (SELECT `+sourceCols+` FROM sources WHERE id = $1) src
+		LEFT JOIN connections c ON c.source_id = src.id LEFT JOIN destinations d ON d.id = c.destination_id
+		ORDER BY c.created_at, c.id`, in.SourceID)
+	var src Source
+	var st srcState
+	var routes []route
+	found := false
+	if err == nil {
+		for rows.Next() {
+			var r route
+			var cID, cName, cStatus, dID, dName, dStatus, url, method *string
+			var cEnabled *bool
+			var rules []byte
+			src, st, err = s.scanSourceState(rows, &cID, &cName, &cEnabled, &cStatus, &rules, &dID, &dName, &dStatus, &url, &method)
+			if err != nil {
+				break
+			}
+			found = true
+			if cID == nil || dID == nil {
+				continue
+			}
+			r.connID, r.connName, r.connEnabled, r.connStatus = *cID, *cName, *cEnabled, *cStatus
+			r.destID, r.destName, r.destStatus, r.url, r.method = *dID, *dName, *dStatus, *url, *method
+			_ = json.Unmarshal(rules, &r.rules)
+			routes = append(routes, r)
+		}
+		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
 	}
 	if err != nil {
 		return IngestResult{}, fmt.Errorf("ingest: look up source: %w", err)
 	}
-	org, env = src.OrgID, src.EnvID
+	if !found {
+		return IngestResult{}, notFound("Source")
+	}
+	org, env := src.OrgID, src.EnvID
 	if st.Status == "disabled" {
 		return IngestResult{}, domain.Errorf(domain.EConflict, "Source is disabled")
 	}
@@ -118,19 +149,6 @@ func (s *Service) Ingest(ctx context.Context, in IngestRequest) (IngestResult, e
 			return IngestResult{}, err
 		}
 		verification = "verified"
-	}
-	rows, err := s.pool.Query(ctx, `SELECT c.id, c.name, c.enabled, c.status, c.filter_rules, d.id, d.name, d.status, d.url, d.method
-		FROM connections c JOIN destinations d ON d.id = c.destination_id
-		WHERE c.source_id = $1 ORDER BY c.created_at, c.id`, in.SourceID)
-	routes, err := collectRows(rows, err, func(row pgx.Row) (route, error) {
-		var r route
-		var rules []byte
-		err := row.Scan(&r.connID, &r.connName, &r.connEnabled, &r.connStatus, &rules, &r.destID, &r.destName, &r.destStatus, &r.url, &r.method)
-		_ = json.Unmarshal(rules, &r.rules)
-		return r, err
-	})
-	if err != nil {
-		return IngestResult{}, fmt.Errorf("ingest: look up routes: %w", err)
 	}
 	contentType := first(in.Headers, "Content-Type")
 	input := domain.FilterInput{Headers: map[string]string{}, Method: in.Method, ContentType: contentType, SourceIP: in.SourceIP}

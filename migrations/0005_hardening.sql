@@ -84,5 +84,4 @@ CREATE TABLE issue_deliveries (
     PRIMARY KEY (issue_id, delivery_id)
 );
 
-CREATE INDEX delivery_jobs_connection_idx ON delivery_jobs (connection_id) WHERE state = 'scheduled';
-CREATE INDEX delivery_jobs_destination_idx ON delivery_jobs (destination_id) WHERE state = 'scheduled';
+INSERT INTO destination_circuits (destination_id, org_id, env_id) SELECT id, org_id, env_id FROM destinations;
