@@ -218,19 +218,27 @@ func (s *Service) scanSource(row pgx.Row) (Source, error) {
 	return src, err
 }
 
+// applyNameSlug validates and applies a resource's name and slug, when given.
+func applyNameSlug(name, slug *string, dstName, dstSlug *string) error {
+	if name != nil {
+		if err := checkName("name", *name); err != nil {
+			return err
+		}
+		*dstName = *name
+	}
+	if slug != nil {
+		if err := checkSlug(*slug); err != nil {
+			return err
+		}
+		*dstSlug = *slug
+	}
+	return nil
+}
+
 // apply validates a create or update onto the state.
 func (st *srcState) apply(in SourceInput) error {
-	if in.Name != nil {
-		if err := checkName("name", *in.Name); err != nil {
-			return err
-		}
-		st.Name = *in.Name
-	}
-	if in.Slug != nil {
-		if err := checkSlug(*in.Slug); err != nil {
-			return err
-		}
-		st.Slug = *in.Slug
+	if err := applyNameSlug(in.Name, in.Slug, &st.Name, &st.Slug); err != nil {
+		return err
 	}
 	if in.Description != nil {
 		st.Description = in.Description
@@ -599,17 +607,8 @@ func scanDestination(row pgx.Row) (Destination, destState, error) {
 }
 
 func (st *destState) apply(in DestinationInput) error {
-	if in.Name != nil {
-		if err := checkName("name", *in.Name); err != nil {
-			return err
-		}
-		st.Name = *in.Name
-	}
-	if in.Slug != nil {
-		if err := checkSlug(*in.Slug); err != nil {
-			return err
-		}
-		st.Slug = *in.Slug
+	if err := applyNameSlug(in.Name, in.Slug, &st.Name, &st.Slug); err != nil {
+		return err
 	}
 	if in.URL != nil {
 		u, err := url.Parse(*in.URL)
