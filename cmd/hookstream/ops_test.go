@@ -73,7 +73,7 @@ func TestOperatorCommandsAgainstARunningEngine(t *testing.T) {
 
 	addr := freeAddr(t)
 	srv, key := startServer(t, bin, dbURL, addr)
-	dest := srv.post(t, key, "/v1/destinations", map[string]any{"name": "sink", "url": sink.URL})["destination"].(map[string]any)["id"].(string)
+	dest := srv.post(t, key, "/v1/destinations", map[string]any{"name": "sink", "url": sink.URL, "timeout_ms": 2000})["destination"].(map[string]any)["id"].(string)
 	src := srv.post(t, key, "/v1/sources", map[string]any{"name": "src"})["source"].(map[string]any)["id"].(string)
 	srv.post(t, key, "/v1/connections", map[string]any{"name": "c", "source_id": src, "destination_id": dest})
 	from := time.Now().UTC().Add(-time.Second)
