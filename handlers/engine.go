@@ -72,6 +72,7 @@ type Engine struct {
 	cancelSends context.CancelFunc
 
 	lastProbeCheck time.Time // dispatcher goroutine only
+	claimLimit     int       // dispatcher goroutine only
 
 	lanes    chan int
 	mu       sync.Mutex
@@ -132,6 +133,7 @@ func NewEngine(p EngineParams) *Engine {
 		e.lanes <- i
 	}
 	e.sends, e.cancelSends = context.WithCancel(context.Background())
+	e.claimLimit = maxClaim
 	return e
 }
 
@@ -421,12 +423,35 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (in
 			return len(jobs), fmt.Errorf("release excess jobs: %w", err)
 		}
 	}
+	e.adaptClaimLimit(len(jobs), len(excess))
 	return len(jobs) - len(excess), nil
+}
+
+// Claim sizes: a claim leases at most claimLimit jobs, between batchSize
+// and maxClaim.
+const maxClaim = 128
+
+// adaptClaimLimit sizes the next claim by what this one could use. When most
+// of a claim went back (its destinations had no room: one busy destination
+// with a backlog), leasing and handing back 128 rows per batch of 16 cost
+// more than the deliveries; the limit halves. It doubles again while claims
+// are used in full.
+func (e *Engine) adaptClaimLimit(claimed, handedBack int) {
+	switch kept := claimed - handedBack; {
+	case handedBack > kept:
+		e.claimLimit = max(batchSize, e.claimLimit/2)
+	case claimed >= e.claimLimit:
+		e.claimLimit = min(maxClaim, e.claimLimit*2)
+	}
 }
 
 // claim leases due jobs (only the given ones when only is not nil).
 func (e *Engine) claim(ctx context.Context, saturated, only []string) ([]dispatchJob, error) {
-	rows, err := e.p.Pool.Query(ctx, claimSQL, e.p.Now().UTC(), 128, saturated, e.p.WorkerID, e.p.LeaseMargin, only)
+	limit := e.claimLimit
+	if only != nil {
+		limit = len(only)
+	}
+	rows, err := e.p.Pool.Query(ctx, claimSQL, e.p.Now().UTC(), limit, saturated, e.p.WorkerID, e.p.LeaseMargin, only)
 	if err != nil {
 		return nil, fmt.Errorf("claim jobs: %w", err)
 	}
