@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
@@ -10,6 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/migrations"
+	"github.com/hookstream/hookstream/projections"
 )
 
 // APIParams configure the REST API.
@@ -19,6 +22,10 @@ type APIParams struct {
 	Log     *slog.Logger
 	Version string
 	Now     func() time.Time
+	// Metrics, when set, are recorded and served at /metrics.
+	Metrics *Metrics
+	// ReadyMaxLag is the consumer lag /v1/ready tolerates (default 60s).
+	ReadyMaxLag time.Duration
 }
 
 // API is the REST API's http.Handler.
@@ -35,8 +42,14 @@ func NewAPI(p APIParams) *API {
 	if p.Now == nil {
 		p.Now = time.Now
 	}
+	if p.ReadyMaxLag <= 0 {
+		p.ReadyMaxLag = time.Minute
+	}
 	a := &API{p: p, router: mux.NewRouter()}
-	a.router.Use(a.withRequestID)
+	a.router.Use(a.withRequestID, a.withObservability)
+	if p.Metrics != nil {
+		a.router.Handle("/metrics", p.Metrics.Handler()).Methods(http.MethodGet)
+	}
 	v1 := a.router.PathPrefix("/v1").Subrouter()
 	a.registerHealthRoutes(v1)
 	a.registerResourceRoutes(v1)
@@ -64,6 +77,43 @@ func (a *API) withRequestID(next http.Handler) http.Handler {
 
 func (a *API) registerHealthRoutes(r *mux.Router) {
 	r.HandleFunc("/health", a.health).Methods(http.MethodGet)
+	r.HandleFunc("/ready", a.ready).Methods(http.MethodGet)
+}
+
+// ready is readiness for load balancers and orchestrators: the database
+// answers, every migration is applied (and none edited), and every consumer
+// group is within ReadyMaxLag of the log. 503 names what is not ready.
+func (a *API) ready(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	checks := map[string]string{"database": "ok", "migrations": "ok", "consumer_lag": "ok"}
+	ok := true
+	fail := func(check, why string) { checks[check], ok = why, false }
+	if err := a.p.Pool.Ping(ctx); err != nil {
+		fail("database", "unreachable")
+		fail("migrations", "unknown")
+		fail("consumer_lag", "unknown")
+	} else {
+		if pending, edited, err := migrations.Pending(ctx, a.p.Pool); err != nil {
+			fail("migrations", "unknown: "+domain.ErrorMessage(err))
+		} else if len(pending) > 0 || len(edited) > 0 {
+			fail("migrations", fmt.Sprintf("%d pending, %d edited", len(pending), len(edited)))
+		}
+		if groups, err := projections.Status(ctx, a.p.Pool, a.p.Now()); err != nil {
+			fail("consumer_lag", "unknown")
+		} else {
+			for _, g := range groups {
+				if g.LagSeconds > a.p.ReadyMaxLag.Seconds() {
+					fail("consumer_lag", fmt.Sprintf("%s is %.0fs behind (limit %.0fs)", g.Group, g.LagSeconds, a.p.ReadyMaxLag.Seconds()))
+				}
+			}
+		}
+	}
+	status := http.StatusOK
+	if !ok {
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, map[string]any{"status": map[bool]string{true: "ready", false: "not_ready"}[ok], "checks": checks})
 }
 
 // health is liveness plus a database ping, for humans and load balancers.

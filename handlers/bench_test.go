@@ -2,6 +2,8 @@ package handlers_test
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -33,9 +35,12 @@ func runEndToEnd(b *testing.B, firstFails bool, rate int) {
 	pool := pgtest.NewPool(b)
 	svc := handlers.NewService(handlers.ServiceParams{Pool: pool})
 	defer svc.Close()
-	api := httptest.NewServer(handlers.NewAPI(handlers.APIParams{Service: svc, Pool: pool}))
+	// Production logging (a JSON line per request and per attempt), written nowhere.
+	logs := slog.New(slog.NewJSONHandler(io.Discard, nil))
+	metrics := handlers.NewMetrics(pool, logs)
+	api := httptest.NewServer(handlers.NewAPI(handlers.APIParams{Service: svc, Pool: pool, Log: logs, Metrics: metrics}))
 	defer api.Close()
-	engine := handlers.NewEngine(handlers.EngineParams{Pool: pool, Outbound: handlers.OutboundPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}})
+	engine := handlers.NewEngine(handlers.EngineParams{Pool: pool, Log: logs, Metrics: metrics, Outbound: handlers.OutboundPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- engine.Run(ctx) }()

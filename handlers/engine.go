@@ -52,6 +52,8 @@ type EngineParams struct {
 	ConsumerPoll time.Duration
 	// ReplayPoll is how often running replays are checked for a due batch (default 100ms).
 	ReplayPoll time.Duration
+	// Metrics, when set, count attempts.
+	Metrics *Metrics
 	// ShutdownGrace is how long in-flight requests may finish once Run's
 	// context ends (default 10s). Requests cut off after it are not recorded:
 	// their jobs go back to the queue and run again, with the same attempt id.
@@ -549,6 +551,19 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 	for try := 0; ; try++ {
 		err := e.complete(ctx, jobs, results)
 		if err == nil {
+			e.p.Metrics.recordAttempts(jobs, results)
+			for i, r := range results {
+				attrs := []slog.Attr{slog.String("delivery_id", jobs[i].DeliveryID), slog.String("attempt_id", r.AttemptID),
+					slog.String("destination_id", jobs[i].DestinationID), slog.Int("attempt", jobs[i].AttemptNumber),
+					slog.String("status", r.Status), slog.Int("duration_ms", r.DurationMS)}
+				if r.ResponseStatus != nil {
+					attrs = append(attrs, slog.Int("http_status", *r.ResponseStatus))
+				}
+				if r.Error != nil {
+					attrs = append(attrs, slog.String("error", *r.Error))
+				}
+				e.p.Log.LogAttrs(ctx, slog.LevelInfo, "attempt", attrs...)
+			}
 			return nil
 		}
 		if try == 4 {

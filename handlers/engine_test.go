@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -28,6 +29,7 @@ type harness struct {
 	api        *httptest.Server
 	key        string
 	engineStop func()
+	metrics    *handlers.Metrics
 }
 
 func newHarness(t *testing.T) *harness {
@@ -35,9 +37,11 @@ func newHarness(t *testing.T) *harness {
 	pool := pgtest.NewPool(t)
 	svc := handlers.NewService(handlers.ServiceParams{Pool: pool, MaxIngestBody: 64 << 10})
 	t.Cleanup(svc.Close)
-	api := httptest.NewServer(handlers.NewAPI(handlers.APIParams{Service: svc, Pool: pool}))
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	metrics := handlers.NewMetrics(pool, quiet)
+	api := httptest.NewServer(handlers.NewAPI(handlers.APIParams{Service: svc, Pool: pool, Log: quiet, Metrics: metrics}))
 	t.Cleanup(api.Close)
-	h := &harness{t: t, pool: pool, api: api, key: newKey(t, pool, "")}
+	h := &harness{t: t, pool: pool, api: api, key: newKey(t, pool, ""), metrics: metrics}
 	h.startEngine()
 	t.Cleanup(func() {
 		if h.engineStop != nil {
@@ -50,6 +54,7 @@ func newHarness(t *testing.T) *harness {
 // startEngine runs a delivery engine against the harness's database.
 func (h *harness) startEngine() {
 	engine := handlers.NewEngine(handlers.EngineParams{Pool: h.pool, LeaseMargin: time.Second, Poll: 50 * time.Millisecond, ReplayPoll: 20 * time.Millisecond, ShutdownGrace: time.Second,
+		Metrics: h.metrics, Log: slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Outbound: handlers.OutboundPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

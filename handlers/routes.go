@@ -260,6 +260,9 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.p.Log, err)
 		return
 	}
+	if a.p.Metrics != nil {
+		a.p.Metrics.ingestBytes.Add(float64(len(body)))
+	}
 	writeJSON(w, http.StatusOK, res)
 }
 

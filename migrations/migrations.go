@@ -152,3 +152,41 @@ func Apply(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
 	}
 	return done, nil
 }
+
+// Pending returns the embedded migrations the database has not applied, and
+// the names of applied ones whose file changed since (both empty when current).
+func Pending(ctx context.Context, db interface {
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}) (pending, edited []string, err error) {
+	all, err := All()
+	if err != nil {
+		return nil, nil, err
+	}
+	rows, err := db.Query(ctx, "SELECT version, checksum FROM schema_migrations")
+	if err != nil {
+		return nil, nil, fmt.Errorf("read schema_migrations: %w", err)
+	}
+	applied, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
+		var v int
+		var sum string
+		err := r.Scan(&v, &sum)
+		return [2]string{fmt.Sprint(v), sum}, err
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("read schema_migrations: %w", err)
+	}
+	sums := map[string]string{}
+	for _, a := range applied {
+		sums[a[0]] = a[1]
+	}
+	for _, m := range all {
+		sum, ok := sums[fmt.Sprint(m.Version)]
+		switch {
+		case !ok:
+			pending = append(pending, m.Name)
+		case sum != m.Checksum:
+			edited = append(edited, m.Name)
+		}
+	}
+	return pending, edited, nil
+}

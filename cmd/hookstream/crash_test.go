@@ -84,10 +84,19 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// TestSIGKILLDuringBurstLosesNothing kills the engine with SIGKILL while
-// deliveries are in flight, restarts it, and checks that every accepted
-// webhook reaches the destination, duplicates only under one idempotency id.
-func TestSIGKILLDuringBurstLosesNothing(t *testing.T) {
+// burstResult is what a destination saw of a burst interrupted by a signal.
+type burstResult struct {
+	n, received, atSignal int
+	keys                  map[string]map[string]bool // event id -> idempotency keys seen
+	accepted              map[string]bool
+	exitErr               error
+	conn                  *pgx.Conn
+}
+
+// burstWithSignal ingests 400 webhooks into a hookstream binary, sends it sig
+// while deliveries are in flight, restarts it, and waits until every
+// accepted webhook is delivered and recorded.
+func burstWithSignal(t *testing.T, sig syscall.Signal) burstResult {
 	bin := filepath.Join(t.TempDir(), "hookstream")
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
@@ -95,21 +104,20 @@ func TestSIGKILLDuringBurstLosesNothing(t *testing.T) {
 	dbURL := pgtest.NewDatabase(t)
 
 	var mu sync.Mutex
-	keys := map[string]map[string]bool{} // event id -> idempotency keys seen
-	received := 0
+	res := burstResult{n: 400, keys: map[string]map[string]bool{}, accepted: map[string]bool{}}
 	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(30 * time.Millisecond) // keep requests in flight when the kill lands
+		time.Sleep(30 * time.Millisecond) // keep requests in flight when the signal lands
 		ev, idem := r.Header.Get("X-hookstream-Event-Id"), r.Header.Get("Idempotency-Key")
 		mu.Lock()
-		if keys[ev] == nil {
-			keys[ev] = map[string]bool{}
+		if res.keys[ev] == nil {
+			res.keys[ev] = map[string]bool{}
 		}
-		keys[ev][idem] = true
-		received++
+		res.keys[ev][idem] = true
+		res.received++
 		mu.Unlock()
 	}))
-	defer sink.Close()
-	countDistinct := func() (int, int) { mu.Lock(); defer mu.Unlock(); return len(keys), received }
+	t.Cleanup(sink.Close)
+	countDistinct := func() int { mu.Lock(); defer mu.Unlock(); return len(res.keys) }
 
 	addr := freeAddr(t)
 	srv, key := startServer(t, bin, dbURL, addr)
@@ -120,15 +128,13 @@ func TestSIGKILLDuringBurstLosesNothing(t *testing.T) {
 	src := srv.post(t, key, "/v1/sources", map[string]any{"name": "src"})["source"].(map[string]any)
 	srv.post(t, key, "/v1/connections", map[string]any{"name": "c", "source_id": src["id"], "destination_id": dest["id"]})
 
-	const n = 400
-	accepted := make(map[string]bool, n)
 	var amu sync.Mutex
 	var wg sync.WaitGroup
 	for w := 0; w < 16; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := 0; i < n/16; i++ {
+			for i := 0; i < res.n/16; i++ {
 				resp, err := http.Post(srv.base+"/v1/ingest/"+src["id"].(string), "application/json", strings.NewReader(fmt.Sprintf(`{"n":%d}`, i)))
 				if err != nil {
 					t.Error(err)
@@ -141,76 +147,98 @@ func TestSIGKILLDuringBurstLosesNothing(t *testing.T) {
 				resp.Body.Close()
 				if resp.StatusCode == 200 {
 					amu.Lock()
-					accepted[out.EventID] = true
+					res.accepted[out.EventID] = true
 					amu.Unlock()
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	if len(accepted) != n {
-		t.Fatalf("%d of %d ingests accepted before the kill", len(accepted), n)
+	if len(res.accepted) != res.n {
+		t.Fatalf("%d of %d ingests accepted before the signal", len(res.accepted), res.n)
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if d, _ := countDistinct(); d >= 40 {
-			break
-		}
+	for countDistinct() < 40 {
 		if time.Now().After(deadline) {
 			t.Fatal("deliveries did not start")
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	if err := srv.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+	if err := srv.cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
-	_ = srv.cmd.Wait()
-	atKill, _ := countDistinct()
-	if atKill >= n {
-		t.Fatalf("every webhook was delivered before the kill (%d); the test needs a burst in flight", atKill)
+	res.exitErr = srv.cmd.Wait()
+	res.atSignal = countDistinct()
+	if res.atSignal >= res.n {
+		t.Fatalf("every webhook was delivered before the signal (%d); the test needs a burst in flight", res.atSignal)
 	}
-	t.Logf("killed after %d of %d webhooks delivered", atKill, n)
+	t.Logf("%v after %d of %d webhooks delivered", sig, res.atSignal, res.n)
 
 	startServer(t, bin, dbURL, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	for {
-		if d, _ := countDistinct(); d == n {
-			break
-		}
+	for countDistinct() != res.n {
 		if ctx.Err() != nil {
-			d, _ := countDistinct()
-			t.Fatalf("after restart only %d of %d webhooks reached the destination", d, n)
+			t.Fatalf("after restart only %d of %d webhooks reached the destination", countDistinct(), res.n)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	// Jobs that were in flight at the kill run again once their lease expires:
-	// wait until none is left, so their re-deliveries are counted too.
+	// Jobs in flight at a kill run again once their lease expires: wait until
+	// none is left, so their re-deliveries are counted too.
 	conn, err := pgx.Connect(ctx, dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(context.Background())
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	res.conn = conn
 	for {
 		var open, recorded int
 		if err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM delivery_jobs WHERE state <> 'done'),
 			(SELECT count(*) FROM delivery_attempts WHERE status = 'success')`).Scan(&open, &recorded); err != nil {
 			t.Fatal(err)
 		}
-		if open == 0 && recorded == n {
+		if open == 0 && recorded == res.n {
 			break
 		}
 		if ctx.Err() != nil {
-			t.Fatalf("after restart %d jobs still open, %d of %d successes recorded", open, recorded, n)
+			t.Fatalf("after restart %d jobs still open, %d of %d successes recorded", open, recorded, res.n)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	for ev := range accepted {
-		if len(keys[ev]) != 1 {
-			t.Errorf("event %s arrived under %d idempotency ids, want 1", ev, len(keys[ev]))
+	return res
+}
+
+// TestSIGKILLDuringBurstLosesNothing kills the engine with SIGKILL while
+// deliveries are in flight, restarts it, and checks that every accepted
+// webhook reaches the destination, duplicates only under one idempotency id.
+func TestSIGKILLDuringBurstLosesNothing(t *testing.T) {
+	res := burstWithSignal(t, syscall.SIGKILL)
+	for ev := range res.accepted {
+		if len(res.keys[ev]) != 1 {
+			t.Errorf("event %s arrived under %d idempotency ids, want 1", ev, len(res.keys[ev]))
 		}
 	}
-	t.Logf("%d requests for %d webhooks (%d re-deliveries after the kill)", received, n, received-n)
+	t.Logf("%d requests for %d webhooks (%d re-deliveries after the kill)", res.received, res.n, res.received-res.n)
+}
+
+// TestSIGTERMDuringBurstIsGraceful stops the engine with SIGTERM mid-burst:
+// it exits 0 after finishing and recording the requests in flight, so after
+// a restart every webhook has arrived exactly once and is recorded once.
+func TestSIGTERMDuringBurstIsGraceful(t *testing.T) {
+	res := burstWithSignal(t, syscall.SIGTERM)
+	if res.exitErr != nil {
+		t.Errorf("SIGTERM: the process exited with %v, want status 0", res.exitErr)
+	}
+	if res.received != res.n {
+		t.Errorf("%d requests for %d webhooks: a graceful stop must send nothing twice", res.received, res.n)
+	}
+	var attempts, failed int
+	if err := res.conn.QueryRow(context.Background(), `SELECT count(*), count(*) FILTER (WHERE status <> 'success') FROM delivery_attempts`).Scan(&attempts, &failed); err != nil {
+		t.Fatal(err)
+	}
+	if attempts != res.n || failed != 0 {
+		t.Errorf("%d attempts recorded (%d not successful) for %d webhooks, want exactly one success each", attempts, failed, res.n)
+	}
 }

@@ -23,6 +23,7 @@ type serveConfig struct {
 	Addr          string
 	Migrate       bool
 	ShutdownGrace time.Duration
+	ReadyMaxLag   time.Duration
 	// Dev is `make run`'s local mode: destinations on loopback are allowed.
 	Dev            bool
 	AllowCIDRs     string
@@ -49,6 +50,7 @@ func parseServe(args []string) (serveConfig, error) {
 	fs.BoolVar(&c.API, "api", false, "run only the API (with --workers: both, the default)")
 	fs.BoolVar(&c.Workers, "workers", false, "run only the delivery workers")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 15*time.Second, "how long in-flight work may finish on shutdown")
+	fs.DurationVar(&c.ReadyMaxLag, "ready-max-lag", time.Minute, "consumer lag above which /v1/ready answers 503")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -98,7 +100,8 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	}
 	svc := handlers.NewService(handlers.ServiceParams{Pool: db.Pool, Store: store, Log: log, PublicURL: publicURL, MaxIngestBody: cfg.MaxIngestBody})
 	defer svc.Close()
-	api := handlers.NewAPI(handlers.APIParams{Service: svc, Pool: db.Pool, Log: log, Version: version})
+	metrics := handlers.NewMetrics(db.Pool, log)
+	api := handlers.NewAPI(handlers.APIParams{Service: svc, Pool: db.Pool, Log: log, Version: version, Metrics: metrics, ReadyMaxLag: cfg.ReadyMaxLag})
 	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 2)
 	if cfg.API {
@@ -112,7 +115,7 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	defer stopEngine()
 	if cfg.Workers {
 		engine := handlers.NewEngine(handlers.EngineParams{Pool: db.Pool, Store: store, Log: log, Outbound: policy,
-			Lanes: cfg.Lanes, PerDestination: cfg.PerDestination, LeaseMargin: cfg.LeaseMargin, ShutdownGrace: cfg.ShutdownGrace})
+			Lanes: cfg.Lanes, PerDestination: cfg.PerDestination, LeaseMargin: cfg.LeaseMargin, ShutdownGrace: cfg.ShutdownGrace, Metrics: metrics})
 		go func() { engineDone <- engine.Run(engineCtx) }()
 	} else {
 		close(engineDone)
