@@ -63,12 +63,12 @@ func TestMetricsAfterAKnownWorkload(t *testing.T) {
 	after := h.scrape()
 	delta := func(series string) float64 { return after[series] - before[series] }
 	for series, want := range map[string]float64{
-		`hookstream_delivery_attempts_total{destination_id="` + dest + `",outcome="success"}`:  3,
-		`hookstream_delivery_attempts_total{destination_id="` + badDest + `",outcome="failed"}`: 1,
-		`hookstream_delivery_attempt_duration_seconds_count{outcome="success"}`:                 3,
-		`hookstream_ingest_requests_total{code="200"}`:                                          4,
-		`hookstream_ingest_requests_total{code="404"}`:                                          1,
-		`hookstream_ingest_bytes_total`:                                                         3*7 + 8,
+		`hookstream_delivery_attempts_total{destination_id="` + dest + `",outcome="success"}`:                     3,
+		`hookstream_delivery_attempts_total{destination_id="` + badDest + `",outcome="failed"}`:                   1,
+		`hookstream_delivery_attempt_duration_seconds_count{outcome="success"}`:                                   3,
+		`hookstream_ingest_requests_total{code="200"}`:                                                            4,
+		`hookstream_ingest_requests_total{code="404"}`:                                                            1,
+		`hookstream_ingest_bytes_total`:                                                                           3*7 + 8,
 		`hookstream_http_request_duration_seconds_count{code="200",method="POST",route="/v1/ingest/{source_id}"}`: 4,
 	} {
 		if got := delta(series); got != want {
