@@ -54,6 +54,7 @@ func NewAPI(p APIParams) *API {
 	a.registerHealthRoutes(v1)
 	a.registerResourceRoutes(v1)
 	a.registerDeliveryRoutes(v1)
+	a.registerMetricsRoutes(v1)
 	a.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, newRequestID()))
 		writeError(w, r, a.p.Log, domain.Errorf(domain.ENotFound, "Not found"))

@@ -137,3 +137,72 @@ func TestReadyNamesWhatIsNotReady(t *testing.T) {
 		t.Errorf("health = %v %v", resp, err)
 	}
 }
+
+func TestMetricsAPIAgreesWithTheAttemptsList(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	okSink := newSink(t)
+	badSink := newSink(t, 500, 500)
+	src, dest := h.route(okSink.srv.URL, nil, nil)
+	badSrc, badDest := h.route(badSink.srv.URL, map[string]any{"retry_enabled": false}, nil)
+	from := time.Now().UTC().Add(-time.Minute).Format(time.RFC3339)
+	for i := 0; i < 3; i++ {
+		h.ingest(src, `{}`)
+	}
+	h.ingest(badSrc, `{}`)
+	h.ingest(badSrc, `{}`)
+	h.quiet(10 * time.Second)
+	to := time.Now().UTC().Add(time.Minute).Format(time.RFC3339)
+	window := "after=" + from + "&before=" + to
+
+	count := func(q string) int {
+		_, out := h.do("GET", "/v1/delivery-attempts?limit=1&"+q, h.key, nil)
+		return num(out["pagination"].(map[string]any)["total"])
+	}
+	code, out := h.do("GET", "/v1/metrics/deliveries?"+window, h.key, nil)
+	if code != 200 {
+		t.Fatalf("deliveries = %d %v", code, out)
+	}
+	got := map[string][3]int{}
+	for _, p := range out["series"].([]any) {
+		m := p.(map[string]any)
+		d := m["destination_id"].(string)
+		g := got[d]
+		got[d] = [3]int{g[0] + num(m["delivery_count"]), g[1] + num(m["success_count"]), g[2] + num(m["failure_count"])}
+	}
+	for _, d := range []string{dest, badDest} {
+		want := [3]int{count("destination_id=" + d), count("destination_id=" + d + "&status=success"), count("destination_id=" + d + "&status=failed")}
+		if got[d] != want {
+			t.Errorf("destination %s: metrics %v, attempts list %v (all, success, failed)", d, got[d], want)
+		}
+	}
+	if got[dest] != [3]int{3, 3, 0} || got[badDest] != [3]int{2, 0, 2} {
+		t.Errorf("deliveries series = %v", got)
+	}
+	code, out = h.do("GET", "/v1/metrics/volume?granularity=day&"+window, h.key, nil)
+	total := 0
+	for _, p := range out["series"].([]any) {
+		total += num(p.(map[string]any)["event_count"])
+	}
+	if code != 200 || total != h.eventCount("") || out["granularity"] != "day" {
+		t.Errorf("volume = %d %v, events list %d", code, out, h.eventCount(""))
+	}
+	code, out = h.do("GET", "/v1/metrics/latency?destination_id="+dest+"&"+window, h.key, nil)
+	if s := out["series"].([]any); code != 200 || len(s) == 0 || num(s[0].(map[string]any)["count"]) != 3 {
+		t.Errorf("latency = %d %v", code, out)
+	}
+	code, out = h.do("GET", "/v1/metrics/overview", h.key, nil)
+	o := out["overview"].(map[string]any)
+	if code != 200 || num(o["events_today"]) != 5 || num(o["deliveries_today"]) != 5 || num(o["success_today"]) != 3 ||
+		num(o["dlq_count"]) != 2 || o["success_rate_today"].(float64) != 60 {
+		t.Errorf("overview = %d %v", code, o)
+	}
+	for _, q := range []string{"granularity=week", "after=" + to + "&before=" + from, "after=2020-01-01T00:00:00Z", "before=soon"} {
+		if code, _ := h.do("GET", "/v1/metrics/deliveries?"+q, h.key, nil); code != 400 {
+			t.Errorf("metrics deliveries?%s = %d, want 400", q, code)
+		}
+	}
+	if code, _ := h.do("GET", "/v1/metrics/overview", "", nil); code != 401 {
+		t.Errorf("overview without a key = %d", code)
+	}
+}
