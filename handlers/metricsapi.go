@@ -217,7 +217,9 @@ func (a *API) registerMetricsRoutes(r *mux.Router) {
 		})).Methods(http.MethodGet)
 	}
 	series("/metrics/volume", func(ctx context.Context, t Tenant, w MetricsWindow) (any, error) { return svc.MetricsVolume(ctx, t, w) })
-	series("/metrics/deliveries", func(ctx context.Context, t Tenant, w MetricsWindow) (any, error) { return svc.MetricsDeliveries(ctx, t, w) })
+	series("/metrics/deliveries", func(ctx context.Context, t Tenant, w MetricsWindow) (any, error) {
+		return svc.MetricsDeliveries(ctx, t, w)
+	})
 	series("/metrics/latency", func(ctx context.Context, t Tenant, w MetricsWindow) (any, error) {
 		w.Granularity = "hour"
 		return svc.MetricsLatency(ctx, t, w)
