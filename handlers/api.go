@@ -79,6 +79,10 @@ func (a *API) withRequestID(next http.Handler) http.Handler {
 func (a *API) registerHealthRoutes(r *mux.Router) {
 	r.HandleFunc("/health", a.health).Methods(http.MethodGet)
 	r.HandleFunc("/ready", a.ready).Methods(http.MethodGet)
+	r.HandleFunc("/openapi.json", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(OpenAPIJSON)
+	}).Methods(http.MethodGet)
 }
 
 // ready is readiness for load balancers and orchestrators: the database

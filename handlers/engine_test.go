@@ -39,7 +39,8 @@ func newHarness(t *testing.T) *harness {
 	t.Cleanup(svc.Close)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	metrics := handlers.NewMetrics(pool, quiet)
-	api := httptest.NewServer(handlers.NewAPI(handlers.APIParams{Service: svc, Pool: pool, Log: quiet, Metrics: metrics}))
+	loadSpec(t)
+	api := httptest.NewServer(&specValidator{t: t, next: handlers.NewAPI(handlers.APIParams{Service: svc, Pool: pool, Log: quiet, Metrics: metrics})})
 	t.Cleanup(api.Close)
 	h := &harness{t: t, pool: pool, api: api, key: newKey(t, pool, ""), metrics: metrics}
 	h.startEngine()
