@@ -198,16 +198,26 @@ func (e *Engine) Run(ctx context.Context) error {
 	<-deliveryRouter.Running()
 	e.p.Log.Info("engine running", "worker", e.p.WorkerID, "lanes", e.p.Lanes, "per_destination", e.p.PerDestination)
 
+	// workCtx ends with ctx, or when a router stops on its own: then the
+	// engine winds down and returns the error, so a supervisor restarts it.
+	workCtx, stopWork := context.WithCancel(ctx)
+	defer stopWork()
 	dispatchDone := make(chan struct{})
-	go func() { defer close(dispatchDone); e.dispatch(ctx, bus) }()
+	go func() { defer close(dispatchDone); e.dispatch(workCtx, bus) }()
 	replaysDone := make(chan struct{})
-	go func() { defer close(replaysDone); e.runReplays(ctx) }()
-	go e.resolveIssues(ctx)
+	go func() { defer close(replaysDone); e.runReplays(workCtx) }()
+	go e.resolveIssues(workCtx)
 
+	var routerErr error
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
-		e.p.Log.Error("router stopped", "err", err)
+		routerErr = fmt.Errorf("a router stopped unexpectedly: %w", err)
+		if err == nil {
+			routerErr = errors.New("a router stopped unexpectedly")
+		}
+		e.p.Log.Error("router stopped; shutting the engine down", "err", err)
+		stopWork()
 	}
 	<-dispatchDone
 	<-replaysDone
@@ -215,7 +225,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer grace.Stop()
 	defer e.cancelSends()
 	// Stop claiming first, then let in-flight batches record their attempts.
-	closeErr := errors.Join(deliveryRouter.Close(), logRouter.Close(), bus.Close())
+	closeErr := errors.Join(routerErr, deliveryRouter.Close(), logRouter.Close(), bus.Close())
 	e.releaseLeases()
 	return closeErr
 }

@@ -122,10 +122,23 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	}
 	log.Info("serving", "addr", ln.Addr().String(), "api", cfg.API, "workers", cfg.Workers)
 
+	var engineErr error
+	engineStopped := false
+	var engineWatch <-chan error // nil (never ready) when this process runs no workers
+	if cfg.Workers {
+		engineWatch = engineDone
+	}
 	select {
 	case err := <-errc:
 		return fmt.Errorf("http server: %w", err)
 	case <-ctx.Done():
+	case engineErr = <-engineWatch:
+		// The workers stopped on their own: serve no more, so a supervisor restarts us.
+		engineStopped = true
+		if engineErr == nil {
+			engineErr = errors.New("stopped unexpectedly")
+		}
+		log.Error("engine stopped; shutting down", "err", engineErr)
 	}
 	log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
@@ -134,8 +147,11 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	stopEngine()
-	if err := <-engineDone; err != nil {
-		return fmt.Errorf("engine: %w", err)
+	if !engineStopped {
+		engineErr = <-engineDone
+	}
+	if engineErr != nil {
+		return fmt.Errorf("engine: %w", engineErr)
 	}
 	return nil
 }
