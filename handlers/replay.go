@@ -128,7 +128,8 @@ func validateReplay(in ReplayInput) (replayParams, error) {
 
 // CreateReplay starts a replay: it fixes the events to re-deliver (the
 // destination's sources' events received in [from, to], chronological, at
-// most max_events, matching the filter) and records ReplayRequested. The
+// most max_events, matching the filter, duplicates left out; read from the
+// log, so none acknowledged before the call is missed) and records ReplayRequested. The
 // engine releases them rate_limit per second as deliveries with
 // trigger_type replay, which are never retried automatically.
 func (s *Service) CreateReplay(ctx context.Context, t Tenant, in ReplayInput, rid string) (ReplayJob, error) {
@@ -218,11 +219,21 @@ func (s *Service) selectReplayEvents(ctx context.Context, t Tenant, sources []st
 	if len(p.rules) > 0 {
 		limit = -1 // filtered in Go: read on until max_events match
 	}
-	rows, err := s.pool.Query(ctx, `SELECT id, method, coalesce(content_type, ''), coalesce(source_ip, ''), headers, body_b64
-		FROM events_view
-		WHERE org_id = $1 AND env_id = $2 AND source_id = ANY($3) AND received_at >= $4 AND received_at <= $5
-		ORDER BY received_at, id
-		LIMIT CASE WHEN $6::int < 0 THEN NULL ELSE $6::int END`, t.OrgID, t.EnvID, sources, p.from, p.to, limit)
+	// From the log itself, not events_view: a webhook acknowledged a moment
+	// ago is in the replay even if the projector has not listed it yet.
+	// recorded_at (BRIN-indexed) follows received_at within milliseconds, so
+	// a widened recorded_at range narrows the scan; received_at decides.
+	// Duplicates were never delivered and are not replayed.
+	rows, err := s.pool.Query(ctx, `SELECT stream_id, coalesce(payload->>'method', ''), coalesce(payload->>'content_type', ''),
+			coalesce(payload->>'source_ip', ''), coalesce(payload->'headers', 'null'), coalesce(payload->>'body_b64', '')
+		FROM events
+		WHERE event_type = $7 AND org_id = $1 AND env_id = $2
+		  AND recorded_at >= $4::timestamptz - interval '5 minutes' AND recorded_at <= $5::timestamptz + interval '5 minutes'
+		  AND payload->>'source_id' = ANY($3)
+		  AND hs_ts(payload->>'received_at') >= $4 AND hs_ts(payload->>'received_at') <= $5
+		  AND coalesce(payload->>'dedup_status', 'unique') <> 'duplicate'
+		ORDER BY hs_ts(payload->>'received_at'), stream_id
+		LIMIT CASE WHEN $6::int < 0 THEN NULL ELSE $6::int END`, t.OrgID, t.EnvID, sources, p.from, p.to, limit, domain.EvEventReceived)
 	if err != nil {
 		return nil, fmt.Errorf("replay: select events: %w", err)
 	}

@@ -177,8 +177,7 @@ func TestReplayBadInput(t *testing.T) {
 	h := newHarness(t)
 	dst := newSink(t)
 	src, dest := h.route(dst.srv.URL, nil, nil)
-	ev := h.ingest(src, `{}`)
-	waitFor(t, 5*time.Second, "the event listed", func() bool { return h.eventStatus(ev) != "" })
+	h.ingest(src, `{}`) // replayable at once: replays read the log, not the events list
 	other := newKey(t, h.pool, "")
 	from, to := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339), time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
 	for _, c := range []struct {
