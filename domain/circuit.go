@@ -54,11 +54,6 @@ func (c *Circuit) Record(success bool, cfg CircuitConfig, now time.Time) string 
 	return ""
 }
 
-// CooledDown reports whether an open circuit may send its probe at now.
-func (c *Circuit) CooledDown(cfg CircuitConfig, now time.Time) bool {
-	return c.State == CircuitOpen && c.OpenedAt != nil && !now.Before(c.OpenedAt.Add(cfg.Reset))
-}
-
 // ErrorClass is the issue grouping of a failed attempt: http_4xx, http_5xx,
 // timeout or network.
 func ErrorClass(a DeliveryAttempted) string {
