@@ -137,14 +137,11 @@ func (s *Service) CreateReplay(ctx context.Context, t Tenant, in ReplayInput, ri
 	if err != nil {
 		return ReplayJob{}, err
 	}
-	if _, _, err := s.getDestination(ctx, t, p.destID); err != nil {
+	dest, _, err := s.getDestination(ctx, t, p.destID)
+	if err != nil {
 		return ReplayJob{}, err
 	}
-	var destStatus string
-	if err := s.pool.QueryRow(ctx, `SELECT status FROM destinations WHERE id = $1`, p.destID).Scan(&destStatus); err != nil {
-		return ReplayJob{}, fmt.Errorf("replay: load destination: %w", err)
-	}
-	if destStatus == "disabled" {
+	if dest.Status == "disabled" {
 		return ReplayJob{}, domain.Errorf(domain.EInvalid, "Invalid body: the destination is disabled")
 	}
 	if p.sourceID != "" {
