@@ -243,6 +243,13 @@ func TestSchedulerRebuildSendsNoDuplicates(t *testing.T) {
 	h := newHarness(t)
 	var mu sync.Mutex
 	requests := map[string]int{}
+	// The retries are held at the destination until enough rebuilds have run:
+	// the test holds the condition it needs instead of hoping for timing.
+	const wantRebuilds = 3
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	var held atomic.Int32 // retries waiting at the destination
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
 	dst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		id := r.Header.Get("X-hookstream-Event-Id")
@@ -253,6 +260,8 @@ func TestSchedulerRebuildSendsNoDuplicates(t *testing.T) {
 			w.WriteHeader(500) // every first attempt fails: retries come due during the rebuilds
 			return
 		}
+		held.Add(1)
+		<-release
 		w.WriteHeader(200)
 	}))
 	t.Cleanup(dst.Close)
@@ -262,8 +271,10 @@ func TestSchedulerRebuildSendsNoDuplicates(t *testing.T) {
 		events = append(events, h.ingest(src, fmt.Sprintf(`{"i":%d}`, i)))
 	}
 	ctx := context.Background()
-	rebuilds := 0
+	rebuilds := 0 // while retries were in flight or due
+	deadline := time.Now().Add(time.Minute)
 	for !allDelivered(h, events) {
+		inFlight := held.Load() > 0
 		res, err := projections.Rebuild(ctx, h.pool, "scheduler", projections.RebuildOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -271,12 +282,17 @@ func TestSchedulerRebuildSendsNoDuplicates(t *testing.T) {
 		if res.Repaired != 0 {
 			t.Errorf("rebuild %d repaired %d jobs of a healthy table", rebuilds, res.Repaired)
 		}
-		rebuilds++
-		if rebuilds > 2000 {
+		if inFlight {
+			rebuilds++
+		}
+		if rebuilds == wantRebuilds {
+			releaseOnce.Do(func() { close(release) })
+		}
+		if time.Now().After(deadline) {
 			t.Fatal("deliveries did not finish")
 		}
 	}
-	if rebuilds < 2 {
+	if rebuilds < wantRebuilds {
 		t.Fatalf("only %d rebuilds ran while deliveries were due", rebuilds)
 	}
 	h.quiet(10 * time.Second)
