@@ -13,6 +13,9 @@ const (
 	StreamReplay      = "replay"
 	StreamCircuit     = "circuit"
 	StreamIssue       = "issue"
+	StreamEnvironment = "environment"
+	StreamOrg         = "organization"
+	StreamSession     = "session"
 )
 
 // Event type names. Persisted: never rename, never derive by reflection.
@@ -27,6 +30,12 @@ const (
 	EvConnectionUpdated  = "ConnectionUpdated"
 	EvConnectionDeleted  = "ConnectionDeleted"
 	EvAPIKeyCreated      = "APIKeyCreated"
+	EvAPIKeyRevoked      = "APIKeyRevoked"
+	EvOrgCreated         = "OrganizationCreated"
+	EvEnvironmentCreated = "EnvironmentCreated"
+	EvEnvironmentUpdated = "EnvironmentUpdated"
+	EvSessionCreated     = "SessionCreated"
+	EvSessionEnded       = "SessionEnded"
 
 	EvEventReceived     = "EventReceived"
 	EvDeliveryRequested = "DeliveryRequested"

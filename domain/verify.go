@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Ingest verification types (hookstream also spells them with hyphens).
@@ -172,7 +173,7 @@ func DedupKey(strategy, field string, headers map[string][]string, body []byte) 
 	case DedupHeaderField:
 		for k, v := range headers {
 			if strings.EqualFold(k, field) && len(v) > 0 && v[0] != "" {
-				return "h:" + v[0], true
+				return boundedKey("h:", v[0]), true
 			}
 		}
 	case DedupBodyField:
@@ -193,7 +194,19 @@ func DedupKey(strategy, field string, headers map[string][]string, body []byte) 
 			return "", false
 		}
 		raw, _ := json.Marshal(doc)
-		return "b:" + string(raw), true
+		return boundedKey("b:", string(raw)), true
 	}
 	return "", false
+}
+
+// MaxDedupKey is the longest dedup key kept as it is; a longer one, or one
+// PostgreSQL text cannot hold, is kept as its SHA-256.
+const MaxDedupKey = 128
+
+func boundedKey(prefix, v string) string {
+	if len(v) <= MaxDedupKey && utf8.ValidString(v) && !strings.ContainsRune(v, 0) {
+		return prefix + v
+	}
+	sum := sha256.Sum256([]byte(v))
+	return prefix + "sha256:" + hex.EncodeToString(sum[:])
 }

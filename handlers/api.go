@@ -22,8 +22,17 @@ type APIParams struct {
 	Log     *slog.Logger
 	Version string
 	Now     func() time.Time
-	// Metrics, when set, are recorded and served at /metrics.
-	Metrics *Metrics
+	// Metrics, when set, are recorded; they are served at /metrics on this
+	// handler when MetricsOnAPI is set (behind MetricsToken when that is set).
+	Metrics      *Metrics
+	MetricsOnAPI bool
+	MetricsToken string
+	// Accounts manages keys, environments and sessions (default: over Pool).
+	Accounts *Accounts
+	// CookieSecret signs session cookies as Better Auth does (unsigned when empty).
+	CookieSecret []byte
+	// SecureCookies marks session cookies Secure (the API is served over HTTPS).
+	SecureCookies bool
 	// ReadyMaxLag is the consumer lag /v1/ready tolerates (default 60s).
 	ReadyMaxLag time.Duration
 }
@@ -32,6 +41,7 @@ type APIParams struct {
 type API struct {
 	p      APIParams
 	router *mux.Router
+	usage  *keyUsage
 }
 
 // NewAPI builds the REST API with every route registered.
@@ -45,13 +55,17 @@ func NewAPI(p APIParams) *API {
 	if p.ReadyMaxLag <= 0 {
 		p.ReadyMaxLag = time.Minute
 	}
-	a := &API{p: p, router: mux.NewRouter()}
+	if p.Accounts == nil {
+		p.Accounts = NewAccounts(p.Pool, p.Service.store)
+	}
+	a := &API{p: p, router: mux.NewRouter(), usage: newKeyUsage(p.Pool)}
 	a.router.Use(a.withRequestID, a.withObservability)
-	if p.Metrics != nil {
-		a.router.Handle("/metrics", p.Metrics.Handler()).Methods(http.MethodGet)
+	if p.Metrics != nil && p.MetricsOnAPI {
+		a.router.Handle("/metrics", p.Metrics.Handler(p.MetricsToken)).Methods(http.MethodGet)
 	}
 	v1 := a.router.PathPrefix("/v1").Subrouter()
 	a.registerHealthRoutes(v1)
+	a.registerAuthRoutes(v1)
 	a.registerResourceRoutes(v1)
 	a.registerDeliveryRoutes(v1)
 	a.registerMetricsRoutes(v1)

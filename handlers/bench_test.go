@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"sort"
 	"strings"
 	"sync"
@@ -33,14 +32,14 @@ func BenchmarkEndToEnd(b *testing.B) {
 // together offer that many webhooks per second instead of as many as they can.
 func runEndToEnd(b *testing.B, firstFails bool, rate int) {
 	pool := pgtest.NewPool(b)
-	svc := handlers.NewService(handlers.ServiceParams{Pool: pool})
+	svc := handlers.NewService(handlers.ServiceParams{Pool: pool, Outbound: loopbackOnly, Secrets: testKeyring})
 	defer svc.Close()
 	// Production logging (a JSON line per request and per attempt), written nowhere.
 	logs := slog.New(slog.NewJSONHandler(io.Discard, nil))
 	metrics := handlers.NewMetrics(pool, logs)
-	api := httptest.NewServer(handlers.NewAPI(handlers.APIParams{Service: svc, Pool: pool, Log: logs, Metrics: metrics}))
+	api := httptest.NewServer(handlers.NewAPI(handlers.APIParams{Service: svc, Pool: pool, Log: logs, Metrics: metrics, MetricsOnAPI: true}))
 	defer api.Close()
-	engine := handlers.NewEngine(handlers.EngineParams{Pool: pool, Log: logs, Metrics: metrics, Outbound: handlers.OutboundPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}})
+	engine := handlers.NewEngine(handlers.EngineParams{Pool: pool, Log: logs, Metrics: metrics, Outbound: loopbackOnly, Secrets: testKeyring})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- engine.Run(ctx) }()

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptrace"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/internal/secretbox"
 	"github.com/hookstream/hookstream/projections"
 )
 
@@ -54,6 +56,9 @@ type EngineParams struct {
 	ReplayPoll time.Duration
 	// Metrics, when set, count attempts.
 	Metrics *Metrics
+	// Secrets decrypts destinations' credentials; a destination whose
+	// secrets cannot be decrypted gets failed attempts, never a request.
+	Secrets *secretbox.Keyring
 	// ShutdownGrace is how long in-flight requests may finish once Run's
 	// context ends (default 10s). Requests cut off after it are not recorded:
 	// their jobs go back to the queue and run again, with the same attempt id.
@@ -263,6 +268,12 @@ type dispatchJob struct {
 	DisabledWhy   string             `json:"disabled_reason"`
 	Signing       *SigningConfig     `json:"signing"`
 	PrevSecret    string             `json:"prev_secret"`
+	// SendURL is the URL requested, userinfo included; URL (what attempts
+	// record) has it masked.
+	SendURL string `json:"send_url"`
+	// Unsendable, when set, is why no request may be made (a secret that
+	// does not decrypt, a signing config without its secret): fail closed.
+	Unsendable string `json:"unsendable,omitempty"`
 }
 
 func (e *Engine) dispatch(ctx context.Context, bus message.Publisher) {
@@ -346,7 +357,7 @@ SELECT u.delivery_id, u.org_id, u.env_id, u.event_id, u.destination_id, u.attemp
        d.id IS NOT NULL, coalesce(d.url, ''), coalesce(d.method, 'POST'), coalesce(d.headers, '{}'), coalesce(d.timeout_ms, 30000),
        coalesce(d.retry_enabled, false), coalesce(d.retry_max_attempts, 0), coalesce(d.retry_backoff_type, 'exponential'),
        coalesce(d.retry_intervals, '[30]'), coalesce(d.status, ''), coalesce(d.disabled_reason, ''), d.signing_config,
-       CASE WHEN d.signing_previous_expires_at > $1 THEN coalesce(d.signing_previous_secret, '') ELSE '' END
+       coalesce(d.signing_previous_expires_at > $1, false), coalesce(d.secrets, '')
 FROM u JOIN events e ON e.event_id = u.received_uuid
 LEFT JOIN destinations d ON d.id = u.destination_id`
 
@@ -471,24 +482,69 @@ func (e *Engine) claim(ctx context.Context, saturated, only []string) ([]dispatc
 	for rows.Next() {
 		var j dispatchJob
 		var headers, intervals, signing []byte
+		var prevValid bool
+		var sealed string
 		if err := rows.Scan(&j.DeliveryID, &j.OrgID, &j.EnvID, &j.EventID, &j.DestinationID, &j.AttemptID, &j.AttemptNumber, &j.Version,
 			&j.BodyB64, &j.ContentType, &j.DestFound, &j.URL, &j.Method, &headers, &j.TimeoutMS,
-			&j.Retry.Enabled, &j.Retry.MaxRetries, &j.Retry.Backoff, &intervals, &j.DestStatus, &j.DisabledWhy, &signing, &j.PrevSecret); err != nil {
+			&j.Retry.Enabled, &j.Retry.MaxRetries, &j.Retry.Backoff, &intervals, &j.DestStatus, &j.DisabledWhy, &signing, &prevValid, &sealed); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("scan claimed job: %w", err)
 		}
-		_ = json.Unmarshal(headers, &j.Headers)
-		_ = json.Unmarshal(intervals, &j.Retry.Intervals)
-		if len(signing) > 0 && string(signing) != "null" {
-			j.Signing = &SigningConfig{}
-			_ = json.Unmarshal(signing, j.Signing)
+		if err := json.Unmarshal(intervals, &j.Retry.Intervals); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("job %s: retry_intervals: %w", j.DeliveryID, err)
 		}
+		e.openJobSecrets(&j, headers, signing, sealed, prevValid)
 		jobs = append(jobs, j)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("claim jobs: %w", err)
 	}
 	return jobs, nil
+}
+
+// openJobSecrets fills a claimed job's headers, signing config and request
+// URL, decrypting the destination's secrets. Anything that does not decode
+// or decrypt makes the job unsendable: it fails without a request, rather
+// than going out unsigned or without its credentials.
+func (e *Engine) openJobSecrets(j *dispatchJob, headers, signing []byte, sealed string, prevValid bool) {
+	j.SendURL = j.URL
+	if !j.DestFound {
+		return
+	}
+	if err := json.Unmarshal(headers, &j.Headers); err != nil {
+		j.Unsendable = "destination headers are unreadable"
+		return
+	}
+	if len(signing) > 0 && string(signing) != "null" {
+		j.Signing = &SigningConfig{}
+		if err := json.Unmarshal(signing, j.Signing); err != nil {
+			j.Unsendable = "signing config is unreadable; the request was not sent unsigned"
+			return
+		}
+	}
+	sec, err := openDest(e.p.Secrets, j.DestinationID, sealed)
+	if err != nil {
+		e.p.Log.Error("destination secrets unreadable", "destination_id", j.DestinationID, "err", err)
+		j.Unsendable = "destination secrets cannot be decrypted (encryption key missing or wrong); the request was not sent"
+		return
+	}
+	if sec.URL != "" {
+		j.SendURL = sec.URL
+	}
+	for k, v := range sec.Headers {
+		j.Headers[k] = v
+	}
+	if j.Signing != nil {
+		j.Signing.Secret = sec.SigningSecret
+		if j.Signing.Secret == "" {
+			j.Unsendable = "signing secret is missing; the request was not sent unsigned"
+			return
+		}
+	}
+	if prevValid {
+		j.PrevSecret = sec.PreviousSecret
+	}
 }
 
 // finished returns n requests and b batches of a destination, and a lane
@@ -600,6 +656,9 @@ func (e *Engine) send(ctx context.Context, j dispatchJob) domain.DeliveryAttempt
 		res.Final = "destination is disabled: " + orDefault(j.DisabledWhy, "by its owner")
 		return fail(res.Final)
 	}
+	if j.Unsendable != "" {
+		return fail(j.Unsendable)
+	}
 	body, err := base64.StdEncoding.DecodeString(j.BodyB64)
 	if err != nil {
 		return fail("stored payload is unreadable")
@@ -607,9 +666,9 @@ func (e *Engine) send(ctx context.Context, j dispatchJob) domain.DeliveryAttempt
 	res.RequestBodySize = len(body)
 	reqCtx, cancel := context.WithTimeout(ctx, time.Duration(j.TimeoutMS)*time.Millisecond)
 	defer cancel()
-	req, err := http.NewRequestWithContext(reqCtx, j.Method, j.URL, strings.NewReader(string(body)))
+	req, err := http.NewRequestWithContext(reqCtx, j.Method, j.SendURL, strings.NewReader(string(body)))
 	if err != nil {
-		return fail("invalid request: " + err.Error())
+		return fail("invalid request URL")
 	}
 	for k, v := range j.Headers {
 		req.Header.Set(k, v)
@@ -624,7 +683,10 @@ func (e *Engine) send(ctx context.Context, j dispatchJob) domain.DeliveryAttempt
 	req.Header.Set("X-hookstream-Timestamp", started.Format(time.RFC3339))
 	req.Header.Set("Idempotency-Key", j.DeliveryID)
 	j.Signing.sign(req.Header, j.DeliveryID, body, j.PrevSecret, started)
-	sent, _ := json.Marshal(flatten(redactSignature(req.Header, j.Signing)))
+	sent, err := json.Marshal(flatten(redactSent(req.Header, j.Headers, j.Signing)))
+	if err != nil {
+		return fail("request headers cannot be recorded")
+	}
 	res.RequestHeaders = string(sent)
 
 	resp, err := e.client.Do(req)
@@ -642,8 +704,7 @@ func (e *Engine) send(ctx context.Context, j dispatchJob) domain.DeliveryAttempt
 	res.DurationMS = int(e.p.Now().Sub(started).Milliseconds())
 	status := resp.StatusCode
 	res.ResponseStatus = &status
-	rh, _ := json.Marshal(flatten(resp.Header))
-	rhs, rb := string(rh), string(limited)
+	rhs, rb := recordHeaders(resp.Header, ResponseHeadersLimit), string(limited)
 	res.ResponseHeaders, res.ResponseBody = &rhs, &rb
 	if status >= 200 && status < 300 {
 		res.Status = domain.AttemptSuccess
@@ -657,6 +718,52 @@ func (e *Engine) send(ctx context.Context, j dispatchJob) domain.DeliveryAttempt
 		res.Final = "destination answered 410 Gone; the destination was disabled"
 	}
 	return res
+}
+
+// ResponseHeadersLimit is how much of a destination's response headers an
+// attempt records (the JSON-encoded object); the rest is cut, like the body.
+const ResponseHeadersLimit = 64 * 1024
+
+// headersTruncated is the entry that says how many headers were left out.
+const headersTruncated = "X-Hookstream-Headers-Truncated"
+
+// recordHeaders is h as an attempt records it: a JSON object of at most
+// limit bytes, headers in name order, a value cut where the limit falls, and
+// an entry naming how many headers were left out.
+func recordHeaders(h http.Header, limit int) string {
+	flat := flatten(h)
+	names := make([]string, 0, len(flat))
+	for k := range flat {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	out := make(map[string]string, len(flat))
+	budget := limit - 64 // room for the truncation entry and the braces
+	omitted, cut := 0, false
+	for _, k := range names {
+		v := flat[k]
+		cost := len(k) + len(v) + 8 // quotes, colon, comma
+		if budget <= 0 || len(k) > budget {
+			omitted++
+			continue
+		}
+		if cost > budget {
+			v = strings.ToValidUTF8(v[:max(0, budget-len(k)-8)], "")
+			cost, cut = len(k)+len(v)+8, true
+		}
+		out[k] = v
+		budget -= cost
+	}
+	if omitted > 0 || cut {
+		out[headersTruncated] = strconv.Itoa(omitted)
+	}
+	raw, err := json.Marshal(out)
+	if err != nil || len(raw) > limit {
+		// JSON escaping (control characters, <, >) can grow the text; keep the
+		// record within its bound rather than exact.
+		return fmt.Sprintf(`{%q:%q}`, headersTruncated, strconv.Itoa(len(flat)))
+	}
+	return string(raw)
 }
 
 func flatten(h http.Header) map[string]string {

@@ -32,7 +32,7 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, dst any) error {
 	if _, err := dec.Token(); err != io.EOF {
 		return domain.Errorf(domain.EInvalid, "Invalid body: unexpected data after the JSON object")
 	}
-	return nil
+	return checkStrings(dst)
 }
 
 func jsonError(err error) error {

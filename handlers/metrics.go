@@ -2,6 +2,8 @@ package handlers
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -55,9 +57,24 @@ func NewMetrics(pool *pgxpool.Pool, log *slog.Logger) *Metrics {
 	return m
 }
 
-// Handler serves the registry in the Prometheus text format.
-func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{})
+// Handler serves the registry in the Prometheus text format; with a token,
+// only to "Authorization: Bearer <token>" (401 otherwise). The metrics name
+// every tenant's destinations: expose them to the operator only.
+func (m *Metrics) Handler(token string) http.Handler {
+	h := promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{})
+	if token == "" {
+		return h
+	}
+	want := sha256.Sum256([]byte("Bearer " + token))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := sha256.Sum256([]byte(r.Header.Get("Authorization")))
+		if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="metrics"`)
+			writeJSON(w, http.StatusUnauthorized, errorBody{Error: "Unauthorized", Status: http.StatusUnauthorized, RequestID: requestID(r)})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // recordAttempts counts a batch's recorded attempts.
@@ -155,6 +172,17 @@ func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// methodLabel bounds the method label: ingest accepts any method, and a
+// public sender must not be able to mint metric series (or log lines of a
+// megabyte) by inventing methods.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodOptions:
+		return m
+	}
+	return "other"
+}
+
 // statusWriter records the status and size of a response.
 type statusWriter struct {
 	http.ResponseWriter
@@ -197,7 +225,7 @@ func (a *API) withObservability(next http.Handler) http.Handler {
 		elapsed := time.Since(started)
 		code := strconv.Itoa(sw.status)
 		if m := a.p.Metrics; m != nil {
-			m.apiDuration.WithLabelValues(route, r.Method, code).Observe(elapsed.Seconds())
+			m.apiDuration.WithLabelValues(route, methodLabel(r.Method), code).Observe(elapsed.Seconds())
 			if route == "/v1/ingest/{source_id}" {
 				m.ingestRequests.WithLabelValues(code).Inc()
 			}
@@ -206,7 +234,7 @@ func (a *API) withObservability(next http.Handler) http.Handler {
 		if sw.status >= 500 {
 			level = slog.LevelError
 		}
-		a.p.Log.LogAttrs(r.Context(), level, "request", slog.String("request_id", requestID(r)), slog.String("method", r.Method),
+		a.p.Log.LogAttrs(r.Context(), level, "request", slog.String("request_id", requestID(r)), slog.String("method", methodLabel(r.Method)),
 			slog.String("route", route), slog.Int("status", sw.status), slog.Int("bytes", sw.bytes),
 			slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000), slog.String("remote", r.RemoteAddr))
 	})

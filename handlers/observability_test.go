@@ -102,7 +102,7 @@ func TestReadyNamesWhatIsNotReady(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	api := httptest.NewServer(handlers.NewAPI(handlers.APIParams{Pool: h.pool, ReadyMaxLag: 200 * time.Millisecond,
-		Service: handlers.NewService(handlers.ServiceParams{Pool: h.pool})}))
+		Service: handlers.NewService(handlers.ServiceParams{Pool: h.pool, Outbound: loopbackOnly, Secrets: testKeyring})}))
 	t.Cleanup(api.Close)
 	ready := func() (int, string) {
 		resp, err := http.Get(api.URL + "/v1/ready")

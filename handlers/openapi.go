@@ -131,7 +131,7 @@ func operations() []op {
 		{method: "GET", path: "/v1/health", summary: "Liveness", public: true, resp: map[string]any{"status": "", "database": "", "version": "", "time": ""}, errors: []int{503}},
 		{method: "GET", path: "/v1/ready", summary: "Readiness", public: true, resp: map[string]any{"status": "", "checks": map[string]string{}}, errors: []int{503}},
 		{method: "GET", path: "/v1/openapi.json", summary: "This document", public: true, resp: map[string]any{"": map[string]any{}}},
-		{method: "GET", path: "/metrics", summary: "Prometheus metrics", public: true, text: true},
+		{method: "GET", path: "/metrics", summary: "Prometheus metrics (opt-in; bearer token when configured)", public: true, text: true, errors: []int{401, 404}},
 	}
 	ops = append(ops, crud("/v1/sources", "source", "sources", SourceInput{}, Source{}, map[string]string{"status": "string"})...)
 	ops = append(ops, crud("/v1/destinations", "destination", "destinations", DestinationInput{}, Destination{}, map[string]string{"status": "string"})...)
@@ -161,6 +161,17 @@ func operations() []op {
 		{method: "GET", path: "/v1/issues/{id}", summary: "Get an issue", resp: map[string]any{"issue": Issue{}}, errors: []int{401, 404}},
 		{method: "PATCH", path: "/v1/issues/{id}", summary: "Acknowledge, resolve or snooze an issue", body: issueInputDoc{}, resp: map[string]any{"issue": Issue{}}, errors: []int{400, 401, 404, 409, 413}},
 		{method: "POST", path: "/v1/issues/{id}/retry", summary: "Retry an issue's deliveries", resp: map[string]any{"": EventRetryResult{}}, errors: []int{401, 404}},
+		{method: "POST", path: "/v1/auth/login", summary: "Exchange an API key (body or X-API-Key) for a session cookie", public: true, body: LoginInput{}, ok: 201,
+			resp: map[string]any{"session": Session{}}, errors: []int{400, 401, 403, 413}},
+		{method: "POST", path: "/v1/auth/logout", summary: "End the cookie's session", resp: map[string]any{"success": true}, errors: []int{400}},
+		{method: "GET", path: "/v1/auth/session", summary: "Who the request acts for", resp: map[string]any{"org_id": "", "env_id": "", "session_id": (*string)(nil), "api_key_id": (*string)(nil)}},
+		{method: "POST", path: "/v1/auth/api-keys", summary: "Create an API key (from a session)", body: APIKeyInput{}, ok: 201, resp: map[string]any{"api_key": CreatedKey{}}, errors: []int{400, 404, 413}},
+		{method: "GET", path: "/v1/auth/api-keys", summary: "List the environment's API keys", resp: map[string]any{"api_keys": []any{APIKey{}}}},
+		{method: "DELETE", path: "/v1/auth/api-keys/{id}", summary: "Revoke an API key at once (from a session)", resp: map[string]any{"success": true}, errors: []int{404}},
+		{method: "POST", path: "/v1/environments", summary: "Create an environment", body: EnvironmentInput{}, ok: 201, resp: map[string]any{"environment": Environment{}}, errors: []int{409, 413}},
+		{method: "GET", path: "/v1/environments", summary: "List the organization's environments", resp: map[string]any{"environments": []any{Environment{}}}},
+		{method: "GET", path: "/v1/environments/{id}", summary: "Get an environment", resp: map[string]any{"environment": Environment{}}, errors: []int{404}},
+		{method: "PATCH", path: "/v1/environments/{id}", summary: "Rename an environment or change its slug", body: EnvironmentInput{}, resp: map[string]any{"environment": Environment{}}, errors: []int{404, 409, 413}},
 		{method: "GET", path: "/v1/metrics/overview", summary: "Today's activity", resp: map[string]any{"overview": Overview{}}, errors: []int{401}},
 		{method: "GET", path: "/v1/metrics/volume", summary: "Events per source over time", query: window, resp: series(VolumePoint{}), errors: []int{400, 401}},
 		{method: "GET", path: "/v1/metrics/deliveries", summary: "Attempts per destination over time", query: window, resp: series(DeliveryPoint{}), errors: []int{400, 401}},
@@ -237,7 +248,10 @@ func OpenAPIDocument() map[string]any {
 			responses["503"] = map[string]any{"description": "Not healthy or not ready", "content": okBody["content"]} // same body, failing checks named
 		}
 		if !o.public {
-			responses["401"] = errResp
+			// Any authenticated call: 400 for a query parameter PostgreSQL
+			// cannot hold, 403 for a cookie-authenticated write that fails
+			// the CSRF checks.
+			responses["400"], responses["401"], responses["403"] = errResp, errResp, errResp
 		}
 		operation := map[string]any{"summary": o.summary, "operationId": operationID(o), "responses": responses}
 		if params != nil {

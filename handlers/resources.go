@@ -14,6 +14,7 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/internal/secretbox"
 )
 
 var slugPattern = regexp.MustCompile(`^[a-z0-9-]+$`)
@@ -167,22 +168,28 @@ type srcState struct {
 	DedupStrategy, DedupField              string
 	DedupWindow                            int
 	Allow, Deny                            []string
+	// secretErr is why the stored verification secret could not be read.
+	secretErr error
 }
 
 const sourceCols = `id, org_id, env_id, name, slug, description, status, created_at, updated_at,
 	verification_enabled, coalesce(verification_type, ''), coalesce(verification_secret, ''), coalesce(verification_header, ''),
 	dedup_enabled, coalesce(dedup_strategy, ''), coalesce(dedup_field, ''), dedup_window_seconds, ip_allowlist, ip_denylist`
 
-// maskSecret shows the last four characters of a secret.
+// maskRevealMin is the shortest secret whose last four characters are shown:
+// four characters of a shorter one give too much of it away.
+const maskRevealMin = 12
+
+// maskSecret shows the last four characters of a secret of at least
+// maskRevealMin characters, and nothing of a shorter one.
 func maskSecret(s string) *string {
 	if s == "" {
 		return nil
 	}
-	tail := s
-	if len(s) > 4 {
-		tail = s[len(s)-4:]
+	m := "****"
+	if len(s) >= maskRevealMin {
+		m += s[len(s)-4:]
 	}
-	m := "****" + tail
 	return &m
 }
 
@@ -198,17 +205,39 @@ func (s *Service) scanSourceState(row pgx.Row, extra ...any) (Source, srcState, 
 		return src, st, err
 	}
 	st.Name, st.Slug, st.Status, st.Description = src.Name, src.Slug, src.Status, src.Description
-	_ = json.Unmarshal(allow, &st.Allow)
-	_ = json.Unmarshal(deny, &st.Deny)
+	if err := json.Unmarshal(allow, &st.Allow); err != nil {
+		return src, st, fmt.Errorf("source %s ip_allowlist: %w", src.ID, err)
+	}
+	if err := json.Unmarshal(deny, &st.Deny); err != nil {
+		return src, st, fmt.Errorf("source %s ip_denylist: %w", src.ID, err)
+	}
+	secret, err := openSourceSecret(s.p.Secrets, src.ID, st.VerifySecret)
+	if err != nil {
+		// Shown masked; verification and updates that need it fail closed.
+		s.p.Log.Error("source secret unreadable", "source_id", src.ID, "err", err)
+		st.secretErr = err
+		secret = ""
+	}
+	st.VerifySecret = secret
 	src.Type = "http"
 	src.CreatedAt, src.UpdatedAt = isoTime(created), isoTime(updated)
 	src.IngestURL = strings.TrimRight(s.p.PublicURL, "/") + "/v1/ingest/" + src.ID
 	src.VerificationEnabled, src.DedupEnabled, src.DedupWindowSeconds = boolInt(st.VerifyEnabled), boolInt(st.DedupEnabled), st.DedupWindow
 	src.VerificationType, src.VerificationHeader = nullIfEmpty(st.VerifyType), nullIfEmpty(st.VerifyHeader)
 	src.VerificationSecret = maskSecret(st.VerifySecret)
+	if st.secretErr != nil {
+		m := "****"
+		src.VerificationSecret = &m
+	}
 	src.DedupStrategy, src.DedupField = nullIfEmpty(st.DedupStrategy), nullIfEmpty(st.DedupField)
-	allowJSON, _ := json.Marshal(st.Allow)
-	denyJSON, _ := json.Marshal(st.Deny)
+	allowJSON, err := json.Marshal(st.Allow)
+	if err != nil {
+		return src, st, err
+	}
+	denyJSON, err := json.Marshal(st.Deny)
+	if err != nil {
+		return src, st, err
+	}
 	src.IPAllowlist, src.IPDenylist = string(allowJSON), string(denyJSON)
 	return src, st, nil
 }
@@ -260,11 +289,12 @@ func (st *srcState) apply(in SourceInput) error {
 			st.VerifyType, st.VerifyEnabled = v, true
 		}
 	}
-	if in.VerificationSecret != nil {
+	if in.VerificationSecret != nil && !isMaskOf(*in.VerificationSecret, st.VerifySecret) {
+		// (The masked secret the API showed keeps the stored one.)
 		if len(*in.VerificationSecret) > 1024 {
 			return invalidf("'verification_secret' is longer than 1024 characters")
 		}
-		st.VerifySecret = *in.VerificationSecret
+		st.VerifySecret, st.secretErr = *in.VerificationSecret, nil
 	}
 	if in.VerificationHeader != nil {
 		if strings.ContainsAny(*in.VerificationHeader, " :\r\n") || len(*in.VerificationHeader) > 200 {
@@ -336,10 +366,10 @@ func (st *srcState) apply(in SourceInput) error {
 
 // snapshot is the source's configuration as its events record it: the
 // secret is represented by a fingerprint, never stored in the log.
-func (st srcState) snapshot(id string) map[string]any {
+func (st srcState) snapshot(id string, kr *secretbox.Keyring) map[string]any {
 	return map[string]any{"id": id, "name": st.Name, "slug": st.Slug, "description": st.Description, "status": st.Status,
 		"verification_enabled": st.VerifyEnabled, "verification_type": st.VerifyType, "verification_header": st.VerifyHeader,
-		"verification_secret_sha256": secretFingerprint(st.VerifySecret), "dedup_enabled": st.DedupEnabled,
+		"verification_secret_sha256": kr.Fingerprint(st.VerifySecret), "dedup_enabled": st.DedupEnabled,
 		"dedup_strategy": st.DedupStrategy, "dedup_field": st.DedupField, "dedup_window_seconds": st.DedupWindow,
 		"ip_allowlist": st.Allow, "ip_denylist": st.Deny}
 }
@@ -365,12 +395,25 @@ func checkTenantFields(t Tenant, org, env *string) error {
 // writeSource records the source's event and writes its row, in one transaction.
 func (s *Service) writeSource(ctx context.Context, t Tenant, id, evType string, st srcState, rid string) (Source, error) {
 	var out Source
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := s.recordConfig(ctx, tx, t, domain.StreamSource, id, evType, st.snapshot(id), rid); err != nil {
+	if st.secretErr != nil {
+		return out, fmt.Errorf("source secret: %w", st.secretErr)
+	}
+	sealed, err := sealSourceSecret(s.p.Secrets, id, st.VerifySecret)
+	if err != nil {
+		return out, err
+	}
+	allow, err := json.Marshal(st.Allow)
+	if err != nil {
+		return out, err
+	}
+	deny, err := json.Marshal(st.Deny)
+	if err != nil {
+		return out, err
+	}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := s.recordConfig(ctx, tx, t, domain.StreamSource, id, evType, st.snapshot(id, s.p.Secrets), rid); err != nil {
 			return err
 		}
-		allow, _ := json.Marshal(st.Allow)
-		deny, _ := json.Marshal(st.Deny)
 		now := s.now()
 		var err error
 		out, err = s.scanSource(tx.QueryRow(ctx, `INSERT INTO sources (id, org_id, env_id, name, slug, description, status, created_at, updated_at,
@@ -384,7 +427,7 @@ func (s *Service) writeSource(ctx context.Context, t Tenant, id, evType string, 
 				dedup_strategy = excluded.dedup_strategy, dedup_field = excluded.dedup_field,
 				dedup_window_seconds = excluded.dedup_window_seconds, ip_allowlist = excluded.ip_allowlist, ip_denylist = excluded.ip_denylist
 			RETURNING `+sourceCols, id, t.OrgID, t.EnvID, st.Name, st.Slug, st.Description, st.Status, now,
-			st.VerifyEnabled, st.VerifyType, st.VerifySecret, st.VerifyHeader, st.DedupEnabled, st.DedupStrategy, st.DedupField,
+			st.VerifyEnabled, st.VerifyType, sealed, st.VerifyHeader, st.DedupEnabled, st.DedupStrategy, st.DedupField,
 			st.DedupWindow, allow, deny))
 		return err
 	})
@@ -567,11 +610,15 @@ type destState struct {
 	PrevExpires    *time.Time
 	DisabledReason string
 	now            func() time.Time
+	// sealed is the destinations.secrets ciphertext as read; secrets are
+	// merged into the fields above only where the plaintext is needed.
+	sealed string
 }
 
 const destCols = `id, org_id, env_id, name, slug, url, method, headers, timeout_ms, retry_enabled, retry_max_attempts,
 	retry_backoff_type, retry_intervals, status, created_at, updated_at, circuit_breaker_enabled, circuit_breaker_threshold,
-	circuit_breaker_reset_ms, signing_config, coalesce(signing_previous_secret, ''), signing_previous_expires_at, coalesce(disabled_reason, '')`
+	circuit_breaker_reset_ms, signing_config, coalesce(signing_previous_secret, ''), signing_previous_expires_at, coalesce(disabled_reason, ''),
+	coalesce(secrets, '')`
 
 func scanDestination(row pgx.Row) (Destination, destState, error) {
 	var d Destination
@@ -583,7 +630,7 @@ func scanDestination(row pgx.Row) (Destination, destState, error) {
 	var cbEnabled bool
 	err := row.Scan(&d.ID, &d.OrgID, &d.EnvID, &d.Name, &d.Slug, &d.URL, &d.Method, &headers, &d.TimeoutMS, &retryEnabled,
 		&d.RetryMaxAttempts, &d.RetryBackoffType, &intervals, &d.Status, &created, &updated, &cbEnabled, &d.CircuitBreakerThreshold,
-		&d.CircuitBreakerResetMS, &signing, &st.PrevSecret, &st.PrevExpires, &st.DisabledReason)
+		&d.CircuitBreakerResetMS, &signing, &st.PrevSecret, &st.PrevExpires, &st.DisabledReason, &st.sealed)
 	if err != nil {
 		return d, st, err
 	}
@@ -591,7 +638,9 @@ func scanDestination(row pgx.Row) (Destination, destState, error) {
 	st.Circuit = domain.CircuitConfig{Enabled: cbEnabled, Threshold: d.CircuitBreakerThreshold, Reset: time.Duration(d.CircuitBreakerResetMS) * time.Millisecond}
 	if len(signing) > 0 && string(signing) != "null" {
 		st.Signing = &SigningConfig{}
-		_ = json.Unmarshal(signing, st.Signing)
+		if err := json.Unmarshal(signing, st.Signing); err != nil {
+			return d, st, fmt.Errorf("destination %s signing_config: %w", d.ID, err)
+		}
 		d.SigningConfig = st.Signing.masked()
 	}
 	d.DisabledReason = nullIfEmpty(st.DisabledReason)
@@ -601,8 +650,12 @@ func scanDestination(row pgx.Row) (Destination, destState, error) {
 	d.CreatedAt, d.UpdatedAt = isoTime(created), isoTime(updated)
 	st.Name, st.Slug, st.URL, st.Method, st.Status, st.TimeoutMS = d.Name, d.Slug, d.URL, d.Method, d.Status, d.TimeoutMS
 	st.Retry = domain.RetryPolicy{Enabled: retryEnabled, MaxRetries: d.RetryMaxAttempts, Backoff: d.RetryBackoffType}
-	_ = json.Unmarshal(headers, &st.Headers)
-	_ = json.Unmarshal(intervals, &st.Retry.Intervals)
+	if err := json.Unmarshal(headers, &st.Headers); err != nil {
+		return d, st, fmt.Errorf("destination %s headers: %w", d.ID, err)
+	}
+	if err := json.Unmarshal(intervals, &st.Retry.Intervals); err != nil {
+		return d, st, fmt.Errorf("destination %s retry_intervals: %w", d.ID, err)
+	}
 	return d, st, nil
 }
 
@@ -610,10 +663,14 @@ func (st *destState) apply(in DestinationInput) error {
 	if err := applyNameSlug(in.Name, in.Slug, &st.Name, &st.Slug); err != nil {
 		return err
 	}
-	if in.URL != nil {
+	if in.URL != nil && !(st.URL != "" && *in.URL == maskedURL(st.URL)) {
+		// (The URL as the API shows it, userinfo masked, keeps the stored one.)
 		u, err := url.Parse(*in.URL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || len(*in.URL) > 2048 {
 			return invalidf("'url' must be an absolute http(s) URL")
+		}
+		if u.User != nil && u.User.String() == "****" {
+			return invalidf("'url' has masked credentials (****@); send the URL with its real userinfo, or the unchanged URL")
 		}
 		st.URL = *in.URL
 	}
@@ -628,12 +685,17 @@ func (st *destState) apply(in DestinationInput) error {
 		if len(*in.Headers) > 50 {
 			return invalidf("'headers' may hold at most 50 headers")
 		}
+		next := make(map[string]string, len(*in.Headers))
 		for k, v := range *in.Headers {
-			if k == "" || strings.ContainsAny(k, " :\r\n") || strings.ContainsAny(v, "\r\n") {
+			if k == "" || len(k) > 200 || len(v) > 8192 || strings.ContainsAny(k, " :\r\n") || strings.ContainsAny(v, "\r\n") {
 				return invalidf("'headers' has an invalid header %q", k)
 			}
+			if cur, ok := st.Headers[k]; ok && credentialHeader(k) && isMaskOf(v, cur) {
+				v = cur // the masked value the API showed: unchanged
+			}
+			next[k] = v
 		}
-		st.Headers = *in.Headers
+		st.Headers = next
 	}
 	if in.TimeoutMS != nil {
 		if *in.TimeoutMS < 100 || *in.TimeoutMS > 120000 {
@@ -706,20 +768,46 @@ func (st *destState) apply(in DestinationInput) error {
 	return st.Retry.Validate()
 }
 
-// snapshot is the destination as its events record it; signing secrets
-// appear as fingerprints only.
-func (st destState) snapshot(id string) map[string]any {
-	snap := map[string]any{"id": id, "name": st.Name, "slug": st.Slug, "url": st.URL, "method": st.Method, "headers": st.Headers,
+// applyDestination validates a create or update onto st, including the
+// outbound policy's verdict on a URL whose host is an address literal.
+func (s *Service) applyDestination(st *destState, in DestinationInput) error {
+	if err := st.apply(in); err != nil {
+		return err
+	}
+	if in.URL != nil {
+		if err := s.p.Outbound.CheckURL(st.URL); err != nil {
+			return invalidf("'url' points to an address that is not allowed (loopback, private, link-local or reserved)")
+		}
+	}
+	return nil
+}
+
+// snapshot is the destination as its events record it: credentials (signing
+// secrets, credential headers, URL userinfo) appear as keyed fingerprints
+// only, never in plaintext or ciphertext.
+func (st destState) snapshot(id string, kr *secretbox.Keyring) map[string]any {
+	shownURL, shownHeaders, sec := splitSecrets(st)
+	snap := map[string]any{"id": id, "name": st.Name, "slug": st.Slug, "url": shownURL, "method": st.Method, "headers": shownHeaders,
 		"timeout_ms": st.TimeoutMS, "retry_enabled": st.Retry.Enabled, "retry_max_attempts": st.Retry.MaxRetries,
 		"retry_backoff_type": st.Retry.Backoff, "retry_intervals": st.Retry.Intervals, "status": st.Status,
 		"circuit_breaker_enabled": st.Circuit.Enabled, "circuit_breaker_threshold": st.Circuit.Threshold,
 		"circuit_breaker_reset_ms": st.Circuit.Reset.Milliseconds()}
+	if len(sec.Headers) > 0 || sec.URL != "" {
+		fps := map[string]string{}
+		for k, v := range sec.Headers {
+			fps["header:"+k] = kr.Fingerprint(v)
+		}
+		if sec.URL != "" {
+			fps["url"] = kr.Fingerprint(sec.URL)
+		}
+		snap["secret_fingerprints"] = fps
+	}
 	if st.Signing != nil {
 		sc := st.Signing.masked()
-		sc["secret_sha256"] = secretFingerprint(st.Signing.Secret)
+		sc["secret_sha256"] = kr.Fingerprint(st.Signing.Secret)
 		delete(sc, "secret")
 		if st.PrevSecret != "" {
-			sc["previous_secret_sha256"], sc["previous_secret_expires_at"] = secretFingerprint(st.PrevSecret), st.PrevExpires
+			sc["previous_secret_sha256"], sc["previous_secret_expires_at"] = kr.Fingerprint(st.PrevSecret), st.PrevExpires
 		}
 		snap["signing_config"] = sc
 	}
@@ -730,21 +818,31 @@ func (st destState) snapshot(id string) map[string]any {
 func (s *Service) writeDestination(ctx context.Context, t Tenant, id, evType string, st destState, rid string) (Destination, error) {
 	var out Destination
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := s.recordConfig(ctx, tx, t, domain.StreamDestination, id, evType, st.snapshot(id), rid); err != nil {
+		shownURL, shownHeaders, sec := splitSecrets(st)
+		sealed, err := sealDest(s.p.Secrets, id, sec)
+		if err != nil {
 			return err
 		}
-		headers, _ := json.Marshal(st.Headers)
-		intervals, _ := json.Marshal(st.Retry.Intervals)
-		var signing []byte
-		if st.Signing != nil {
-			signing, _ = json.Marshal(st.Signing)
+		if err := s.recordConfig(ctx, tx, t, domain.StreamDestination, id, evType, st.snapshot(id, s.p.Secrets), rid); err != nil {
+			return err
 		}
-		var err error
+		headers, err := json.Marshal(shownHeaders)
+		if err != nil {
+			return err
+		}
+		intervals, err := json.Marshal(st.Retry.Intervals)
+		if err != nil {
+			return err
+		}
+		signing, err := st.Signing.stored()
+		if err != nil {
+			return err
+		}
 		out, _, err = scanDestination(tx.QueryRow(ctx, `INSERT INTO destinations (id, org_id, env_id, name, slug, url, method, headers, timeout_ms,
 				retry_enabled, retry_max_attempts, retry_backoff_type, retry_intervals, status, created_at, updated_at,
 				circuit_breaker_enabled, circuit_breaker_threshold, circuit_breaker_reset_ms, signing_config, signing_previous_secret,
-				signing_previous_expires_at, disabled_reason)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16, $17, $18, $19, NULLIF($20, ''), $21, NULLIF($22, ''))
+				signing_previous_expires_at, disabled_reason, secrets)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16, $17, $18, $19, NULL, $20, NULLIF($21, ''), NULLIF($22, ''))
 			ON CONFLICT (id) DO UPDATE SET name = excluded.name, slug = excluded.slug, url = excluded.url, method = excluded.method,
 				headers = excluded.headers, timeout_ms = excluded.timeout_ms, retry_enabled = excluded.retry_enabled,
 				retry_max_attempts = excluded.retry_max_attempts, retry_backoff_type = excluded.retry_backoff_type,
@@ -752,11 +850,11 @@ func (s *Service) writeDestination(ctx context.Context, t Tenant, id, evType str
 				circuit_breaker_enabled = excluded.circuit_breaker_enabled, circuit_breaker_threshold = excluded.circuit_breaker_threshold,
 				circuit_breaker_reset_ms = excluded.circuit_breaker_reset_ms, signing_config = excluded.signing_config,
 				signing_previous_secret = excluded.signing_previous_secret, signing_previous_expires_at = excluded.signing_previous_expires_at,
-				disabled_reason = excluded.disabled_reason
+				disabled_reason = excluded.disabled_reason, secrets = excluded.secrets
 			RETURNING `+destCols,
-			id, t.OrgID, t.EnvID, st.Name, st.Slug, st.URL, st.Method, headers, st.TimeoutMS, st.Retry.Enabled, st.Retry.MaxRetries,
+			id, t.OrgID, t.EnvID, st.Name, st.Slug, shownURL, st.Method, headers, st.TimeoutMS, st.Retry.Enabled, st.Retry.MaxRetries,
 			st.Retry.Backoff, intervals, st.Status, s.now(), st.Circuit.Enabled, st.Circuit.Threshold, st.Circuit.Reset.Milliseconds(),
-			signing, st.PrevSecret, st.PrevExpires, st.DisabledReason))
+			signing, st.PrevExpires, st.DisabledReason, sealed))
 		if err != nil {
 			return err
 		}
@@ -797,7 +895,7 @@ func (s *Service) CreateDestination(ctx context.Context, t Tenant, in Destinatio
 		sl := slugify(*in.Name)
 		in.Slug = &sl
 	}
-	if err := st.apply(in); err != nil {
+	if err := s.applyDestination(&st, in); err != nil {
 		return Destination{}, err
 	}
 	out, err := s.writeDestination(ctx, t, newID(), domain.EvDestinationCreated, st, rid)
@@ -827,6 +925,21 @@ func (s *Service) getDestination(ctx context.Context, t Tenant, id string) (Dest
 	return d, st, nil
 }
 
+// destinationForUpdate is getDestination with the secrets decrypted into
+// the state, for an update that must carry them over.
+func (s *Service) destinationForUpdate(ctx context.Context, t Tenant, id string) (destState, error) {
+	_, st, err := s.getDestination(ctx, t, id)
+	if err != nil {
+		return st, err
+	}
+	sec, err := openDest(s.p.Secrets, id, st.sealed)
+	if err != nil {
+		return st, fmt.Errorf("update destination: %w", err)
+	}
+	mergeSecrets(&st, sec)
+	return st, nil
+}
+
 // ListDestinations lists the tenant's destinations, newest first.
 func (s *Service) ListDestinations(ctx context.Context, t Tenant, status string) ([]Destination, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+destCols+` FROM destinations WHERE org_id = $1 AND env_id = $2 AND ($3 = '' OR status = $3) ORDER BY created_at DESC, id DESC LIMIT 1000`, t.OrgID, t.EnvID, status)
@@ -846,12 +959,12 @@ func (s *Service) UpdateDestination(ctx context.Context, t Tenant, id string, in
 	if in.OrgID != nil || in.EnvID != nil || in.Type != nil {
 		return Destination{}, invalidf("'org_id', 'env_id' and 'type' cannot be changed")
 	}
-	_, st, err := s.getDestination(ctx, t, id)
+	st, err := s.destinationForUpdate(ctx, t, id)
 	if err != nil {
 		return Destination{}, err
 	}
 	st.now = s.now
-	if err := st.apply(in); err != nil {
+	if err := s.applyDestination(&st, in); err != nil {
 		return Destination{}, err
 	}
 	out, err := s.writeDestination(ctx, t, id, domain.EvDestinationUpdated, st, rid)

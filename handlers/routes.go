@@ -14,6 +14,11 @@ import (
 	"github.com/hookstream/hookstream/domain"
 )
 
+// LongPollWrite is the write deadline of a request that waits for a
+// delivery's outcome; every other response must be written within the
+// server's WriteTimeout.
+const LongPollWrite = 150 * time.Second
+
 type tenantKey struct{}
 
 func tenantOf(r *http.Request) Tenant {
@@ -21,10 +26,22 @@ func tenantOf(r *http.Request) Tenant {
 	return t
 }
 
-// withAuth rejects requests without valid credentials (401) and scopes the rest.
+// withAuth rejects requests without valid credentials (401) and scopes the
+// rest; cookie-authenticated writes must also pass the CSRF checks (403),
+// and query parameters PostgreSQL cannot hold are a 400.
 func (a *API) withAuth(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		t, err := authenticate(r.Context(), a.p.Pool, r, a.p.Now())
+		now := a.p.Now()
+		t, err := authenticate(r.Context(), a.p.Pool, r, now, a.p.CookieSecret)
+		if err == nil && t.KeyID == "" {
+			err = checkCSRF(r) // authenticated by the session cookie
+		}
+		if err == nil {
+			err = checkQuery(r)
+		}
+		if err == nil && t.KeyID != "" {
+			err = a.usage.record(r.Context(), t.KeyID, now)
+		}
 		if err != nil {
 			writeError(w, r, a.p.Log, err)
 			return
@@ -135,6 +152,11 @@ func (a *API) registerDeliveryRoutes(r *mux.Router) {
 			}
 			wait = b
 		}
+		if wait {
+			// Waiting for the outcome outlives the server's write timeout: up to
+			// the destination's timeout (at most 120 s) plus recording.
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(LongPollWrite))
+		}
 		a.respond(w, r, http.StatusOK, "delivery_attempt")(svc.RetryAttempt(r.Context(), tenantOf(r), mux.Vars(r)["id"], wait, requestID(r)))
 	})).Methods(http.MethodPost)
 
@@ -240,7 +262,17 @@ func (a *API) registerDeliveryRoutes(r *mux.Router) {
 }
 
 func (a *API) ingest(w http.ResponseWriter, r *http.Request) {
-	limit := a.p.Service.p.MaxIngestBody
+	// The source first: an unknown one answers 404 before any upload is read.
+	target, err := a.p.Service.LookupIngest(r.Context(), mux.Vars(r)["source_id"])
+	if err != nil {
+		writeError(w, r, a.p.Log, err)
+		return
+	}
+	limit := a.p.Service.MaxIngestBody()
+	if r.ContentLength > limit {
+		writeError(w, r, a.p.Log, domain.Errorf(domain.ETooLarge, "Payload too large (limit %d bytes)", limit))
+		return
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var tooBig *http.MaxBytesError
@@ -252,8 +284,8 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ip, _, _ := net.SplitHostPort(r.RemoteAddr)
-	res, err := a.p.Service.Ingest(r.Context(), IngestRequest{
-		SourceID: mux.Vars(r)["source_id"], Method: r.Method, Headers: r.Header, Query: r.URL.Query(),
+	res, err := a.p.Service.Ingest(r.Context(), target, IngestRequest{
+		Method: r.Method, Headers: r.Header, Query: r.URL.Query(),
 		Body: body, SourceIP: ip, RequestID: requestID(r),
 	})
 	if err != nil {

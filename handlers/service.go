@@ -17,6 +17,7 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/internal/secretbox"
 )
 
 // ServiceParams configure the application service behind the API.
@@ -28,6 +29,12 @@ type ServiceParams struct {
 	PublicURL string // base of ingest URLs, e.g. http://127.0.0.1:8080
 	// MaxIngestBody bounds ingested bodies (413 above it); default 1 MiB.
 	MaxIngestBody int64
+	// Secrets encrypts signing and verification secrets, credential headers
+	// and URL userinfo at rest; without a key, storing one is refused.
+	Secrets *secretbox.Keyring
+	// Outbound refuses destination URLs whose host is a disallowed address
+	// literal (the zero policy refuses every non-public range).
+	Outbound OutboundPolicy
 }
 
 // Service is the application layer: every API call is one method here.
@@ -56,6 +63,9 @@ func NewService(p ServiceParams) *Service {
 	return &Service{p: p, pool: p.Pool, store: p.Store, now: func() time.Time { return p.Now().UTC() },
 		ingest: newGroupCommitter(p.Pool, p.Store, 4, 256)}
 }
+
+// MaxIngestBody is the largest webhook body ingest accepts, in bytes.
+func (s *Service) MaxIngestBody() int64 { return s.p.MaxIngestBody }
 
 // Close stops the ingest group committer; ingest calls after Close fail.
 func (s *Service) Close() { s.ingest.Close() }
@@ -87,24 +97,26 @@ type route struct {
 	rules                                                                   []domain.FilterRule
 }
 
-// Ingest runs the source's checks in hookstream's order (IP lists, then the
-// signature, then dedup) and stores the webhook (EventReceived) with one
-// DeliveryRequested per matching connection, in one group-committed
-// transaction, returning after commit. A paused connection still gets its
-// delivery (the dispatcher holds it); a disabled connection or destination
-// gets none, and the event records why.
-func (s *Service) Ingest(ctx context.Context, in IngestRequest) (IngestResult, error) {
-	if !validID(in.SourceID) {
-		return IngestResult{}, notFound("Source")
+// IngestTarget is a source looked up for ingest, with its routes: what the
+// webhook will be checked against and fanned out to.
+type IngestTarget struct {
+	src    Source
+	st     srcState
+	routes []route
+}
+
+// LookupIngest loads a source and its routes in one round trip, before the
+// body is read: an unknown source costs no upload. ENotFound for an unknown
+// or malformed id.
+func (s *Service) LookupIngest(ctx context.Context, sourceID string) (*IngestTarget, error) {
+	if !validID(sourceID) {
+		return nil, notFound("Source")
 	}
-	// One round trip: the source and its routes (a row per connection).
 	rows, err := s.pool.Query(ctx, `SELECT src.*, c.id, c.name, c.enabled, c.status, c.filter_rules, d.id, d.name, d.status, d.url, d.method
 		FROM (SELECT `+sourceCols+` FROM sources WHERE id = $1) src
 		LEFT JOIN connections c ON c.source_id = src.id LEFT JOIN destinations d ON d.id = c.destination_id
-		ORDER BY c.created_at, c.id`, in.SourceID)
-	var src Source
-	var st srcState
-	var routes []route
+		ORDER BY c.created_at, c.id`, sourceID)
+	var tg IngestTarget
 	found := false
 	if err == nil {
 		for rows.Next() {
@@ -112,7 +124,7 @@ func (s *Service) Ingest(ctx context.Context, in IngestRequest) (IngestResult, e
 			var cID, cName, cStatus, dID, dName, dStatus, url, method *string
 			var cEnabled *bool
 			var rules []byte
-			src, st, err = s.scanSourceState(rows, &cID, &cName, &cEnabled, &cStatus, &rules, &dID, &dName, &dStatus, &url, &method)
+			tg.src, tg.st, err = s.scanSourceState(rows, &cID, &cName, &cEnabled, &cStatus, &rules, &dID, &dName, &dStatus, &url, &method)
 			if err != nil {
 				break
 			}
@@ -122,8 +134,11 @@ func (s *Service) Ingest(ctx context.Context, in IngestRequest) (IngestResult, e
 			}
 			r.connID, r.connName, r.connEnabled, r.connStatus = *cID, *cName, *cEnabled, *cStatus
 			r.destID, r.destName, r.destStatus, r.url, r.method = *dID, *dName, *dStatus, *url, *method
-			_ = json.Unmarshal(rules, &r.rules)
-			routes = append(routes, r)
+			if err = json.Unmarshal(rules, &r.rules); err != nil {
+				err = fmt.Errorf("connection %s filter rules: %w", r.connID, err)
+				break
+			}
+			tg.routes = append(tg.routes, r)
 		}
 		rows.Close()
 		if err == nil {
@@ -131,11 +146,23 @@ func (s *Service) Ingest(ctx context.Context, in IngestRequest) (IngestResult, e
 		}
 	}
 	if err != nil {
-		return IngestResult{}, fmt.Errorf("ingest: look up source: %w", err)
+		return nil, fmt.Errorf("ingest: look up source: %w", err)
 	}
 	if !found {
-		return IngestResult{}, notFound("Source")
+		return nil, notFound("Source")
 	}
+	return &tg, nil
+}
+
+// Ingest runs the source's checks in hookstream's order (IP lists, then the
+// signature, then dedup) and stores the webhook (EventReceived) with one
+// DeliveryRequested per matching connection, in one group-committed
+// transaction, returning after commit. A paused connection still gets its
+// delivery (the dispatcher holds it); a disabled connection or destination
+// gets none, and the event records why. tg comes from LookupIngest.
+func (s *Service) Ingest(ctx context.Context, tg *IngestTarget, in IngestRequest) (IngestResult, error) {
+	src, st, routes := tg.src, tg.st, tg.routes
+	in.SourceID = src.ID
 	org, env := src.OrgID, src.EnvID
 	if st.Status == "disabled" {
 		return IngestResult{}, domain.Errorf(domain.EConflict, "Source is disabled")
@@ -144,12 +171,24 @@ func (s *Service) Ingest(ctx context.Context, in IngestRequest) (IngestResult, e
 		return IngestResult{}, domain.Errorf(domain.EForbidden, "%s", reason)
 	}
 	verification := "none"
+	if st.VerifyEnabled && st.secretErr != nil {
+		// Fail closed: a webhook is never accepted unverified.
+		return IngestResult{}, fmt.Errorf("ingest: %w", st.secretErr)
+	}
 	if st.VerifyEnabled {
 		if err := verifySignature(st, in, s.now()); err != nil {
 			return IngestResult{}, err
 		}
 		verification = "verified"
 	}
+	// Verification saw the real values; nothing after it does. Credentials a
+	// browser or a client attaches are never stored, nor given to filters.
+	rawHeaders := in.Headers
+	// What PostgreSQL text cannot hold is replaced, never a reason to refuse
+	// (and so lose) a webhook.
+	in.Headers = storableValues(redactIngestHeaders(in.Headers, st))
+	in.Query = storableValues(in.Query)
+	in.Method = storableText(in.Method)
 	contentType := first(in.Headers, "Content-Type")
 	input := domain.FilterInput{Headers: map[string]string{}, Method: in.Method, ContentType: contentType, SourceIP: in.SourceIP}
 	for k, v := range in.Headers {
@@ -210,7 +249,7 @@ func (s *Service) Ingest(ctx context.Context, in IngestRequest) (IngestResult, e
 	var key string
 	var dedup bool
 	if st.DedupEnabled {
-		key, dedup = domain.DedupKey(st.DedupStrategy, st.DedupField, in.Headers, in.Body)
+		key, dedup = domain.DedupKey(st.DedupStrategy, st.DedupField, rawHeaders, in.Body)
 	}
 	if !dedup {
 		if err := s.ingest.Append(ctx, append([]eventstore.StreamAppend{eventAppend(received)}, appends...), jobs); err != nil {
@@ -230,6 +269,39 @@ func (s *Service) Ingest(ctx context.Context, in IngestRequest) (IngestResult, e
 		return IngestResult{}, fmt.Errorf("ingest: append: %w", err)
 	}
 	return IngestResult{EventID: eventID, SourceID: in.SourceID}, nil
+}
+
+// Redacted is what a credential is stored as.
+const Redacted = "[redacted]"
+
+// credentialHeaders are request headers that carry a caller's credentials:
+// a session cookie sent along with a top-level navigation to an ingest URL
+// would otherwise be readable by the source's owner.
+var credentialHeaders = []string{"Cookie", "Authorization", "Proxy-Authorization", "X-API-Key"}
+
+// redactIngestHeaders returns h with credentials replaced by Redacted: the
+// credential headers, and the source's signature header when it verifies
+// with a secret. The input map is not changed.
+func redactIngestHeaders(h map[string][]string, st srcState) map[string][]string {
+	names := credentialHeaders
+	if st.VerifyEnabled && st.VerifyHeader != "" && st.VerifyType != domain.VerifyStdWebhooks {
+		names = append(names[:len(names):len(names)], st.VerifyHeader)
+	}
+	out := make(map[string][]string, len(h))
+	for k, v := range h {
+		secret := false
+		for _, n := range names {
+			if strings.EqualFold(k, n) {
+				secret = true
+				break
+			}
+		}
+		if secret {
+			v = []string{Redacted}
+		}
+		out[k] = v
+	}
+	return out
 }
 
 // verifySignature checks the webhook's signature over its raw body.

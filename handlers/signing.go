@@ -3,6 +3,7 @@ package handlers
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -63,7 +64,9 @@ func applySigning(cur *SigningConfig, in SigningInput) (*SigningConfig, error) {
 		}
 	}
 	set(&c.Mode, in.Mode)
-	set(&c.Secret, in.Secret)
+	if in.Secret != nil && !(cur != nil && isMaskOf(*in.Secret, cur.Secret)) {
+		c.Secret = *in.Secret // (the masked secret the API showed keeps the stored one)
+	}
 	set(&c.Algorithm, in.Algorithm)
 	set(&c.Header, in.Header)
 	set(&c.TimestampHeader, in.TimestampHeader)
@@ -108,14 +111,32 @@ func validHeaderName(h string) bool {
 	return h != "" && len(h) <= 200 && !strings.ContainsAny(h, " :\r\n\t")
 }
 
-// masked is the config as the API shows it: the secret's last four characters only.
+// masked is the config as the API shows it: the secret's last four
+// characters only (a stored config already holds the mask).
 func (c *SigningConfig) masked() map[string]any {
 	if c == nil {
 		return nil
 	}
-	return map[string]any{"mode": c.Mode, "secret": maskSecret(c.Secret), "algorithm": c.Algorithm, "header": c.Header,
+	secret := maskSecret(c.Secret)
+	if strings.HasPrefix(c.Secret, "****") {
+		secret = &c.Secret
+	}
+	return map[string]any{"mode": c.Mode, "secret": secret, "algorithm": c.Algorithm, "header": c.Header,
 		"prefix": c.Prefix, "include_timestamp": c.IncludeTimestamp, "timestamp_header": c.TimestampHeader,
 		"rotation_grace_seconds": c.RotationGraceSeconds}
+}
+
+// stored is the config as destinations.signing_config keeps it: the secret
+// masked (it is sealed in destinations.secrets). nil for no signing.
+func (c *SigningConfig) stored() ([]byte, error) {
+	if c == nil {
+		return nil, nil
+	}
+	cp := *c
+	if !strings.HasPrefix(cp.Secret, "****") {
+		cp.Secret = *maskSecret(cp.Secret)
+	}
+	return json.Marshal(cp)
 }
 
 // sign adds the signature headers for one request; previous, when not
@@ -155,13 +176,15 @@ func classifyError(err error, timedOut bool, timeoutMS int) (string, string) {
 	var recordErr tls.RecordHeaderError
 	var opErr *net.OpError
 	switch {
+	case errors.Is(err, ErrAddressNotAllowed):
+		return ErrAddressNotAllowed.Error(), "network"
 	case timedOut:
 		return fmt.Sprintf("timeout after %dms", timeoutMS), "timeout"
 	case errors.As(err, &dnsErr):
 		if dnsErr.IsNotFound {
 			return "DNS error: no such host " + dnsErr.Name, "network"
 		}
-		return "DNS error: " + dnsErr.Error(), "network"
+		return "DNS error: lookup " + dnsErr.Name + ": " + dnsErr.Err, "network"
 	case errors.As(err, &certErr), errors.As(err, &unknownAuth), errors.As(err, &hostErr), errors.As(err, &invalid):
 		return "TLS error: certificate not trusted: " + rootCause(err), "network"
 	case errors.As(err, &recordErr):
@@ -169,7 +192,10 @@ func classifyError(err error, timedOut bool, timeoutMS int) (string, string) {
 	case strings.Contains(err.Error(), "tls:"):
 		return "TLS error: " + rootCause(err), "network"
 	case errors.As(err, &opErr) && opErr.Op == "dial":
-		return "connection error: " + rootCause(err), "network"
+		return "connection error: " + describeDialError(err), "network"
+	case errors.As(err, &opErr):
+		// Never the addresses: they would map the tenant's DNS to our network.
+		return "network error: " + describeDialError(err), "network"
 	}
 	return "network error: " + rootCause(err), "network"
 }
@@ -203,16 +229,20 @@ func retryAfter(status int, h http.Header, now time.Time) int64 {
 	return min(max(d, time.Second), domain.MaxRetryAfter).Milliseconds()
 }
 
-// redactSignature is the sent headers as an attempt records them: the
-// signature itself is not kept.
-func redactSignature(h http.Header, c *SigningConfig) http.Header {
-	if c == nil {
-		return h
-	}
+// redactSent is the sent headers as an attempt records them: the signature
+// and the destination's credential headers are not kept.
+func redactSent(h http.Header, custom map[string]string, c *SigningConfig) http.Header {
 	out := h.Clone()
-	for _, k := range []string{c.Header, "webhook-signature"} {
-		if out.Get(k) != "" {
-			out.Set(k, "[redacted]")
+	for k := range custom {
+		if credentialHeader(k) && out.Get(k) != "" {
+			out.Set(k, Redacted)
+		}
+	}
+	if c != nil {
+		for _, k := range []string{c.Header, "webhook-signature"} {
+			if out.Get(k) != "" {
+				out.Set(k, Redacted)
+			}
 		}
 	}
 	return out

@@ -2,12 +2,15 @@ package handlers
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -22,21 +25,84 @@ import (
 type Tenant struct {
 	OrgID string
 	EnvID string
-	Actor string // "api_key:<id>" or "session"
+	Actor string // "api_key:<id>" or "session:<id>"
+	// KeyID is the API key that authenticated the request ("" for a session).
+	KeyID string
+	// SessionID is the session of a cookie-authenticated request.
+	SessionID string
 }
 
-// sessionCookie is Better Auth's session cookie name.
-const sessionCookie = "better-auth.session_token"
+// sessionCookie is Better Auth's session cookie name; securePrefix is the
+// prefix Better Auth puts on it when served over HTTPS.
+const (
+	sessionCookie = "better-auth.session_token"
+	securePrefix  = "__Secure-"
+)
 
 func hashSecret(s string) []byte {
 	h := sha256.Sum256([]byte(s))
 	return h[:]
 }
 
+// signCookie is a session token as Better Auth writes its cookie:
+// "<token>.<base64 HMAC-SHA256(secret, token)>", URL-encoded. Without a
+// secret the token stands alone.
+func signCookie(secret []byte, token string) string {
+	if len(secret) == 0 {
+		return token
+	}
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(token))
+	return url.QueryEscape(token + "." + base64.StdEncoding.EncodeToString(m.Sum(nil)))
+}
+
+// SessionCookie is the Cookie header pair a client sends for a session:
+// "better-auth.session_token=<value>".
+func SessionCookie(secret []byte, token string) string {
+	return sessionCookie + "=" + signCookie(secret, token)
+}
+
+// cookieToken returns the session token of a cookie value, checking its
+// signature when a secret is configured ("" when it does not verify).
+func cookieToken(secret []byte, value string) string {
+	if v, err := url.QueryUnescape(value); err == nil {
+		value = v
+	}
+	if len(secret) == 0 {
+		return value
+	}
+	i := strings.LastIndexByte(value, '.')
+	if i <= 0 {
+		return ""
+	}
+	token, sig := value[:i], value[i+1:]
+	got, err := base64.StdEncoding.DecodeString(sig)
+	if err != nil {
+		return ""
+	}
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(token))
+	if !hmac.Equal(got, m.Sum(nil)) {
+		return ""
+	}
+	return token
+}
+
+// sessionCookieValue is the request's session cookie (plain or __Secure-).
+func sessionCookieValue(r *http.Request) string {
+	for _, name := range []string{sessionCookie, securePrefix + sessionCookie} {
+		if c, err := r.Cookie(name); err == nil && c.Value != "" {
+			return c.Value
+		}
+	}
+	return ""
+}
+
 // authenticate resolves the request's credentials: X-API-Key, the same key as
 // a Bearer token, then the session cookie (also when a key was given but is
-// invalid, as hookstream's combinedAuth does).
-func authenticate(ctx context.Context, pool *pgxpool.Pool, r *http.Request, now time.Time) (Tenant, error) {
+// invalid, as hookstream's combinedAuth does). Revoked keys and expired
+// sessions are refused at once: nothing is cached.
+func authenticate(ctx context.Context, pool *pgxpool.Pool, r *http.Request, now time.Time, cookieSecret []byte) (Tenant, error) {
 	key := r.Header.Get("X-API-Key")
 	if key == "" {
 		if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
@@ -45,25 +111,30 @@ func authenticate(ctx context.Context, pool *pgxpool.Pool, r *http.Request, now 
 	}
 	if key != "" {
 		var t Tenant
-		var id string
-		err := pool.QueryRow(ctx, `SELECT id, org_id, env_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL`, hashSecret(key)).Scan(&id, &t.OrgID, &t.EnvID)
+		err := pool.QueryRow(ctx, `SELECT id, org_id, env_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL`, hashSecret(key)).Scan(&t.KeyID, &t.OrgID, &t.EnvID)
 		if err == nil {
-			t.Actor = "api_key:" + id
+			t.Actor = "api_key:" + t.KeyID
 			return t, nil
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
 			return Tenant{}, fmt.Errorf("look up api key: %w", err)
 		}
 	}
-	if c, err := r.Cookie(sessionCookie); err == nil && c.Value != "" {
-		var t Tenant
-		err := pool.QueryRow(ctx, `SELECT org_id, env_id FROM sessions WHERE token_hash = $1 AND expires_at > $2`, hashSecret(c.Value), now).Scan(&t.OrgID, &t.EnvID)
-		if err == nil {
-			t.Actor = "session"
-			return t, nil
-		}
-		if !errors.Is(err, pgx.ErrNoRows) {
-			return Tenant{}, fmt.Errorf("look up session: %w", err)
+	if v := sessionCookieValue(r); v != "" {
+		if token := cookieToken(cookieSecret, v); token != "" {
+			var t Tenant
+			var id *string
+			err := pool.QueryRow(ctx, `SELECT id, org_id, env_id FROM sessions WHERE token_hash = $1 AND expires_at > $2`, hashSecret(token), now).Scan(&id, &t.OrgID, &t.EnvID)
+			if err == nil {
+				if id != nil {
+					t.SessionID = *id
+				}
+				t.Actor = "session:" + t.SessionID
+				return t, nil
+			}
+			if !errors.Is(err, pgx.ErrNoRows) {
+				return Tenant{}, fmt.Errorf("look up session: %w", err)
+			}
 		}
 	}
 	return Tenant{}, domain.Errorf(domain.EUnauthorized, "Unauthorized")
@@ -71,13 +142,14 @@ func authenticate(ctx context.Context, pool *pgxpool.Pool, r *http.Request, now 
 
 // CreatedKey is a new API key; Key is shown once and never stored.
 type CreatedKey struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Key       string    `json:"key"`
-	KeyPrefix string    `json:"key_prefix"`
-	OrgID     string    `json:"org_id"`
-	EnvID     string    `json:"env_id"`
-	CreatedAt time.Time `json:"created_at"`
+	ID        string  `json:"id"`
+	Name      string  `json:"name"`
+	Key       string  `json:"key"`
+	KeyPrefix string  `json:"key_prefix"`
+	Scopes    *string `json:"scopes"`
+	OrgID     string  `json:"org_id"`
+	EnvID     string  `json:"env_id"`
+	CreatedAt string  `json:"created_at"`
 }
 
 // KeyParams describe a key to create. Empty OrgID/EnvID pick the first
@@ -86,7 +158,11 @@ type KeyParams struct {
 	Name  string
 	OrgID string
 	EnvID string
-	Test  bool // hs_test_ instead of hs_live_
+	Test  bool // hs_test_ instead of hs_live_; without EnvID, the organization's "test" environment
+	// Scopes is stored and listed as given (hookstream's default "*").
+	Scopes *string
+	// Actor records who created the key (default "cli").
+	Actor string
 }
 
 // CreateAPIKey creates an API key (and records APIKeyCreated, without the secret).
@@ -96,7 +172,10 @@ func CreateAPIKey(ctx context.Context, pool *pgxpool.Pool, store *eventstore.Sto
 		store = eventstore.New(nil)
 	}
 	if strings.TrimSpace(p.Name) == "" {
-		return CreatedKey{}, domain.Errorf(domain.EInvalid, "key name is required")
+		return CreatedKey{}, domain.Errorf(domain.EInvalid, "Invalid body: 'name' is required")
+	}
+	if len(p.Name) > 200 {
+		return CreatedKey{}, domain.Errorf(domain.EInvalid, "Invalid body: 'name' must be at most 200 characters")
 	}
 	var out CreatedKey
 	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
@@ -109,6 +188,13 @@ func CreateAPIKey(ctx context.Context, pool *pgxpool.Pool, store *eventstore.Sto
 			if p.EnvID == "" {
 				p.EnvID = env
 			}
+		}
+		if p.EnvID == "" && p.Test {
+			env, err := testEnvironment(ctx, tx, p.OrgID, now)
+			if err != nil {
+				return err
+			}
+			p.EnvID = env
 		}
 		if p.EnvID == "" {
 			if err := tx.QueryRow(ctx, `SELECT id FROM environments WHERE org_id = $1 ORDER BY created_at LIMIT 1`, p.OrgID).Scan(&p.EnvID); err != nil {
@@ -134,15 +220,19 @@ func CreateAPIKey(ctx context.Context, pool *pgxpool.Pool, store *eventstore.Sto
 			prefix = "hs_test_"
 		}
 		key := prefix + hex.EncodeToString(raw)
-		out = CreatedKey{ID: newID(), Name: p.Name, Key: key, KeyPrefix: key[:12], OrgID: p.OrgID, EnvID: p.EnvID, CreatedAt: now.UTC()}
+		out = CreatedKey{ID: newID(), Name: p.Name, Key: key, KeyPrefix: key[:12], Scopes: p.Scopes, OrgID: p.OrgID, EnvID: p.EnvID, CreatedAt: isoTime(now)}
+		actor := p.Actor
+		if actor == "" {
+			actor = "cli"
+		}
 		if _, err := store.Append(ctx, tx, eventstore.StreamAppend{
 			StreamType: domain.StreamAPIKey, StreamID: out.ID, OrgID: p.OrgID, EnvID: p.EnvID, Expected: eventstore.NoStream,
-			Events: []eventstore.NewEvent{{Type: domain.EvAPIKeyCreated, Payload: map[string]any{"id": out.ID, "name": p.Name, "key_prefix": out.KeyPrefix}, Metadata: eventstore.Metadata{Actor: "cli"}}},
+			Events: []eventstore.NewEvent{{Type: domain.EvAPIKeyCreated, Payload: map[string]any{"id": out.ID, "name": p.Name, "key_prefix": out.KeyPrefix}, Metadata: eventstore.Metadata{Actor: actor}}},
 		}); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO api_keys (id, org_id, env_id, name, key_hash, key_prefix, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-			out.ID, p.OrgID, p.EnvID, p.Name, hashSecret(key), out.KeyPrefix, now)
+		_, err := tx.Exec(ctx, `INSERT INTO api_keys (id, org_id, env_id, name, key_hash, key_prefix, scopes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			out.ID, p.OrgID, p.EnvID, p.Name, hashSecret(key), out.KeyPrefix, p.Scopes, now)
 		return err
 	})
 	if err != nil {

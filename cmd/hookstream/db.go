@@ -99,9 +99,9 @@ func startLocalCluster(ctx context.Context) (*pgcluster.Cluster, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	if port, ok := c.Running(ctx); ok {
-		c.Port = port
-		return c, false, nil
+	if _, ok := c.Running(ctx); ok {
+		// Already running: Start only adopts it (and upgrades its auth).
+		return c, false, c.Start(ctx)
 	}
 	if err := c.Start(ctx); err != nil {
 		return nil, false, err

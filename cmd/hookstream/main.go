@@ -26,6 +26,14 @@ Usage:
   hookstream migrate            apply pending database migrations
   hookstream keys create --name NAME [--org ID --env ID] [--test] [--json]
                                 create an API key (printed once)
+  hookstream keys list [--org ID] [--env ID] [--json] | keys revoke ID
+                                list or revoke API keys (revocation is immediate)
+  hookstream orgs create --name NAME | envs create --org ID --name NAME | envs list --org ID
+                                organizations and their environments
+  hookstream sessions create [--org ID --env ID] [--ttl 168h]
+                                a browser session: prints its better-auth.session_token cookie
+  hookstream secrets gen-key|status|rotate-key
+                                encryption keys for stored secrets (see "hookstream secrets -h")
   hookstream devdb start        start the project-local PostgreSQL and print its DATABASE_URL
   hookstream devdb stop         stop the project-local PostgreSQL
   hookstream devdb exec [--durable] -- CMD
@@ -80,6 +88,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdEvents(ctx, args[1:], stdout, log)
 	case "replay":
 		err = cmdReplay(ctx, args[1:], stdout, stderr, log)
+	case "orgs", "envs", "sessions":
+		err = cmdTenancy(ctx, args[0], args[1:], stdout, log)
+	case "secrets":
+		err = cmdSecrets(ctx, args[1:], stdout, stderr, log)
 	case "devdb":
 		err = cmdDevDB(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-v":

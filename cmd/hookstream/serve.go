@@ -33,6 +33,9 @@ type serveConfig struct {
 	PerDestination int
 	LeaseMargin    time.Duration
 	API, Workers   bool
+	// MetricsAddr serves /metrics on its own listener; MetricsToken requires
+	// "Authorization: Bearer <token>" wherever it is served.
+	MetricsAddr, MetricsToken string
 }
 
 func parseServe(args []string) (serveConfig, error) {
@@ -51,6 +54,8 @@ func parseServe(args []string) (serveConfig, error) {
 	fs.BoolVar(&c.Workers, "workers", false, "run only the delivery workers")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 15*time.Second, "how long in-flight work may finish on shutdown")
 	fs.DurationVar(&c.ReadyMaxLag, "ready-max-lag", time.Minute, "consumer lag above which /v1/ready answers 503")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", envOr("HOOKSTREAM_METRICS_ADDR", ""), "serve /metrics on this address only, e.g. 127.0.0.1:9090 (HOOKSTREAM_METRICS_ADDR)")
+	fs.StringVar(&c.MetricsToken, "metrics-token", envOr("HOOKSTREAM_METRICS_TOKEN", ""), "require Authorization: Bearer TOKEN on /metrics (HOOKSTREAM_METRICS_TOKEN)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -86,6 +91,13 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	if cfg.Dev {
 		log.Warn("dev mode: deliveries to loopback addresses are allowed")
 	}
+	keyring, err := loadKeyring(db, log)
+	if err != nil {
+		return err
+	}
+	if err := prepareSecrets(ctx, db, keyring, log); err != nil {
+		return err
+	}
 	if err := bootstrapKey(ctx, db, stdout); err != nil {
 		return err
 	}
@@ -98,12 +110,36 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	if publicURL == "" {
 		publicURL = "http://" + ln.Addr().String()
 	}
-	svc := handlers.NewService(handlers.ServiceParams{Pool: db.Pool, Store: store, Log: log, PublicURL: publicURL, MaxIngestBody: cfg.MaxIngestBody})
+	svc := handlers.NewService(handlers.ServiceParams{Pool: db.Pool, Store: store, Log: log, PublicURL: publicURL, MaxIngestBody: cfg.MaxIngestBody, Outbound: policy, Secrets: keyring})
 	defer svc.Close()
 	metrics := handlers.NewMetrics(db.Pool, log)
-	api := handlers.NewAPI(handlers.APIParams{Service: svc, Pool: db.Pool, Log: log, Version: version, Metrics: metrics, ReadyMaxLag: cfg.ReadyMaxLag})
-	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
-	errc := make(chan error, 2)
+	cookieSecret, err := loadAuthSecret(db, log)
+	if err != nil {
+		return err
+	}
+	// /metrics names every tenant's destinations: on the API's address only
+	// behind a token (or in dev mode); otherwise on --metrics-addr.
+	metricsOnAPI := cfg.MetricsAddr == "" && (cfg.MetricsToken != "" || cfg.Dev)
+	if cfg.MetricsAddr == "" && !metricsOnAPI {
+		log.Warn("metrics are not served: set --metrics-addr (a private address) or --metrics-token")
+	}
+	api := handlers.NewAPI(handlers.APIParams{Service: svc, Pool: db.Pool, Log: log, Version: version, Metrics: metrics, ReadyMaxLag: cfg.ReadyMaxLag,
+		MetricsOnAPI: metricsOnAPI, MetricsToken: cfg.MetricsToken, CookieSecret: cookieSecret,
+		SecureCookies: strings.HasPrefix(publicURL, "https://")})
+	srv := newHTTPServer(api)
+	errc := make(chan error, 3)
+	if cfg.MetricsAddr != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return fmt.Errorf("listen on %s (metrics): %w", cfg.MetricsAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", metrics.Handler(cfg.MetricsToken))
+		msrv := newHTTPServer(mux)
+		go func() { errc <- msrv.Serve(mln) }()
+		defer msrv.Close()
+		log.Info("serving metrics", "addr", mln.Addr().String())
+	}
 	if cfg.API {
 		go func() { errc <- srv.Serve(ln) }()
 		fmt.Fprintf(stdout, "hookstream %s listening on %s\n", version, publicURL)
@@ -114,7 +150,7 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	engineCtx, stopEngine := context.WithCancel(ctx)
 	defer stopEngine()
 	if cfg.Workers {
-		engine := handlers.NewEngine(handlers.EngineParams{Pool: db.Pool, Store: store, Log: log, Outbound: policy,
+		engine := handlers.NewEngine(handlers.EngineParams{Pool: db.Pool, Store: store, Log: log, Outbound: policy, Secrets: keyring,
 			Lanes: cfg.Lanes, PerDestination: cfg.PerDestination, LeaseMargin: cfg.LeaseMargin, ShutdownGrace: cfg.ShutdownGrace, Metrics: metrics})
 		go func() { engineDone <- engine.Run(engineCtx) }()
 	} else {
@@ -154,6 +190,15 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 		return fmt.Errorf("engine: %w", engineErr)
 	}
 	return nil
+}
+
+// newHTTPServer bounds what a client can hold: header size and the time to
+// send headers and body, to receive the answer, and to keep an idle
+// connection. Routes that wait longer (retry with wait) extend their own
+// write deadline.
+func newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute,
+		WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 256 << 10}
 }
 
 func outboundPolicy(cfg serveConfig) (handlers.OutboundPolicy, error) {

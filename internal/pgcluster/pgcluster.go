@@ -8,6 +8,8 @@ package pgcluster
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -19,19 +21,31 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // ErrNoBinaries is returned when no PostgreSQL server binaries can be found.
 var ErrNoBinaries = errors.New("no PostgreSQL server binaries (initdb, pg_ctl) on PATH or in /usr/lib/postgresql/*/bin: install them, e.g. `apt-get install postgresql-15`")
 
 // Cluster is one PostgreSQL data directory and the server running on it.
+// The server listens on 127.0.0.1 only, with password (SCRAM) auth: another
+// local user cannot connect to it. The password sits beside the data
+// directory (DIR.password, mode 0600).
 type Cluster struct {
-	Dir     string // data directory
-	Port    int
-	binDir  string
-	cred    *syscall.Credential // nil when not root
-	ownerID [2]int
+	Dir      string // data directory
+	Port     int
+	binDir   string
+	cred     *syscall.Credential // nil when not root
+	ownerID  [2]int
+	password string
+	// upgrade is set for a cluster made before password auth: Start sets a
+	// password and switches its pg_hba.conf from trust to scram-sha-256.
+	upgrade bool
 }
+
+// passwordFile is where a cluster's superuser password is kept.
+func passwordFile(dir string) string { return filepath.Clean(dir) + ".password" }
 
 // Params configure Open.
 type Params struct {
@@ -94,10 +108,23 @@ func Open(ctx context.Context, p Params) (*Cluster, error) {
 	if err := os.Chown(p.Dir, c.ownerID[0], c.ownerID[1]); err != nil {
 		return nil, fmt.Errorf("chown data dir: %w", err)
 	}
+	if raw, err := os.ReadFile(passwordFile(p.Dir)); err == nil {
+		c.password = strings.TrimSpace(string(raw))
+	} else if c.password, err = newPassword(passwordFile(p.Dir)); err != nil {
+		return nil, err
+	}
 	if _, err := os.Stat(filepath.Join(p.Dir, "PG_VERSION")); err == nil {
+		hba, _ := os.ReadFile(filepath.Join(p.Dir, "pg_hba.conf"))
+		c.upgrade = strings.Contains(string(hba), "trust")
 		return c, nil
 	}
-	if out, err := c.run(ctx, "initdb", "-D", p.Dir, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"); err != nil {
+	pwfile, err := c.tempPasswordFile()
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(pwfile)
+	if out, err := c.run(ctx, "initdb", "-D", p.Dir, "-U", "postgres", "--auth-host=scram-sha-256", "--auth-local=scram-sha-256",
+		"--pwfile="+pwfile, "-E", "UTF8", "--locale=C", "--no-sync"); err != nil {
 		return nil, fmt.Errorf("initdb: %w: %s", err, out)
 	}
 	conf := []string{
@@ -121,6 +148,71 @@ func Open(ctx context.Context, p Params) (*Cluster, error) {
 	}
 	return c, nil
 }
+
+// newPassword makes a random password and keeps it in path (0600).
+func newPassword(path string) (string, error) {
+	raw := make([]byte, 24)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	pw := hex.EncodeToString(raw)
+	if err := os.WriteFile(path, []byte(pw+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write cluster password: %w", err)
+	}
+	return pw, nil
+}
+
+// tempPasswordFile writes the password where initdb (running as the
+// server's user) can read it; the caller removes it.
+func (c *Cluster) tempPasswordFile() (string, error) {
+	f, err := os.CreateTemp(filepath.Dir(c.Dir), ".pwfile-")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	if _, err := f.WriteString(c.password + "\n"); err != nil {
+		return "", err
+	}
+	if err := os.Chown(f.Name(), c.ownerID[0], c.ownerID[1]); err != nil {
+		return "", err
+	}
+	return f.Name(), nil
+}
+
+// upgradeAuth gives a trust-auth cluster (made by an older hookstream) its
+// password and switches it to scram-sha-256.
+func (c *Cluster) upgradeAuth(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", c.Port))
+	if err != nil {
+		return fmt.Errorf("connect to set the cluster password: %w", err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "SET password_encryption = 'scram-sha-256'"); err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, "ALTER USER postgres PASSWORD "+quoteLiteral(c.password)); err != nil {
+		return fmt.Errorf("set the cluster password: %w", err)
+	}
+	hbaPath := filepath.Join(c.Dir, "pg_hba.conf")
+	hba, err := os.ReadFile(hbaPath)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(hbaPath, []byte(strings.ReplaceAll(string(hba), "trust", "scram-sha-256")), 0o600); err != nil {
+		return err
+	}
+	if err := os.Chown(hbaPath, c.ownerID[0], c.ownerID[1]); err != nil {
+		return err
+	}
+	if out, err := c.run(ctx, "pg_ctl", "reload", "-D", c.Dir); err != nil {
+		return fmt.Errorf("pg_ctl reload: %w: %s", err, out)
+	}
+	c.upgrade = false
+	return nil
+}
+
+// quoteLiteral quotes a hex password as an SQL string literal.
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // unprivilegedUser returns the uid and gid of "postgres", creating a system
 // user of that name when it does not exist.
@@ -173,6 +265,9 @@ func (c *Cluster) Running(ctx context.Context) (int, bool) {
 func (c *Cluster) Start(ctx context.Context) error {
 	if port, ok := c.Running(ctx); ok {
 		c.Port = port
+		if c.upgrade {
+			return c.upgradeAuth(ctx)
+		}
 		return nil
 	}
 	port, err := freePort()
@@ -185,6 +280,9 @@ func (c *Cluster) Start(ctx context.Context) error {
 		return fmt.Errorf("pg_ctl start: %w: %s\n%s", err, out, lastLines(tail, 15))
 	}
 	c.Port = port
+	if c.upgrade {
+		return c.upgradeAuth(ctx)
+	}
 	return nil
 }
 
@@ -206,7 +304,7 @@ func (c *Cluster) Stop(ctx context.Context, immediate bool) error {
 
 // URL is the connection string of the cluster's "postgres" database.
 func (c *Cluster) URL(database string) string {
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", c.Port, database)
+	return fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/%s?sslmode=disable", c.password, c.Port, database)
 }
 
 func freePort() (int, error) {

@@ -1,0 +1,343 @@
+package handlers
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/eventstore"
+)
+
+// Accounts manages organizations, environments, API keys and sessions: the
+// tenancy the rest of the API is scoped by.
+type Accounts struct {
+	pool  *pgxpool.Pool
+	store *eventstore.Store
+}
+
+// NewAccounts returns the account manager over pool (store nil: a default store).
+func NewAccounts(pool *pgxpool.Pool, store *eventstore.Store) *Accounts {
+	if store == nil {
+		store = eventstore.New(nil)
+	}
+	return &Accounts{pool: pool, store: store}
+}
+
+// record appends one tenancy event in tx (its first write).
+func (a *Accounts) record(ctx context.Context, tx pgx.Tx, streamType, id, org, env, evType string, payload any, actor string) error {
+	_, err := a.store.Append(ctx, tx, eventstore.StreamAppend{
+		StreamType: streamType, StreamID: id, OrgID: org, EnvID: env, Expected: eventstore.AnyVersion,
+		Events: []eventstore.NewEvent{{Type: evType, Payload: payload, Metadata: eventstore.Metadata{Actor: actor}}},
+	})
+	return err
+}
+
+// ---- organizations and environments ----
+
+// Environment is hookstream's environment (project) object.
+type Environment struct {
+	ID        string `json:"id"`
+	OrgID     string `json:"org_id"`
+	Name      string `json:"name"`
+	Slug      string `json:"slug"`
+	CreatedAt string `json:"created_at"`
+}
+
+// EnvironmentInput is the body of POST and PATCH /v1/environments.
+type EnvironmentInput struct {
+	Name *string `json:"name"`
+	Slug *string `json:"slug"`
+}
+
+// Organization is a tenant with its first environment.
+type Organization struct {
+	ID          string      `json:"id"`
+	Name        string      `json:"name"`
+	CreatedAt   string      `json:"created_at"`
+	Environment Environment `json:"environment"`
+}
+
+// CreateOrganization creates an organization with a "Production" environment.
+func (a *Accounts) CreateOrganization(ctx context.Context, name, actor string, now time.Time) (Organization, error) {
+	if err := checkName("name", name); err != nil {
+		return Organization{}, err
+	}
+	org := Organization{ID: newID(), Name: name, CreatedAt: isoTime(now)}
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		if err := a.record(ctx, tx, domain.StreamOrg, org.ID, org.ID, "", domain.EvOrgCreated, map[string]any{"id": org.ID, "name": name}, actor); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3)`, org.ID, name, now); err != nil {
+			return err
+		}
+		var err error
+		org.Environment, err = a.insertEnvironment(ctx, tx, org.ID, "Production", "production", actor, now)
+		return err
+	})
+	if err != nil {
+		return Organization{}, fmt.Errorf("create organization: %w", err)
+	}
+	return org, nil
+}
+
+func (a *Accounts) insertEnvironment(ctx context.Context, tx pgx.Tx, org, name, slug, actor string, now time.Time) (Environment, error) {
+	env := Environment{ID: newID(), OrgID: org, Name: name, Slug: slug, CreatedAt: isoTime(now)}
+	if err := a.record(ctx, tx, domain.StreamEnvironment, env.ID, org, env.ID, domain.EvEnvironmentCreated,
+		map[string]any{"id": env.ID, "name": name, "slug": slug}, actor); err != nil {
+		return env, err
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO environments (id, org_id, name, slug, created_at) VALUES ($1, $2, $3, $4, $5)`, env.ID, org, name, slug, now)
+	return env, uniqueSlug(err)
+}
+
+// uniqueSlug turns a slug's unique violation into a 409.
+func uniqueSlug(err error) error {
+	var pg *pgconn.PgError
+	if errors.As(err, &pg) && pg.Code == "23505" {
+		return domain.Errorf(domain.EConflict, "Slug already exists")
+	}
+	return err
+}
+
+// CreateEnvironment adds an environment to the tenant's organization.
+func (a *Accounts) CreateEnvironment(ctx context.Context, t Tenant, in EnvironmentInput, now time.Time) (Environment, error) {
+	if in.Name == nil {
+		return Environment{}, invalidf("'name' is required")
+	}
+	if in.Slug == nil {
+		sl := slugify(*in.Name)
+		in.Slug = &sl
+	}
+	var name, slug string
+	if err := applyNameSlug(in.Name, in.Slug, &name, &slug); err != nil {
+		return Environment{}, err
+	}
+	var env Environment
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		var err error
+		env, err = a.insertEnvironment(ctx, tx, t.OrgID, name, slug, t.Actor, now)
+		return err
+	})
+	if err != nil {
+		return Environment{}, wrapInternal("create environment", err)
+	}
+	return env, nil
+}
+
+// wrapInternal adds context to errors outside the vocabulary only.
+func wrapInternal(what string, err error) error {
+	if err != nil && domain.ErrorCode(err) == domain.EInternal {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return err
+}
+
+const envCols = `id, org_id, name, slug, created_at`
+
+func scanEnvironment(row pgx.Row) (Environment, error) {
+	var e Environment
+	var created time.Time
+	err := row.Scan(&e.ID, &e.OrgID, &e.Name, &e.Slug, &created)
+	e.CreatedAt = isoTime(created)
+	return e, err
+}
+
+// ListEnvironments lists the tenant organization's environments, oldest first.
+func (a *Accounts) ListEnvironments(ctx context.Context, t Tenant) ([]Environment, error) {
+	rows, err := a.pool.Query(ctx, `SELECT `+envCols+` FROM environments WHERE org_id = $1 ORDER BY created_at, id LIMIT 1000`, t.OrgID)
+	out, err := collectRows(rows, err, scanEnvironment)
+	if err != nil {
+		return nil, fmt.Errorf("list environments: %w", err)
+	}
+	return out, nil
+}
+
+// GetEnvironment returns one of the organization's environments, or ENotFound.
+func (a *Accounts) GetEnvironment(ctx context.Context, t Tenant, id string) (Environment, error) {
+	if !validID(id) {
+		return Environment{}, notFound("Environment")
+	}
+	e, err := scanEnvironment(a.pool.QueryRow(ctx, `SELECT `+envCols+` FROM environments WHERE id = $1 AND org_id = $2`, id, t.OrgID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return e, notFound("Environment")
+	}
+	if err != nil {
+		return e, fmt.Errorf("get environment: %w", err)
+	}
+	return e, nil
+}
+
+// UpdateEnvironment renames an environment or changes its slug.
+func (a *Accounts) UpdateEnvironment(ctx context.Context, t Tenant, id string, in EnvironmentInput, now time.Time) (Environment, error) {
+	cur, err := a.GetEnvironment(ctx, t, id)
+	if err != nil {
+		return cur, err
+	}
+	if err := applyNameSlug(in.Name, in.Slug, &cur.Name, &cur.Slug); err != nil {
+		return cur, err
+	}
+	err = pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		if err := a.record(ctx, tx, domain.StreamEnvironment, id, t.OrgID, id, domain.EvEnvironmentUpdated,
+			map[string]any{"id": id, "name": cur.Name, "slug": cur.Slug}, t.Actor); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE environments SET name = $2, slug = $3 WHERE id = $1`, id, cur.Name, cur.Slug)
+		return uniqueSlug(err)
+	})
+	if err != nil {
+		return Environment{}, wrapInternal("update environment", err)
+	}
+	return cur, nil
+}
+
+// ---- API keys ----
+
+// APIKey is a key as GET /v1/auth/api-keys lists it: never the key itself.
+type APIKey struct {
+	ID           string  `json:"id"`
+	Name         string  `json:"name"`
+	KeyPrefix    string  `json:"key_prefix"`
+	Scopes       *string `json:"scopes"`
+	EnvID        string  `json:"env_id"`
+	RequestCount int64   `json:"request_count"`
+	Revoked      int     `json:"revoked"`
+	CreatedAt    string  `json:"created_at"`
+	LastUsedAt   *string `json:"last_used_at"`
+	RevokedAt    *string `json:"revoked_at"`
+}
+
+// APIKeyInput is the body of POST /v1/auth/api-keys.
+type APIKeyInput struct {
+	Name   *string `json:"name"`
+	OrgID  *string `json:"org_id"`
+	EnvID  *string `json:"env_id"`
+	Scopes *string `json:"scopes"`
+}
+
+// ListAPIKeys lists an environment's keys, newest first (revoked ones too).
+func (a *Accounts) ListAPIKeys(ctx context.Context, org, env string) ([]APIKey, error) {
+	rows, err := a.pool.Query(ctx, `SELECT id, name, key_prefix, scopes, env_id, request_count, revoked_at IS NOT NULL, created_at, last_used_at, revoked_at
+		FROM api_keys WHERE org_id = $1 AND ($2 = '' OR env_id = $2) ORDER BY created_at DESC, id DESC LIMIT 1000`, org, env)
+	out, err := collectRows(rows, err, func(row pgx.Row) (APIKey, error) {
+		var k APIKey
+		var revoked bool
+		var created time.Time
+		var used, revokedAt *time.Time
+		err := row.Scan(&k.ID, &k.Name, &k.KeyPrefix, &k.Scopes, &k.EnvID, &k.RequestCount, &revoked, &created, &used, &revokedAt)
+		k.Revoked, k.CreatedAt, k.LastUsedAt, k.RevokedAt = boolInt(revoked), isoTime(created), isoTimePtr(used), isoTimePtr(revokedAt)
+		return k, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list api keys: %w", err)
+	}
+	return out, nil
+}
+
+// RevokeAPIKey revokes one of the organization's keys at once, and ends the
+// sessions made from it. ENotFound for an unknown or foreign key; revoking
+// a revoked key changes nothing.
+func (a *Accounts) RevokeAPIKey(ctx context.Context, org, id, actor string, now time.Time) error {
+	if !validID(id) {
+		return notFound("API key")
+	}
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		var env string
+		var revoked bool
+		err := tx.QueryRow(ctx, `SELECT env_id, revoked_at IS NOT NULL FROM api_keys WHERE id = $1 AND org_id = $2 FOR UPDATE`, id, org).Scan(&env, &revoked)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return notFound("API key")
+		}
+		if err != nil || revoked {
+			return err
+		}
+		if err := a.record(ctx, tx, domain.StreamAPIKey, id, org, env, domain.EvAPIKeyRevoked, map[string]any{"id": id}, actor); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE api_keys SET revoked_at = $2 WHERE id = $1`, id, now); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `DELETE FROM sessions WHERE api_key_id = $1`, id)
+		return err
+	})
+	return wrapInternal("revoke api key", err)
+}
+
+// ---- sessions ----
+
+// DefaultSessionTTL is how long a session lasts (Better Auth's default).
+const DefaultSessionTTL = 7 * 24 * time.Hour
+
+// Session is a browser session (better-auth.session_token); the token is
+// returned once, at creation, and stored only as its SHA-256.
+type Session struct {
+	ID        string `json:"id"`
+	OrgID     string `json:"org_id"`
+	EnvID     string `json:"env_id"`
+	ExpiresAt string `json:"expires_at"`
+	CreatedAt string `json:"created_at"`
+	Token     string `json:"-"`
+}
+
+// CreateSession starts a session for a tenant (from an API key when keyID
+// is set: revoking the key ends it) lasting ttl.
+func (a *Accounts) CreateSession(ctx context.Context, org, env, keyID, createdBy string, ttl time.Duration, now time.Time) (Session, error) {
+	if ttl <= 0 {
+		ttl = DefaultSessionTTL
+	}
+	raw := make([]byte, 24)
+	if _, err := rand.Read(raw); err != nil {
+		return Session{}, err
+	}
+	s := Session{ID: newID(), OrgID: org, EnvID: env, ExpiresAt: isoTime(now.Add(ttl)), CreatedAt: isoTime(now),
+		Token: base64.RawURLEncoding.EncodeToString(raw)}
+	var key *string
+	if keyID != "" {
+		key = &keyID
+	}
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		if err := a.record(ctx, tx, domain.StreamSession, s.ID, org, env, domain.EvSessionCreated,
+			map[string]any{"id": s.ID, "api_key_id": keyID, "created_by": createdBy, "expires_at": s.ExpiresAt}, createdBy); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `INSERT INTO sessions (token_hash, id, org_id, env_id, expires_at, created_at, api_key_id, created_by)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, hashSecret(s.Token), s.ID, org, env, now.Add(ttl), now, key, createdBy)
+		return err
+	})
+	if err != nil {
+		return Session{}, fmt.Errorf("create session: %w", err)
+	}
+	return s, nil
+}
+
+// EndSession deletes a session (logout); expired sessions are removed with it.
+func (a *Accounts) EndSession(ctx context.Context, t Tenant, now time.Time) error {
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		if err := a.record(ctx, tx, domain.StreamSession, t.SessionID, t.OrgID, t.EnvID, domain.EvSessionEnded, map[string]any{"id": t.SessionID}, t.Actor); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `DELETE FROM sessions WHERE id = $1 OR expires_at < $2`, t.SessionID, now)
+		return err
+	})
+	return wrapInternal("end session", err)
+}
+
+// testEnvironment returns the organization's "test" environment for hs_test_
+// keys, creating it when missing.
+func testEnvironment(ctx context.Context, tx pgx.Tx, org string, now time.Time) (string, error) {
+	var env string
+	err := tx.QueryRow(ctx, `SELECT id FROM environments WHERE org_id = $1 AND slug = 'test'`, org).Scan(&env)
+	if err == nil || !errors.Is(err, pgx.ErrNoRows) {
+		return env, err
+	}
+	env = newID()
+	_, err = tx.Exec(ctx, `INSERT INTO environments (id, org_id, name, slug, created_at) VALUES ($1, $2, 'Test', 'test', $3)`, env, org, now)
+	return env, err
+}
