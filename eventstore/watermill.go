@@ -95,6 +95,8 @@ func (a SchemaAdapter) SelectQuery(p sql.SelectQueryParams) (sql.Query, error) {
 	if batch <= 0 {
 		batch = 100
 	}
+	// The picked rows are fetched by primary key one by one (LATERAL): a
+	// join would let the planner hash the whole table for a few hundred rows.
 	// A row comparison ordered on the raw columns is one range scan of the
 	// (transaction_id, global_position) index that stops after LIMIT rows.
 	// The OR-of-conditions form watermill's default uses, sorted on a cast,
@@ -130,7 +132,8 @@ func (a SchemaAdapter) SelectQuery(p sql.SelectQueryParams) (sql.Query, error) {
 		(SELECT transaction_id, global_position FROM scanned WHERE NOT EXISTS (SELECT 1 FROM scanned WHERE wanted)
 		 ORDER BY transaction_id DESC, global_position DESC LIMIT 1)
 	)
-	SELECT ` + cols + ` FROM picked p JOIN events e ON e.global_position = p.global_position
+	SELECT ` + cols + ` FROM picked p
+	CROSS JOIN LATERAL (SELECT * FROM events x WHERE x.global_position = p.global_position) e
 	ORDER BY p.transaction_id, p.global_position`
 	return sql.Query{Query: q, Args: append(append([]any{}, next.Args...), a.EventTypes)}, nil
 }
@@ -222,6 +225,9 @@ type SubscriberParams struct {
 	Backoff sql.BackoffManager
 	// EventTypes limits the group to these event types (all when empty).
 	EventTypes []string
+	// ScanWindow is how many log positions one filtered read looks at
+	// (default 10×BatchSize); make it small when the types are most of the log.
+	ScanWindow int
 }
 
 // NewSubscriber returns a watermill-sql subscriber that reads the events table
@@ -251,7 +257,7 @@ func NewSubscriber(pool *pgxpool.Pool, p SubscriberParams, logger watermill.Logg
 		ResendInterval: p.ResendInterval,
 		RetryInterval:  p.PollInterval * 4,
 		BackoffManager: p.Backoff,
-		SchemaAdapter:  SchemaAdapter{BatchSize: p.BatchSize, EventTypes: p.EventTypes},
+		SchemaAdapter:  SchemaAdapter{BatchSize: p.BatchSize, EventTypes: p.EventTypes, ScanWindow: p.ScanWindow},
 		OffsetsAdapter: OffsetsAdapter(),
 	}, logger)
 	if err != nil {

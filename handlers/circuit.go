@@ -63,14 +63,18 @@ func (e *Engine) recordOutcomes(ctx context.Context, tx pgx.Tx, jobs []dispatchJ
 	var destName string
 	var probe *string
 	c := domain.Circuit{}
-	load := func() error {
-		return tx.QueryRow(ctx, `SELECT d.circuit_breaker_enabled, d.circuit_breaker_threshold, d.circuit_breaker_reset_ms, d.name,
+	load := func(lock bool) error {
+		q := `SELECT d.circuit_breaker_enabled, d.circuit_breaker_threshold, d.circuit_breaker_reset_ms, d.name,
 				k.state, k.failure_count, k.opened_at, k.last_transition_at, k.probe_delivery_id
 			FROM destinations d JOIN destination_circuits k ON k.destination_id = d.id
-			WHERE d.id = $1 FOR UPDATE OF k`, dest).Scan(&cfg.Enabled, &cfg.Threshold, &resetMS, &destName,
+			WHERE d.id = $1`
+		if lock {
+			q += ` FOR UPDATE OF k`
+		}
+		return tx.QueryRow(ctx, q, dest).Scan(&cfg.Enabled, &cfg.Threshold, &resetMS, &destName,
 			&c.State, &c.Failures, &c.OpenedAt, &c.LastTransition, &probe)
 	}
-	err := load()
+	err := load(false)
 	if errors.Is(err, pgx.ErrNoRows) {
 		// Every destination gets its circuit row when it is written; create a missing one.
 		tag, ierr := tx.Exec(ctx, `INSERT INTO destination_circuits (destination_id, org_id, env_id)
@@ -81,7 +85,13 @@ func (e *Engine) recordOutcomes(ctx context.Context, tx pgx.Tx, jobs []dispatchJ
 		if tag.RowsAffected() == 0 {
 			return nil // the destination was deleted
 		}
-		err = load()
+		err = load(false)
+	}
+	// The circuit row is locked (serialising this destination's lanes) only
+	// when the batch can move it: a closed, clean circuit that sees only
+	// successes stays as it is, and a breaker that is off counts nothing.
+	if err == nil && cfg.Enabled && (c.State != domain.CircuitClosed || c.Failures != 0 || probe != nil || anyRequestFailed(jobs, results)) {
+		err = load(true)
 	}
 	if err != nil {
 		return fmt.Errorf("load circuit: %w", err)
@@ -99,7 +109,11 @@ func (e *Engine) recordOutcomes(ctx context.Context, tx pgx.Tx, jobs []dispatchJ
 			continue // not a request to the destination
 		}
 		md.CorrelationID = j.EventID
-		switch c.Record(r.Status == domain.AttemptSuccess, cfg, now) {
+		transition := ""
+		if cfg.Enabled {
+			transition = c.Record(r.Status == domain.AttemptSuccess, cfg, now)
+		}
+		switch transition {
 		case domain.EvCircuitOpened:
 			reason := fmt.Sprintf("%d consecutive failures", c.Failures)
 			if err := appendCircuitEvent(ctx, tx, e.p.Store, org, env, domain.EvCircuitOpened,
@@ -137,6 +151,18 @@ func (e *Engine) recordOutcomes(ctx context.Context, tx pgx.Tx, jobs []dispatchJ
 		return nil
 	}
 	return saveCircuit(ctx, tx, dest, org, env, c)
+}
+
+// anyRequestFailed reports whether a request of the batch reached the
+// destination and failed.
+func anyRequestFailed(jobs []dispatchJob, results []domain.DeliveryAttempted) bool {
+	for i, j := range jobs {
+		r := results[i]
+		if j.DestFound && !(r.Final != "" && r.ResponseStatus == nil) && r.Status != domain.AttemptSuccess {
+			return true
+		}
+	}
+	return false
 }
 
 // disableDestination sets a destination's status to disabled and records why.

@@ -50,7 +50,9 @@ type EngineParams struct {
 	LeaseMargin time.Duration
 	// Poll is the dispatcher's fallback poll when no notification wakes it (default 250ms).
 	Poll time.Duration
-	// ConsumerPoll is the consumer groups' poll interval (default 10ms).
+	// ConsumerPoll is the scheduler consumer group's poll interval after an
+	// empty read (default 100ms): writers write job rows themselves, so the
+	// scheduler only confirms them from the log and need not be prompt.
 	ConsumerPoll time.Duration
 	// ReplayPoll is how often running replays are checked for a due batch (default 100ms).
 	ReplayPoll time.Duration
@@ -79,7 +81,9 @@ type Engine struct {
 	cancelSends context.CancelFunc
 
 	lastProbeCheck time.Time // dispatcher goroutine only
-	claimLimit     int       // dispatcher goroutine only
+	lastRescue     time.Time // dispatcher goroutine only
+
+	projector *projections.Projector
 
 	lanes    chan int
 	mu       sync.Mutex
@@ -122,7 +126,7 @@ func NewEngine(p EngineParams) *Engine {
 		p.Poll = 250 * time.Millisecond
 	}
 	if p.ConsumerPoll <= 0 {
-		p.ConsumerPoll = 10 * time.Millisecond
+		p.ConsumerPoll = 100 * time.Millisecond
 	}
 	if p.ShutdownGrace <= 0 {
 		p.ShutdownGrace = 10 * time.Second
@@ -140,7 +144,7 @@ func NewEngine(p EngineParams) *Engine {
 		e.lanes <- i
 	}
 	e.sends, e.cancelSends = context.WithCancel(context.Background())
-	e.claimLimit = maxClaim
+	e.projector = projections.NewProjector(projections.ProjectorParams{Pool: p.Pool, Log: p.Log, Now: p.Now})
 	return e
 }
 
@@ -151,16 +155,17 @@ func (e *Engine) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The scheduler is a Watermill consumer group; the read models share one
+	// projector that reads each batch of the log once (projections.Projector).
 	for _, c := range []struct {
 		group string
 		types []string
 		apply func(eventstore.Event) ([]eventstore.Statement, error)
 	}{
 		{GroupScheduler, scheduleEvents, schedule},
-		{projections.GroupDeliveryAttempts, projections.DeliveryAttemptsEvents, projections.DeliveryAttempts},
-		{projections.GroupEvents, projections.EventsEvents, projections.Events},
 	} {
-		sub, err := eventstore.NewSubscriber(e.p.Pool, eventstore.SubscriberParams{ConsumerGroup: c.group, PollInterval: e.p.ConsumerPoll, EventTypes: c.types}, e.wlog)
+		sub, err := eventstore.NewSubscriber(e.p.Pool, eventstore.SubscriberParams{ConsumerGroup: c.group, PollInterval: e.p.ConsumerPoll,
+			BatchSize: 500, ScanWindow: 1000, EventTypes: c.types}, e.wlog)
 		if err != nil {
 			return err
 		}
@@ -211,6 +216,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	go func() { defer close(dispatchDone); e.dispatch(workCtx, bus) }()
 	replaysDone := make(chan struct{})
 	go func() { defer close(replaysDone); e.runReplays(workCtx) }()
+	projectorDone := make(chan struct{})
+	go func() { defer close(projectorDone); _ = e.projector.Run(workCtx) }()
 	go e.resolveIssues(workCtx)
 
 	var routerErr error
@@ -226,6 +233,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	}
 	<-dispatchDone
 	<-replaysDone
+	<-projectorDone
 	grace := time.AfterFunc(e.p.ShutdownGrace, e.cancelSends)
 	defer grace.Stop()
 	defer e.cancelSends()
@@ -281,6 +289,12 @@ func (e *Engine) dispatch(ctx context.Context, bus message.Publisher) {
 	ticker := time.NewTicker(e.p.Poll)
 	defer ticker.Stop()
 	for {
+		if now := e.p.Now(); now.Sub(e.lastRescue) >= time.Second {
+			e.lastRescue = now
+			if err := e.rescueExpiredLeases(ctx, now); err != nil && ctx.Err() == nil {
+				e.p.Log.Error("rescue expired leases", "err", err)
+			}
+		}
 		for {
 			n, err := e.claimAndPublish(ctx, bus)
 			if err != nil {
@@ -302,6 +316,15 @@ func (e *Engine) dispatch(ctx context.Context, bus message.Publisher) {
 	}
 }
 
+// rescueExpiredLeases hands back jobs whose lease ran out (their worker died
+// or lost its database): they become claimable again, by any worker, and
+// run under the same attempt id and idempotency key.
+func (e *Engine) rescueExpiredLeases(ctx context.Context, now time.Time) error {
+	_, err := e.p.Pool.Exec(ctx, `UPDATE delivery_jobs SET lease_until = NULL, leased_by = NULL
+		WHERE state = 'scheduled' AND lease_until < $1`, now.UTC())
+	return err
+}
+
 // listen turns NOTIFY hookstream_jobs (sent when jobs become due now) into
 // wake-ups; polling stays the fallback.
 func (e *Engine) listen(ctx context.Context) {
@@ -316,7 +339,7 @@ func (e *Engine) listen(ctx context.Context) {
 				if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
 					break
 				}
-				e.poke()
+				e.notified()
 			}
 		}
 		conn.Hijack().Close(context.Background()) //nolint:errcheck // a LISTENing connection is not returned to the pool
@@ -330,27 +353,57 @@ func (e *Engine) poke() {
 	}
 }
 
+// notified is a NOTIFY hookstream_jobs: new jobs (the dispatcher) and new
+// events (the projector).
+func (e *Engine) notified() {
+	e.poke()
+	e.projector.Wake()
+}
+
+// claimSQL leases due jobs, walking the destinations that have unleased due
+// jobs (a skip scan of delivery_jobs_claim_idx) and taking from each at most
+// its free capacity ($3/$4: destinations and what they can still take; any
+// other destination takes $5), oldest due first, $2 in all. Paused
+// destinations and open circuits are skipped once, at the destination, not
+// job by job; $6, when set, claims only those jobs (half-open circuits'
+// probes). A claimed job leaves the claim index, so in-flight jobs are never
+// walked past again.
 const claimSQL = `
-WITH c AS (
-    SELECT j.delivery_id, j.destination_id FROM delivery_jobs j
-    WHERE j.state = 'scheduled' AND j.due_at <= $1 AND (j.lease_until IS NULL OR j.lease_until < $1)
-      AND j.destination_id <> ALL($3::text[])
-      AND NOT EXISTS (SELECT 1 FROM destinations d WHERE d.id = j.destination_id AND d.status = 'paused')
-      AND NOT EXISTS (SELECT 1 FROM connections cn WHERE cn.id = j.connection_id AND cn.status = 'paused')
-      AND CASE WHEN $6::text[] IS NULL
-          -- an open or half-open circuit holds its destination's jobs ...
-          THEN NOT EXISTS (SELECT 1 FROM destination_circuits k WHERE k.destination_id = j.destination_id AND k.state <> 'closed')
-          -- ... except the probes handed in here
-          ELSE j.delivery_id = ANY($6) END
-    ORDER BY j.due_at
+WITH RECURSIVE dests AS (
+    (SELECT j.destination_id FROM delivery_jobs j
+     WHERE j.state = 'scheduled' AND j.lease_until IS NULL AND j.due_at <= $1
+     ORDER BY j.destination_id LIMIT 1)
+  UNION ALL
+    SELECT (SELECT j.destination_id FROM delivery_jobs j
+            WHERE j.state = 'scheduled' AND j.lease_until IS NULL AND j.due_at <= $1 AND j.destination_id > dests.destination_id
+            ORDER BY j.destination_id LIMIT 1)
+    FROM dests WHERE dests.destination_id IS NOT NULL
+), open AS (
+    SELECT d.destination_id,
+           coalesce((SELECT c.n FROM unnest($3::text[], $4::int[]) AS c(dest, n) WHERE c.dest = d.destination_id), $5::int) AS room
+    FROM dests d
+    WHERE d.destination_id IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM destinations x WHERE x.id = d.destination_id AND x.status = 'paused')
+      AND ($6::text[] IS NOT NULL
+           OR NOT EXISTS (SELECT 1 FROM destination_circuits k WHERE k.destination_id = d.destination_id AND k.state <> 'closed'))
+), c AS (
+    SELECT p.delivery_id, p.destination_id FROM open o
+    CROSS JOIN LATERAL (
+        SELECT j.delivery_id, j.destination_id FROM delivery_jobs j
+        WHERE j.destination_id = o.destination_id AND j.state = 'scheduled' AND j.lease_until IS NULL AND j.due_at <= $1
+          AND NOT EXISTS (SELECT 1 FROM connections cn WHERE cn.id = j.connection_id AND cn.status = 'paused')
+          AND ($6::text[] IS NULL OR j.delivery_id = ANY($6))
+        ORDER BY j.due_at
+        LIMIT o.room
+        FOR UPDATE OF j SKIP LOCKED) p
+    WHERE o.room > 0
     LIMIT $2
-    FOR UPDATE OF j SKIP LOCKED
 ), u AS (
     UPDATE delivery_jobs j
-    SET lease_until = $1 + (coalesce(d.timeout_ms, 30000) * interval '1 millisecond') + $5::interval, leased_by = $4
+    SET lease_until = $1 + (coalesce(d.timeout_ms, 30000) * interval '1 millisecond') + $8::interval, leased_by = $7
     FROM c LEFT JOIN destinations d ON d.id = c.destination_id
     WHERE j.delivery_id = c.delivery_id
-    RETURNING j.delivery_id, j.org_id, j.env_id, j.event_id, j.destination_id, j.attempt_id, j.attempt_number, j.version, j.received_uuid
+    RETURNING j.delivery_id, j.org_id, j.env_id, j.event_id, j.destination_id, j.attempt_id, j.attempt_number, j.version, j.received_uuid, j.due_at
 )
 SELECT u.delivery_id, u.org_id, u.env_id, u.event_id, u.destination_id, u.attempt_id, u.attempt_number, u.version,
        e.payload->>'body_b64', coalesce(e.payload->>'content_type', ''),
@@ -358,24 +411,29 @@ SELECT u.delivery_id, u.org_id, u.env_id, u.event_id, u.destination_id, u.attemp
        coalesce(d.retry_enabled, false), coalesce(d.retry_max_attempts, 0), coalesce(d.retry_backoff_type, 'exponential'),
        coalesce(d.retry_intervals, '[30]'), coalesce(d.status, ''), coalesce(d.disabled_reason, ''), d.signing_config,
        coalesce(d.signing_previous_expires_at > $1, false), coalesce(d.secrets, '')
-FROM u JOIN events e ON e.event_id = u.received_uuid
-LEFT JOIN destinations d ON d.id = u.destination_id`
+FROM u CROSS JOIN LATERAL (SELECT x.payload FROM events x WHERE x.event_id = u.received_uuid) e
+LEFT JOIN destinations d ON d.id = u.destination_id
+ORDER BY u.destination_id, u.due_at`
 
-// claimAndPublish claims due jobs, groups them per destination within the
-// per-destination bound, and hands each group to a free lane.
+// claimAndPublish claims due jobs within each destination's free capacity
+// and hands each destination's jobs, in batches, to free lanes.
 func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (int, error) {
+	free := len(e.lanes) * batchSize
+	if free == 0 {
+		return 0, nil
+	}
 	e.mu.Lock()
-	saturated := []string{}
+	var dests []string
+	var rooms []int32
 	for d, l := range e.inflight {
-		if l.requests >= e.p.PerDestination || l.batches >= e.maxBatches() {
-			saturated = append(saturated, d)
-		}
+		room := min(e.p.PerDestination-l.requests, (e.maxBatches()-l.batches)*batchSize)
+		dests, rooms = append(dests, d), append(rooms, int32(max(0, room)))
 	}
 	e.mu.Unlock()
 	// Circuits are checked for cooldowns and probes at most every 50 ms,
 	// not on every claim: a healthy engine pays one cheap query for it.
 	var probes []string
-	if now := time.Now(); now.Sub(e.lastProbeCheck) >= 50*time.Millisecond {
+	if now := e.p.Now(); now.Sub(e.lastProbeCheck) >= 50*time.Millisecond {
 		e.lastProbeCheck = now
 		var err error
 		if probes, err = e.circuitProbes(ctx); err != nil {
@@ -387,7 +445,7 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (in
 		if only != nil && len(only) == 0 {
 			continue
 		}
-		claimed, err := e.claim(ctx, saturated, only)
+		claimed, err := e.claim(ctx, dests, rooms, free-len(jobs), only)
 		if err != nil {
 			return 0, err
 		}
@@ -401,80 +459,67 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (in
 		}
 		byDest[j.DestinationID] = append(byDest[j.DestinationID], j)
 	}
-	var excess []string
 	for _, dest := range order {
-		group := byDest[dest]
-		e.mu.Lock()
-		load := e.inflight[dest]
-		if load == nil {
-			load = &destLoad{}
-			e.inflight[dest] = load
-		}
-		keep := min(len(group), max(0, e.p.PerDestination-load.requests), max(0, e.maxBatches()-load.batches)*batchSize)
-		for _, j := range group[keep:] {
-			excess = append(excess, j.DeliveryID)
-		}
-		group = group[:keep]
-		chunks := (len(group) + batchSize - 1) / batchSize
-		load.requests += len(group)
-		load.batches += chunks
-		e.mu.Unlock()
-		for len(group) > 0 {
-			chunk := group[:min(batchSize, len(group))]
-			group = group[len(chunk):]
-			var lane int
-			select {
-			case lane = <-e.lanes:
-			case <-ctx.Done():
-				// Unpublished jobs keep their leases; shutdown releases them.
-				e.finished(dest, len(chunk)+len(group), chunks, -1)
-				return len(jobs), ctx.Err()
-			}
-			chunks--
-			payload, _ := json.Marshal(chunk)
-			msg := message.NewMessage(newID(), payload)
-			msg.Metadata.Set("lane", strconv.Itoa(lane))
-			msg.Metadata.Set("destination_id", dest)
-			if err := bus.Publish(laneTopic(lane), msg); err != nil {
-				e.finished(dest, len(chunk)+len(group), chunks+1, lane)
-				return len(jobs), fmt.Errorf("publish batch: %w", err)
-			}
+		if err := e.publish(ctx, bus, dest, byDest[dest]); err != nil {
+			return len(jobs), err
 		}
 	}
-	if len(excess) > 0 {
-		if _, err := e.p.Pool.Exec(ctx, `UPDATE delivery_jobs SET lease_until = NULL, leased_by = NULL WHERE delivery_id = ANY($1) AND leased_by = $2`, excess, e.p.WorkerID); err != nil {
-			return len(jobs), fmt.Errorf("release excess jobs: %w", err)
-		}
-	}
-	e.adaptClaimLimit(len(jobs), len(excess))
-	return len(jobs) - len(excess), nil
+	return len(jobs), nil
 }
 
-// Claim sizes: a claim leases at most claimLimit jobs, between batchSize
-// and maxClaim.
-const maxClaim = 128
-
-// adaptClaimLimit sizes the next claim by what this one could use. When most
-// of a claim went back (its destinations had no room: one busy destination
-// with a backlog), leasing and handing back 128 rows per batch of 16 cost
-// more than the deliveries; the limit halves. It doubles again while claims
-// are used in full.
-func (e *Engine) adaptClaimLimit(claimed, handedBack int) {
-	switch kept := claimed - handedBack; {
-	case handedBack > kept:
-		e.claimLimit = max(batchSize, e.claimLimit/2)
-	case claimed >= e.claimLimit:
-		e.claimLimit = min(maxClaim, e.claimLimit*2)
+// publish hands one destination's claimed jobs to lanes, batchSize at a time.
+// A claim never exceeds the destination's room, so every job is taken.
+func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string, group []dispatchJob) error {
+	chunks := (len(group) + batchSize - 1) / batchSize
+	e.mu.Lock()
+	load := e.inflight[dest]
+	if load == nil {
+		load = &destLoad{}
+		e.inflight[dest] = load
 	}
+	load.requests += len(group)
+	load.batches += chunks
+	e.mu.Unlock()
+	for len(group) > 0 {
+		chunk := group[:min(batchSize, len(group))]
+		group = group[len(chunk):]
+		var lane int
+		select {
+		case lane = <-e.lanes:
+		case <-ctx.Done():
+			// Unpublished jobs keep their leases; shutdown releases them.
+			e.finished(dest, len(chunk)+len(group), chunks, -1)
+			return ctx.Err()
+		}
+		chunks--
+		payload, err := json.Marshal(chunk)
+		if err != nil {
+			e.finished(dest, len(chunk)+len(group), chunks+1, lane)
+			return fmt.Errorf("encode batch: %w", err)
+		}
+		msg := message.NewMessage(newID(), payload)
+		msg.Metadata.Set("lane", strconv.Itoa(lane))
+		msg.Metadata.Set("destination_id", dest)
+		if err := bus.Publish(laneTopic(lane), msg); err != nil {
+			e.finished(dest, len(chunk)+len(group), chunks+1, lane)
+			return fmt.Errorf("publish batch: %w", err)
+		}
+	}
+	return nil
 }
 
-// claim leases due jobs (only the given ones when only is not nil).
-func (e *Engine) claim(ctx context.Context, saturated, only []string) ([]dispatchJob, error) {
-	limit := e.claimLimit
+// claim leases due jobs: at most limit, each destination within its room
+// (dests/rooms; others PerDestination), only the given ones when only is
+// not nil.
+func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, limit int, only []string) ([]dispatchJob, error) {
 	if only != nil {
 		limit = len(only)
 	}
-	rows, err := e.p.Pool.Query(ctx, claimSQL, e.p.Now().UTC(), limit, saturated, e.p.WorkerID, e.p.LeaseMargin, only)
+	if limit <= 0 {
+		return nil, nil
+	}
+	defaultRoom := min(e.p.PerDestination, e.maxBatches()*batchSize)
+	rows, err := e.p.Pool.Query(ctx, claimSQL, e.p.Now().UTC(), limit, dests, rooms, defaultRoom, only, e.p.WorkerID, e.p.LeaseMargin)
 	if err != nil {
 		return nil, fmt.Errorf("claim jobs: %w", err)
 	}
@@ -617,6 +662,7 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 	for try := 0; ; try++ {
 		err := e.complete(ctx, jobs, results)
 		if err == nil {
+			e.projector.Wake()
 			e.p.Metrics.recordAttempts(jobs, results)
 			for i, r := range results {
 				attrs := []slog.Attr{slog.String("delivery_id", jobs[i].DeliveryID), slog.String("attempt_id", r.AttemptID),

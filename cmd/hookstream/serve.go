@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 	"strings"
 	"time"
@@ -36,6 +37,8 @@ type serveConfig struct {
 	// MetricsAddr serves /metrics on its own listener; MetricsToken requires
 	// "Authorization: Bearer <token>" wherever it is served.
 	MetricsAddr, MetricsToken string
+	// PprofAddr serves net/http/pprof on its own listener (profiling).
+	PprofAddr string
 }
 
 func parseServe(args []string) (serveConfig, error) {
@@ -55,6 +58,7 @@ func parseServe(args []string) (serveConfig, error) {
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 15*time.Second, "how long in-flight work may finish on shutdown")
 	fs.DurationVar(&c.ReadyMaxLag, "ready-max-lag", time.Minute, "consumer lag above which /v1/ready answers 503")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", envOr("HOOKSTREAM_METRICS_ADDR", ""), "serve /metrics on this address only, e.g. 127.0.0.1:9090 (HOOKSTREAM_METRICS_ADDR)")
+	fs.StringVar(&c.PprofAddr, "pprof-addr", envOr("HOOKSTREAM_PPROF_ADDR", ""), "serve Go's pprof profiles on this address, e.g. 127.0.0.1:6060 (HOOKSTREAM_PPROF_ADDR; never a public one)")
 	fs.StringVar(&c.MetricsToken, "metrics-token", envOr("HOOKSTREAM_METRICS_TOKEN", ""), "require Authorization: Bearer TOKEN on /metrics (HOOKSTREAM_METRICS_TOKEN)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -128,6 +132,20 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 		SecureCookies: strings.HasPrefix(publicURL, "https://")})
 	srv := newHTTPServer(api)
 	errc := make(chan error, 3)
+	if cfg.PprofAddr != "" {
+		pln, err := net.Listen("tcp", cfg.PprofAddr)
+		if err != nil {
+			return fmt.Errorf("listen on %s (pprof): %w", cfg.PprofAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		psrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = psrv.Serve(pln) }()
+		defer psrv.Close()
+		log.Info("serving pprof", "addr", pln.Addr().String())
+	}
 	if cfg.MetricsAddr != "" {
 		mln, err := net.Listen("tcp", cfg.MetricsAddr)
 		if err != nil {

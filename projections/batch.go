@@ -1,0 +1,256 @@
+package projections
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/eventstore"
+)
+
+// The batch forms of DeliveryAttempts and Events: the same rows as folding
+// the events one at a time (the rebuild tests hold them to that), written by
+// one statement per table per batch. Rows depend on each other in one
+// direction only — an event's row before its status, a delivery's helper row
+// before its attempts, attempts before the updates that mark them — so the
+// statements run in that order. Renames are the exception (a rename applies
+// to the rows before it, not after), so a batch is cut at each rename.
+
+// DeliveryAttemptsBatch folds evs (commit order) into delivery_attempts.
+func DeliveryAttemptsBatch(evs []eventstore.Event) ([]eventstore.Statement, error) {
+	var out []eventstore.Statement
+	var seg attemptsSegment
+	for _, e := range evs {
+		switch e.Type {
+		case domain.EvDestinationCreated, domain.EvDestinationUpdated, domain.EvConnectionCreated, domain.EvConnectionUpdated:
+			out = append(out, seg.statements()...)
+			seg = attemptsSegment{}
+			s, err := DeliveryAttempts(e)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, s...)
+		default:
+			if err := seg.add(e); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return append(out, seg.statements()...), nil
+}
+
+// attemptsSegment collects a run of delivery events between renames.
+type attemptsSegment struct {
+	// projected_deliveries rows
+	pdDelivery, pdEvent, pdConn, pdDest, pdConnName, pdDestName, pdReplay []string
+	// pending attempts (DeliveryRequested, RetryRequested)
+	pID, pOrg, pEnv, pDelivery, pURL, pMethod, pTrigger []string
+	pAt                                                 []time.Time
+	pNum                                                []int32
+	// attempts made (DeliveryAttempted), last one per attempt id
+	attempted map[string]int
+	a         []attemptRow
+	// per-event updates that follow the attempts
+	after []eventstore.Statement
+}
+
+type attemptRow struct {
+	org, env, delivery string
+	p                  domain.DeliveryAttempted
+}
+
+func (s *attemptsSegment) add(e eventstore.Event) error {
+	switch e.Type {
+	case domain.EvDeliveryRequested:
+		var p domain.DeliveryRequested
+		if err := json.Unmarshal(e.Payload, &p); err != nil {
+			return fmt.Errorf("project %s %s into delivery_attempts: %w", e.Type, e.EventID, err)
+		}
+		s.pdDelivery, s.pdEvent, s.pdConn, s.pdDest = append(s.pdDelivery, p.DeliveryID), append(s.pdEvent, p.EventID), append(s.pdConn, p.ConnectionID), append(s.pdDest, p.DestinationID)
+		s.pdConnName, s.pdDestName, s.pdReplay = append(s.pdConnName, p.ConnectionName), append(s.pdDestName, p.DestinationName), append(s.pdReplay, p.ReplayID)
+		s.pending(e, p.AttemptID, p.DeliveryID, 1, p.TriggerType, p.RequestURL, p.RequestMethod, p.RequestedAt)
+	case domain.EvRetryRequested:
+		var p domain.RetryRequested
+		if err := json.Unmarshal(e.Payload, &p); err != nil {
+			return fmt.Errorf("project %s %s into delivery_attempts: %w", e.Type, e.EventID, err)
+		}
+		s.pending(e, p.AttemptID, e.StreamID, p.AttemptNumber, domain.TriggerManual, p.RequestURL, p.RequestMethod, p.RequestedAt)
+	case domain.EvDeliveryAttempted:
+		var p domain.DeliveryAttempted
+		if err := json.Unmarshal(e.Payload, &p); err != nil {
+			return fmt.Errorf("project %s %s into delivery_attempts: %w", e.Type, e.EventID, err)
+		}
+		if s.attempted == nil {
+			s.attempted = map[string]int{}
+		}
+		row := attemptRow{org: e.OrgID, env: e.EnvID, delivery: e.StreamID, p: p}
+		if i, ok := s.attempted[p.AttemptID]; ok {
+			s.a[i] = row // the later recording wins, as one at a time
+		} else {
+			s.attempted[p.AttemptID] = len(s.a)
+			s.a = append(s.a, row)
+		}
+	default: // RetryScheduled, MovedToDLQ: updates of rows made above, in order
+		stmts, err := DeliveryAttempts(e)
+		if err != nil {
+			return err
+		}
+		s.after = append(s.after, stmts...)
+	}
+	return nil
+}
+
+func (s *attemptsSegment) pending(e eventstore.Event, id, delivery string, num int, trigger, url, method string, at time.Time) {
+	s.pID, s.pOrg, s.pEnv, s.pDelivery = append(s.pID, id), append(s.pOrg, e.OrgID), append(s.pEnv, e.EnvID), append(s.pDelivery, delivery)
+	s.pURL, s.pMethod, s.pTrigger = append(s.pURL, url), append(s.pMethod, method), append(s.pTrigger, trigger)
+	s.pAt, s.pNum = append(s.pAt, at), append(s.pNum, int32(num))
+}
+
+func (s *attemptsSegment) statements() []eventstore.Statement {
+	var out eventstore.Statements
+	if len(s.pdDelivery) > 0 {
+		out.Add(`INSERT INTO projected_deliveries (delivery_id, event_id, connection_id, destination_id, connection_name, destination_name, replay_id)
+			SELECT d, ev, c, dst, cn, dn, NULLIF(r, '') FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+				AS u(d, ev, c, dst, cn, dn, r)
+			ON CONFLICT (delivery_id) DO NOTHING`, s.pdDelivery, s.pdEvent, s.pdConn, s.pdDest, s.pdConnName, s.pdDestName, s.pdReplay)
+	}
+	if len(s.pID) > 0 {
+		out.Add(`INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
+				request_url, request_method, status, created_at, attempt_number, trigger_type, connection_name, destination_name, replay_id)
+			SELECT u.id, u.org, u.env, d.delivery_id, d.event_id, d.connection_id, d.destination_id, u.url, u.method, 'pending', u.at, u.num, u.trig,
+				d.connection_name, d.destination_name, d.replay_id
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::int[], $9::text[])
+				AS u(id, org, env, delivery, url, method, at, num, trig)
+			CROSS JOIN LATERAL (SELECT * FROM projected_deliveries x WHERE x.delivery_id = u.delivery) d
+			ON CONFLICT (id) DO NOTHING`, s.pID, s.pOrg, s.pEnv, s.pDelivery, s.pURL, s.pMethod, s.pAt, s.pNum, s.pTrigger)
+	}
+	if n := len(s.a); n > 0 {
+		id, org, env, delivery, url, method, reqHeaders, status, trigger := make([]string, n), make([]string, n), make([]string, n), make([]string, n),
+			make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		bodySize, duration, number := make([]int32, n), make([]int32, n), make([]int32, n)
+		respStatus := make([]*int32, n)
+		respHeaders, respBody, errMsg := make([]*string, n), make([]*string, n), make([]*string, n)
+		started := make([]time.Time, n)
+		for i, r := range s.a {
+			p := r.p
+			id[i], org[i], env[i], delivery[i], url[i], method[i] = p.AttemptID, r.org, r.env, r.delivery, p.RequestURL, p.RequestMethod
+			reqHeaders[i], status[i], trigger[i] = p.RequestHeaders, p.Status, p.TriggerType
+			bodySize[i], duration[i], number[i] = int32(p.RequestBodySize), int32(p.DurationMS), int32(p.AttemptNumber)
+			if p.ResponseStatus != nil {
+				v := int32(*p.ResponseStatus)
+				respStatus[i] = &v
+			}
+			respHeaders[i], respBody[i], errMsg[i], started[i] = p.ResponseHeaders, p.ResponseBody, p.Error, p.StartedAt
+		}
+		out.Add(`INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
+				request_url, request_method, request_headers, request_body_size, response_status, response_headers, response_body,
+				duration_ms, status, error, created_at, attempt_number, trigger_type, connection_name, destination_name, replay_id)
+			SELECT u.id, u.org, u.env, d.delivery_id, d.event_id, d.connection_id, d.destination_id, u.url, u.method, u.rh, u.bs, u.rs, u.rsh, u.rb,
+				u.dur, u.st, u.err, u.at, u.num, u.trig, d.connection_name, d.destination_name, d.replay_id
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::int[], $10::text[],
+				$11::text[], $12::int[], $13::text[], $14::text[], $15::timestamptz[], $16::int[], $17::text[])
+				AS u(id, org, env, delivery, url, method, rh, bs, rs, rsh, rb, dur, st, err, at, num, trig)
+			CROSS JOIN LATERAL (SELECT * FROM projected_deliveries x WHERE x.delivery_id = u.delivery) d
+			ON CONFLICT (id) DO UPDATE SET request_url = excluded.request_url, request_method = excluded.request_method,
+				request_headers = excluded.request_headers, request_body_size = excluded.request_body_size,
+				response_status = excluded.response_status, response_headers = excluded.response_headers,
+				response_body = excluded.response_body, duration_ms = excluded.duration_ms, status = excluded.status,
+				error = excluded.error, attempt_number = excluded.attempt_number, trigger_type = excluded.trigger_type`,
+			id, org, env, delivery, url, method, reqHeaders, bodySize, respStatus, respHeaders, respBody, duration, status, errMsg, started, number, trigger)
+	}
+	return append(out, s.after...)
+}
+
+// EventsBatch folds evs (commit order) into events_view: new events first,
+// then every delivery outcome (the latest per delivery), then the status of
+// each event they belong to.
+func EventsBatch(evs []eventstore.Event) ([]eventstore.Statement, error) {
+	var out eventstore.Statements
+	var (
+		id, org, env, src, srcName, srcSlug, method, ctype, ip, body, status, vstatus, dstatus, dhash []string
+		headers, query                                                                               [][]byte
+		size, deliveries                                                                             []int32
+		received                                                                                     []time.Time
+	)
+	type outcome struct {
+		event, outcome string
+		version        int64
+	}
+	outcomes := map[string]outcome{}
+	var order []string
+	for _, e := range evs {
+		switch e.Type {
+		case domain.EvEventReceived:
+			var p domain.EventReceived
+			if err := json.Unmarshal(e.Payload, &p); err != nil {
+				return nil, fmt.Errorf("project %s: %w", e.EventID, err)
+			}
+			h, err := json.Marshal(p.Headers)
+			if err != nil {
+				return nil, err
+			}
+			q, err := json.Marshal(p.Query)
+			if err != nil {
+				return nil, err
+			}
+			st := "received"
+			if p.Deliveries > 0 {
+				st = "processing"
+			}
+			id, org, env, src, srcName, srcSlug = append(id, p.EventID), append(org, e.OrgID), append(env, e.EnvID), append(src, p.SourceID), append(srcName, p.SourceName), append(srcSlug, p.SourceSlug)
+			method, ctype, ip, body, status = append(method, p.Method), append(ctype, p.ContentType), append(ip, p.SourceIP), append(body, p.BodyB64), append(status, st)
+			vstatus, dstatus, dhash = append(vstatus, p.VerificationStatus), append(dstatus, p.DedupStatus), append(dhash, p.DedupHash)
+			headers, query, size, deliveries, received = append(headers, h), append(query, q), append(size, int32(p.BodySize)), append(deliveries, int32(p.Deliveries)), append(received, p.ReceivedAt)
+		case domain.EvDeliveryAttempted, domain.EvMovedToDLQ:
+			stmts, err := Events(e) // decides whether the event changes an outcome
+			if err != nil {
+				return nil, err
+			}
+			if len(stmts) == 0 {
+				continue
+			}
+			o := outcome{event: stmts[0].Args[1].(string), outcome: stmts[0].Args[2].(string), version: stmts[0].Args[3].(int64)}
+			if cur, ok := outcomes[e.StreamID]; !ok || cur.version < o.version {
+				if !ok {
+					order = append(order, e.StreamID)
+				}
+				outcomes[e.StreamID] = o
+			}
+		}
+	}
+	if len(id) > 0 {
+		out.Add(`INSERT INTO events_view (id, org_id, env_id, source_id, source_name, source_slug, method, content_type,
+				source_ip, headers, query_params, body_b64, payload_size, status, delivery_count, received_at, verification_status, dedup_status, dedup_hash)
+			SELECT id, org, env, src, sn, ss, m, NULLIF(ct, ''), NULLIF(ip, ''), h, q, b, sz, st, dc, rat,
+				coalesce(NULLIF(vs, ''), 'none'), coalesce(NULLIF(ds, ''), 'unique'), NULLIF(dh, '')
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+				$10::jsonb[], $11::jsonb[], $12::text[], $13::int[], $14::text[], $15::int[], $16::timestamptz[], $17::text[], $18::text[], $19::text[])
+				AS u(id, org, env, src, sn, ss, m, ct, ip, h, q, b, sz, st, dc, rat, vs, ds, dh)
+			ON CONFLICT (id) DO NOTHING`,
+			id, org, env, src, srcName, srcSlug, method, ctype, ip, headers, query, body, size, status, deliveries, received, vstatus, dstatus, dhash)
+	}
+	if len(order) > 0 {
+		dl, ev, oc := make([]string, len(order)), make([]string, len(order)), make([]string, len(order))
+		ver := make([]int64, len(order))
+		for i, d := range order {
+			o := outcomes[d]
+			dl[i], ev[i], oc[i], ver[i] = d, o.event, o.outcome, o.version
+		}
+		out.Add(`INSERT INTO event_delivery_outcomes (delivery_id, event_id, outcome, version)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+			ON CONFLICT (delivery_id) DO UPDATE SET outcome = excluded.outcome, version = excluded.version
+			WHERE event_delivery_outcomes.version < excluded.version`, dl, ev, oc, ver)
+		// Each event is looked up by key (LATERAL): a join over the arrays
+		// would let the planner scan whole tables for a few hundred rows.
+		out.Add(`UPDATE events_view v SET status = CASE
+				WHEN o.dlq > 0 THEN 'failed'
+				WHEN o.success >= v.delivery_count THEN 'delivered'
+				ELSE 'processing' END
+			FROM (SELECT DISTINCT id FROM unnest($1::text[]) AS u(id)) x
+			CROSS JOIN LATERAL (SELECT count(*) FILTER (WHERE outcome = 'dlq') AS dlq, count(*) FILTER (WHERE outcome = 'success') AS success
+			      FROM event_delivery_outcomes WHERE event_id = x.id) o
+			WHERE v.id = x.id`, ev)
+	}
+	return out, nil
+}

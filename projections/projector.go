@@ -1,0 +1,411 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hookstream/hookstream/eventstore"
+)
+
+// Projection is one read model the projector keeps: its consumer group
+// (whose offset row it advances), the event types it uses, and the pure
+// function that folds one event into statements (the same function rebuild
+// applies, so live and rebuilt read models are equal).
+type Projection struct {
+	Group string
+	Types []string
+	Apply func(eventstore.Event) ([]eventstore.Statement, error)
+	// Batch, when set, folds a run of events at once into the same rows as
+	// Apply one at a time, in fewer statements.
+	Batch func([]eventstore.Event) ([]eventstore.Statement, error)
+}
+
+// ReadModels are the projections the engine keeps live.
+var ReadModels = []Projection{
+	{GroupDeliveryAttempts, DeliveryAttemptsEvents, DeliveryAttempts, DeliveryAttemptsBatch},
+	{GroupEvents, EventsEvents, Events, EventsBatch},
+}
+
+// ProjectorParams configure a Projector.
+type ProjectorParams struct {
+	Pool        *pgxpool.Pool
+	Projections []Projection // default ReadModels
+	Log         *slog.Logger
+	Now         func() time.Time
+	// BatchSize is how many events one transaction reads (default 500).
+	BatchSize int
+	// MaxIdle is the longest wait between reads when the log is quiet
+	// (default 250ms); Wake cuts a wait short.
+	MaxIdle time.Duration
+}
+
+// Projector keeps several read models from one read of the log: each batch
+// is read once, in commit order below the commit-safe horizon, folded by
+// every projection that has not seen it, and written with the projections'
+// offsets in one transaction, its statements pipelined in one round trip.
+// Each projection keeps its own consumer-group offset row, locked while a
+// batch is applied, so `projections rebuild` pauses it exactly as it pauses
+// a Watermill consumer. An event a projection fails on stops that batch
+// before it (the error is recorded for `projections status`) and is read
+// again; the events before it are committed.
+type Projector struct {
+	p    ProjectorParams
+	wake chan struct{}
+	// retryAt holds back a projection that failed until then, so the others
+	// go on past the event it stopped at. Run's goroutine only.
+	retryAt map[string]time.Time
+}
+
+// stuckRetry is how long a projection that failed waits before it tries the
+// event again.
+const stuckRetry = time.Second
+
+// NewProjector fills defaults.
+func NewProjector(p ProjectorParams) *Projector {
+	if p.Projections == nil {
+		p.Projections = ReadModels
+	}
+	if p.Log == nil {
+		p.Log = slog.Default()
+	}
+	if p.Now == nil {
+		p.Now = time.Now
+	}
+	if p.BatchSize <= 0 {
+		p.BatchSize = 500
+	}
+	if p.MaxIdle <= 0 {
+		p.MaxIdle = 250 * time.Millisecond
+	}
+	return &Projector{p: p, wake: make(chan struct{}, 1), retryAt: map[string]time.Time{}}
+}
+
+// Wake tells the projector that events were committed; it never blocks.
+func (pr *Projector) Wake() {
+	select {
+	case pr.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run projects until ctx ends. It polls after a quiet read, doubling the
+// wait from 1 ms up to MaxIdle, and reads again at once after a full batch
+// or a Wake.
+func (pr *Projector) Run(ctx context.Context) error {
+	if err := pr.ensureOffsets(ctx); err != nil {
+		return err
+	}
+	idle := time.Millisecond
+	for {
+		n, err := pr.Step(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			pr.p.Log.Error("projector", "err", err)
+			idle = pr.p.MaxIdle
+		case n >= pr.p.BatchSize:
+			idle = time.Millisecond
+			continue
+		case n > 0:
+			idle = time.Millisecond
+		default:
+			idle = min(idle*2, pr.p.MaxIdle)
+		}
+		t := time.NewTimer(idle)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-pr.wake:
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// Step applies one batch and returns how many events it read.
+func (pr *Projector) Step(ctx context.Context) (int, error) {
+	var read int
+	var failures []failure
+	active := make([]bool, len(pr.p.Projections))
+	err := pgx.BeginFunc(ctx, pr.p.Pool, func(tx pgx.Tx) error {
+		offsets, err := pr.lockOffsets(ctx, tx)
+		if err != nil {
+			return err
+		}
+		// Read from the earliest offset of the projections not held back.
+		now := pr.p.Now()
+		var from *eventstore.Position
+		for i, p := range pr.p.Projections {
+			if !now.Before(pr.retryAt[p.Group]) {
+				active[i] = true
+				if from == nil || less(offsets[i], *from) {
+					from = &offsets[i]
+				}
+			}
+		}
+		if from == nil {
+			return nil
+		}
+		evs, err := eventstore.ReadRange(ctx, tx, eventstore.RangeQuery{After: *from, Limit: pr.p.BatchSize, UntilTx: -1})
+		if err != nil {
+			return err
+		}
+		read = len(evs)
+		if read == 0 {
+			return nil
+		}
+		plan := pr.fold(evs, offsets, active)
+		failures = plan.failures
+		if len(evs) == 1 {
+			// One event: each projection in its own savepoint, so a statement
+			// one projection fails on holds back that projection only.
+			for i, stmts := range plan.stmts {
+				if len(stmts) == 0 {
+					continue
+				}
+				if err := inSavepoint(ctx, tx, stmts); err != nil {
+					failures = append(failures, failure{group: pr.p.Projections[i].Group, event: evs[0], err: err})
+					plan.last[i] = offsets[i]
+				}
+			}
+		} else {
+			var all []eventstore.Statement
+			for _, stmts := range plan.stmts {
+				all = append(all, stmts...)
+			}
+			if err := exec(ctx, tx, all); err != nil {
+				return errRetrySmaller // the batch rolled back: go one event at a time
+			}
+		}
+		return pr.advance(ctx, tx, offsets, plan.last)
+	})
+	if errors.Is(err, errRetrySmaller) {
+		return pr.stepOne(ctx)
+	}
+	for _, f := range failures {
+		pr.retryAt[f.group] = pr.p.Now().Add(stuckRetry)
+		pr.recordFailure(ctx, f)
+	}
+	if err == nil {
+		for i, p := range pr.p.Projections {
+			if active[i] && !failed(failures, p.Group) {
+				delete(pr.retryAt, p.Group)
+			}
+		}
+	}
+	if err != nil {
+		return read, fmt.Errorf("project: %w", err)
+	}
+	if len(failures) > 0 {
+		f := failures[0]
+		return read, fmt.Errorf("project: %s stopped at event %s: %w", f.group, f.event.EventID, f.err)
+	}
+	return read, nil
+}
+
+var errRetrySmaller = errors.New("a statement of the batch failed")
+
+type failure struct {
+	group string
+	event eventstore.Event
+	err   error
+}
+
+// stepOne applies the next event alone (after a batch failed), so the
+// events before a failing one are committed and the failure is attributed.
+func (pr *Projector) stepOne(ctx context.Context) (int, error) {
+	saved := pr.p.BatchSize
+	pr.p.BatchSize = 1
+	defer func() { pr.p.BatchSize = saved }()
+	return pr.Step(ctx)
+}
+
+// batchPlan is what one batch does per projection: its statements, the
+// position it reaches, and the events it could not fold.
+type batchPlan struct {
+	stmts    [][]eventstore.Statement
+	last     []eventstore.Position
+	failures []failure
+}
+
+// fold folds the batch into each projection that has not seen its events.
+// A projection stops at the first event it cannot fold (its offset stays
+// before it, so it is read again); the others go on.
+func (pr *Projector) fold(evs []eventstore.Event, offsets []eventstore.Position, active []bool) batchPlan {
+	n := len(pr.p.Projections)
+	plan := batchPlan{stmts: make([][]eventstore.Statement, n), last: append([]eventstore.Position(nil), offsets...)}
+	stopped := make([]bool, n)
+	// Set-based first: a projection whose batch form folds its whole run
+	// is done; one that fails is folded one event at a time below, which
+	// finds the event it stops at.
+	for i, p := range pr.p.Projections {
+		if !active[i] || p.Batch == nil {
+			continue
+		}
+		var mine []eventstore.Event
+		for _, ev := range evs {
+			if less(offsets[i], ev.Position()) && wants(p.Types, ev.Type) {
+				mine = append(mine, ev)
+			}
+		}
+		s, err := p.Batch(mine)
+		if err != nil {
+			continue
+		}
+		plan.stmts[i] = s
+		if last := evs[len(evs)-1].Position(); less(offsets[i], last) {
+			plan.last[i] = last
+		}
+		stopped[i] = true // folded: nothing left to do one event at a time
+	}
+	for _, ev := range evs {
+		pos := ev.Position()
+		for i, p := range pr.p.Projections {
+			if !active[i] || stopped[i] || !less(offsets[i], pos) {
+				continue
+			}
+			if wants(p.Types, ev.Type) {
+				s, err := p.Apply(ev)
+				if err != nil {
+					stopped[i] = true
+					plan.failures = append(plan.failures, failure{group: p.Group, event: ev, err: err})
+					continue
+				}
+				plan.stmts[i] = append(plan.stmts[i], s...)
+			}
+			plan.last[i] = pos
+		}
+	}
+	return plan
+}
+
+func failed(fs []failure, group string) bool {
+	for _, f := range fs {
+		if f.group == group {
+			return true
+		}
+	}
+	return false
+}
+
+func wants(types []string, t string) bool {
+	for _, w := range types {
+		if w == t {
+			return true
+		}
+	}
+	return false
+}
+
+// lockOffsets locks (creating when missing) every projection's offset row,
+// in name order so two projectors never deadlock, and returns the offsets in
+// projection order.
+func (pr *Projector) lockOffsets(ctx context.Context, tx pgx.Tx) ([]eventstore.Position, error) {
+	names := make([]string, len(pr.p.Projections))
+	for i, p := range pr.p.Projections {
+		names[i] = p.Group
+	}
+	sorted := append([]string(nil), names...)
+	sort.Strings(sorted)
+	rows, err := tx.Query(ctx, `SELECT consumer_group, coalesce(offset_acked, 0), last_processed_transaction_id::text::bigint
+		FROM consumer_offsets WHERE consumer_group = ANY($1) ORDER BY consumer_group FOR UPDATE`, sorted)
+	if err != nil {
+		return nil, fmt.Errorf("lock offsets: %w", err)
+	}
+	byName := map[string]eventstore.Position{}
+	for rows.Next() {
+		var name string
+		var pos, txid int64
+		if err := rows.Scan(&name, &pos, &txid); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		byName[name] = eventstore.Position{TransactionID: uint64(txid), GlobalPosition: pos}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("lock offsets: %w", err)
+	}
+	out := make([]eventstore.Position, len(names))
+	for i, n := range names {
+		out[i] = byName[n]
+	}
+	return out, nil
+}
+
+// ensureOffsets creates the offset rows a fresh database lacks.
+func (pr *Projector) ensureOffsets(ctx context.Context) error {
+	names := make([]string, len(pr.p.Projections))
+	for i, p := range pr.p.Projections {
+		names[i] = p.Group
+	}
+	_, err := pr.p.Pool.Exec(ctx, `INSERT INTO consumer_offsets (consumer_group, offset_acked, last_processed_transaction_id)
+		SELECT g, 0, '0'::xid8 FROM unnest($1::text[]) AS g ON CONFLICT (consumer_group) DO NOTHING`, names)
+	if err != nil {
+		return fmt.Errorf("create offsets: %w", err)
+	}
+	return nil
+}
+
+// advance moves each projection's offset to where its fold reached.
+func (pr *Projector) advance(ctx context.Context, tx pgx.Tx, offsets, last []eventstore.Position) error {
+	var groups, txids []string
+	var positions []int64
+	for i, p := range pr.p.Projections {
+		if less(offsets[i], last[i]) {
+			groups, positions, txids = append(groups, p.Group), append(positions, last[i].GlobalPosition), append(txids, strconv.FormatUint(last[i].TransactionID, 10))
+		}
+	}
+	if len(groups) == 0 {
+		return nil
+	}
+	_, err := tx.Exec(ctx, `UPDATE consumer_offsets o SET offset_acked = u.pos, last_processed_transaction_id = u.txid::xid8
+		FROM unnest($1::text[], $2::bigint[], $3::text[]) AS u(grp, pos, txid) WHERE o.consumer_group = u.grp`, groups, positions, txids)
+	return err
+}
+
+func (pr *Projector) recordFailure(ctx context.Context, f failure) {
+	if err := RecordError(context.WithoutCancel(ctx), pr.p.Pool, f.group, f.event.EventID.String(), f.err, pr.p.Now()); err != nil {
+		pr.p.Log.Error("record projection error", "group", f.group, "err", err)
+	}
+}
+
+// inSavepoint runs statements pipelined inside a savepoint of tx, rolled
+// back alone when one fails.
+func inSavepoint(ctx context.Context, tx pgx.Tx, stmts []eventstore.Statement) error {
+	b := &pgx.Batch{}
+	b.Queue("SAVEPOINT hookstream_projection")
+	for _, s := range stmts {
+		b.Queue(s.SQL, s.Args...)
+	}
+	b.Queue("RELEASE SAVEPOINT hookstream_projection")
+	err := tx.SendBatch(ctx, b).Close()
+	if err == nil {
+		return nil
+	}
+	if _, rbErr := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT hookstream_projection"); rbErr != nil {
+		return errors.Join(err, rbErr)
+	}
+	return err
+}
+
+// exec runs statements pipelined in one round trip.
+func exec(ctx context.Context, tx pgx.Tx, stmts []eventstore.Statement) error {
+	if len(stmts) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	for _, s := range stmts {
+		b.Queue(s.SQL, s.Args...)
+	}
+	return tx.SendBatch(ctx, b).Close()
+}
