@@ -169,9 +169,9 @@ func EventsBatch(evs []eventstore.Event) ([]eventstore.Statement, error) {
 	var out eventstore.Statements
 	var (
 		id, org, env, src, srcName, srcSlug, method, ctype, ip, body, status, vstatus, dstatus, dhash []string
-		headers, query                                                                               [][]byte
-		size, deliveries                                                                             []int32
-		received                                                                                     []time.Time
+		headers, query                                                                                [][]byte
+		size, deliveries                                                                              []int32
+		received                                                                                      []time.Time
 	)
 	type outcome struct {
 		event, outcome string
