@@ -132,9 +132,10 @@ WITH input AS (
 )
 INSERT INTO events (event_id, stream_type, stream_id, stream_version, event_type, schema_version,
                     payload, metadata, org_id, env_id, recorded_at)
-SELECT event_id, stream_type, stream_id, v + n, event_type, schema_version, payload, metadata, org_id, env_id, $11
+SELECT event_id, stream_type, stream_id,
+       CASE WHEN expected >= 0 AND expected <> v THEN hookstream_version_conflict() ELSE v + n END,
+       event_type, schema_version, payload, metadata, org_id, env_id, $11
 FROM numbered
-WHERE NOT EXISTS (SELECT 1 FROM numbered x WHERE x.expected >= 0 AND x.expected <> x.v)
 ORDER BY ord
 RETURNING global_position, transaction_id::text::bigint, event_id, stream_version`
 
@@ -144,10 +145,37 @@ RETURNING global_position, transaction_id::text::bigint, event_id, stream_versio
 // Run it on a transaction to combine it with other writes; the event INSERT
 // should be the transaction's first write so its xid is taken late.
 func (s *Store) AppendMany(ctx context.Context, q DBTX, appends ...StreamAppend) ([]Event, error) {
+	args, out, err := s.prepare(appends)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := q.Query(ctx, appendSQL, args...)
+	return readAppended(rows, err, out)
+}
+
+// QueueAppend queues AppendMany's statement on b (to send it in one round
+// trip with other statements of a transaction) and returns the function
+// that reads its result from b's results, in queue order. The read returns
+// what AppendMany does; the caller must not commit after ErrConcurrency.
+func (s *Store) QueueAppend(b *pgx.Batch, appends ...StreamAppend) (func(pgx.BatchResults) ([]Event, error), error) {
+	args, out, err := s.prepare(appends)
+	if err != nil {
+		return nil, err
+	}
+	b.Queue(appendSQL, args...)
+	return func(br pgx.BatchResults) ([]Event, error) {
+		rows, err := br.Query()
+		return readAppended(rows, err, out)
+	}, nil
+}
+
+// prepare validates appends and builds the append statement's arguments
+// and the events it will store (positions filled in by readAppended).
+func (s *Store) prepare(appends []StreamAppend) ([]any, []Event, error) {
 	n := 0
 	for _, a := range appends {
 		if a.StreamID == "" || a.StreamType == "" || len(a.Events) == 0 {
-			return nil, fmt.Errorf("%w: stream %q needs a type, an id and at least one event", ErrInvalid, a.StreamID)
+			return nil, nil, fmt.Errorf("%w: stream %q needs a type, an id and at least one event", ErrInvalid, a.StreamID)
 		}
 		n += len(a.Events)
 	}
@@ -168,7 +196,7 @@ func (s *Store) AppendMany(ctx context.Context, q DBTX, appends ...StreamAppend)
 	for _, a := range appends {
 		for _, ev := range a.Events {
 			if ev.Type == "" {
-				return nil, fmt.Errorf("%w: event without a type in stream %q", ErrInvalid, a.StreamID)
+				return nil, nil, fmt.Errorf("%w: event without a type in stream %q", ErrInvalid, a.StreamID)
 			}
 			id := ev.ID
 			if id == uuid.Nil {
@@ -180,11 +208,11 @@ func (s *Store) AppendMany(ctx context.Context, q DBTX, appends ...StreamAppend)
 			}
 			payload, err := marshalPayload(ev.Payload)
 			if err != nil {
-				return nil, fmt.Errorf("marshal %s payload: %w", ev.Type, err)
+				return nil, nil, fmt.Errorf("marshal %s payload: %w", ev.Type, err)
 			}
 			meta, err := json.Marshal(ev.Metadata)
 			if err != nil {
-				return nil, fmt.Errorf("marshal metadata: %w", err)
+				return nil, nil, fmt.Errorf("marshal metadata: %w", err)
 			}
 			ids = append(ids, id)
 			types = append(types, a.StreamType)
@@ -202,10 +230,15 @@ func (s *Store) AppendMany(ctx context.Context, q DBTX, appends ...StreamAppend)
 			})
 		}
 	}
-	rows, err := q.Query(ctx, appendSQL, ids, types, streamIDs, expected, evTypes, schemas, payloads, metas, orgs, envs, now)
+	return []any{ids, types, streamIDs, expected, evTypes, schemas, payloads, metas, orgs, envs, now}, out, nil
+}
+
+// readAppended fills out's positions from the append statement's rows.
+func readAppended(rows pgx.Rows, err error, out []Event) ([]Event, error) {
 	if err != nil {
 		return nil, translate(err)
 	}
+	n := len(out)
 	byID := make(map[uuid.UUID]int, n)
 	for i, e := range out {
 		byID[e.EventID] = i
@@ -248,6 +281,9 @@ func marshalPayload(p any) (json.RawMessage, error) {
 // translate maps driver errors to the store's vocabulary.
 func translate(err error) error {
 	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "HS409" {
+		return ErrConcurrency // a stream moved past the expected version (migration 0008)
+	}
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
 		switch pgErr.ConstraintName {
 		case "events_stream_version_key":

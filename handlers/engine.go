@@ -48,16 +48,21 @@ type EngineParams struct {
 	PerDestination int
 	// LeaseMargin is added to a destination's timeout for a job's lease (default 30s).
 	LeaseMargin time.Duration
-	// Poll is the dispatcher's fallback poll when no notification wakes it (default 250ms).
+	// Poll is the dispatcher's fallback poll when no notification wakes it
+	// (default 1s): new jobs NOTIFY, finished batches wake it in process.
 	Poll time.Duration
 	// ConsumerPoll is the scheduler consumer group's poll interval after an
-	// empty read (default 100ms): writers write job rows themselves, so the
+	// empty read (default 1s): writers write job rows themselves, so the
 	// scheduler only confirms them from the log and need not be prompt.
 	ConsumerPoll time.Duration
-	// ReplayPoll is how often running replays are checked for a due batch (default 100ms).
+	// ReplayPoll is how often running replays are checked for a due batch (default 250ms).
 	ReplayPoll time.Duration
 	// Metrics, when set, count attempts.
 	Metrics *Metrics
+	// ConfigChanged, when set, is called after the engine changed a
+	// destination's configuration (a 410 disabled it), so the API's cached
+	// ingest routes follow at once (Service.ForgetRoutes).
+	ConfigChanged func()
 	// Secrets decrypts destinations' credentials; a destination whose
 	// secrets cannot be decrypted gets failed attempts, never a request.
 	Secrets *secretbox.Keyring
@@ -81,7 +86,6 @@ type Engine struct {
 	cancelSends context.CancelFunc
 
 	lastProbeCheck time.Time // dispatcher goroutine only
-	lastRescue     time.Time // dispatcher goroutine only
 
 	projector *projections.Projector
 
@@ -123,16 +127,16 @@ func NewEngine(p EngineParams) *Engine {
 		p.LeaseMargin = 30 * time.Second
 	}
 	if p.Poll <= 0 {
-		p.Poll = 250 * time.Millisecond
+		p.Poll = time.Second
 	}
 	if p.ConsumerPoll <= 0 {
-		p.ConsumerPoll = 100 * time.Millisecond
+		p.ConsumerPoll = time.Second
 	}
 	if p.ShutdownGrace <= 0 {
 		p.ShutdownGrace = 10 * time.Second
 	}
 	if p.ReplayPoll <= 0 {
-		p.ReplayPoll = 100 * time.Millisecond
+		p.ReplayPoll = 250 * time.Millisecond
 	}
 	if p.WorkerID == "" {
 		p.WorkerID = newID()
@@ -162,10 +166,10 @@ func (e *Engine) Run(ctx context.Context) error {
 		types []string
 		apply func(eventstore.Event) ([]eventstore.Statement, error)
 	}{
-		{GroupScheduler, scheduleEvents, schedule},
+		{GroupScheduler, liveScheduleEvents, schedule},
 	} {
 		sub, err := eventstore.NewSubscriber(e.p.Pool, eventstore.SubscriberParams{ConsumerGroup: c.group, PollInterval: e.p.ConsumerPoll,
-			BatchSize: 500, ScanWindow: 1000, EventTypes: c.types}, e.wlog)
+			BatchSize: 500, ScanWindow: 4000, EventTypes: c.types}, e.wlog)
 		if err != nil {
 			return err
 		}
@@ -289,12 +293,6 @@ func (e *Engine) dispatch(ctx context.Context, bus message.Publisher) {
 	ticker := time.NewTicker(e.p.Poll)
 	defer ticker.Stop()
 	for {
-		if now := e.p.Now(); now.Sub(e.lastRescue) >= time.Second {
-			e.lastRescue = now
-			if err := e.rescueExpiredLeases(ctx, now); err != nil && ctx.Err() == nil {
-				e.p.Log.Error("rescue expired leases", "err", err)
-			}
-		}
 		for {
 			n, err := e.claimAndPublish(ctx, bus)
 			if err != nil {
@@ -314,15 +312,6 @@ func (e *Engine) dispatch(ctx context.Context, bus message.Publisher) {
 		case <-ticker.C:
 		}
 	}
-}
-
-// rescueExpiredLeases hands back jobs whose lease ran out (their worker died
-// or lost its database): they become claimable again, by any worker, and
-// run under the same attempt id and idempotency key.
-func (e *Engine) rescueExpiredLeases(ctx context.Context, now time.Time) error {
-	_, err := e.p.Pool.Exec(ctx, `UPDATE delivery_jobs SET lease_until = NULL, leased_by = NULL
-		WHERE state = 'scheduled' AND lease_until < $1`, now.UTC())
-	return err
 }
 
 // listen turns NOTIFY hookstream_jobs (sent when jobs become due now) into
@@ -360,22 +349,22 @@ func (e *Engine) notified() {
 	e.projector.Wake()
 }
 
-// claimSQL leases due jobs, walking the destinations that have unleased due
-// jobs (a skip scan of delivery_jobs_claim_idx) and taking from each at most
+// claimSQL leases due jobs, walking the destinations that have scheduled
+// jobs (a skip scan of delivery_jobs_claim_idx: one index seek each, however
+// many jobs a destination holds, due or not) and taking from each at most
 // its free capacity ($3/$4: destinations and what they can still take; any
 // other destination takes $5), oldest due first, $2 in all. Paused
 // destinations and open circuits are skipped once, at the destination, not
 // job by job; $6, when set, claims only those jobs (half-open circuits'
-// probes). A claimed job leaves the claim index, so in-flight jobs are never
-// walked past again.
+// probes). A job whose lease expired (its worker died) is claimable again,
+// under the same attempt id. Only the lease columns change, which no index
+// holds, so the row is rewritten in place.
 const claimSQL = `
 WITH RECURSIVE dests AS (
-    (SELECT j.destination_id FROM delivery_jobs j
-     WHERE j.state = 'scheduled' AND j.lease_until IS NULL AND j.due_at <= $1
-     ORDER BY j.destination_id LIMIT 1)
+    (SELECT j.destination_id FROM delivery_jobs j WHERE j.state = 'scheduled' ORDER BY j.destination_id LIMIT 1)
   UNION ALL
     SELECT (SELECT j.destination_id FROM delivery_jobs j
-            WHERE j.state = 'scheduled' AND j.lease_until IS NULL AND j.due_at <= $1 AND j.destination_id > dests.destination_id
+            WHERE j.state = 'scheduled' AND j.destination_id > dests.destination_id
             ORDER BY j.destination_id LIMIT 1)
     FROM dests WHERE dests.destination_id IS NOT NULL
 ), open AS (
@@ -390,7 +379,8 @@ WITH RECURSIVE dests AS (
     SELECT p.delivery_id, p.destination_id FROM open o
     CROSS JOIN LATERAL (
         SELECT j.delivery_id, j.destination_id FROM delivery_jobs j
-        WHERE j.destination_id = o.destination_id AND j.state = 'scheduled' AND j.lease_until IS NULL AND j.due_at <= $1
+        WHERE j.destination_id = o.destination_id AND j.state = 'scheduled' AND j.due_at <= $1
+          AND (j.lease_until IS NULL OR j.lease_until < $1)
           AND NOT EXISTS (SELECT 1 FROM connections cn WHERE cn.id = j.connection_id AND cn.status = 'paused')
           AND ($6::text[] IS NULL OR j.delivery_id = ANY($6))
         ORDER BY j.due_at
@@ -663,6 +653,9 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 		err := e.complete(ctx, jobs, results)
 		if err == nil {
 			e.projector.Wake()
+			if e.p.ConfigChanged != nil && anyGone(results) {
+				e.p.ConfigChanged()
+			}
 			e.p.Metrics.recordAttempts(jobs, results)
 			for i, r := range results {
 				attrs := []slog.Attr{slog.String("delivery_id", jobs[i].DeliveryID), slog.String("attempt_id", r.AttemptID),
@@ -812,6 +805,16 @@ func recordHeaders(h http.Header, limit int) string {
 	return string(raw)
 }
 
+// anyGone reports whether a destination answered 410 Gone (and so was disabled).
+func anyGone(results []domain.DeliveryAttempted) bool {
+	for _, r := range results {
+		if r.ResponseStatus != nil && *r.ResponseStatus == http.StatusGone {
+			return true
+		}
+	}
+	return false
+}
+
 func flatten(h http.Header) map[string]string {
 	out := make(map[string]string, len(h))
 	for k, v := range h {
@@ -842,7 +845,142 @@ func (e *Engine) complete(ctx context.Context, jobs []dispatchJob, results []dom
 	return nil
 }
 
+// completeTx records a batch's outcomes. The common batch — no dead letter,
+// no 410, a circuit the batch cannot move — takes two round trips: the
+// delivery streams and the circuit are read, the outcome is decided from
+// them, and BEGIN, the append, the job rows and COMMIT go in one pipeline
+// (a stream that moved meanwhile fails the append and nothing commits). Any
+// other batch takes completeLocked, which locks what it changes.
 func (e *Engine) completeTx(ctx context.Context, jobs []dispatchJob, results []domain.DeliveryAttempted) error {
+	if !jobs[0].DestFound || anyGone(results) {
+		return e.completeLocked(ctx, jobs, results)
+	}
+	ids := make([]string, len(jobs))
+	for i, j := range jobs {
+		ids[i] = j.DeliveryID
+	}
+	streams, err := e.p.Store.LoadMany(ctx, e.p.Pool, ids)
+	if err != nil {
+		return err
+	}
+	var enabled, clean bool
+	if err := e.p.Pool.QueryRow(ctx, `SELECT d.circuit_breaker_enabled, k.state = 'closed' AND k.failure_count = 0 AND k.probe_delivery_id IS NULL
+		FROM destinations d JOIN destination_circuits k ON k.destination_id = d.id WHERE d.id = $1`, jobs[0].DestinationID).Scan(&enabled, &clean); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return e.completeLocked(ctx, jobs, results)
+		}
+		return fmt.Errorf("read circuit: %w", err)
+	}
+	if enabled && (!clean || anyRequestFailed(jobs, results)) {
+		return e.completeLocked(ctx, jobs, results)
+	}
+	now := e.p.Now().UTC()
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	var appends []eventstore.StreamAppend
+	var rows jobRows
+	var stale []string
+	for i, j := range jobs {
+		d := &domain.Delivery{}
+		for _, ev := range streams[j.DeliveryID] {
+			if err := d.Apply(ev.StreamVersion, ev.Type, ev.Payload); err != nil {
+				return err
+			}
+		}
+		decided, err := d.RecordAttempt(results[i], j.Retry, now, newID)
+		if errors.Is(err, domain.ErrAttemptNotPlanned) {
+			stale = append(stale, j.DeliveryID)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		md := eventstore.Metadata{Actor: "engine", CorrelationID: j.EventID}
+		expected := d.Version()
+		evs := make([]eventstore.NewEvent, len(decided))
+		for k, dec := range decided {
+			if dec.Type == domain.EvMovedToDLQ {
+				return e.completeLocked(ctx, jobs, results) // a dead letter opens an issue
+			}
+			raw, err := json.Marshal(dec.Payload)
+			if err != nil {
+				return err
+			}
+			// The events' versions are known: the fold follows them without a read back.
+			if err := d.Apply(expected+int64(k)+1, dec.Type, raw); err != nil {
+				return err
+			}
+			evs[k] = eventstore.NewEvent{Type: dec.Type, Payload: json.RawMessage(raw), Metadata: md}
+		}
+		appends = append(appends, eventstore.StreamAppend{StreamType: domain.StreamDelivery, StreamID: j.DeliveryID,
+			OrgID: j.OrgID, EnvID: j.EnvID, Expected: expected, Events: evs})
+		rows.add(j.DeliveryID, d, now)
+	}
+	var read func(pgx.BatchResults) ([]eventstore.Event, error)
+	if len(appends) > 0 {
+		if read, err = e.p.Store.QueueAppend(b, appends...); err != nil {
+			return err
+		}
+		b.Queue(updateJobsSQL, rows.args()...)
+	}
+	if len(stale) > 0 {
+		b.Queue(releaseStaleSQL, stale, e.p.WorkerID)
+	}
+	return sendTx(ctx, e.p.Pool, b, func(br pgx.BatchResults) error {
+		if read != nil {
+			if _, err := read(br); err != nil {
+				return err
+			}
+			if _, err := br.Exec(); err != nil {
+				return fmt.Errorf("update jobs: %w", err)
+			}
+		}
+		if len(stale) > 0 {
+			if _, err := br.Exec(); err != nil {
+				return fmt.Errorf("release stale jobs: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// jobRows are the delivery_jobs rows a batch's folded deliveries give.
+type jobRows struct {
+	id, state, attempt, trigger []string
+	num                         []int32
+	due                         []time.Time
+	ver                         []int64
+}
+
+// add appends a delivery's row: its next attempt, or done.
+func (r *jobRows) add(id string, d *domain.Delivery, now time.Time) {
+	state, attempt, num, trigger, due := "done", "", int32(0), domain.TriggerInitial, now
+	if n := d.Next(); n != nil {
+		state, attempt, num, trigger, due = "scheduled", n.ID, int32(n.Number), n.Trigger, n.Due
+	}
+	r.id, r.state, r.attempt, r.trigger = append(r.id, id), append(r.state, state), append(r.attempt, attempt), append(r.trigger, trigger)
+	r.num, r.due, r.ver = append(r.num, num), append(r.due, due), append(r.ver, d.Version())
+}
+
+func (r *jobRows) args() []any {
+	return []any{r.id, r.state, r.attempt, r.num, r.trigger, r.due, r.ver}
+}
+
+// updateJobsSQL moves job rows to their deliveries' folded state; a row is
+// only ever moved forward in version.
+const updateJobsSQL = `UPDATE delivery_jobs j SET state = u.state, attempt_id = NULLIF(u.attempt_id, ''), attempt_number = u.num,
+		trigger_type = u.trig, due_at = u.due, lease_until = NULL, leased_by = NULL, version = u.ver
+	FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[], $7::bigint[])
+		AS u(id, state, attempt_id, num, trig, due, ver)
+	WHERE j.delivery_id = u.id AND j.version < u.ver`
+
+// releaseStaleSQL hands back jobs whose attempt was already recorded.
+const releaseStaleSQL = `UPDATE delivery_jobs SET lease_until = NULL, leased_by = NULL WHERE delivery_id = ANY($1) AND leased_by = $2`
+
+// completeLocked records a batch in one transaction that locks the circuit
+// when it changes, opens issues for dead letters and disables a destination
+// that answered 410.
+func (e *Engine) completeLocked(ctx context.Context, jobs []dispatchJob, results []domain.DeliveryAttempted) error {
 	return pgx.BeginFunc(ctx, e.p.Pool, func(tx pgx.Tx) error {
 		ids := make([]string, len(jobs))
 		for i, j := range jobs {
@@ -897,31 +1035,17 @@ func (e *Engine) completeTx(ctx context.Context, jobs []dispatchJob, results []d
 				}
 			}
 		}
-		var (
-			jid, jstate, jattempt, jtrigger []string
-			jnum                            []int32
-			jdue                            []time.Time
-			jver                            []int64
-		)
+		var rows jobRows
 		for id, d := range aggs {
-			state, attempt, num, trigger, due := "done", "", int32(0), domain.TriggerInitial, now
-			if n := d.Next(); n != nil {
-				state, attempt, num, trigger, due = "scheduled", n.ID, int32(n.Number), n.Trigger, n.Due
-			}
-			jid, jstate, jattempt, jtrigger = append(jid, id), append(jstate, state), append(jattempt, attempt), append(jtrigger, trigger)
-			jnum, jdue, jver = append(jnum, num), append(jdue, due), append(jver, d.Version())
+			rows.add(id, d, now)
 		}
-		if len(jid) > 0 {
-			if _, err := tx.Exec(ctx, `UPDATE delivery_jobs j SET state = u.state, attempt_id = NULLIF(u.attempt_id, ''), attempt_number = u.num,
-					trigger_type = u.trig, due_at = u.due, lease_until = NULL, leased_by = NULL, version = u.ver
-				FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[], $7::bigint[])
-					AS u(id, state, attempt_id, num, trig, due, ver)
-				WHERE j.delivery_id = u.id AND j.version < u.ver`, jid, jstate, jattempt, jnum, jtrigger, jdue, jver); err != nil {
+		if len(rows.id) > 0 {
+			if _, err := tx.Exec(ctx, updateJobsSQL, rows.args()...); err != nil {
 				return fmt.Errorf("update jobs: %w", err)
 			}
 		}
 		if len(stale) > 0 {
-			if _, err := tx.Exec(ctx, `UPDATE delivery_jobs SET lease_until = NULL, leased_by = NULL WHERE delivery_id = ANY($1) AND leased_by = $2`, stale, e.p.WorkerID); err != nil {
+			if _, err := tx.Exec(ctx, releaseStaleSQL, stale, e.p.WorkerID); err != nil {
 				return fmt.Errorf("release stale jobs: %w", err)
 			}
 		}

@@ -43,6 +43,7 @@ type harness struct {
 	key        string
 	engineStop func()
 	metrics    *handlers.Metrics
+	svc        *handlers.Service
 }
 
 func newHarness(t *testing.T) *harness {
@@ -55,7 +56,7 @@ func newHarness(t *testing.T) *harness {
 	loadSpec(t)
 	api := httptest.NewServer(&specValidator{t: t, next: handlers.NewAPI(handlers.APIParams{Service: svc, Pool: pool, Log: quiet, Metrics: metrics, MetricsOnAPI: true})})
 	t.Cleanup(api.Close)
-	h := &harness{t: t, pool: pool, api: api, key: newKey(t, pool, ""), metrics: metrics}
+	h := &harness{t: t, pool: pool, api: api, key: newKey(t, pool, ""), metrics: metrics, svc: svc}
 	h.startEngine()
 	t.Cleanup(func() {
 		if h.engineStop != nil {
@@ -69,7 +70,7 @@ func newHarness(t *testing.T) *harness {
 func (h *harness) startEngine() {
 	engine := handlers.NewEngine(handlers.EngineParams{Pool: h.pool, LeaseMargin: time.Second, Poll: 50 * time.Millisecond, ReplayPoll: 20 * time.Millisecond, ShutdownGrace: time.Second,
 		Metrics: h.metrics, Log: slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Outbound: loopbackOnly, Secrets: testKeyring})
+		Outbound: loopbackOnly, Secrets: testKeyring, ConfigChanged: h.svc.ForgetRoutes})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- engine.Run(ctx) }()

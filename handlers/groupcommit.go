@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/hookstream/hookstream/eventstore"
@@ -125,6 +126,81 @@ func (g *groupCommitter) commit(batch []appendRequest) {
 // commitTx appends every request's events and inserts their jobs in one
 // transaction, the event INSERT first.
 func (g *groupCommitter) commitTx(ctx context.Context, batch []appendRequest) error {
+	for _, r := range batch {
+		if r.dedup != nil {
+			return g.commitDedupTx(ctx, batch)
+		}
+	}
+	return g.commitPipelined(ctx, batch)
+}
+
+// commitPipelined is commitTx without dedup claims: BEGIN, the append, the
+// jobs' insert and COMMIT go to PostgreSQL in one round trip instead of one
+// each (ingest waits on this, so round trips are its latency). Any error,
+// a lost race included (the append then fails), aborts the transaction, and
+// its COMMIT rolls back.
+func (g *groupCommitter) commitPipelined(ctx context.Context, batch []appendRequest) error {
+	var all []eventstore.StreamAppend
+	var jobs []newJob
+	for _, r := range batch {
+		all = append(all, r.appends...)
+		jobs = append(jobs, r.jobs...)
+	}
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	read, err := g.store.QueueAppend(b, all...)
+	if err != nil {
+		return err
+	}
+	if len(jobs) > 0 {
+		b.Queue(insertJobsSQL, jobsArgs(jobs)...)
+	}
+	return sendTx(ctx, g.pool, b, func(br pgx.BatchResults) error {
+		if _, err := read(br); err != nil {
+			return err
+		}
+		if len(jobs) > 0 {
+			if _, err := br.Exec(); err != nil {
+				return fmt.Errorf("insert jobs: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// sendTx sends b (which starts with BEGIN) and COMMIT in one round trip;
+// read consumes the results of b's statements after BEGIN. It returns the
+// first error; a transaction that failed is rolled back, never committed.
+func sendTx(ctx context.Context, pool *pgxpool.Pool, b *pgx.Batch, read func(pgx.BatchResults) error) error {
+	b.Queue("COMMIT")
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release() // a connection left inside a transaction is closed, not reused
+	br := conn.SendBatch(ctx, b)
+	_, err = br.Exec() // BEGIN
+	if err == nil {
+		err = read(br)
+	}
+	if err == nil {
+		var tag pgconn.CommandTag
+		if tag, err = br.Exec(); err == nil && tag.String() != "COMMIT" {
+			err = fmt.Errorf("commit: the transaction was rolled back (%s)", tag)
+		}
+	}
+	if cerr := br.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if conn.Conn().PgConn().TxStatus() != 'I' {
+		_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
+	}
+	return err
+}
+
+// commitDedupTx is commitTx for a batch with dedup claims, which decide
+// which events are appended.
+func (g *groupCommitter) commitDedupTx(ctx context.Context, batch []appendRequest) error {
 	return pgx.BeginFunc(ctx, g.pool, func(tx pgx.Tx) error {
 		dups, err := claimDedup(ctx, tx, batch)
 		if err != nil {
@@ -161,6 +237,23 @@ func insertJobs(ctx context.Context, tx pgx.Tx, jobs []newJob) error {
 	if len(jobs) == 0 {
 		return nil
 	}
+	if _, err := tx.Exec(ctx, insertJobsSQL, jobsArgs(jobs)...); err != nil {
+		return fmt.Errorf("insert jobs: %w", err)
+	}
+	return nil
+}
+
+const insertJobsSQL = `WITH ins AS (
+		INSERT INTO delivery_jobs (delivery_id, org_id, env_id, event_id, connection_id, destination_id, received_uuid,
+			state, attempt_id, attempt_number, trigger_type, due_at, version)
+		SELECT d, o, e, ev, c, dst, r::uuid, 'scheduled', a, 1, tr, due, 1
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
+			AS u(d, o, e, ev, c, dst, r, a, tr, due)
+		ON CONFLICT (delivery_id) DO NOTHING RETURNING 1)
+	SELECT pg_notify('hookstream_jobs', '') FROM ins LIMIT 1`
+
+// jobsArgs are insertJobsSQL's arguments: one array per column.
+func jobsArgs(jobs []newJob) []any {
 	cols := make([][]string, 9)
 	due := make([]time.Time, len(jobs))
 	for i, j := range jobs {
@@ -169,19 +262,7 @@ func insertJobs(ctx context.Context, tx pgx.Tx, jobs []newJob) error {
 		}
 		due[i] = j.Due
 	}
-	_, err := tx.Exec(ctx, `WITH ins AS (
-			INSERT INTO delivery_jobs (delivery_id, org_id, env_id, event_id, connection_id, destination_id, received_uuid,
-				state, attempt_id, attempt_number, trigger_type, due_at, version)
-			SELECT d, o, e, ev, c, dst, r::uuid, 'scheduled', a, 1, tr, due, 1
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
-				AS u(d, o, e, ev, c, dst, r, a, tr, due)
-			ON CONFLICT (delivery_id) DO NOTHING RETURNING 1)
-		SELECT pg_notify('hookstream_jobs', '') FROM ins LIMIT 1`,
-		cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7], cols[8], due)
-	if err != nil {
-		return fmt.Errorf("insert jobs: %w", err)
-	}
-	return nil
+	return []any{cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7], cols[8], due}
 }
 
 // claimDedup claims the batch's dedup keys and reports which requests are

@@ -99,6 +99,14 @@ func boolInt(b bool) int {
 	return 0
 }
 
+// configTx runs a configuration write in a transaction, then forgets the
+// routes ingest cached (a lookup during the write may have cached the rows
+// it replaces).
+func (s *Service) configTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	defer s.routes.clear()
+	return pgx.BeginFunc(ctx, s.pool, fn)
+}
+
 // recordConfig appends a configuration event in tx (first write of the tx).
 func (s *Service) recordConfig(ctx context.Context, tx pgx.Tx, t Tenant, streamType, id, evType string, payload any, requestID string) error {
 	_, err := s.store.Append(ctx, tx, eventstore.StreamAppend{
@@ -410,7 +418,7 @@ func (s *Service) writeSource(ctx context.Context, t Tenant, id, evType string, 
 	if err != nil {
 		return out, err
 	}
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err = s.configTx(ctx, func(tx pgx.Tx) error {
 		if err := s.recordConfig(ctx, tx, t, domain.StreamSource, id, evType, st.snapshot(id, s.p.Secrets), rid); err != nil {
 			return err
 		}
@@ -518,7 +526,7 @@ func (s *Service) DeleteSource(ctx context.Context, t Tenant, id, rid string) er
 }
 
 func (s *Service) deleteConfig(ctx context.Context, t Tenant, streamType, evType, table, connCol, kind, id, rid string) error {
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := s.configTx(ctx, func(tx pgx.Tx) error {
 		if connCol != "" {
 			var n int
 			if err := tx.QueryRow(ctx, `SELECT count(*) FROM connections WHERE `+connCol+` = $1`, id).Scan(&n); err != nil {
@@ -817,7 +825,7 @@ func (st destState) snapshot(id string, kr *secretbox.Keyring) map[string]any {
 // writeDestination records the destination's event and writes its row, in one transaction.
 func (s *Service) writeDestination(ctx context.Context, t Tenant, id, evType string, st destState, rid string) (Destination, error) {
 	var out Destination
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := s.configTx(ctx, func(tx pgx.Tx) error {
 		shownURL, shownHeaders, sec := splitSecrets(st)
 		sealed, err := sealDest(s.p.Secrets, id, sec)
 		if err != nil {
@@ -1073,7 +1081,7 @@ func (s *Service) CreateConnection(ctx context.Context, t Tenant, in ConnectionI
 	}
 	id, now := newID(), s.now()
 	rulesJSON, _ := json.Marshal(rules)
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err := s.configTx(ctx, func(tx pgx.Tx) error {
 		snap := map[string]any{"id": id, "source_id": *in.SourceID, "destination_id": *in.DestinationID, "name": *in.Name,
 			"description": in.Description, "enabled": enabled, "status": status, "filter_rules": rules}
 		if err := s.recordConfig(ctx, tx, t, domain.StreamConnection, id, domain.EvConnectionCreated, snap, rid); err != nil {
@@ -1163,7 +1171,7 @@ func (s *Service) UpdateConnection(ctx context.Context, t Tenant, id string, in 
 		rules = []domain.FilterRule{}
 	}
 	rulesJSON, _ := json.Marshal(rules)
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	err = s.configTx(ctx, func(tx pgx.Tx) error {
 		snap := map[string]any{"id": id, "source_id": cur.SourceID, "destination_id": cur.DestinationID, "name": name,
 			"description": desc, "enabled": enabled, "status": status, "filter_rules": rules}
 		if err := s.recordConfig(ctx, tx, t, domain.StreamConnection, id, domain.EvConnectionUpdated, snap, rid); err != nil {

@@ -15,6 +15,16 @@ const GroupScheduler = projections.GroupScheduler
 // scheduleEvents are the event types schedule uses.
 var scheduleEvents = projections.SchedulerEvents
 
+// liveScheduleEvents are the event types the scheduler's consumer group
+// reads while the engine runs: the retry decisions. A DeliveryRequested,
+// DeliveryAttempted or MovedToDLQ has its delivery_jobs row written by its
+// writer in the same transaction (ingest, replay release, the delivery
+// handler), always, so reading them back would only repeat those writes;
+// `projections rebuild scheduler` derives every row from every type when
+// the table needs repair. The retry decisions are read so that a job row
+// that fell behind its RetryScheduled or RetryRequested is moved on.
+var liveScheduleEvents = []string{domain.EvRetryScheduled, domain.EvRetryRequested}
+
 // schedule returns the statements that keep delivery_jobs in step with the delivery streams. Rows
 // only move forward in version, so writes made directly by the delivery
 // handler and the retry endpoint (in the same transaction as their events)

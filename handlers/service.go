@@ -32,6 +32,10 @@ type ServiceParams struct {
 	// Secrets encrypts signing and verification secrets, credential headers
 	// and URL userinfo at rest; without a key, storing one is refused.
 	Secrets *secretbox.Keyring
+	// IngestCacheTTL is how long ingest reuses a looked-up source and its
+	// routes (default 1s; negative: never). Configuration writes through
+	// this service clear it at once; another process's within the TTL.
+	IngestCacheTTL time.Duration
 	// Outbound refuses destination URLs whose host is a disallowed address
 	// literal (the zero policy refuses every non-public range).
 	Outbound OutboundPolicy
@@ -44,6 +48,7 @@ type Service struct {
 	store  *eventstore.Store
 	now    func() time.Time
 	ingest *groupCommitter
+	routes *ingestCache
 }
 
 // NewService fills defaults and returns the service.
@@ -57,12 +62,19 @@ func NewService(p ServiceParams) *Service {
 	if p.MaxIngestBody <= 0 {
 		p.MaxIngestBody = 1 << 20
 	}
+	if p.IngestCacheTTL == 0 {
+		p.IngestCacheTTL = time.Second
+	}
 	if p.Store == nil {
 		p.Store = eventstore.New(p.Now)
 	}
 	return &Service{p: p, pool: p.Pool, store: p.Store, now: func() time.Time { return p.Now().UTC() },
-		ingest: newGroupCommitter(p.Pool, p.Store, 4, 256)}
+		ingest: newGroupCommitter(p.Pool, p.Store, 4, 256), routes: newIngestCache(p.IngestCacheTTL, p.Now)}
 }
+
+// ForgetRoutes drops the sources and routes ingest cached, after a change
+// made outside this service (the engine disabling a destination).
+func (s *Service) ForgetRoutes() { s.routes.clear() }
 
 // MaxIngestBody is the largest webhook body ingest accepts, in bytes.
 func (s *Service) MaxIngestBody() int64 { return s.p.MaxIngestBody }
@@ -112,6 +124,9 @@ func (s *Service) LookupIngest(ctx context.Context, sourceID string) (*IngestTar
 	if !validID(sourceID) {
 		return nil, notFound("Source")
 	}
+	if t := s.routes.get(sourceID); t != nil {
+		return t, nil
+	}
 	rows, err := s.pool.Query(ctx, `SELECT src.*, c.id, c.name, c.enabled, c.status, c.filter_rules, d.id, d.name, d.status, d.url, d.method
 		FROM (SELECT `+sourceCols+` FROM sources WHERE id = $1) src
 		LEFT JOIN connections c ON c.source_id = src.id LEFT JOIN destinations d ON d.id = c.destination_id
@@ -151,6 +166,7 @@ func (s *Service) LookupIngest(ctx context.Context, sourceID string) (*IngestTar
 	if !found {
 		return nil, notFound("Source")
 	}
+	s.routes.put(sourceID, &tg)
 	return &tg, nil
 }
 
@@ -194,7 +210,8 @@ func (s *Service) Ingest(ctx context.Context, tg *IngestTarget, in IngestRequest
 	for k, v := range in.Headers {
 		input.Headers[strings.ToLower(k)] = strings.Join(v, ", ")
 	}
-	if mt, _, _ := mime.ParseMediaType(contentType); len(in.Body) > 0 && (mt == "" || strings.Contains(mt, "json")) {
+	if mt, _, _ := mime.ParseMediaType(contentType); len(in.Body) > 0 && (mt == "" || strings.Contains(mt, "json")) && anyRules(routes) {
+		// (Only filters read the payload: without them it is not decoded.)
 		var payload any
 		if json.Unmarshal(in.Body, &payload) == nil {
 			input.Payload = payload
@@ -269,6 +286,16 @@ func (s *Service) Ingest(ctx context.Context, tg *IngestTarget, in IngestRequest
 		return IngestResult{}, fmt.Errorf("ingest: append: %w", err)
 	}
 	return IngestResult{EventID: eventID, SourceID: in.SourceID}, nil
+}
+
+// anyRules reports whether a route filters on the webhook.
+func anyRules(routes []route) bool {
+	for _, r := range routes {
+		if len(r.rules) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // Redacted is what a credential is stored as.

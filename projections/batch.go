@@ -162,6 +162,13 @@ func (s *attemptsSegment) statements() []eventstore.Statement {
 	return append(out, s.after...)
 }
 
+func rawOrNull(r json.RawMessage) []byte {
+	if len(r) == 0 {
+		return []byte("null")
+	}
+	return r
+}
+
 // EventsBatch folds evs (commit order) into events_view: new events first,
 // then every delivery outcome (the latest per delivery), then the status of
 // each event they belong to.
@@ -182,18 +189,17 @@ func EventsBatch(evs []eventstore.Event) ([]eventstore.Statement, error) {
 	for _, e := range evs {
 		switch e.Type {
 		case domain.EvEventReceived:
-			var p domain.EventReceived
+			// Headers and query go to jsonb as the log holds them (the same
+			// value the one-at-a-time fold re-encodes), not decoded and re-encoded.
+			var p struct {
+				domain.EventReceived
+				Headers json.RawMessage `json:"headers"`
+				Query   json.RawMessage `json:"query"`
+			}
 			if err := json.Unmarshal(e.Payload, &p); err != nil {
 				return nil, fmt.Errorf("project %s: %w", e.EventID, err)
 			}
-			h, err := json.Marshal(p.Headers)
-			if err != nil {
-				return nil, err
-			}
-			q, err := json.Marshal(p.Query)
-			if err != nil {
-				return nil, err
-			}
+			h, q := rawOrNull(p.Headers), rawOrNull(p.Query)
 			st := "received"
 			if p.Deliveries > 0 {
 				st = "processing"

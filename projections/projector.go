@@ -43,7 +43,7 @@ type ProjectorParams struct {
 	// BatchSize is how many events one transaction reads (default 500).
 	BatchSize int
 	// MaxIdle is the longest wait between reads when the log is quiet
-	// (default 250ms); Wake cuts a wait short.
+	// (default 1s); Wake cuts a wait short.
 	MaxIdle time.Duration
 }
 
@@ -83,7 +83,7 @@ func NewProjector(p ProjectorParams) *Projector {
 		p.BatchSize = 500
 	}
 	if p.MaxIdle <= 0 {
-		p.MaxIdle = 250 * time.Millisecond
+		p.MaxIdle = time.Second
 	}
 	return &Projector{p: p, wake: make(chan struct{}, 1), retryAt: map[string]time.Time{}}
 }

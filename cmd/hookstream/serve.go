@@ -168,7 +168,7 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	engineCtx, stopEngine := context.WithCancel(ctx)
 	defer stopEngine()
 	if cfg.Workers {
-		engine := handlers.NewEngine(handlers.EngineParams{Pool: db.Pool, Store: store, Log: log, Outbound: policy, Secrets: keyring,
+		engine := handlers.NewEngine(handlers.EngineParams{Pool: db.Pool, Store: store, Log: log, Outbound: policy, Secrets: keyring, ConfigChanged: svc.ForgetRoutes,
 			Lanes: cfg.Lanes, PerDestination: cfg.PerDestination, LeaseMargin: cfg.LeaseMargin, ShutdownGrace: cfg.ShutdownGrace, Metrics: metrics})
 		go func() { engineDone <- engine.Run(engineCtx) }()
 	} else {
