@@ -298,6 +298,10 @@ func translate(err error) error {
 const selectColumns = `global_position, transaction_id::text::bigint, event_id, stream_type, stream_id, stream_version,
 	event_type, schema_version, payload, metadata, org_id, env_id, recorded_at`
 
+// selectColumnsWithoutMetadata is selectColumns with an empty metadata.
+const selectColumnsWithoutMetadata = `global_position, transaction_id::text::bigint, event_id, stream_type, stream_id, stream_version,
+	event_type, schema_version, payload, NULL::jsonb, org_id, env_id, recorded_at`
+
 func scanEvent(row pgx.Row) (Event, error) {
 	var e Event
 	var txid int64
@@ -371,6 +375,9 @@ type RangeQuery struct {
 	UntilTx  int64
 	UntilPos int64
 	Limit    int
+	// WithoutMetadata leaves Metadata empty (a consumer that does not use
+	// it skips decoding it).
+	WithoutMetadata bool
 }
 
 // ReadRange returns up to q.Limit events after q.After in commit order,
@@ -380,7 +387,11 @@ func ReadRange(ctx context.Context, db DBTX, q RangeQuery) ([]Event, error) {
 	if types == nil {
 		types = []string{}
 	}
-	evs, err := collect(db.Query(ctx, `SELECT `+selectColumns+` FROM events
+	cols := selectColumns
+	if q.WithoutMetadata {
+		cols = selectColumnsWithoutMetadata
+	}
+	evs, err := collect(db.Query(ctx, `SELECT `+cols+` FROM events
 		WHERE (transaction_id, global_position) > ($1::text::xid8, $2)
 		  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
 		  AND (cardinality($4::text[]) = 0 OR event_type = ANY($4))

@@ -228,6 +228,11 @@ type SubscriberParams struct {
 	// ScanWindow is how many log positions one filtered read looks at
 	// (default 10×BatchSize); make it small when the types are most of the log.
 	ScanWindow int
+	// FilterAfterRead reads every event (a plain range scan of the commit
+	// order index, no window) and drops the other types as they arrive,
+	// without a handler: cheaper than filtering in SQL, which fetches each
+	// scanned row's type from the heap, when the types are few and spread out.
+	FilterAfterRead bool
 }
 
 // NewSubscriber returns a watermill-sql subscriber that reads the events table
@@ -257,7 +262,7 @@ func NewSubscriber(pool *pgxpool.Pool, p SubscriberParams, logger watermill.Logg
 		ResendInterval: p.ResendInterval,
 		RetryInterval:  p.PollInterval * 4,
 		BackoffManager: p.Backoff,
-		SchemaAdapter:  SchemaAdapter{BatchSize: p.BatchSize, EventTypes: p.EventTypes, ScanWindow: p.ScanWindow},
+		SchemaAdapter:  SchemaAdapter{BatchSize: p.BatchSize, EventTypes: sqlTypes(p), ScanWindow: p.ScanWindow},
 		OffsetsAdapter: OffsetsAdapter(),
 	}, logger)
 	if err != nil {
@@ -271,6 +276,13 @@ func NewSubscriber(pool *pgxpool.Pool, p SubscriberParams, logger watermill.Logg
 		}
 	}
 	return d, nil
+}
+
+func sqlTypes(p SubscriberParams) []string {
+	if p.FilterAfterRead {
+		return nil
+	}
+	return p.EventTypes
 }
 
 // ErrNoSubscriberTx is returned by InSavepoint outside a subscriber's handler.

@@ -88,6 +88,8 @@ type Engine struct {
 	lastProbeCheck time.Time // dispatcher goroutine only
 
 	projector *projections.Projector
+	// batches holds the jobs of each published lane message by its id.
+	batches sync.Map
 
 	lanes    chan int
 	mu       sync.Mutex
@@ -169,7 +171,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		{GroupScheduler, liveScheduleEvents, schedule},
 	} {
 		sub, err := eventstore.NewSubscriber(e.p.Pool, eventstore.SubscriberParams{ConsumerGroup: c.group, PollInterval: e.p.ConsumerPoll,
-			BatchSize: 500, ScanWindow: 4000, EventTypes: c.types}, e.wlog)
+			BatchSize: 500, EventTypes: c.types, FilterAfterRead: true}, e.wlog)
 		if err != nil {
 			return err
 		}
@@ -294,15 +296,15 @@ func (e *Engine) dispatch(ctx context.Context, bus message.Publisher) {
 	defer ticker.Stop()
 	for {
 		for {
-			n, err := e.claimAndPublish(ctx, bus)
+			more, err := e.claimAndPublish(ctx, bus)
 			if err != nil {
 				if ctx.Err() == nil {
 					e.p.Log.Error("dispatch", "err", err)
 				}
 				break
 			}
-			if n == 0 {
-				break
+			if !more {
+				break // the claim took every due job it could: wait for a wake-up
 			}
 		}
 		select {
@@ -406,11 +408,12 @@ LEFT JOIN destinations d ON d.id = u.destination_id
 ORDER BY u.destination_id, u.due_at`
 
 // claimAndPublish claims due jobs within each destination's free capacity
-// and hands each destination's jobs, in batches, to free lanes.
-func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (int, error) {
+// and hands each destination's jobs, in batches, to free lanes. It reports
+// whether the claim was cut short by its limit (more may be due now).
+func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bool, error) {
 	free := len(e.lanes) * batchSize
 	if free == 0 {
-		return 0, nil
+		return false, nil
 	}
 	e.mu.Lock()
 	var dests []string
@@ -427,18 +430,21 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (in
 		e.lastProbeCheck = now
 		var err error
 		if probes, err = e.circuitProbes(ctx); err != nil {
-			return 0, err
+			return false, err
 		}
 	}
 	var jobs []dispatchJob
+	more := false
 	for _, only := range [][]string{probes, nil} {
 		if only != nil && len(only) == 0 {
 			continue
 		}
-		claimed, err := e.claim(ctx, dests, rooms, free-len(jobs), only)
+		limit := free - len(jobs)
+		claimed, err := e.claim(ctx, dests, rooms, limit, only)
 		if err != nil {
-			return 0, err
+			return false, err
 		}
+		more = only == nil && limit > 0 && len(claimed) == limit
 		jobs = append(jobs, claimed...)
 	}
 	byDest := map[string][]dispatchJob{}
@@ -451,10 +457,10 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (in
 	}
 	for _, dest := range order {
 		if err := e.publish(ctx, bus, dest, byDest[dest]); err != nil {
-			return len(jobs), err
+			return false, err
 		}
 	}
-	return len(jobs), nil
+	return more, nil
 }
 
 // publish hands one destination's claimed jobs to lanes, batchSize at a time.
@@ -482,15 +488,14 @@ func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string
 			return ctx.Err()
 		}
 		chunks--
-		payload, err := json.Marshal(chunk)
-		if err != nil {
-			e.finished(dest, len(chunk)+len(group), chunks+1, lane)
-			return fmt.Errorf("encode batch: %w", err)
-		}
-		msg := message.NewMessage(newID(), payload)
+		// The lanes are in process: the message carries the batch's id, and
+		// the jobs (secrets included) never leave memory or get encoded.
+		msg := message.NewMessage(newID(), nil)
+		e.batches.Store(msg.UUID, chunk)
 		msg.Metadata.Set("lane", strconv.Itoa(lane))
 		msg.Metadata.Set("destination_id", dest)
 		if err := bus.Publish(laneTopic(lane), msg); err != nil {
+			e.batches.Delete(msg.UUID)
 			e.finished(dest, len(chunk)+len(group), chunks+1, lane)
 			return fmt.Errorf("publish batch: %w", err)
 		}
@@ -603,10 +608,11 @@ func (e *Engine) finished(dest string, n, b, lane int) {
 // handleBatch is the delivery handler: HTTP calls with no transaction open,
 // then one short transaction records every outcome.
 func (e *Engine) handleBatch(msg *message.Message) error {
-	var jobs []dispatchJob
-	if err := json.Unmarshal(msg.Payload, &jobs); err != nil {
-		return fmt.Errorf("decode batch: %w", err)
+	held, ok := e.batches.LoadAndDelete(msg.UUID)
+	if !ok {
+		return nil // handled before (a redelivered message): nothing left to do
 	}
+	jobs := held.([]dispatchJob)
 	lane, _ := strconv.Atoi(msg.Metadata.Get("lane"))
 	defer e.finished(msg.Metadata.Get("destination_id"), len(jobs), 1, lane)
 	results := make([]domain.DeliveryAttempted, len(jobs))

@@ -51,7 +51,11 @@ type attemptsSegment struct {
 	// attempts made (DeliveryAttempted), last one per attempt id
 	attempted map[string]int
 	a         []attemptRow
-	// per-event updates that follow the attempts
+	// updates of attempts made above: next retry times, then dead letters
+	// (the last of each per attempt)
+	retryAt map[string]time.Time
+	dlqAt   map[string]time.Time
+	// renames and anything else, one event at a time, after them
 	after []eventstore.Statement
 }
 
@@ -91,7 +95,25 @@ func (s *attemptsSegment) add(e eventstore.Event) error {
 			s.attempted[p.AttemptID] = len(s.a)
 			s.a = append(s.a, row)
 		}
-	default: // RetryScheduled, MovedToDLQ: updates of rows made above, in order
+	case domain.EvRetryScheduled:
+		var p domain.RetryScheduled
+		if err := json.Unmarshal(e.Payload, &p); err != nil {
+			return fmt.Errorf("project %s %s into delivery_attempts: %w", e.Type, e.EventID, err)
+		}
+		if s.retryAt == nil {
+			s.retryAt = map[string]time.Time{}
+		}
+		s.retryAt[p.AfterAttemptID] = p.NotBefore
+	case domain.EvMovedToDLQ:
+		var p domain.MovedToDLQ
+		if err := json.Unmarshal(e.Payload, &p); err != nil {
+			return fmt.Errorf("project %s %s into delivery_attempts: %w", e.Type, e.EventID, err)
+		}
+		if s.dlqAt == nil {
+			s.dlqAt = map[string]time.Time{}
+		}
+		s.dlqAt[p.AttemptID] = p.DLQAt
+	default:
 		stmts, err := DeliveryAttempts(e)
 		if err != nil {
 			return err
@@ -159,7 +181,22 @@ func (s *attemptsSegment) statements() []eventstore.Statement {
 				error = excluded.error, attempt_number = excluded.attempt_number, trigger_type = excluded.trigger_type`,
 			id, org, env, delivery, url, method, reqHeaders, bodySize, respStatus, respHeaders, respBody, duration, status, errMsg, started, number, trigger)
 	}
+	if ids, at := keysAndTimes(s.retryAt); len(ids) > 0 {
+		out.Add(`UPDATE delivery_attempts a SET next_retry_at = u.at FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at) WHERE a.id = u.id`, ids, at)
+	}
+	if ids, at := keysAndTimes(s.dlqAt); len(ids) > 0 {
+		out.Add(`UPDATE delivery_attempts a SET is_dlq = 1, dlq_at = u.at, next_retry_at = NULL FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at) WHERE a.id = u.id`, ids, at)
+	}
 	return append(out, s.after...)
+}
+
+func keysAndTimes(m map[string]time.Time) ([]string, []time.Time) {
+	ids := make([]string, 0, len(m))
+	at := make([]time.Time, 0, len(m))
+	for id, t := range m {
+		ids, at = append(ids, id), append(at, t)
+	}
+	return ids, at
 }
 
 func rawOrNull(r json.RawMessage) []byte {

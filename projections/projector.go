@@ -156,7 +156,7 @@ func (pr *Projector) Step(ctx context.Context) (int, error) {
 		if from == nil {
 			return nil
 		}
-		evs, err := eventstore.ReadRange(ctx, tx, eventstore.RangeQuery{After: *from, Limit: pr.p.BatchSize, UntilTx: -1})
+		evs, err := eventstore.ReadRange(ctx, tx, eventstore.RangeQuery{After: *from, Limit: pr.p.BatchSize, UntilTx: -1, WithoutMetadata: true})
 		if err != nil {
 			return err
 		}
