@@ -358,6 +358,24 @@ func (s *Store) LoadMany(ctx context.Context, q DBTX, streamIDs []string) (map[s
 	return out, nil
 }
 
+// QueueLoadMany queues a LoadMany of the streams' events without their
+// metadata on b (to share a round trip with other reads) and returns the
+// function that reads its result from b's results, in queue order.
+func (s *Store) QueueLoadMany(b *pgx.Batch, streamIDs []string) func(pgx.BatchResults) (map[string][]Event, error) {
+	b.Queue(`SELECT `+selectColumnsWithoutMetadata+` FROM events WHERE stream_id = ANY($1) ORDER BY stream_id, stream_version`, streamIDs)
+	return func(br pgx.BatchResults) (map[string][]Event, error) {
+		evs, err := collect(br.Query())
+		if err != nil {
+			return nil, fmt.Errorf("load streams: %w", err)
+		}
+		out := make(map[string][]Event, len(streamIDs))
+		for _, e := range evs {
+			out[e.StreamID] = append(out[e.StreamID], e)
+		}
+		return out, nil
+	}
+}
+
 // ReadAll returns up to limit events after the cursor, in commit order. Only
 // events of transactions older than every transaction still in progress are
 // returned, so a reader that checkpoints the last Position never skips an

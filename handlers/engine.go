@@ -865,17 +865,25 @@ func (e *Engine) completeTx(ctx context.Context, jobs []dispatchJob, results []d
 	for i, j := range jobs {
 		ids[i] = j.DeliveryID
 	}
-	streams, err := e.p.Store.LoadMany(ctx, e.p.Pool, ids)
-	if err != nil {
-		return err
-	}
+	// One round trip reads the streams and the circuit.
+	reads := &pgx.Batch{}
+	readStreams := e.p.Store.QueueLoadMany(reads, ids)
+	reads.Queue(`SELECT d.circuit_breaker_enabled, k.state = 'closed' AND k.failure_count = 0 AND k.probe_delivery_id IS NULL
+		FROM destinations d JOIN destination_circuits k ON k.destination_id = d.id WHERE d.id = $1`, jobs[0].DestinationID)
+	br := e.p.Pool.SendBatch(ctx, reads)
+	streams, err := readStreams(br)
 	var enabled, clean bool
-	if err := e.p.Pool.QueryRow(ctx, `SELECT d.circuit_breaker_enabled, k.state = 'closed' AND k.failure_count = 0 AND k.probe_delivery_id IS NULL
-		FROM destinations d JOIN destination_circuits k ON k.destination_id = d.id WHERE d.id = $1`, jobs[0].DestinationID).Scan(&enabled, &clean); err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
-			return e.completeLocked(ctx, jobs, results)
-		}
-		return fmt.Errorf("read circuit: %w", err)
+	if err == nil {
+		err = br.QueryRow().Scan(&enabled, &clean)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return e.completeLocked(ctx, jobs, results) // no circuit row: made there
+	}
+	if err != nil {
+		return fmt.Errorf("read streams and circuit: %w", err)
 	}
 	if enabled && (!clean || anyRequestFailed(jobs, results)) {
 		return e.completeLocked(ctx, jobs, results)

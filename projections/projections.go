@@ -144,7 +144,11 @@ func Events(e eventstore.Event) ([]eventstore.Statement, error) {
 	switch e.Type {
 	case domain.EvEventReceived:
 	case domain.EvDeliveryAttempted:
-		var p domain.DeliveryAttempted
+		var p struct { // only what decides the outcome (the rest is the attempt's)
+			Status      string `json:"status"`
+			EventID     string `json:"event_id"`
+			TriggerType string `json:"trigger_type"`
+		}
 		if err := json.Unmarshal(e.Payload, &p); err != nil {
 			return nil, fmt.Errorf("project %s: %w", e.EventID, err)
 		}

@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"os"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -73,6 +75,12 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	cfg, err := parseServe(args)
 	if err != nil {
 		return exitCode(2)
+	}
+	if os.Getenv("GOGC") == "" {
+		// The engine's heap is small and short-lived (batches, payloads): a
+		// collection every 200% of growth instead of 100% halves GC CPU for a
+		// few MB more memory. GOGC overrides it.
+		debug.SetGCPercent(200)
 	}
 	db, err := openDatabase(ctx, log, 50)
 	if err != nil {
