@@ -228,6 +228,11 @@ type SubscriberParams struct {
 	// ScanWindow is how many log positions one filtered read looks at
 	// (default 10×BatchSize); make it small when the types are most of the log.
 	ScanWindow int
+	// Pace is the wait after a read that returned events (default 0: read
+	// again at once). A consumer that need not be prompt sets it so that a
+	// trickle of events is read in batches, not one transaction per event;
+	// it caps the group at BatchSize events per Pace.
+	Pace time.Duration
 	// FilterAfterRead reads every event (a plain range scan of the commit
 	// order index, no window) and drops the other types as they arrive,
 	// without a handler: cheaper than filtering in SQL, which fetches each
@@ -261,7 +266,7 @@ func NewSubscriber(pool *pgxpool.Pool, p SubscriberParams, logger watermill.Logg
 		PollInterval:   p.PollInterval,
 		ResendInterval: p.ResendInterval,
 		RetryInterval:  p.PollInterval * 4,
-		BackoffManager: p.Backoff,
+		BackoffManager: backoffFor(p),
 		SchemaAdapter:  SchemaAdapter{BatchSize: p.BatchSize, EventTypes: sqlTypes(p), ScanWindow: p.ScanWindow},
 		OffsetsAdapter: OffsetsAdapter(),
 	}, logger)
@@ -276,6 +281,27 @@ func NewSubscriber(pool *pgxpool.Pool, p SubscriberParams, logger watermill.Logg
 		}
 	}
 	return d, nil
+}
+
+// pacedBackoff is watermill-sql's default backoff with a wait after reads
+// that returned events too.
+type pacedBackoff struct {
+	sql.BackoffManager
+	pace time.Duration
+}
+
+func (b pacedBackoff) HandleError(logger watermill.LoggerAdapter, noMsg bool, err error) time.Duration {
+	if err == nil && !noMsg {
+		return b.pace
+	}
+	return b.BackoffManager.HandleError(logger, noMsg, err)
+}
+
+func backoffFor(p SubscriberParams) sql.BackoffManager {
+	if p.Backoff != nil || p.Pace <= 0 {
+		return p.Backoff
+	}
+	return pacedBackoff{BackoffManager: sql.NewDefaultBackoffManager(p.PollInterval, p.PollInterval*4), pace: p.Pace}
 }
 
 func sqlTypes(p SubscriberParams) []string {

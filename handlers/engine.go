@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -86,6 +87,11 @@ type Engine struct {
 	cancelSends context.CancelFunc
 
 	lastProbeCheck time.Time // dispatcher goroutine only
+	lastClaim      time.Time // dispatcher goroutine only
+	// capped is set when the last claim was cut short by capacity (a
+	// destination's room or the free lanes): a finished batch then wakes
+	// the dispatcher. Otherwise only new due jobs (NOTIFY) and retries do.
+	capped atomic.Bool
 
 	projector *projections.Projector
 	// batches holds the jobs of each published lane message by its id.
@@ -101,6 +107,11 @@ type Engine struct {
 // the lanes (batches) they occupy. Both are bounded, so a destination that
 // hangs can neither pile up requests nor take every lane with one-job batches.
 type destLoad struct{ requests, batches int }
+
+// claimCooldown is the least time between two claims (River's fetch
+// cooldown is 10 ms): it bounds claims, each a commit, at low load, and adds
+// at most this much latency.
+const claimCooldown = 3 * time.Millisecond
 
 // batchSize is the most jobs one delivery batch (one lane) carries.
 const batchSize = 16
@@ -171,7 +182,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		{GroupScheduler, liveScheduleEvents, schedule},
 	} {
 		sub, err := eventstore.NewSubscriber(e.p.Pool, eventstore.SubscriberParams{ConsumerGroup: c.group, PollInterval: e.p.ConsumerPoll,
-			BatchSize: 500, EventTypes: c.types, FilterAfterRead: true}, e.wlog)
+			BatchSize: 500, EventTypes: c.types, FilterAfterRead: true, Pace: 50 * time.Millisecond}, e.wlog)
 		if err != nil {
 			return err
 		}
@@ -295,6 +306,16 @@ func (e *Engine) dispatch(ctx context.Context, bus message.Publisher) {
 	ticker := time.NewTicker(e.p.Poll)
 	defer ticker.Stop()
 	for {
+		// Claims are at least claimCooldown apart: wake-ups arriving meanwhile
+		// (a commit per webhook at low load) are served by one claim.
+		if wait := claimCooldown - e.p.Now().Sub(e.lastClaim); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
+		e.lastClaim = e.p.Now()
 		for {
 			more, err := e.claimAndPublish(ctx, bus)
 			if err != nil {
@@ -413,6 +434,7 @@ ORDER BY u.destination_id, u.due_at`
 func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bool, error) {
 	free := len(e.lanes) * batchSize
 	if free == 0 {
+		e.capped.Store(true) // every lane busy: the next finished batch wakes us
 		return false, nil
 	}
 	e.mu.Lock()
@@ -435,9 +457,9 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bo
 	}
 	var jobs []dispatchJob
 	more := false
-	for _, only := range [][]string{probes, nil} {
-		if only != nil && len(only) == 0 {
-			continue
+	for pass, only := range [][]string{probes, nil} {
+		if pass == 0 && len(only) == 0 {
+			continue // no probes: one claim, not two (a nil probe list claimed like the second pass)
 		}
 		limit := free - len(jobs)
 		claimed, err := e.claim(ctx, dests, rooms, limit, only)
@@ -449,6 +471,7 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bo
 	}
 	byDest := map[string][]dispatchJob{}
 	var order []string
+	defer func() { e.capped.Store(more || e.roomExhausted(byDest, dests, rooms)) }()
 	for _, j := range jobs {
 		if _, ok := byDest[j.DestinationID]; !ok {
 			order = append(order, j.DestinationID)
@@ -461,6 +484,24 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bo
 		}
 	}
 	return more, nil
+}
+
+// roomExhausted reports whether a claim took all the room a destination
+// had (so due jobs of it may have been left behind).
+func (e *Engine) roomExhausted(byDest map[string][]dispatchJob, dests []string, rooms []int32) bool {
+	defaultRoom := min(e.p.PerDestination, e.maxBatches()*batchSize)
+	for d, got := range byDest {
+		room := defaultRoom
+		for i, known := range dests {
+			if known == d {
+				room = int(rooms[i])
+			}
+		}
+		if len(got) >= room {
+			return true
+		}
+	}
+	return false
 }
 
 // publish hands one destination's claimed jobs to lanes, batchSize at a time.
@@ -602,7 +643,9 @@ func (e *Engine) finished(dest string, n, b, lane int) {
 	if lane >= 0 {
 		e.lanes <- lane
 	}
-	e.poke()
+	if e.capped.Load() {
+		e.poke() // due jobs were left behind for want of room: claim them now
+	}
 }
 
 // handleBatch is the delivery handler: HTTP calls with no transaction open,
@@ -659,6 +702,9 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 		err := e.complete(ctx, jobs, results)
 		if err == nil {
 			e.projector.Wake()
+			if anyFailed(results) {
+				e.poke() // a retry may be due at once
+			}
 			if e.p.ConfigChanged != nil && anyGone(results) {
 				e.p.ConfigChanged()
 			}
@@ -809,6 +855,16 @@ func recordHeaders(h http.Header, limit int) string {
 		return fmt.Sprintf(`{%q:%q}`, headersTruncated, strconv.Itoa(len(flat)))
 	}
 	return string(raw)
+}
+
+// anyFailed reports whether an attempt of the batch failed.
+func anyFailed(results []domain.DeliveryAttempted) bool {
+	for _, r := range results {
+		if r.Status != domain.AttemptSuccess {
+			return true
+		}
+	}
+	return false
 }
 
 // anyGone reports whether a destination answered 410 Gone (and so was disabled).

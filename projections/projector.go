@@ -45,6 +45,11 @@ type ProjectorParams struct {
 	// MaxIdle is the longest wait between reads when the log is quiet
 	// (default 1s); Wake cuts a wait short.
 	MaxIdle time.Duration
+	// Pace is the wait after a batch that was not full (default 50ms), which
+	// Wake does not cut short: a trickle of events is folded in batches, not
+	// one transaction (and fsync) per event. It delays the read models by at
+	// most this much.
+	Pace time.Duration
 }
 
 // Projector keeps several read models from one read of the log: each batch
@@ -85,6 +90,9 @@ func NewProjector(p ProjectorParams) *Projector {
 	if p.MaxIdle <= 0 {
 		p.MaxIdle = time.Second
 	}
+	if p.Pace <= 0 {
+		p.Pace = 50 * time.Millisecond
+	}
 	return &Projector{p: p, wake: make(chan struct{}, 1), retryAt: map[string]time.Time{}}
 }
 
@@ -117,6 +125,14 @@ func (pr *Projector) Run(ctx context.Context) error {
 			continue
 		case n > 0:
 			idle = time.Millisecond
+			t := time.NewTimer(pr.p.Pace)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
+			continue
 		default:
 			idle = min(idle*2, pr.p.MaxIdle)
 		}
