@@ -471,7 +471,13 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bo
 	}
 	byDest := map[string][]dispatchJob{}
 	var order []string
-	defer func() { e.capped.Store(more || e.roomExhausted(byDest, dests, rooms)) }()
+	// A destination with no room, or one whose room the claim filled, may have
+	// due jobs left: then a finished batch wakes the dispatcher.
+	full := false
+	for _, r := range rooms {
+		full = full || r <= 0
+	}
+	defer func() { e.capped.Store(more || full || e.roomExhausted(byDest, dests, rooms)) }()
 	for _, j := range jobs {
 		if _, ok := byDest[j.DestinationID]; !ok {
 			order = append(order, j.DestinationID)
