@@ -347,11 +347,15 @@ func (s *Store) Load(ctx context.Context, q DBTX, streamID string) ([]Event, err
 
 // LoadMany returns the events of several streams, each in version order.
 func (s *Store) LoadMany(ctx context.Context, q DBTX, streamIDs []string) (map[string][]Event, error) {
-	evs, err := collect(q.Query(ctx, `SELECT `+selectColumns+` FROM events WHERE stream_id = ANY($1) ORDER BY stream_id, stream_version`, streamIDs))
+	return byStream(collect(q.Query(ctx, `SELECT `+selectColumns+` FROM events WHERE stream_id = ANY($1) ORDER BY stream_id, stream_version`, streamIDs)))
+}
+
+// byStream groups events (in stream and version order) by stream.
+func byStream(evs []Event, err error) (map[string][]Event, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load streams: %w", err)
 	}
-	out := make(map[string][]Event, len(streamIDs))
+	out := map[string][]Event{}
 	for _, e := range evs {
 		out[e.StreamID] = append(out[e.StreamID], e)
 	}
@@ -364,15 +368,7 @@ func (s *Store) LoadMany(ctx context.Context, q DBTX, streamIDs []string) (map[s
 func (s *Store) QueueLoadMany(b *pgx.Batch, streamIDs []string) func(pgx.BatchResults) (map[string][]Event, error) {
 	b.Queue(`SELECT `+selectColumnsWithoutMetadata+` FROM events WHERE stream_id = ANY($1) ORDER BY stream_id, stream_version`, streamIDs)
 	return func(br pgx.BatchResults) (map[string][]Event, error) {
-		evs, err := collect(br.Query())
-		if err != nil {
-			return nil, fmt.Errorf("load streams: %w", err)
-		}
-		out := make(map[string][]Event, len(streamIDs))
-		for _, e := range evs {
-			out[e.StreamID] = append(out[e.StreamID], e)
-		}
-		return out, nil
+		return byStream(collect(br.Query()))
 	}
 }
 

@@ -59,7 +59,7 @@ func NewAPI(p APIParams) *API {
 		p.Accounts = NewAccounts(p.Pool, p.Service.store)
 	}
 	a := &API{p: p, router: mux.NewRouter(), usage: newKeyUsage(p.Pool)}
-	a.router.Use(a.withRequestID, a.withObservability)
+	a.router.Use(a.withRequestID, a.withObservability, a.withRecovery)
 	if p.Metrics != nil && p.MetricsOnAPI {
 		a.router.Handle("/metrics", p.Metrics.Handler(p.MetricsToken)).Methods(http.MethodGet)
 	}
@@ -81,6 +81,23 @@ func NewAPI(p APIParams) *API {
 }
 
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.router.ServeHTTP(w, r) }
+
+// withRecovery turns a handler's panic into the generic 500 with the request
+// id, logged once with the panic, instead of a dropped connection (or, on a
+// goroutine of its own, a crashed process).
+func (a *API) withRecovery(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v) // the server's own way to abort a response
+				}
+				writeError(w, r, a.p.Log, fmt.Errorf("panic: %v", v))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
 
 func (a *API) withRequestID(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -19,6 +19,16 @@ import (
 // returns the status, the decoded body and the response.
 func (h *harness) call(method, path string, headers map[string]string, body string) (int, map[string]any, *http.Response) {
 	h.t.Helper()
+	code, raw, resp := h.send(method, path, headers, body)
+	var out map[string]any
+	_ = json.Unmarshal(raw, &out)
+	return code, out, resp
+}
+
+// send sends a request with the given headers and returns the status, the
+// raw body and the response.
+func (h *harness) send(method, path string, headers map[string]string, body string) (int, []byte, *http.Response) {
+	h.t.Helper()
 	var rd io.Reader
 	if body != "" {
 		rd = strings.NewReader(body)
@@ -33,9 +43,7 @@ func (h *harness) call(method, path string, headers map[string]string, body stri
 	}
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
-	var out map[string]any
-	_ = json.Unmarshal(raw, &out)
-	return resp.StatusCode, out, resp
+	return resp.StatusCode, raw, resp
 }
 
 // login exchanges the harness key for a session and returns its Cookie header.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -172,6 +173,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// A handler's panic becomes an error: the message is handed out again,
+	// and the router, the engine and the API stay up.
+	logRouter.AddMiddleware(middleware.Recoverer)
 	// The scheduler is a Watermill consumer group; the read models share one
 	// projector that reads each batch of the log once (projections.Projector).
 	for _, c := range []struct {
@@ -212,6 +216,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	deliveryRouter.AddMiddleware(middleware.Recoverer)
 	for i := 0; i < e.p.Lanes; i++ {
 		deliveryRouter.AddConsumerHandler("delivery."+strconv.Itoa(i), laneTopic(i), bus, e.handleBatch)
 	}
@@ -235,7 +240,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	go func() { defer close(replaysDone); e.runReplays(workCtx) }()
 	projectorDone := make(chan struct{})
 	go func() { defer close(projectorDone); _ = e.projector.Run(workCtx) }()
-	go e.resolveIssues(workCtx)
+	resolverDone := make(chan struct{})
+	go func() { defer close(resolverDone); e.resolveIssues(workCtx) }()
 
 	var routerErr error
 	select {
@@ -251,6 +257,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	<-dispatchDone
 	<-replaysDone
 	<-projectorDone
+	<-resolverDone
 	grace := time.AfterFunc(e.p.ShutdownGrace, e.cancelSends)
 	defer grace.Stop()
 	defer e.cancelSends()
@@ -302,7 +309,9 @@ type dispatchJob struct {
 }
 
 func (e *Engine) dispatch(ctx context.Context, bus message.Publisher) {
-	go e.listen(ctx)
+	listenDone := make(chan struct{})
+	go func() { defer close(listenDone); e.listen(ctx) }()
+	defer func() { <-listenDone }()
 	ticker := time.NewTicker(e.p.Poll)
 	defer ticker.Stop()
 	for {
@@ -343,7 +352,10 @@ func (e *Engine) listen(ctx context.Context) {
 	for ctx.Err() == nil {
 		conn, err := e.p.Pool.Acquire(ctx)
 		if err != nil {
-			time.Sleep(time.Second)
+			select { // the database is away: the poll covers, try again in a second
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
 			continue
 		}
 		if _, err := conn.Exec(ctx, "LISTEN hookstream_jobs"); err == nil {
@@ -354,7 +366,8 @@ func (e *Engine) listen(ctx context.Context) {
 				e.notified()
 			}
 		}
-		conn.Hijack().Close(context.Background()) //nolint:errcheck // a LISTENing connection is not returned to the pool
+		// A LISTENing connection is not returned to the pool; closing it can only fail on a dead connection.
+		_ = conn.Hijack().Close(context.WithoutCancel(ctx))
 	}
 }
 
@@ -681,7 +694,7 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 			defer signal()
 			<-prev
 			trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { signal() }}
-			results[i] = e.send(httptrace.WithClientTrace(e.sends, trace), jobs[i])
+			results[i] = e.sendRecovered(httptrace.WithClientTrace(e.sends, trace), jobs[i])
 		}(prev)
 		prev = written
 	}
@@ -735,6 +748,20 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 		}
 		time.Sleep(time.Duration(100*(try+1)) * time.Millisecond)
 	}
+}
+
+// sendRecovered is send that turns a panic into a failed attempt (logged
+// once), so one bad job cannot take down the lane, the engine or the API.
+func (e *Engine) sendRecovered(ctx context.Context, j dispatchJob) (res domain.DeliveryAttempted) {
+	defer func() {
+		if v := recover(); v != nil {
+			e.p.Log.Error("delivery attempt panicked", "delivery_id", j.DeliveryID, "attempt_id", j.AttemptID, "panic", fmt.Sprint(v))
+			msg := "internal error while sending"
+			res = domain.DeliveryAttempted{AttemptID: j.AttemptID, RequestURL: j.URL, RequestMethod: j.Method,
+				StartedAt: e.p.Now().UTC(), Status: domain.AttemptFailed, Error: &msg, ErrorType: "network"}
+		}
+	}()
+	return e.send(ctx, j)
 }
 
 // send makes one HTTP attempt and describes it.
@@ -957,13 +984,7 @@ func (e *Engine) completeTx(ctx context.Context, jobs []dispatchJob, results []d
 	var rows jobRows
 	var stale []string
 	for i, j := range jobs {
-		d := &domain.Delivery{}
-		for _, ev := range streams[j.DeliveryID] {
-			if err := d.Apply(ev.StreamVersion, ev.Type, ev.Payload); err != nil {
-				return err
-			}
-		}
-		decided, err := d.RecordAttempt(results[i], j.Retry, now, newID)
+		d, decided, err := recordAttempt(streams[j.DeliveryID], j, results[i], now)
 		if errors.Is(err, domain.ErrAttemptNotPlanned) {
 			stale = append(stale, j.DeliveryID)
 			continue
@@ -1020,6 +1041,19 @@ func (e *Engine) completeTx(ctx context.Context, jobs []dispatchJob, results []d
 	})
 }
 
+// recordAttempt folds a delivery's stream and decides what its attempt's
+// result appends (domain.ErrAttemptNotPlanned: the attempt was recorded before).
+func recordAttempt(stream []eventstore.Event, j dispatchJob, r domain.DeliveryAttempted, now time.Time) (*domain.Delivery, []domain.Decided, error) {
+	d := &domain.Delivery{}
+	for _, ev := range stream {
+		if err := d.Apply(ev.StreamVersion, ev.Type, ev.Payload); err != nil {
+			return nil, nil, err
+		}
+	}
+	decided, err := d.RecordAttempt(r, j.Retry, now, newID)
+	return d, decided, err
+}
+
 // jobRows are the delivery_jobs rows a batch's folded deliveries give.
 type jobRows struct {
 	id, state, attempt, trigger []string
@@ -1074,13 +1108,7 @@ func (e *Engine) completeLocked(ctx context.Context, jobs []dispatchJob, results
 		var recordedResults []domain.DeliveryAttempted
 		dlq := map[string]bool{}
 		for i, j := range jobs {
-			d := &domain.Delivery{}
-			for _, ev := range streams[j.DeliveryID] {
-				if err := d.Apply(ev.StreamVersion, ev.Type, ev.Payload); err != nil {
-					return err
-				}
-			}
-			decided, err := d.RecordAttempt(results[i], j.Retry, now, newID)
+			d, decided, err := recordAttempt(streams[j.DeliveryID], j, results[i], now)
 			if errors.Is(err, domain.ErrAttemptNotPlanned) {
 				stale = append(stale, j.DeliveryID)
 				continue

@@ -7,8 +7,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
-	"io"
-	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,18 +16,12 @@ import (
 // post sends a raw webhook with headers and returns the status and body.
 func (h *harness) post(path string, body string, headers map[string]string) (int, string) {
 	h.t.Helper()
-	req, _ := http.NewRequest("POST", h.api.URL+path, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
+	all := map[string]string{"Content-Type": "application/json"}
 	for k, v := range headers {
-		req.Header.Set(k, v)
+		all[k] = v
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(raw)
+	code, raw, _ := h.send("POST", path, all, body)
+	return code, string(raw)
 }
 
 func (h *harness) eventCount(query string) int {
