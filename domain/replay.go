@@ -61,9 +61,6 @@ func (r *Replay) Version() int64 { return r.version }
 // Requested is the stream's opening event.
 func (r *Replay) Requested() ReplayRequested { return r.requested }
 
-// Released is how many of the replay's events were handed to the pipeline.
-func (r *Replay) Released() int { return r.released }
-
 // Failed is why the replay stopped early, or "".
 func (r *Replay) Failed() string { return r.failed }
 

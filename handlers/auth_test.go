@@ -65,6 +65,22 @@ func (h *harness) login(key string) string {
 	return ""
 }
 
+// userSession makes a session as the CLI does (not from a key) for the
+// harness key's environment and returns its Cookie header.
+func (h *harness) userSession() string {
+	h.t.Helper()
+	ctx := context.Background()
+	var org, env string
+	if err := h.pool.QueryRow(ctx, `SELECT org_id, env_id FROM api_keys WHERE key_prefix = $1`, h.key[:12]).Scan(&org, &env); err != nil {
+		h.t.Fatal(err)
+	}
+	s, err := handlers.NewAccounts(h.pool, nil).CreateSession(ctx, org, env, "", "cli", time.Hour, time.Now())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return handlers.SessionCookie(nil, s.Token)
+}
+
 func TestSessionsLoginUseAndLogout(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
@@ -119,8 +135,12 @@ func TestAPIKeysAreManagedFromASessionAndRevokedAtOnce(t *testing.T) {
 	if code, out, _ := h.call("POST", "/v1/auth/api-keys", map[string]string{"X-API-Key": h.key, "Content-Type": "application/json"}, `{"name":"x"}`); code != 403 {
 		t.Fatalf("key creation with a key = %d %v", code, out)
 	}
-	cookie := h.login(h.key)
-	sess := map[string]string{"Cookie": cookie, "Content-Type": "application/json"}
+	// A session made from a key may do what the key may: not mint keys.
+	fromKey := map[string]string{"Cookie": h.login(h.key), "Content-Type": "application/json"}
+	if code, out, _ := h.call("POST", "/v1/auth/api-keys", fromKey, `{"name":"x"}`); code != 403 {
+		t.Fatalf("key creation from a key's session = %d %v", code, out)
+	}
+	sess := map[string]string{"Cookie": h.userSession(), "Content-Type": "application/json"}
 	code, out, _ := h.call("POST", "/v1/auth/api-keys", sess, `{"name":"ci","scopes":"*"}`)
 	if code != 201 {
 		t.Fatalf("create key = %d %v", code, out)
@@ -179,8 +199,7 @@ func TestAPIKeysAreManagedFromASessionAndRevokedAtOnce(t *testing.T) {
 func TestEnvironmentsScopeKeysAndResources(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	cookie := h.login(h.key)
-	sess := map[string]string{"Cookie": cookie, "Content-Type": "application/json"}
+	sess := map[string]string{"Cookie": h.userSession(), "Content-Type": "application/json"}
 	code, out, _ := h.call("POST", "/v1/environments", sess, `{"name":"Staging","slug":"staging"}`)
 	if code != 201 {
 		t.Fatalf("create env = %d %v", code, out)

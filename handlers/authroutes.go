@@ -84,12 +84,14 @@ func checkCSRF(r *http.Request) error {
 	return nil
 }
 
-// requireSession refuses a request authenticated by an API key: as in
-// hookstream, keys are created and revoked from a session, so a leaked key
-// cannot mint keys or revoke its owner's.
+// requireSession refuses key management to an API key and to a session made
+// from one: as in hookstream, keys are created and revoked by a user's
+// session (the CLI's `sessions create`, or a Better Auth server sharing the
+// cookie secret), so a leaked key can neither mint keys that outlive it nor
+// revoke its owner's.
 func requireSession(t Tenant) error {
-	if t.SessionID == "" {
-		return domain.Errorf(domain.EForbidden, "API keys are created and revoked from a session (POST /v1/auth/login), not with an API key")
+	if t.SessionID == "" || t.SessionFromKey {
+		return domain.Errorf(domain.EForbidden, "API keys are created and revoked from a user's session (hookstream sessions create), not with an API key or a session made from one")
 	}
 	return nil
 }

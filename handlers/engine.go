@@ -445,10 +445,12 @@ ORDER BY u.destination_id, u.due_at`
 // and hands each destination's jobs, in batches, to free lanes. It reports
 // whether the claim was cut short by its limit (more may be due now).
 func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bool, error) {
+	// Until this claim is published, a batch that finishes wakes the
+	// dispatcher again: it may free the room this claim did not see.
+	e.capped.Store(true)
 	free := len(e.lanes) * batchSize
 	if free == 0 {
-		e.capped.Store(true) // every lane busy: the next finished batch wakes us
-		return false, nil
+		return false, nil // every lane busy: the next finished batch wakes us
 	}
 	e.mu.Lock()
 	var dests []string
@@ -490,7 +492,8 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bo
 	for _, r := range rooms {
 		full = full || r <= 0
 	}
-	defer func() { e.capped.Store(more || full || e.roomExhausted(byDest, dests, rooms)) }()
+	handed := false // jobs went back for want of a lane
+	defer func() { e.capped.Store(more || full || handed || e.roomExhausted(byDest, dests, rooms)) }()
 	for _, j := range jobs {
 		if _, ok := byDest[j.DestinationID]; !ok {
 			order = append(order, j.DestinationID)
@@ -498,7 +501,9 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bo
 		byDest[j.DestinationID] = append(byDest[j.DestinationID], j)
 	}
 	for _, dest := range order {
-		if err := e.publish(ctx, bus, dest, byDest[dest]); err != nil {
+		back, err := e.publish(ctx, bus, dest, byDest[dest])
+		handed = handed || back
+		if err != nil {
 			return false, err
 		}
 	}
@@ -524,8 +529,9 @@ func (e *Engine) roomExhausted(byDest map[string][]dispatchJob, dests []string, 
 }
 
 // publish hands one destination's claimed jobs to lanes, batchSize at a time.
-// A claim never exceeds the destination's room, so every job is taken.
-func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string, group []dispatchJob) error {
+// A claim never exceeds the destination's room; when the free lanes run out
+// (other destinations took them), the rest is handed back (reported true).
+func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string, group []dispatchJob) (bool, error) {
 	chunks := (len(group) + batchSize - 1) / batchSize
 	e.mu.Lock()
 	load := e.inflight[dest]
@@ -542,10 +548,12 @@ func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string
 		var lane int
 		select {
 		case lane = <-e.lanes:
-		case <-ctx.Done():
-			// Unpublished jobs keep their leases; shutdown releases them.
-			e.finished(dest, len(chunk)+len(group), chunks, -1)
-			return ctx.Err()
+		default:
+			// No free lane (other destinations hold them): hand these jobs back
+			// now rather than wait with their leases running.
+			left := append(append([]dispatchJob(nil), chunk...), group...)
+			e.finished(dest, len(left), chunks, -1)
+			return true, e.handBack(ctx, left)
 		}
 		chunks--
 		// The lanes are in process: the message carries the batch's id, and
@@ -557,8 +565,20 @@ func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string
 		if err := bus.Publish(laneTopic(lane), msg); err != nil {
 			e.batches.Delete(msg.UUID)
 			e.finished(dest, len(chunk)+len(group), chunks+1, lane)
-			return fmt.Errorf("publish batch: %w", err)
+			return false, fmt.Errorf("publish batch: %w", err)
 		}
+	}
+	return false, nil
+}
+
+// handBack releases the leases of claimed jobs that were not sent.
+func (e *Engine) handBack(ctx context.Context, jobs []dispatchJob) error {
+	ids := make([]string, len(jobs))
+	for i, j := range jobs {
+		ids[i] = j.DeliveryID
+	}
+	if _, err := e.p.Pool.Exec(context.WithoutCancel(ctx), releaseStaleSQL, ids, e.p.WorkerID); err != nil {
+		return fmt.Errorf("hand back jobs: %w", err)
 	}
 	return nil
 }
@@ -590,11 +610,11 @@ func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, limit
 			rows.Close()
 			return nil, fmt.Errorf("scan claimed job: %w", err)
 		}
-		if err := json.Unmarshal(intervals, &j.Retry.Intervals); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("job %s: retry_intervals: %w", j.DeliveryID, err)
-		}
 		e.openJobSecrets(&j, headers, signing, sealed, prevValid)
+		if err := json.Unmarshal(intervals, &j.Retry.Intervals); err != nil && j.Unsendable == "" {
+			// One bad row fails its own job, not the claim (whose leases are taken).
+			j.Unsendable = "destination retry_intervals are unreadable"
+		}
 		jobs = append(jobs, j)
 	}
 	if err := rows.Err(); err != nil {

@@ -15,6 +15,9 @@ type ingestCache struct {
 
 	mu      sync.Mutex
 	entries map[string]cachedTarget
+	// gen counts clears: a lookup that began before a clear does not cache
+	// what it read (the rows a configuration write was replacing).
+	gen uint64
 }
 
 type cachedTarget struct {
@@ -29,27 +32,31 @@ func newIngestCache(ttl time.Duration, now func() time.Time) *ingestCache {
 	return &ingestCache{ttl: ttl, now: now, entries: map[string]cachedTarget{}}
 }
 
-// get returns a fresh entry, or nil.
-func (c *ingestCache) get(id string) *IngestTarget {
-	if c.ttl <= 0 {
-		return nil
-	}
+// get returns a fresh entry (nil when none) and the generation a lookup
+// made now must pass to put.
+func (c *ingestCache) get(id string) (*IngestTarget, uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.ttl <= 0 {
+		return nil, c.gen
+	}
 	e, ok := c.entries[id]
 	if !ok || !c.now().Before(e.until) {
-		return nil
+		return nil, c.gen
 	}
-	return e.target
+	return e.target, c.gen
 }
 
-// put keeps t for the TTL.
-func (c *ingestCache) put(id string, t *IngestTarget) {
+// put keeps t for the TTL, unless the cache was cleared since gen.
+func (c *ingestCache) put(id string, t *IngestTarget, gen uint64) {
 	if c.ttl <= 0 {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if gen != c.gen {
+		return
+	}
 	if len(c.entries) >= maxIngestCache {
 		c.entries = map[string]cachedTarget{}
 	}
@@ -61,4 +68,5 @@ func (c *ingestCache) clear() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.entries = map[string]cachedTarget{}
+	c.gen++
 }

@@ -671,6 +671,7 @@ func (st *destState) apply(in DestinationInput) error {
 	if err := applyNameSlug(in.Name, in.Slug, &st.Name, &st.Slug); err != nil {
 		return err
 	}
+	oldOrigin := origin(st.URL)
 	if in.URL != nil && !(st.URL != "" && *in.URL == maskedURL(st.URL)) {
 		// (The URL as the API shows it, userinfo masked, keeps the stored one.)
 		u, err := url.Parse(*in.URL)
@@ -689,6 +690,7 @@ func (st *destState) apply(in DestinationInput) error {
 		}
 		st.Method = m
 	}
+	given := map[string]bool{} // credential headers this request sets anew
 	if in.Headers != nil {
 		if len(*in.Headers) > 50 {
 			return invalidf("'headers' may hold at most 50 headers")
@@ -700,10 +702,22 @@ func (st *destState) apply(in DestinationInput) error {
 			}
 			if cur, ok := st.Headers[k]; ok && credentialHeader(k) && isMaskOf(v, cur) {
 				v = cur // the masked value the API showed: unchanged
+			} else if credentialHeader(k) {
+				given[k] = true
 			}
 			next[k] = v
 		}
 		st.Headers = next
+	}
+	if oldOrigin != "" && origin(st.URL) != oldOrigin {
+		// Stored credentials were given for the old host: a URL moved to
+		// another one keeps only those this request sets again, so nobody who
+		// can edit a destination can send its hidden credentials elsewhere.
+		for k := range st.Headers {
+			if credentialHeader(k) && !given[k] {
+				delete(st.Headers, k)
+			}
+		}
 	}
 	if in.TimeoutMS != nil {
 		if *in.TimeoutMS < 100 || *in.TimeoutMS > 120000 {

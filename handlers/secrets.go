@@ -120,6 +120,15 @@ func maskedURL(raw string) string {
 	return shown[:i+3] + "****@" + shown[i+3:]
 }
 
+// origin is a URL's scheme and host (with port), lowercased; "" for none.
+func origin(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return ""
+	}
+	return strings.ToLower(u.Scheme + "://" + u.Host)
+}
+
 // splitSecrets separates a destination's configuration into what is shown
 // (masked URL and header values) and what is sealed.
 func splitSecrets(st destState) (shownURL string, shownHeaders map[string]string, sec destSecrets) {

@@ -482,3 +482,42 @@ func TestIngestLooksUpTheSourceBeforeReadingTheBody(t *testing.T) {
 		t.Fatalf("unknown source with a 4 MiB body = %d %s", resp.StatusCode, raw)
 	}
 }
+
+func TestMovingADestinationToAnotherHostDropsItsHiddenCredentials(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	first, second := newSink(t), newSink(t)
+	d := h.mustCreate("/v1/destinations", map[string]any{"name": "d", "url": first.srv.URL,
+		"headers": map[string]string{"Authorization": "Bearer hidden-token-value-1", "X-Plain": "p"}})
+	s := h.mustCreate("/v1/sources", map[string]any{"name": "s"})
+	h.mustCreate("/v1/connections", map[string]any{"name": "c", "source_id": s["id"], "destination_id": d["id"]})
+	// Another host: the hidden header is not carried over.
+	if code, out := h.do("PATCH", "/v1/destinations/"+d["id"].(string), h.key, map[string]any{"url": second.srv.URL + "/x"}); code != 200 ||
+		strings.Contains(out["destination"].(map[string]any)["headers"].(string), "Authorization") {
+		t.Fatalf("PATCH url = %d %v", code, out)
+	}
+	h.ingest(s["id"].(string), `{}`)
+	waitFor(t, 10*time.Second, "the delivery", func() bool { return second.count() == 1 })
+	second.mu.Lock()
+	got := second.headers[0]
+	second.mu.Unlock()
+	if got.Get("Authorization") != "" || got.Get("X-Plain") != "p" {
+		t.Fatalf("moved destination sent %v", got)
+	}
+	// Set again with the move, it goes along; a path change on the same host keeps it.
+	if code, out := h.do("PATCH", "/v1/destinations/"+d["id"].(string), h.key, map[string]any{"url": first.srv.URL,
+		"headers": map[string]string{"Authorization": "Bearer new-token-value-22"}}); code != 200 {
+		t.Fatalf("PATCH url and header = %d %v", code, out)
+	}
+	if code, out := h.do("PATCH", "/v1/destinations/"+d["id"].(string), h.key, map[string]any{"url": first.srv.URL + "/other"}); code != 200 {
+		t.Fatalf("PATCH path = %d %v", code, out)
+	}
+	h.ingest(s["id"].(string), `{}`)
+	waitFor(t, 10*time.Second, "the second delivery", func() bool { return first.count() == 1 })
+	first.mu.Lock()
+	got = first.headers[0]
+	first.mu.Unlock()
+	if got.Get("Authorization") != "Bearer new-token-value-22" {
+		t.Fatalf("Authorization sent as %q", got.Get("Authorization"))
+	}
+}

@@ -124,7 +124,8 @@ func (s *Service) LookupIngest(ctx context.Context, sourceID string) (*IngestTar
 	if !validID(sourceID) {
 		return nil, notFound("Source")
 	}
-	if t := s.routes.get(sourceID); t != nil {
+	t, gen := s.routes.get(sourceID)
+	if t != nil {
 		return t, nil
 	}
 	rows, err := s.pool.Query(ctx, `SELECT src.*, c.id, c.name, c.enabled, c.status, c.filter_rules, d.id, d.name, d.status, d.url, d.method
@@ -166,7 +167,7 @@ func (s *Service) LookupIngest(ctx context.Context, sourceID string) (*IngestTar
 	if !found {
 		return nil, notFound("Source")
 	}
-	s.routes.put(sourceID, &tg)
+	s.routes.put(sourceID, &tg, gen)
 	return &tg, nil
 }
 

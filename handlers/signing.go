@@ -85,6 +85,8 @@ func applySigning(cur *SigningConfig, in SigningInput) (*SigningConfig, error) {
 		return nil, invalidf("'signing_config.mode' must be hmac or standard_webhooks")
 	case c.Secret == "":
 		return nil, invalidf("'signing_config.secret' is required")
+	case strings.HasPrefix(c.Secret, "****"):
+		return nil, invalidf("'signing_config.secret' looks masked (****…): send the secret itself, or the unchanged masked value of the stored one")
 	case len(c.Secret) > 1024:
 		return nil, invalidf("'signing_config.secret' is longer than 1024 characters")
 	case c.Algorithm != "sha256" && c.Algorithm != "sha1":

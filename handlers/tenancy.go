@@ -30,6 +30,9 @@ type Tenant struct {
 	KeyID string
 	// SessionID is the session of a cookie-authenticated request.
 	SessionID string
+	// SessionFromKey is set for a session made by logging in with an API
+	// key: it may do what the key may, and no more.
+	SessionFromKey bool
 }
 
 // sessionCookie is Better Auth's session cookie name; securePrefix is the
@@ -124,7 +127,8 @@ func authenticate(ctx context.Context, pool *pgxpool.Pool, r *http.Request, now 
 		if token := cookieToken(cookieSecret, v); token != "" {
 			var t Tenant
 			var id *string
-			err := pool.QueryRow(ctx, `SELECT id, org_id, env_id FROM sessions WHERE token_hash = $1 AND expires_at > $2`, hashSecret(token), now).Scan(&id, &t.OrgID, &t.EnvID)
+			err := pool.QueryRow(ctx, `SELECT id, org_id, env_id, api_key_id IS NOT NULL FROM sessions WHERE token_hash = $1 AND expires_at > $2`,
+				hashSecret(token), now).Scan(&id, &t.OrgID, &t.EnvID, &t.SessionFromKey)
 			if err == nil {
 				if id != nil {
 					t.SessionID = *id

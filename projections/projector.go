@@ -108,8 +108,20 @@ func (pr *Projector) Wake() {
 // wait from 1 ms up to MaxIdle, and reads again at once after a full batch
 // or a Wake.
 func (pr *Projector) Run(ctx context.Context) error {
-	if err := pr.ensureOffsets(ctx); err != nil {
-		return err
+	for {
+		err := pr.ensureOffsets(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		pr.p.Log.Error("projector: create offsets; trying again", "err", err) // the database may be starting
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(pr.p.MaxIdle):
+		}
 	}
 	idle := time.Millisecond
 	for {

@@ -190,9 +190,13 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	if cfg.Workers {
 		engineWatch = engineDone
 	}
+	var serverErr error
 	select {
 	case err := <-errc:
-		return fmt.Errorf("http server: %w", err)
+		// A listener failed: stop like on a signal (the engine lets its
+		// requests finish and records them), then report it.
+		serverErr = fmt.Errorf("http server: %w", err)
+		log.Error("http server stopped; shutting down", "err", err)
 	case <-ctx.Done():
 	case engineErr = <-engineWatch:
 		// The workers stopped on their own: serve no more, so a supervisor restarts us.
@@ -213,9 +217,9 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 		engineErr = <-engineDone
 	}
 	if engineErr != nil {
-		return fmt.Errorf("engine: %w", engineErr)
+		return errors.Join(serverErr, fmt.Errorf("engine: %w", engineErr))
 	}
-	return nil
+	return serverErr
 }
 
 // newHTTPServer bounds what a client can hold: header size and the time to
