@@ -89,6 +89,7 @@ type Engine struct {
 
 	lastProbeCheck time.Time // dispatcher goroutine only
 	lastClaim      time.Time // dispatcher goroutine only
+	lastDest       string    // the destination the last claim served last (round robin)
 	// capped is set when the last claim was cut short by capacity (a
 	// destination's room or the free lanes): a finished batch then wakes
 	// the dispatcher. Otherwise only new due jobs (NOTIFY) and retries do.
@@ -411,6 +412,8 @@ WITH RECURSIVE dests AS (
       AND NOT EXISTS (SELECT 1 FROM destinations x WHERE x.id = d.destination_id AND x.status = 'paused')
       AND ($6::text[] IS NOT NULL
            OR NOT EXISTS (SELECT 1 FROM destination_circuits k WHERE k.destination_id = d.destination_id AND k.state <> 'closed'))
+    -- Round robin: start after the destination the last claim served last.
+    ORDER BY d.destination_id <= $9, d.destination_id
 ), c AS (
     SELECT p.delivery_id, p.destination_id FROM open o
     CROSS JOIN LATERAL (
@@ -594,7 +597,7 @@ func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, limit
 		return nil, nil
 	}
 	defaultRoom := min(e.p.PerDestination, e.maxBatches()*batchSize)
-	rows, err := e.p.Pool.Query(ctx, claimSQL, e.p.Now().UTC(), limit, dests, rooms, defaultRoom, only, e.p.WorkerID, e.p.LeaseMargin)
+	rows, err := e.p.Pool.Query(ctx, claimSQL, e.p.Now().UTC(), limit, dests, rooms, defaultRoom, only, e.p.WorkerID, e.p.LeaseMargin, e.lastDest)
 	if err != nil {
 		return nil, fmt.Errorf("claim jobs: %w", err)
 	}
@@ -620,7 +623,28 @@ func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, limit
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("claim jobs: %w", err)
 	}
+	if len(jobs) > 0 && only == nil {
+		e.lastDest = lastServed(jobs, e.lastDest)
+	}
 	return jobs, nil
+}
+
+// lastServed is the destination a claim served last in its round-robin
+// order (destinations after prev first, then from the start): the highest
+// one at or below prev when the claim wrapped around, else the highest.
+func lastServed(jobs []dispatchJob, prev string) string {
+	var after, wrapped string
+	for _, j := range jobs {
+		if d := j.DestinationID; d > prev {
+			after = max(after, d)
+		} else {
+			wrapped = max(wrapped, d)
+		}
+	}
+	if wrapped != "" {
+		return wrapped
+	}
+	return after
 }
 
 // openJobSecrets fills a claimed job's headers, signing config and request
