@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -128,3 +129,33 @@ func TestTenancyAndSecretsCommands(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func TestWorkersOnlyProcessAnswersHealthAndNothingElse(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "hookstream")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	dbURL := pgtest.NewDatabase(t)
+	addr := freeAddr(t)
+	cmd := exec.Command(bin, "serve", "--workers", "--addr", addr)
+	cmd.Env = append(cmd.Environ(), "DATABASE_URL="+dbURL, "HOOKSTREAM_LOG_LEVEL=warn")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	get := func(path string) int {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	waitUntil(t, 30*time.Second, "the workers' health endpoint", func() bool { return get("/v1/health") == 200 })
+	if code := get("/v1/ready"); code != 200 && code != 503 {
+		t.Errorf("/v1/ready = %d", code)
+	}
+	if code := get("/v1/sources"); code != 404 {
+		t.Errorf("/v1/sources on a workers-only process = %d, want 404", code)
+	}
+}

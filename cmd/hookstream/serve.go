@@ -138,7 +138,12 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	api := handlers.NewAPI(handlers.APIParams{Service: svc, Pool: db.Pool, Log: log, Version: version, Metrics: metrics, ReadyMaxLag: cfg.ReadyMaxLag,
 		MetricsOnAPI: metricsOnAPI, MetricsToken: cfg.MetricsToken, CookieSecret: cookieSecret,
 		SecureCookies: strings.HasPrefix(publicURL, "https://")})
-	srv := newHTTPServer(api)
+	var handler http.Handler = api
+	if !cfg.API {
+		// A workers-only process still answers its orchestrator and scraper.
+		handler = operatorOnly(api)
+	}
+	srv := newHTTPServer(handler)
 	errc := make(chan error, 3)
 	if cfg.PprofAddr != "" {
 		pln, err := net.Listen("tcp", cfg.PprofAddr)
@@ -166,12 +171,8 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 		defer msrv.Close()
 		log.Info("serving metrics", "addr", mln.Addr().String())
 	}
-	if cfg.API {
-		go func() { errc <- srv.Serve(ln) }()
-		fmt.Fprintf(stdout, "hookstream %s listening on %s\n", version, publicURL)
-	} else {
-		ln.Close()
-	}
+	go func() { errc <- srv.Serve(ln) }()
+	fmt.Fprintf(stdout, "hookstream %s listening on %s\n", version, publicURL)
 	engineDone := make(chan error, 1)
 	engineCtx, stopEngine := context.WithCancel(ctx)
 	defer stopEngine()
@@ -220,6 +221,21 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 		return errors.Join(serverErr, fmt.Errorf("engine: %w", engineErr))
 	}
 	return serverErr
+}
+
+// operatorOnly serves the health, readiness and metrics routes of h (a
+// workers-only process) and answers 404 to the rest of the API.
+func operatorOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v1/health", "/v1/ready", "/metrics":
+			h.ServeHTTP(w, r)
+		default:
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			fmt.Fprintln(w, `{"error":"Not found: this process runs the delivery workers only (serve --workers)","status":404,"request_id":""}`)
+		}
+	})
 }
 
 // newHTTPServer bounds what a client can hold: header size and the time to
