@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/handlers/tenancy"
 	"github.com/hookstream/hookstream/migrations"
 	"github.com/hookstream/hookstream/projections"
 )
@@ -28,7 +29,7 @@ type APIParams struct {
 	MetricsOnAPI bool
 	MetricsToken string
 	// Accounts manages keys, environments and sessions (default: over Pool).
-	Accounts *Accounts
+	Accounts *tenancy.Accounts
 	// CookieSecret signs session cookies as Better Auth does (unsigned when empty).
 	CookieSecret []byte
 	// SecureCookies marks session cookies Secure (the API is served over HTTPS).
@@ -41,7 +42,7 @@ type APIParams struct {
 type API struct {
 	p      APIParams
 	router *mux.Router
-	usage  *keyUsage
+	usage  *tenancy.KeyUsage
 }
 
 // NewAPI builds the REST API with every route registered.
@@ -56,9 +57,9 @@ func NewAPI(p APIParams) *API {
 		p.ReadyMaxLag = time.Minute
 	}
 	if p.Accounts == nil {
-		p.Accounts = NewAccounts(p.Pool, p.Service.store)
+		p.Accounts = tenancy.NewAccounts(p.Pool, p.Service.store)
 	}
-	a := &API{p: p, router: mux.NewRouter(), usage: newKeyUsage(p.Pool)}
+	a := &API{p: p, router: mux.NewRouter(), usage: tenancy.NewKeyUsage(p.Pool)}
 	a.router.Use(a.withRequestID, a.withObservability, a.withRecovery)
 	if p.Metrics != nil && p.MetricsOnAPI {
 		a.router.Handle("/metrics", p.Metrics.Handler(p.MetricsToken)).Methods(http.MethodGet)

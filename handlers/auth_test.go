@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/handlers/tenancy"
 	"github.com/hookstream/hookstream/internal/pgtest"
 )
 
@@ -74,11 +75,11 @@ func (h *harness) userSession() string {
 	if err := h.pool.QueryRow(ctx, `SELECT org_id, env_id FROM api_keys WHERE key_prefix = $1`, h.key[:12]).Scan(&org, &env); err != nil {
 		h.t.Fatal(err)
 	}
-	s, err := handlers.NewAccounts(h.pool, nil).CreateSession(ctx, org, env, "", "cli", time.Hour, time.Now())
+	s, err := tenancy.NewAccounts(h.pool, nil).CreateSession(ctx, org, env, "", "cli", time.Hour, time.Now())
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	return handlers.SessionCookie(nil, s.Token)
+	return tenancy.SessionCookie(nil, s.Token)
 }
 
 func TestSessionsLoginUseAndLogout(t *testing.T) {
@@ -239,7 +240,7 @@ func TestEnvironmentsScopeKeysAndResources(t *testing.T) {
 	if err := h.pool.QueryRow(context.Background(), `SELECT org_id, env_id FROM api_keys WHERE key_prefix = $1`, h.key[:12]).Scan(&org, &prodEnv); err != nil {
 		t.Fatal(err)
 	}
-	k, err := handlers.CreateAPIKey(context.Background(), h.pool, nil, handlers.KeyParams{Name: "t", OrgID: org, Test: true}, time.Now())
+	k, err := tenancy.CreateAPIKey(context.Background(), h.pool, nil, tenancy.KeyParams{Name: "t", OrgID: org, Test: true}, time.Now())
 	if err != nil || !strings.HasPrefix(k.Key, "hs_test_") || k.EnvID == prodEnv {
 		t.Fatalf("test key %+v, %v", k, err)
 	}
@@ -248,7 +249,7 @@ func TestEnvironmentsScopeKeysAndResources(t *testing.T) {
 func TestSignedSessionCookieIsBetterAuthsFormat(t *testing.T) {
 	t.Parallel()
 	// Computed with Better Auth 1.7's cookie signer (issue 16's test vector).
-	got := handlers.SessionCookie([]byte("hookstream-test-secret-0123456789abcdef"), "AbCdEf0123456789AbCdEf0123456789")
+	got := tenancy.SessionCookie([]byte("hookstream-test-secret-0123456789abcdef"), "AbCdEf0123456789AbCdEf0123456789")
 	want := "better-auth.session_token=AbCdEf0123456789AbCdEf0123456789.%2FlEHF6gE2svC0FlbdVW7MSzhISuv0j65bEt%2FhIAdfTI%3D"
 	if got != want {
 		t.Fatalf("cookie\n got %s\nwant %s", got, want)

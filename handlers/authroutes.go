@@ -1,64 +1,17 @@
 package handlers
 
 import (
-	"context"
 	"mime"
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/gorilla/mux"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/handlers/kit"
+	"github.com/hookstream/hookstream/handlers/tenancy"
 )
-
-// keyUsage keeps API keys' last_used_at and request_count without a write
-// per request: counts gather in memory and are written at most once a
-// minute per key (the first use at once). Counts not yet written when the
-// process stops are lost: request_count is approximate.
-type keyUsage struct {
-	pool *pgxpool.Pool
-	mu   sync.Mutex
-	keys map[string]*usage
-}
-
-type usage struct {
-	pending int64
-	written time.Time
-}
-
-// usageFlushEvery is how often one key's usage is written.
-const usageFlushEvery = time.Minute
-
-func newKeyUsage(pool *pgxpool.Pool) *keyUsage {
-	return &keyUsage{pool: pool, keys: map[string]*usage{}}
-}
-
-// record counts one request of key, writing the count when due.
-func (u *keyUsage) record(ctx context.Context, key string, now time.Time) error {
-	u.mu.Lock()
-	k := u.keys[key]
-	if k == nil {
-		if len(u.keys) > 100000 { // bounded: a key set that large is reset, not grown
-			u.keys = map[string]*usage{}
-		}
-		k = &usage{}
-		u.keys[key] = k
-	}
-	k.pending++
-	if now.Sub(k.written) < usageFlushEvery {
-		u.mu.Unlock()
-		return nil
-	}
-	n := k.pending
-	k.pending, k.written = 0, now
-	u.mu.Unlock()
-	_, err := u.pool.Exec(ctx, `UPDATE api_keys SET last_used_at = $2, request_count = request_count + $3 WHERE id = $1`, key, now, n)
-	return err
-}
 
 // checkCSRF guards cookie-authenticated writes: a browser sends the cookie
 // along with a cross-site form post, so a write must carry a JSON body type
@@ -89,7 +42,7 @@ func checkCSRF(r *http.Request) error {
 // session (the CLI's `sessions create`, or a Better Auth server sharing the
 // cookie secret), so a leaked key can neither mint keys that outlive it nor
 // revoke its owner's.
-func requireSession(t Tenant) error {
+func requireSession(t domain.Tenant) error {
 	if t.SessionID == "" || t.SessionFromKey {
 		return domain.Errorf(domain.EForbidden, "API keys are created and revoked from a user's session (hookstream sessions create), not with an API key or a session made from one")
 	}
@@ -101,8 +54,8 @@ type LoginInput struct {
 	APIKey *string `json:"api_key"`
 }
 
-func (a *API) setSessionCookie(w http.ResponseWriter, s Session, maxAge int) {
-	http.SetCookie(w, &http.Cookie{Name: sessionCookie, Value: signCookie(a.p.CookieSecret, s.Token), Path: "/",
+func (a *API) setSessionCookie(w http.ResponseWriter, s tenancy.Session, maxAge int) {
+	http.SetCookie(w, &http.Cookie{Name: tenancy.CookieName, Value: tenancy.SignCookie(a.p.CookieSecret, s.Token), Path: "/",
 		MaxAge: maxAge, HttpOnly: true, Secure: a.p.SecureCookies, SameSite: http.SameSiteLaxMode})
 }
 
@@ -122,24 +75,24 @@ func (a *API) registerAuthRoutes(r *mux.Router) {
 				return
 			}
 			if in.APIKey == nil || *in.APIKey == "" {
-				writeError(w, r, a.p.Log, invalidf("'api_key' is required (or send the key in X-API-Key)"))
+				writeError(w, r, a.p.Log, kit.Invalidf("'api_key' is required (or send the key in X-API-Key)"))
 				return
 			}
 			r.Header.Set("X-API-Key", *in.APIKey)
 		}
 		r.Header.Del("Cookie") // a login is by key only
 		now := a.p.Now()
-		t, err := authenticate(r.Context(), a.p.Pool, r, now, nil)
+		t, err := tenancy.Authenticate(r.Context(), a.p.Pool, r, now, nil)
 		if err != nil {
 			writeError(w, r, a.p.Log, err)
 			return
 		}
-		s, err := acc.CreateSession(r.Context(), t.OrgID, t.EnvID, t.KeyID, t.Actor, DefaultSessionTTL, now)
+		s, err := acc.CreateSession(r.Context(), t.OrgID, t.EnvID, t.KeyID, t.Actor, tenancy.DefaultSessionTTL, now)
 		if err != nil {
 			writeError(w, r, a.p.Log, err)
 			return
 		}
-		a.setSessionCookie(w, s, int(DefaultSessionTTL.Seconds()))
+		a.setSessionCookie(w, s, int(tenancy.DefaultSessionTTL.Seconds()))
 		writeJSON(w, http.StatusCreated, map[string]any{"session": s})
 	}).Methods(http.MethodPost)
 	r.HandleFunc("/auth/logout", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
@@ -152,12 +105,12 @@ func (a *API) registerAuthRoutes(r *mux.Router) {
 			writeError(w, r, a.p.Log, err)
 			return
 		}
-		a.setSessionCookie(w, Session{}, -1)
+		a.setSessionCookie(w, tenancy.Session{}, -1)
 		writeJSON(w, http.StatusOK, map[string]bool{"success": true})
 	})).Methods(http.MethodPost)
 	r.HandleFunc("/auth/session", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
 		t := tenantOf(r)
-		writeJSON(w, http.StatusOK, map[string]any{"org_id": t.OrgID, "env_id": t.EnvID, "session_id": nullIfEmpty(t.SessionID), "api_key_id": nullIfEmpty(t.KeyID)})
+		writeJSON(w, http.StatusOK, map[string]any{"org_id": t.OrgID, "env_id": t.EnvID, "session_id": kit.NullIfEmpty(t.SessionID), "api_key_id": kit.NullIfEmpty(t.KeyID)})
 	})).Methods(http.MethodGet)
 
 	r.HandleFunc("/auth/api-keys", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
@@ -166,23 +119,23 @@ func (a *API) registerAuthRoutes(r *mux.Router) {
 			writeError(w, r, a.p.Log, err)
 			return
 		}
-		var in APIKeyInput
+		var in tenancy.APIKeyInput
 		if !a.decode(w, r, &in) {
 			return
 		}
 		if in.Name == nil {
-			writeError(w, r, a.p.Log, invalidf("'name' is required"))
+			writeError(w, r, a.p.Log, kit.Invalidf("'name' is required"))
 			return
 		}
-		p := KeyParams{Name: *in.Name, OrgID: t.OrgID, EnvID: t.EnvID, Scopes: in.Scopes, Actor: t.Actor}
+		p := tenancy.KeyParams{Name: *in.Name, OrgID: t.OrgID, EnvID: t.EnvID, Scopes: in.Scopes, Actor: t.Actor}
 		if in.OrgID != nil && *in.OrgID != t.OrgID {
-			writeError(w, r, a.p.Log, notFound("Environment"))
+			writeError(w, r, a.p.Log, kit.NotFound("Environment"))
 			return
 		}
 		if in.EnvID != nil {
 			p.EnvID = *in.EnvID // CreateAPIKey checks it belongs to the organization
 		}
-		a.respond(w, r, http.StatusCreated, "api_key")(CreateAPIKey(r.Context(), a.p.Pool, a.p.Service.store, p, a.p.Now()))
+		a.respond(w, r, http.StatusCreated, "api_key")(tenancy.CreateAPIKey(r.Context(), a.p.Pool, a.p.Service.store, p, a.p.Now()))
 	})).Methods(http.MethodPost)
 	r.HandleFunc("/auth/api-keys", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
 		t := tenantOf(r)
@@ -198,7 +151,7 @@ func (a *API) registerAuthRoutes(r *mux.Router) {
 	})).Methods(http.MethodDelete)
 
 	r.HandleFunc("/environments", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		var in EnvironmentInput
+		var in tenancy.EnvironmentInput
 		if a.decode(w, r, &in) {
 			a.respond(w, r, http.StatusCreated, "environment")(acc.CreateEnvironment(r.Context(), tenantOf(r), in, a.p.Now()))
 		}
@@ -210,7 +163,7 @@ func (a *API) registerAuthRoutes(r *mux.Router) {
 		a.respond(w, r, http.StatusOK, "environment")(acc.GetEnvironment(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
 	})).Methods(http.MethodGet)
 	r.HandleFunc("/environments/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		var in EnvironmentInput
+		var in tenancy.EnvironmentInput
 		if a.decode(w, r, &in) {
 			a.respond(w, r, http.StatusOK, "environment")(acc.UpdateEnvironment(r.Context(), tenantOf(r), mux.Vars(r)["id"], in, a.p.Now()))
 		}

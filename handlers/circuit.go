@@ -10,6 +10,8 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/handlers/jobs"
+	"github.com/hookstream/hookstream/handlers/kit"
 )
 
 // circuitStream is the stream of a destination's circuit transitions.
@@ -51,11 +53,11 @@ func saveCircuit(ctx context.Context, tx pgx.Tx, destinationID, org, env string,
 // batch of one destination was recorded: it moves the destination's
 // circuit, opens or updates issues for dead letters and an opening circuit,
 // and disables the destination on a 410 Gone.
-func (e *Engine) recordOutcomes(ctx context.Context, tx pgx.Tx, jobs []dispatchJob, results []domain.DeliveryAttempted, dlq map[string]bool, now time.Time) error {
-	if len(jobs) == 0 {
+func (e *Engine) recordOutcomes(ctx context.Context, tx pgx.Tx, batch []dispatchJob, results []domain.DeliveryAttempted, dlq map[string]bool, now time.Time) error {
+	if len(batch) == 0 {
 		return nil
 	}
-	dest, org, env := jobs[0].DestinationID, jobs[0].OrgID, jobs[0].EnvID
+	dest, org, env := batch[0].DestinationID, batch[0].OrgID, batch[0].EnvID
 	// One round trip for a healthy destination: its configuration and its
 	// circuit (locked when it has a row), written back only when it changed.
 	var cfg domain.CircuitConfig
@@ -90,7 +92,7 @@ func (e *Engine) recordOutcomes(ctx context.Context, tx pgx.Tx, jobs []dispatchJ
 	// The circuit row is locked (serialising this destination's lanes) only
 	// when the batch can move it: a closed, clean circuit that sees only
 	// successes stays as it is, and a breaker that is off counts nothing.
-	if err == nil && cfg.Enabled && (c.State != domain.CircuitClosed || c.Failures != 0 || probe != nil || anyRequestFailed(jobs, results)) {
+	if err == nil && cfg.Enabled && (c.State != domain.CircuitClosed || c.Failures != 0 || probe != nil || anyRequestFailed(batch, results)) {
 		err = load(true)
 	}
 	if err != nil {
@@ -102,8 +104,8 @@ func (e *Engine) recordOutcomes(ctx context.Context, tx pgx.Tx, jobs []dispatchJ
 	}
 	before := c
 	md := eventstore.Metadata{Actor: "engine"}
-	disabled := jobs[0].DestStatus == "disabled"
-	for i, j := range jobs {
+	disabled := batch[0].DestStatus == "disabled"
+	for i, j := range batch {
 		r := results[i]
 		if !j.DestFound || (r.Final != "" && r.ResponseStatus == nil) {
 			continue // not a request to the destination
@@ -155,8 +157,8 @@ func (e *Engine) recordOutcomes(ctx context.Context, tx pgx.Tx, jobs []dispatchJ
 
 // anyRequestFailed reports whether a request of the batch reached the
 // destination and failed.
-func anyRequestFailed(jobs []dispatchJob, results []domain.DeliveryAttempted) bool {
-	for i, j := range jobs {
+func anyRequestFailed(batch []dispatchJob, results []domain.DeliveryAttempted) bool {
+	for i, j := range batch {
 		r := results[i]
 		if j.DestFound && !(r.Final != "" && r.ResponseStatus == nil) && r.Status != domain.AttemptSuccess {
 			return true
@@ -196,7 +198,7 @@ func (e *Engine) circuitProbes(ctx context.Context) ([]string, error) {
 			dest, org, env string
 			failures       int
 		}
-		half, err := collectRows(rows, err, func(r pgx.Row) (opened, error) {
+		half, err := kit.CollectRows(rows, err, func(r pgx.Row) (opened, error) {
 			var o opened
 			return o, r.Scan(&o.dest, &o.org, &o.env, &o.failures)
 		})
@@ -222,7 +224,7 @@ func (e *Engine) circuitProbes(ctx context.Context) ([]string, error) {
 			)
 			UPDATE destination_circuits k SET probe_delivery_id = p.delivery_id FROM p WHERE k.destination_id = p.destination_id
 			RETURNING p.delivery_id`, now)
-		probes, err = collectRows(rows, err, func(r pgx.Row) (string, error) {
+		probes, err = kit.CollectRows(rows, err, func(r pgx.Row) (string, error) {
 			var id string
 			return id, r.Scan(&id)
 		})
@@ -249,7 +251,7 @@ type CircuitStatus struct {
 }
 
 // GetCircuit returns a destination's circuit.
-func (s *Service) GetCircuit(ctx context.Context, t Tenant, destinationID string) (CircuitStatus, error) {
+func (s *Service) GetCircuit(ctx context.Context, t domain.Tenant, destinationID string) (CircuitStatus, error) {
 	d, _, err := s.getDestination(ctx, t, destinationID)
 	if err != nil {
 		return CircuitStatus{}, err
@@ -262,7 +264,7 @@ func (s *Service) GetCircuit(ctx context.Context, t Tenant, destinationID string
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return out, fmt.Errorf("get circuit: %w", err)
 	}
-	out.OpenedAt, out.LastTransitionAt = isoTimePtr(opened), isoTimePtr(last)
+	out.OpenedAt, out.LastTransitionAt = kit.ISOTimePtr(opened), kit.ISOTimePtr(last)
 	if out.State != domain.CircuitClosed {
 		if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM delivery_jobs WHERE destination_id = $1 AND state = 'scheduled'`, d.ID).Scan(&out.QueuedDeliveries); err != nil {
 			return out, fmt.Errorf("get circuit: %w", err)
@@ -273,7 +275,7 @@ func (s *Service) GetCircuit(ctx context.Context, t Tenant, destinationID string
 
 // ResetCircuit closes a destination's circuit by hand; queued deliveries
 // then drain in order.
-func (s *Service) ResetCircuit(ctx context.Context, t Tenant, destinationID, rid string) (CircuitStatus, error) {
+func (s *Service) ResetCircuit(ctx context.Context, t domain.Tenant, destinationID, rid string) (CircuitStatus, error) {
 	d, _, err := s.getDestination(ctx, t, destinationID)
 	if err != nil {
 		return CircuitStatus{}, err
@@ -296,7 +298,7 @@ func (s *Service) ResetCircuit(ctx context.Context, t Tenant, destinationID, rid
 		if err := saveCircuit(ctx, tx, d.ID, t.OrgID, t.EnvID, c); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `SELECT pg_notify('hookstream_jobs', '')`)
+		err = jobs.Notify(ctx, tx)
 		return err
 	})
 	if err != nil {
@@ -308,7 +310,7 @@ func (s *Service) ResetCircuit(ctx context.Context, t Tenant, destinationID, rid
 // probeByManualRetry makes a manual retry the probe of an open or half-open
 // circuit (in the retry's transaction): it goes out now instead of waiting
 // for the cooldown.
-func probeByManualRetry(ctx context.Context, tx pgx.Tx, store *eventstore.Store, t Tenant, destinationID, deliveryID, rid string, now time.Time) error {
+func probeByManualRetry(ctx context.Context, tx pgx.Tx, store *eventstore.Store, t domain.Tenant, destinationID, deliveryID, rid string, now time.Time) error {
 	c, err := loadCircuit(ctx, tx, destinationID)
 	if err != nil || c.State == domain.CircuitClosed {
 		return err

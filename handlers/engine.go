@@ -26,6 +26,11 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/handlers/jobs"
+	"github.com/hookstream/hookstream/handlers/kit"
+	"github.com/hookstream/hookstream/handlers/outbound"
+	"github.com/hookstream/hookstream/handlers/secrets"
+	"github.com/hookstream/hookstream/handlers/signing"
 	"github.com/hookstream/hookstream/internal/secretbox"
 	"github.com/hookstream/hookstream/projections"
 )
@@ -42,7 +47,7 @@ type EngineParams struct {
 	Store    *eventstore.Store
 	Log      *slog.Logger
 	Now      func() time.Time
-	Outbound OutboundPolicy
+	Outbound outbound.Policy
 	// Lanes is how many delivery batches run at once (default 64).
 	Lanes int
 	// PerDestination bounds in-flight requests to one destination (default 32),
@@ -154,9 +159,9 @@ func NewEngine(p EngineParams) *Engine {
 		p.ReplayPoll = 250 * time.Millisecond
 	}
 	if p.WorkerID == "" {
-		p.WorkerID = newID()
+		p.WorkerID = kit.NewID()
 	}
-	e := &Engine{p: p, client: NewHTTPClient(p.Outbound), wlog: watermill.NewSlogLoggerWithLevelMapping(p.Log.With("component", "watermill"),
+	e := &Engine{p: p, client: outbound.NewHTTPClient(p.Outbound), wlog: watermill.NewSlogLoggerWithLevelMapping(p.Log.With("component", "watermill"),
 		map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}),
 		lanes: make(chan int, p.Lanes), inflight: map[string]*destLoad{}, wake: make(chan struct{}, 1)}
 	for i := 0; i < p.Lanes; i++ {
@@ -184,7 +189,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		types []string
 		apply func(eventstore.Event) ([]eventstore.Statement, error)
 	}{
-		{GroupScheduler, liveScheduleEvents, schedule},
+		{jobs.GroupScheduler, jobs.LiveScheduleEvents, jobs.Schedule},
 	} {
 		sub, err := eventstore.NewSubscriber(e.p.Pool, eventstore.SubscriberParams{ConsumerGroup: c.group, PollInterval: e.p.ConsumerPoll,
 			BatchSize: 500, EventTypes: c.types, FilterAfterRead: true, Pace: 50 * time.Millisecond}, e.wlog)
@@ -274,7 +279,7 @@ func laneTopic(i int) string { return "deliveries." + strconv.Itoa(i) }
 func (e *Engine) releaseLeases() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := e.p.Pool.Exec(ctx, `UPDATE delivery_jobs SET lease_until = NULL, leased_by = NULL WHERE leased_by = $1 AND state = 'scheduled'`, e.p.WorkerID); err != nil {
+	if _, err := e.p.Pool.Exec(ctx, jobs.ReleaseWorkerSQL, e.p.WorkerID); err != nil {
 		e.p.Log.Error("release leases", "err", err)
 	}
 }
@@ -299,7 +304,7 @@ type dispatchJob struct {
 	Retry         domain.RetryPolicy `json:"retry"`
 	DestStatus    string             `json:"dest_status"`
 	DisabledWhy   string             `json:"disabled_reason"`
-	Signing       *SigningConfig     `json:"signing"`
+	Signing       *signing.Config    `json:"signing"`
 	PrevSecret    string             `json:"prev_secret"`
 	// SendURL is the URL requested, userinfo included; URL (what attempts
 	// record) has it masked.
@@ -359,7 +364,7 @@ func (e *Engine) listen(ctx context.Context) {
 			}
 			continue
 		}
-		if _, err := conn.Exec(ctx, "LISTEN hookstream_jobs"); err == nil {
+		if _, err := conn.Exec(ctx, "LISTEN "+jobs.Channel); err == nil {
 			for {
 				if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
 					break
@@ -385,64 +390,6 @@ func (e *Engine) notified() {
 	e.poke()
 	e.projector.Wake()
 }
-
-// claimSQL leases due jobs, walking the destinations that have scheduled
-// jobs (a skip scan of delivery_jobs_claim_idx: one index seek each, however
-// many jobs a destination holds, due or not) and taking from each at most
-// its free capacity ($3/$4: destinations and what they can still take; any
-// other destination takes $5), oldest due first, $2 in all. Paused
-// destinations and open circuits are skipped once, at the destination, not
-// job by job; $6, when set, claims only those jobs (half-open circuits'
-// probes). A job whose lease expired (its worker died) is claimable again,
-// under the same attempt id. Only the lease columns change, which no index
-// holds, so the row is rewritten in place.
-const claimSQL = `
-WITH RECURSIVE dests AS (
-    (SELECT j.destination_id FROM delivery_jobs j WHERE j.state = 'scheduled' ORDER BY j.destination_id LIMIT 1)
-  UNION ALL
-    SELECT (SELECT j.destination_id FROM delivery_jobs j
-            WHERE j.state = 'scheduled' AND j.destination_id > dests.destination_id
-            ORDER BY j.destination_id LIMIT 1)
-    FROM dests WHERE dests.destination_id IS NOT NULL
-), open AS (
-    SELECT d.destination_id,
-           coalesce((SELECT c.n FROM unnest($3::text[], $4::int[]) AS c(dest, n) WHERE c.dest = d.destination_id), $5::int) AS room
-    FROM dests d
-    WHERE d.destination_id IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM destinations x WHERE x.id = d.destination_id AND x.status = 'paused')
-      AND ($6::text[] IS NOT NULL
-           OR NOT EXISTS (SELECT 1 FROM destination_circuits k WHERE k.destination_id = d.destination_id AND k.state <> 'closed'))
-    -- Round robin: start after the destination the last claim served last.
-    ORDER BY d.destination_id <= $9, d.destination_id
-), c AS (
-    SELECT p.delivery_id, p.destination_id FROM open o
-    CROSS JOIN LATERAL (
-        SELECT j.delivery_id, j.destination_id FROM delivery_jobs j
-        WHERE j.destination_id = o.destination_id AND j.state = 'scheduled' AND j.due_at <= $1
-          AND (j.lease_until IS NULL OR j.lease_until < $1)
-          AND NOT EXISTS (SELECT 1 FROM connections cn WHERE cn.id = j.connection_id AND cn.status = 'paused')
-          AND ($6::text[] IS NULL OR j.delivery_id = ANY($6))
-        ORDER BY j.due_at
-        LIMIT o.room
-        FOR UPDATE OF j SKIP LOCKED) p
-    WHERE o.room > 0
-    LIMIT $2
-), u AS (
-    UPDATE delivery_jobs j
-    SET lease_until = $1 + (coalesce(d.timeout_ms, 30000) * interval '1 millisecond') + $8::interval, leased_by = $7
-    FROM c LEFT JOIN destinations d ON d.id = c.destination_id
-    WHERE j.delivery_id = c.delivery_id
-    RETURNING j.delivery_id, j.org_id, j.env_id, j.event_id, j.destination_id, j.attempt_id, j.attempt_number, j.version, j.received_uuid, j.due_at
-)
-SELECT u.delivery_id, u.org_id, u.env_id, u.event_id, u.destination_id, u.attempt_id, u.attempt_number, u.version,
-       e.payload->>'body_b64', coalesce(e.payload->>'content_type', ''),
-       d.id IS NOT NULL, coalesce(d.url, ''), coalesce(d.method, 'POST'), coalesce(d.headers, '{}'), coalesce(d.timeout_ms, 30000),
-       coalesce(d.retry_enabled, false), coalesce(d.retry_max_attempts, 0), coalesce(d.retry_backoff_type, 'exponential'),
-       coalesce(d.retry_intervals, '[30]'), coalesce(d.status, ''), coalesce(d.disabled_reason, ''), d.signing_config,
-       coalesce(d.signing_previous_expires_at > $1, false), coalesce(d.secrets, '')
-FROM u CROSS JOIN LATERAL (SELECT x.payload FROM events x WHERE x.event_id = u.received_uuid) e
-LEFT JOIN destinations d ON d.id = u.destination_id
-ORDER BY u.destination_id, u.due_at`
 
 // claimAndPublish claims due jobs within each destination's free capacity
 // and hands each destination's jobs, in batches, to free lanes. It reports
@@ -473,19 +420,19 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bo
 			return false, err
 		}
 	}
-	var jobs []dispatchJob
+	var batch []dispatchJob
 	more := false
 	for pass, only := range [][]string{probes, nil} {
 		if pass == 0 && len(only) == 0 {
 			continue // no probes: one claim, not two (a nil probe list claimed like the second pass)
 		}
-		limit := free - len(jobs)
+		limit := free - len(batch)
 		claimed, err := e.claim(ctx, dests, rooms, limit, only)
 		if err != nil {
 			return false, err
 		}
 		more = only == nil && limit > 0 && len(claimed) == limit
-		jobs = append(jobs, claimed...)
+		batch = append(batch, claimed...)
 	}
 	byDest := map[string][]dispatchJob{}
 	var order []string
@@ -497,7 +444,7 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bo
 	}
 	handed := false // jobs went back for want of a lane
 	defer func() { e.capped.Store(more || full || handed || e.roomExhausted(byDest, dests, rooms)) }()
-	for _, j := range jobs {
+	for _, j := range batch {
 		if _, ok := byDest[j.DestinationID]; !ok {
 			order = append(order, j.DestinationID)
 		}
@@ -561,7 +508,7 @@ func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string
 		chunks--
 		// The lanes are in process: the message carries the batch's id, and
 		// the jobs (secrets included) never leave memory or get encoded.
-		msg := message.NewMessage(newID(), nil)
+		msg := message.NewMessage(kit.NewID(), nil)
 		e.batches.Store(msg.UUID, chunk)
 		msg.Metadata.Set("lane", strconv.Itoa(lane))
 		msg.Metadata.Set("destination_id", dest)
@@ -575,12 +522,12 @@ func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string
 }
 
 // handBack releases the leases of claimed jobs that were not sent.
-func (e *Engine) handBack(ctx context.Context, jobs []dispatchJob) error {
-	ids := make([]string, len(jobs))
-	for i, j := range jobs {
+func (e *Engine) handBack(ctx context.Context, batch []dispatchJob) error {
+	ids := make([]string, len(batch))
+	for i, j := range batch {
 		ids[i] = j.DeliveryID
 	}
-	if _, err := e.p.Pool.Exec(context.WithoutCancel(ctx), releaseStaleSQL, ids, e.p.WorkerID); err != nil {
+	if _, err := e.p.Pool.Exec(context.WithoutCancel(ctx), jobs.ReleaseSQL, ids, e.p.WorkerID); err != nil {
 		return fmt.Errorf("hand back jobs: %w", err)
 	}
 	return nil
@@ -597,44 +544,44 @@ func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, limit
 		return nil, nil
 	}
 	defaultRoom := min(e.p.PerDestination, e.maxBatches()*batchSize)
-	rows, err := e.p.Pool.Query(ctx, claimSQL, e.p.Now().UTC(), limit, dests, rooms, defaultRoom, only, e.p.WorkerID, e.p.LeaseMargin, e.lastDest)
+	rows, err := e.p.Pool.Query(ctx, jobs.ClaimSQL, e.p.Now().UTC(), limit, dests, rooms, defaultRoom, only, e.p.WorkerID, e.p.LeaseMargin, e.lastDest)
 	if err != nil {
 		return nil, fmt.Errorf("claim jobs: %w", err)
 	}
-	var jobs []dispatchJob
+	var batch []dispatchJob
 	for rows.Next() {
 		var j dispatchJob
-		var headers, intervals, signing []byte
+		var headers, intervals, signingRaw []byte
 		var prevValid bool
 		var sealed string
 		if err := rows.Scan(&j.DeliveryID, &j.OrgID, &j.EnvID, &j.EventID, &j.DestinationID, &j.AttemptID, &j.AttemptNumber, &j.Version,
 			&j.BodyB64, &j.ContentType, &j.DestFound, &j.URL, &j.Method, &headers, &j.TimeoutMS,
-			&j.Retry.Enabled, &j.Retry.MaxRetries, &j.Retry.Backoff, &intervals, &j.DestStatus, &j.DisabledWhy, &signing, &prevValid, &sealed); err != nil {
+			&j.Retry.Enabled, &j.Retry.MaxRetries, &j.Retry.Backoff, &intervals, &j.DestStatus, &j.DisabledWhy, &signingRaw, &prevValid, &sealed); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("scan claimed job: %w", err)
 		}
-		e.openJobSecrets(&j, headers, signing, sealed, prevValid)
+		e.openJobSecrets(&j, headers, signingRaw, sealed, prevValid)
 		if err := json.Unmarshal(intervals, &j.Retry.Intervals); err != nil && j.Unsendable == "" {
 			// One bad row fails its own job, not the claim (whose leases are taken).
 			j.Unsendable = "destination retry_intervals are unreadable"
 		}
-		jobs = append(jobs, j)
+		batch = append(batch, j)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("claim jobs: %w", err)
 	}
-	if len(jobs) > 0 && only == nil {
-		e.lastDest = lastServed(jobs, e.lastDest)
+	if len(batch) > 0 && only == nil {
+		e.lastDest = lastServed(batch, e.lastDest)
 	}
-	return jobs, nil
+	return batch, nil
 }
 
 // lastServed is the destination a claim served last in its round-robin
 // order (destinations after prev first, then from the start): the highest
 // one at or below prev when the claim wrapped around, else the highest.
-func lastServed(jobs []dispatchJob, prev string) string {
+func lastServed(batch []dispatchJob, prev string) string {
 	var after, wrapped string
-	for _, j := range jobs {
+	for _, j := range batch {
 		if d := j.DestinationID; d > prev {
 			after = max(after, d)
 		} else {
@@ -651,7 +598,7 @@ func lastServed(jobs []dispatchJob, prev string) string {
 // URL, decrypting the destination's secrets. Anything that does not decode
 // or decrypt makes the job unsendable: it fails without a request, rather
 // than going out unsigned or without its credentials.
-func (e *Engine) openJobSecrets(j *dispatchJob, headers, signing []byte, sealed string, prevValid bool) {
+func (e *Engine) openJobSecrets(j *dispatchJob, headers, signingRaw []byte, sealed string, prevValid bool) {
 	j.SendURL = j.URL
 	if !j.DestFound {
 		return
@@ -660,14 +607,14 @@ func (e *Engine) openJobSecrets(j *dispatchJob, headers, signing []byte, sealed 
 		j.Unsendable = "destination headers are unreadable"
 		return
 	}
-	if len(signing) > 0 && string(signing) != "null" {
-		j.Signing = &SigningConfig{}
-		if err := json.Unmarshal(signing, j.Signing); err != nil {
+	if len(signingRaw) > 0 && string(signingRaw) != "null" {
+		j.Signing = &signing.Config{}
+		if err := json.Unmarshal(signingRaw, j.Signing); err != nil {
 			j.Unsendable = "signing config is unreadable; the request was not sent unsigned"
 			return
 		}
 	}
-	sec, err := openDest(e.p.Secrets, j.DestinationID, sealed)
+	sec, err := secrets.OpenDest(e.p.Secrets, j.DestinationID, sealed)
 	if err != nil {
 		e.p.Log.Error("destination secrets unreadable", "destination_id", j.DestinationID, "err", err)
 		j.Unsendable = "destination secrets cannot be decrypted (encryption key missing or wrong); the request was not sent"
@@ -718,17 +665,17 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 	if !ok {
 		return nil // handled before (a redelivered message): nothing left to do
 	}
-	jobs := held.([]dispatchJob)
+	batch := held.([]dispatchJob)
 	lane, _ := strconv.Atoi(msg.Metadata.Get("lane"))
-	defer e.finished(msg.Metadata.Get("destination_id"), len(jobs), 1, lane)
-	results := make([]domain.DeliveryAttempted, len(jobs))
+	defer e.finished(msg.Metadata.Get("destination_id"), len(batch), 1, lane)
+	results := make([]domain.DeliveryAttempted, len(batch))
 	var wg sync.WaitGroup
 	// The batch is in due order. Each request starts once the one before it
 	// has been written, so a backlog (after a pause or an open circuit)
 	// leaves in order while the requests still overlap.
 	prev := make(chan struct{})
 	close(prev)
-	for i := range jobs {
+	for i := range batch {
 		wg.Add(1)
 		written := make(chan struct{})
 		go func(prev <-chan struct{}) {
@@ -738,7 +685,7 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 			defer signal()
 			<-prev
 			trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { signal() }}
-			results[i] = e.sendRecovered(httptrace.WithClientTrace(e.sends, trace), jobs[i])
+			results[i] = e.sendRecovered(httptrace.WithClientTrace(e.sends, trace), batch[i])
 		}(prev)
 		prev = written
 	}
@@ -747,14 +694,14 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 		// Shut down past the grace period: requests cut off are not attempts.
 		// Their leases are released at shutdown and they run again.
 		kept := 0
-		for i := range jobs {
+		for i := range batch {
 			if results[i].Error != nil && *results[i].Error == errAborted {
 				continue
 			}
-			jobs[kept], results[kept] = jobs[i], results[i]
+			batch[kept], results[kept] = batch[i], results[i]
 			kept++
 		}
-		jobs, results = jobs[:kept], results[:kept]
+		batch, results = batch[:kept], results[:kept]
 		if kept == 0 {
 			return nil
 		}
@@ -762,7 +709,7 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 	// Recording must outlive a shutdown signal: the requests were made.
 	ctx := context.WithoutCancel(msg.Context())
 	for try := 0; ; try++ {
-		err := e.complete(ctx, jobs, results)
+		err := e.complete(ctx, batch, results)
 		if err == nil {
 			e.projector.Wake()
 			if anyFailed(results) {
@@ -771,10 +718,10 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 			if e.p.ConfigChanged != nil && anyGone(results) {
 				e.p.ConfigChanged()
 			}
-			e.p.Metrics.recordAttempts(jobs, results)
+			e.p.Metrics.recordAttempts(batch, results)
 			for i, r := range results {
-				attrs := []slog.Attr{slog.String("delivery_id", jobs[i].DeliveryID), slog.String("attempt_id", r.AttemptID),
-					slog.String("destination_id", jobs[i].DestinationID), slog.Int("attempt", jobs[i].AttemptNumber),
+				attrs := []slog.Attr{slog.String("delivery_id", batch[i].DeliveryID), slog.String("attempt_id", r.AttemptID),
+					slog.String("destination_id", batch[i].DestinationID), slog.Int("attempt", batch[i].AttemptNumber),
 					slog.String("status", r.Status), slog.Int("duration_ms", r.DurationMS)}
 				if r.ResponseStatus != nil {
 					attrs = append(attrs, slog.Int("http_status", *r.ResponseStatus))
@@ -787,7 +734,7 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 			return nil
 		}
 		if try == 4 {
-			e.p.Log.Error("record attempts failed; leases will expire and the deliveries run again", "err", err, "deliveries", len(jobs))
+			e.p.Log.Error("record attempts failed; leases will expire and the deliveries run again", "err", err, "deliveries", len(batch))
 			return nil
 		}
 		time.Sleep(time.Duration(100*(try+1)) * time.Millisecond)
@@ -821,7 +768,7 @@ func (e *Engine) send(ctx context.Context, j dispatchJob) domain.DeliveryAttempt
 		return fail("destination was deleted")
 	}
 	if j.DestStatus == "disabled" {
-		res.Final = "destination is disabled: " + orDefault(j.DisabledWhy, "by its owner")
+		res.Final = "destination is disabled: " + kit.OrDefault(j.DisabledWhy, "by its owner")
 		return fail(res.Final)
 	}
 	if j.Unsendable != "" {
@@ -850,7 +797,7 @@ func (e *Engine) send(ctx context.Context, j dispatchJob) domain.DeliveryAttempt
 	req.Header.Set("X-hookstream-Delivery-Attempt", strconv.Itoa(j.AttemptNumber))
 	req.Header.Set("X-hookstream-Timestamp", started.Format(time.RFC3339))
 	req.Header.Set("Idempotency-Key", j.DeliveryID)
-	j.Signing.sign(req.Header, j.DeliveryID, body, j.PrevSecret, started)
+	j.Signing.Sign(req.Header, j.DeliveryID, body, j.PrevSecret, started)
 	sent, err := json.Marshal(flatten(redactSent(req.Header, j.Headers, j.Signing)))
 	if err != nil {
 		return fail("request headers cannot be recorded")
@@ -965,14 +912,14 @@ func flatten(h http.Header) map[string]string {
 // complete records a batch's outcomes in one transaction: load the streams,
 // decide, append every stream at its expected version, move the jobs. When a
 // stream moved meanwhile, each delivery is recorded on its own.
-func (e *Engine) complete(ctx context.Context, jobs []dispatchJob, results []domain.DeliveryAttempted) error {
-	err := e.completeTx(ctx, jobs, results)
-	if !errors.Is(err, eventstore.ErrConcurrency) || len(jobs) == 1 {
+func (e *Engine) complete(ctx context.Context, batch []dispatchJob, results []domain.DeliveryAttempted) error {
+	err := e.completeTx(ctx, batch, results)
+	if !errors.Is(err, eventstore.ErrConcurrency) || len(batch) == 1 {
 		return err
 	}
-	for i := range jobs {
+	for i := range batch {
 		for try := 0; ; try++ {
-			err := e.completeTx(ctx, jobs[i:i+1], results[i:i+1])
+			err := e.completeTx(ctx, batch[i:i+1], results[i:i+1])
 			if err == nil || !errors.Is(err, eventstore.ErrConcurrency) || try == 3 {
 				if err != nil {
 					return err
@@ -990,19 +937,19 @@ func (e *Engine) complete(ctx context.Context, jobs []dispatchJob, results []dom
 // them, and BEGIN, the append, the job rows and COMMIT go in one pipeline
 // (a stream that moved meanwhile fails the append and nothing commits). Any
 // other batch takes completeLocked, which locks what it changes.
-func (e *Engine) completeTx(ctx context.Context, jobs []dispatchJob, results []domain.DeliveryAttempted) error {
-	if !jobs[0].DestFound || anyGone(results) {
-		return e.completeLocked(ctx, jobs, results)
+func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []domain.DeliveryAttempted) error {
+	if !batch[0].DestFound || anyGone(results) {
+		return e.completeLocked(ctx, batch, results)
 	}
-	ids := make([]string, len(jobs))
-	for i, j := range jobs {
+	ids := make([]string, len(batch))
+	for i, j := range batch {
 		ids[i] = j.DeliveryID
 	}
 	// One round trip reads the streams and the circuit.
 	reads := &pgx.Batch{}
 	readStreams := e.p.Store.QueueLoadMany(reads, ids)
 	reads.Queue(`SELECT d.circuit_breaker_enabled, k.state = 'closed' AND k.failure_count = 0 AND k.probe_delivery_id IS NULL
-		FROM destinations d JOIN destination_circuits k ON k.destination_id = d.id WHERE d.id = $1`, jobs[0].DestinationID)
+		FROM destinations d JOIN destination_circuits k ON k.destination_id = d.id WHERE d.id = $1`, batch[0].DestinationID)
 	br := e.p.Pool.SendBatch(ctx, reads)
 	streams, err := readStreams(br)
 	var enabled, clean bool
@@ -1013,21 +960,21 @@ func (e *Engine) completeTx(ctx context.Context, jobs []dispatchJob, results []d
 		err = cerr
 	}
 	if errors.Is(err, pgx.ErrNoRows) {
-		return e.completeLocked(ctx, jobs, results) // no circuit row: made there
+		return e.completeLocked(ctx, batch, results) // no circuit row: made there
 	}
 	if err != nil {
 		return fmt.Errorf("read streams and circuit: %w", err)
 	}
-	if enabled && (!clean || anyRequestFailed(jobs, results)) {
-		return e.completeLocked(ctx, jobs, results)
+	if enabled && (!clean || anyRequestFailed(batch, results)) {
+		return e.completeLocked(ctx, batch, results)
 	}
 	now := e.p.Now().UTC()
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	var appends []eventstore.StreamAppend
-	var rows jobRows
+	var rows jobs.Rows
 	var stale []string
-	for i, j := range jobs {
+	for i, j := range batch {
 		d, decided, err := recordAttempt(streams[j.DeliveryID], j, results[i], now)
 		if errors.Is(err, domain.ErrAttemptNotPlanned) {
 			stale = append(stale, j.DeliveryID)
@@ -1041,7 +988,7 @@ func (e *Engine) completeTx(ctx context.Context, jobs []dispatchJob, results []d
 		evs := make([]eventstore.NewEvent, len(decided))
 		for k, dec := range decided {
 			if dec.Type == domain.EvMovedToDLQ {
-				return e.completeLocked(ctx, jobs, results) // a dead letter opens an issue
+				return e.completeLocked(ctx, batch, results) // a dead letter opens an issue
 			}
 			raw, err := json.Marshal(dec.Payload)
 			if err != nil {
@@ -1055,19 +1002,19 @@ func (e *Engine) completeTx(ctx context.Context, jobs []dispatchJob, results []d
 		}
 		appends = append(appends, eventstore.StreamAppend{StreamType: domain.StreamDelivery, StreamID: j.DeliveryID,
 			OrgID: j.OrgID, EnvID: j.EnvID, Expected: expected, Events: evs})
-		rows.add(j.DeliveryID, d, now)
+		rows.Add(j.DeliveryID, d, now)
 	}
 	var read func(pgx.BatchResults) ([]eventstore.Event, error)
 	if len(appends) > 0 {
 		if read, err = e.p.Store.QueueAppend(b, appends...); err != nil {
 			return err
 		}
-		b.Queue(updateJobsSQL, rows.args()...)
+		b.Queue(jobs.UpdateSQL, rows.Args()...)
 	}
 	if len(stale) > 0 {
-		b.Queue(releaseStaleSQL, stale, e.p.WorkerID)
+		b.Queue(jobs.ReleaseSQL, stale, e.p.WorkerID)
 	}
-	return sendTx(ctx, e.p.Pool, b, func(br pgx.BatchResults) error {
+	return kit.SendTx(ctx, e.p.Pool, b, func(br pgx.BatchResults) error {
 		if read != nil {
 			if _, err := read(br); err != nil {
 				return err
@@ -1094,50 +1041,17 @@ func recordAttempt(stream []eventstore.Event, j dispatchJob, r domain.DeliveryAt
 			return nil, nil, err
 		}
 	}
-	decided, err := d.RecordAttempt(r, j.Retry, now, newID)
+	decided, err := d.RecordAttempt(r, j.Retry, now, kit.NewID)
 	return d, decided, err
 }
-
-// jobRows are the delivery_jobs rows a batch's folded deliveries give.
-type jobRows struct {
-	id, state, attempt, trigger []string
-	num                         []int32
-	due                         []time.Time
-	ver                         []int64
-}
-
-// add appends a delivery's row: its next attempt, or done.
-func (r *jobRows) add(id string, d *domain.Delivery, now time.Time) {
-	state, attempt, num, trigger, due := "done", "", int32(0), domain.TriggerInitial, now
-	if n := d.Next(); n != nil {
-		state, attempt, num, trigger, due = "scheduled", n.ID, int32(n.Number), n.Trigger, n.Due
-	}
-	r.id, r.state, r.attempt, r.trigger = append(r.id, id), append(r.state, state), append(r.attempt, attempt), append(r.trigger, trigger)
-	r.num, r.due, r.ver = append(r.num, num), append(r.due, due), append(r.ver, d.Version())
-}
-
-func (r *jobRows) args() []any {
-	return []any{r.id, r.state, r.attempt, r.num, r.trigger, r.due, r.ver}
-}
-
-// updateJobsSQL moves job rows to their deliveries' folded state; a row is
-// only ever moved forward in version.
-const updateJobsSQL = `UPDATE delivery_jobs j SET state = u.state, attempt_id = NULLIF(u.attempt_id, ''), attempt_number = u.num,
-		trigger_type = u.trig, due_at = u.due, lease_until = NULL, leased_by = NULL, version = u.ver
-	FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[], $7::bigint[])
-		AS u(id, state, attempt_id, num, trig, due, ver)
-	WHERE j.delivery_id = u.id AND j.version < u.ver`
-
-// releaseStaleSQL hands back jobs whose attempt was already recorded.
-const releaseStaleSQL = `UPDATE delivery_jobs SET lease_until = NULL, leased_by = NULL WHERE delivery_id = ANY($1) AND leased_by = $2`
 
 // completeLocked records a batch in one transaction that locks the circuit
 // when it changes, opens issues for dead letters and disables a destination
 // that answered 410.
-func (e *Engine) completeLocked(ctx context.Context, jobs []dispatchJob, results []domain.DeliveryAttempted) error {
+func (e *Engine) completeLocked(ctx context.Context, batch []dispatchJob, results []domain.DeliveryAttempted) error {
 	return pgx.BeginFunc(ctx, e.p.Pool, func(tx pgx.Tx) error {
-		ids := make([]string, len(jobs))
-		for i, j := range jobs {
+		ids := make([]string, len(batch))
+		for i, j := range batch {
 			ids[i] = j.DeliveryID
 		}
 		streams, err := e.p.Store.LoadMany(ctx, tx, ids)
@@ -1151,7 +1065,7 @@ func (e *Engine) completeLocked(ctx context.Context, jobs []dispatchJob, results
 		var recordedJobs []dispatchJob
 		var recordedResults []domain.DeliveryAttempted
 		dlq := map[string]bool{}
-		for i, j := range jobs {
+		for i, j := range batch {
 			d, decided, err := recordAttempt(streams[j.DeliveryID], j, results[i], now)
 			if errors.Is(err, domain.ErrAttemptNotPlanned) {
 				stale = append(stale, j.DeliveryID)
@@ -1183,17 +1097,17 @@ func (e *Engine) completeLocked(ctx context.Context, jobs []dispatchJob, results
 				}
 			}
 		}
-		var rows jobRows
+		var rows jobs.Rows
 		for id, d := range aggs {
-			rows.add(id, d, now)
+			rows.Add(id, d, now)
 		}
-		if len(rows.id) > 0 {
-			if _, err := tx.Exec(ctx, updateJobsSQL, rows.args()...); err != nil {
+		if rows.Len() > 0 {
+			if _, err := tx.Exec(ctx, jobs.UpdateSQL, rows.Args()...); err != nil {
 				return fmt.Errorf("update jobs: %w", err)
 			}
 		}
 		if len(stale) > 0 {
-			if _, err := tx.Exec(ctx, releaseStaleSQL, stale, e.p.WorkerID); err != nil {
+			if _, err := tx.Exec(ctx, jobs.ReleaseSQL, stale, e.p.WorkerID); err != nil {
 				return fmt.Errorf("release stale jobs: %w", err)
 			}
 		}

@@ -19,6 +19,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/handlers/outbound"
+	"github.com/hookstream/hookstream/handlers/tenancy"
 	"github.com/hookstream/hookstream/internal/pgtest"
 	"github.com/hookstream/hookstream/internal/secretbox"
 )
@@ -33,7 +35,7 @@ var testKeyring = func() *secretbox.Keyring {
 }()
 
 // loopbackOnly admits the tests' httptest destinations on 127.0.0.0/8.
-var loopbackOnly = handlers.OutboundPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
+var loopbackOnly = outbound.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}
 
 // harness is a running hookstream (API + engine) on a fresh database.
 type harness struct {
@@ -92,15 +94,15 @@ func (h *harness) stopEngine() {
 func newKey(t *testing.T, pool *pgxpool.Pool, org string) string {
 	t.Helper()
 	ctx := context.Background()
-	p := handlers.KeyParams{Name: "test"}
+	p := tenancy.KeyParams{Name: "test"}
 	if org == "" {
-		o, e, err := handlers.CreateTenant(ctx, pool, "org "+t.Name(), time.Now())
+		o, e, err := tenancy.CreateTenant(ctx, pool, "org "+t.Name(), time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
 		p.OrgID, p.EnvID = o, e
 	}
-	k, err := handlers.CreateAPIKey(ctx, pool, nil, p, time.Now())
+	k, err := tenancy.CreateAPIKey(ctx, pool, nil, p, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -560,11 +562,11 @@ func TestHangingDestinationDoesNotDelayOthers(t *testing.T) {
 func TestOutboundGuardRefusesPrivateAddresses(t *testing.T) {
 	t.Parallel()
 	for _, a := range []string{"127.0.0.1", "10.1.2.3", "169.254.169.254", "192.168.1.1", "::1", "fe80::1"} {
-		if err := (handlers.OutboundPolicy{}).Check(netip.MustParseAddr(a)); err == nil {
+		if err := (outbound.Policy{}).Check(netip.MustParseAddr(a)); err == nil {
 			t.Errorf("%s allowed by default", a)
 		}
 	}
-	if err := (handlers.OutboundPolicy{}).Check(netip.MustParseAddr("93.184.216.34")); err != nil {
+	if err := (outbound.Policy{}).Check(netip.MustParseAddr("93.184.216.34")); err != nil {
 		t.Errorf("public address refused: %v", err)
 	}
 	h := newHarnessStrict(t)
@@ -577,7 +579,7 @@ func TestOutboundGuardRefusesPrivateAddresses(t *testing.T) {
 		return len(list) == 1 && list[0]["status"] == "failed"
 	})
 	// The refusal never names the resolved address (it would map internal DNS for a tenant).
-	if msg, _ := list[0]["error"].(string); !strings.HasSuffix(msg, handlers.ErrAddressNotAllowed.Error()) || strings.Contains(msg, "127.0.0.1") || dst.count() != 0 {
+	if msg, _ := list[0]["error"].(string); !strings.HasSuffix(msg, outbound.ErrAddressNotAllowed.Error()) || strings.Contains(msg, "127.0.0.1") || dst.count() != 0 {
 		t.Fatalf("attempt = %v, destination saw %d", list[0], dst.count())
 	}
 }
@@ -598,11 +600,11 @@ func newHarnessStrict(t *testing.T) *harness {
 }
 
 func newKeyB(b *testing.B, pool *pgxpool.Pool) string {
-	o, e, err := handlers.CreateTenant(context.Background(), pool, "bench", time.Now())
+	o, e, err := tenancy.CreateTenant(context.Background(), pool, "bench", time.Now())
 	if err != nil {
 		b.Fatal(err)
 	}
-	k, err := handlers.CreateAPIKey(context.Background(), pool, nil, handlers.KeyParams{Name: "bench", OrgID: o, EnvID: e}, time.Now())
+	k, err := tenancy.CreateAPIKey(context.Background(), pool, nil, tenancy.KeyParams{Name: "bench", OrgID: o, EnvID: e}, time.Now())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -6,10 +6,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/handlers/jobs"
+	"github.com/hookstream/hookstream/handlers/kit"
 )
 
 // groupCommitter appends the events of concurrent requests in one statement
@@ -26,7 +27,7 @@ type groupCommitter struct {
 
 type appendRequest struct {
 	appends []eventstore.StreamAppend
-	jobs    []newJob
+	jobs    []jobs.NewJob
 	// dedup, when set, is claimed in the same transaction; a request whose
 	// key is already held within its window stores dupAppends instead (the
 	// event marked duplicate, no deliveries) and reports *duplicate.
@@ -42,14 +43,6 @@ type dedupClaim struct {
 	Now, Expires           time.Time
 }
 
-// newJob is the delivery_jobs row of a new delivery, written in the same
-// transaction as its DeliveryRequested (the scheduler derives the same row
-// from the log, idempotently, and is what rebuilds it).
-type newJob struct {
-	DeliveryID, OrgID, EnvID, EventID, ConnectionID, DestinationID, ReceivedUUID, AttemptID, Trigger string
-	Due                                                                                              time.Time
-}
-
 func newGroupCommitter(pool *pgxpool.Pool, store *eventstore.Store, workers, maxBatch int) *groupCommitter {
 	g := &groupCommitter{pool: pool, store: store, reqs: make(chan appendRequest), max: maxBatch, done: make(chan struct{})}
 	for i := 0; i < workers; i++ {
@@ -61,15 +54,15 @@ func newGroupCommitter(pool *pgxpool.Pool, store *eventstore.Store, workers, max
 // Append stores the appends, together with whatever other requests are
 // waiting, and returns once they are committed. It returns the store's
 // error for these appends (ErrConcurrency, ErrDuplicateEvent, …).
-func (g *groupCommitter) Append(ctx context.Context, appends []eventstore.StreamAppend, jobs []newJob) error {
-	return g.append(ctx, appendRequest{appends: appends, jobs: jobs, result: make(chan error, 1)})
+func (g *groupCommitter) Append(ctx context.Context, appends []eventstore.StreamAppend, newJobs []jobs.NewJob) error {
+	return g.append(ctx, appendRequest{appends: appends, jobs: newJobs, result: make(chan error, 1)})
 }
 
 // AppendDedup is Append with a dedup claim: it reports whether the webhook
 // was a duplicate (and dupAppends were stored instead).
-func (g *groupCommitter) AppendDedup(ctx context.Context, appends []eventstore.StreamAppend, jobs []newJob, claim dedupClaim, dupAppends []eventstore.StreamAppend) (bool, error) {
+func (g *groupCommitter) AppendDedup(ctx context.Context, appends []eventstore.StreamAppend, newJobs []jobs.NewJob, claim dedupClaim, dupAppends []eventstore.StreamAppend) (bool, error) {
 	var dup bool
-	err := g.append(ctx, appendRequest{appends: appends, jobs: jobs, dedup: &claim, dupAppends: dupAppends, duplicate: &dup, result: make(chan error, 1)})
+	err := g.append(ctx, appendRequest{appends: appends, jobs: newJobs, dedup: &claim, dupAppends: dupAppends, duplicate: &dup, result: make(chan error, 1)})
 	return dup, err
 }
 
@@ -141,10 +134,10 @@ func (g *groupCommitter) commitTx(ctx context.Context, batch []appendRequest) er
 // its COMMIT rolls back.
 func (g *groupCommitter) commitPipelined(ctx context.Context, batch []appendRequest) error {
 	var all []eventstore.StreamAppend
-	var jobs []newJob
+	var newJobs []jobs.NewJob
 	for _, r := range batch {
 		all = append(all, r.appends...)
-		jobs = append(jobs, r.jobs...)
+		newJobs = append(newJobs, r.jobs...)
 	}
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
@@ -152,50 +145,20 @@ func (g *groupCommitter) commitPipelined(ctx context.Context, batch []appendRequ
 	if err != nil {
 		return err
 	}
-	if len(jobs) > 0 {
-		b.Queue(insertJobsSQL, jobsArgs(jobs)...)
+	if len(newJobs) > 0 {
+		b.Queue(jobs.InsertSQL, jobs.InsertArgs(newJobs)...)
 	}
-	return sendTx(ctx, g.pool, b, func(br pgx.BatchResults) error {
+	return kit.SendTx(ctx, g.pool, b, func(br pgx.BatchResults) error {
 		if _, err := read(br); err != nil {
 			return err
 		}
-		if len(jobs) > 0 {
+		if len(newJobs) > 0 {
 			if _, err := br.Exec(); err != nil {
 				return fmt.Errorf("insert jobs: %w", err)
 			}
 		}
 		return nil
 	})
-}
-
-// sendTx sends b (which starts with BEGIN) and COMMIT in one round trip;
-// read consumes the results of b's statements after BEGIN. It returns the
-// first error; a transaction that failed is rolled back, never committed.
-func sendTx(ctx context.Context, pool *pgxpool.Pool, b *pgx.Batch, read func(pgx.BatchResults) error) error {
-	b.Queue("COMMIT")
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Release() // a connection left inside a transaction is closed, not reused
-	br := conn.SendBatch(ctx, b)
-	_, err = br.Exec() // BEGIN
-	if err == nil {
-		err = read(br)
-	}
-	if err == nil {
-		var tag pgconn.CommandTag
-		if tag, err = br.Exec(); err == nil && tag.String() != "COMMIT" {
-			err = fmt.Errorf("commit: the transaction was rolled back (%s)", tag)
-		}
-	}
-	if cerr := br.Close(); err == nil && cerr != nil {
-		err = cerr
-	}
-	if conn.Conn().PgConn().TxStatus() != 'I' {
-		_, _ = conn.Exec(context.WithoutCancel(ctx), "ROLLBACK")
-	}
-	return err
 }
 
 // commitDedupTx is commitTx for a batch with dedup claims, which decide
@@ -207,7 +170,7 @@ func (g *groupCommitter) commitDedupTx(ctx context.Context, batch []appendReques
 			return err
 		}
 		var all []eventstore.StreamAppend
-		var jobs []newJob
+		var newJobs []jobs.NewJob
 		for i, r := range batch {
 			if r.duplicate != nil {
 				*r.duplicate = dups[i]
@@ -217,53 +180,19 @@ func (g *groupCommitter) commitDedupTx(ctx context.Context, batch []appendReques
 				continue
 			}
 			all = append(all, r.appends...)
-			jobs = append(jobs, r.jobs...)
+			newJobs = append(newJobs, r.jobs...)
 		}
 		if _, err := g.store.AppendMany(ctx, tx, all...); err != nil {
 			return err
 		}
-		if len(jobs) == 0 {
+		if len(newJobs) == 0 {
 			return nil
 		}
-		return insertJobs(ctx, tx, jobs)
+		return jobs.Insert(ctx, tx, newJobs)
 	})
 }
 
 func (g *groupCommitter) Close() { close(g.done) }
-
-// insertJobs writes new deliveries' job rows (and wakes the dispatcher on
-// commit); a row the scheduler already derived is left as it is.
-func insertJobs(ctx context.Context, tx pgx.Tx, jobs []newJob) error {
-	if len(jobs) == 0 {
-		return nil
-	}
-	if _, err := tx.Exec(ctx, insertJobsSQL, jobsArgs(jobs)...); err != nil {
-		return fmt.Errorf("insert jobs: %w", err)
-	}
-	return nil
-}
-
-const insertJobsSQL = `WITH ins AS (
-		INSERT INTO delivery_jobs (delivery_id, org_id, env_id, event_id, connection_id, destination_id, received_uuid,
-			state, attempt_id, attempt_number, trigger_type, due_at, version)
-		SELECT d, o, e, ev, c, dst, r::uuid, 'scheduled', a, 1, tr, due, 1
-		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
-			AS u(d, o, e, ev, c, dst, r, a, tr, due)
-		ON CONFLICT (delivery_id) DO NOTHING RETURNING 1)
-	SELECT pg_notify('hookstream_jobs', '') FROM ins LIMIT 1`
-
-// jobsArgs are insertJobsSQL's arguments: one array per column.
-func jobsArgs(jobs []newJob) []any {
-	cols := make([][]string, 9)
-	due := make([]time.Time, len(jobs))
-	for i, j := range jobs {
-		for c, v := range []string{j.DeliveryID, j.OrgID, j.EnvID, j.EventID, j.ConnectionID, j.DestinationID, j.ReceivedUUID, j.AttemptID, j.Trigger} {
-			cols[c] = append(cols[c], v)
-		}
-		due[i] = j.Due
-	}
-	return []any{cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7], cols[8], due}
-}
 
 // claimDedup claims the batch's dedup keys and reports which requests are
 // duplicates: of a key's holders in the batch only the first can claim it,

@@ -13,6 +13,7 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/handlers/kit"
 )
 
 // IssueAutoResolve is how long an issue stays open without a new failure.
@@ -40,8 +41,8 @@ func recordIssue(ctx context.Context, tx pgx.Tx, store *eventstore.Store, o issu
 	evType := domain.EvIssueRecurred
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
-		id, evType = newID(), domain.EvIssueOpened
-		title := fmt.Sprintf("%s %s", orDefault(o.destName, o.dest), issueTitles[o.class])
+		id, evType = kit.NewID(), domain.EvIssueOpened
+		title := fmt.Sprintf("%s %s", kit.OrDefault(o.destName, o.dest), issueTitles[o.class])
 		_, err = tx.Exec(ctx, `INSERT INTO issues (id, org_id, env_id, destination_id, destination_name, fingerprint, error_type, title, status,
 				occurrence_count, first_seen_at, last_seen_at, last_attempt_id, last_event_id, last_error, last_status_code, created_at, updated_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'open', 1, $9, $9, $10, $11, $12, $13, $9, $9)`,
@@ -75,7 +76,7 @@ func ResolveStaleIssues(ctx context.Context, pool *pgxpool.Pool, store *eventsto
 		rows, err := tx.Query(ctx, `UPDATE issues SET status = 'resolved', resolved_at = $1, updated_at = $1
 			WHERE status IN ('open', 'acknowledged') AND last_seen_at < $2 RETURNING id, org_id, env_id`, now, now.Add(-IssueAutoResolve))
 		type res struct{ id, org, env string }
-		resolved, err := collectRows(rows, err, func(r pgx.Row) (res, error) {
+		resolved, err := kit.CollectRows(rows, err, func(r pgx.Row) (res, error) {
 			var x res
 			return x, r.Scan(&x.id, &x.org, &x.env)
 		})
@@ -137,8 +138,8 @@ func scanIssue(row pgx.Row) (Issue, error) {
 	err := row.Scan(&i.ID, &i.OrgID, &i.EnvID, &i.DestinationID, &i.DestinationName, &i.Fingerprint, &i.ErrorType, &i.Title, &i.Status, &snoozed,
 		&i.OccurrenceCount, &first, &last, &resolved, &i.LastAttemptID, &i.LastEventID, &i.LastError, &i.LastStatusCode, &created, &updated,
 		&i.RecentAttemptIDs)
-	i.SnoozedUntil, i.ResolvedAt = isoTimePtr(snoozed), isoTimePtr(resolved)
-	i.FirstSeenAt, i.LastSeenAt, i.CreatedAt, i.UpdatedAt = isoTime(first), isoTime(last), isoTime(created), isoTime(updated)
+	i.SnoozedUntil, i.ResolvedAt = kit.ISOTimePtr(snoozed), kit.ISOTimePtr(resolved)
+	i.FirstSeenAt, i.LastSeenAt, i.CreatedAt, i.UpdatedAt = kit.ISOTime(first), kit.ISOTime(last), kit.ISOTime(created), kit.ISOTime(updated)
 	i.Message = i.LastError
 	return i, err
 }
@@ -150,15 +151,15 @@ type IssueFilter struct {
 }
 
 // ListIssues lists the tenant's issues, most recently seen first.
-func (s *Service) ListIssues(ctx context.Context, t Tenant, f IssueFilter) ([]Issue, Pagination, error) {
+func (s *Service) ListIssues(ctx context.Context, t domain.Tenant, f IssueFilter) ([]Issue, kit.Pagination, error) {
 	if f.Status == "" {
 		f.Status = "open"
 	}
 	if f.Status != "all" && f.Status != "open" && f.Status != "acknowledged" && f.Status != "resolved" {
-		return nil, Pagination{}, domain.Errorf(domain.EInvalid, "Invalid query: 'status' must be one of open, acknowledged, resolved, all")
+		return nil, kit.Pagination{}, domain.Errorf(domain.EInvalid, "Invalid query: 'status' must be one of open, acknowledged, resolved, all")
 	}
 	where := `i.org_id = $1 AND i.env_id = $2 AND ($3 = 'all' OR i.status = $3) AND ($4 = '' OR i.destination_id = $4)`
-	out, p, err := pageQuery(ctx, s.pool, "issues i", issueCols, where, "i.last_seen_at DESC, i.id DESC", []any{t.OrgID, t.EnvID, f.Status, f.DestinationID},
+	out, p, err := kit.PageQuery(ctx, s.pool, "issues i", issueCols, where, "i.last_seen_at DESC, i.id DESC", []any{t.OrgID, t.EnvID, f.Status, f.DestinationID},
 		f.Limit, f.Offset, scanIssue)
 	if err != nil {
 		return nil, p, fmt.Errorf("list issues: %w", err)
@@ -167,7 +168,7 @@ func (s *Service) ListIssues(ctx context.Context, t Tenant, f IssueFilter) ([]Is
 }
 
 // IssueSummary counts the tenant's issues by status.
-func (s *Service) IssueSummary(ctx context.Context, t Tenant) (map[string]int, error) {
+func (s *Service) IssueSummary(ctx context.Context, t domain.Tenant) (map[string]int, error) {
 	out := map[string]int{"open": 0, "acknowledged": 0, "resolved": 0}
 	rows, err := s.pool.Query(ctx, `SELECT status, count(*) FROM issues WHERE org_id = $1 AND env_id = $2 GROUP BY status`, t.OrgID, t.EnvID)
 	if err != nil {
@@ -186,13 +187,13 @@ func (s *Service) IssueSummary(ctx context.Context, t Tenant) (map[string]int, e
 }
 
 // GetIssue returns one issue, or ENotFound "Issue not found".
-func (s *Service) GetIssue(ctx context.Context, t Tenant, id string) (Issue, error) {
-	if !validID(id) {
-		return Issue{}, notFound("Issue")
+func (s *Service) GetIssue(ctx context.Context, t domain.Tenant, id string) (Issue, error) {
+	if !kit.ValidID(id) {
+		return Issue{}, kit.NotFound("Issue")
 	}
 	i, err := scanIssue(s.pool.QueryRow(ctx, `SELECT `+issueCols+` FROM issues i WHERE i.id = $1 AND i.org_id = $2 AND i.env_id = $3`, id, t.OrgID, t.EnvID))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Issue{}, notFound("Issue")
+		return Issue{}, kit.NotFound("Issue")
 	}
 	if err != nil {
 		return Issue{}, fmt.Errorf("get issue: %w", err)
@@ -226,7 +227,7 @@ func (n *nullableString) UnmarshalJSON(b []byte) error {
 }
 
 // UpdateIssue changes an issue's status (open, acknowledged, resolved) and snooze.
-func (s *Service) UpdateIssue(ctx context.Context, t Tenant, id string, in IssueInput, rid string) (Issue, error) {
+func (s *Service) UpdateIssue(ctx context.Context, t domain.Tenant, id string, in IssueInput, rid string) (Issue, error) {
 	cur, err := s.GetIssue(ctx, t, id)
 	if err != nil {
 		return Issue{}, err
@@ -237,7 +238,7 @@ func (s *Service) UpdateIssue(ctx context.Context, t Tenant, id string, in Issue
 		case "open", "acknowledged", "resolved":
 			status = *in.Status
 		default:
-			return Issue{}, invalidf("'status' must be one of open, acknowledged, resolved")
+			return Issue{}, kit.Invalidf("'status' must be one of open, acknowledged, resolved")
 		}
 	}
 	var snooze *time.Time
@@ -250,7 +251,7 @@ func (s *Service) UpdateIssue(ctx context.Context, t Tenant, id string, in Issue
 		if v := in.SnoozedUntil.Value; v != nil {
 			t, err := time.Parse(time.RFC3339Nano, *v)
 			if err != nil {
-				return Issue{}, invalidf("'snoozed_until' must be an ISO 8601 time or null")
+				return Issue{}, kit.Invalidf("'snoozed_until' must be an ISO 8601 time or null")
 			}
 			snooze = &t
 		}
@@ -291,12 +292,12 @@ func (s *Service) UpdateIssue(ctx context.Context, t Tenant, id string, in Issue
 
 // RetryIssue retries every delivery grouped under the issue whose last
 // attempt failed, as the event-level retry does.
-func (s *Service) RetryIssue(ctx context.Context, t Tenant, id, rid string) (EventRetryResult, error) {
+func (s *Service) RetryIssue(ctx context.Context, t domain.Tenant, id, rid string) (EventRetryResult, error) {
 	if _, err := s.GetIssue(ctx, t, id); err != nil {
 		return EventRetryResult{}, err
 	}
 	rows, err := s.pool.Query(ctx, `SELECT delivery_id FROM issue_deliveries WHERE issue_id = $1 ORDER BY seen_at`, id)
-	ids, err := collectRows(rows, err, func(r pgx.Row) (string, error) {
+	ids, err := kit.CollectRows(rows, err, func(r pgx.Row) (string, error) {
 		var d string
 		return d, r.Scan(&d)
 	})

@@ -1,15 +1,12 @@
 package handlers
 
 import (
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 
 	"io"
 	"net/http"
 	"strings"
-
-	"github.com/google/uuid"
 
 	"github.com/hookstream/hookstream/domain"
 )
@@ -73,32 +70,4 @@ func jsonTypeName(goType string) string {
 		return "a string"
 	}
 	return "of another type"
-}
-
-// newID returns a new resource id: the 16 bytes of a UUIDv7 as 32 lowercase hex.
-func newID() string {
-	u := uuid.Must(uuid.NewV7())
-	return hex.EncodeToString(u[:])
-}
-
-// validID reports whether s has the shape of a resource id (32 lowercase hex).
-func validID(s string) bool {
-	if len(s) != 32 {
-		return false
-	}
-	for _, c := range s {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
-}
-
-// notFound is the 404 of a resource kind.
-func notFound(kind string) error {
-	return domain.Errorf(domain.ENotFound, "%s not found", kind)
-}
-
-func invalidf(format string, args ...any) error {
-	return domain.Errorf(domain.EInvalid, "Invalid body: "+format, args...)
 }

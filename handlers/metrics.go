@@ -78,7 +78,7 @@ func (m *Metrics) Handler(token string) http.Handler {
 }
 
 // recordAttempts counts a batch's recorded attempts.
-func (m *Metrics) recordAttempts(jobs []dispatchJob, results []domain.DeliveryAttempted) {
+func (m *Metrics) recordAttempts(batch []dispatchJob, results []domain.DeliveryAttempted) {
 	if m == nil {
 		return
 	}
@@ -87,7 +87,7 @@ func (m *Metrics) recordAttempts(jobs []dispatchJob, results []domain.DeliveryAt
 		if r.Status == domain.AttemptSuccess {
 			outcome = "success"
 		}
-		m.deliveries.WithLabelValues(jobs[i].DestinationID, outcome).Inc()
+		m.deliveries.WithLabelValues(batch[i].DestinationID, outcome).Inc()
 		m.attemptDuration.WithLabelValues(outcome).Observe(float64(r.DurationMS) / 1000)
 	}
 }

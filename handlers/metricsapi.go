@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/handlers/kit"
 )
 
 // MetricsWindow is a metrics query's window and bucket size.
@@ -75,7 +76,7 @@ type Overview struct {
 
 // MetricsOverview counts today's (UTC) and this week's (since Monday UTC)
 // activity from the read models.
-func (s *Service) MetricsOverview(ctx context.Context, t Tenant) (Overview, error) {
+func (s *Service) MetricsOverview(ctx context.Context, t domain.Tenant) (Overview, error) {
 	now := s.now()
 	day := time.Date(now.Year(), now.Month(), now.Day(), 0, 0, 0, 0, time.UTC)
 	week := day.AddDate(0, 0, -((int(day.Weekday()) + 6) % 7))
@@ -111,15 +112,15 @@ type VolumePoint struct {
 }
 
 // MetricsVolume counts received events per bucket and source.
-func (s *Service) MetricsVolume(ctx context.Context, t Tenant, w MetricsWindow) ([]VolumePoint, error) {
+func (s *Service) MetricsVolume(ctx context.Context, t domain.Tenant, w MetricsWindow) ([]VolumePoint, error) {
 	rows, err := s.pool.Query(ctx, `SELECT date_trunc($5, received_at AT TIME ZONE 'UTC') AS b, source_id, max(source_name), count(*)
 		FROM events_view WHERE org_id = $1 AND env_id = $2 AND received_at >= $3 AND received_at < $4 AND ($6 = '' OR source_id = $6)
 		GROUP BY b, source_id ORDER BY b, source_id`, t.OrgID, t.EnvID, w.After, w.Before, w.Granularity, w.SourceID)
-	out, err := collectRows(rows, err, func(r pgx.Row) (VolumePoint, error) {
+	out, err := kit.CollectRows(rows, err, func(r pgx.Row) (VolumePoint, error) {
 		var p VolumePoint
 		var b time.Time
 		err := r.Scan(&b, &p.SourceID, &p.SourceName, &p.EventCount)
-		p.Bucket = isoTime(b)
+		p.Bucket = kit.ISOTime(b)
 		return p, err
 	})
 	if err != nil {
@@ -142,18 +143,18 @@ type DeliveryPoint struct {
 }
 
 // MetricsDeliveries counts attempts per bucket (by created_at) and destination.
-func (s *Service) MetricsDeliveries(ctx context.Context, t Tenant, w MetricsWindow) ([]DeliveryPoint, error) {
+func (s *Service) MetricsDeliveries(ctx context.Context, t domain.Tenant, w MetricsWindow) ([]DeliveryPoint, error) {
 	rows, err := s.pool.Query(ctx, `SELECT date_trunc($5, created_at AT TIME ZONE 'UTC') AS b, destination_id, max(destination_name),
 			count(*), count(*) FILTER (WHERE status = 'success'), count(*) FILTER (WHERE status = 'failed'), count(*) FILTER (WHERE is_dlq = 1),
 			round(avg(duration_ms)::numeric, 1)::float8
 		FROM delivery_attempts WHERE org_id = $1 AND env_id = $2 AND created_at >= $3 AND created_at < $4 AND status <> 'pending'
 			AND ($6 = '' OR destination_id = $6)
 		GROUP BY b, destination_id ORDER BY b, destination_id`, t.OrgID, t.EnvID, w.After, w.Before, w.Granularity, w.DestinationID)
-	out, err := collectRows(rows, err, func(r pgx.Row) (DeliveryPoint, error) {
+	out, err := kit.CollectRows(rows, err, func(r pgx.Row) (DeliveryPoint, error) {
 		var p DeliveryPoint
 		var b time.Time
 		err := r.Scan(&b, &p.DestinationID, &p.DestinationName, &p.DeliveryCount, &p.SuccessCount, &p.FailureCount, &p.DLQCount, &p.AvgDurationMS)
-		p.Bucket = isoTime(b)
+		p.Bucket = kit.ISOTime(b)
 		return p, err
 	})
 	if err != nil {
@@ -175,18 +176,18 @@ type LatencyPoint struct {
 
 // MetricsLatency is the p50/p95/p99 of attempt durations per destination,
 // always hourly, over attempts that got an answer or timed out.
-func (s *Service) MetricsLatency(ctx context.Context, t Tenant, w MetricsWindow) ([]LatencyPoint, error) {
+func (s *Service) MetricsLatency(ctx context.Context, t domain.Tenant, w MetricsWindow) ([]LatencyPoint, error) {
 	rows, err := s.pool.Query(ctx, `SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC') AS b, destination_id, max(destination_name), count(*),
 			percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms), percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms),
 			percentile_cont(0.99) WITHIN GROUP (ORDER BY duration_ms)
 		FROM delivery_attempts WHERE org_id = $1 AND env_id = $2 AND created_at >= $3 AND created_at < $4 AND status <> 'pending'
 			AND duration_ms IS NOT NULL AND ($5 = '' OR destination_id = $5)
 		GROUP BY b, destination_id ORDER BY b, destination_id`, t.OrgID, t.EnvID, w.After, w.Before, w.DestinationID)
-	out, err := collectRows(rows, err, func(r pgx.Row) (LatencyPoint, error) {
+	out, err := kit.CollectRows(rows, err, func(r pgx.Row) (LatencyPoint, error) {
 		var p LatencyPoint
 		var b time.Time
 		err := r.Scan(&b, &p.DestinationID, &p.DestinationName, &p.Count, &p.P50MS, &p.P95MS, &p.P99MS)
-		p.Bucket = isoTime(b)
+		p.Bucket = kit.ISOTime(b)
 		return p, err
 	})
 	if err != nil {
@@ -200,7 +201,7 @@ func (a *API) registerMetricsRoutes(r *mux.Router) {
 	r.HandleFunc("/metrics/overview", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
 		a.respond(w, r, http.StatusOK, "overview")(svc.MetricsOverview(r.Context(), tenantOf(r)))
 	})).Methods(http.MethodGet)
-	series := func(path string, get func(context.Context, Tenant, MetricsWindow) (any, error)) {
+	series := func(path string, get func(context.Context, domain.Tenant, MetricsWindow) (any, error)) {
 		r.HandleFunc(path, a.withAuth(func(w http.ResponseWriter, r *http.Request) {
 			win, err := parseWindow(r, svc.now())
 			if err != nil {
@@ -213,14 +214,16 @@ func (a *API) registerMetricsRoutes(r *mux.Router) {
 				return
 			}
 			writeJSON(w, http.StatusOK, map[string]any{"series": points, "granularity": win.Granularity,
-				"after": isoTime(win.After), "before": isoTime(win.Before)})
+				"after": kit.ISOTime(win.After), "before": kit.ISOTime(win.Before)})
 		})).Methods(http.MethodGet)
 	}
-	series("/metrics/volume", func(ctx context.Context, t Tenant, w MetricsWindow) (any, error) { return svc.MetricsVolume(ctx, t, w) })
-	series("/metrics/deliveries", func(ctx context.Context, t Tenant, w MetricsWindow) (any, error) {
+	series("/metrics/volume", func(ctx context.Context, t domain.Tenant, w MetricsWindow) (any, error) {
+		return svc.MetricsVolume(ctx, t, w)
+	})
+	series("/metrics/deliveries", func(ctx context.Context, t domain.Tenant, w MetricsWindow) (any, error) {
 		return svc.MetricsDeliveries(ctx, t, w)
 	})
-	series("/metrics/latency", func(ctx context.Context, t Tenant, w MetricsWindow) (any, error) {
+	series("/metrics/latency", func(ctx context.Context, t domain.Tenant, w MetricsWindow) (any, error) {
 		w.Granularity = "hour"
 		return svc.MetricsLatency(ctx, t, w)
 	})

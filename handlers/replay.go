@@ -14,6 +14,8 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/handlers/jobs"
+	"github.com/hookstream/hookstream/handlers/kit"
 )
 
 // ReplayInput is POST /v1/replay's body.
@@ -132,7 +134,7 @@ func validateReplay(in ReplayInput) (replayParams, error) {
 // log, so none acknowledged before the call is missed) and records ReplayRequested. The
 // engine releases them rate_limit per second as deliveries with
 // trigger_type replay, which are never retried automatically.
-func (s *Service) CreateReplay(ctx context.Context, t Tenant, in ReplayInput, rid string) (ReplayJob, error) {
+func (s *Service) CreateReplay(ctx context.Context, t domain.Tenant, in ReplayInput, rid string) (ReplayJob, error) {
 	p, err := validateReplay(in)
 	if err != nil {
 		return ReplayJob{}, err
@@ -166,7 +168,7 @@ func (s *Service) CreateReplay(ctx context.Context, t Tenant, in ReplayInput, ri
 		sources = []string{p.sourceID}
 	} else {
 		rows, err := s.pool.Query(ctx, `SELECT DISTINCT source_id FROM connections WHERE destination_id = $1`, p.destID)
-		if sources, err = collectRows(rows, err, func(r pgx.Row) (string, error) {
+		if sources, err = kit.CollectRows(rows, err, func(r pgx.Row) (string, error) {
 			var id string
 			return id, r.Scan(&id)
 		}); err != nil {
@@ -180,7 +182,7 @@ func (s *Service) CreateReplay(ctx context.Context, t Tenant, in ReplayInput, ri
 	if len(ids) == 0 {
 		return ReplayJob{}, domain.Errorf(domain.ENotFound, "Destination or events not found: no events in the range from the destination's sources")
 	}
-	id, now := newID(), s.now()
+	id, now := kit.NewID(), s.now()
 	req := domain.ReplayRequested{ReplayID: id, DestinationID: p.destID, SourceID: p.sourceID, ConnectionID: p.connID,
 		From: p.from, To: p.to, RateLimit: p.rate, MaxEvents: p.max, EventIDs: ids, RequestedAt: now}
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -208,7 +210,7 @@ func insertReplayJob(ctx context.Context, tx pgx.Tx, org, env string, r domain.R
 }
 
 // selectReplayEvents returns the ids of the events to replay, oldest first.
-func (s *Service) selectReplayEvents(ctx context.Context, t Tenant, sources []string, p replayParams) ([]string, error) {
+func (s *Service) selectReplayEvents(ctx context.Context, t domain.Tenant, sources []string, p replayParams) ([]string, error) {
 	if len(sources) == 0 {
 		return nil, nil
 	}
@@ -282,13 +284,13 @@ func scanReplay(row pgx.Row) (ReplayJob, error) {
 	var failedStatus string
 	err := row.Scan(&j.ID, &j.DestinationID, &j.SourceID, &j.ConnectionID, &from, &to, &j.RateLimit, &j.MaxEvents, &failedStatus,
 		&j.Total, &j.Released, &j.Error, &created, &j.Processed, &j.Succeeded, &j.Failed, &lastAt)
-	j.From, j.To, j.StartedAt = isoTime(from), isoTime(to), isoTime(created)
+	j.From, j.To, j.StartedAt = kit.ISOTime(from), kit.ISOTime(to), kit.ISOTime(created)
 	switch {
 	case failedStatus == "failed":
 		j.Status = "failed"
 	case j.Processed >= j.Total:
 		j.Status = "completed"
-		j.CompletedAt = isoTimePtr(lastAt)
+		j.CompletedAt = kit.ISOTimePtr(lastAt)
 	default:
 		j.Status = "running"
 	}
@@ -296,13 +298,13 @@ func scanReplay(row pgx.Row) (ReplayJob, error) {
 }
 
 // GetReplay returns one replay job with its progress, or ENotFound "Replay job not found".
-func (s *Service) GetReplay(ctx context.Context, t Tenant, id string) (ReplayJob, error) {
-	if !validID(id) {
-		return ReplayJob{}, notFound("Replay job")
+func (s *Service) GetReplay(ctx context.Context, t domain.Tenant, id string) (ReplayJob, error) {
+	if !kit.ValidID(id) {
+		return ReplayJob{}, kit.NotFound("Replay job")
 	}
 	j, err := scanReplay(s.pool.QueryRow(ctx, `SELECT `+replayCols+` FROM `+replayFrom+` WHERE j.id = $1 AND j.org_id = $2 AND j.env_id = $3`, id, t.OrgID, t.EnvID))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return ReplayJob{}, notFound("Replay job")
+		return ReplayJob{}, kit.NotFound("Replay job")
 	}
 	if err != nil {
 		return ReplayJob{}, fmt.Errorf("get replay: %w", err)
@@ -311,14 +313,14 @@ func (s *Service) GetReplay(ctx context.Context, t Tenant, id string) (ReplayJob
 }
 
 // ListReplays lists the tenant's replay jobs, newest first.
-func (s *Service) ListReplays(ctx context.Context, t Tenant, limit, offset int) ([]ReplayJob, Pagination, error) {
-	p := Pagination{Limit: limit, Offset: offset}
+func (s *Service) ListReplays(ctx context.Context, t domain.Tenant, limit, offset int) ([]ReplayJob, kit.Pagination, error) {
+	p := kit.Pagination{Limit: limit, Offset: offset}
 	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM replay_jobs WHERE org_id = $1 AND env_id = $2`, t.OrgID, t.EnvID).Scan(&p.Total); err != nil {
 		return nil, p, fmt.Errorf("list replays: %w", err)
 	}
 	rows, err := s.pool.Query(ctx, `SELECT `+replayCols+` FROM `+replayFrom+` WHERE j.org_id = $1 AND j.env_id = $2
 		ORDER BY j.created_at DESC, j.id DESC LIMIT $3 OFFSET $4`, t.OrgID, t.EnvID, limit, offset)
-	out, err := collectRows(rows, err, scanReplay)
+	out, err := kit.CollectRows(rows, err, scanReplay)
 	if err != nil {
 		return nil, p, fmt.Errorf("list replays: %w", err)
 	}
@@ -328,11 +330,11 @@ func (s *Service) ListReplays(ctx context.Context, t Tenant, limit, offset int) 
 
 // ReplayTenant is the tenant owning a destination, for operator commands
 // that name a destination and act with full database access.
-func (s *Service) ReplayTenant(ctx context.Context, destinationID, actor string) (Tenant, error) {
-	t := Tenant{Actor: actor}
+func (s *Service) ReplayTenant(ctx context.Context, destinationID, actor string) (domain.Tenant, error) {
+	t := domain.Tenant{Actor: actor}
 	err := s.pool.QueryRow(ctx, `SELECT org_id, env_id FROM destinations WHERE id = $1`, destinationID).Scan(&t.OrgID, &t.EnvID)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return t, notFound("Destination")
+		return t, kit.NotFound("Destination")
 	}
 	return t, err
 }
@@ -354,7 +356,7 @@ func (e *Engine) runReplays(ctx context.Context) {
 		}
 		rows, err := e.p.Pool.Query(ctx, `SELECT id FROM replay_jobs WHERE status = 'running' AND released < total AND next_batch_at <= $1
 			ORDER BY next_batch_at`, e.p.Now())
-		ids, err := collectRows(rows, err, func(r pgx.Row) (string, error) {
+		ids, err := kit.CollectRows(rows, err, func(r pgx.Row) (string, error) {
 			var id string
 			return id, r.Scan(&id)
 		})
@@ -420,7 +422,7 @@ func (e *Engine) releaseReplay(ctx context.Context, id string) error {
 		found := map[string]received{}
 		rows, err := tx.Query(ctx, `SELECT stream_id, event_id::text, payload->>'source_id' FROM events
 			WHERE stream_id = ANY($1) AND event_type = $2`, batch, domain.EvEventReceived)
-		if _, err = collectRows(rows, err, func(row pgx.Row) (struct{}, error) {
+		if _, err = kit.CollectRows(rows, err, func(row pgx.Row) (struct{}, error) {
 			var sid string
 			var rcv received
 			err := row.Scan(&sid, &rcv.uuid, &rcv.source)
@@ -442,7 +444,7 @@ func (e *Engine) releaseReplay(ctx context.Context, id string) error {
 		} else {
 			rows, err := tx.Query(ctx, `SELECT DISTINCT ON (source_id) source_id, id, name FROM connections
 				WHERE destination_id = $1 ORDER BY source_id, created_at`, req.DestinationID)
-			if _, err = collectRows(rows, err, func(row pgx.Row) (struct{}, error) {
+			if _, err = kit.CollectRows(rows, err, func(row pgx.Row) (struct{}, error) {
 				var src string
 				var c conn
 				err := row.Scan(&src, &c.id, &c.name)
@@ -454,7 +456,7 @@ func (e *Engine) releaseReplay(ctx context.Context, id string) error {
 		}
 		var (
 			appends     []eventstore.StreamAppend
-			jobs        []newJob
+			newJobs        []jobs.NewJob
 			deliveryIDs []string
 		)
 		spacing := time.Second / time.Duration(max(1, req.RateLimit))
@@ -464,9 +466,9 @@ func (e *Engine) releaseReplay(ctx context.Context, id string) error {
 				continue // cannot happen: events are immutable and the ids came from them
 			}
 			c := conns[rcv.source]
-			deliveryID, attemptID, due := newID(), newID(), now.Add(time.Duration(i)*spacing)
+			deliveryID, attemptID, due := kit.NewID(), kit.NewID(), now.Add(time.Duration(i)*spacing)
 			deliveryIDs = append(deliveryIDs, deliveryID)
-			jobs = append(jobs, newJob{DeliveryID: deliveryID, OrgID: org, EnvID: env, EventID: evID, ConnectionID: c.id,
+			newJobs = append(newJobs, jobs.NewJob{DeliveryID: deliveryID, OrgID: org, EnvID: env, EventID: evID, ConnectionID: c.id,
 				DestinationID: req.DestinationID, ReceivedUUID: rcv.uuid, AttemptID: attemptID, Trigger: domain.TriggerReplay, Due: due})
 			appends = append(appends, eventstore.StreamAppend{
 				StreamType: domain.StreamDelivery, StreamID: deliveryID, OrgID: org, EnvID: env, Expected: eventstore.NoStream,
@@ -486,7 +488,7 @@ func (e *Engine) releaseReplay(ctx context.Context, id string) error {
 		if _, err := e.p.Store.AppendMany(ctx, tx, append([]eventstore.StreamAppend{stream(released)}, appends...)...); err != nil {
 			return err
 		}
-		if err := insertJobs(ctx, tx, jobs); err != nil {
+		if err := jobs.Insert(ctx, tx, newJobs); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `UPDATE replay_jobs SET released = $2, next_batch_at = $3 WHERE id = $1 AND released < $2`,
@@ -509,13 +511,13 @@ type EventRetryResult struct {
 // model that may lag. A delivery that cannot be retried is reported in
 // Errors and does not stop the others. Replay deliveries are not the event's
 // routing and are left alone.
-func (s *Service) RetryEvent(ctx context.Context, t Tenant, eventID, rid string) (EventRetryResult, error) {
+func (s *Service) RetryEvent(ctx context.Context, t domain.Tenant, eventID, rid string) (EventRetryResult, error) {
 	if _, err := s.GetEvent(ctx, t, eventID); err != nil {
 		return EventRetryResult{}, err
 	}
 	rows, err := s.pool.Query(ctx, `SELECT delivery_id FROM delivery_jobs WHERE event_id = $1 AND org_id = $2 AND env_id = $3 ORDER BY delivery_id`,
 		eventID, t.OrgID, t.EnvID)
-	ids, err := collectRows(rows, err, func(r pgx.Row) (string, error) {
+	ids, err := kit.CollectRows(rows, err, func(r pgx.Row) (string, error) {
 		var id string
 		return id, r.Scan(&id)
 	})
@@ -527,7 +529,7 @@ func (s *Service) RetryEvent(ctx context.Context, t Tenant, eventID, rid string)
 
 // retryFailedDeliveries makes one manual attempt for each delivery whose
 // last attempt failed (folded from its stream), reporting refusals in Errors.
-func (s *Service) retryFailedDeliveries(ctx context.Context, t Tenant, ids []string, rid string) (EventRetryResult, error) {
+func (s *Service) retryFailedDeliveries(ctx context.Context, t domain.Tenant, ids []string, rid string) (EventRetryResult, error) {
 	res := EventRetryResult{Retried: []Attempt{}, Errors: []string{}}
 	streams, err := s.store.LoadMany(ctx, s.pool, ids)
 	if err != nil {
@@ -551,7 +553,7 @@ func (s *Service) retryFailedDeliveries(ctx context.Context, t Tenant, ids []str
 			if domain.ErrorCode(err) == domain.EInternal {
 				return res, err
 			}
-			res.Errors = append(res.Errors, fmt.Sprintf("destination %s (attempt %s): %s", orDefault(req.DestinationName, req.DestinationID), last, err.Error()))
+			res.Errors = append(res.Errors, fmt.Sprintf("destination %s (attempt %s): %s", kit.OrDefault(req.DestinationName, req.DestinationID), last, err.Error()))
 			continue
 		}
 		res.Retried = append(res.Retried, a)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"regexp"
 	"strings"
 	"time"
 
@@ -14,90 +13,12 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/handlers/jobs"
+	"github.com/hookstream/hookstream/handlers/kit"
+	"github.com/hookstream/hookstream/handlers/secrets"
+	"github.com/hookstream/hookstream/handlers/signing"
 	"github.com/hookstream/hookstream/internal/secretbox"
 )
-
-var slugPattern = regexp.MustCompile(`^[a-z0-9-]+$`)
-
-func slugify(name string) string {
-	var b strings.Builder
-	dash := false
-	for _, r := range strings.ToLower(name) {
-		switch {
-		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
-			b.WriteRune(r)
-			dash = false
-		case !dash && b.Len() > 0:
-			b.WriteByte('-')
-			dash = true
-		}
-	}
-	s := strings.Trim(b.String(), "-")
-	if s == "" {
-		s = "resource"
-	}
-	return s
-}
-
-func checkName(field, v string) error {
-	if strings.TrimSpace(v) == "" {
-		return invalidf("'%s' is required", field)
-	}
-	if len(v) > 200 {
-		return invalidf("'%s' must be at most 200 characters", field)
-	}
-	return nil
-}
-
-func checkSlug(v string) error {
-	if !slugPattern.MatchString(v) || len(v) > 100 {
-		return invalidf("'slug' must match pattern ^[a-z0-9-]+$")
-	}
-	return nil
-}
-
-func checkStatus(v string) error {
-	switch v {
-	case "active", "paused", "disabled":
-		return nil
-	}
-	return invalidf("'status' must be one of active, paused, disabled")
-}
-
-// collectRows scans every row with scan; it always returns a non-nil slice
-// on success, so empty lists encode as [].
-func collectRows[T any](rows pgx.Rows, err error, scan func(pgx.Row) (T, error)) ([]T, error) {
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := []T{}
-	for rows.Next() {
-		v, err := scan(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, v)
-	}
-	return out, rows.Err()
-}
-
-func isoTime(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z") }
-
-func isoTimePtr(t *time.Time) *string {
-	if t == nil {
-		return nil
-	}
-	s := isoTime(*t)
-	return &s
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
 
 // configTx runs a configuration write in a transaction, then forgets the
 // routes ingest cached (a lookup during the write may have cached the rows
@@ -108,7 +29,7 @@ func (s *Service) configTx(ctx context.Context, fn func(pgx.Tx) error) error {
 }
 
 // recordConfig appends a configuration event in tx (first write of the tx).
-func (s *Service) recordConfig(ctx context.Context, tx pgx.Tx, t Tenant, streamType, id, evType string, payload any, requestID string) error {
+func (s *Service) recordConfig(ctx context.Context, tx pgx.Tx, t domain.Tenant, streamType, id, evType string, payload any, requestID string) error {
 	_, err := s.store.Append(ctx, tx, eventstore.StreamAppend{
 		StreamType: streamType, StreamID: id, OrgID: t.OrgID, EnvID: t.EnvID, Expected: eventstore.AnyVersion,
 		Events: []eventstore.NewEvent{{Type: evType, Payload: payload, Metadata: eventstore.Metadata{Actor: t.Actor, RequestID: requestID, CorrelationID: requestID}}},
@@ -184,23 +105,6 @@ const sourceCols = `id, org_id, env_id, name, slug, description, status, created
 	verification_enabled, coalesce(verification_type, ''), coalesce(verification_secret, ''), coalesce(verification_header, ''),
 	dedup_enabled, coalesce(dedup_strategy, ''), coalesce(dedup_field, ''), dedup_window_seconds, ip_allowlist, ip_denylist`
 
-// maskRevealMin is the shortest secret whose last four characters are shown:
-// four characters of a shorter one give too much of it away.
-const maskRevealMin = 12
-
-// maskSecret shows the last four characters of a secret of at least
-// maskRevealMin characters, and nothing of a shorter one.
-func maskSecret(s string) *string {
-	if s == "" {
-		return nil
-	}
-	m := "****"
-	if len(s) >= maskRevealMin {
-		m += s[len(s)-4:]
-	}
-	return &m
-}
-
 // scanSourceState scans sourceCols (then extra columns, when given).
 func (s *Service) scanSourceState(row pgx.Row, extra ...any) (Source, srcState, error) {
 	var src Source
@@ -219,7 +123,7 @@ func (s *Service) scanSourceState(row pgx.Row, extra ...any) (Source, srcState, 
 	if err := json.Unmarshal(deny, &st.Deny); err != nil {
 		return src, st, fmt.Errorf("source %s ip_denylist: %w", src.ID, err)
 	}
-	secret, err := openSourceSecret(s.p.Secrets, src.ID, st.VerifySecret)
+	secret, err := secrets.OpenSource(s.p.Secrets, src.ID, st.VerifySecret)
 	if err != nil {
 		// Shown masked; verification and updates that need it fail closed.
 		s.p.Log.Error("source secret unreadable", "source_id", src.ID, "err", err)
@@ -228,16 +132,16 @@ func (s *Service) scanSourceState(row pgx.Row, extra ...any) (Source, srcState, 
 	}
 	st.VerifySecret = secret
 	src.Type = "http"
-	src.CreatedAt, src.UpdatedAt = isoTime(created), isoTime(updated)
+	src.CreatedAt, src.UpdatedAt = kit.ISOTime(created), kit.ISOTime(updated)
 	src.IngestURL = strings.TrimRight(s.p.PublicURL, "/") + "/v1/ingest/" + src.ID
-	src.VerificationEnabled, src.DedupEnabled, src.DedupWindowSeconds = boolInt(st.VerifyEnabled), boolInt(st.DedupEnabled), st.DedupWindow
-	src.VerificationType, src.VerificationHeader = nullIfEmpty(st.VerifyType), nullIfEmpty(st.VerifyHeader)
-	src.VerificationSecret = maskSecret(st.VerifySecret)
+	src.VerificationEnabled, src.DedupEnabled, src.DedupWindowSeconds = kit.BoolInt(st.VerifyEnabled), kit.BoolInt(st.DedupEnabled), st.DedupWindow
+	src.VerificationType, src.VerificationHeader = kit.NullIfEmpty(st.VerifyType), kit.NullIfEmpty(st.VerifyHeader)
+	src.VerificationSecret = secrets.Mask(st.VerifySecret)
 	if st.secretErr != nil {
 		m := "****"
 		src.VerificationSecret = &m
 	}
-	src.DedupStrategy, src.DedupField = nullIfEmpty(st.DedupStrategy), nullIfEmpty(st.DedupField)
+	src.DedupStrategy, src.DedupField = kit.NullIfEmpty(st.DedupStrategy), kit.NullIfEmpty(st.DedupField)
 	allowJSON, err := json.Marshal(st.Allow)
 	if err != nil {
 		return src, st, err
@@ -255,33 +159,16 @@ func (s *Service) scanSource(row pgx.Row) (Source, error) {
 	return src, err
 }
 
-// applyNameSlug validates and applies a resource's name and slug, when given.
-func applyNameSlug(name, slug *string, dstName, dstSlug *string) error {
-	if name != nil {
-		if err := checkName("name", *name); err != nil {
-			return err
-		}
-		*dstName = *name
-	}
-	if slug != nil {
-		if err := checkSlug(*slug); err != nil {
-			return err
-		}
-		*dstSlug = *slug
-	}
-	return nil
-}
-
 // apply validates a create or update onto the state.
 func (st *srcState) apply(in SourceInput) error {
-	if err := applyNameSlug(in.Name, in.Slug, &st.Name, &st.Slug); err != nil {
+	if err := domain.ApplyNameSlug(in.Name, in.Slug, &st.Name, &st.Slug); err != nil {
 		return err
 	}
 	if in.Description != nil {
 		st.Description = in.Description
 	}
 	if in.Status != nil {
-		if err := checkStatus(*in.Status); err != nil {
+		if err := domain.CheckStatus(*in.Status); err != nil {
 			return err
 		}
 		st.Status = *in.Status
@@ -292,21 +179,21 @@ func (st *srcState) apply(in SourceInput) error {
 		} else {
 			v, ok := domain.NormalizeVerificationType(*in.VerificationType)
 			if !ok {
-				return invalidf("'verification_type' must be one of hmac_sha256, hmac_sha1, standard_webhooks")
+				return kit.Invalidf("'verification_type' must be one of hmac_sha256, hmac_sha1, standard_webhooks")
 			}
 			st.VerifyType, st.VerifyEnabled = v, true
 		}
 	}
-	if in.VerificationSecret != nil && !isMaskOf(*in.VerificationSecret, st.VerifySecret) {
+	if in.VerificationSecret != nil && !secrets.IsMaskOf(*in.VerificationSecret, st.VerifySecret) {
 		// (The masked secret the API showed keeps the stored one.)
 		if len(*in.VerificationSecret) > 1024 {
-			return invalidf("'verification_secret' is longer than 1024 characters")
+			return kit.Invalidf("'verification_secret' is longer than 1024 characters")
 		}
 		st.VerifySecret, st.secretErr = *in.VerificationSecret, nil
 	}
 	if in.VerificationHeader != nil {
 		if strings.ContainsAny(*in.VerificationHeader, " :\r\n") || len(*in.VerificationHeader) > 200 {
-			return invalidf("'verification_header' is not a header name")
+			return kit.Invalidf("'verification_header' is not a header name")
 		}
 		st.VerifyHeader = *in.VerificationHeader
 	}
@@ -316,9 +203,9 @@ func (st *srcState) apply(in SourceInput) error {
 	if st.VerifyEnabled {
 		switch {
 		case st.VerifyType == "":
-			return invalidf("'verification_type' is required when verification is enabled")
+			return kit.Invalidf("'verification_type' is required when verification is enabled")
 		case st.VerifySecret == "":
-			return invalidf("'verification_secret' is required when verification_type is set")
+			return kit.Invalidf("'verification_secret' is required when verification_type is set")
 		case st.VerifyType != domain.VerifyStdWebhooks && st.VerifyHeader == "":
 			st.VerifyHeader = "X-Signature"
 		}
@@ -330,7 +217,7 @@ func (st *srcState) apply(in SourceInput) error {
 		case domain.DedupPayloadHash, domain.DedupHeaderField, domain.DedupBodyField:
 			st.DedupStrategy, st.DedupEnabled = *in.DedupStrategy, true
 		default:
-			return invalidf("'dedup_strategy' must be one of payload_hash, header_field, body_field")
+			return kit.Invalidf("'dedup_strategy' must be one of payload_hash, header_field, body_field")
 		}
 	}
 	if in.DedupField != nil {
@@ -338,7 +225,7 @@ func (st *srcState) apply(in SourceInput) error {
 	}
 	if in.DedupWindowSeconds != nil {
 		if *in.DedupWindowSeconds < 1 || *in.DedupWindowSeconds > 7*86400 {
-			return invalidf("'dedup_window_seconds' must be between 1 and 604800")
+			return kit.Invalidf("'dedup_window_seconds' must be between 1 and 604800")
 		}
 		st.DedupWindow = *in.DedupWindowSeconds
 	}
@@ -350,7 +237,7 @@ func (st *srcState) apply(in SourceInput) error {
 			st.DedupStrategy = domain.DedupPayloadHash
 		}
 		if st.DedupStrategy != domain.DedupPayloadHash && st.DedupField == "" {
-			return invalidf("'dedup_field' is required for dedup_strategy %s", st.DedupStrategy)
+			return kit.Invalidf("'dedup_field' is required for dedup_strategy %s", st.DedupStrategy)
 		}
 	}
 	for _, l := range []struct {
@@ -362,7 +249,7 @@ func (st *srcState) apply(in SourceInput) error {
 			continue
 		}
 		if len(*l.in) > 500 {
-			return invalidf("'%s' may hold at most 500 entries", l.field)
+			return kit.Invalidf("'%s' may hold at most 500 entries", l.field)
 		}
 		if _, err := domain.ParseIPList(l.field, *l.in); err != nil {
 			return err
@@ -382,15 +269,7 @@ func (st srcState) snapshot(id string, kr *secretbox.Keyring) map[string]any {
 		"ip_allowlist": st.Allow, "ip_denylist": st.Deny}
 }
 
-// secretFingerprint identifies a secret in the event log without revealing it.
-func secretFingerprint(secret string) string {
-	if secret == "" {
-		return ""
-	}
-	return fmt.Sprintf("%x", hashSecret(secret))[:16]
-}
-
-func checkTenantFields(t Tenant, org, env *string) error {
+func checkTenantFields(t domain.Tenant, org, env *string) error {
 	if org != nil && *org != t.OrgID {
 		return domain.Errorf(domain.ENotFound, "Environment not found")
 	}
@@ -401,12 +280,12 @@ func checkTenantFields(t Tenant, org, env *string) error {
 }
 
 // writeSource records the source's event and writes its row, in one transaction.
-func (s *Service) writeSource(ctx context.Context, t Tenant, id, evType string, st srcState, rid string) (Source, error) {
+func (s *Service) writeSource(ctx context.Context, t domain.Tenant, id, evType string, st srcState, rid string) (Source, error) {
 	var out Source
 	if st.secretErr != nil {
 		return out, fmt.Errorf("source secret: %w", st.secretErr)
 	}
-	sealed, err := sealSourceSecret(s.p.Secrets, id, st.VerifySecret)
+	sealed, err := secrets.SealSource(s.p.Secrets, id, st.VerifySecret)
 	if err != nil {
 		return out, err
 	}
@@ -443,25 +322,25 @@ func (s *Service) writeSource(ctx context.Context, t Tenant, id, evType string, 
 }
 
 // CreateSource creates a source. EInvalid names the bad field.
-func (s *Service) CreateSource(ctx context.Context, t Tenant, in SourceInput, rid string) (Source, error) {
+func (s *Service) CreateSource(ctx context.Context, t domain.Tenant, in SourceInput, rid string) (Source, error) {
 	if err := checkTenantFields(t, in.OrgID, in.EnvID); err != nil {
 		return Source{}, err
 	}
 	if in.Name == nil {
-		return Source{}, invalidf("'name' is required")
+		return Source{}, kit.Invalidf("'name' is required")
 	}
 	if in.Slug == nil {
-		sl := slugify(*in.Name)
+		sl := domain.Slugify(*in.Name)
 		in.Slug = &sl
 	}
 	if in.Type != nil && *in.Type != "http" {
-		return Source{}, invalidf("'type' must be http")
+		return Source{}, kit.Invalidf("'type' must be http")
 	}
 	st := srcState{Status: "active", DedupWindow: 300, Allow: []string{}, Deny: []string{}}
 	if err := st.apply(in); err != nil {
 		return Source{}, err
 	}
-	out, err := s.writeSource(ctx, t, newID(), domain.EvSourceCreated, st, rid)
+	out, err := s.writeSource(ctx, t, kit.NewID(), domain.EvSourceCreated, st, rid)
 	if err != nil {
 		return Source{}, fmt.Errorf("create source: %w", err)
 	}
@@ -469,18 +348,18 @@ func (s *Service) CreateSource(ctx context.Context, t Tenant, in SourceInput, ri
 }
 
 // GetSource returns a source of the tenant, or ENotFound.
-func (s *Service) GetSource(ctx context.Context, t Tenant, id string) (Source, error) {
+func (s *Service) GetSource(ctx context.Context, t domain.Tenant, id string) (Source, error) {
 	src, _, err := s.getSource(ctx, t, id)
 	return src, err
 }
 
-func (s *Service) getSource(ctx context.Context, t Tenant, id string) (Source, srcState, error) {
-	if !validID(id) {
-		return Source{}, srcState{}, notFound("Source")
+func (s *Service) getSource(ctx context.Context, t domain.Tenant, id string) (Source, srcState, error) {
+	if !kit.ValidID(id) {
+		return Source{}, srcState{}, kit.NotFound("Source")
 	}
 	src, st, err := s.scanSourceState(s.pool.QueryRow(ctx, `SELECT `+sourceCols+` FROM sources WHERE id = $1 AND org_id = $2 AND env_id = $3`, id, t.OrgID, t.EnvID))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Source{}, st, notFound("Source")
+		return Source{}, st, kit.NotFound("Source")
 	}
 	if err != nil {
 		return Source{}, st, fmt.Errorf("get source: %w", err)
@@ -489,9 +368,9 @@ func (s *Service) getSource(ctx context.Context, t Tenant, id string) (Source, s
 }
 
 // ListSources lists the tenant's sources, newest first.
-func (s *Service) ListSources(ctx context.Context, t Tenant, status string) ([]Source, error) {
+func (s *Service) ListSources(ctx context.Context, t domain.Tenant, status string) ([]Source, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+sourceCols+` FROM sources WHERE org_id = $1 AND env_id = $2 AND ($3 = '' OR status = $3) ORDER BY created_at DESC, id DESC LIMIT 1000`, t.OrgID, t.EnvID, status)
-	out, err := collectRows(rows, err, s.scanSource)
+	out, err := kit.CollectRows(rows, err, s.scanSource)
 	if err != nil {
 		return nil, fmt.Errorf("list sources: %w", err)
 	}
@@ -499,13 +378,13 @@ func (s *Service) ListSources(ctx context.Context, t Tenant, status string) ([]S
 }
 
 // UpdateSource applies a partial update.
-func (s *Service) UpdateSource(ctx context.Context, t Tenant, id string, in SourceInput, rid string) (Source, error) {
+func (s *Service) UpdateSource(ctx context.Context, t domain.Tenant, id string, in SourceInput, rid string) (Source, error) {
 	_, st, err := s.getSource(ctx, t, id)
 	if err != nil {
 		return Source{}, err
 	}
 	if in.OrgID != nil || in.EnvID != nil || in.Type != nil {
-		return Source{}, invalidf("'org_id', 'env_id' and 'type' cannot be changed")
+		return Source{}, kit.Invalidf("'org_id', 'env_id' and 'type' cannot be changed")
 	}
 	if err := st.apply(in); err != nil {
 		return Source{}, err
@@ -518,14 +397,14 @@ func (s *Service) UpdateSource(ctx context.Context, t Tenant, id string, in Sour
 }
 
 // DeleteSource deletes a source; EConflict while connections use it.
-func (s *Service) DeleteSource(ctx context.Context, t Tenant, id, rid string) error {
+func (s *Service) DeleteSource(ctx context.Context, t domain.Tenant, id, rid string) error {
 	if _, err := s.GetSource(ctx, t, id); err != nil {
 		return err
 	}
 	return s.deleteConfig(ctx, t, domain.StreamSource, domain.EvSourceDeleted, "sources", "source_id", "Source", id, rid)
 }
 
-func (s *Service) deleteConfig(ctx context.Context, t Tenant, streamType, evType, table, connCol, kind, id, rid string) error {
+func (s *Service) deleteConfig(ctx context.Context, t domain.Tenant, streamType, evType, table, connCol, kind, id, rid string) error {
 	err := s.configTx(ctx, func(tx pgx.Tx) error {
 		if connCol != "" {
 			var n int
@@ -544,7 +423,7 @@ func (s *Service) deleteConfig(ctx context.Context, t Tenant, streamType, evType
 			return err
 		}
 		if tag.RowsAffected() == 0 {
-			return notFound(kind)
+			return kit.NotFound(kind)
 		}
 		return nil
 	})
@@ -612,7 +491,7 @@ type destState struct {
 	TimeoutMS                       int
 	Retry                           domain.RetryPolicy
 	Circuit                         domain.CircuitConfig
-	Signing                         *SigningConfig
+	Signing                         *signing.Config
 	// PrevSecret stays valid until PrevExpires after a rotation.
 	PrevSecret     string
 	PrevExpires    *time.Time
@@ -634,28 +513,28 @@ func scanDestination(row pgx.Row) (Destination, destState, error) {
 	var headers, intervals []byte
 	var created, updated time.Time
 	var retryEnabled bool
-	var signing []byte
+	var signingRaw []byte
 	var cbEnabled bool
 	err := row.Scan(&d.ID, &d.OrgID, &d.EnvID, &d.Name, &d.Slug, &d.URL, &d.Method, &headers, &d.TimeoutMS, &retryEnabled,
 		&d.RetryMaxAttempts, &d.RetryBackoffType, &intervals, &d.Status, &created, &updated, &cbEnabled, &d.CircuitBreakerThreshold,
-		&d.CircuitBreakerResetMS, &signing, &st.PrevSecret, &st.PrevExpires, &st.DisabledReason, &st.sealed)
+		&d.CircuitBreakerResetMS, &signingRaw, &st.PrevSecret, &st.PrevExpires, &st.DisabledReason, &st.sealed)
 	if err != nil {
 		return d, st, err
 	}
-	d.CircuitBreakerEnabled = boolInt(cbEnabled)
+	d.CircuitBreakerEnabled = kit.BoolInt(cbEnabled)
 	st.Circuit = domain.CircuitConfig{Enabled: cbEnabled, Threshold: d.CircuitBreakerThreshold, Reset: time.Duration(d.CircuitBreakerResetMS) * time.Millisecond}
-	if len(signing) > 0 && string(signing) != "null" {
-		st.Signing = &SigningConfig{}
-		if err := json.Unmarshal(signing, st.Signing); err != nil {
+	if len(signingRaw) > 0 && string(signingRaw) != "null" {
+		st.Signing = &signing.Config{}
+		if err := json.Unmarshal(signingRaw, st.Signing); err != nil {
 			return d, st, fmt.Errorf("destination %s signing_config: %w", d.ID, err)
 		}
-		d.SigningConfig = st.Signing.masked()
+		d.SigningConfig = st.Signing.Masked()
 	}
-	d.DisabledReason = nullIfEmpty(st.DisabledReason)
+	d.DisabledReason = kit.NullIfEmpty(st.DisabledReason)
 	d.Type = "http"
 	d.Headers, d.RetryIntervals = string(headers), string(intervals)
-	d.RetryEnabled = boolInt(retryEnabled)
-	d.CreatedAt, d.UpdatedAt = isoTime(created), isoTime(updated)
+	d.RetryEnabled = kit.BoolInt(retryEnabled)
+	d.CreatedAt, d.UpdatedAt = kit.ISOTime(created), kit.ISOTime(updated)
 	st.Name, st.Slug, st.URL, st.Method, st.Status, st.TimeoutMS = d.Name, d.Slug, d.URL, d.Method, d.Status, d.TimeoutMS
 	st.Retry = domain.RetryPolicy{Enabled: retryEnabled, MaxRetries: d.RetryMaxAttempts, Backoff: d.RetryBackoffType}
 	if err := json.Unmarshal(headers, &st.Headers); err != nil {
@@ -668,60 +547,60 @@ func scanDestination(row pgx.Row) (Destination, destState, error) {
 }
 
 func (st *destState) apply(in DestinationInput) error {
-	if err := applyNameSlug(in.Name, in.Slug, &st.Name, &st.Slug); err != nil {
+	if err := domain.ApplyNameSlug(in.Name, in.Slug, &st.Name, &st.Slug); err != nil {
 		return err
 	}
-	oldOrigin := origin(st.URL)
-	if in.URL != nil && !(st.URL != "" && *in.URL == maskedURL(st.URL)) {
+	oldOrigin := secrets.Origin(st.URL)
+	if in.URL != nil && !(st.URL != "" && *in.URL == secrets.MaskedURL(st.URL)) {
 		// (The URL as the API shows it, userinfo masked, keeps the stored one.)
 		u, err := url.Parse(*in.URL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || len(*in.URL) > 2048 {
-			return invalidf("'url' must be an absolute http(s) URL")
+			return kit.Invalidf("'url' must be an absolute http(s) URL")
 		}
 		if u.User != nil && u.User.String() == "****" {
-			return invalidf("'url' has masked credentials (****@); send the URL with its real userinfo, or the unchanged URL")
+			return kit.Invalidf("'url' has masked credentials (****@); send the URL with its real userinfo, or the unchanged URL")
 		}
 		st.URL = *in.URL
 	}
 	if in.Method != nil {
 		m := strings.ToUpper(*in.Method)
 		if m != "POST" && m != "PUT" && m != "PATCH" {
-			return invalidf("'method' must be one of POST, PUT, PATCH")
+			return kit.Invalidf("'method' must be one of POST, PUT, PATCH")
 		}
 		st.Method = m
 	}
 	given := map[string]bool{} // credential headers this request sets anew
 	if in.Headers != nil {
 		if len(*in.Headers) > 50 {
-			return invalidf("'headers' may hold at most 50 headers")
+			return kit.Invalidf("'headers' may hold at most 50 headers")
 		}
 		next := make(map[string]string, len(*in.Headers))
 		for k, v := range *in.Headers {
 			if k == "" || len(k) > 200 || len(v) > 8192 || strings.ContainsAny(k, " :\r\n") || strings.ContainsAny(v, "\r\n") {
-				return invalidf("'headers' has an invalid header %q", k)
+				return kit.Invalidf("'headers' has an invalid header %q", k)
 			}
-			if cur, ok := st.Headers[k]; ok && credentialHeader(k) && isMaskOf(v, cur) {
+			if cur, ok := st.Headers[k]; ok && secrets.CredentialHeader(k) && secrets.IsMaskOf(v, cur) {
 				v = cur // the masked value the API showed: unchanged
-			} else if credentialHeader(k) {
+			} else if secrets.CredentialHeader(k) {
 				given[k] = true
 			}
 			next[k] = v
 		}
 		st.Headers = next
 	}
-	if oldOrigin != "" && origin(st.URL) != oldOrigin {
+	if oldOrigin != "" && secrets.Origin(st.URL) != oldOrigin {
 		// Stored credentials were given for the old host: a URL moved to
 		// another one keeps only those this request sets again, so nobody who
 		// can edit a destination can send its hidden credentials elsewhere.
 		for k := range st.Headers {
-			if credentialHeader(k) && !given[k] {
+			if secrets.CredentialHeader(k) && !given[k] {
 				delete(st.Headers, k)
 			}
 		}
 	}
 	if in.TimeoutMS != nil {
 		if *in.TimeoutMS < 100 || *in.TimeoutMS > 120000 {
-			return invalidf("'timeout_ms' must be between 100 and 120000")
+			return kit.Invalidf("'timeout_ms' must be between 100 and 120000")
 		}
 		st.TimeoutMS = *in.TimeoutMS
 	}
@@ -738,7 +617,7 @@ func (st *destState) apply(in DestinationInput) error {
 		st.Retry.Intervals = *in.RetryIntervals
 	}
 	if in.Status != nil {
-		if err := checkStatus(*in.Status); err != nil {
+		if err := domain.CheckStatus(*in.Status); err != nil {
 			return err
 		}
 		if *in.Status != "disabled" {
@@ -751,13 +630,13 @@ func (st *destState) apply(in DestinationInput) error {
 	}
 	if in.CircuitBreakerThreshold != nil {
 		if *in.CircuitBreakerThreshold < 1 || *in.CircuitBreakerThreshold > 1000 {
-			return invalidf("'circuit_breaker_threshold' must be between 1 and 1000")
+			return kit.Invalidf("'circuit_breaker_threshold' must be between 1 and 1000")
 		}
 		st.Circuit.Threshold = *in.CircuitBreakerThreshold
 	}
 	if in.CircuitBreakerResetMS != nil {
 		if *in.CircuitBreakerResetMS < 100 || *in.CircuitBreakerResetMS > 86400000 {
-			return invalidf("'circuit_breaker_reset_ms' must be between 100 and 86400000")
+			return kit.Invalidf("'circuit_breaker_reset_ms' must be between 100 and 86400000")
 		}
 		st.Circuit.Reset = time.Duration(*in.CircuitBreakerResetMS) * time.Millisecond
 	}
@@ -765,17 +644,17 @@ func (st *destState) apply(in DestinationInput) error {
 		if string(in.SigningConfig) == "null" {
 			st.Signing, st.PrevSecret, st.PrevExpires = nil, "", nil
 		} else {
-			var si SigningInput
+			var si signing.Input
 			dec := json.NewDecoder(strings.NewReader(string(in.SigningConfig)))
 			dec.DisallowUnknownFields()
 			if err := dec.Decode(&si); err != nil {
 				if e := jsonError(err); strings.Contains(e.Error(), "'") {
 					return domain.Errorf(domain.EInvalid, "%s", strings.Replace(e.Error(), "Invalid body: '", "Invalid body: 'signing_config.", 1))
 				}
-				return invalidf("'signing_config' must be an object: %v", err)
+				return kit.Invalidf("'signing_config' must be an object: %v", err)
 			}
 			old := st.Signing
-			next, err := applySigning(old, si)
+			next, err := signing.Apply(old, si)
 			if err != nil {
 				return err
 			}
@@ -798,7 +677,7 @@ func (s *Service) applyDestination(st *destState, in DestinationInput) error {
 	}
 	if in.URL != nil {
 		if err := s.p.Outbound.CheckURL(st.URL); err != nil {
-			return invalidf("'url' points to an address that is not allowed (loopback, private, link-local or reserved)")
+			return kit.Invalidf("'url' points to an address that is not allowed (loopback, private, link-local or reserved)")
 		}
 	}
 	return nil
@@ -825,7 +704,7 @@ func (st destState) snapshot(id string, kr *secretbox.Keyring) map[string]any {
 		snap["secret_fingerprints"] = fps
 	}
 	if st.Signing != nil {
-		sc := st.Signing.masked()
+		sc := st.Signing.Masked()
 		sc["secret_sha256"] = kr.Fingerprint(st.Signing.Secret)
 		delete(sc, "secret")
 		if st.PrevSecret != "" {
@@ -837,11 +716,11 @@ func (st destState) snapshot(id string, kr *secretbox.Keyring) map[string]any {
 }
 
 // writeDestination records the destination's event and writes its row, in one transaction.
-func (s *Service) writeDestination(ctx context.Context, t Tenant, id, evType string, st destState, rid string) (Destination, error) {
+func (s *Service) writeDestination(ctx context.Context, t domain.Tenant, id, evType string, st destState, rid string) (Destination, error) {
 	var out Destination
 	err := s.configTx(ctx, func(tx pgx.Tx) error {
 		shownURL, shownHeaders, sec := splitSecrets(st)
-		sealed, err := sealDest(s.p.Secrets, id, sec)
+		sealed, err := secrets.SealDest(s.p.Secrets, id, sec)
 		if err != nil {
 			return err
 		}
@@ -856,7 +735,7 @@ func (s *Service) writeDestination(ctx context.Context, t Tenant, id, evType str
 		if err != nil {
 			return err
 		}
-		signing, err := st.Signing.stored()
+		signingJSON, err := st.Signing.Stored()
 		if err != nil {
 			return err
 		}
@@ -876,7 +755,7 @@ func (s *Service) writeDestination(ctx context.Context, t Tenant, id, evType str
 			RETURNING `+destCols,
 			id, t.OrgID, t.EnvID, st.Name, st.Slug, shownURL, st.Method, headers, st.TimeoutMS, st.Retry.Enabled, st.Retry.MaxRetries,
 			st.Retry.Backoff, intervals, st.Status, s.now(), st.Circuit.Enabled, st.Circuit.Threshold, st.Circuit.Reset.Milliseconds(),
-			signing, st.PrevExpires, st.DisabledReason, sealed))
+			signingJSON, st.PrevExpires, st.DisabledReason, sealed))
 		if err != nil {
 			return err
 		}
@@ -891,36 +770,36 @@ func (s *Service) writeDestination(ctx context.Context, t Tenant, id, evType str
 				return err
 			}
 		}
-		_, err = tx.Exec(ctx, `SELECT pg_notify('hookstream_jobs', '')`)
+		err = jobs.Notify(ctx, tx)
 		return err
 	})
 	return out, err
 }
 
 // CreateDestination creates an HTTP destination with hookstream's defaults.
-func (s *Service) CreateDestination(ctx context.Context, t Tenant, in DestinationInput, rid string) (Destination, error) {
+func (s *Service) CreateDestination(ctx context.Context, t domain.Tenant, in DestinationInput, rid string) (Destination, error) {
 	if err := checkTenantFields(t, in.OrgID, in.EnvID); err != nil {
 		return Destination{}, err
 	}
 	if in.Type != nil && *in.Type != "http" {
-		return Destination{}, invalidf("'type' must be http")
+		return Destination{}, kit.Invalidf("'type' must be http")
 	}
 	if in.Name == nil {
-		return Destination{}, invalidf("'name' is required")
+		return Destination{}, kit.Invalidf("'name' is required")
 	}
 	if in.URL == nil {
-		return Destination{}, invalidf("'url' is required for HTTP destinations")
+		return Destination{}, kit.Invalidf("'url' is required for HTTP destinations")
 	}
 	st := destState{Method: "POST", Status: "active", Headers: map[string]string{}, TimeoutMS: 30000, Retry: domain.DefaultRetryPolicy(),
 		Circuit: domain.CircuitConfig{Enabled: true, Threshold: 5, Reset: time.Minute}, now: s.now}
 	if in.Slug == nil {
-		sl := slugify(*in.Name)
+		sl := domain.Slugify(*in.Name)
 		in.Slug = &sl
 	}
 	if err := s.applyDestination(&st, in); err != nil {
 		return Destination{}, err
 	}
-	out, err := s.writeDestination(ctx, t, newID(), domain.EvDestinationCreated, st, rid)
+	out, err := s.writeDestination(ctx, t, kit.NewID(), domain.EvDestinationCreated, st, rid)
 	if err != nil {
 		return Destination{}, fmt.Errorf("create destination: %w", err)
 	}
@@ -928,18 +807,18 @@ func (s *Service) CreateDestination(ctx context.Context, t Tenant, in Destinatio
 }
 
 // GetDestination returns a destination of the tenant, or ENotFound.
-func (s *Service) GetDestination(ctx context.Context, t Tenant, id string) (Destination, error) {
+func (s *Service) GetDestination(ctx context.Context, t domain.Tenant, id string) (Destination, error) {
 	d, _, err := s.getDestination(ctx, t, id)
 	return d, err
 }
 
-func (s *Service) getDestination(ctx context.Context, t Tenant, id string) (Destination, destState, error) {
-	if !validID(id) {
-		return Destination{}, destState{}, notFound("Destination")
+func (s *Service) getDestination(ctx context.Context, t domain.Tenant, id string) (Destination, destState, error) {
+	if !kit.ValidID(id) {
+		return Destination{}, destState{}, kit.NotFound("Destination")
 	}
 	d, st, err := scanDestination(s.pool.QueryRow(ctx, `SELECT `+destCols+` FROM destinations WHERE id = $1 AND org_id = $2 AND env_id = $3`, id, t.OrgID, t.EnvID))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return d, st, notFound("Destination")
+		return d, st, kit.NotFound("Destination")
 	}
 	if err != nil {
 		return d, st, fmt.Errorf("get destination: %w", err)
@@ -949,12 +828,12 @@ func (s *Service) getDestination(ctx context.Context, t Tenant, id string) (Dest
 
 // destinationForUpdate is getDestination with the secrets decrypted into
 // the state, for an update that must carry them over.
-func (s *Service) destinationForUpdate(ctx context.Context, t Tenant, id string) (destState, error) {
+func (s *Service) destinationForUpdate(ctx context.Context, t domain.Tenant, id string) (destState, error) {
 	_, st, err := s.getDestination(ctx, t, id)
 	if err != nil {
 		return st, err
 	}
-	sec, err := openDest(s.p.Secrets, id, st.sealed)
+	sec, err := secrets.OpenDest(s.p.Secrets, id, st.sealed)
 	if err != nil {
 		return st, fmt.Errorf("update destination: %w", err)
 	}
@@ -963,9 +842,9 @@ func (s *Service) destinationForUpdate(ctx context.Context, t Tenant, id string)
 }
 
 // ListDestinations lists the tenant's destinations, newest first.
-func (s *Service) ListDestinations(ctx context.Context, t Tenant, status string) ([]Destination, error) {
+func (s *Service) ListDestinations(ctx context.Context, t domain.Tenant, status string) ([]Destination, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+destCols+` FROM destinations WHERE org_id = $1 AND env_id = $2 AND ($3 = '' OR status = $3) ORDER BY created_at DESC, id DESC LIMIT 1000`, t.OrgID, t.EnvID, status)
-	out, err := collectRows(rows, err, func(row pgx.Row) (Destination, error) {
+	out, err := kit.CollectRows(rows, err, func(row pgx.Row) (Destination, error) {
 		d, _, err := scanDestination(row)
 		return d, err
 	})
@@ -977,9 +856,9 @@ func (s *Service) ListDestinations(ctx context.Context, t Tenant, status string)
 
 // UpdateDestination applies a partial update; a rename is recorded and
 // followed by the delivery attempts read model.
-func (s *Service) UpdateDestination(ctx context.Context, t Tenant, id string, in DestinationInput, rid string) (Destination, error) {
+func (s *Service) UpdateDestination(ctx context.Context, t domain.Tenant, id string, in DestinationInput, rid string) (Destination, error) {
 	if in.OrgID != nil || in.EnvID != nil || in.Type != nil {
-		return Destination{}, invalidf("'org_id', 'env_id' and 'type' cannot be changed")
+		return Destination{}, kit.Invalidf("'org_id', 'env_id' and 'type' cannot be changed")
 	}
 	st, err := s.destinationForUpdate(ctx, t, id)
 	if err != nil {
@@ -997,7 +876,7 @@ func (s *Service) UpdateDestination(ctx context.Context, t Tenant, id string, in
 }
 
 // DeleteDestination deletes a destination; EConflict while connections use it.
-func (s *Service) DeleteDestination(ctx context.Context, t Tenant, id, rid string) error {
+func (s *Service) DeleteDestination(ctx context.Context, t domain.Tenant, id, rid string) error {
 	if _, _, err := s.getDestination(ctx, t, id); err != nil {
 		return err
 	}
@@ -1048,33 +927,33 @@ func scanConnection(row pgx.Row) (Connection, error) {
 	var created, updated time.Time
 	err := row.Scan(&c.ID, &c.OrgID, &c.EnvID, &c.SourceID, &c.DestinationID, &c.Name, &c.Description, &enabled, &c.Status,
 		&rules, &c.SourceName, &c.DestinationName, &created, &updated)
-	c.Enabled = boolInt(enabled)
+	c.Enabled = kit.BoolInt(enabled)
 	c.FilterRules = string(rules)
-	c.CreatedAt, c.UpdatedAt = isoTime(created), isoTime(updated)
+	c.CreatedAt, c.UpdatedAt = kit.ISOTime(created), kit.ISOTime(updated)
 	return c, err
 }
 
 // CreateConnection routes a source to a destination, both of the tenant.
-func (s *Service) CreateConnection(ctx context.Context, t Tenant, in ConnectionInput, rid string) (Connection, error) {
+func (s *Service) CreateConnection(ctx context.Context, t domain.Tenant, in ConnectionInput, rid string) (Connection, error) {
 	if err := checkTenantFields(t, in.OrgID, in.EnvID); err != nil {
 		return Connection{}, err
 	}
 	switch {
 	case in.SourceID == nil:
-		return Connection{}, invalidf("'source_id' is required")
+		return Connection{}, kit.Invalidf("'source_id' is required")
 	case in.DestinationID == nil:
-		return Connection{}, invalidf("'destination_id' is required")
+		return Connection{}, kit.Invalidf("'destination_id' is required")
 	case in.Name == nil:
-		return Connection{}, invalidf("'name' is required")
+		return Connection{}, kit.Invalidf("'name' is required")
 	}
-	if err := checkName("name", *in.Name); err != nil {
+	if err := domain.CheckName("name", *in.Name); err != nil {
 		return Connection{}, err
 	}
 	if _, err := s.GetSource(ctx, t, *in.SourceID); err != nil {
-		return Connection{}, remapNotFound(err, "Source or destination not found")
+		return Connection{}, kit.RemapNotFound(err, "Source or destination not found")
 	}
 	if _, _, err := s.getDestination(ctx, t, *in.DestinationID); err != nil {
-		return Connection{}, remapNotFound(err, "Source or destination not found")
+		return Connection{}, kit.RemapNotFound(err, "Source or destination not found")
 	}
 	rules := []domain.FilterRule{}
 	if in.FilterRules != nil {
@@ -1088,12 +967,12 @@ func (s *Service) CreateConnection(ctx context.Context, t Tenant, in ConnectionI
 		enabled = *in.Enabled
 	}
 	if in.Status != nil {
-		if err := checkStatus(*in.Status); err != nil {
+		if err := domain.CheckStatus(*in.Status); err != nil {
 			return Connection{}, err
 		}
 		status = *in.Status
 	}
-	id, now := newID(), s.now()
+	id, now := kit.NewID(), s.now()
 	rulesJSON, _ := json.Marshal(rules)
 	err := s.configTx(ctx, func(tx pgx.Tx) error {
 		snap := map[string]any{"id": id, "source_id": *in.SourceID, "destination_id": *in.DestinationID, "name": *in.Name,
@@ -1111,21 +990,14 @@ func (s *Service) CreateConnection(ctx context.Context, t Tenant, in ConnectionI
 	return s.GetConnection(ctx, t, id)
 }
 
-func remapNotFound(err error, msg string) error {
-	if domain.ErrorCode(err) == domain.ENotFound {
-		return domain.Errorf(domain.ENotFound, "%s", msg)
-	}
-	return err
-}
-
 // GetConnection returns a connection of the tenant, or ENotFound.
-func (s *Service) GetConnection(ctx context.Context, t Tenant, id string) (Connection, error) {
-	if !validID(id) {
-		return Connection{}, notFound("Connection")
+func (s *Service) GetConnection(ctx context.Context, t domain.Tenant, id string) (Connection, error) {
+	if !kit.ValidID(id) {
+		return Connection{}, kit.NotFound("Connection")
 	}
 	c, err := scanConnection(s.pool.QueryRow(ctx, connSelect+` WHERE c.id = $1 AND c.org_id = $2 AND c.env_id = $3`, id, t.OrgID, t.EnvID))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return c, notFound("Connection")
+		return c, kit.NotFound("Connection")
 	}
 	if err != nil {
 		return c, fmt.Errorf("get connection: %w", err)
@@ -1134,11 +1006,11 @@ func (s *Service) GetConnection(ctx context.Context, t Tenant, id string) (Conne
 }
 
 // ListConnections lists the tenant's connections, optionally by source, destination or status.
-func (s *Service) ListConnections(ctx context.Context, t Tenant, sourceID, destinationID, status string) ([]Connection, error) {
+func (s *Service) ListConnections(ctx context.Context, t domain.Tenant, sourceID, destinationID, status string) ([]Connection, error) {
 	rows, err := s.pool.Query(ctx, connSelect+` WHERE c.org_id = $1 AND c.env_id = $2 AND ($3 = '' OR c.source_id = $3)
 		AND ($4 = '' OR c.destination_id = $4) AND ($5 = '' OR c.status = $5) ORDER BY c.created_at DESC, c.id DESC LIMIT 1000`,
 		t.OrgID, t.EnvID, sourceID, destinationID, status)
-	out, err := collectRows(rows, err, scanConnection)
+	out, err := kit.CollectRows(rows, err, scanConnection)
 	if err != nil {
 		return nil, fmt.Errorf("list connections: %w", err)
 	}
@@ -1146,19 +1018,19 @@ func (s *Service) ListConnections(ctx context.Context, t Tenant, sourceID, desti
 }
 
 // UpdateConnection applies a partial update (source and destination are fixed).
-func (s *Service) UpdateConnection(ctx context.Context, t Tenant, id string, in ConnectionInput, rid string) (Connection, error) {
+func (s *Service) UpdateConnection(ctx context.Context, t domain.Tenant, id string, in ConnectionInput, rid string) (Connection, error) {
 	cur, err := s.GetConnection(ctx, t, id)
 	if err != nil {
 		return Connection{}, err
 	}
 	if in.OrgID != nil || in.EnvID != nil || in.SourceID != nil || in.DestinationID != nil {
-		return Connection{}, invalidf("'source_id', 'destination_id', 'org_id' and 'env_id' cannot be changed")
+		return Connection{}, kit.Invalidf("'source_id', 'destination_id', 'org_id' and 'env_id' cannot be changed")
 	}
 	name, desc, enabled, status := cur.Name, cur.Description, cur.Enabled == 1, cur.Status
 	var rules []domain.FilterRule
 	_ = json.Unmarshal([]byte(cur.FilterRules), &rules)
 	if in.Name != nil {
-		if err := checkName("name", *in.Name); err != nil {
+		if err := domain.CheckName("name", *in.Name); err != nil {
 			return Connection{}, err
 		}
 		name = *in.Name
@@ -1170,7 +1042,7 @@ func (s *Service) UpdateConnection(ctx context.Context, t Tenant, id string, in 
 		enabled = *in.Enabled
 	}
 	if in.Status != nil {
-		if err := checkStatus(*in.Status); err != nil {
+		if err := domain.CheckStatus(*in.Status); err != nil {
 			return Connection{}, err
 		}
 		status = *in.Status
@@ -1202,7 +1074,7 @@ func (s *Service) UpdateConnection(ctx context.Context, t Tenant, id string, in 
 }
 
 // DeleteConnection deletes a connection; deliveries already made stay.
-func (s *Service) DeleteConnection(ctx context.Context, t Tenant, id, rid string) error {
+func (s *Service) DeleteConnection(ctx context.Context, t domain.Tenant, id, rid string) error {
 	if _, err := s.GetConnection(ctx, t, id); err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/gorilla/mux"
 
 	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/handlers/tenancy"
 )
 
 // LongPollWrite is the write deadline of a request that waits for a
@@ -21,8 +22,8 @@ const LongPollWrite = 150 * time.Second
 
 type tenantKey struct{}
 
-func tenantOf(r *http.Request) Tenant {
-	t, _ := r.Context().Value(tenantKey{}).(Tenant)
+func tenantOf(r *http.Request) domain.Tenant {
+	t, _ := r.Context().Value(tenantKey{}).(domain.Tenant)
 	return t
 }
 
@@ -32,7 +33,7 @@ func tenantOf(r *http.Request) Tenant {
 func (a *API) withAuth(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		now := a.p.Now()
-		t, err := authenticate(r.Context(), a.p.Pool, r, now, a.p.CookieSecret)
+		t, err := tenancy.Authenticate(r.Context(), a.p.Pool, r, now, a.p.CookieSecret)
 		if err == nil && t.KeyID == "" {
 			err = checkCSRF(r) // authenticated by the session cookie
 		}
@@ -40,7 +41,7 @@ func (a *API) withAuth(next http.HandlerFunc) http.HandlerFunc {
 			err = checkQuery(r)
 		}
 		if err == nil && t.KeyID != "" {
-			err = a.usage.record(r.Context(), t.KeyID, now)
+			err = a.usage.Record(r.Context(), t.KeyID, now)
 		}
 		if err != nil {
 			writeError(w, r, a.p.Log, err)
@@ -53,11 +54,11 @@ func (a *API) withAuth(next http.HandlerFunc) http.HandlerFunc {
 // crudRoutes are the five routes of a configuration resource.
 type crudRoutes[In, Out any] struct {
 	path, one, many string // "/sources", "source", "sources"
-	create          func(context.Context, Tenant, In, string) (Out, error)
-	list            func(*http.Request, Tenant) ([]Out, error)
-	get             func(context.Context, Tenant, string) (Out, error)
-	update          func(context.Context, Tenant, string, In, string) (Out, error)
-	remove          func(context.Context, Tenant, string, string) error
+	create          func(context.Context, domain.Tenant, In, string) (Out, error)
+	list            func(*http.Request, domain.Tenant) ([]Out, error)
+	get             func(context.Context, domain.Tenant, string) (Out, error)
+	update          func(context.Context, domain.Tenant, string, In, string) (Out, error)
+	remove          func(context.Context, domain.Tenant, string, string) error
 }
 
 func registerCRUD[In, Out any](a *API, r *mux.Router, c crudRoutes[In, Out]) {
@@ -89,21 +90,21 @@ func (a *API) registerResourceRoutes(r *mux.Router) {
 	registerCRUD(a, r, crudRoutes[SourceInput, Source]{
 		path: "/sources", one: "source", many: "sources",
 		create: svc.CreateSource, get: svc.GetSource, update: svc.UpdateSource, remove: svc.DeleteSource,
-		list: func(r *http.Request, t Tenant) ([]Source, error) {
+		list: func(r *http.Request, t domain.Tenant) ([]Source, error) {
 			return svc.ListSources(r.Context(), t, r.URL.Query().Get("status"))
 		},
 	})
 	registerCRUD(a, r, crudRoutes[DestinationInput, Destination]{
 		path: "/destinations", one: "destination", many: "destinations",
 		create: svc.CreateDestination, get: svc.GetDestination, update: svc.UpdateDestination, remove: svc.DeleteDestination,
-		list: func(r *http.Request, t Tenant) ([]Destination, error) {
+		list: func(r *http.Request, t domain.Tenant) ([]Destination, error) {
 			return svc.ListDestinations(r.Context(), t, r.URL.Query().Get("status"))
 		},
 	})
 	registerCRUD(a, r, crudRoutes[ConnectionInput, Connection]{
 		path: "/connections", one: "connection", many: "connections",
 		create: svc.CreateConnection, get: svc.GetConnection, update: svc.UpdateConnection, remove: svc.DeleteConnection,
-		list: func(r *http.Request, t Tenant) ([]Connection, error) {
+		list: func(r *http.Request, t domain.Tenant) ([]Connection, error) {
 			q := r.URL.Query()
 			return svc.ListConnections(r.Context(), t, q.Get("source_id"), q.Get("destination_id"), q.Get("status"))
 		},

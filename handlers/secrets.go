@@ -3,147 +3,31 @@ package handlers
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/handlers/secrets"
 	"github.com/hookstream/hookstream/internal/secretbox"
 )
 
-// destSecrets are the parts of a destination that are credentials: kept
-// only encrypted (destinations.secrets), never in the event log or in the
-// columns the API and the read models show.
-type destSecrets struct {
-	URL            string            `json:"url,omitempty"`     // the URL with its userinfo, when it has one
-	Headers        map[string]string `json:"headers,omitempty"` // credential headers' real values
-	SigningSecret  string            `json:"signing_secret,omitempty"`
-	PreviousSecret string            `json:"previous_secret,omitempty"`
-}
-
-func (d destSecrets) empty() bool {
-	return d.URL == "" && len(d.Headers) == 0 && d.SigningSecret == "" && d.PreviousSecret == ""
-}
-
-// errNoEncryptionKey refuses to store a secret on a server without a key.
-var errNoEncryptionKey = domain.Errorf(domain.EInvalid,
-	"Secrets cannot be stored: this server has no encryption key (HOOKSTREAM_ENCRYPTION_KEY); its operator must configure one")
-
-// sealDest encrypts a destination's secrets, bound to its id; "" when it has none.
-func sealDest(kr *secretbox.Keyring, id string, sec destSecrets) (string, error) {
-	if sec.empty() {
-		return "", nil
-	}
-	raw, err := json.Marshal(sec)
-	if err != nil {
-		return "", fmt.Errorf("encode destination secrets: %w", err)
-	}
-	out, err := kr.Seal(raw, "destination:"+id)
-	if errors.Is(err, secretbox.ErrNoKey) {
-		return "", errNoEncryptionKey
-	}
-	return out, err
-}
-
-// openDest decrypts what sealDest made ("" opens to no secrets).
-func openDest(kr *secretbox.Keyring, id, sealed string) (destSecrets, error) {
-	var sec destSecrets
-	if sealed == "" {
-		return sec, nil
-	}
-	raw, err := kr.Open(sealed, "destination:"+id)
-	if err != nil {
-		return sec, fmt.Errorf("destination %s secrets: %w", id, err)
-	}
-	if err := json.Unmarshal(raw, &sec); err != nil {
-		return sec, fmt.Errorf("destination %s secrets: %w", id, err)
-	}
-	return sec, nil
-}
-
-// sealSourceSecret encrypts a source's verification secret, bound to its id.
-func sealSourceSecret(kr *secretbox.Keyring, id, secret string) (string, error) {
-	if secret == "" {
-		return "", nil
-	}
-	out, err := kr.Seal([]byte(secret), "source:"+id)
-	if errors.Is(err, secretbox.ErrNoKey) {
-		return "", errNoEncryptionKey
-	}
-	return out, err
-}
-
-// openSourceSecret decrypts a stored verification secret. A value that is
-// not a ciphertext is a row from before encryption: it is returned as it is
-// (SealPlaintext encrypts such rows at start).
-func openSourceSecret(kr *secretbox.Keyring, id, stored string) (string, error) {
-	if stored == "" || !secretbox.IsSealed(stored) {
-		return stored, nil
-	}
-	raw, err := kr.Open(stored, "source:"+id)
-	if err != nil {
-		return "", fmt.Errorf("source %s verification secret: %w", id, err)
-	}
-	return string(raw), nil
-}
-
-// credentialHeader reports whether a destination header carries a
-// credential: the standard ones, and any name that says so.
-func credentialHeader(name string) bool {
-	n := strings.ToLower(name)
-	switch n {
-	case "authorization", "proxy-authorization", "cookie", "x-api-key":
-		return true
-	}
-	for _, w := range []string{"token", "secret", "key", "password", "passwd", "credential", "session", "auth"} {
-		if strings.Contains(n, w) {
-			return true
-		}
-	}
-	return false
-}
-
-// maskedURL is a URL as the API, the event log and attempts show it: any
-// userinfo replaced by ****.
-func maskedURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return raw
-	}
-	u.User = nil
-	shown := u.String() // scheme://host/...
-	i := strings.Index(shown, "://")
-	return shown[:i+3] + "****@" + shown[i+3:]
-}
-
-// origin is a URL's scheme and host (with port), lowercased; "" for none.
-func origin(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" {
-		return ""
-	}
-	return strings.ToLower(u.Scheme + "://" + u.Host)
-}
-
 // splitSecrets separates a destination's configuration into what is shown
 // (masked URL and header values) and what is sealed.
-func splitSecrets(st destState) (shownURL string, shownHeaders map[string]string, sec destSecrets) {
-	shownURL = maskedURL(st.URL)
+func splitSecrets(st destState) (shownURL string, shownHeaders map[string]string, sec secrets.Dest) {
+	shownURL = secrets.MaskedURL(st.URL)
 	if shownURL != st.URL {
 		sec.URL = st.URL
 	}
 	shownHeaders = make(map[string]string, len(st.Headers))
 	for k, v := range st.Headers {
-		if credentialHeader(k) {
+		if secrets.CredentialHeader(k) {
 			if sec.Headers == nil {
 				sec.Headers = map[string]string{}
 			}
 			sec.Headers[k] = v
-			shownHeaders[k] = *maskSecret(v)
+			shownHeaders[k] = *secrets.Mask(v)
 			if v == "" {
 				shownHeaders[k] = ""
 			}
@@ -159,7 +43,7 @@ func splitSecrets(st destState) (shownURL string, shownHeaders map[string]string
 }
 
 // mergeSecrets puts opened secrets back into a destination's state.
-func mergeSecrets(st *destState, sec destSecrets) {
+func mergeSecrets(st *destState, sec secrets.Dest) {
 	if sec.URL != "" {
 		st.URL = sec.URL
 	}
@@ -175,13 +59,6 @@ func mergeSecrets(st *destState, sec destSecrets) {
 	if sec.PreviousSecret != "" {
 		st.PrevSecret = sec.PreviousSecret
 	}
-}
-
-// isMaskOf reports whether v is what the API showed for secret: a client
-// that sends back the object it read keeps the secret it cannot see.
-func isMaskOf(v, secret string) bool {
-	m := maskSecret(secret)
-	return secret != "" && m != nil && v == *m
 }
 
 // SecretsReport says what SealPlaintext or RotateSecrets changed.
@@ -218,7 +95,7 @@ func SealPlaintext(ctx context.Context, pool *pgxpool.Pool, kr *secretbox.Keyrin
 			return err
 		}
 		for _, p := range srcs {
-			sealed, err := sealSourceSecret(kr, p.id, p.v)
+			sealed, err := secrets.SealSource(kr, p.id, p.v)
 			if err != nil {
 				return err
 			}
@@ -265,7 +142,7 @@ func SealPlaintext(ctx context.Context, pool *pgxpool.Pool, kr *secretbox.Keyrin
 // its full state: masked columns, sealed secrets.
 func storeDestSecrets(ctx context.Context, tx pgx.Tx, kr *secretbox.Keyring, id string, st destState) error {
 	shownURL, shownHeaders, sec := splitSecrets(st)
-	sealed, err := sealDest(kr, id, sec)
+	sealed, err := secrets.SealDest(kr, id, sec)
 	if err != nil {
 		return err
 	}
@@ -273,7 +150,7 @@ func storeDestSecrets(ctx context.Context, tx pgx.Tx, kr *secretbox.Keyring, id 
 	if err != nil {
 		return err
 	}
-	signing, err := st.Signing.stored()
+	signing, err := st.Signing.Stored()
 	if err != nil {
 		return err
 	}

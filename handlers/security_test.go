@@ -16,13 +16,14 @@ import (
 	"time"
 
 	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/handlers/outbound"
 	"github.com/hookstream/hookstream/internal/pgtest"
 	"github.com/hookstream/hookstream/internal/secretbox"
 )
 
 func TestOutboundGuardEveryRangeAndSpelling(t *testing.T) {
 	t.Parallel()
-	strict := handlers.OutboundPolicy{}
+	strict := outbound.Policy{}
 	refused := []string{
 		"127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
 		"255.255.255.255", "224.0.0.1", "240.0.0.1", "198.18.0.1", "192.0.2.1",
@@ -47,7 +48,7 @@ func TestOutboundGuardEveryRangeAndSpelling(t *testing.T) {
 		}
 	}
 	// An operator's allowlist admits ranges, never a zone.
-	lo := handlers.OutboundPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("fe80::/10")}}
+	lo := outbound.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("fe80::/10")}}
 	if lo.Check(netip.MustParseAddr("127.0.0.1")) != nil || lo.Check(netip.MustParseAddr("::ffff:127.0.0.1")) != nil {
 		t.Error("allowlisted loopback refused")
 	}

@@ -17,6 +17,10 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/handlers/jobs"
+	"github.com/hookstream/hookstream/handlers/kit"
+	"github.com/hookstream/hookstream/handlers/outbound"
+	"github.com/hookstream/hookstream/handlers/secrets"
 	"github.com/hookstream/hookstream/internal/secretbox"
 )
 
@@ -38,7 +42,7 @@ type ServiceParams struct {
 	IngestCacheTTL time.Duration
 	// Outbound refuses destination URLs whose host is a disallowed address
 	// literal (the zero policy refuses every non-public range).
-	Outbound OutboundPolicy
+	Outbound outbound.Policy
 }
 
 // Service is the application layer: every API call is one method here.
@@ -121,8 +125,8 @@ type IngestTarget struct {
 // body is read: an unknown source costs no upload. ENotFound for an unknown
 // or malformed id.
 func (s *Service) LookupIngest(ctx context.Context, sourceID string) (*IngestTarget, error) {
-	if !validID(sourceID) {
-		return nil, notFound("Source")
+	if !kit.ValidID(sourceID) {
+		return nil, kit.NotFound("Source")
 	}
 	t, gen := s.routes.get(sourceID)
 	if t != nil {
@@ -165,7 +169,7 @@ func (s *Service) LookupIngest(ctx context.Context, sourceID string) (*IngestTar
 		return nil, fmt.Errorf("ingest: look up source: %w", err)
 	}
 	if !found {
-		return nil, notFound("Source")
+		return nil, kit.NotFound("Source")
 	}
 	s.routes.put(sourceID, &tg, gen)
 	return &tg, nil
@@ -203,9 +207,9 @@ func (s *Service) Ingest(ctx context.Context, tg *IngestTarget, in IngestRequest
 	rawHeaders := in.Headers
 	// What PostgreSQL text cannot hold is replaced, never a reason to refuse
 	// (and so lose) a webhook.
-	in.Headers = storableValues(redactIngestHeaders(in.Headers, st))
-	in.Query = storableValues(in.Query)
-	in.Method = storableText(in.Method)
+	in.Headers = kit.StorableValues(redactIngestHeaders(in.Headers, st))
+	in.Query = kit.StorableValues(in.Query)
+	in.Method = kit.StorableText(in.Method)
 	contentType := first(in.Headers, "Content-Type")
 	input := domain.FilterInput{Headers: map[string]string{}, Method: in.Method, ContentType: contentType, SourceIP: in.SourceIP}
 	for k, v := range in.Headers {
@@ -219,11 +223,11 @@ func (s *Service) Ingest(ctx context.Context, tg *IngestTarget, in IngestRequest
 		}
 	}
 	now := s.now()
-	eventID := newID()
+	eventID := kit.NewID()
 	receivedUUID := uuid.Must(uuid.NewV7())
 	meta := eventstore.Metadata{Actor: "ingest", RequestID: in.RequestID, CorrelationID: eventID}
 	var appends []eventstore.StreamAppend
-	var jobs []newJob
+	var newJobs []jobs.NewJob
 	var skipped []domain.SkippedRoute
 	for _, r := range routes {
 		reason := ""
@@ -241,8 +245,8 @@ func (s *Service) Ingest(ctx context.Context, tg *IngestTarget, in IngestRequest
 			skipped = append(skipped, domain.SkippedRoute{ConnectionID: r.connID, DestinationID: r.destID, Reason: reason})
 			continue
 		}
-		deliveryID, attemptID := newID(), newID()
-		jobs = append(jobs, newJob{DeliveryID: deliveryID, OrgID: org, EnvID: env, EventID: eventID, ConnectionID: r.connID,
+		deliveryID, attemptID := kit.NewID(), kit.NewID()
+		newJobs = append(newJobs, jobs.NewJob{DeliveryID: deliveryID, OrgID: org, EnvID: env, EventID: eventID, ConnectionID: r.connID,
 			DestinationID: r.destID, ReceivedUUID: receivedUUID.String(), AttemptID: attemptID, Trigger: domain.TriggerInitial, Due: now})
 		appends = append(appends, eventstore.StreamAppend{
 			StreamType: domain.StreamDelivery, StreamID: deliveryID, OrgID: org, EnvID: env, Expected: eventstore.NoStream,
@@ -270,19 +274,19 @@ func (s *Service) Ingest(ctx context.Context, tg *IngestTarget, in IngestRequest
 		key, dedup = domain.DedupKey(st.DedupStrategy, st.DedupField, rawHeaders, in.Body)
 	}
 	if !dedup {
-		if err := s.ingest.Append(ctx, append([]eventstore.StreamAppend{eventAppend(received)}, appends...), jobs); err != nil {
+		if err := s.ingest.Append(ctx, append([]eventstore.StreamAppend{eventAppend(received)}, appends...), newJobs); err != nil {
 			return IngestResult{}, fmt.Errorf("ingest: append: %w", err)
 		}
 		return IngestResult{EventID: eventID, SourceID: in.SourceID}, nil
 	}
-	received.DedupHash = secretFingerprint(st.DedupStrategy + ":" + key)
+	received.DedupHash = secrets.Fingerprint(st.DedupStrategy + ":" + key)
 	dup := received
 	dup.DedupStatus, dup.Deliveries, dup.Skipped = "duplicate", 0, nil
 	for _, r := range routes {
 		dup.Skipped = append(dup.Skipped, domain.SkippedRoute{ConnectionID: r.connID, DestinationID: r.destID, Reason: "duplicate"})
 	}
 	claim := dedupClaim{SourceID: in.SourceID, Key: key, EventID: eventID, Now: now, Expires: now.Add(time.Duration(st.DedupWindow) * time.Second)}
-	if _, err := s.ingest.AppendDedup(ctx, append([]eventstore.StreamAppend{eventAppend(received)}, appends...), jobs, claim,
+	if _, err := s.ingest.AppendDedup(ctx, append([]eventstore.StreamAppend{eventAppend(received)}, appends...), newJobs, claim,
 		[]eventstore.StreamAppend{eventAppend(dup)}); err != nil {
 		return IngestResult{}, fmt.Errorf("ingest: append: %w", err)
 	}
@@ -398,8 +402,8 @@ func scanAttempt(row pgx.Row) (Attempt, error) {
 	err := row.Scan(&a.ID, &a.OrgID, &a.EnvID, &a.EventID, &a.ConnectionID, &a.DestinationID, &a.RequestURL, &a.RequestMethod,
 		&a.RequestHeaders, &a.RequestBodySize, &a.ResponseStatus, &a.ResponseHeaders, &a.ResponseBody, &a.DurationMS, &a.Status,
 		&a.Error, &created, &a.AttemptNumber, &next, &a.IsDLQ, &dlq, &a.TriggerType, &a.ConnectionName, &a.DestinationName)
-	a.CreatedAt = isoTime(created)
-	a.NextRetryAt, a.DLQAt = isoTimePtr(next), isoTimePtr(dlq)
+	a.CreatedAt = kit.ISOTime(created)
+	a.NextRetryAt, a.DLQAt = kit.ISOTimePtr(next), kit.ISOTimePtr(dlq)
 	return a, err
 }
 
@@ -410,51 +414,26 @@ type AttemptFilter struct {
 	Limit, Offset                                int
 }
 
-// Pagination is hookstream's offset pagination object.
-type Pagination struct {
-	Total   int  `json:"total"`
-	Limit   int  `json:"limit"`
-	Offset  int  `json:"offset"`
-	HasMore bool `json:"has_more"`
-}
-
 // ListAttempts lists the tenant's attempts, newest first.
-func (s *Service) ListAttempts(ctx context.Context, t Tenant, f AttemptFilter) ([]Attempt, Pagination, error) {
+func (s *Service) ListAttempts(ctx context.Context, t domain.Tenant, f AttemptFilter) ([]Attempt, kit.Pagination, error) {
 	where := `org_id = $1 AND env_id = $2 AND ($3 = '' OR event_id = $3) AND ($4 = '' OR connection_id = $4)
 		AND ($5 = '' OR destination_id = $5) AND ($6 = '' OR status = $6) AND ($7::int IS NULL OR is_dlq = $7)`
 	args := []any{t.OrgID, t.EnvID, f.EventID, f.ConnectionID, f.DestinationID, f.Status, f.IsDLQ}
-	out, p, err := pageQuery(ctx, s.pool, "delivery_attempts", attemptCols, where, "created_at DESC, id DESC", args, f.Limit, f.Offset, scanAttempt)
+	out, p, err := kit.PageQuery(ctx, s.pool, "delivery_attempts", attemptCols, where, "created_at DESC, id DESC", args, f.Limit, f.Offset, scanAttempt)
 	if err != nil {
 		return nil, p, fmt.Errorf("list attempts: %w", err)
 	}
 	return out, p, nil
 }
 
-// pageQuery runs one offset-paginated list: the total and one page.
-func pageQuery[T any](ctx context.Context, pool *pgxpool.Pool, table, cols, where, order string, args []any, limit, offset int, scan func(pgx.Row) (T, error)) ([]T, Pagination, error) {
-	p := Pagination{Limit: limit, Offset: offset}
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE `+where, args...).Scan(&p.Total); err != nil {
-		return nil, p, err
-	}
-	n := len(args)
-	rows, err := pool.Query(ctx, fmt.Sprintf(`SELECT %s FROM %s WHERE %s ORDER BY %s LIMIT $%d OFFSET $%d`, cols, table, where, order, n+1, n+2),
-		append(args, limit, offset)...)
-	out, err := collectRows(rows, err, scan)
-	if err != nil {
-		return nil, p, err
-	}
-	p.HasMore = offset+len(out) < p.Total
-	return out, p, nil
-}
-
 // GetAttempt returns one attempt of the tenant, or ENotFound "Delivery attempt not found".
-func (s *Service) GetAttempt(ctx context.Context, t Tenant, id string) (Attempt, error) {
-	if !validID(id) {
-		return Attempt{}, notFound("Delivery attempt")
+func (s *Service) GetAttempt(ctx context.Context, t domain.Tenant, id string) (Attempt, error) {
+	if !kit.ValidID(id) {
+		return Attempt{}, kit.NotFound("Delivery attempt")
 	}
 	a, err := scanAttempt(s.pool.QueryRow(ctx, `SELECT `+attemptCols+` FROM delivery_attempts WHERE id = $1 AND org_id = $2 AND env_id = $3`, id, t.OrgID, t.EnvID))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return Attempt{}, notFound("Delivery attempt")
+		return Attempt{}, kit.NotFound("Delivery attempt")
 	}
 	if err != nil {
 		return Attempt{}, fmt.Errorf("get attempt: %w", err)
@@ -470,7 +449,7 @@ func retryFailed(reason string) error {
 // the stream's expected version and the job due now, in one transaction. With
 // wait it returns the new attempt's outcome (up to the destination timeout),
 // else the pending attempt. Refusals are EInvalid "Retry failed: <reason>".
-func (s *Service) RetryAttempt(ctx context.Context, t Tenant, attemptID string, wait bool, rid string) (Attempt, error) {
+func (s *Service) RetryAttempt(ctx context.Context, t domain.Tenant, attemptID string, wait bool, rid string) (Attempt, error) {
 	orig, err := s.GetAttempt(ctx, t, attemptID)
 	if err != nil {
 		return Attempt{}, err
@@ -484,8 +463,8 @@ func (s *Service) RetryAttempt(ctx context.Context, t Tenant, attemptID string, 
 
 // retryDelivery records a manual retry of a delivery (orig is the attempt
 // retried) and returns the new attempt, pending or, with wait, its outcome.
-func (s *Service) retryDelivery(ctx context.Context, t Tenant, deliveryID string, orig Attempt, wait bool, rid string) (Attempt, error) {
-	newAttempt := newID()
+func (s *Service) retryDelivery(ctx context.Context, t domain.Tenant, deliveryID string, orig Attempt, wait bool, rid string) (Attempt, error) {
+	newAttempt := kit.NewID()
 	var err error
 	var timeout time.Duration
 	for try := 0; ; try++ {
@@ -527,7 +506,7 @@ func (s *Service) retryDelivery(ctx context.Context, t Tenant, deliveryID string
 	}
 }
 
-func (s *Service) requestRetry(ctx context.Context, t Tenant, deliveryID string, orig Attempt, newAttempt, rid string) (time.Duration, error) {
+func (s *Service) requestRetry(ctx context.Context, t domain.Tenant, deliveryID string, orig Attempt, newAttempt, rid string) (time.Duration, error) {
 	var timeout time.Duration
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		var leaseUntil *time.Time
@@ -596,7 +575,7 @@ func (s *Service) requestRetry(ctx context.Context, t Tenant, deliveryID string,
 				return err
 			}
 		}
-		if err := upsertJob(ctx, tx, d, t.OrgID, t.EnvID); err != nil {
+		if err := jobs.Upsert(ctx, tx, d, t.OrgID, t.EnvID); err != nil {
 			return err
 		}
 		// A manual retry while the destination's circuit is open is its probe.
@@ -611,44 +590,6 @@ func toNewEvents(decided []domain.Decided, md eventstore.Metadata) []eventstore.
 		out[i] = eventstore.NewEvent{Type: d.Type, Payload: d.Payload, Metadata: md}
 	}
 	return out
-}
-
-// upsertJob writes the delivery's job from its folded state (and wakes the
-// dispatcher on commit). Only a newer version overwrites the row.
-func upsertJob(ctx context.Context, tx pgx.Tx, d *domain.Delivery, org, env string) error {
-	req := d.Requested()
-	state, attemptID, number, trigger, due := "done", "", 0, "", time.Time{}
-	if n := d.Next(); n != nil {
-		state, attemptID, number, trigger, due = "scheduled", n.ID, n.Number, n.Trigger, n.Due
-	}
-	_, err := tx.Exec(ctx, `INSERT INTO delivery_jobs (delivery_id, org_id, env_id, event_id, connection_id, destination_id, received_uuid,
-			state, attempt_id, attempt_number, trigger_type, due_at, version)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-		ON CONFLICT (delivery_id) DO UPDATE SET state = excluded.state, attempt_id = excluded.attempt_id,
-			attempt_number = excluded.attempt_number, trigger_type = excluded.trigger_type, due_at = excluded.due_at,
-			lease_until = NULL, leased_by = NULL, version = excluded.version
-		WHERE delivery_jobs.version < excluded.version`,
-		req.DeliveryID, org, env, req.EventID, req.ConnectionID, req.DestinationID, req.ReceivedUUID,
-		state, nullIfEmpty(attemptID), number, orDefault(trigger, domain.TriggerInitial), due, d.Version())
-	if err != nil {
-		return fmt.Errorf("upsert job: %w", err)
-	}
-	_, err = tx.Exec(ctx, `SELECT pg_notify('hookstream_jobs', '')`)
-	return err
-}
-
-func nullIfEmpty(s string) *string {
-	if s == "" {
-		return nil
-	}
-	return &s
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 // ---- events ----
@@ -689,7 +630,7 @@ func scanEventSummary(row pgx.Row, extra ...any) (EventSummary, error) {
 	var received time.Time
 	err := row.Scan(append([]any{&e.ID, &e.SourceID, &e.OrgID, &e.EnvID, &e.Method, &e.ContentType, &e.SourceIP, &e.PayloadSize,
 		&e.Status, &received, &e.SourceName, &e.SourceSlug, &e.VerificationStatus, &e.DedupStatus, &e.DedupHash}, extra...)...)
-	e.ReceivedAt = isoTime(received)
+	e.ReceivedAt = kit.ISOTime(received)
 	return e, err
 }
 
@@ -702,12 +643,12 @@ type EventFilter struct {
 }
 
 // ListEvents lists the tenant's ingested events, newest first.
-func (s *Service) ListEvents(ctx context.Context, t Tenant, f EventFilter) ([]EventSummary, Pagination, error) {
+func (s *Service) ListEvents(ctx context.Context, t domain.Tenant, f EventFilter) ([]EventSummary, kit.Pagination, error) {
 	where := `org_id = $1 AND env_id = $2 AND ($3 = '' OR source_id = $3) AND ($4 = '' OR status = $4) AND ($5 = '' OR method = $5)
 		AND ($6::timestamptz IS NULL OR received_at > $6) AND ($7::timestamptz IS NULL OR received_at < $7)
 		AND ($8 = '' OR dedup_status = $8) AND ($9 = '' OR verification_status = $9)`
 	args := []any{t.OrgID, t.EnvID, f.SourceID, f.Status, f.Method, f.After, f.Before, f.DedupStatus, f.VerificationStatus}
-	out, p, err := pageQuery(ctx, s.pool, "events_view", eventCols, where, "received_at DESC, id DESC", args, f.Limit, f.Offset,
+	out, p, err := kit.PageQuery(ctx, s.pool, "events_view", eventCols, where, "received_at DESC, id DESC", args, f.Limit, f.Offset,
 		func(row pgx.Row) (EventSummary, error) { return scanEventSummary(row) })
 	if err != nil {
 		return nil, p, fmt.Errorf("list events: %w", err)
@@ -716,9 +657,9 @@ func (s *Service) ListEvents(ctx context.Context, t Tenant, f EventFilter) ([]Ev
 }
 
 // GetEvent returns one ingested event with headers, query and payload.
-func (s *Service) GetEvent(ctx context.Context, t Tenant, id string) (EventDetail, error) {
-	if !validID(id) {
-		return EventDetail{}, notFound("Event")
+func (s *Service) GetEvent(ctx context.Context, t domain.Tenant, id string) (EventDetail, error) {
+	if !kit.ValidID(id) {
+		return EventDetail{}, kit.NotFound("Event")
 	}
 	var d EventDetail
 	var body string
@@ -726,7 +667,7 @@ func (s *Service) GetEvent(ctx context.Context, t Tenant, id string) (EventDetai
 	d.EventSummary, err = scanEventSummary(s.pool.QueryRow(ctx, `SELECT `+eventCols+`, headers, query_params, body_b64 FROM events_view
 		WHERE id = $1 AND org_id = $2 AND env_id = $3`, id, t.OrgID, t.EnvID), &d.Headers, &d.QueryParams, &body)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return EventDetail{}, notFound("Event")
+		return EventDetail{}, kit.NotFound("Event")
 	}
 	if err != nil {
 		return EventDetail{}, fmt.Errorf("get event: %w", err)

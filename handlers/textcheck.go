@@ -4,60 +4,20 @@ import (
 	"net/http"
 	"reflect"
 	"strings"
-	"unicode/utf8"
 
 	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/handlers/kit"
 )
-
-// storable reports whether PostgreSQL text and jsonb can hold s: valid
-// UTF-8 without NUL.
-func storable(s string) bool {
-	return utf8.ValidString(s) && !strings.ContainsRune(s, 0)
-}
-
-// storableText replaces what PostgreSQL text cannot hold (NUL, invalid
-// UTF-8) with U+FFFD, so a webhook with such a header or query value is kept
-// rather than refused.
-func storableText(s string) string {
-	if storable(s) {
-		return s
-	}
-	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
-}
-
-// storableValues applies storableText to every key and value.
-func storableValues(m map[string][]string) map[string][]string {
-	clean := true
-	for k, vs := range m {
-		clean = clean && storable(k)
-		for _, v := range vs {
-			clean = clean && storable(v)
-		}
-	}
-	if clean {
-		return m
-	}
-	out := make(map[string][]string, len(m))
-	for k, vs := range m {
-		cv := make([]string, len(vs))
-		for i, v := range vs {
-			cv[i] = storableText(v)
-		}
-		k = storableText(k)
-		out[k] = append(out[k], cv...)
-	}
-	return out
-}
 
 // checkQuery refuses query parameters PostgreSQL cannot hold with a 400
 // naming the parameter (the management API; ingest keeps what it gets).
 func checkQuery(r *http.Request) error {
 	for k, vs := range r.URL.Query() {
-		if !storable(k) {
+		if !kit.Storable(k) {
 			return domain.Errorf(domain.EInvalid, "Invalid query: a parameter name contains a NUL byte or invalid UTF-8")
 		}
 		for _, v := range vs {
-			if !storable(v) {
+			if !kit.Storable(v) {
 				return domain.Errorf(domain.EInvalid, "Invalid query: '%s' contains a NUL byte or invalid UTF-8", k)
 			}
 		}

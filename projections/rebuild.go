@@ -19,6 +19,10 @@ import (
 // step with the delivery streams). Persisted name.
 const GroupScheduler = "scheduler"
 
+// JobsChannel is the NOTIFY channel that wakes dispatchers when jobs become
+// due now (handlers/jobs.Channel).
+const JobsChannel = "hookstream_jobs"
+
 // SchedulerEvents are the event types the scheduler reads.
 var SchedulerEvents = []string{domain.EvDeliveryRequested, domain.EvRetryScheduled, domain.EvRetryRequested, domain.EvDeliveryAttempted, domain.EvMovedToDLQ}
 
@@ -708,7 +712,7 @@ func (r *rebuilder) merge(ctx context.Context) error {
 			return fmt.Errorf("merge jobs: %w", err)
 		}
 		r.res.Repaired = tag.RowsAffected()
-		if _, err := tx.Exec(ctx, `SELECT pg_notify('hookstream_jobs', '')`); err != nil {
+		if _, err := tx.Exec(ctx, `SELECT pg_notify('`+JobsChannel+`', '')`); err != nil {
 			return err
 		}
 		return tx.QueryRow(ctx, `SELECT count(*) FROM delivery_jobs`).Scan(&r.res.Rows)

@@ -11,8 +11,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
-	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/handlers/tenancy"
 )
 
 const keysUsage = `hookstream keys create --name NAME [--org ID --env ID] [--test] [--json]
@@ -74,10 +75,10 @@ func cmdKeys(ctx context.Context, args []string, stdout io.Writer, log *slog.Log
 		return err
 	}
 	defer db.Close()
-	acc := handlers.NewAccounts(db.Pool, nil)
+	acc := tenancy.NewAccounts(db.Pool, nil)
 	switch sub {
 	case "create":
-		k, err := handlers.CreateAPIKey(ctx, db.Pool, eventstore.New(nil), handlers.KeyParams{Name: *name, OrgID: *org, EnvID: *env, Test: *test}, time.Now())
+		k, err := tenancy.CreateAPIKey(ctx, db.Pool, eventstore.New(nil), tenancy.KeyParams{Name: *name, OrgID: *org, EnvID: *env, Test: *test}, time.Now())
 		if err != nil {
 			return err
 		}
@@ -129,7 +130,7 @@ func cmdTenancy(ctx context.Context, cmd string, args []string, stdout io.Writer
 	env := fs.String("env", "", "environment id")
 	name := fs.String("name", "", "name")
 	slug := fs.String("slug", "", "slug (default: from the name)")
-	ttl := fs.Duration("ttl", handlers.DefaultSessionTTL, "session lifetime")
+	ttl := fs.Duration("ttl", tenancy.DefaultSessionTTL, "session lifetime")
 	asJSON := fs.Bool("json", false, "print JSON")
 	known := map[string]bool{"orgs create": true, "envs create": true, "envs list": true, "sessions create": true}
 	if !known[cmd+" "+sub] {
@@ -153,7 +154,7 @@ func cmdTenancy(ctx context.Context, cmd string, args []string, stdout io.Writer
 		return err
 	}
 	defer db.Close()
-	acc := handlers.NewAccounts(db.Pool, nil)
+	acc := tenancy.NewAccounts(db.Pool, nil)
 	now := time.Now()
 	var out any
 	var line string
@@ -165,17 +166,17 @@ func cmdTenancy(ctx context.Context, cmd string, args []string, stdout io.Writer
 		}
 		out, line = o, fmt.Sprintf("organization %s, environment %s (%s)", o.ID, o.Environment.ID, o.Environment.Slug)
 	case "envs create":
-		in := handlers.EnvironmentInput{Name: name}
+		in := tenancy.EnvironmentInput{Name: name}
 		if *slug != "" {
 			in.Slug = slug
 		}
-		e, err := acc.CreateEnvironment(ctx, handlers.Tenant{OrgID: *org, Actor: "cli"}, in, now)
+		e, err := acc.CreateEnvironment(ctx, domain.Tenant{OrgID: *org, Actor: "cli"}, in, now)
 		if err != nil {
 			return err
 		}
 		out, line = e, fmt.Sprintf("environment %s (%s)", e.ID, e.Slug)
 	case "envs list":
-		envs, err := acc.ListEnvironments(ctx, handlers.Tenant{OrgID: *org})
+		envs, err := acc.ListEnvironments(ctx, domain.Tenant{OrgID: *org})
 		if err != nil {
 			return err
 		}
@@ -195,7 +196,7 @@ func cmdTenancy(ctx context.Context, cmd string, args []string, stdout io.Writer
 			}
 		}
 		if *env == "" {
-			envs, err := acc.ListEnvironments(ctx, handlers.Tenant{OrgID: *org})
+			envs, err := acc.ListEnvironments(ctx, domain.Tenant{OrgID: *org})
 			if err != nil {
 				return err
 			}
@@ -204,7 +205,7 @@ func cmdTenancy(ctx context.Context, cmd string, args []string, stdout io.Writer
 			}
 			*env = envs[0].ID
 		}
-		if _, err := acc.GetEnvironment(ctx, handlers.Tenant{OrgID: *org}, *env); err != nil {
+		if _, err := acc.GetEnvironment(ctx, domain.Tenant{OrgID: *org}, *env); err != nil {
 			return err
 		}
 		cookieSecret, err := loadAuthSecret(db, log)
@@ -215,7 +216,7 @@ func cmdTenancy(ctx context.Context, cmd string, args []string, stdout io.Writer
 		if err != nil {
 			return err
 		}
-		cookie := handlers.SessionCookie(cookieSecret, s.Token)
+		cookie := tenancy.SessionCookie(cookieSecret, s.Token)
 		if *asJSON {
 			return printJSON(stdout, map[string]any{"session": s, "cookie": cookie})
 		}

@@ -255,7 +255,7 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	svc := handlers.NewService(handlers.ServiceParams{Pool: db.Pool, Log: log})
 	defer svc.Close()
 	var job handlers.ReplayJob
-	var tenant handlers.Tenant
+	var tenant domain.Tenant
 	if status {
 		var dest string
 		if err := db.Pool.QueryRow(ctx, `SELECT destination_id FROM replay_jobs WHERE id = $1`, pos[0]).Scan(&dest); err != nil {

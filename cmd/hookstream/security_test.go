@@ -13,7 +13,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/handlers/tenancy"
 	"github.com/hookstream/hookstream/internal/pgtest"
 	"github.com/hookstream/hookstream/internal/secretbox"
 )
@@ -49,11 +51,11 @@ func TestTenancyAndSecretsCommands(t *testing.T) {
 		}
 		return out + stderr
 	}
-	var org handlers.Organization
+	var org tenancy.Organization
 	if err := json.Unmarshal([]byte(run(0, "orgs", "create", "--name", "Acme", "--json")), &org); err != nil || org.Environment.Slug != "production" {
 		t.Fatalf("org %+v (%v)", org, err)
 	}
-	var env handlers.Environment
+	var env tenancy.Environment
 	if err := json.Unmarshal([]byte(run(0, "envs", "create", "--org", org.ID, "--name", "Staging", "--json")), &env); err != nil || env.Slug != "staging" {
 		t.Fatalf("env %+v (%v)", env, err)
 	}
@@ -63,14 +65,14 @@ func TestTenancyAndSecretsCommands(t *testing.T) {
 	if out := run(0, "envs", "list", "--org", org.ID); !strings.Contains(out, "staging") || !strings.Contains(out, "production") {
 		t.Fatalf("envs list: %s", out)
 	}
-	var live, test handlers.CreatedKey
+	var live, test tenancy.CreatedKey
 	_ = json.Unmarshal([]byte(run(0, "keys", "create", "--name", "a", "--org", org.ID, "--json")), &live)
 	_ = json.Unmarshal([]byte(run(0, "keys", "create", "--name", "t", "--org", org.ID, "--test", "--json")), &test)
 	if live.EnvID != org.Environment.ID || !strings.HasPrefix(test.Key, "hs_test_") || test.EnvID == live.EnvID || test.EnvID == env.ID {
 		t.Fatalf("live %+v test %+v", live, test)
 	}
 	run(0, "keys", "revoke", live.ID, "--org", org.ID)
-	var keys []handlers.APIKey
+	var keys []tenancy.APIKey
 	if err := json.Unmarshal([]byte(run(0, "keys", "list", "--org", org.ID, "--json")), &keys); err != nil || len(keys) != 2 {
 		t.Fatalf("keys list %v (%v)", keys, err)
 	}
@@ -104,7 +106,7 @@ func TestTenancyAndSecretsCommands(t *testing.T) {
 	defer pool.Close()
 	svc := handlers.NewService(handlers.ServiceParams{Pool: pool, Secrets: kr1})
 	defer svc.Close()
-	tenant := handlers.Tenant{OrgID: org.ID, EnvID: org.Environment.ID, Actor: "test"}
+	tenant := domain.Tenant{OrgID: org.ID, EnvID: org.Environment.ID, Actor: "test"}
 	secret := "verify-secret-long-enough"
 	if _, err := svc.CreateSource(context.Background(), tenant, handlers.SourceInput{Name: ptr("s"), VerificationType: ptr("hmac_sha256"), VerificationSecret: &secret}, "r"); err != nil {
 		t.Fatal(err)

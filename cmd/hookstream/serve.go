@@ -18,6 +18,8 @@ import (
 
 	"github.com/hookstream/hookstream/eventstore"
 	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/handlers/outbound"
+	"github.com/hookstream/hookstream/handlers/tenancy"
 	"github.com/hookstream/hookstream/migrations"
 )
 
@@ -247,8 +249,8 @@ func newHTTPServer(h http.Handler) *http.Server {
 		WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 256 << 10}
 }
 
-func outboundPolicy(cfg serveConfig) (handlers.OutboundPolicy, error) {
-	var p handlers.OutboundPolicy
+func outboundPolicy(cfg serveConfig) (outbound.Policy, error) {
+	var p outbound.Policy
 	cidrs := cfg.AllowCIDRs
 	if cfg.Dev {
 		cidrs += ",127.0.0.0/8,::1/128"
@@ -269,11 +271,11 @@ func outboundPolicy(cfg serveConfig) (handlers.OutboundPolicy, error) {
 // bootstrapKey creates a default organization, environment and API key on
 // the first start against an empty database, and prints the key once.
 func bootstrapKey(ctx context.Context, db *database, stdout io.Writer) error {
-	has, err := handlers.HasAPIKeys(ctx, db.Pool)
+	has, err := tenancy.HasAPIKeys(ctx, db.Pool)
 	if err != nil || has {
 		return err
 	}
-	k, err := handlers.CreateAPIKey(ctx, db.Pool, eventstore.New(nil), handlers.KeyParams{Name: "default"}, time.Now())
+	k, err := tenancy.CreateAPIKey(ctx, db.Pool, eventstore.New(nil), tenancy.KeyParams{Name: "default"}, time.Now())
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,6 @@
-package handlers
+// Package outbound decides which addresses deliveries may reach (the SSRF guard)
+// and builds the HTTP client that enforces it at connect time.
+package outbound
 
 import (
 	"context"
@@ -18,7 +20,7 @@ import (
 // the address: a tenant must not learn what its hostname resolved to.
 var ErrAddressNotAllowed = errors.New("destination address not allowed")
 
-// OutboundPolicy decides which addresses deliveries may connect to. By
+// Policy decides which addresses deliveries may connect to. By
 // default every range that is not globally routable unicast is refused:
 // loopback, private, link-local (cloud metadata included), CGNAT, site-local,
 // multicast, broadcast, unspecified, documentation and benchmarking ranges,
@@ -27,7 +29,7 @@ var ErrAddressNotAllowed = errors.New("destination address not allowed")
 // (fe80::1%eth0) are always refused: a zone names an interface of this host.
 // The check runs at connect time on the resolved address, so DNS rebinding
 // cannot slip past it.
-type OutboundPolicy struct {
+type Policy struct {
 	Allow []netip.Prefix
 }
 
@@ -60,7 +62,7 @@ var blockedPrefixes = func() []netip.Prefix {
 }()
 
 // Check returns ErrAddressNotAllowed when addr may not be connected to.
-func (p OutboundPolicy) Check(addr netip.Addr) error {
+func (p Policy) Check(addr netip.Addr) error {
 	if !addr.IsValid() || addr.Zone() != "" {
 		return ErrAddressNotAllowed
 	}
@@ -83,7 +85,7 @@ func (p OutboundPolicy) Check(addr netip.Addr) error {
 // zone, IPv4-mapped and -compatible forms, and the shorthand IPv4 forms
 // (2130706433, 0x7f.1, 0177.0.0.1, 127.1). Host names are checked at connect
 // time, on what they resolve to.
-func (p OutboundPolicy) CheckURL(raw string) error {
+func (p Policy) CheckURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return err
@@ -145,7 +147,7 @@ func parseLooseIPv4(s string) (netip.Addr, bool) {
 
 // guardedDialer is a net.Dialer whose Control hook refuses disallowed
 // addresses after resolution, for every address a host name resolves to.
-func guardedDialer(p OutboundPolicy) *net.Dialer {
+func guardedDialer(p Policy) *net.Dialer {
 	return &net.Dialer{
 		Timeout:   10 * time.Second,
 		KeepAlive: 30 * time.Second,
@@ -167,7 +169,7 @@ const maxResponseHeaderBytes = 1 << 20
 // concurrent deliveries, no proxy (it would bypass the address check), no
 // redirects (a webhook answer is the response itself), response headers
 // bounded.
-func NewHTTPClient(p OutboundPolicy) *http.Client {
+func NewHTTPClient(p Policy) *http.Client {
 	dialer := guardedDialer(p)
 	return &http.Client{
 		Transport: &http.Transport{
@@ -185,8 +187,8 @@ func NewHTTPClient(p OutboundPolicy) *http.Client {
 	}
 }
 
-// describeDialError is a dial failure without the address it was dialling.
-func describeDialError(err error) string {
+// DescribeDialError is a dial failure without the address it was dialling.
+func DescribeDialError(err error) string {
 	var opErr *net.OpError
 	if errors.As(err, &opErr) && opErr.Err != nil {
 		return fmt.Sprintf("%s: %s", opErr.Op, opErr.Err.Error())

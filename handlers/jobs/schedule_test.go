@@ -1,4 +1,4 @@
-package handlers
+package jobs
 
 import (
 	"encoding/json"
@@ -9,7 +9,7 @@ import (
 	"github.com/hookstream/hookstream/eventstore"
 )
 
-// The scheduler's consumer group reads only scheduleEvents; every type that
+// The scheduler's consumer group reads only ScheduleEvents; every type that
 // schedule acts on must be declared there.
 func TestScheduleEventsCoverWhatScheduleUses(t *testing.T) {
 	payload, _ := json.Marshal(map[string]any{"delivery_id": "d"})
@@ -18,11 +18,11 @@ func TestScheduleEventsCoverWhatScheduleUses(t *testing.T) {
 		domain.EvEventReceived, domain.EvDeliveryRequested, domain.EvDeliveryAttempted,
 		domain.EvRetryScheduled, domain.EvRetryRequested, domain.EvMovedToDLQ,
 	} {
-		stmts, err := schedule(eventstore.Event{Type: typ, Payload: payload})
+		stmts, err := Schedule(eventstore.Event{Type: typ, Payload: payload})
 		if err != nil {
-			t.Fatalf("schedule(%s): %v", typ, err)
+			t.Fatalf("Schedule(%s): %v", typ, err)
 		}
-		if declared := slices.Contains(scheduleEvents, typ); declared != (len(stmts) > 0) {
+		if declared := slices.Contains(ScheduleEvents, typ); declared != (len(stmts) > 0) {
 			t.Errorf("%s declared=%v but produces %d statements", typ, declared, len(stmts))
 		}
 	}

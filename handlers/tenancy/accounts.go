@@ -1,4 +1,4 @@
-package handlers
+package tenancy
 
 import (
 	"context"
@@ -14,6 +14,8 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/handlers/kit"
+	"github.com/hookstream/hookstream/handlers/secrets"
 )
 
 // Accounts manages organizations, environments, API keys and sessions: the
@@ -67,10 +69,10 @@ type Organization struct {
 
 // CreateOrganization creates an organization with a "Production" environment.
 func (a *Accounts) CreateOrganization(ctx context.Context, name, actor string, now time.Time) (Organization, error) {
-	if err := checkName("name", name); err != nil {
+	if err := domain.CheckName("name", name); err != nil {
 		return Organization{}, err
 	}
-	org := Organization{ID: newID(), Name: name, CreatedAt: isoTime(now)}
+	org := Organization{ID: kit.NewID(), Name: name, CreatedAt: kit.ISOTime(now)}
 	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
 		if err := a.record(ctx, tx, domain.StreamOrg, org.ID, org.ID, "", domain.EvOrgCreated, map[string]any{"id": org.ID, "name": name}, actor); err != nil {
 			return err
@@ -89,7 +91,7 @@ func (a *Accounts) CreateOrganization(ctx context.Context, name, actor string, n
 }
 
 func (a *Accounts) insertEnvironment(ctx context.Context, tx pgx.Tx, org, name, slug, actor string, now time.Time) (Environment, error) {
-	env := Environment{ID: newID(), OrgID: org, Name: name, Slug: slug, CreatedAt: isoTime(now)}
+	env := Environment{ID: kit.NewID(), OrgID: org, Name: name, Slug: slug, CreatedAt: kit.ISOTime(now)}
 	if err := a.record(ctx, tx, domain.StreamEnvironment, env.ID, org, env.ID, domain.EvEnvironmentCreated,
 		map[string]any{"id": env.ID, "name": name, "slug": slug}, actor); err != nil {
 		return env, err
@@ -108,16 +110,16 @@ func uniqueSlug(err error) error {
 }
 
 // CreateEnvironment adds an environment to the tenant's organization.
-func (a *Accounts) CreateEnvironment(ctx context.Context, t Tenant, in EnvironmentInput, now time.Time) (Environment, error) {
+func (a *Accounts) CreateEnvironment(ctx context.Context, t domain.Tenant, in EnvironmentInput, now time.Time) (Environment, error) {
 	if in.Name == nil {
-		return Environment{}, invalidf("'name' is required")
+		return Environment{}, kit.Invalidf("'name' is required")
 	}
 	if in.Slug == nil {
-		sl := slugify(*in.Name)
+		sl := domain.Slugify(*in.Name)
 		in.Slug = &sl
 	}
 	var name, slug string
-	if err := applyNameSlug(in.Name, in.Slug, &name, &slug); err != nil {
+	if err := domain.ApplyNameSlug(in.Name, in.Slug, &name, &slug); err != nil {
 		return Environment{}, err
 	}
 	var env Environment
@@ -127,17 +129,9 @@ func (a *Accounts) CreateEnvironment(ctx context.Context, t Tenant, in Environme
 		return err
 	})
 	if err != nil {
-		return Environment{}, wrapInternal("create environment", err)
+		return Environment{}, kit.WrapInternal("create environment", err)
 	}
 	return env, nil
-}
-
-// wrapInternal adds context to errors outside the vocabulary only.
-func wrapInternal(what string, err error) error {
-	if err != nil && domain.ErrorCode(err) == domain.EInternal {
-		return fmt.Errorf("%s: %w", what, err)
-	}
-	return err
 }
 
 const envCols = `id, org_id, name, slug, created_at`
@@ -146,14 +140,14 @@ func scanEnvironment(row pgx.Row) (Environment, error) {
 	var e Environment
 	var created time.Time
 	err := row.Scan(&e.ID, &e.OrgID, &e.Name, &e.Slug, &created)
-	e.CreatedAt = isoTime(created)
+	e.CreatedAt = kit.ISOTime(created)
 	return e, err
 }
 
 // ListEnvironments lists the tenant organization's environments, oldest first.
-func (a *Accounts) ListEnvironments(ctx context.Context, t Tenant) ([]Environment, error) {
+func (a *Accounts) ListEnvironments(ctx context.Context, t domain.Tenant) ([]Environment, error) {
 	rows, err := a.pool.Query(ctx, `SELECT `+envCols+` FROM environments WHERE org_id = $1 ORDER BY created_at, id LIMIT 1000`, t.OrgID)
-	out, err := collectRows(rows, err, scanEnvironment)
+	out, err := kit.CollectRows(rows, err, scanEnvironment)
 	if err != nil {
 		return nil, fmt.Errorf("list environments: %w", err)
 	}
@@ -161,13 +155,13 @@ func (a *Accounts) ListEnvironments(ctx context.Context, t Tenant) ([]Environmen
 }
 
 // GetEnvironment returns one of the organization's environments, or ENotFound.
-func (a *Accounts) GetEnvironment(ctx context.Context, t Tenant, id string) (Environment, error) {
-	if !validID(id) {
-		return Environment{}, notFound("Environment")
+func (a *Accounts) GetEnvironment(ctx context.Context, t domain.Tenant, id string) (Environment, error) {
+	if !kit.ValidID(id) {
+		return Environment{}, kit.NotFound("Environment")
 	}
 	e, err := scanEnvironment(a.pool.QueryRow(ctx, `SELECT `+envCols+` FROM environments WHERE id = $1 AND org_id = $2`, id, t.OrgID))
 	if errors.Is(err, pgx.ErrNoRows) {
-		return e, notFound("Environment")
+		return e, kit.NotFound("Environment")
 	}
 	if err != nil {
 		return e, fmt.Errorf("get environment: %w", err)
@@ -176,12 +170,12 @@ func (a *Accounts) GetEnvironment(ctx context.Context, t Tenant, id string) (Env
 }
 
 // UpdateEnvironment renames an environment or changes its slug.
-func (a *Accounts) UpdateEnvironment(ctx context.Context, t Tenant, id string, in EnvironmentInput, now time.Time) (Environment, error) {
+func (a *Accounts) UpdateEnvironment(ctx context.Context, t domain.Tenant, id string, in EnvironmentInput, now time.Time) (Environment, error) {
 	cur, err := a.GetEnvironment(ctx, t, id)
 	if err != nil {
 		return cur, err
 	}
-	if err := applyNameSlug(in.Name, in.Slug, &cur.Name, &cur.Slug); err != nil {
+	if err := domain.ApplyNameSlug(in.Name, in.Slug, &cur.Name, &cur.Slug); err != nil {
 		return cur, err
 	}
 	err = pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
@@ -193,7 +187,7 @@ func (a *Accounts) UpdateEnvironment(ctx context.Context, t Tenant, id string, i
 		return uniqueSlug(err)
 	})
 	if err != nil {
-		return Environment{}, wrapInternal("update environment", err)
+		return Environment{}, kit.WrapInternal("update environment", err)
 	}
 	return cur, nil
 }
@@ -226,13 +220,13 @@ type APIKeyInput struct {
 func (a *Accounts) ListAPIKeys(ctx context.Context, org, env string) ([]APIKey, error) {
 	rows, err := a.pool.Query(ctx, `SELECT id, name, key_prefix, scopes, env_id, request_count, revoked_at IS NOT NULL, created_at, last_used_at, revoked_at
 		FROM api_keys WHERE org_id = $1 AND ($2 = '' OR env_id = $2) ORDER BY created_at DESC, id DESC LIMIT 1000`, org, env)
-	out, err := collectRows(rows, err, func(row pgx.Row) (APIKey, error) {
+	out, err := kit.CollectRows(rows, err, func(row pgx.Row) (APIKey, error) {
 		var k APIKey
 		var revoked bool
 		var created time.Time
 		var used, revokedAt *time.Time
 		err := row.Scan(&k.ID, &k.Name, &k.KeyPrefix, &k.Scopes, &k.EnvID, &k.RequestCount, &revoked, &created, &used, &revokedAt)
-		k.Revoked, k.CreatedAt, k.LastUsedAt, k.RevokedAt = boolInt(revoked), isoTime(created), isoTimePtr(used), isoTimePtr(revokedAt)
+		k.Revoked, k.CreatedAt, k.LastUsedAt, k.RevokedAt = kit.BoolInt(revoked), kit.ISOTime(created), kit.ISOTimePtr(used), kit.ISOTimePtr(revokedAt)
 		return k, err
 	})
 	if err != nil {
@@ -245,15 +239,15 @@ func (a *Accounts) ListAPIKeys(ctx context.Context, org, env string) ([]APIKey, 
 // sessions made from it. ENotFound for an unknown or foreign key; revoking
 // a revoked key changes nothing.
 func (a *Accounts) RevokeAPIKey(ctx context.Context, org, id, actor string, now time.Time) error {
-	if !validID(id) {
-		return notFound("API key")
+	if !kit.ValidID(id) {
+		return kit.NotFound("API key")
 	}
 	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
 		var env string
 		var revoked bool
 		err := tx.QueryRow(ctx, `SELECT env_id, revoked_at IS NOT NULL FROM api_keys WHERE id = $1 AND org_id = $2 FOR UPDATE`, id, org).Scan(&env, &revoked)
 		if errors.Is(err, pgx.ErrNoRows) {
-			return notFound("API key")
+			return kit.NotFound("API key")
 		}
 		if err != nil || revoked {
 			return err
@@ -267,7 +261,7 @@ func (a *Accounts) RevokeAPIKey(ctx context.Context, org, id, actor string, now 
 		_, err = tx.Exec(ctx, `DELETE FROM sessions WHERE api_key_id = $1`, id)
 		return err
 	})
-	return wrapInternal("revoke api key", err)
+	return kit.WrapInternal("revoke api key", err)
 }
 
 // ---- sessions ----
@@ -296,7 +290,7 @@ func (a *Accounts) CreateSession(ctx context.Context, org, env, keyID, createdBy
 	if _, err := rand.Read(raw); err != nil {
 		return Session{}, err
 	}
-	s := Session{ID: newID(), OrgID: org, EnvID: env, ExpiresAt: isoTime(now.Add(ttl)), CreatedAt: isoTime(now),
+	s := Session{ID: kit.NewID(), OrgID: org, EnvID: env, ExpiresAt: kit.ISOTime(now.Add(ttl)), CreatedAt: kit.ISOTime(now),
 		Token: base64.RawURLEncoding.EncodeToString(raw)}
 	var key *string
 	if keyID != "" {
@@ -308,7 +302,7 @@ func (a *Accounts) CreateSession(ctx context.Context, org, env, keyID, createdBy
 			return err
 		}
 		_, err := tx.Exec(ctx, `INSERT INTO sessions (token_hash, id, org_id, env_id, expires_at, created_at, api_key_id, created_by)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, hashSecret(s.Token), s.ID, org, env, now.Add(ttl), now, key, createdBy)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, secrets.Hash(s.Token), s.ID, org, env, now.Add(ttl), now, key, createdBy)
 		return err
 	})
 	if err != nil {
@@ -318,7 +312,7 @@ func (a *Accounts) CreateSession(ctx context.Context, org, env, keyID, createdBy
 }
 
 // EndSession deletes a session (logout); expired sessions are removed with it.
-func (a *Accounts) EndSession(ctx context.Context, t Tenant, now time.Time) error {
+func (a *Accounts) EndSession(ctx context.Context, t domain.Tenant, now time.Time) error {
 	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
 		if err := a.record(ctx, tx, domain.StreamSession, t.SessionID, t.OrgID, t.EnvID, domain.EvSessionEnded, map[string]any{"id": t.SessionID}, t.Actor); err != nil {
 			return err
@@ -326,7 +320,7 @@ func (a *Accounts) EndSession(ctx context.Context, t Tenant, now time.Time) erro
 		_, err := tx.Exec(ctx, `DELETE FROM sessions WHERE id = $1 OR expires_at < $2`, t.SessionID, now)
 		return err
 	})
-	return wrapInternal("end session", err)
+	return kit.WrapInternal("end session", err)
 }
 
 // testEnvironment returns the organization's "test" environment for hs_test_
@@ -337,7 +331,7 @@ func testEnvironment(ctx context.Context, tx pgx.Tx, org string, now time.Time) 
 	if err == nil || !errors.Is(err, pgx.ErrNoRows) {
 		return env, err
 	}
-	env = newID()
+	env = kit.NewID()
 	_, err = tx.Exec(ctx, `INSERT INTO environments (id, org_id, name, slug, created_at) VALUES ($1, $2, 'Test', 'test', $3)`, env, org, now)
 	return env, err
 }

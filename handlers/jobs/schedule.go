@@ -1,4 +1,4 @@
-package handlers
+package jobs
 
 import (
 	"encoding/json"
@@ -12,10 +12,10 @@ import (
 // GroupScheduler is the scheduler's consumer group. Persisted name.
 const GroupScheduler = projections.GroupScheduler
 
-// scheduleEvents are the event types schedule uses.
-var scheduleEvents = projections.SchedulerEvents
+// ScheduleEvents are the event types schedule uses.
+var ScheduleEvents = projections.SchedulerEvents
 
-// liveScheduleEvents are the event types the scheduler's consumer group
+// LiveScheduleEvents are the event types the scheduler's consumer group
 // reads while the engine runs: the retry decisions. A DeliveryRequested,
 // DeliveryAttempted or MovedToDLQ has its delivery_jobs row written by its
 // writer in the same transaction (ingest, replay release, the delivery
@@ -23,13 +23,13 @@ var scheduleEvents = projections.SchedulerEvents
 // `projections rebuild scheduler` derives every row from every type when
 // the table needs repair. The retry decisions are read so that a job row
 // that fell behind its RetryScheduled or RetryRequested is moved on.
-var liveScheduleEvents = []string{domain.EvRetryScheduled, domain.EvRetryRequested}
+var LiveScheduleEvents = []string{domain.EvRetryScheduled, domain.EvRetryRequested}
 
 // schedule returns the statements that keep delivery_jobs in step with the delivery streams. Rows
 // only move forward in version, so writes made directly by the delivery
 // handler and the retry endpoint (in the same transaction as their events)
 // are never undone by a lagging scheduler, and replaying is harmless.
-func schedule(e eventstore.Event) ([]eventstore.Statement, error) {
+func Schedule(e eventstore.Event) ([]eventstore.Statement, error) {
 	var (
 		out eventstore.Statements
 		err error
@@ -46,7 +46,7 @@ func schedule(e eventstore.Event) ([]eventstore.Statement, error) {
 					state, attempt_id, attempt_number, trigger_type, due_at, version)
 				VALUES ($1, $2, $3, $4, $5, $6, $7, 'scheduled', $8, 1, $9, $10, $11)
 				ON CONFLICT (delivery_id) DO NOTHING RETURNING 1)
-			SELECT pg_notify('hookstream_jobs', '') FROM ins`,
+			SELECT pg_notify('`+Channel+`', '') FROM ins`,
 			p.DeliveryID, e.OrgID, e.EnvID, p.EventID, p.ConnectionID, p.DestinationID, p.ReceivedUUID, p.AttemptID, p.TriggerType, p.RequestedAt, e.StreamVersion)
 	case domain.EvRetryScheduled:
 		var p domain.RetryScheduled
@@ -74,4 +74,4 @@ const scheduleSQL = `WITH upd AS (
 		UPDATE delivery_jobs SET state = 'scheduled', attempt_id = $2, attempt_number = $3, trigger_type = $4, due_at = $5,
 			lease_until = NULL, leased_by = NULL, version = $6
 		WHERE delivery_id = $1 AND version < $6 RETURNING 1)
-	SELECT pg_notify('hookstream_jobs', '') FROM upd`
+	SELECT pg_notify('` + Channel + `', '') FROM upd`

@@ -1,4 +1,4 @@
-package handlers
+package tenancy
 
 import (
 	"context"
@@ -19,38 +19,21 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/handlers/kit"
+	"github.com/hookstream/hookstream/handlers/secrets"
 )
 
-// Tenant is who a request acts for: one organization and one environment.
-type Tenant struct {
-	OrgID string
-	EnvID string
-	Actor string // "api_key:<id>" or "session:<id>"
-	// KeyID is the API key that authenticated the request ("" for a session).
-	KeyID string
-	// SessionID is the session of a cookie-authenticated request.
-	SessionID string
-	// SessionFromKey is set for a session made by logging in with an API
-	// key: it may do what the key may, and no more.
-	SessionFromKey bool
-}
-
-// sessionCookie is Better Auth's session cookie name; securePrefix is the
+// CookieName is Better Auth's session cookie name; securePrefix is the
 // prefix Better Auth puts on it when served over HTTPS.
 const (
-	sessionCookie = "better-auth.session_token"
-	securePrefix  = "__Secure-"
+	CookieName   = "better-auth.session_token"
+	securePrefix = "__Secure-"
 )
 
-func hashSecret(s string) []byte {
-	h := sha256.Sum256([]byte(s))
-	return h[:]
-}
-
-// signCookie is a session token as Better Auth writes its cookie:
+// SignCookie is a session token as Better Auth writes its cookie:
 // "<token>.<base64 HMAC-SHA256(secret, token)>", URL-encoded. Without a
 // secret the token stands alone.
-func signCookie(secret []byte, token string) string {
+func SignCookie(secret []byte, token string) string {
 	if len(secret) == 0 {
 		return token
 	}
@@ -62,7 +45,7 @@ func signCookie(secret []byte, token string) string {
 // SessionCookie is the Cookie header pair a client sends for a session:
 // "better-auth.session_token=<value>".
 func SessionCookie(secret []byte, token string) string {
-	return sessionCookie + "=" + signCookie(secret, token)
+	return CookieName + "=" + SignCookie(secret, token)
 }
 
 // cookieToken returns the session token of a cookie value, checking its
@@ -93,7 +76,7 @@ func cookieToken(secret []byte, value string) string {
 
 // sessionCookieValue is the request's session cookie (plain or __Secure-).
 func sessionCookieValue(r *http.Request) string {
-	for _, name := range []string{sessionCookie, securePrefix + sessionCookie} {
+	for _, name := range []string{CookieName, securePrefix + CookieName} {
 		if c, err := r.Cookie(name); err == nil && c.Value != "" {
 			return c.Value
 		}
@@ -101,11 +84,11 @@ func sessionCookieValue(r *http.Request) string {
 	return ""
 }
 
-// authenticate resolves the request's credentials: X-API-Key, the same key as
+// Authenticate resolves the request's credentials: X-API-Key, the same key as
 // a Bearer token, then the session cookie (also when a key was given but is
 // invalid, as hookstream's combinedAuth does). Revoked keys and expired
 // sessions are refused at once: nothing is cached.
-func authenticate(ctx context.Context, pool *pgxpool.Pool, r *http.Request, now time.Time, cookieSecret []byte) (Tenant, error) {
+func Authenticate(ctx context.Context, pool *pgxpool.Pool, r *http.Request, now time.Time, cookieSecret []byte) (domain.Tenant, error) {
 	key := r.Header.Get("X-API-Key")
 	if key == "" {
 		if h := r.Header.Get("Authorization"); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
@@ -113,22 +96,22 @@ func authenticate(ctx context.Context, pool *pgxpool.Pool, r *http.Request, now 
 		}
 	}
 	if key != "" {
-		var t Tenant
-		err := pool.QueryRow(ctx, `SELECT id, org_id, env_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL`, hashSecret(key)).Scan(&t.KeyID, &t.OrgID, &t.EnvID)
+		var t domain.Tenant
+		err := pool.QueryRow(ctx, `SELECT id, org_id, env_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL`, secrets.Hash(key)).Scan(&t.KeyID, &t.OrgID, &t.EnvID)
 		if err == nil {
 			t.Actor = "api_key:" + t.KeyID
 			return t, nil
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
-			return Tenant{}, fmt.Errorf("look up api key: %w", err)
+			return domain.Tenant{}, fmt.Errorf("look up api key: %w", err)
 		}
 	}
 	if v := sessionCookieValue(r); v != "" {
 		if token := cookieToken(cookieSecret, v); token != "" {
-			var t Tenant
+			var t domain.Tenant
 			var id *string
 			err := pool.QueryRow(ctx, `SELECT id, org_id, env_id, api_key_id IS NOT NULL FROM sessions WHERE token_hash = $1 AND expires_at > $2`,
-				hashSecret(token), now).Scan(&id, &t.OrgID, &t.EnvID, &t.SessionFromKey)
+				secrets.Hash(token), now).Scan(&id, &t.OrgID, &t.EnvID, &t.SessionFromKey)
 			if err == nil {
 				if id != nil {
 					t.SessionID = *id
@@ -137,11 +120,11 @@ func authenticate(ctx context.Context, pool *pgxpool.Pool, r *http.Request, now 
 				return t, nil
 			}
 			if !errors.Is(err, pgx.ErrNoRows) {
-				return Tenant{}, fmt.Errorf("look up session: %w", err)
+				return domain.Tenant{}, fmt.Errorf("look up session: %w", err)
 			}
 		}
 	}
-	return Tenant{}, domain.Errorf(domain.EUnauthorized, "Unauthorized")
+	return domain.Tenant{}, domain.Errorf(domain.EUnauthorized, "Unauthorized")
 }
 
 // CreatedKey is a new API key; Key is shown once and never stored.
@@ -224,7 +207,7 @@ func CreateAPIKey(ctx context.Context, pool *pgxpool.Pool, store *eventstore.Sto
 			prefix = "hs_test_"
 		}
 		key := prefix + hex.EncodeToString(raw)
-		out = CreatedKey{ID: newID(), Name: p.Name, Key: key, KeyPrefix: key[:12], Scopes: p.Scopes, OrgID: p.OrgID, EnvID: p.EnvID, CreatedAt: isoTime(now)}
+		out = CreatedKey{ID: kit.NewID(), Name: p.Name, Key: key, KeyPrefix: key[:12], Scopes: p.Scopes, OrgID: p.OrgID, EnvID: p.EnvID, CreatedAt: kit.ISOTime(now)}
 		actor := p.Actor
 		if actor == "" {
 			actor = "cli"
@@ -236,7 +219,7 @@ func CreateAPIKey(ctx context.Context, pool *pgxpool.Pool, store *eventstore.Sto
 			return err
 		}
 		_, err := tx.Exec(ctx, `INSERT INTO api_keys (id, org_id, env_id, name, key_hash, key_prefix, scopes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-			out.ID, p.OrgID, p.EnvID, p.Name, hashSecret(key), out.KeyPrefix, p.Scopes, now)
+			out.ID, p.OrgID, p.EnvID, p.Name, secrets.Hash(key), out.KeyPrefix, p.Scopes, now)
 		return err
 	})
 	if err != nil {
@@ -256,7 +239,7 @@ func defaultTenant(ctx context.Context, tx pgx.Tx, now time.Time) (string, strin
 	if !errors.Is(err, pgx.ErrNoRows) {
 		return "", "", err
 	}
-	org, env = newID(), newID()
+	org, env = kit.NewID(), kit.NewID()
 	if _, err := tx.Exec(ctx, `INSERT INTO organizations (id, name, created_at) VALUES ($1, 'Default', $2)`, org, now); err != nil {
 		return "", "", err
 	}
@@ -268,7 +251,7 @@ func defaultTenant(ctx context.Context, tx pgx.Tx, now time.Time) (string, strin
 
 // CreateTenant creates an organization with one environment (tests, tooling).
 func CreateTenant(ctx context.Context, pool *pgxpool.Pool, name string, now time.Time) (orgID, envID string, err error) {
-	orgID, envID = newID(), newID()
+	orgID, envID = kit.NewID(), kit.NewID()
 	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3)`, orgID, name, now); err != nil {
 			return err

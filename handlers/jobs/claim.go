@@ -1,0 +1,59 @@
+package jobs
+
+// ClaimSQL leases due jobs, walking the destinations that have scheduled
+// jobs (a skip scan of delivery_jobs_claim_idx: one index seek each, however
+// many jobs a destination holds, due or not) and taking from each at most
+// its free capacity ($3/$4: destinations and what they can still take; any
+// other destination takes $5), oldest due first, $2 in all. Paused
+// destinations and open circuits are skipped once, at the destination, not
+// job by job; $6, when set, claims only those jobs (half-open circuits'
+// probes). A job whose lease expired (its worker died) is claimable again,
+// under the same attempt id. Only the lease columns change, which no index
+// holds, so the row is rewritten in place.
+const ClaimSQL = `
+WITH RECURSIVE dests AS (
+    (SELECT j.destination_id FROM delivery_jobs j WHERE j.state = 'scheduled' ORDER BY j.destination_id LIMIT 1)
+  UNION ALL
+    SELECT (SELECT j.destination_id FROM delivery_jobs j
+            WHERE j.state = 'scheduled' AND j.destination_id > dests.destination_id
+            ORDER BY j.destination_id LIMIT 1)
+    FROM dests WHERE dests.destination_id IS NOT NULL
+), open AS (
+    SELECT d.destination_id,
+           coalesce((SELECT c.n FROM unnest($3::text[], $4::int[]) AS c(dest, n) WHERE c.dest = d.destination_id), $5::int) AS room
+    FROM dests d
+    WHERE d.destination_id IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM destinations x WHERE x.id = d.destination_id AND x.status = 'paused')
+      AND ($6::text[] IS NOT NULL
+           OR NOT EXISTS (SELECT 1 FROM destination_circuits k WHERE k.destination_id = d.destination_id AND k.state <> 'closed'))
+    -- Round robin: start after the destination the last claim served last.
+    ORDER BY d.destination_id <= $9, d.destination_id
+), c AS (
+    SELECT p.delivery_id, p.destination_id FROM open o
+    CROSS JOIN LATERAL (
+        SELECT j.delivery_id, j.destination_id FROM delivery_jobs j
+        WHERE j.destination_id = o.destination_id AND j.state = 'scheduled' AND j.due_at <= $1
+          AND (j.lease_until IS NULL OR j.lease_until < $1)
+          AND NOT EXISTS (SELECT 1 FROM connections cn WHERE cn.id = j.connection_id AND cn.status = 'paused')
+          AND ($6::text[] IS NULL OR j.delivery_id = ANY($6))
+        ORDER BY j.due_at
+        LIMIT o.room
+        FOR UPDATE OF j SKIP LOCKED) p
+    WHERE o.room > 0
+    LIMIT $2
+), u AS (
+    UPDATE delivery_jobs j
+    SET lease_until = $1 + (coalesce(d.timeout_ms, 30000) * interval '1 millisecond') + $8::interval, leased_by = $7
+    FROM c LEFT JOIN destinations d ON d.id = c.destination_id
+    WHERE j.delivery_id = c.delivery_id
+    RETURNING j.delivery_id, j.org_id, j.env_id, j.event_id, j.destination_id, j.attempt_id, j.attempt_number, j.version, j.received_uuid, j.due_at
+)
+SELECT u.delivery_id, u.org_id, u.env_id, u.event_id, u.destination_id, u.attempt_id, u.attempt_number, u.version,
+       e.payload->>'body_b64', coalesce(e.payload->>'content_type', ''),
+       d.id IS NOT NULL, coalesce(d.url, ''), coalesce(d.method, 'POST'), coalesce(d.headers, '{}'), coalesce(d.timeout_ms, 30000),
+       coalesce(d.retry_enabled, false), coalesce(d.retry_max_attempts, 0), coalesce(d.retry_backoff_type, 'exponential'),
+       coalesce(d.retry_intervals, '[30]'), coalesce(d.status, ''), coalesce(d.disabled_reason, ''), d.signing_config,
+       coalesce(d.signing_previous_expires_at > $1, false), coalesce(d.secrets, '')
+FROM u CROSS JOIN LATERAL (SELECT x.payload FROM events x WHERE x.event_id = u.received_uuid) e
+LEFT JOIN destinations d ON d.id = u.destination_id
+ORDER BY u.destination_id, u.due_at`
