@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/handlers/metrics"
 	"github.com/hookstream/hookstream/handlers/outbound"
 	"github.com/hookstream/hookstream/handlers/tenancy"
 	"github.com/hookstream/hookstream/internal/pgtest"
@@ -44,7 +45,7 @@ type harness struct {
 	api        *httptest.Server
 	key        string
 	engineStop func()
-	metrics    *handlers.Metrics
+	metrics    *metrics.Metrics
 	svc        *handlers.Service
 }
 

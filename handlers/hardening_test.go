@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/hookstream/hookstream/eventstore"
-	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/handlers/issues"
 )
 
 // switchSink answers 503 while down, 200 once up, and records every request.
@@ -488,11 +488,11 @@ func TestIssuesGroupRetryAndAutoResolve(t *testing.T) {
 	waitFor(t, 10*time.Second, "the retried deliveries", func() bool { _, ok := down.counts(); return ok == 3 })
 
 	// Quiet for 30 minutes: resolved (the clock is moved, not waited for).
-	n, err := handlers.ResolveStaleIssues(context.Background(), h.pool, eventstore.New(nil), time.Now().Add(29*time.Minute))
+	n, err := issues.ResolveStale(context.Background(), h.pool, eventstore.New(nil), time.Now().Add(29*time.Minute))
 	if err != nil || n != 0 {
 		t.Fatalf("resolved %d after 29 minutes (%v)", n, err)
 	}
-	if n, err = handlers.ResolveStaleIssues(context.Background(), h.pool, eventstore.New(nil), time.Now().Add(31*time.Minute)); err != nil || n != 2 {
+	if n, err = issues.ResolveStale(context.Background(), h.pool, eventstore.New(nil), time.Now().Add(31*time.Minute)); err != nil || n != 2 {
 		t.Fatalf("resolved %d after 31 minutes (%v), want 2", n, err)
 	}
 	_, out = h.do("GET", "/v1/issues/"+id, h.key, nil)

@@ -24,7 +24,7 @@ import (
 func TestOpenAPIDocumentIsCurrentAndValid(t *testing.T) {
 	want := handlers.MarshalOpenAPI()
 	if os.Getenv("HOOKSTREAM_UPDATE_OPENAPI") == "1" {
-		if err := os.WriteFile("openapi.json", want, 0o644); err != nil {
+		if err := os.WriteFile("api/openapi.json", want, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		return

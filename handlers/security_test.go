@@ -16,7 +16,10 @@ import (
 	"time"
 
 	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/handlers/delivery"
 	"github.com/hookstream/hookstream/handlers/outbound"
+	"github.com/hookstream/hookstream/handlers/resources"
+	"github.com/hookstream/hookstream/handlers/secrets"
 	"github.com/hookstream/hookstream/internal/pgtest"
 	"github.com/hookstream/hookstream/internal/secretbox"
 )
@@ -95,14 +98,14 @@ func TestIngestNeverStoresCredentials(t *testing.T) {
 	h := newHarness(t)
 	dst := newSink(t)
 	src, _ := h.route(dst.srv.URL, nil, nil)
-	secrets := map[string]string{
+	creds := map[string]string{
 		"Cookie":              "better-auth.session_token=victim-session-token-0001",
 		"Authorization":       "Bearer victim-bearer-0002",
 		"Proxy-Authorization": "Basic dmljdGltLXByb3h5LTAwMDM=",
 		"X-API-Key":           "hs_live_victimkey0004",
 	}
 	headers := map[string]string{"X-Shop-Topic": "orders/create"}
-	for k, v := range secrets {
+	for k, v := range creds {
 		headers[k] = v
 	}
 	code, resp := h.post("/v1/ingest/"+src, `{"id":1}`, headers)
@@ -120,7 +123,7 @@ func TestIngestNeverStoresCredentials(t *testing.T) {
 	})
 	_, ev := h.do("GET", "/v1/events/"+id, h.key, nil)
 	shown := fmt.Sprint(ev["event"])
-	if !strings.Contains(shown, "orders/create") || !strings.Contains(shown, handlers.Redacted) {
+	if !strings.Contains(shown, "orders/create") || !strings.Contains(shown, secrets.Redacted) {
 		t.Fatalf("event = %s", shown)
 	}
 	assertNowhere(t, h, "victim-session-token-0001", "victim-bearer-0002", "dmljdGltLXByb3h5LTAwMDM=", "hs_live_victimkey0004")
@@ -207,11 +210,11 @@ func TestResponseHeadersAreCapped(t *testing.T) {
 		return len(list) == 1 && list[0]["status"] != "pending"
 	})
 	rh := fmt.Sprint(list[0]["response_headers"])
-	if list[0]["status"] != "success" || len(rh) > handlers.ResponseHeadersLimit || !strings.Contains(rh, "X-Hookstream-Headers-Truncated") {
+	if list[0]["status"] != "success" || len(rh) > delivery.ResponseHeadersLimit || !strings.Contains(rh, "X-Hookstream-Headers-Truncated") {
 		t.Fatalf("attempt status %v, %d bytes of headers recorded", list[0]["status"], len(rh))
 	}
 	var n int
-	if err := h.pool.QueryRow(context.Background(), `SELECT max(octet_length(payload::text)) FROM events WHERE event_type = 'DeliveryAttempted'`).Scan(&n); err != nil || n > 2*handlers.ResponseHeadersLimit {
+	if err := h.pool.QueryRow(context.Background(), `SELECT max(octet_length(payload::text)) FROM events WHERE event_type = 'DeliveryAttempted'`).Scan(&n); err != nil || n > 2*delivery.ResponseHeadersLimit {
 		t.Fatalf("DeliveryAttempted event of %d bytes (%v)", n, err)
 	}
 }
@@ -288,7 +291,7 @@ func TestSecretsAreEncryptedAtRestAndStillSent(t *testing.T) {
 		return len(list) == 2
 	})
 	for _, a := range list {
-		if rh := fmt.Sprint(a["request_headers"]); !strings.Contains(rh, handlers.Redacted) {
+		if rh := fmt.Sprint(a["request_headers"]); !strings.Contains(rh, secrets.Redacted) {
 			t.Errorf("request_headers %s", rh)
 		}
 	}
@@ -370,11 +373,11 @@ func TestPlaintextRowsAreSealedAndKeysRotate(t *testing.T) {
 	if _, err := h.pool.Exec(ctx, `UPDATE sources SET verification_secret = 'legacy-verify-secret' WHERE id = $1`, src); err != nil {
 		t.Fatal(err)
 	}
-	rep, err := handlers.SealPlaintext(ctx, h.pool, testKeyring)
+	rep, err := resources.SealPlaintext(ctx, h.pool, testKeyring)
 	if err != nil || rep.Destinations != 1 || rep.Sources != 1 {
 		t.Fatalf("seal = %+v, %v", rep, err)
 	}
-	if rep, err := handlers.SealPlaintext(ctx, h.pool, testKeyring); err != nil || rep.Destinations+rep.Sources != 0 {
+	if rep, err := resources.SealPlaintext(ctx, h.pool, testKeyring); err != nil || rep.Destinations+rep.Sources != 0 {
 		t.Fatalf("second seal = %+v, %v", rep, err)
 	}
 	h.ingest(src, `{}`)
@@ -406,14 +409,14 @@ func TestPlaintextRowsAreSealedAndKeysRotate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep, err := handlers.RotateSecrets(ctx, h.pool, both); err != nil || rep.Destinations != 1 || rep.Sources != 1 {
+	if rep, err := resources.RotateSecrets(ctx, h.pool, both); err != nil || rep.Destinations != 1 || rep.Sources != 1 {
 		t.Fatalf("rotate = %+v, %v", rep, err)
 	}
 	only, _ := secretbox.ParseKeys(fresh)
-	if err := handlers.CheckKeys(ctx, h.pool, only); err != nil {
+	if err := resources.CheckKeys(ctx, h.pool, only); err != nil {
 		t.Fatalf("after rotation the new key alone: %v", err)
 	}
-	if err := handlers.CheckKeys(ctx, h.pool, testKeyring); err == nil {
+	if err := resources.CheckKeys(ctx, h.pool, testKeyring); err == nil {
 		t.Fatal("the old key alone passed the check after rotation")
 	}
 }

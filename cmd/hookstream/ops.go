@@ -17,6 +17,7 @@ import (
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
 	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/handlers/redeliver"
 	"github.com/hookstream/hookstream/migrations"
 	"github.com/hookstream/hookstream/projections"
 )
@@ -254,7 +255,7 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	defer db.Close()
 	svc := handlers.NewService(handlers.ServiceParams{Pool: db.Pool, Log: log})
 	defer svc.Close()
-	var job handlers.ReplayJob
+	var job redeliver.ReplayJob
 	var tenant domain.Tenant
 	if status {
 		var dest string
@@ -274,7 +275,7 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		if tenant, err = svc.ReplayTenant(ctx, *dest, "cli"); err != nil {
 			return fmt.Errorf("replay: %s", domain.ErrorMessage(err))
 		}
-		in := handlers.ReplayInput{DestinationID: dest, From: from, To: to, RateLimit: rate, MaxEvents: maxEvents}
+		in := redeliver.ReplayInput{DestinationID: dest, From: from, To: to, RateLimit: rate, MaxEvents: maxEvents}
 		if *source != "" {
 			in.SourceID = source
 		}
@@ -285,7 +286,7 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer, log
 			return fmt.Errorf("replay: %s", domain.ErrorMessage(err))
 		}
 	}
-	printJob := func(j handlers.ReplayJob) error {
+	printJob := func(j redeliver.ReplayJob) error {
 		if *asJSON {
 			return json.NewEncoder(stdout).Encode(map[string]any{"job": j})
 		}

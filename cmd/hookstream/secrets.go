@@ -12,7 +12,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/handlers/resources"
 	"github.com/hookstream/hookstream/internal/secretbox"
 )
 
@@ -88,10 +88,10 @@ func localSecret(db *database, log *slog.Logger, envVar, file, what string) (val
 // prepareSecrets checks that the keyring holds every key stored secrets were
 // made under, and encrypts secrets left in plaintext by older versions.
 func prepareSecrets(ctx context.Context, db *database, kr *secretbox.Keyring, log *slog.Logger) error {
-	if err := handlers.CheckKeys(ctx, db.Pool, kr); err != nil {
+	if err := resources.CheckKeys(ctx, db.Pool, kr); err != nil {
 		return err
 	}
-	rep, err := handlers.SealPlaintext(ctx, db.Pool, kr)
+	rep, err := resources.SealPlaintext(ctx, db.Pool, kr)
 	if err != nil {
 		return fmt.Errorf("encrypt stored plaintext secrets: %w", err)
 	}
@@ -148,7 +148,7 @@ func cmdSecrets(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 		return err
 	}
 	if args[0] == "rotate-key" {
-		rep, err := handlers.RotateSecrets(ctx, db.Pool, kr)
+		rep, err := resources.RotateSecrets(ctx, db.Pool, kr)
 		if err != nil {
 			return fmt.Errorf("rotate: %w", err)
 		}
@@ -158,7 +158,7 @@ func cmdSecrets(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 		_, err = fmt.Fprintf(stdout, "re-encrypted %d source and %d destination secrets under key %s\n", rep.Sources, rep.Destinations, kr.PrimaryID())
 		return err
 	}
-	used, err := handlers.SecretKeyIDs(ctx, db.Pool)
+	used, err := resources.SecretKeyIDs(ctx, db.Pool)
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/handlers/resources"
 	"github.com/hookstream/hookstream/handlers/tenancy"
 	"github.com/hookstream/hookstream/internal/pgtest"
 	"github.com/hookstream/hookstream/internal/secretbox"
@@ -108,7 +109,7 @@ func TestTenancyAndSecretsCommands(t *testing.T) {
 	defer svc.Close()
 	tenant := domain.Tenant{OrgID: org.ID, EnvID: org.Environment.ID, Actor: "test"}
 	secret := "verify-secret-long-enough"
-	if _, err := svc.CreateSource(context.Background(), tenant, handlers.SourceInput{Name: ptr("s"), VerificationType: ptr("hmac_sha256"), VerificationSecret: &secret}, "r"); err != nil {
+	if _, err := svc.CreateSource(context.Background(), tenant, resources.SourceInput{Name: ptr("s"), VerificationType: ptr("hmac_sha256"), VerificationSecret: &secret}, "r"); err != nil {
 		t.Fatal(err)
 	}
 	out, _, code := hsEnv(t, bin, dbURL, []string{"HOOKSTREAM_ENCRYPTION_KEY=" + k2 + "," + k1}, "secrets", "rotate-key")

@@ -137,7 +137,7 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	if cfg.MetricsAddr == "" && !metricsOnAPI {
 		log.Warn("metrics are not served: set --metrics-addr (a private address) or --metrics-token")
 	}
-	api := handlers.NewAPI(handlers.APIParams{Service: svc, Pool: db.Pool, Log: log, Version: version, Metrics: metrics, ReadyMaxLag: cfg.ReadyMaxLag,
+	api := handlers.NewAPI(handlers.APIParams{Service: svc, Pool: db.Pool, Store: store, Log: log, Version: version, Metrics: metrics, ReadyMaxLag: cfg.ReadyMaxLag,
 		MetricsOnAPI: metricsOnAPI, MetricsToken: cfg.MetricsToken, CookieSecret: cookieSecret,
 		SecureCookies: strings.HasPrefix(publicURL, "https://")})
 	var handler http.Handler = api
@@ -167,7 +167,7 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 			return fmt.Errorf("listen on %s (metrics): %w", cfg.MetricsAddr, err)
 		}
 		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", metrics.Handler(cfg.MetricsToken))
+		mux.Handle("GET /metrics", handlers.MetricsHandler(metrics, cfg.MetricsToken))
 		msrv := newHTTPServer(mux)
 		go func() { errc <- msrv.Serve(mln) }()
 		defer msrv.Close()

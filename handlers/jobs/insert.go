@@ -5,9 +5,10 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/hookstream/hookstream/domain"
-	"github.com/hookstream/hookstream/handlers/kit"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/internal/kit"
 )
 
 // NewJob is the delivery_jobs row of a new delivery, written in the same
@@ -73,4 +74,11 @@ func Upsert(ctx context.Context, tx pgx.Tx, d *domain.Delivery, org, env string)
 		return fmt.Errorf("upsert job: %w", err)
 	}
 	return Notify(ctx, tx)
+}
+
+// Lock locks a delivery's job row in tx and returns its state and lease;
+// pgx.ErrNoRows when the delivery has no job yet.
+func Lock(ctx context.Context, tx pgx.Tx, deliveryID string) (state string, leaseUntil *time.Time, err error) {
+	err = tx.QueryRow(ctx, `SELECT state, lease_until FROM delivery_jobs WHERE delivery_id = $1 FOR UPDATE`, deliveryID).Scan(&state, &leaseUntil)
+	return state, leaseUntil, err
 }

@@ -162,3 +162,6 @@ func Hash(s string) []byte {
 	h := sha256.Sum256([]byte(s))
 	return h[:]
 }
+
+// Redacted is what a credential is stored as.
+const Redacted = "[redacted]"

@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/hookstream/hookstream/domain"
-	"github.com/hookstream/hookstream/handlers/kit"
 	"github.com/hookstream/hookstream/handlers/secrets"
+	"github.com/hookstream/hookstream/internal/kit"
 )
 
 // Config is a destination's outbound signing, as stored. Mode "hmac"

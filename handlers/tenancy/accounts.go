@@ -14,8 +14,8 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
-	"github.com/hookstream/hookstream/handlers/kit"
 	"github.com/hookstream/hookstream/handlers/secrets"
+	"github.com/hookstream/hookstream/internal/kit"
 )
 
 // Accounts manages organizations, environments, API keys and sessions: the

@@ -19,8 +19,8 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
-	"github.com/hookstream/hookstream/handlers/kit"
 	"github.com/hookstream/hookstream/handlers/secrets"
+	"github.com/hookstream/hookstream/internal/kit"
 )
 
 // CookieName is Better Auth's session cookie name; securePrefix is the

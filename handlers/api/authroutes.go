@@ -1,0 +1,171 @@
+package api
+
+import (
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/gorilla/mux"
+
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/handlers/tenancy"
+	"github.com/hookstream/hookstream/internal/kit"
+)
+
+// checkCSRF guards cookie-authenticated writes: a browser sends the cookie
+// along with a cross-site form post, so a write must carry a JSON body type
+// (which a cross-site form cannot send without a CORS preflight) and must
+// not come from another origin.
+func checkCSRF(r *http.Request) error {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return nil
+	}
+	if site := r.Header.Get("Sec-Fetch-Site"); site == "cross-site" {
+		return domain.Errorf(domain.EForbidden, "Cross-site request refused")
+	}
+	if origin := r.Header.Get("Origin"); origin != "" {
+		u, err := url.Parse(origin)
+		if err != nil || !strings.EqualFold(u.Host, r.Host) {
+			return domain.Errorf(domain.EForbidden, "Cross-origin request refused (Origin %s)", origin)
+		}
+	}
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
+		return domain.Errorf(domain.EForbidden, "A session-authenticated write must send Content-Type: application/json")
+	}
+	return nil
+}
+
+// requireSession refuses key management to an API key and to a session made
+// from one: as in hookstream, keys are created and revoked by a user's
+// session (the CLI's `sessions create`, or a Better Auth server sharing the
+// cookie secret), so a leaked key can neither mint keys that outlive it nor
+// revoke its owner's.
+func requireSession(t domain.Tenant) error {
+	if t.SessionID == "" || t.SessionFromKey {
+		return domain.Errorf(domain.EForbidden, "API keys are created and revoked from a user's session (hookstream sessions create), not with an API key or a session made from one")
+	}
+	return nil
+}
+
+// LoginInput is the body of POST /v1/auth/login.
+type LoginInput struct {
+	APIKey *string `json:"api_key"`
+}
+
+func (a *API) setSessionCookie(w http.ResponseWriter, s tenancy.Session, maxAge int) {
+	http.SetCookie(w, &http.Cookie{Name: tenancy.CookieName, Value: tenancy.SignCookie(a.p.CookieSecret, s.Token), Path: "/",
+		MaxAge: maxAge, HttpOnly: true, Secure: a.p.SecureCookies, SameSite: http.SameSiteLaxMode})
+}
+
+func (a *API) registerAuthRoutes(r *mux.Router) {
+	acc := a.p.Accounts
+	// Login exchanges an API key (body or X-API-Key) for a session cookie.
+	r.HandleFunc("/auth/login", func(w http.ResponseWriter, r *http.Request) {
+		// A key in a header cannot come from a cross-site form; a key in the
+		// body must come as JSON (CSRF: no logging a browser into another account).
+		if r.Header.Get("X-API-Key") == "" && r.Header.Get("Authorization") == "" {
+			if err := checkCSRF(r); err != nil {
+				writeError(w, r, a.p.Log, err)
+				return
+			}
+			var in LoginInput
+			if !a.decode(w, r, &in) {
+				return
+			}
+			if in.APIKey == nil || *in.APIKey == "" {
+				writeError(w, r, a.p.Log, kit.Invalidf("'api_key' is required (or send the key in X-API-Key)"))
+				return
+			}
+			r.Header.Set("X-API-Key", *in.APIKey)
+		}
+		r.Header.Del("Cookie") // a login is by key only
+		now := a.p.Now()
+		t, err := tenancy.Authenticate(r.Context(), a.p.Pool, r, now, nil)
+		if err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		s, err := acc.CreateSession(r.Context(), t.OrgID, t.EnvID, t.KeyID, t.Actor, tenancy.DefaultSessionTTL, now)
+		if err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		a.setSessionCookie(w, s, int(tenancy.DefaultSessionTTL.Seconds()))
+		writeJSON(w, http.StatusCreated, map[string]any{"session": s})
+	}).Methods(http.MethodPost)
+	r.HandleFunc("/auth/logout", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		t := tenantOf(r)
+		if t.SessionID == "" {
+			writeError(w, r, a.p.Log, domain.Errorf(domain.EInvalid, "Not a session: log out ends the session of the better-auth.session_token cookie"))
+			return
+		}
+		if err := acc.EndSession(r.Context(), t, a.p.Now()); err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		a.setSessionCookie(w, tenancy.Session{}, -1)
+		writeJSON(w, http.StatusOK, map[string]bool{"success": true})
+	})).Methods(http.MethodPost)
+	r.HandleFunc("/auth/session", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		t := tenantOf(r)
+		writeJSON(w, http.StatusOK, map[string]any{"org_id": t.OrgID, "env_id": t.EnvID, "session_id": kit.NullIfEmpty(t.SessionID), "api_key_id": kit.NullIfEmpty(t.KeyID)})
+	})).Methods(http.MethodGet)
+
+	r.HandleFunc("/auth/api-keys", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		t := tenantOf(r)
+		if err := requireSession(t); err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		var in tenancy.APIKeyInput
+		if !a.decode(w, r, &in) {
+			return
+		}
+		if in.Name == nil {
+			writeError(w, r, a.p.Log, kit.Invalidf("'name' is required"))
+			return
+		}
+		p := tenancy.KeyParams{Name: *in.Name, OrgID: t.OrgID, EnvID: t.EnvID, Scopes: in.Scopes, Actor: t.Actor}
+		if in.OrgID != nil && *in.OrgID != t.OrgID {
+			writeError(w, r, a.p.Log, kit.NotFound("Environment"))
+			return
+		}
+		if in.EnvID != nil {
+			p.EnvID = *in.EnvID // CreateAPIKey checks it belongs to the organization
+		}
+		a.respond(w, r, http.StatusCreated, "api_key")(tenancy.CreateAPIKey(r.Context(), a.p.Pool, a.p.Store, p, a.p.Now()))
+	})).Methods(http.MethodPost)
+	r.HandleFunc("/auth/api-keys", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		t := tenantOf(r)
+		a.respond(w, r, http.StatusOK, "api_keys")(acc.ListAPIKeys(r.Context(), t.OrgID, t.EnvID))
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/auth/api-keys/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		t := tenantOf(r)
+		if err := requireSession(t); err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		a.deleted(w, r, acc.RevokeAPIKey(r.Context(), t.OrgID, mux.Vars(r)["id"], t.Actor, a.p.Now()))
+	})).Methods(http.MethodDelete)
+
+	r.HandleFunc("/environments", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		var in tenancy.EnvironmentInput
+		if a.decode(w, r, &in) {
+			a.respond(w, r, http.StatusCreated, "environment")(acc.CreateEnvironment(r.Context(), tenantOf(r), in, a.p.Now()))
+		}
+	})).Methods(http.MethodPost)
+	r.HandleFunc("/environments", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		a.respond(w, r, http.StatusOK, "environments")(acc.ListEnvironments(r.Context(), tenantOf(r)))
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/environments/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		a.respond(w, r, http.StatusOK, "environment")(acc.GetEnvironment(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/environments/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		var in tenancy.EnvironmentInput
+		if a.decode(w, r, &in) {
+			a.respond(w, r, http.StatusOK, "environment")(acc.UpdateEnvironment(r.Context(), tenantOf(r), mux.Vars(r)["id"], in, a.p.Now()))
+		}
+	})).Methods(http.MethodPatch)
+}

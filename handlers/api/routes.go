@@ -1,0 +1,371 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gorilla/mux"
+
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/handlers/ingest"
+	"github.com/hookstream/hookstream/handlers/issues"
+	"github.com/hookstream/hookstream/handlers/redeliver"
+	"github.com/hookstream/hookstream/handlers/resources"
+	"github.com/hookstream/hookstream/handlers/tenancy"
+	"github.com/hookstream/hookstream/projections"
+)
+
+// LongPollWrite is the write deadline of a request that waits for a
+// delivery's outcome; every other response must be written within the
+// server's WriteTimeout.
+const LongPollWrite = 150 * time.Second
+
+type tenantKey struct{}
+
+func tenantOf(r *http.Request) domain.Tenant {
+	t, _ := r.Context().Value(tenantKey{}).(domain.Tenant)
+	return t
+}
+
+// withAuth rejects requests without valid credentials (401) and scopes the
+// rest; cookie-authenticated writes must also pass the CSRF checks (403),
+// and query parameters PostgreSQL cannot hold are a 400.
+func (a *API) withAuth(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		now := a.p.Now()
+		t, err := tenancy.Authenticate(r.Context(), a.p.Pool, r, now, a.p.CookieSecret)
+		if err == nil && t.KeyID == "" {
+			err = checkCSRF(r) // authenticated by the session cookie
+		}
+		if err == nil {
+			err = checkQuery(r)
+		}
+		if err == nil && t.KeyID != "" {
+			err = a.usage.Record(r.Context(), t.KeyID, now)
+		}
+		if err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		next(w, r.WithContext(context.WithValue(r.Context(), tenantKey{}, t)))
+	}
+}
+
+// crudRoutes are the five routes of a configuration resource.
+type crudRoutes[In, Out any] struct {
+	path, one, many string // "/sources", "source", "sources"
+	create          func(context.Context, domain.Tenant, In, string) (Out, error)
+	list            func(*http.Request, domain.Tenant) ([]Out, error)
+	get             func(context.Context, domain.Tenant, string) (Out, error)
+	update          func(context.Context, domain.Tenant, string, In, string) (Out, error)
+	remove          func(context.Context, domain.Tenant, string, string) error
+}
+
+func registerCRUD[In, Out any](a *API, r *mux.Router, c crudRoutes[In, Out]) {
+	r.HandleFunc(c.path, a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		var in In
+		if a.decode(w, r, &in) {
+			a.respond(w, r, http.StatusCreated, c.one)(c.create(r.Context(), tenantOf(r), in, requestID(r)))
+		}
+	})).Methods(http.MethodPost)
+	r.HandleFunc(c.path, a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		a.respond(w, r, http.StatusOK, c.many)(c.list(r, tenantOf(r)))
+	})).Methods(http.MethodGet)
+	r.HandleFunc(c.path+"/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		a.respond(w, r, http.StatusOK, c.one)(c.get(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
+	})).Methods(http.MethodGet)
+	r.HandleFunc(c.path+"/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		var in In
+		if a.decode(w, r, &in) {
+			a.respond(w, r, http.StatusOK, c.one)(c.update(r.Context(), tenantOf(r), mux.Vars(r)["id"], in, requestID(r)))
+		}
+	})).Methods(http.MethodPatch)
+	r.HandleFunc(c.path+"/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		a.deleted(w, r, c.remove(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r)))
+	})).Methods(http.MethodDelete)
+}
+
+func (a *API) registerResourceRoutes(r *mux.Router) {
+	svc := a.p.Service
+	registerCRUD(a, r, crudRoutes[resources.SourceInput, resources.Source]{
+		path: "/sources", one: "source", many: "sources",
+		create: svc.CreateSource, get: svc.GetSource, update: svc.UpdateSource, remove: svc.DeleteSource,
+		list: func(r *http.Request, t domain.Tenant) ([]resources.Source, error) {
+			return svc.ListSources(r.Context(), t, r.URL.Query().Get("status"))
+		},
+	})
+	registerCRUD(a, r, crudRoutes[resources.DestinationInput, resources.Destination]{
+		path: "/destinations", one: "destination", many: "destinations",
+		create: svc.CreateDestination, get: svc.GetDestination, update: svc.UpdateDestination, remove: svc.DeleteDestination,
+		list: func(r *http.Request, t domain.Tenant) ([]resources.Destination, error) {
+			return svc.ListDestinations(r.Context(), t, r.URL.Query().Get("status"))
+		},
+	})
+	registerCRUD(a, r, crudRoutes[resources.ConnectionInput, resources.Connection]{
+		path: "/connections", one: "connection", many: "connections",
+		create: svc.CreateConnection, get: svc.GetConnection, update: svc.UpdateConnection, remove: svc.DeleteConnection,
+		list: func(r *http.Request, t domain.Tenant) ([]resources.Connection, error) {
+			q := r.URL.Query()
+			return svc.ListConnections(r.Context(), t, q.Get("source_id"), q.Get("destination_id"), q.Get("status"))
+		},
+	})
+}
+
+func (a *API) registerDeliveryRoutes(r *mux.Router) {
+	svc := a.p.Service
+	r.HandleFunc("/delivery-attempts", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		f := projections.AttemptFilter{EventID: q.Get("event_id"), ConnectionID: q.Get("connection_id"), DestinationID: q.Get("destination_id"), Status: q.Get("status")}
+		var err error
+		if f.Limit, f.Offset, err = pageParams(q.Get("limit"), q.Get("offset")); err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		if f.Status != "" && f.Status != domain.AttemptPending && f.Status != domain.AttemptSuccess && f.Status != domain.AttemptFailed {
+			writeError(w, r, a.p.Log, domain.Errorf(domain.EInvalid, "Invalid query: 'status' must be one of pending, success, failed"))
+			return
+		}
+		if v := q.Get("is_dlq"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || (n != 0 && n != 1) {
+				writeError(w, r, a.p.Log, domain.Errorf(domain.EInvalid, "Invalid query: 'is_dlq' must be 0 or 1"))
+				return
+			}
+			f.IsDLQ = &n
+		}
+		list, page, err := svc.ListAttempts(r.Context(), tenantOf(r), f)
+		if err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"delivery_attempts": list, "pagination": page})
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/delivery-attempts/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		a.respond(w, r, http.StatusOK, "delivery_attempt")(svc.GetAttempt(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/delivery-attempts/{id}/retry", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		wait := true
+		if v := r.URL.Query().Get("wait"); v != "" {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				writeError(w, r, a.p.Log, domain.Errorf(domain.EInvalid, "Invalid query: 'wait' must be true or false"))
+				return
+			}
+			wait = b
+		}
+		if wait {
+			// Waiting for the outcome outlives the server's write timeout: up to
+			// the destination's timeout (at most 120 s) plus recording.
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(LongPollWrite))
+		}
+		a.respond(w, r, http.StatusOK, "delivery_attempt")(svc.RetryAttempt(r.Context(), tenantOf(r), mux.Vars(r)["id"], wait, requestID(r)))
+	})).Methods(http.MethodPost)
+
+	r.HandleFunc("/events", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		f := projections.EventFilter{SourceID: q.Get("source_id"), Status: q.Get("status"), Method: q.Get("method"),
+			DedupStatus: q.Get("dedup_status"), VerificationStatus: q.Get("verification_status")}
+		var err error
+		if f.Limit, f.Offset, err = pageParams(q.Get("limit"), q.Get("offset")); err == nil {
+			f.After, err = timeParam("after", q.Get("after"))
+		}
+		if err == nil {
+			f.Before, err = timeParam("before", q.Get("before"))
+		}
+		if err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		list, page, err := svc.ListEvents(r.Context(), tenantOf(r), f)
+		if err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"events": list, "pagination": page})
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/events/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		a.respond(w, r, http.StatusOK, "event")(svc.GetEvent(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
+	})).Methods(http.MethodGet)
+
+	r.HandleFunc("/events/{id}/retry", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		res, err := svc.RetryEvent(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r))
+		a.respondRaw(w, r, res, err)
+	})).Methods(http.MethodPost)
+
+	r.HandleFunc("/replay", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		var in redeliver.ReplayInput
+		if a.decode(w, r, &in) {
+			a.respond(w, r, http.StatusCreated, "job")(svc.CreateReplay(r.Context(), tenantOf(r), in, requestID(r)))
+		}
+	})).Methods(http.MethodPost)
+	r.HandleFunc("/replay", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		limit, offset, err := pageParams(q.Get("limit"), q.Get("offset"))
+		if err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		list, page, err := svc.ListReplays(r.Context(), tenantOf(r), limit, offset)
+		if err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"jobs": list, "pagination": page})
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/replay/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		a.respond(w, r, http.StatusOK, "job")(svc.GetReplay(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
+	})).Methods(http.MethodGet)
+
+	r.HandleFunc("/destinations/{id}/circuit", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		res, err := svc.GetCircuit(r.Context(), tenantOf(r), mux.Vars(r)["id"])
+		a.respondRaw(w, r, res, err)
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/destinations/{id}/circuit/reset", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		res, err := svc.ResetCircuit(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r))
+		a.respondRaw(w, r, res, err)
+	})).Methods(http.MethodPost)
+
+	r.HandleFunc("/issues", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		f := issues.Filter{Status: q.Get("status"), DestinationID: q.Get("destination_id")}
+		var err error
+		if f.Limit, f.Offset, err = pageParams(q.Get("limit"), q.Get("offset")); err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		list, page, err := svc.ListIssues(r.Context(), tenantOf(r), f)
+		if err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"issues": list, "pagination": page})
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/issues/summary", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		res, err := svc.IssueSummary(r.Context(), tenantOf(r))
+		a.respondRaw(w, r, res, err)
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/issues/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		a.respond(w, r, http.StatusOK, "issue")(svc.GetIssue(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/issues/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		var in issues.Input
+		if a.decode(w, r, &in) {
+			a.respond(w, r, http.StatusOK, "issue")(svc.UpdateIssue(r.Context(), tenantOf(r), mux.Vars(r)["id"], in, requestID(r)))
+		}
+	})).Methods(http.MethodPatch)
+	r.HandleFunc("/issues/{id}/retry", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		res, err := svc.RetryIssue(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r))
+		a.respondRaw(w, r, res, err)
+	})).Methods(http.MethodPost)
+
+	// Ingest is public: any method.
+	r.HandleFunc("/ingest/{source_id}", a.ingest)
+}
+
+func (a *API) ingest(w http.ResponseWriter, r *http.Request) {
+	// The source first: an unknown one answers 404 before any upload is read.
+	target, err := a.p.Service.LookupIngest(r.Context(), mux.Vars(r)["source_id"])
+	if err != nil {
+		writeError(w, r, a.p.Log, err)
+		return
+	}
+	limit := a.p.Service.MaxIngestBody()
+	if r.ContentLength > limit {
+		writeError(w, r, a.p.Log, domain.Errorf(domain.ETooLarge, "Payload too large (limit %d bytes)", limit))
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, r, a.p.Log, domain.Errorf(domain.ETooLarge, "Payload too large (limit %d bytes)", limit))
+			return
+		}
+		writeError(w, r, a.p.Log, domain.Errorf(domain.EInvalid, "Could not read the request body"))
+		return
+	}
+	ip, _, _ := net.SplitHostPort(r.RemoteAddr)
+	res, err := a.p.Service.Ingest(r.Context(), target, ingest.IngestRequest{
+		Method: r.Method, Headers: r.Header, Query: r.URL.Query(),
+		Body: body, SourceIP: ip, RequestID: requestID(r),
+	})
+	if err != nil {
+		writeError(w, r, a.p.Log, err)
+		return
+	}
+	a.p.Metrics.CountIngestBytes(len(body))
+	writeJSON(w, http.StatusOK, res)
+}
+
+func pageParams(limitS, offsetS string) (int, int, error) {
+	limit, offset := 50, 0
+	if limitS != "" {
+		n, err := strconv.Atoi(limitS)
+		if err != nil || n < 1 || n > 100 {
+			return 0, 0, domain.Errorf(domain.EInvalid, "Invalid query: 'limit' must be an integer from 1 to 100")
+		}
+		limit = n
+	}
+	if offsetS != "" {
+		n, err := strconv.Atoi(offsetS)
+		if err != nil || n < 0 {
+			return 0, 0, domain.Errorf(domain.EInvalid, "Invalid query: 'offset' must be a non-negative integer")
+		}
+		offset = n
+	}
+	return limit, offset, nil
+}
+
+func timeParam(name, v string) (*time.Time, error) {
+	if v == "" {
+		return nil, nil
+	}
+	t, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		return nil, domain.Errorf(domain.EInvalid, "Invalid query: '%s' must be an ISO 8601 time", name)
+	}
+	return &t, nil
+}
+
+// decode parses the body into dst, writing the error response itself; it
+// reports whether the handler should go on.
+func (a *API) decode(w http.ResponseWriter, r *http.Request, dst any) bool {
+	if err := decodeJSON(w, r, dst); err != nil {
+		writeError(w, r, a.p.Log, err)
+		return false
+	}
+	return true
+}
+
+// respond returns a function that writes {key: v} or the error.
+func (a *API) respond(w http.ResponseWriter, r *http.Request, status int, key string) func(any, error) {
+	return func(v any, err error) {
+		if err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		writeJSON(w, status, map[string]any{key: v})
+	}
+}
+
+// respondRaw writes v unwrapped with 200, or the error.
+func (a *API) respondRaw(w http.ResponseWriter, r *http.Request, v any, err error) {
+	if err != nil {
+		writeError(w, r, a.p.Log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}
+
+func (a *API) deleted(w http.ResponseWriter, r *http.Request, err error) {
+	if err != nil {
+		writeError(w, r, a.p.Log, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"success": true})
+}

@@ -1,0 +1,246 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/handlers/jobs"
+	"github.com/hookstream/hookstream/internal/kit"
+)
+
+// groupCommitter appends the events of concurrent requests in one statement
+// and one commit (group commit): ingest's cost is dominated by per-transaction
+// work (a WAL flush, a backend busy per request), and 32 concurrent ingests
+// starved the single-connection consumer groups of CPU.
+type groupCommitter struct {
+	pool  *pgxpool.Pool
+	store *eventstore.Store
+	reqs  chan appendRequest
+	max   int
+	done  chan struct{}
+}
+
+type appendRequest struct {
+	appends []eventstore.StreamAppend
+	jobs    []jobs.NewJob
+	// dedup, when set, is claimed in the same transaction; a request whose
+	// key is already held within its window stores dupAppends instead (the
+	// event marked duplicate, no deliveries) and reports *duplicate.
+	dedup      *dedupClaim
+	dupAppends []eventstore.StreamAppend
+	duplicate  *bool
+	result     chan error
+}
+
+// dedupClaim is a source's dedup key, held until expires.
+type dedupClaim struct {
+	SourceID, Key, EventID string
+	Now, Expires           time.Time
+}
+
+func newGroupCommitter(pool *pgxpool.Pool, store *eventstore.Store, workers, maxBatch int) *groupCommitter {
+	g := &groupCommitter{pool: pool, store: store, reqs: make(chan appendRequest), max: maxBatch, done: make(chan struct{})}
+	for i := 0; i < workers; i++ {
+		go g.run()
+	}
+	return g
+}
+
+// Append stores the appends, together with whatever other requests are
+// waiting, and returns once they are committed. It returns the store's
+// error for these appends (ErrConcurrency, ErrDuplicateEvent, …).
+func (g *groupCommitter) Append(ctx context.Context, appends []eventstore.StreamAppend, newJobs []jobs.NewJob) error {
+	return g.append(ctx, appendRequest{appends: appends, jobs: newJobs, result: make(chan error, 1)})
+}
+
+// AppendDedup is Append with a dedup claim: it reports whether the webhook
+// was a duplicate (and dupAppends were stored instead).
+func (g *groupCommitter) AppendDedup(ctx context.Context, appends []eventstore.StreamAppend, newJobs []jobs.NewJob, claim dedupClaim, dupAppends []eventstore.StreamAppend) (bool, error) {
+	var dup bool
+	err := g.append(ctx, appendRequest{appends: appends, jobs: newJobs, dedup: &claim, dupAppends: dupAppends, duplicate: &dup, result: make(chan error, 1)})
+	return dup, err
+}
+
+func (g *groupCommitter) append(ctx context.Context, req appendRequest) error {
+	select {
+	case g.reqs <- req:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-g.done:
+		return errClosed
+	}
+	// Once handed over the append is committed or not regardless of ctx: wait for the answer.
+	return <-req.result
+}
+
+func (g *groupCommitter) run() {
+	for {
+		var first appendRequest
+		select {
+		case first = <-g.reqs:
+		case <-g.done:
+			return
+		}
+		batch := []appendRequest{first}
+	collect:
+		for len(batch) < g.max {
+			select {
+			case r := <-g.reqs:
+				batch = append(batch, r)
+			default:
+				break collect
+			}
+		}
+		g.commit(batch)
+	}
+}
+
+func (g *groupCommitter) commit(batch []appendRequest) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := g.commitTx(ctx, batch)
+	if err == nil || len(batch) == 1 {
+		for _, r := range batch {
+			r.result <- err
+		}
+		return
+	}
+	// One request's failure must not fail its neighbours: retry each alone.
+	for _, r := range batch {
+		r.result <- g.commitTx(ctx, []appendRequest{r})
+	}
+}
+
+// commitTx appends every request's events and inserts their jobs in one
+// transaction, the event INSERT first.
+func (g *groupCommitter) commitTx(ctx context.Context, batch []appendRequest) error {
+	for _, r := range batch {
+		if r.dedup != nil {
+			return g.commitDedupTx(ctx, batch)
+		}
+	}
+	return g.commitPipelined(ctx, batch)
+}
+
+// commitPipelined is commitTx without dedup claims: BEGIN, the append, the
+// jobs' insert and COMMIT go to PostgreSQL in one round trip instead of one
+// each (ingest waits on this, so round trips are its latency). Any error,
+// a lost race included (the append then fails), aborts the transaction, and
+// its COMMIT rolls back.
+func (g *groupCommitter) commitPipelined(ctx context.Context, batch []appendRequest) error {
+	var all []eventstore.StreamAppend
+	var newJobs []jobs.NewJob
+	for _, r := range batch {
+		all = append(all, r.appends...)
+		newJobs = append(newJobs, r.jobs...)
+	}
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	read, err := g.store.QueueAppend(b, all...)
+	if err != nil {
+		return err
+	}
+	if len(newJobs) > 0 {
+		b.Queue(jobs.InsertSQL, jobs.InsertArgs(newJobs)...)
+	}
+	return kit.SendTx(ctx, g.pool, b, func(br pgx.BatchResults) error {
+		if _, err := read(br); err != nil {
+			return err
+		}
+		if len(newJobs) > 0 {
+			if _, err := br.Exec(); err != nil {
+				return fmt.Errorf("insert jobs: %w", err)
+			}
+		}
+		return nil
+	})
+}
+
+// commitDedupTx is commitTx for a batch with dedup claims, which decide
+// which events are appended.
+func (g *groupCommitter) commitDedupTx(ctx context.Context, batch []appendRequest) error {
+	return pgx.BeginFunc(ctx, g.pool, func(tx pgx.Tx) error {
+		dups, err := claimDedup(ctx, tx, batch)
+		if err != nil {
+			return err
+		}
+		var all []eventstore.StreamAppend
+		var newJobs []jobs.NewJob
+		for i, r := range batch {
+			if r.duplicate != nil {
+				*r.duplicate = dups[i]
+			}
+			if dups[i] {
+				all = append(all, r.dupAppends...)
+				continue
+			}
+			all = append(all, r.appends...)
+			newJobs = append(newJobs, r.jobs...)
+		}
+		if _, err := g.store.AppendMany(ctx, tx, all...); err != nil {
+			return err
+		}
+		if len(newJobs) == 0 {
+			return nil
+		}
+		return jobs.Insert(ctx, tx, newJobs)
+	})
+}
+
+func (g *groupCommitter) Close() { close(g.done) }
+
+// claimDedup claims the batch's dedup keys and reports which requests are
+// duplicates: of a key's holders in the batch only the first can claim it,
+// and it does when no unexpired claim holds it.
+func claimDedup(ctx context.Context, tx pgx.Tx, batch []appendRequest) ([]bool, error) {
+	dups := make([]bool, len(batch))
+	first := map[[2]string]int{}
+	var src, key, ev []string
+	var exp []time.Time
+	var now time.Time
+	for i, r := range batch {
+		if r.dedup == nil {
+			continue
+		}
+		k := [2]string{r.dedup.SourceID, r.dedup.Key}
+		if _, seen := first[k]; seen {
+			dups[i] = true
+			continue
+		}
+		first[k] = i
+		src, key, ev, exp = append(src, k[0]), append(key, k[1]), append(ev, r.dedup.EventID), append(exp, r.dedup.Expires)
+		now = r.dedup.Now
+	}
+	if len(src) == 0 {
+		return dups, nil
+	}
+	rows, err := tx.Query(ctx, `INSERT INTO dedup_keys AS d (source_id, key, event_id, expires_at)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+		ON CONFLICT (source_id, key) DO UPDATE SET event_id = excluded.event_id, expires_at = excluded.expires_at
+		WHERE d.expires_at <= $5
+		RETURNING source_id, key`, src, key, ev, exp, now)
+	if err != nil {
+		return nil, fmt.Errorf("claim dedup keys: %w", err)
+	}
+	won := map[[2]string]bool{}
+	for rows.Next() {
+		var k [2]string
+		if err := rows.Scan(&k[0], &k[1]); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		won[k] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("claim dedup keys: %w", err)
+	}
+	for k, i := range first {
+		dups[i] = !won[k]
+	}
+	return dups, nil
+}

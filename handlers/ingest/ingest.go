@@ -1,0 +1,294 @@
+// Package ingest turns a webhook into EventReceived, a DeliveryRequested per
+// matching connection and their delivery jobs, committed in groups: source
+// checks (verification, allow and deny lists, dedup), credential redaction,
+// and the cache of sources and routes it looks up.
+package ingest
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"mime"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/handlers/jobs"
+	"github.com/hookstream/hookstream/handlers/resources"
+	"github.com/hookstream/hookstream/handlers/secrets"
+	"github.com/hookstream/hookstream/internal/kit"
+)
+
+// Params configure ingest.
+type Params struct {
+	Pool  *pgxpool.Pool
+	Store *eventstore.Store
+	Now   func() time.Time
+	// MaxIngestBody bounds ingested bodies (413 above it); default 1 MiB.
+	MaxIngestBody int64
+	// CacheTTL is how long ingest reuses a looked-up source and its routes
+	// (default 1s; negative: never). ForgetRoutes clears it at once.
+	CacheTTL time.Duration
+	// Sources reads sources with their decrypted verification secrets.
+	Sources *resources.Registry
+}
+
+// Ingester receives webhooks.
+type Ingester struct {
+	p      Params
+	pool   *pgxpool.Pool
+	store  *eventstore.Store
+	now    func() time.Time
+	reg    *resources.Registry
+	ingest *groupCommitter
+	routes *ingestCache
+}
+
+// New fills defaults and starts the group committer (stop it with Close).
+func New(p Params) *Ingester {
+	if p.Now == nil {
+		p.Now = time.Now
+	}
+	if p.MaxIngestBody <= 0 {
+		p.MaxIngestBody = 1 << 20
+	}
+	if p.CacheTTL == 0 {
+		p.CacheTTL = time.Second
+	}
+	if p.Store == nil {
+		p.Store = eventstore.New(p.Now)
+	}
+	return &Ingester{p: p, pool: p.Pool, store: p.Store, now: func() time.Time { return p.Now().UTC() }, reg: p.Sources,
+		ingest: newGroupCommitter(p.Pool, p.Store, 4, 256), routes: newIngestCache(p.CacheTTL, p.Now)}
+}
+
+// ForgetRoutes drops the sources and routes ingest cached, after a
+// configuration change.
+func (s *Ingester) ForgetRoutes() { s.routes.clear() }
+
+// MaxIngestBody is the largest webhook body ingest accepts, in bytes.
+func (s *Ingester) MaxIngestBody() int64 { return s.p.MaxIngestBody }
+
+// Close stops the group committer; ingest calls after Close fail.
+func (s *Ingester) Close() { s.ingest.Close() }
+
+var errClosed = errors.New("service is closed")
+
+// IngestRequest is a webhook as it arrived at /v1/ingest/{source_id}.
+type IngestRequest struct {
+	SourceID  string
+	Method    string
+	Headers   map[string][]string
+	Query     map[string][]string
+	Body      []byte
+	SourceIP  string
+	RequestID string
+}
+
+// IngestResult is the ingest endpoint's answer.
+type IngestResult struct {
+	EventID  string `json:"event_id"`
+	SourceID string `json:"source_id"`
+}
+
+type route struct {
+	connID, connName, connStatus, destID, destName, destStatus, url, method string
+	connEnabled                                                             bool
+	rules                                                                   []domain.FilterRule
+}
+
+// IngestTarget is a source looked up for ingest, with its routes: what the
+// webhook will be checked against and fanned out to.
+type IngestTarget struct {
+	src    resources.Source
+	st     resources.SourceState
+	routes []route
+}
+
+// LookupIngest loads a source and its routes in one round trip, before the
+// body is read: an unknown source costs no upload. ENotFound for an unknown
+// or malformed id.
+func (s *Ingester) LookupIngest(ctx context.Context, sourceID string) (*IngestTarget, error) {
+	if !kit.ValidID(sourceID) {
+		return nil, kit.NotFound("Source")
+	}
+	t, gen := s.routes.get(sourceID)
+	if t != nil {
+		return t, nil
+	}
+	rows, err := s.pool.Query(ctx, `SELECT src.*, c.id, c.name, c.enabled, c.status, c.filter_rules, d.id, d.name, d.status, d.url, d.method
+		FROM (SELECT `+resources.SourceCols+` FROM sources WHERE id = $1) src
+		LEFT JOIN connections c ON c.source_id = src.id LEFT JOIN destinations d ON d.id = c.destination_id
+		ORDER BY c.created_at, c.id`, sourceID)
+	var tg IngestTarget
+	found := false
+	if err == nil {
+		for rows.Next() {
+			var r route
+			var cID, cName, cStatus, dID, dName, dStatus, url, method *string
+			var cEnabled *bool
+			var rules []byte
+			tg.src, tg.st, err = s.reg.ScanSourceState(rows, &cID, &cName, &cEnabled, &cStatus, &rules, &dID, &dName, &dStatus, &url, &method)
+			if err != nil {
+				break
+			}
+			found = true
+			if cID == nil || dID == nil {
+				continue
+			}
+			r.connID, r.connName, r.connEnabled, r.connStatus = *cID, *cName, *cEnabled, *cStatus
+			r.destID, r.destName, r.destStatus, r.url, r.method = *dID, *dName, *dStatus, *url, *method
+			if err = json.Unmarshal(rules, &r.rules); err != nil {
+				err = fmt.Errorf("connection %s filter rules: %w", r.connID, err)
+				break
+			}
+			tg.routes = append(tg.routes, r)
+		}
+		rows.Close()
+		if err == nil {
+			err = rows.Err()
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ingest: look up source: %w", err)
+	}
+	if !found {
+		return nil, kit.NotFound("Source")
+	}
+	s.routes.put(sourceID, &tg, gen)
+	return &tg, nil
+}
+
+// Ingest runs the source's checks in hookstream's order (IP lists, then the
+// signature, then dedup) and stores the webhook (EventReceived) with one
+// DeliveryRequested per matching connection, in one group-committed
+// transaction, returning after commit. A paused connection still gets its
+// delivery (the dispatcher holds it); a disabled connection or destination
+// gets none, and the event records why. tg comes from LookupIngest.
+func (s *Ingester) Ingest(ctx context.Context, tg *IngestTarget, in IngestRequest) (IngestResult, error) {
+	src, st, routes := tg.src, tg.st, tg.routes
+	in.SourceID = src.ID
+	org, env := src.OrgID, src.EnvID
+	if st.Status == "disabled" {
+		return IngestResult{}, domain.Errorf(domain.EConflict, "resources.Source is disabled")
+	}
+	if reason := domain.CheckIP(in.SourceIP, st.Allow, st.Deny); reason != "" {
+		return IngestResult{}, domain.Errorf(domain.EForbidden, "%s", reason)
+	}
+	verification := "none"
+	if st.VerifyEnabled && st.SecretErr != nil {
+		// Fail closed: a webhook is never accepted unverified.
+		return IngestResult{}, fmt.Errorf("ingest: %w", st.SecretErr)
+	}
+	if st.VerifyEnabled {
+		if err := verifySignature(st, in, s.now()); err != nil {
+			return IngestResult{}, err
+		}
+		verification = "verified"
+	}
+	// Verification saw the real values; nothing after it does. Credentials a
+	// browser or a client attaches are never stored, nor given to filters.
+	rawHeaders := in.Headers
+	// What PostgreSQL text cannot hold is replaced, never a reason to refuse
+	// (and so lose) a webhook.
+	in.Headers = kit.StorableValues(redactIngestHeaders(in.Headers, st))
+	in.Query = kit.StorableValues(in.Query)
+	in.Method = kit.StorableText(in.Method)
+	contentType := first(in.Headers, "Content-Type")
+	input := domain.FilterInput{Headers: map[string]string{}, Method: in.Method, ContentType: contentType, SourceIP: in.SourceIP}
+	for k, v := range in.Headers {
+		input.Headers[strings.ToLower(k)] = strings.Join(v, ", ")
+	}
+	if mt, _, _ := mime.ParseMediaType(contentType); len(in.Body) > 0 && (mt == "" || strings.Contains(mt, "json")) && anyRules(routes) {
+		// (Only filters read the payload: without them it is not decoded.)
+		var payload any
+		if json.Unmarshal(in.Body, &payload) == nil {
+			input.Payload = payload
+		}
+	}
+	now := s.now()
+	eventID := kit.NewID()
+	receivedUUID := uuid.Must(uuid.NewV7())
+	meta := eventstore.Metadata{Actor: "ingest", RequestID: in.RequestID, CorrelationID: eventID}
+	var appends []eventstore.StreamAppend
+	var newJobs []jobs.NewJob
+	var skipped []domain.SkippedRoute
+	for _, r := range routes {
+		reason := ""
+		switch {
+		case st.Status != "active":
+			reason = "source " + st.Status
+		case !r.connEnabled || r.connStatus == "disabled":
+			reason = "connection disabled"
+		case r.destStatus == "disabled":
+			reason = "destination disabled"
+		case !domain.MatchFilter(r.rules, input):
+			reason = "filtered"
+		}
+		if reason != "" {
+			skipped = append(skipped, domain.SkippedRoute{ConnectionID: r.connID, DestinationID: r.destID, Reason: reason})
+			continue
+		}
+		deliveryID, attemptID := kit.NewID(), kit.NewID()
+		newJobs = append(newJobs, jobs.NewJob{DeliveryID: deliveryID, OrgID: org, EnvID: env, EventID: eventID, ConnectionID: r.connID,
+			DestinationID: r.destID, ReceivedUUID: receivedUUID.String(), AttemptID: attemptID, Trigger: domain.TriggerInitial, Due: now})
+		appends = append(appends, eventstore.StreamAppend{
+			StreamType: domain.StreamDelivery, StreamID: deliveryID, OrgID: org, EnvID: env, Expected: eventstore.NoStream,
+			Events: []eventstore.NewEvent{{Type: domain.EvDeliveryRequested, Metadata: eventstore.Metadata{Actor: "ingest", RequestID: in.RequestID, CorrelationID: eventID, CausationID: receivedUUID.String()},
+				Payload: domain.DeliveryRequested{
+					DeliveryID: deliveryID, EventID: eventID, ReceivedUUID: receivedUUID.String(),
+					ConnectionID: r.connID, ConnectionName: r.connName, DestinationID: r.destID, DestinationName: r.destName,
+					RequestURL: r.url, RequestMethod: r.method, AttemptID: attemptID, TriggerType: domain.TriggerInitial, RequestedAt: now,
+				}}},
+		})
+	}
+	received := domain.EventReceived{
+		EventID: eventID, SourceID: in.SourceID, SourceName: src.Name, SourceSlug: src.Slug, Method: in.Method,
+		Headers: in.Headers, Query: in.Query, ContentType: contentType, SourceIP: in.SourceIP,
+		BodyB64: base64.StdEncoding.EncodeToString(in.Body), BodySize: len(in.Body), Deliveries: len(appends), ReceivedAt: now,
+		VerificationStatus: verification, DedupStatus: "unique", Skipped: skipped,
+	}
+	eventAppend := func(e domain.EventReceived) eventstore.StreamAppend {
+		return eventstore.StreamAppend{StreamType: domain.StreamEvent, StreamID: eventID, OrgID: org, EnvID: env, Expected: eventstore.NoStream,
+			Events: []eventstore.NewEvent{{ID: receivedUUID, Type: domain.EvEventReceived, Payload: e, Metadata: meta}}}
+	}
+	var key string
+	var dedup bool
+	if st.DedupEnabled {
+		key, dedup = domain.DedupKey(st.DedupStrategy, st.DedupField, rawHeaders, in.Body)
+	}
+	if !dedup {
+		if err := s.ingest.Append(ctx, append([]eventstore.StreamAppend{eventAppend(received)}, appends...), newJobs); err != nil {
+			return IngestResult{}, fmt.Errorf("ingest: append: %w", err)
+		}
+		return IngestResult{EventID: eventID, SourceID: in.SourceID}, nil
+	}
+	received.DedupHash = secrets.Fingerprint(st.DedupStrategy + ":" + key)
+	dup := received
+	dup.DedupStatus, dup.Deliveries, dup.Skipped = "duplicate", 0, nil
+	for _, r := range routes {
+		dup.Skipped = append(dup.Skipped, domain.SkippedRoute{ConnectionID: r.connID, DestinationID: r.destID, Reason: "duplicate"})
+	}
+	claim := dedupClaim{SourceID: in.SourceID, Key: key, EventID: eventID, Now: now, Expires: now.Add(time.Duration(st.DedupWindow) * time.Second)}
+	if _, err := s.ingest.AppendDedup(ctx, append([]eventstore.StreamAppend{eventAppend(received)}, appends...), newJobs, claim,
+		[]eventstore.StreamAppend{eventAppend(dup)}); err != nil {
+		return IngestResult{}, fmt.Errorf("ingest: append: %w", err)
+	}
+	return IngestResult{EventID: eventID, SourceID: in.SourceID}, nil
+}
+
+// anyRules reports whether a route filters on the webhook.
+func anyRules(routes []route) bool {
+	for _, r := range routes {
+		if len(r.rules) > 0 {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,166 @@
+// Package metrics is what hookstream reports about itself: the Prometheus
+// collectors (/metrics) and the tenant-facing figures of /v1/metrics/*.
+package metrics
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/projections"
+)
+
+// Metrics are hookstream's Prometheus metrics. Labels are bounded: routes
+// are mux templates, destinations are configuration (never event, delivery
+// or attempt ids).
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	deliveries      *prometheus.CounterVec
+	attemptDuration *prometheus.HistogramVec
+	ingestRequests  *prometheus.CounterVec
+	ingestBytes     prometheus.Counter
+	apiDuration     *prometheus.HistogramVec
+}
+
+// NewMetrics registers every metric; the database-derived ones (queue,
+// lag, circuits, pool) are read at scrape time from pool.
+func NewMetrics(pool *pgxpool.Pool, log *slog.Logger) *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: reg,
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hookstream_delivery_attempts_total",
+			Help: "Delivery attempts recorded, by destination and outcome (success or failed)."}, []string{"destination_id", "outcome"}),
+		attemptDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "hookstream_delivery_attempt_duration_seconds",
+			Help: "Duration of outbound delivery requests.", Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 120}},
+			[]string{"outcome"}),
+		ingestRequests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hookstream_ingest_requests_total",
+			Help: "Webhooks received at /v1/ingest, by HTTP status answered."}, []string{"code"}),
+		ingestBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "hookstream_ingest_bytes_total",
+			Help: "Body bytes of webhooks accepted at /v1/ingest."}),
+		apiDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "hookstream_http_request_duration_seconds",
+			Help: "API request latency by route template, method and status.", Buckets: prometheus.DefBuckets},
+			[]string{"route", "method", "code"}),
+	}
+	reg.MustRegister(m.deliveries, m.attemptDuration, m.ingestRequests, m.ingestBytes, m.apiDuration,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&dbCollector{pool: pool, log: log})
+	return m
+}
+
+// RecordAttempt counts one recorded attempt to a destination.
+func (m *Metrics) RecordAttempt(destinationID string, r domain.DeliveryAttempted) {
+	if m == nil {
+		return
+	}
+	outcome := "failed"
+	if r.Status == domain.AttemptSuccess {
+		outcome = "success"
+	}
+	m.deliveries.WithLabelValues(destinationID, outcome).Inc()
+	m.attemptDuration.WithLabelValues(outcome).Observe(float64(r.DurationMS) / 1000)
+}
+
+// dbCollector reads queue depth, consumer lag, circuit states and pool
+// statistics when scraped.
+type dbCollector struct {
+	pool *pgxpool.Pool
+	log  *slog.Logger
+}
+
+var (
+	descJobs        = prometheus.NewDesc("hookstream_delivery_jobs", "Scheduled deliveries by state: due (waiting for a worker), in_flight (leased), later (not yet due).", []string{"state"}, nil)
+	descOldestDue   = prometheus.NewDesc("hookstream_oldest_due_job_age_seconds", "How long the oldest due, unleased delivery has waited (0 when none).", nil, nil)
+	descLagEvents   = prometheus.NewDesc("hookstream_consumer_lag_events", "Committed events of a consumer group's types it has not processed.", []string{"group"}, nil)
+	descLagSeconds  = prometheus.NewDesc("hookstream_consumer_lag_seconds", "Age of the oldest event a consumer group has not processed.", []string{"group"}, nil)
+	descCircuit     = prometheus.NewDesc("hookstream_circuit_state", "Circuit breaker state per destination: 0 closed, 1 half-open, 2 open.", []string{"destination_id"}, nil)
+	descPoolConns   = prometheus.NewDesc("hookstream_db_pool_connections", "PostgreSQL pool connections by state.", []string{"state"}, nil)
+	descPoolMax     = prometheus.NewDesc("hookstream_db_pool_max_connections", "PostgreSQL pool size limit.", nil, nil)
+	descPoolAcquire = prometheus.NewDesc("hookstream_db_pool_acquires_total", "Connections acquired from the pool.", nil, nil)
+	descPoolWait    = prometheus.NewDesc("hookstream_db_pool_acquire_wait_seconds_total", "Time spent waiting for a pool connection.", nil, nil)
+)
+
+func (c *dbCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descJobs, descOldestDue, descLagEvents, descLagSeconds, descCircuit, descPoolConns, descPoolMax, descPoolAcquire, descPoolWait} {
+		ch <- d
+	}
+}
+
+func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
+	st := c.pool.Stat()
+	ch <- prometheus.MustNewConstMetric(descPoolConns, prometheus.GaugeValue, float64(st.AcquiredConns()), "acquired")
+	ch <- prometheus.MustNewConstMetric(descPoolConns, prometheus.GaugeValue, float64(st.IdleConns()), "idle")
+	ch <- prometheus.MustNewConstMetric(descPoolConns, prometheus.GaugeValue, float64(st.TotalConns()), "total")
+	ch <- prometheus.MustNewConstMetric(descPoolMax, prometheus.GaugeValue, float64(st.MaxConns()))
+	ch <- prometheus.MustNewConstMetric(descPoolAcquire, prometheus.CounterValue, float64(st.AcquireCount()))
+	ch <- prometheus.MustNewConstMetric(descPoolWait, prometheus.CounterValue, st.AcquireDuration().Seconds())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	now := time.Now()
+	var due, inFlight, later int64
+	var oldest *time.Time
+	if err := c.pool.QueryRow(ctx, `SELECT
+			count(*) FILTER (WHERE due_at <= $1 AND (lease_until IS NULL OR lease_until < $1)),
+			count(*) FILTER (WHERE lease_until >= $1),
+			count(*) FILTER (WHERE due_at > $1 AND (lease_until IS NULL OR lease_until < $1)),
+			min(due_at) FILTER (WHERE due_at <= $1 AND (lease_until IS NULL OR lease_until < $1))
+		FROM delivery_jobs WHERE state = 'scheduled'`, now).Scan(&due, &inFlight, &later, &oldest); err != nil {
+		c.log.Error("metrics: delivery jobs", "err", err)
+	} else {
+		ch <- prometheus.MustNewConstMetric(descJobs, prometheus.GaugeValue, float64(due), "due")
+		ch <- prometheus.MustNewConstMetric(descJobs, prometheus.GaugeValue, float64(inFlight), "in_flight")
+		ch <- prometheus.MustNewConstMetric(descJobs, prometheus.GaugeValue, float64(later), "later")
+		age := 0.0
+		if oldest != nil {
+			age = max(0, now.Sub(*oldest).Seconds())
+		}
+		ch <- prometheus.MustNewConstMetric(descOldestDue, prometheus.GaugeValue, age)
+	}
+	if groups, err := projections.Status(ctx, c.pool, now); err != nil {
+		c.log.Error("metrics: consumer lag", "err", err)
+	} else {
+		for _, g := range groups {
+			ch <- prometheus.MustNewConstMetric(descLagEvents, prometheus.GaugeValue, float64(g.LagEvents), g.Group)
+			ch <- prometheus.MustNewConstMetric(descLagSeconds, prometheus.GaugeValue, g.LagSeconds, g.Group)
+		}
+	}
+	rows, err := c.pool.Query(ctx, `SELECT destination_id, state FROM destination_circuits`)
+	if err != nil {
+		c.log.Error("metrics: circuits", "err", err)
+		return
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var dest, state string
+		if err := rows.Scan(&dest, &state); err != nil {
+			return
+		}
+		v := map[string]float64{domain.CircuitClosed: 0, domain.CircuitHalfOpen: 1, domain.CircuitOpen: 2}[state]
+		ch <- prometheus.MustNewConstMetric(descCircuit, prometheus.GaugeValue, v, dest)
+	}
+}
+
+// ObserveRequest records an API request's duration by route, method and
+// status code, and counts ingest requests by status code.
+func (m *Metrics) ObserveRequest(route, method, code string, elapsed time.Duration) {
+	if m == nil {
+		return
+	}
+	m.apiDuration.WithLabelValues(route, method, code).Observe(elapsed.Seconds())
+	if route == "/v1/ingest/{source_id}" {
+		m.ingestRequests.WithLabelValues(code).Inc()
+	}
+}
+
+// CountIngestBytes counts the body bytes of an accepted webhook.
+func (m *Metrics) CountIngestBytes(n int) {
+	if m != nil {
+		m.ingestBytes.Add(float64(n))
+	}
+}

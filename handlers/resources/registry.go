@@ -1,0 +1,125 @@
+// Package resources is the configuration API: sources, destinations and
+// connections (their validation, event streams and tables), and the sealing
+// of their secrets at rest.
+package resources
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/handlers/outbound"
+	"github.com/hookstream/hookstream/internal/kit"
+	"github.com/hookstream/hookstream/internal/secretbox"
+)
+
+// Params configure the registry.
+type Params struct {
+	Pool      *pgxpool.Pool
+	Store     *eventstore.Store
+	Log       *slog.Logger
+	Now       func() time.Time
+	PublicURL string // base of ingest URLs, e.g. http://127.0.0.1:8080
+	// Secrets encrypts signing and verification secrets, credential headers
+	// and URL userinfo at rest; without a key, storing one is refused.
+	Secrets *secretbox.Keyring
+	// Outbound refuses destination URLs whose host is a disallowed address
+	// literal (the zero policy refuses every non-public range).
+	Outbound outbound.Policy
+	// Changed, when set, is called after every configuration write commits
+	// (ingest forgets its cached routes).
+	Changed func()
+}
+
+// Registry is the sources, destinations and connections of every tenant.
+type Registry struct {
+	p     Params
+	pool  *pgxpool.Pool
+	store *eventstore.Store
+	now   func() time.Time
+}
+
+// New returns the registry; p.Now and p.Log default to the clock and slog's default.
+func New(p Params) *Registry {
+	if p.Now == nil {
+		p.Now = time.Now
+	}
+	if p.Log == nil {
+		p.Log = slog.Default()
+	}
+	if p.Store == nil {
+		p.Store = eventstore.New(p.Now)
+	}
+	return &Registry{p: p, pool: p.Pool, store: p.Store, now: func() time.Time { return p.Now().UTC() }}
+}
+
+// configTx runs a configuration write in a transaction, then forgets the
+// routes ingest cached (a lookup during the write may have cached the rows
+// it replaces).
+func (s *Registry) configTx(ctx context.Context, fn func(pgx.Tx) error) error {
+	if s.p.Changed != nil {
+		defer s.p.Changed()
+	}
+	return pgx.BeginFunc(ctx, s.pool, fn)
+}
+
+// recordConfig appends a configuration event in tx (first write of the tx).
+func (s *Registry) recordConfig(ctx context.Context, tx pgx.Tx, t domain.Tenant, streamType, id, evType string, payload any, requestID string) error {
+	_, err := s.store.Append(ctx, tx, eventstore.StreamAppend{
+		StreamType: streamType, StreamID: id, OrgID: t.OrgID, EnvID: t.EnvID, Expected: eventstore.AnyVersion,
+		Events: []eventstore.NewEvent{{Type: evType, Payload: payload, Metadata: eventstore.Metadata{Actor: t.Actor, RequestID: requestID, CorrelationID: requestID}}},
+	})
+	return err
+}
+
+// ---- sources ----
+
+func checkTenantFields(t domain.Tenant, org, env *string) error {
+	if org != nil && *org != t.OrgID {
+		return domain.Errorf(domain.ENotFound, "Environment not found")
+	}
+	if env != nil && *env != t.EnvID {
+		return domain.Errorf(domain.ENotFound, "Environment not found")
+	}
+	return nil
+}
+
+func (s *Registry) deleteConfig(ctx context.Context, t domain.Tenant, streamType, evType, table, connCol, kind, id, rid string) error {
+	err := s.configTx(ctx, func(tx pgx.Tx) error {
+		if connCol != "" {
+			var n int
+			if err := tx.QueryRow(ctx, `SELECT count(*) FROM connections WHERE `+connCol+` = $1`, id).Scan(&n); err != nil {
+				return err
+			}
+			if n > 0 {
+				return domain.Errorf(domain.EConflict, "%s has %d connection(s); delete them first", kind, n)
+			}
+		}
+		if err := s.recordConfig(ctx, tx, t, streamType, id, evType, map[string]any{"id": id}, rid); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `DELETE FROM `+table+` WHERE id = $1 AND org_id = $2 AND env_id = $3`, id, t.OrgID, t.EnvID)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return kit.NotFound(kind)
+		}
+		return nil
+	})
+	if err != nil && domain.ErrorCode(err) == domain.EInternal {
+		return fmt.Errorf("delete %s: %w", strings.ToLower(kind), err)
+	}
+	return err
+}
+
+// ---- destinations ----
+
+// ---- connections ----

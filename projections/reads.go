@@ -1,0 +1,191 @@
+package projections
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/internal/kit"
+)
+
+// Attempt is the seed's delivery_attempt object: exactly its 24 fields.
+type Attempt struct {
+	ID              string  `json:"id"`
+	OrgID           string  `json:"org_id"`
+	EnvID           string  `json:"env_id"`
+	EventID         string  `json:"event_id"`
+	ConnectionID    string  `json:"connection_id"`
+	DestinationID   string  `json:"destination_id"`
+	RequestURL      string  `json:"request_url"`
+	RequestMethod   string  `json:"request_method"`
+	RequestHeaders  *string `json:"request_headers"`
+	RequestBodySize int     `json:"request_body_size"`
+	ResponseStatus  *int    `json:"response_status"`
+	ResponseHeaders *string `json:"response_headers"`
+	ResponseBody    *string `json:"response_body"`
+	DurationMS      *int    `json:"duration_ms"`
+	Status          string  `json:"status"`
+	Error           *string `json:"error"`
+	CreatedAt       string  `json:"created_at"`
+	AttemptNumber   *int    `json:"attempt_number"`
+	NextRetryAt     *string `json:"next_retry_at"`
+	IsDLQ           *int    `json:"is_dlq"`
+	DLQAt           *string `json:"dlq_at"`
+	TriggerType     *string `json:"trigger_type"`
+	ConnectionName  *string `json:"connection_name"`
+	DestinationName *string `json:"destination_name"`
+}
+
+const attemptCols = `id, org_id, env_id, event_id, connection_id, destination_id, request_url, request_method, request_headers,
+	request_body_size, response_status, response_headers, response_body, duration_ms, status, error, created_at, attempt_number,
+	next_retry_at, is_dlq, dlq_at, trigger_type, connection_name, destination_name`
+
+func scanAttempt(row pgx.Row) (Attempt, error) {
+	var a Attempt
+	var created time.Time
+	var next, dlq *time.Time
+	err := row.Scan(&a.ID, &a.OrgID, &a.EnvID, &a.EventID, &a.ConnectionID, &a.DestinationID, &a.RequestURL, &a.RequestMethod,
+		&a.RequestHeaders, &a.RequestBodySize, &a.ResponseStatus, &a.ResponseHeaders, &a.ResponseBody, &a.DurationMS, &a.Status,
+		&a.Error, &created, &a.AttemptNumber, &next, &a.IsDLQ, &dlq, &a.TriggerType, &a.ConnectionName, &a.DestinationName)
+	a.CreatedAt = kit.ISOTime(created)
+	a.NextRetryAt, a.DLQAt = kit.ISOTimePtr(next), kit.ISOTimePtr(dlq)
+	return a, err
+}
+
+// AttemptFilter are the list filters of GET /v1/delivery-attempts.
+type AttemptFilter struct {
+	EventID, ConnectionID, DestinationID, Status string
+	IsDLQ                                        *int
+	Limit, Offset                                int
+}
+
+// ListAttempts lists the tenant's attempts, newest first.
+func (r *Reads) ListAttempts(ctx context.Context, t domain.Tenant, f AttemptFilter) ([]Attempt, Pagination, error) {
+	where := `org_id = $1 AND env_id = $2 AND ($3 = '' OR event_id = $3) AND ($4 = '' OR connection_id = $4)
+		AND ($5 = '' OR destination_id = $5) AND ($6 = '' OR status = $6) AND ($7::int IS NULL OR is_dlq = $7)`
+	args := []any{t.OrgID, t.EnvID, f.EventID, f.ConnectionID, f.DestinationID, f.Status, f.IsDLQ}
+	out, p, err := PageQuery(ctx, r.pool, "delivery_attempts", attemptCols, where, "created_at DESC, id DESC", args, f.Limit, f.Offset, scanAttempt)
+	if err != nil {
+		return nil, p, fmt.Errorf("list attempts: %w", err)
+	}
+	return out, p, nil
+}
+
+// GetAttempt returns one attempt of the tenant, or ENotFound "Delivery attempt not found".
+func (r *Reads) GetAttempt(ctx context.Context, t domain.Tenant, id string) (Attempt, error) {
+	if !kit.ValidID(id) {
+		return Attempt{}, kit.NotFound("Delivery attempt")
+	}
+	a, err := scanAttempt(r.pool.QueryRow(ctx, `SELECT `+attemptCols+` FROM delivery_attempts WHERE id = $1 AND org_id = $2 AND env_id = $3`, id, t.OrgID, t.EnvID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Attempt{}, kit.NotFound("Delivery attempt")
+	}
+	if err != nil {
+		return Attempt{}, fmt.Errorf("get attempt: %w", err)
+	}
+	return a, nil
+}
+
+// EventSummary is an item of GET /v1/events.
+type EventSummary struct {
+	ID                 string  `json:"id"`
+	SourceID           string  `json:"source_id"`
+	OrgID              string  `json:"org_id"`
+	EnvID              string  `json:"env_id"`
+	Method             string  `json:"method"`
+	ContentType        *string `json:"content_type"`
+	SourceIP           *string `json:"source_ip"`
+	PayloadSize        int     `json:"payload_size"`
+	VerificationStatus string  `json:"verification_status"`
+	DedupStatus        string  `json:"dedup_status"`
+	DedupHash          *string `json:"dedup_hash"`
+	Status             string  `json:"status"`
+	ReceivedAt         string  `json:"received_at"`
+	SourceName         *string `json:"source_name"`
+	SourceSlug         *string `json:"source_slug"`
+}
+
+// EventDetail is GET /v1/events/{id}'s event.
+type EventDetail struct {
+	EventSummary
+	Headers       json.RawMessage `json:"headers"`
+	QueryParams   json.RawMessage `json:"query_params"`
+	Payload       any             `json:"payload"`
+	PayloadInline *string         `json:"payload_inline"`
+}
+
+const eventCols = `id, source_id, org_id, env_id, method, content_type, source_ip, payload_size, status, received_at, source_name, source_slug,
+	verification_status, dedup_status, dedup_hash`
+
+func scanEventSummary(row pgx.Row, extra ...any) (EventSummary, error) {
+	var e EventSummary
+	var received time.Time
+	err := row.Scan(append([]any{&e.ID, &e.SourceID, &e.OrgID, &e.EnvID, &e.Method, &e.ContentType, &e.SourceIP, &e.PayloadSize,
+		&e.Status, &received, &e.SourceName, &e.SourceSlug, &e.VerificationStatus, &e.DedupStatus, &e.DedupHash}, extra...)...)
+	e.ReceivedAt = kit.ISOTime(received)
+	return e, err
+}
+
+// EventFilter are the list filters of GET /v1/events.
+type EventFilter struct {
+	SourceID, Status, Method        string
+	DedupStatus, VerificationStatus string
+	After, Before                   *time.Time
+	Limit, Offset                   int
+}
+
+// ListEvents lists the tenant's ingested events, newest first.
+func (r *Reads) ListEvents(ctx context.Context, t domain.Tenant, f EventFilter) ([]EventSummary, Pagination, error) {
+	where := `org_id = $1 AND env_id = $2 AND ($3 = '' OR source_id = $3) AND ($4 = '' OR status = $4) AND ($5 = '' OR method = $5)
+		AND ($6::timestamptz IS NULL OR received_at > $6) AND ($7::timestamptz IS NULL OR received_at < $7)
+		AND ($8 = '' OR dedup_status = $8) AND ($9 = '' OR verification_status = $9)`
+	args := []any{t.OrgID, t.EnvID, f.SourceID, f.Status, f.Method, f.After, f.Before, f.DedupStatus, f.VerificationStatus}
+	out, p, err := PageQuery(ctx, r.pool, "events_view", eventCols, where, "received_at DESC, id DESC", args, f.Limit, f.Offset,
+		func(row pgx.Row) (EventSummary, error) { return scanEventSummary(row) })
+	if err != nil {
+		return nil, p, fmt.Errorf("list events: %w", err)
+	}
+	return out, p, nil
+}
+
+// GetEvent returns one ingested event with headers, query and payload.
+func (r *Reads) GetEvent(ctx context.Context, t domain.Tenant, id string) (EventDetail, error) {
+	if !kit.ValidID(id) {
+		return EventDetail{}, kit.NotFound("Event")
+	}
+	var d EventDetail
+	var body string
+	var err error
+	d.EventSummary, err = scanEventSummary(r.pool.QueryRow(ctx, `SELECT `+eventCols+`, headers, query_params, body_b64 FROM events_view
+		WHERE id = $1 AND org_id = $2 AND env_id = $3`, id, t.OrgID, t.EnvID), &d.Headers, &d.QueryParams, &body)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return EventDetail{}, kit.NotFound("Event")
+	}
+	if err != nil {
+		return EventDetail{}, fmt.Errorf("get event: %w", err)
+	}
+	raw, _ := base64.StdEncoding.DecodeString(body)
+	var parsed any
+	if json.Unmarshal(raw, &parsed) == nil {
+		d.Payload = parsed
+	} else if len(raw) > 0 {
+		d.Payload = string(raw)
+	}
+	str := string(raw)
+	d.PayloadInline = &str
+	return d, nil
+}
+
+// Reads answers the API's queries of the delivery_attempts and events_view
+// read models.
+type Reads struct{ pool *pgxpool.Pool }
+
+// NewReads returns the read queries on pool.
+func NewReads(pool *pgxpool.Pool) *Reads { return &Reads{pool: pool} }
