@@ -1,0 +1,269 @@
+package delivery
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/hookstream/hookstream/handlers/circuit"
+	"github.com/hookstream/hookstream/handlers/jobs"
+	"github.com/hookstream/hookstream/handlers/secrets"
+	"github.com/hookstream/hookstream/handlers/signing"
+	"github.com/hookstream/hookstream/internal/kit"
+)
+
+// claimAndPublish claims due jobs within each destination's free capacity
+// and hands each destination's jobs, in batches, to free lanes. It reports
+// whether the claim was cut short by its limit (more may be due now).
+func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bool, error) {
+	// Until this claim is published, a batch that finishes wakes the
+	// dispatcher again: it may free the room this claim did not see.
+	e.capped.Store(true)
+	free := len(e.lanes) * batchSize
+	if free == 0 {
+		return false, nil // every lane busy: the next finished batch wakes us
+	}
+	dests, rooms := e.rooms()
+	// Circuits are checked for cooldowns and probes at most every 50 ms,
+	// not on every claim: a healthy engine pays one cheap query for it.
+	var probes []string
+	if now := e.p.Now(); now.Sub(e.lastProbeCheck) >= 50*time.Millisecond {
+		e.lastProbeCheck = now
+		var err error
+		if probes, err = circuit.Probes(ctx, e.p.Pool, e.p.Store, e.p.Now().UTC()); err != nil {
+			return false, err
+		}
+	}
+	var batch []dispatchJob
+	more := false
+	for pass, only := range [][]string{probes, nil} {
+		if pass == 0 && len(only) == 0 {
+			continue // no probes: one claim, not two (a nil probe list claimed like the second pass)
+		}
+		limit := free - len(batch)
+		claimed, err := e.claim(ctx, dests, rooms, limit, only)
+		if err != nil {
+			return false, err
+		}
+		more = only == nil && limit > 0 && len(claimed) == limit
+		batch = append(batch, claimed...)
+	}
+	byDest := map[string][]dispatchJob{}
+	var order []string
+	// A destination with no room, or one whose room the claim filled, may have
+	// due jobs left: then a finished batch wakes the dispatcher.
+	full := false
+	for _, r := range rooms {
+		full = full || r <= 0
+	}
+	handed := false // jobs went back for want of a lane
+	defer func() { e.capped.Store(more || full || handed || e.roomExhausted(byDest, dests, rooms)) }()
+	for _, j := range batch {
+		if _, ok := byDest[j.DestinationID]; !ok {
+			order = append(order, j.DestinationID)
+		}
+		byDest[j.DestinationID] = append(byDest[j.DestinationID], j)
+	}
+	for _, dest := range order {
+		back, err := e.publish(ctx, bus, dest, byDest[dest])
+		handed = handed || back
+		if err != nil {
+			return false, err
+		}
+	}
+	return more, nil
+}
+
+// roomExhausted reports whether a claim took all the room a destination
+// had (so due jobs of it may have been left behind).
+func (e *Engine) roomExhausted(byDest map[string][]dispatchJob, dests []string, rooms []int32) bool {
+	defaultRoom := min(e.p.PerDestination, e.maxBatches()*batchSize)
+	for d, got := range byDest {
+		room := defaultRoom
+		for i, known := range dests {
+			if known == d {
+				room = int(rooms[i])
+			}
+		}
+		if len(got) >= room {
+			return true
+		}
+	}
+	return false
+}
+
+// publish hands one destination's claimed jobs to lanes, batchSize at a time.
+// A claim never exceeds the destination's room; when the free lanes run out
+// (other destinations took them), the rest is handed back (reported true).
+func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string, group []dispatchJob) (bool, error) {
+	chunks := (len(group) + batchSize - 1) / batchSize
+	e.mu.Lock()
+	load := e.inflight[dest]
+	if load == nil {
+		load = &destLoad{}
+		e.inflight[dest] = load
+	}
+	load.requests += len(group)
+	load.batches += chunks
+	e.mu.Unlock()
+	for len(group) > 0 {
+		chunk := group[:min(batchSize, len(group))]
+		group = group[len(chunk):]
+		var lane int
+		select {
+		case lane = <-e.lanes:
+		default:
+			// No free lane (other destinations hold them): hand these jobs back
+			// now rather than wait with their leases running.
+			left := append(append([]dispatchJob(nil), chunk...), group...)
+			e.finished(dest, len(left), chunks, -1)
+			return true, e.handBack(ctx, left)
+		}
+		chunks--
+		// The lanes are in process: the message carries the batch's id, and
+		// the jobs (secrets included) never leave memory or get encoded.
+		msg := message.NewMessage(kit.NewID(), nil)
+		e.batches.Store(msg.UUID, chunk)
+		msg.Metadata.Set("lane", strconv.Itoa(lane))
+		msg.Metadata.Set("destination_id", dest)
+		if err := bus.Publish(laneTopic(lane), msg); err != nil {
+			e.batches.Delete(msg.UUID)
+			e.finished(dest, len(chunk)+len(group), chunks+1, lane)
+			return false, fmt.Errorf("publish batch: %w", err)
+		}
+	}
+	return false, nil
+}
+
+// handBack releases the leases of claimed jobs that were not sent.
+func (e *Engine) handBack(ctx context.Context, batch []dispatchJob) error {
+	ids := make([]string, len(batch))
+	for i, j := range batch {
+		ids[i] = j.DeliveryID
+	}
+	if _, err := e.p.Pool.Exec(context.WithoutCancel(ctx), jobs.ReleaseSQL, ids, e.p.WorkerID); err != nil {
+		return fmt.Errorf("hand back jobs: %w", err)
+	}
+	return nil
+}
+
+// claim leases due jobs: at most limit, each destination within its room
+// (dests/rooms; others PerDestination), only the given ones when only is
+// not nil.
+func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, limit int, only []string) ([]dispatchJob, error) {
+	if only != nil {
+		limit = len(only)
+	}
+	if limit <= 0 {
+		return nil, nil
+	}
+	defaultRoom := min(e.p.PerDestination, e.maxBatches()*batchSize)
+	rows, err := e.p.Pool.Query(ctx, jobs.ClaimSQL, e.p.Now().UTC(), limit, dests, rooms, defaultRoom, only, e.p.WorkerID, e.p.LeaseMargin, e.lastDest)
+	if err != nil {
+		return nil, fmt.Errorf("claim jobs: %w", err)
+	}
+	var batch []dispatchJob
+	for rows.Next() {
+		var j dispatchJob
+		var headers, intervals, signingRaw []byte
+		var prevValid bool
+		var sealed string
+		if err := rows.Scan(&j.DeliveryID, &j.OrgID, &j.EnvID, &j.EventID, &j.DestinationID, &j.AttemptID, &j.AttemptNumber, &j.Version,
+			&j.BodyB64, &j.ContentType, &j.DestFound, &j.URL, &j.Method, &headers, &j.TimeoutMS,
+			&j.Retry.Enabled, &j.Retry.MaxRetries, &j.Retry.Backoff, &intervals, &j.DestStatus, &j.DisabledWhy, &signingRaw, &prevValid, &sealed); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("scan claimed job: %w", err)
+		}
+		e.openJobSecrets(&j, headers, signingRaw, sealed, prevValid)
+		if err := json.Unmarshal(intervals, &j.Retry.Intervals); err != nil && j.Unsendable == "" {
+			// One bad row fails its own job, not the claim (whose leases are taken).
+			j.Unsendable = "destination retry_intervals are unreadable"
+		}
+		batch = append(batch, j)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("claim jobs: %w", err)
+	}
+	if len(batch) > 0 && only == nil {
+		e.lastDest = lastServed(batch, e.lastDest)
+	}
+	return batch, nil
+}
+
+// lastServed is the destination a claim served last in its round-robin
+// order (destinations after prev first, then from the start): the highest
+// one at or below prev when the claim wrapped around, else the highest.
+func lastServed(batch []dispatchJob, prev string) string {
+	var after, wrapped string
+	for _, j := range batch {
+		if d := j.DestinationID; d > prev {
+			after = max(after, d)
+		} else {
+			wrapped = max(wrapped, d)
+		}
+	}
+	if wrapped != "" {
+		return wrapped
+	}
+	return after
+}
+
+// openJobSecrets fills a claimed job's headers, signing config and request
+// URL, decrypting the destination's secrets. Anything that does not decode
+// or decrypt makes the job unsendable: it fails without a request, rather
+// than going out unsigned or without its credentials.
+func (e *Engine) openJobSecrets(j *dispatchJob, headers, signingRaw []byte, sealed string, prevValid bool) {
+	j.SendURL = j.URL
+	if !j.DestFound {
+		return
+	}
+	if err := json.Unmarshal(headers, &j.Headers); err != nil {
+		j.Unsendable = "destination headers are unreadable"
+		return
+	}
+	if len(signingRaw) > 0 && string(signingRaw) != "null" {
+		j.Signing = &signing.Config{}
+		if err := json.Unmarshal(signingRaw, j.Signing); err != nil {
+			j.Unsendable = "signing config is unreadable; the request was not sent unsigned"
+			return
+		}
+	}
+	sec, err := secrets.OpenDest(e.p.Secrets, j.DestinationID, sealed)
+	if err != nil {
+		e.p.Log.Error("destination secrets unreadable", "destination_id", j.DestinationID, "err", err)
+		j.Unsendable = "destination secrets cannot be decrypted (encryption key missing or wrong); the request was not sent"
+		return
+	}
+	if sec.URL != "" {
+		j.SendURL = sec.URL
+	}
+	for k, v := range sec.Headers {
+		j.Headers[k] = v
+	}
+	if j.Signing != nil {
+		j.Signing.Secret = sec.SigningSecret
+		if j.Signing.Secret == "" {
+			j.Unsendable = "signing secret is missing; the request was not sent unsigned"
+			return
+		}
+	}
+	if prevValid {
+		j.PrevSecret = sec.PreviousSecret
+	}
+}
+
+// rooms is what each destination with requests in flight can still take
+// (its request and lane bounds); others can take PerDestination.
+func (e *Engine) rooms() (dests []string, rooms []int32) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for d, l := range e.inflight {
+		room := min(e.p.PerDestination-l.requests, (e.maxBatches()-l.batches)*batchSize)
+		dests, rooms = append(dests, d), append(rooms, int32(max(0, room)))
+	}
+	return dests, rooms
+}

@@ -1,0 +1,139 @@
+package delivery
+
+import (
+	"context"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/handlers/jobs"
+	"github.com/hookstream/hookstream/handlers/signing"
+)
+
+// dispatchJob is a claimed job with everything the HTTP call needs.
+type dispatchJob struct {
+	DeliveryID    string             `json:"delivery_id"`
+	OrgID         string             `json:"org_id"`
+	EnvID         string             `json:"env_id"`
+	EventID       string             `json:"event_id"`
+	DestinationID string             `json:"destination_id"`
+	AttemptID     string             `json:"attempt_id"`
+	AttemptNumber int                `json:"attempt_number"`
+	Version       int64              `json:"version"`
+	BodyB64       string             `json:"body_b64"`
+	ContentType   string             `json:"content_type"`
+	DestFound     bool               `json:"dest_found"`
+	URL           string             `json:"url"`
+	Method        string             `json:"method"`
+	Headers       map[string]string  `json:"headers"`
+	TimeoutMS     int                `json:"timeout_ms"`
+	Retry         domain.RetryPolicy `json:"retry"`
+	DestStatus    string             `json:"dest_status"`
+	DisabledWhy   string             `json:"disabled_reason"`
+	Signing       *signing.Config    `json:"signing"`
+	PrevSecret    string             `json:"prev_secret"`
+	// SendURL is the URL requested, userinfo included; URL (what attempts
+	// record) has it masked.
+	SendURL string `json:"send_url"`
+	// Unsendable, when set, is why no request may be made (a secret that
+	// does not decrypt, a signing config without its secret): fail closed.
+	Unsendable string `json:"unsendable,omitempty"`
+}
+
+func (e *Engine) dispatch(ctx context.Context, bus message.Publisher) {
+	listenDone := make(chan struct{})
+	go func() { defer close(listenDone); e.listen(ctx) }()
+	defer func() { <-listenDone }()
+	ticker := time.NewTicker(e.p.Poll)
+	defer ticker.Stop()
+	for {
+		// Claims are at least claimCooldown apart: wake-ups arriving meanwhile
+		// (a commit per webhook at low load) are served by one claim.
+		if wait := claimCooldown - e.p.Now().Sub(e.lastClaim); wait > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+		}
+		e.lastClaim = e.p.Now()
+		for {
+			more, err := e.claimAndPublish(ctx, bus)
+			if err != nil {
+				if ctx.Err() == nil {
+					e.p.Log.Error("dispatch", "err", err)
+				}
+				break
+			}
+			if !more {
+				break // the claim took every due job it could: wait for a wake-up
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.wake:
+		case <-ticker.C:
+		}
+	}
+}
+
+// listen turns NOTIFY hookstream_jobs (sent when jobs become due now) into
+// wake-ups; polling stays the fallback.
+func (e *Engine) listen(ctx context.Context) {
+	for ctx.Err() == nil {
+		conn, err := e.p.Pool.Acquire(ctx)
+		if err != nil {
+			select { // the database is away: the poll covers, try again in a second
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		if _, err := conn.Exec(ctx, "LISTEN "+jobs.Channel); err == nil {
+			for {
+				if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
+					break
+				}
+				e.notified()
+			}
+		}
+		// A LISTENing connection is not returned to the pool; closing it can only fail on a dead connection.
+		_ = conn.Hijack().Close(context.WithoutCancel(ctx))
+	}
+}
+
+func (e *Engine) poke() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// notified is a NOTIFY hookstream_jobs: new jobs (the dispatcher) and new
+// events (the projector).
+func (e *Engine) notified() {
+	e.poke()
+	e.projector.Wake()
+}
+
+// finished returns n requests and b batches of a destination, and a lane
+// (when lane >= 0).
+func (e *Engine) finished(dest string, n, b, lane int) {
+	e.mu.Lock()
+	if l := e.inflight[dest]; l != nil {
+		l.requests -= n
+		l.batches -= b
+		if l.requests <= 0 && l.batches <= 0 {
+			delete(e.inflight, dest)
+		}
+	}
+	e.mu.Unlock()
+	if lane >= 0 {
+		e.lanes <- lane
+	}
+	if e.capped.Load() {
+		e.poke() // due jobs were left behind for want of room: claim them now
+	}
+}
