@@ -193,7 +193,10 @@ func DedupKey(strategy, field string, headers map[string][]string, body []byte) 
 		if doc == nil {
 			return "", false
 		}
-		raw, _ := json.Marshal(doc)
+		raw, err := json.Marshal(doc)
+		if err != nil {
+			return "", false // a field that cannot be re-encoded is no key
+		}
 		return boundedKey("b:", string(raw)), true
 	}
 	return "", false

@@ -194,7 +194,9 @@ func buildAudit(ctx context.Context, db eventstore.DBTX, req auditRequest) (audi
 			continue
 		}
 		var payload map[string]any
-		_ = json.Unmarshal(e.Payload, &payload)
+		if err := json.Unmarshal(e.Payload, &payload); err != nil {
+			payload = map[string]any{"unreadable_payload": err.Error()}
+		}
 		delete(payload, "body_b64")
 		rep.Events = append(rep.Events, auditEvent{Time: e.RecordedAt.UTC(), Position: e.GlobalPosition, StreamType: e.StreamType, StreamID: e.StreamID,
 			Version: e.StreamVersion, Type: e.Type, Actor: e.Metadata.Actor, CorrelationID: e.Metadata.CorrelationID,
@@ -344,7 +346,9 @@ func outcome(status string, code *int, errMsg *string) string {
 // summarize is one line naming an event's key payload fields.
 func summarize(e eventstore.Event) string {
 	var p map[string]any
-	_ = json.Unmarshal(e.Payload, &p)
+	if err := json.Unmarshal(e.Payload, &p); err != nil {
+		return "unreadable payload: " + err.Error()
+	}
 	str := func(k string) string { s, _ := p[k].(string); return s }
 	num := func(k string) int { f, _ := p[k].(float64); return int(f) }
 	switch e.Type {
@@ -360,7 +364,9 @@ func summarize(e eventstore.Event) string {
 		return s
 	case domain.EvDeliveryAttempted:
 		var a domain.DeliveryAttempted
-		_ = json.Unmarshal(e.Payload, &a)
+		if err := json.Unmarshal(e.Payload, &a); err != nil {
+			return "unreadable payload: " + err.Error()
+		}
 		s := fmt.Sprintf("attempt #%d (%s): %s in %d ms", a.AttemptNumber, a.TriggerType, outcome(a.Status, a.ResponseStatus, a.Error), a.DurationMS)
 		if a.ResponseBody != nil && *a.ResponseBody != "" {
 			s += fmt.Sprintf(", response %q", oneLine(*a.ResponseBody, 60))
@@ -368,7 +374,9 @@ func summarize(e eventstore.Event) string {
 		return s
 	case domain.EvRetryScheduled:
 		var r domain.RetryScheduled
-		_ = json.Unmarshal(e.Payload, &r)
+		if err := json.Unmarshal(e.Payload, &r); err != nil {
+			return "unreadable payload: " + err.Error()
+		}
 		return fmt.Sprintf("attempt #%d (retry) not before %s", r.AttemptNumber, r.NotBefore.UTC().Format(timeFmt))
 	case domain.EvRetryRequested:
 		return fmt.Sprintf("attempt #%d (manual) requested, retrying attempt %s", num("attempt_number"), short(str("from_attempt_id")))

@@ -494,7 +494,10 @@ func newEventPrinter(w io.Writer, asJSON bool) *eventPrinter {
 
 func (p *eventPrinter) print(e eventstore.Event) {
 	if p.json {
-		meta, _ := json.Marshal(e.Metadata)
+		meta, err := json.Marshal(e.Metadata)
+		if err != nil {
+			meta = []byte("null") // a metadata struct of strings always encodes
+		}
 		_ = p.enc.Encode(eventstore.ExportLine{GlobalPosition: e.GlobalPosition, EventID: e.EventID.String(), StreamType: e.StreamType,
 			StreamID: e.StreamID, StreamVersion: e.StreamVersion, Type: e.Type, SchemaVersion: e.SchemaVersion, OrgID: e.OrgID, EnvID: e.EnvID,
 			RecordedAt: e.RecordedAt.UTC(), Metadata: meta, Payload: e.Payload})

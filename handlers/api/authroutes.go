@@ -60,8 +60,13 @@ func (a *API) setSessionCookie(w http.ResponseWriter, s tenancy.Session, maxAge 
 }
 
 func (a *API) registerAuthRoutes(r *mux.Router) {
+	a.registerLoginRoutes(r)
+	a.registerKeyRoutes(r)
+	a.registerEnvironmentRoutes(r)
+}
+
+func (a *API) registerLoginRoutes(r *mux.Router) {
 	acc := a.p.Accounts
-	// Login exchanges an API key (body or X-API-Key) for a session cookie.
 	r.HandleFunc("/auth/login", func(w http.ResponseWriter, r *http.Request) {
 		// A key in a header cannot come from a cross-site form; a key in the
 		// body must come as JSON (CSRF: no logging a browser into another account).
@@ -112,60 +117,4 @@ func (a *API) registerAuthRoutes(r *mux.Router) {
 		t := tenantOf(r)
 		writeJSON(w, http.StatusOK, map[string]any{"org_id": t.OrgID, "env_id": t.EnvID, "session_id": kit.NullIfEmpty(t.SessionID), "api_key_id": kit.NullIfEmpty(t.KeyID)})
 	})).Methods(http.MethodGet)
-
-	r.HandleFunc("/auth/api-keys", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		t := tenantOf(r)
-		if err := requireSession(t); err != nil {
-			writeError(w, r, a.p.Log, err)
-			return
-		}
-		var in tenancy.APIKeyInput
-		if !a.decode(w, r, &in) {
-			return
-		}
-		if in.Name == nil {
-			writeError(w, r, a.p.Log, kit.Invalidf("'name' is required"))
-			return
-		}
-		p := tenancy.KeyParams{Name: *in.Name, OrgID: t.OrgID, EnvID: t.EnvID, Scopes: in.Scopes, Actor: t.Actor}
-		if in.OrgID != nil && *in.OrgID != t.OrgID {
-			writeError(w, r, a.p.Log, kit.NotFound("Environment"))
-			return
-		}
-		if in.EnvID != nil {
-			p.EnvID = *in.EnvID // CreateAPIKey checks it belongs to the organization
-		}
-		a.respond(w, r, http.StatusCreated, "api_key")(tenancy.CreateAPIKey(r.Context(), a.p.Pool, a.p.Store, p, a.p.Now()))
-	})).Methods(http.MethodPost)
-	r.HandleFunc("/auth/api-keys", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		t := tenantOf(r)
-		a.respond(w, r, http.StatusOK, "api_keys")(acc.ListAPIKeys(r.Context(), t.OrgID, t.EnvID))
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/auth/api-keys/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		t := tenantOf(r)
-		if err := requireSession(t); err != nil {
-			writeError(w, r, a.p.Log, err)
-			return
-		}
-		a.deleted(w, r, acc.RevokeAPIKey(r.Context(), t.OrgID, mux.Vars(r)["id"], t.Actor, a.p.Now()))
-	})).Methods(http.MethodDelete)
-
-	r.HandleFunc("/environments", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		var in tenancy.EnvironmentInput
-		if a.decode(w, r, &in) {
-			a.respond(w, r, http.StatusCreated, "environment")(acc.CreateEnvironment(r.Context(), tenantOf(r), in, a.p.Now()))
-		}
-	})).Methods(http.MethodPost)
-	r.HandleFunc("/environments", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		a.respond(w, r, http.StatusOK, "environments")(acc.ListEnvironments(r.Context(), tenantOf(r)))
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/environments/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		a.respond(w, r, http.StatusOK, "environment")(acc.GetEnvironment(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/environments/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		var in tenancy.EnvironmentInput
-		if a.decode(w, r, &in) {
-			a.respond(w, r, http.StatusOK, "environment")(acc.UpdateEnvironment(r.Context(), tenantOf(r), mux.Vars(r)["id"], in, a.p.Now()))
-		}
-	})).Methods(http.MethodPatch)
 }

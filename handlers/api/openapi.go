@@ -1,6 +1,8 @@
 package api
 
 import (
+	"strconv"
+
 	"github.com/hookstream/hookstream/projections"
 
 	_ "embed"
@@ -28,7 +30,8 @@ var OpenAPIJSON []byte
 
 // schemaFor is the JSON Schema (2020-12) of a Go type as encoding/json
 // writes it: structs list every json-tagged field as required and allow no
-// others, pointers may be null.
+// others, pointers may be null. It is one switch over reflect kinds, longer
+// than the usual function but read case by case.
 func schemaFor(t reflect.Type, defs map[string]any) map[string]any {
 	if t.Kind() == reflect.Pointer {
 		inner := schemaFor(t.Elem(), defs)
@@ -111,7 +114,8 @@ type op struct {
 	text                  bool // text/plain response
 }
 
-// operations lists every endpoint the API serves.
+// operations lists every endpoint the API serves: a table, one line per
+// operation, kept in one place so a new route is one line here.
 func operations() []op {
 	page := map[string]string{"limit": "integer", "offset": "integer"}
 	with := func(m map[string]string, extra map[string]string) map[string]string {
@@ -201,7 +205,6 @@ type issueInputDoc struct {
 func OpenAPIDocument() map[string]any {
 	defs := map[string]any{}
 	schema := func(v any) map[string]any { return schemaFor(reflect.TypeOf(v), defs) }
-	errResp := map[string]any{"description": "Error", "content": map[string]any{"application/json": map[string]any{"schema": map[string]any{"$ref": "#/components/schemas/Error"}}}}
 	paths := map[string]any{}
 	for _, o := range operations() {
 		item, _ := paths[o.path].(map[string]any)
@@ -209,88 +212,22 @@ func OpenAPIDocument() map[string]any {
 			item = map[string]any{}
 			paths[o.path] = item
 		}
-		var params []any
-		for _, name := range pathParams(o.path) {
-			params = append(params, map[string]any{"name": name, "in": "path", "required": true, "schema": map[string]any{"type": "string"}})
-		}
-		qnames := make([]string, 0, len(o.query))
-		for q := range o.query {
-			qnames = append(qnames, q)
-		}
-		sort.Strings(qnames)
-		for _, q := range qnames {
-			// Query values are validated by the handlers (400 naming the parameter), so any string is accepted here.
-			params = append(params, map[string]any{"name": q, "in": "query", "schema": map[string]any{"type": "string"}})
-		}
-		okStatus := o.ok
-		if okStatus == 0 {
-			okStatus = 200
-		}
-		var okBody map[string]any
-		switch {
-		case o.text:
-			okBody = map[string]any{"description": "OK", "content": map[string]any{"text/plain": map[string]any{"schema": map[string]any{"type": "string"}}}}
-		default:
-			var s map[string]any
-			if v, ok := o.resp[""]; ok {
-				s = schema(v)
-			} else {
-				props := map[string]any{}
-				var req []string
-				for k, v := range o.resp {
-					if arr, ok := v.([]any); ok {
-						props[k] = map[string]any{"type": "array", "items": schema(arr[0])}
-					} else {
-						props[k] = schema(v)
-					}
-					req = append(req, k)
-				}
-				sort.Strings(req)
-				s = map[string]any{"type": "object", "properties": props, "required": req, "additionalProperties": false}
-			}
-			okBody = map[string]any{"description": "OK", "content": map[string]any{"application/json": map[string]any{"schema": s}}}
-		}
-		responses := map[string]any{itoa(okStatus): okBody}
-		for _, c := range append(o.errors, 500) {
-			responses[itoa(c)] = errResp
-		}
-		if o.path == "/v1/health" || o.path == "/v1/ready" {
-			responses["503"] = map[string]any{"description": "Not healthy or not ready", "content": okBody["content"]} // same body, failing checks named
-		}
-		if !o.public {
-			// Any authenticated call: 400 for a query parameter PostgreSQL
-			// cannot hold, 403 for a cookie-authenticated write that fails
-			// the CSRF checks.
-			responses["400"], responses["401"], responses["403"] = errResp, errResp, errResp
-		}
-		operation := map[string]any{"summary": o.summary, "operationId": operationID(o), "responses": responses}
-		if params != nil {
-			operation["parameters"] = params
-		}
-		if o.public {
-			operation["security"] = []any{}
-		}
-		switch {
-		case o.anyBody:
-			operation["requestBody"] = map[string]any{"required": false, "content": map[string]any{"*/*": map[string]any{"schema": map[string]any{}}}}
-		case o.body != nil:
-			operation["requestBody"] = map[string]any{"required": true, "content": map[string]any{"application/json": map[string]any{"schema": schema(o.body)}}}
-		}
-		if o.anyBody {
-			for _, m := range []string{"get", "post", "put", "patch", "delete"} {
-				cp := map[string]any{}
-				for k, v := range operation {
-					cp[k] = v
-				}
-				cp["operationId"] = operationID(o) + "_" + m
-				if m == "get" || m == "delete" {
-					delete(cp, "requestBody")
-				}
-				item[m] = cp
-			}
+		operation := operationObject(o, schema)
+		if !o.anyBody {
+			item[strings.ToLower(o.method)] = operation
 			continue
 		}
-		item[strings.ToLower(o.method)] = operation
+		for _, m := range []string{"get", "post", "put", "patch", "delete"} {
+			cp := map[string]any{}
+			for k, v := range operation {
+				cp[k] = v
+			}
+			cp["operationId"] = operationID(o) + "_" + m
+			if m == "get" || m == "delete" {
+				delete(cp, "requestBody")
+			}
+			item[m] = cp
+		}
 	}
 	// Request bodies may omit any field (partial updates; the handlers name what is missing).
 	for name, d := range defs {
@@ -319,6 +256,88 @@ func OpenAPIDocument() map[string]any {
 	}
 }
 
+// operationObject is one operation of the document: parameters, responses
+// and request body.
+func operationObject(o op, schema func(any) map[string]any) map[string]any {
+	errResp := map[string]any{"description": "Error", "content": map[string]any{"application/json": map[string]any{"schema": map[string]any{"$ref": "#/components/schemas/Error"}}}}
+	okStatus := o.ok
+	if okStatus == 0 {
+		okStatus = 200
+	}
+	okBody := okResponse(o, schema)
+	responses := map[string]any{itoa(okStatus): okBody}
+	for _, c := range append(o.errors, 500) {
+		responses[itoa(c)] = errResp
+	}
+	if o.path == "/v1/health" || o.path == "/v1/ready" {
+		responses["503"] = map[string]any{"description": "Not healthy or not ready", "content": okBody["content"]} // same body, failing checks named
+	}
+	if !o.public {
+		// Any authenticated call: 400 for a query parameter PostgreSQL
+		// cannot hold, 403 for a cookie-authenticated write that fails
+		// the CSRF checks.
+		responses["400"], responses["401"], responses["403"] = errResp, errResp, errResp
+	}
+	operation := map[string]any{"summary": o.summary, "operationId": operationID(o), "responses": responses}
+	if params := parameters(o); params != nil {
+		operation["parameters"] = params
+	}
+	if o.public {
+		operation["security"] = []any{}
+	}
+	switch {
+	case o.anyBody:
+		operation["requestBody"] = map[string]any{"required": false, "content": map[string]any{"*/*": map[string]any{"schema": map[string]any{}}}}
+	case o.body != nil:
+		operation["requestBody"] = map[string]any{"required": true, "content": map[string]any{"application/json": map[string]any{"schema": schema(o.body)}}}
+	}
+	return operation
+}
+
+// parameters are an operation's path and query parameters.
+func parameters(o op) []any {
+	var params []any
+	for _, name := range pathParams(o.path) {
+		params = append(params, map[string]any{"name": name, "in": "path", "required": true, "schema": map[string]any{"type": "string"}})
+	}
+	qnames := make([]string, 0, len(o.query))
+	for q := range o.query {
+		qnames = append(qnames, q)
+	}
+	sort.Strings(qnames)
+	for _, q := range qnames {
+		// Query values are validated by the handlers (400 naming the parameter), so any string is accepted here.
+		params = append(params, map[string]any{"name": q, "in": "query", "schema": map[string]any{"type": "string"}})
+	}
+	return params
+}
+
+// okResponse is an operation's success response: text, one schema, or an
+// object of named members.
+func okResponse(o op, schema func(any) map[string]any) map[string]any {
+	if o.text {
+		return map[string]any{"description": "OK", "content": map[string]any{"text/plain": map[string]any{"schema": map[string]any{"type": "string"}}}}
+	}
+	var s map[string]any
+	if v, ok := o.resp[""]; ok {
+		s = schema(v)
+	} else {
+		props := map[string]any{}
+		var req []string
+		for k, v := range o.resp {
+			if arr, ok := v.([]any); ok {
+				props[k] = map[string]any{"type": "array", "items": schema(arr[0])}
+			} else {
+				props[k] = schema(v)
+			}
+			req = append(req, k)
+		}
+		sort.Strings(req)
+		s = map[string]any{"type": "object", "properties": props, "required": req, "additionalProperties": false}
+	}
+	return map[string]any{"description": "OK", "content": map[string]any{"application/json": map[string]any{"schema": s}}}
+}
+
 func pathParams(path string) []string {
 	var out []string
 	for _, seg := range strings.Split(path, "/") {
@@ -341,10 +360,14 @@ func operationID(o op) string {
 	return id
 }
 
-func itoa(n int) string { b, _ := json.Marshal(n); return string(b) }
+func itoa(n int) string { return strconv.Itoa(n) }
 
 // MarshalOpenAPI renders the document as indented JSON (what openapi.json holds).
 func MarshalOpenAPI() []byte {
-	out, _ := json.MarshalIndent(OpenAPIDocument(), "", "  ")
+	out, err := json.MarshalIndent(OpenAPIDocument(), "", "  ")
+	if err != nil {
+		// The document holds only maps, slices, strings, numbers and booleans.
+		panic("openapi: " + err.Error())
+	}
 	return append(out, '\n')
 }

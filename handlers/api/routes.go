@@ -13,11 +13,8 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/handlers/ingest"
-	"github.com/hookstream/hookstream/handlers/issues"
-	"github.com/hookstream/hookstream/handlers/redeliver"
 	"github.com/hookstream/hookstream/handlers/resources"
 	"github.com/hookstream/hookstream/handlers/tenancy"
-	"github.com/hookstream/hookstream/projections"
 )
 
 // LongPollWrite is the write deadline of a request that waits for a
@@ -117,154 +114,12 @@ func (a *API) registerResourceRoutes(r *mux.Router) {
 }
 
 func (a *API) registerDeliveryRoutes(r *mux.Router) {
-	svc := a.p.Service
-	r.HandleFunc("/delivery-attempts", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		q := r.URL.Query()
-		f := projections.AttemptFilter{EventID: q.Get("event_id"), ConnectionID: q.Get("connection_id"), DestinationID: q.Get("destination_id"), Status: q.Get("status")}
-		var err error
-		if f.Limit, f.Offset, err = pageParams(q.Get("limit"), q.Get("offset")); err != nil {
-			writeError(w, r, a.p.Log, err)
-			return
-		}
-		if f.Status != "" && f.Status != domain.AttemptPending && f.Status != domain.AttemptSuccess && f.Status != domain.AttemptFailed {
-			writeError(w, r, a.p.Log, domain.Errorf(domain.EInvalid, "Invalid query: 'status' must be one of pending, success, failed"))
-			return
-		}
-		if v := q.Get("is_dlq"); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil || (n != 0 && n != 1) {
-				writeError(w, r, a.p.Log, domain.Errorf(domain.EInvalid, "Invalid query: 'is_dlq' must be 0 or 1"))
-				return
-			}
-			f.IsDLQ = &n
-		}
-		list, page, err := svc.ListAttempts(r.Context(), tenantOf(r), f)
-		if err != nil {
-			writeError(w, r, a.p.Log, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]any{"delivery_attempts": list, "pagination": page})
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/delivery-attempts/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		a.respond(w, r, http.StatusOK, "delivery_attempt")(svc.GetAttempt(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/delivery-attempts/{id}/retry", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		wait := true
-		if v := r.URL.Query().Get("wait"); v != "" {
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				writeError(w, r, a.p.Log, domain.Errorf(domain.EInvalid, "Invalid query: 'wait' must be true or false"))
-				return
-			}
-			wait = b
-		}
-		if wait {
-			// Waiting for the outcome outlives the server's write timeout: up to
-			// the destination's timeout (at most 120 s) plus recording.
-			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(LongPollWrite))
-		}
-		a.respond(w, r, http.StatusOK, "delivery_attempt")(svc.RetryAttempt(r.Context(), tenantOf(r), mux.Vars(r)["id"], wait, requestID(r)))
-	})).Methods(http.MethodPost)
-
-	r.HandleFunc("/events", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		q := r.URL.Query()
-		f := projections.EventFilter{SourceID: q.Get("source_id"), Status: q.Get("status"), Method: q.Get("method"),
-			DedupStatus: q.Get("dedup_status"), VerificationStatus: q.Get("verification_status")}
-		var err error
-		if f.Limit, f.Offset, err = pageParams(q.Get("limit"), q.Get("offset")); err == nil {
-			f.After, err = timeParam("after", q.Get("after"))
-		}
-		if err == nil {
-			f.Before, err = timeParam("before", q.Get("before"))
-		}
-		if err != nil {
-			writeError(w, r, a.p.Log, err)
-			return
-		}
-		list, page, err := svc.ListEvents(r.Context(), tenantOf(r), f)
-		if err != nil {
-			writeError(w, r, a.p.Log, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]any{"events": list, "pagination": page})
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/events/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		a.respond(w, r, http.StatusOK, "event")(svc.GetEvent(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
-	})).Methods(http.MethodGet)
-
-	r.HandleFunc("/events/{id}/retry", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		res, err := svc.RetryEvent(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r))
-		a.respondRaw(w, r, res, err)
-	})).Methods(http.MethodPost)
-
-	r.HandleFunc("/replay", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		var in redeliver.ReplayInput
-		if a.decode(w, r, &in) {
-			a.respond(w, r, http.StatusCreated, "job")(svc.CreateReplay(r.Context(), tenantOf(r), in, requestID(r)))
-		}
-	})).Methods(http.MethodPost)
-	r.HandleFunc("/replay", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		q := r.URL.Query()
-		limit, offset, err := pageParams(q.Get("limit"), q.Get("offset"))
-		if err != nil {
-			writeError(w, r, a.p.Log, err)
-			return
-		}
-		list, page, err := svc.ListReplays(r.Context(), tenantOf(r), limit, offset)
-		if err != nil {
-			writeError(w, r, a.p.Log, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]any{"jobs": list, "pagination": page})
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/replay/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		a.respond(w, r, http.StatusOK, "job")(svc.GetReplay(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
-	})).Methods(http.MethodGet)
-
-	r.HandleFunc("/destinations/{id}/circuit", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		res, err := svc.GetCircuit(r.Context(), tenantOf(r), mux.Vars(r)["id"])
-		a.respondRaw(w, r, res, err)
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/destinations/{id}/circuit/reset", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		res, err := svc.ResetCircuit(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r))
-		a.respondRaw(w, r, res, err)
-	})).Methods(http.MethodPost)
-
-	r.HandleFunc("/issues", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		q := r.URL.Query()
-		f := issues.Filter{Status: q.Get("status"), DestinationID: q.Get("destination_id")}
-		var err error
-		if f.Limit, f.Offset, err = pageParams(q.Get("limit"), q.Get("offset")); err != nil {
-			writeError(w, r, a.p.Log, err)
-			return
-		}
-		list, page, err := svc.ListIssues(r.Context(), tenantOf(r), f)
-		if err != nil {
-			writeError(w, r, a.p.Log, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]any{"issues": list, "pagination": page})
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/issues/summary", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		res, err := svc.IssueSummary(r.Context(), tenantOf(r))
-		a.respondRaw(w, r, res, err)
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/issues/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		a.respond(w, r, http.StatusOK, "issue")(svc.GetIssue(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
-	})).Methods(http.MethodGet)
-	r.HandleFunc("/issues/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		var in issues.Input
-		if a.decode(w, r, &in) {
-			a.respond(w, r, http.StatusOK, "issue")(svc.UpdateIssue(r.Context(), tenantOf(r), mux.Vars(r)["id"], in, requestID(r)))
-		}
-	})).Methods(http.MethodPatch)
-	r.HandleFunc("/issues/{id}/retry", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		res, err := svc.RetryIssue(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r))
-		a.respondRaw(w, r, res, err)
-	})).Methods(http.MethodPost)
-
-	// Ingest is public: any method.
-	r.HandleFunc("/ingest/{source_id}", a.ingest)
+	a.registerAttemptRoutes(r)
+	a.registerEventRoutes(r)
+	a.registerReplayRoutes(r)
+	a.registerCircuitRoutes(r)
+	a.registerIssueRoutes(r)
+	a.registerIngestRoutes(r)
 }
 
 func (a *API) ingest(w http.ResponseWriter, r *http.Request) {

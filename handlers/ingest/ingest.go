@@ -175,22 +175,9 @@ func (s *Ingester) Ingest(ctx context.Context, tg *IngestTarget, in IngestReques
 	src, st, routes := tg.src, tg.st, tg.routes
 	in.SourceID = src.ID
 	org, env := src.OrgID, src.EnvID
-	if st.Status == "disabled" {
-		return IngestResult{}, domain.Errorf(domain.EConflict, "resources.Source is disabled")
-	}
-	if reason := domain.CheckIP(in.SourceIP, st.Allow, st.Deny); reason != "" {
-		return IngestResult{}, domain.Errorf(domain.EForbidden, "%s", reason)
-	}
-	verification := "none"
-	if st.VerifyEnabled && st.SecretErr != nil {
-		// Fail closed: a webhook is never accepted unverified.
-		return IngestResult{}, fmt.Errorf("ingest: %w", st.SecretErr)
-	}
-	if st.VerifyEnabled {
-		if err := verifySignature(st, in, s.now()); err != nil {
-			return IngestResult{}, err
-		}
-		verification = "verified"
+	verification, err := s.admit(st, in)
+	if err != nil {
+		return IngestResult{}, err
 	}
 	// Verification saw the real values; nothing after it does. Credentials a
 	// browser or a client attaches are never stored, nor given to filters.
@@ -201,53 +188,12 @@ func (s *Ingester) Ingest(ctx context.Context, tg *IngestTarget, in IngestReques
 	in.Query = kit.StorableValues(in.Query)
 	in.Method = kit.StorableText(in.Method)
 	contentType := first(in.Headers, "Content-Type")
-	input := domain.FilterInput{Headers: map[string]string{}, Method: in.Method, ContentType: contentType, SourceIP: in.SourceIP}
-	for k, v := range in.Headers {
-		input.Headers[strings.ToLower(k)] = strings.Join(v, ", ")
-	}
-	if mt, _, _ := mime.ParseMediaType(contentType); len(in.Body) > 0 && (mt == "" || strings.Contains(mt, "json")) && anyRules(routes) {
-		// (Only filters read the payload: without them it is not decoded.)
-		var payload any
-		if json.Unmarshal(in.Body, &payload) == nil {
-			input.Payload = payload
-		}
-	}
+	input := filterInput(in, contentType, routes)
 	now := s.now()
 	eventID := kit.NewID()
 	receivedUUID := uuid.Must(uuid.NewV7())
 	meta := eventstore.Metadata{Actor: "ingest", RequestID: in.RequestID, CorrelationID: eventID}
-	var appends []eventstore.StreamAppend
-	var newJobs []jobs.NewJob
-	var skipped []domain.SkippedRoute
-	for _, r := range routes {
-		reason := ""
-		switch {
-		case st.Status != "active":
-			reason = "source " + st.Status
-		case !r.connEnabled || r.connStatus == "disabled":
-			reason = "connection disabled"
-		case r.destStatus == "disabled":
-			reason = "destination disabled"
-		case !domain.MatchFilter(r.rules, input):
-			reason = "filtered"
-		}
-		if reason != "" {
-			skipped = append(skipped, domain.SkippedRoute{ConnectionID: r.connID, DestinationID: r.destID, Reason: reason})
-			continue
-		}
-		deliveryID, attemptID := kit.NewID(), kit.NewID()
-		newJobs = append(newJobs, jobs.NewJob{DeliveryID: deliveryID, OrgID: org, EnvID: env, EventID: eventID, ConnectionID: r.connID,
-			DestinationID: r.destID, ReceivedUUID: receivedUUID.String(), AttemptID: attemptID, Trigger: domain.TriggerInitial, Due: now})
-		appends = append(appends, eventstore.StreamAppend{
-			StreamType: domain.StreamDelivery, StreamID: deliveryID, OrgID: org, EnvID: env, Expected: eventstore.NoStream,
-			Events: []eventstore.NewEvent{{Type: domain.EvDeliveryRequested, Metadata: eventstore.Metadata{Actor: "ingest", RequestID: in.RequestID, CorrelationID: eventID, CausationID: receivedUUID.String()},
-				Payload: domain.DeliveryRequested{
-					DeliveryID: deliveryID, EventID: eventID, ReceivedUUID: receivedUUID.String(),
-					ConnectionID: r.connID, ConnectionName: r.connName, DestinationID: r.destID, DestinationName: r.destName,
-					RequestURL: r.url, RequestMethod: r.method, AttemptID: attemptID, TriggerType: domain.TriggerInitial, RequestedAt: now,
-				}}},
-		})
-	}
+	appends, newJobs, skipped := fanOut(tg, in, input, eventID, receivedUUID.String(), now)
 	received := domain.EventReceived{
 		EventID: eventID, SourceID: in.SourceID, SourceName: src.Name, SourceSlug: src.Slug, Method: in.Method,
 		Headers: in.Headers, Query: in.Query, ContentType: contentType, SourceIP: in.SourceIP,
@@ -291,4 +237,80 @@ func anyRules(routes []route) bool {
 		}
 	}
 	return false
+}
+
+// filterInput is what connection filters see of a webhook; the payload is
+// decoded only when a route has rules and the body may be JSON.
+func filterInput(in IngestRequest, contentType string, routes []route) domain.FilterInput {
+	input := domain.FilterInput{Headers: map[string]string{}, Method: in.Method, ContentType: contentType, SourceIP: in.SourceIP}
+	for k, v := range in.Headers {
+		input.Headers[strings.ToLower(k)] = strings.Join(v, ", ")
+	}
+	if mt, _, _ := mime.ParseMediaType(contentType); len(in.Body) > 0 && (mt == "" || strings.Contains(mt, "json")) && anyRules(routes) {
+		var payload any
+		if json.Unmarshal(in.Body, &payload) == nil {
+			input.Payload = payload
+		} // a body that is not JSON matches no payload rule
+	}
+	return input
+}
+
+// fanOut is a webhook's deliveries: a DeliveryRequested stream and a job per
+// route that takes it, and the routes skipped with why.
+func fanOut(tg *IngestTarget, in IngestRequest, input domain.FilterInput, eventID, receivedUUID string, now time.Time) (
+	appends []eventstore.StreamAppend, newJobs []jobs.NewJob, skipped []domain.SkippedRoute) {
+	st, org, env := tg.st, tg.src.OrgID, tg.src.EnvID
+	for _, r := range tg.routes {
+		reason := ""
+		switch {
+		case st.Status != "active":
+			reason = "source " + st.Status
+		case !r.connEnabled || r.connStatus == "disabled":
+			reason = "connection disabled"
+		case r.destStatus == "disabled":
+			reason = "destination disabled"
+		case !domain.MatchFilter(r.rules, input):
+			reason = "filtered"
+		}
+		if reason != "" {
+			skipped = append(skipped, domain.SkippedRoute{ConnectionID: r.connID, DestinationID: r.destID, Reason: reason})
+			continue
+		}
+		deliveryID, attemptID := kit.NewID(), kit.NewID()
+		newJobs = append(newJobs, jobs.NewJob{DeliveryID: deliveryID, OrgID: org, EnvID: env, EventID: eventID, ConnectionID: r.connID,
+			DestinationID: r.destID, ReceivedUUID: receivedUUID, AttemptID: attemptID, Trigger: domain.TriggerInitial, Due: now})
+		appends = append(appends, eventstore.StreamAppend{
+			StreamType: domain.StreamDelivery, StreamID: deliveryID, OrgID: org, EnvID: env, Expected: eventstore.NoStream,
+			Events: []eventstore.NewEvent{{Type: domain.EvDeliveryRequested, Metadata: eventstore.Metadata{Actor: "ingest", RequestID: in.RequestID, CorrelationID: eventID, CausationID: receivedUUID},
+				Payload: domain.DeliveryRequested{
+					DeliveryID: deliveryID, EventID: eventID, ReceivedUUID: receivedUUID,
+					ConnectionID: r.connID, ConnectionName: r.connName, DestinationID: r.destID, DestinationName: r.destName,
+					RequestURL: r.url, RequestMethod: r.method, AttemptID: attemptID, TriggerType: domain.TriggerInitial, RequestedAt: now,
+				}}},
+		})
+	}
+	return appends, newJobs, skipped
+}
+
+// admit checks a webhook against its source: enabled, the sender's address
+// allowed, the signature verified when verification is on. It returns the
+// event's verification status.
+func (s *Ingester) admit(st resources.SourceState, in IngestRequest) (string, error) {
+	if st.Status == "disabled" {
+		return "", domain.Errorf(domain.EConflict, "Source is disabled")
+	}
+	if reason := domain.CheckIP(in.SourceIP, st.Allow, st.Deny); reason != "" {
+		return "", domain.Errorf(domain.EForbidden, "%s", reason)
+	}
+	if !st.VerifyEnabled {
+		return "none", nil
+	}
+	if st.SecretErr != nil {
+		// Fail closed: a webhook is never accepted unverified.
+		return "", fmt.Errorf("ingest: %w", st.SecretErr)
+	}
+	if err := verifySignature(st, in, s.now()); err != nil {
+		return "", err
+	}
+	return "verified", nil
 }

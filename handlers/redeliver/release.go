@@ -91,69 +91,16 @@ func (s *Redeliverer) releaseReplay(ctx context.Context, id string) error {
 			_, err := tx.Exec(ctx, `UPDATE replay_jobs SET status = 'failed', error = $2, failed_at = $3 WHERE id = $1`, id, reason, now)
 			return err
 		}
-		type received struct{ uuid, source string }
-		found := map[string]received{}
-		rows, err := tx.Query(ctx, `SELECT stream_id, event_id::text, payload->>'source_id' FROM events
-			WHERE stream_id = ANY($1) AND event_type = $2`, batch, domain.EvEventReceived)
-		if _, err = kit.CollectRows(rows, err, func(row pgx.Row) (struct{}, error) {
-			var sid string
-			var rcv received
-			err := row.Scan(&sid, &rcv.uuid, &rcv.source)
-			found[sid] = rcv
-			return struct{}{}, err
-		}); err != nil {
-			return fmt.Errorf("load replayed events: %w", err)
+		found, err := loadReceived(ctx, tx, batch)
+		if err != nil {
+			return err
 		}
-		type conn struct{ id, name string }
-		conns := map[string]conn{} // by source
-		if req.ConnectionID != "" {
-			var c conn
-			var src string
-			if err := tx.QueryRow(ctx, `SELECT id, name, source_id FROM connections WHERE id = $1`, req.ConnectionID).Scan(&c.id, &c.name, &src); err == nil {
-				conns[src] = c
-			} else if !errors.Is(err, pgx.ErrNoRows) {
-				return fmt.Errorf("load connection: %w", err)
-			}
-		} else {
-			rows, err := tx.Query(ctx, `SELECT DISTINCT ON (source_id) source_id, id, name FROM connections
-				WHERE destination_id = $1 ORDER BY source_id, created_at`, req.DestinationID)
-			if _, err = kit.CollectRows(rows, err, func(row pgx.Row) (struct{}, error) {
-				var src string
-				var c conn
-				err := row.Scan(&src, &c.id, &c.name)
-				conns[src] = c
-				return struct{}{}, err
-			}); err != nil {
-				return fmt.Errorf("load connections: %w", err)
-			}
+		conns, err := loadReplayConnections(ctx, tx, req)
+		if err != nil {
+			return err
 		}
-		var (
-			appends     []eventstore.StreamAppend
-			newJobs     []jobs.NewJob
-			deliveryIDs []string
-		)
-		spacing := time.Second / time.Duration(max(1, req.RateLimit))
-		for i, evID := range batch {
-			rcv, ok := found[evID]
-			if !ok {
-				continue // cannot happen: events are immutable and the ids came from them
-			}
-			c := conns[rcv.source]
-			deliveryID, attemptID, due := kit.NewID(), kit.NewID(), now.Add(time.Duration(i)*spacing)
-			deliveryIDs = append(deliveryIDs, deliveryID)
-			newJobs = append(newJobs, jobs.NewJob{DeliveryID: deliveryID, OrgID: org, EnvID: env, EventID: evID, ConnectionID: c.id,
-				DestinationID: req.DestinationID, ReceivedUUID: rcv.uuid, AttemptID: attemptID, Trigger: domain.TriggerReplay, Due: due})
-			appends = append(appends, eventstore.StreamAppend{
-				StreamType: domain.StreamDelivery, StreamID: deliveryID, OrgID: org, EnvID: env, Expected: eventstore.NoStream,
-				Events: []eventstore.NewEvent{{Type: domain.EvDeliveryRequested,
-					Metadata: eventstore.Metadata{Actor: "replay", CorrelationID: evID, CausationID: id},
-					Payload: domain.DeliveryRequested{
-						DeliveryID: deliveryID, EventID: evID, ReceivedUUID: rcv.uuid, ConnectionID: c.id, ConnectionName: c.name,
-						DestinationID: req.DestinationID, DestinationName: destName, RequestURL: url, RequestMethod: method,
-						AttemptID: attemptID, TriggerType: domain.TriggerReplay, RequestedAt: due, ReplayID: id,
-					}}},
-			})
-		}
+		target := replayTarget{id: id, org: org, env: env, destID: req.DestinationID, destName: destName, url: url, method: method}
+		appends, newJobs, deliveryIDs := target.deliveries(batch, found, conns, req.RateLimit, now)
 		released, err := r.Release(offset, len(batch), deliveryIDs, now)
 		if err != nil {
 			return err
@@ -168,4 +115,86 @@ func (s *Redeliverer) releaseReplay(ctx context.Context, id string) error {
 			id, offset+len(batch), now.Add(time.Second))
 		return err
 	})
+}
+
+type received struct{ uuid, source string }
+
+// loadReceived reads the EventReceived id and source of each event in batch.
+func loadReceived(ctx context.Context, tx pgx.Tx, batch []string) (map[string]received, error) {
+	found := map[string]received{}
+	rows, err := tx.Query(ctx, `SELECT stream_id, event_id::text, payload->>'source_id' FROM events
+		WHERE stream_id = ANY($1) AND event_type = $2`, batch, domain.EvEventReceived)
+	if _, err = kit.CollectRows(rows, err, func(row pgx.Row) (struct{}, error) {
+		var sid string
+		var rcv received
+		err := row.Scan(&sid, &rcv.uuid, &rcv.source)
+		found[sid] = rcv
+		return struct{}{}, err
+	}); err != nil {
+		return nil, fmt.Errorf("load replayed events: %w", err)
+	}
+	return found, nil
+}
+
+type conn struct{ id, name string }
+
+// loadReplayConnections is the connection a replay's deliveries carry, by
+// source: the one it names, or each source's oldest to its destination.
+func loadReplayConnections(ctx context.Context, tx pgx.Tx, req domain.ReplayRequested) (map[string]conn, error) {
+	conns := map[string]conn{}
+	if req.ConnectionID != "" {
+		var c conn
+		var src string
+		if err := tx.QueryRow(ctx, `SELECT id, name, source_id FROM connections WHERE id = $1`, req.ConnectionID).Scan(&c.id, &c.name, &src); err == nil {
+			conns[src] = c
+		} else if !errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("load connection: %w", err)
+		}
+		return conns, nil
+	}
+	rows, err := tx.Query(ctx, `SELECT DISTINCT ON (source_id) source_id, id, name FROM connections
+		WHERE destination_id = $1 ORDER BY source_id, created_at`, req.DestinationID)
+	if _, err = kit.CollectRows(rows, err, func(row pgx.Row) (struct{}, error) {
+		var src string
+		var c conn
+		err := row.Scan(&src, &c.id, &c.name)
+		conns[src] = c
+		return struct{}{}, err
+	}); err != nil {
+		return nil, fmt.Errorf("load connections: %w", err)
+	}
+	return conns, nil
+}
+
+// replayTarget is where a replay's batch goes.
+type replayTarget struct{ id, org, env, destID, destName, url, method string }
+
+// deliveries are a released batch's DeliveryRequested streams and jobs, due
+// evenly across the second at the replay's rate.
+func (t replayTarget) deliveries(batch []string, found map[string]received, conns map[string]conn, rate int, now time.Time) (
+	appends []eventstore.StreamAppend, newJobs []jobs.NewJob, deliveryIDs []string) {
+	id, org, env := t.id, t.org, t.env
+	spacing := time.Second / time.Duration(max(1, rate))
+	for i, evID := range batch {
+		rcv, ok := found[evID]
+		if !ok {
+			continue // cannot happen: events are immutable and the ids came from them
+		}
+		c := conns[rcv.source]
+		deliveryID, attemptID, due := kit.NewID(), kit.NewID(), now.Add(time.Duration(i)*spacing)
+		deliveryIDs = append(deliveryIDs, deliveryID)
+		newJobs = append(newJobs, jobs.NewJob{DeliveryID: deliveryID, OrgID: org, EnvID: env, EventID: evID, ConnectionID: c.id,
+			DestinationID: t.destID, ReceivedUUID: rcv.uuid, AttemptID: attemptID, Trigger: domain.TriggerReplay, Due: due})
+		appends = append(appends, eventstore.StreamAppend{
+			StreamType: domain.StreamDelivery, StreamID: deliveryID, OrgID: org, EnvID: env, Expected: eventstore.NoStream,
+			Events: []eventstore.NewEvent{{Type: domain.EvDeliveryRequested,
+				Metadata: eventstore.Metadata{Actor: "replay", CorrelationID: evID, CausationID: id},
+				Payload: domain.DeliveryRequested{
+					DeliveryID: deliveryID, EventID: evID, ReceivedUUID: rcv.uuid, ConnectionID: c.id, ConnectionName: c.name,
+					DestinationID: t.destID, DestinationName: t.destName, RequestURL: t.url, RequestMethod: t.method,
+					AttemptID: attemptID, TriggerType: domain.TriggerReplay, RequestedAt: due, ReplayID: id,
+				}}},
+		})
+	}
+	return appends, newJobs, deliveryIDs
 }

@@ -156,7 +156,9 @@ func (s *Registry) UpdateConnection(ctx context.Context, t domain.Tenant, id str
 	}
 	name, desc, enabled, status := cur.Name, cur.Description, cur.Enabled == 1, cur.Status
 	var rules []domain.FilterRule
-	_ = json.Unmarshal([]byte(cur.FilterRules), &rules)
+	if err := json.Unmarshal([]byte(cur.FilterRules), &rules); err != nil {
+		return Connection{}, fmt.Errorf("update connection: stored filter rules: %w", err)
+	}
 	if in.Name != nil {
 		if err := domain.CheckName("name", *in.Name); err != nil {
 			return Connection{}, err

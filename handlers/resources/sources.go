@@ -150,6 +150,17 @@ func (st *SourceState) apply(in SourceInput) error {
 		}
 		st.Status = *in.Status
 	}
+	if err := st.applyVerification(in); err != nil {
+		return err
+	}
+	if err := st.applyDedup(in); err != nil {
+		return err
+	}
+	return st.applyIPLists(in)
+}
+
+// applyVerification validates signature verification: type, secret, header.
+func (st *SourceState) applyVerification(in SourceInput) error {
 	if in.VerificationType != nil {
 		if *in.VerificationType == "" {
 			st.VerifyType, st.VerifyEnabled = "", false
@@ -187,6 +198,11 @@ func (st *SourceState) apply(in SourceInput) error {
 			st.VerifyHeader = "X-Signature"
 		}
 	}
+	return nil
+}
+
+// applyDedup validates deduplication: strategy, field, window.
+func (st *SourceState) applyDedup(in SourceInput) error {
 	if in.DedupStrategy != nil {
 		switch *in.DedupStrategy {
 		case "":
@@ -217,6 +233,11 @@ func (st *SourceState) apply(in SourceInput) error {
 			return kit.Invalidf("'dedup_field' is required for dedup_strategy %s", st.DedupStrategy)
 		}
 	}
+	return nil
+}
+
+// applyIPLists validates the allow and deny lists.
+func (st *SourceState) applyIPLists(in SourceInput) error {
 	for _, l := range []struct {
 		field string
 		in    *[]string

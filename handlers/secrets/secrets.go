@@ -1,3 +1,6 @@
+// Package secrets seals credentials at rest (destinations' secrets, sources'
+// verification secrets) with the secretbox keyring, and masks what the API
+// and the event log show of them.
 package secrets
 
 import (

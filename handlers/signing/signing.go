@@ -1,3 +1,6 @@
+// Package signing is a destination's outbound signing: its configuration,
+// validation and masking, and the signature headers of one request (HMAC
+// or Standard Webhooks).
 package signing
 
 import (

@@ -1,3 +1,5 @@
+// Package tenancy is who a request acts for: API keys and Better Auth
+// session cookies, organizations, environments and sessions.
 package tenancy
 
 import (

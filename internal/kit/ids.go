@@ -1,3 +1,6 @@
+// Package kit holds the small helpers every layer shares: resource ids,
+// the API's error constructors, JSON decode errors, row scanning, time
+// formats and the delivery-stream fold.
 package kit
 
 import (

@@ -1,0 +1,63 @@
+package api
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/gorilla/mux"
+
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/projections"
+)
+
+func (a *API) registerAttemptRoutes(r *mux.Router) {
+	svc := a.p.Service
+	r.HandleFunc("/delivery-attempts", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		f := projections.AttemptFilter{EventID: q.Get("event_id"), ConnectionID: q.Get("connection_id"), DestinationID: q.Get("destination_id"), Status: q.Get("status")}
+		var err error
+		if f.Limit, f.Offset, err = pageParams(q.Get("limit"), q.Get("offset")); err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		if f.Status != "" && f.Status != domain.AttemptPending && f.Status != domain.AttemptSuccess && f.Status != domain.AttemptFailed {
+			writeError(w, r, a.p.Log, domain.Errorf(domain.EInvalid, "Invalid query: 'status' must be one of pending, success, failed"))
+			return
+		}
+		if v := q.Get("is_dlq"); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || (n != 0 && n != 1) {
+				writeError(w, r, a.p.Log, domain.Errorf(domain.EInvalid, "Invalid query: 'is_dlq' must be 0 or 1"))
+				return
+			}
+			f.IsDLQ = &n
+		}
+		list, page, err := svc.ListAttempts(r.Context(), tenantOf(r), f)
+		if err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"delivery_attempts": list, "pagination": page})
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/delivery-attempts/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		a.respond(w, r, http.StatusOK, "delivery_attempt")(svc.GetAttempt(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/delivery-attempts/{id}/retry", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		wait := true
+		if v := r.URL.Query().Get("wait"); v != "" {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				writeError(w, r, a.p.Log, domain.Errorf(domain.EInvalid, "Invalid query: 'wait' must be true or false"))
+				return
+			}
+			wait = b
+		}
+		if wait {
+			// Waiting for the outcome outlives the server's write timeout: up to
+			// the destination's timeout (at most 120 s) plus recording.
+			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(LongPollWrite))
+		}
+		a.respond(w, r, http.StatusOK, "delivery_attempt")(svc.RetryAttempt(r.Context(), tenantOf(r), mux.Vars(r)["id"], wait, requestID(r)))
+	})).Methods(http.MethodPost)
+}

@@ -1,0 +1,43 @@
+package api
+
+import (
+	"net/http"
+
+	"github.com/gorilla/mux"
+
+	"github.com/hookstream/hookstream/projections"
+)
+
+func (a *API) registerEventRoutes(r *mux.Router) {
+	svc := a.p.Service
+	r.HandleFunc("/events", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		f := projections.EventFilter{SourceID: q.Get("source_id"), Status: q.Get("status"), Method: q.Get("method"),
+			DedupStatus: q.Get("dedup_status"), VerificationStatus: q.Get("verification_status")}
+		var err error
+		if f.Limit, f.Offset, err = pageParams(q.Get("limit"), q.Get("offset")); err == nil {
+			f.After, err = timeParam("after", q.Get("after"))
+		}
+		if err == nil {
+			f.Before, err = timeParam("before", q.Get("before"))
+		}
+		if err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		list, page, err := svc.ListEvents(r.Context(), tenantOf(r), f)
+		if err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"events": list, "pagination": page})
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/events/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		a.respond(w, r, http.StatusOK, "event")(svc.GetEvent(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
+	})).Methods(http.MethodGet)
+
+	r.HandleFunc("/events/{id}/retry", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		res, err := svc.RetryEvent(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r))
+		a.respondRaw(w, r, res, err)
+	})).Methods(http.MethodPost)
+}
