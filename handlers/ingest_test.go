@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -218,5 +219,25 @@ func TestIngestDedup(t *testing.T) {
 	code, out := h.do("GET", "/v1/events?dedup_status=duplicate&limit=1", h.key, nil)
 	if ev := out["events"].([]any)[0].(map[string]any); code != 200 || ev["status"] != "received" || ev["dedup_hash"] == nil {
 		t.Errorf("duplicate event = %v", ev)
+	}
+}
+
+func TestIngestToADisabledSourceIsAConflictAndStoresNothing(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	dst := newSink(t)
+	src, _ := h.route(dst.srv.URL, nil, nil)
+	if code, out := h.do("PATCH", "/v1/sources/"+src, h.key, map[string]any{"status": "disabled"}); code != 200 {
+		t.Fatalf("disable source = %d %v", code, out)
+	}
+	code, resp := h.post("/v1/ingest/"+src, `{"order":1}`, nil)
+	var body struct {
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(resp), &body); err != nil || code != 409 || body.Error != "Source is disabled" {
+		t.Fatalf("ingest to a disabled source = %d %s", code, resp)
+	}
+	if n := h.eventCount(""); n != 0 {
+		t.Fatalf("%d events stored for a disabled source", n)
 	}
 }
