@@ -123,40 +123,13 @@ type auditReport struct {
 func buildAudit(ctx context.Context, db eventstore.DBTX, req auditRequest) (auditReport, error) {
 	rep := auditReport{Subject: req.kind + " " + req.id, AsOf: req.asOf, Deliveries: []deliveryState{}, Events: []auditEvent{}}
 	store := eventstore.New(nil)
-	var deliveries []string
+	deliveries, err := auditDeliveries(ctx, db, req)
+	if err != nil {
+		return rep, err
+	}
 	eventID := ""
-	switch req.kind {
-	case "attempt":
-		var d string
-		err := db.QueryRow(ctx, `SELECT delivery_id FROM delivery_attempts WHERE id = $1`, req.id).Scan(&d)
-		if errors.Is(err, pgx.ErrNoRows) {
-			// Not projected (yet): the log itself names every attempt id.
-			err = db.QueryRow(ctx, `SELECT stream_id FROM events WHERE stream_type = $2
-				AND (payload->>'attempt_id' = $1 OR payload->>'next_attempt_id' = $1) LIMIT 1`, req.id, domain.StreamDelivery).Scan(&d)
-		}
-		if errors.Is(err, pgx.ErrNoRows) {
-			return rep, fmt.Errorf("audit: no attempt %q", req.id)
-		}
-		if err != nil {
-			return rep, err
-		}
-		deliveries = []string{d}
-	case "delivery":
-		deliveries = []string{req.id}
-	case "event":
+	if req.kind == "event" {
 		eventID = req.id
-		var err error
-		if deliveries, err = queryStrings(ctx, db, `SELECT delivery_id FROM delivery_jobs WHERE event_id = $1 ORDER BY delivery_id`, req.id); err != nil {
-			return rep, err
-		}
-		if len(deliveries) == 0 {
-			// No job rows (an event no connection matched, or lost scheduler
-			// state): the log names the event's deliveries itself.
-			if deliveries, err = queryStrings(ctx, db, `SELECT stream_id FROM events WHERE event_type = $2 AND payload->>'event_id' = $1
-				ORDER BY global_position`, req.id, domain.EvDeliveryRequested); err != nil {
-				return rep, err
-			}
-		}
 	}
 	streams, err := store.LoadMany(ctx, db, deliveries)
 	if err != nil {
@@ -310,96 +283,6 @@ func writeAudit(ctx context.Context, db eventstore.DBTX, req auditRequest, w io.
 	return tw.Flush()
 }
 
-const timeFmt = "2006-01-02 15:04:05.000"
-
-// short abbreviates an id for the table (--json has them whole).
-func short(id string) string {
-	if id == "" {
-		return "-"
-	}
-	if len(id) > 12 {
-		return id[:12] + "…"
-	}
-	return id
-}
-
-func named(name, id string) string {
-	if id == "" {
-		return "-"
-	}
-	if name == "" {
-		return id
-	}
-	return fmt.Sprintf("%q (%s)", name, short(id))
-}
-
-func outcome(status string, code *int, errMsg *string) string {
-	out := status
-	if code != nil {
-		out += fmt.Sprintf(" HTTP %d", *code)
-	} else if errMsg != nil {
-		out += ": " + *errMsg
-	}
-	return out
-}
-
-// summarize is one line naming an event's key payload fields.
-func summarize(e eventstore.Event) string {
-	var p map[string]any
-	if err := json.Unmarshal(e.Payload, &p); err != nil {
-		return "unreadable payload: " + err.Error()
-	}
-	str := func(k string) string { s, _ := p[k].(string); return s }
-	num := func(k string) int { f, _ := p[k].(float64); return int(f) }
-	switch e.Type {
-	case domain.EvEventReceived:
-		return fmt.Sprintf("%s to source %s: %d bytes %s from %s; deliveries: %d", str("method"), named(str("source_name"), str("source_id")),
-			num("body_size"), orDash(str("content_type")), orDash(str("source_ip")), num("deliveries"))
-	case domain.EvDeliveryRequested:
-		s := fmt.Sprintf("attempt #1 (%s) %s %s to %s via %s", str("trigger_type"), str("request_method"), str("request_url"),
-			named(str("destination_name"), str("destination_id")), named(str("connection_name"), str("connection_id")))
-		if r := str("replay_id"); r != "" {
-			s += " for replay " + r
-		}
-		return s
-	case domain.EvDeliveryAttempted:
-		var a domain.DeliveryAttempted
-		if err := json.Unmarshal(e.Payload, &a); err != nil {
-			return "unreadable payload: " + err.Error()
-		}
-		s := fmt.Sprintf("attempt #%d (%s): %s in %d ms", a.AttemptNumber, a.TriggerType, outcome(a.Status, a.ResponseStatus, a.Error), a.DurationMS)
-		if a.ResponseBody != nil && *a.ResponseBody != "" {
-			s += fmt.Sprintf(", response %q", oneLine(*a.ResponseBody, 60))
-		}
-		return s
-	case domain.EvRetryScheduled:
-		var r domain.RetryScheduled
-		if err := json.Unmarshal(e.Payload, &r); err != nil {
-			return "unreadable payload: " + err.Error()
-		}
-		return fmt.Sprintf("attempt #%d (retry) not before %s", r.AttemptNumber, r.NotBefore.UTC().Format(timeFmt))
-	case domain.EvRetryRequested:
-		return fmt.Sprintf("attempt #%d (manual) requested, retrying attempt %s", num("attempt_number"), short(str("from_attempt_id")))
-	case domain.EvMovedToDLQ:
-		return fmt.Sprintf("dead-lettered after attempt %s: %s", short(str("attempt_id")), str("reason"))
-	case domain.EvReplayRequested:
-		ids, _ := p["event_ids"].([]any)
-		return fmt.Sprintf("replay of %d events to destination %s at %d/s", len(ids), str("destination_id"), num("rate_limit"))
-	case domain.EvReplayReleased:
-		return fmt.Sprintf("released events %d-%d", num("offset")+1, num("offset")+num("count"))
-	case domain.EvReplayFailed:
-		return "replay stopped: " + str("reason")
-	case domain.EvSourceCreated, domain.EvSourceUpdated, domain.EvDestinationCreated, domain.EvDestinationUpdated,
-		domain.EvConnectionCreated, domain.EvConnectionUpdated:
-		s := fmt.Sprintf("%q", str("name"))
-		if st := str("status"); st != "" {
-			s += " status " + st
-		}
-		return s
-	}
-	return "-"
-}
-
 // queryStrings returns a one-column query's rows.
 func queryStrings(ctx context.Context, db eventstore.DBTX, sql string, args ...any) ([]string, error) {
 	rows, err := db.Query(ctx, sql, args...)
@@ -407,4 +290,44 @@ func queryStrings(ctx context.Context, db eventstore.DBTX, sql string, args ...a
 		return nil, err
 	}
 	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// auditDeliveries are the delivery streams an audit covers: an attempt's
+// delivery, the delivery named, or every delivery of an event, found in the
+// read models and, when they have not caught up, in the log itself.
+func auditDeliveries(ctx context.Context, db eventstore.DBTX, req auditRequest) ([]string, error) {
+	var deliveries []string
+	switch req.kind {
+	case "attempt":
+		var d string
+		err := db.QueryRow(ctx, `SELECT delivery_id FROM delivery_attempts WHERE id = $1`, req.id).Scan(&d)
+		if errors.Is(err, pgx.ErrNoRows) {
+			// Not projected (yet): the log itself names every attempt id.
+			err = db.QueryRow(ctx, `SELECT stream_id FROM events WHERE stream_type = $2
+				AND (payload->>'attempt_id' = $1 OR payload->>'next_attempt_id' = $1) LIMIT 1`, req.id, domain.StreamDelivery).Scan(&d)
+		}
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("audit: no attempt %q", req.id)
+		}
+		if err != nil {
+			return nil, err
+		}
+		return []string{d}, nil
+	case "delivery":
+		return []string{req.id}, nil
+	case "event":
+		var err error
+		if deliveries, err = queryStrings(ctx, db, `SELECT delivery_id FROM delivery_jobs WHERE event_id = $1 ORDER BY delivery_id`, req.id); err != nil {
+			return nil, err
+		}
+		if len(deliveries) == 0 {
+			// No job rows (an event no connection matched, or lost scheduler
+			// state): the log names the event's deliveries itself.
+			if deliveries, err = queryStrings(ctx, db, `SELECT stream_id FROM events WHERE event_type = $2 AND payload->>'event_id' = $1
+				ORDER BY global_position`, req.id, domain.EvDeliveryRequested); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return deliveries, nil
 }

@@ -176,57 +176,69 @@ func cmdTenancy(ctx context.Context, cmd string, args []string, stdout io.Writer
 		}
 		out, line = e, fmt.Sprintf("environment %s (%s)", e.ID, e.Slug)
 	case "envs list":
-		envs, err := acc.ListEnvironments(ctx, domain.Tenant{OrgID: *org})
-		if err != nil {
-			return err
-		}
-		if *asJSON {
-			return printJSON(stdout, envs)
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 2, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tSLUG\tNAME\tCREATED")
-		for _, e := range envs {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.ID, e.Slug, e.Name, e.CreatedAt)
-		}
-		return tw.Flush()
+		return listEnvironments(ctx, acc, *org, *asJSON, stdout)
 	case "sessions create":
-		if *org == "" {
-			if *org, err = firstOrg(ctx, db); err != nil {
-				return err
-			}
-		}
-		if *env == "" {
-			envs, err := acc.ListEnvironments(ctx, domain.Tenant{OrgID: *org})
-			if err != nil {
-				return err
-			}
-			if len(envs) == 0 {
-				return fmt.Errorf("organization %s has no environment", *org)
-			}
-			*env = envs[0].ID
-		}
-		if _, err := acc.GetEnvironment(ctx, domain.Tenant{OrgID: *org}, *env); err != nil {
-			return err
-		}
-		cookieSecret, err := loadAuthSecret(db, log)
-		if err != nil {
-			return err
-		}
-		s, err := acc.CreateSession(ctx, *org, *env, "", "cli", *ttl, now)
-		if err != nil {
-			return err
-		}
-		cookie := tenancy.SessionCookie(cookieSecret, s.Token)
-		if *asJSON {
-			return printJSON(stdout, map[string]any{"session": s, "cookie": cookie})
-		}
-		line = fmt.Sprintf("session %s for environment %s, until %s\n%s", s.ID, *env, s.ExpiresAt, cookie)
-		_, err = fmt.Fprintln(stdout, line)
-		return err
+		return createSession(ctx, db, acc, *org, *env, *ttl, *asJSON, stdout, log)
 	}
 	if *asJSON {
 		return printJSON(stdout, out)
 	}
 	_, err = fmt.Fprintln(stdout, line)
+	return err
+}
+
+// listEnvironments prints an organization's environments.
+func listEnvironments(ctx context.Context, acc *tenancy.Accounts, org string, asJSON bool, stdout io.Writer) error {
+	envs, err := acc.ListEnvironments(ctx, domain.Tenant{OrgID: org})
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return printJSON(stdout, envs)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 2, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSLUG\tNAME\tCREATED")
+	for _, e := range envs {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.ID, e.Slug, e.Name, e.CreatedAt)
+	}
+	return tw.Flush()
+}
+
+// createSession makes a user session for an environment (the first
+// organization's first environment by default) and prints its cookie.
+func createSession(ctx context.Context, db *database, acc *tenancy.Accounts, org, env string, ttl time.Duration, asJSON bool,
+	stdout io.Writer, log *slog.Logger) error {
+	var err error
+	if org == "" {
+		if org, err = firstOrg(ctx, db); err != nil {
+			return err
+		}
+	}
+	if env == "" {
+		envs, err := acc.ListEnvironments(ctx, domain.Tenant{OrgID: org})
+		if err != nil {
+			return err
+		}
+		if len(envs) == 0 {
+			return fmt.Errorf("organization %s has no environment", org)
+		}
+		env = envs[0].ID
+	}
+	if _, err := acc.GetEnvironment(ctx, domain.Tenant{OrgID: org}, env); err != nil {
+		return err
+	}
+	cookieSecret, err := loadAuthSecret(db, log)
+	if err != nil {
+		return err
+	}
+	s, err := acc.CreateSession(ctx, org, env, "", "cli", ttl, time.Now())
+	if err != nil {
+		return err
+	}
+	cookie := tenancy.SessionCookie(cookieSecret, s.Token)
+	if asJSON {
+		return printJSON(stdout, map[string]any{"session": s, "cookie": cookie})
+	}
+	_, err = fmt.Fprintf(stdout, "session %s for environment %s, until %s\n%s\n", s.ID, env, s.ExpiresAt, cookie)
 	return err
 }

@@ -15,7 +15,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/hookstream/hookstream/domain"
-	"github.com/hookstream/hookstream/eventstore"
 	"github.com/hookstream/hookstream/handlers"
 	"github.com/hookstream/hookstream/handlers/redeliver"
 	"github.com/hookstream/hookstream/migrations"
@@ -81,28 +80,7 @@ func cmdProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 		if len(pos) != 0 {
 			return usageError{"projections status takes no arguments", projectionsUsage}
 		}
-		db, err := openMigrated(ctx, log)
-		if err != nil {
-			return err
-		}
-		defer db.Close()
-		st, err := projections.Status(ctx, db.Pool, time.Now())
-		if err != nil {
-			return err
-		}
-		if *asJSON {
-			return json.NewEncoder(stdout).Encode(map[string]any{"groups": st})
-		}
-		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "GROUP\tCHECKPOINT\tLAG (EVENTS)\tLAG (S)\tLAST ERROR")
-		for _, g := range st {
-			lastErr := "-"
-			if g.LastError != nil {
-				lastErr = fmt.Sprintf("%s (%s, %d failures)", oneLine(*g.LastError, 100), g.ErrorAt.UTC().Format(time.RFC3339), g.Failures)
-			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%s\n", g.Group, g.Position, g.LagEvents, g.LagSeconds, lastErr)
-		}
-		return tw.Flush()
+		return projectionsStatus(ctx, stdout, *asJSON, log)
 	case "rebuild":
 		var names []string
 		switch {
@@ -118,33 +96,7 @@ func cmdProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 				return usageError{fmt.Sprintf("projections rebuild: unknown projection %q (known: %s)", n, strings.Join(projections.Rebuildable(), ", ")), projectionsUsage}
 			}
 		}
-		db, err := openMigrated(ctx, log)
-		if err != nil {
-			return err
-		}
-		defer db.Close()
-		for _, n := range names {
-			bar := newProgressBar(stderr, n)
-			res, err := projections.Rebuild(ctx, db.Pool, n, projections.RebuildOptions{Progress: bar.update, EventAtATime: *slow})
-			bar.done()
-			if err != nil {
-				return err
-			}
-			if *asJSON {
-				if err := json.NewEncoder(stdout).Encode(res); err != nil {
-					return err
-				}
-				continue
-			}
-			rate := float64(res.Events) / max(res.Duration.Seconds(), 1e-9)
-			fmt.Fprintf(stdout, "rebuilt %s: %d events read in %s (%.0f events/s), %d rows, %d caught up after the build",
-				n, res.Events, res.Duration.Round(time.Millisecond), rate, res.Rows, res.CaughtUp)
-			if n == "scheduler" {
-				fmt.Fprintf(stdout, ", %d job rows repaired", res.Repaired)
-			}
-			fmt.Fprintln(stdout)
-		}
-		return nil
+		return rebuildProjections(ctx, names, *slow, *asJSON, stdout, stderr, log)
 	}
 	return usageError{fmt.Sprintf("projections: unknown subcommand %q", args[0]), projectionsUsage}
 }
@@ -258,23 +210,8 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	var job redeliver.ReplayJob
 	var tenant domain.Tenant
 	if status {
-		var dest string
-		if err := db.Pool.QueryRow(ctx, `SELECT destination_id FROM replay_jobs WHERE id = $1`, pos[0]).Scan(&dest); err != nil {
-			return fmt.Errorf("replay status: no replay job %q", pos[0])
-		}
-		if tenant, err = svc.ReplayTenant(ctx, dest, "cli"); err != nil {
-			// The destination was deleted since: the job row still names its tenant.
-			if err := db.Pool.QueryRow(ctx, `SELECT org_id, env_id FROM replay_jobs WHERE id = $1`, pos[0]).Scan(&tenant.OrgID, &tenant.EnvID); err != nil {
-				return err
-			}
-		}
-		if job, err = svc.GetReplay(ctx, tenant, pos[0]); err != nil {
-			return err
-		}
+		job, tenant, err = replayStatus(ctx, db, svc, pos[0])
 	} else {
-		if tenant, err = svc.ReplayTenant(ctx, *dest, "cli"); err != nil {
-			return fmt.Errorf("replay: %s", domain.ErrorMessage(err))
-		}
 		in := redeliver.ReplayInput{DestinationID: dest, From: from, To: to, RateLimit: rate, MaxEvents: maxEvents}
 		if *source != "" {
 			in.SourceID = source
@@ -282,9 +219,10 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		if *conn != "" {
 			in.ConnectionID = conn
 		}
-		if job, err = svc.CreateReplay(ctx, tenant, in, "cli"); err != nil {
-			return fmt.Errorf("replay: %s", domain.ErrorMessage(err))
-		}
+		job, tenant, err = createReplay(ctx, svc, in)
+	}
+	if err != nil {
+		return err
 	}
 	printJob := func(j redeliver.ReplayJob) error {
 		if *asJSON {
@@ -297,10 +235,76 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	if !*wait {
 		return printJob(job)
 	}
+	return followReplay(ctx, svc, tenant, job, *asJSON, stderr, printJob)
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// ---- events ----
+
+func parseTime(name, v string) (time.Time, error) {
+	if v == "" {
+		return time.Time{}, fmt.Errorf("%s is required", name)
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%s: %q is not an RFC 3339 time such as 2026-03-01T14:30:00Z", name, v)
+	}
+	return t.UTC(), nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// replayStatus loads a replay job with the tenant it belongs to.
+func replayStatus(ctx context.Context, db *database, svc *handlers.Service, id string) (redeliver.ReplayJob, domain.Tenant, error) {
+	var dest string
+	var tenant domain.Tenant
+	if err := db.Pool.QueryRow(ctx, `SELECT destination_id FROM replay_jobs WHERE id = $1`, id).Scan(&dest); err != nil {
+		return redeliver.ReplayJob{}, tenant, fmt.Errorf("replay status: no replay job %q", id)
+	}
+	tenant, err := svc.ReplayTenant(ctx, dest, "cli")
+	if err != nil {
+		// The destination was deleted since: the job row still names its tenant.
+		if err := db.Pool.QueryRow(ctx, `SELECT org_id, env_id FROM replay_jobs WHERE id = $1`, id).Scan(&tenant.OrgID, &tenant.EnvID); err != nil {
+			return redeliver.ReplayJob{}, tenant, err
+		}
+	}
+	job, err := svc.GetReplay(ctx, tenant, id)
+	return job, tenant, err
+}
+
+// createReplay starts a replay as the destination's tenant.
+func createReplay(ctx context.Context, svc *handlers.Service, in redeliver.ReplayInput) (redeliver.ReplayJob, domain.Tenant, error) {
+	tenant, err := svc.ReplayTenant(ctx, *in.DestinationID, "cli")
+	if err != nil {
+		return redeliver.ReplayJob{}, tenant, fmt.Errorf("replay: %s", domain.ErrorMessage(err))
+	}
+	job, err := svc.CreateReplay(ctx, tenant, in, "cli")
+	if err != nil {
+		return job, tenant, fmt.Errorf("replay: %s", domain.ErrorMessage(err))
+	}
+	return job, tenant, nil
+}
+
+// followReplay prints a replay's progress on stderr until it ends, then the
+// job; a failed replay is an error.
+func followReplay(ctx context.Context, svc *handlers.Service, tenant domain.Tenant, job redeliver.ReplayJob, asJSON bool, stderr io.Writer,
+	printJob func(redeliver.ReplayJob) error) error {
+	var err error
 	last := ""
 	for {
 		line := fmt.Sprintf("%s %d/%d", job.Status, job.Processed, job.Total)
-		if line != last && !*asJSON {
+		if line != last && !asJSON {
 			fmt.Fprintf(stderr, "replay %s: %s processed\n", job.ID, line)
 			last = line
 		}
@@ -324,199 +328,60 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	}
 }
 
-func deref(s *string) string {
-	if s == nil {
-		return ""
-	}
-	return *s
-}
-
-// ---- events ----
-
-const eventsUsage = `hookstream events tail [--type T[,T…]] [--stream ID] [-n N] [--follow] [--json]
-  hookstream events stream ID [--json]
-  hookstream events export --from TIME --to TIME [--type T[,T…]] [--out FILE]`
-
-func cmdEvents(ctx context.Context, args []string, stdout io.Writer, log *slog.Logger) error {
-	if len(args) == 0 {
-		return usageError{"events: want a subcommand", eventsUsage}
-	}
-	fs := flag.NewFlagSet("events", flag.ContinueOnError)
-	types := fs.String("type", "", "only these event types, comma-separated")
-	stream := fs.String("stream", "", "only this stream")
-	n := fs.Int("n", 20, "tail: how many recent events to show first")
-	follow := fs.Bool("follow", false, "tail: keep printing events as they commit")
-	asJSON := fs.Bool("json", false, "print NDJSON, one stored event per line")
-	from := fs.String("from", "", "export: start (inclusive), RFC 3339")
-	to := fs.String("to", "", "export: end (exclusive), RFC 3339")
-	out := fs.String("out", "", "export: write to this file instead of stdout")
-	pos, err := parseFlags(fs, args[1:], eventsUsage)
-	if err != nil {
-		return err
-	}
-	var typeList []string
-	for _, t := range strings.Split(*types, ",") {
-		if t = strings.TrimSpace(t); t != "" {
-			typeList = append(typeList, t)
-		}
-	}
-	switch args[0] {
-	case "tail":
-		if len(pos) != 0 || *n < 0 {
-			return usageError{"events tail: takes flags only, -n at least 0", eventsUsage}
-		}
-	case "stream":
-		if len(pos) != 1 {
-			return usageError{"events stream: want one stream id", eventsUsage}
-		}
-	case "export":
-		if len(pos) != 0 {
-			return usageError{"events export: takes flags only", eventsUsage}
-		}
-	default:
-		return usageError{fmt.Sprintf("events: unknown subcommand %q", args[0]), eventsUsage}
-	}
-	var fromT, toT time.Time
-	if args[0] == "export" {
-		if fromT, err = parseTime("--from", *from); err == nil {
-			toT, err = parseTime("--to", *to)
-		}
-		if err != nil {
-			return usageError{"events export: " + err.Error(), eventsUsage}
-		}
-		if !fromT.Before(toT) {
-			return usageError{"events export: --from must be before --to", eventsUsage}
-		}
-	}
+// projectionsStatus prints each consumer group's checkpoint, lag and last error.
+func projectionsStatus(ctx context.Context, stdout io.Writer, asJSON bool, log *slog.Logger) error {
 	db, err := openMigrated(ctx, log)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	pr := newEventPrinter(stdout, *asJSON)
-	switch args[0] {
-	case "stream":
-		evs, err := eventstore.New(nil).Load(ctx, db.Pool, pos[0])
+	st, err := projections.Status(ctx, db.Pool, time.Now())
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return json.NewEncoder(stdout).Encode(map[string]any{"groups": st})
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "GROUP\tCHECKPOINT\tLAG (EVENTS)\tLAG (S)\tLAST ERROR")
+	for _, g := range st {
+		lastErr := "-"
+		if g.LastError != nil {
+			lastErr = fmt.Sprintf("%s (%s, %d failures)", oneLine(*g.LastError, 100), g.ErrorAt.UTC().Format(time.RFC3339), g.Failures)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%s\n", g.Group, g.Position, g.LagEvents, g.LagSeconds, lastErr)
+	}
+	return tw.Flush()
+}
+
+// rebuildProjections rebuilds the named projections, one after another, with
+// a progress bar on stderr.
+func rebuildProjections(ctx context.Context, names []string, slow, asJSON bool, stdout, stderr io.Writer, log *slog.Logger) error {
+	db, err := openMigrated(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	for _, n := range names {
+		bar := newProgressBar(stderr, n)
+		res, err := projections.Rebuild(ctx, db.Pool, n, projections.RebuildOptions{Progress: bar.update, EventAtATime: slow})
+		bar.done()
 		if err != nil {
 			return err
 		}
-		if len(evs) == 0 {
-			return fmt.Errorf("events stream: no stream %q", pos[0])
-		}
-		for _, e := range evs {
-			pr.print(e)
-		}
-		return pr.flush()
-	case "export":
-		w := stdout
-		if *out != "" {
-			f, err := os.Create(*out)
-			if err != nil {
+		if asJSON {
+			if err := json.NewEncoder(stdout).Encode(res); err != nil {
 				return err
 			}
-			defer f.Close()
-			w = f
-		}
-		started := time.Now()
-		count, err := eventstore.Export(ctx, db.Pool, fromT, toT, typeList, w)
-		if err != nil {
-			return err
-		}
-		log.Info("exported", "events", count, "seconds", time.Since(started).Seconds())
-		return nil
-	}
-	q := eventstore.RangeQuery{Types: typeList, StreamID: *stream, Limit: *n, UntilTx: -1}
-	evs, err := eventstore.ReadLast(ctx, db.Pool, q)
-	if err != nil {
-		return err
-	}
-	var cursor eventstore.Position
-	if len(evs) > 0 {
-		cursor = evs[len(evs)-1].Position()
-	} else if err := db.Pool.QueryRow(ctx, `SELECT coalesce(max(transaction_id::text::bigint), 0), coalesce(max(global_position), 0) FROM events
-		WHERE transaction_id < pg_snapshot_xmin(pg_current_snapshot())`).Scan(&cursor.TransactionID, &cursor.GlobalPosition); err != nil {
-		return err
-	}
-	for _, e := range evs {
-		pr.print(e)
-	}
-	if err := pr.flush(); err != nil || !*follow {
-		return err
-	}
-	for {
-		q.After, q.Limit = cursor, 500
-		evs, err := eventstore.ReadRange(ctx, db.Pool, q)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		for _, e := range evs {
-			pr.print(e)
-			cursor = e.Position()
-		}
-		if err := pr.flush(); err != nil {
-			return err
-		}
-		if len(evs) == 500 {
 			continue
 		}
-		select {
-		case <-ctx.Done():
-			return nil // Ctrl-C ends a follow
-		case <-time.After(200 * time.Millisecond):
+		rate := float64(res.Events) / max(res.Duration.Seconds(), 1e-9)
+		fmt.Fprintf(stdout, "rebuilt %s: %d events read in %s (%.0f events/s), %d rows, %d caught up after the build",
+			n, res.Events, res.Duration.Round(time.Millisecond), rate, res.Rows, res.CaughtUp)
+		if n == "scheduler" {
+			fmt.Fprintf(stdout, ", %d job rows repaired", res.Repaired)
 		}
+		fmt.Fprintln(stdout)
 	}
-}
-
-func parseTime(name, v string) (time.Time, error) {
-	if v == "" {
-		return time.Time{}, fmt.Errorf("%s is required", name)
-	}
-	t, err := time.Parse(time.RFC3339Nano, v)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("%s: %q is not an RFC 3339 time such as 2026-03-01T14:30:00Z", name, v)
-	}
-	return t.UTC(), nil
-}
-
-// eventPrinter prints stored events as aligned lines or NDJSON.
-type eventPrinter struct {
-	json bool
-	enc  *json.Encoder
-	tw   *tabwriter.Writer
-}
-
-func newEventPrinter(w io.Writer, asJSON bool) *eventPrinter {
-	return &eventPrinter{json: asJSON, enc: json.NewEncoder(w), tw: tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)}
-}
-
-func (p *eventPrinter) print(e eventstore.Event) {
-	if p.json {
-		meta, err := json.Marshal(e.Metadata)
-		if err != nil {
-			meta = []byte("null") // a metadata struct of strings always encodes
-		}
-		_ = p.enc.Encode(eventstore.ExportLine{GlobalPosition: e.GlobalPosition, EventID: e.EventID.String(), StreamType: e.StreamType,
-			StreamID: e.StreamID, StreamVersion: e.StreamVersion, Type: e.Type, SchemaVersion: e.SchemaVersion, OrgID: e.OrgID, EnvID: e.EnvID,
-			RecordedAt: e.RecordedAt.UTC(), Metadata: meta, Payload: e.Payload})
-		return
-	}
-	fmt.Fprintf(p.tw, "%d\t%s\t%s/%s\tv%d\t%s\t%s\t%s\n", e.GlobalPosition, e.RecordedAt.UTC().Format("2006-01-02 15:04:05.000"),
-		e.StreamType, e.StreamID, e.StreamVersion, e.Type, orDash(e.Metadata.Actor), summarize(e))
-}
-
-func (p *eventPrinter) flush() error {
-	if p.json {
-		return nil
-	}
-	return p.tw.Flush()
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
+	return nil
 }

@@ -18,8 +18,10 @@ import (
 
 	"github.com/hookstream/hookstream/eventstore"
 	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/handlers/metrics"
 	"github.com/hookstream/hookstream/handlers/outbound"
 	"github.com/hookstream/hookstream/handlers/tenancy"
+	"github.com/hookstream/hookstream/internal/secretbox"
 	"github.com/hookstream/hookstream/migrations"
 )
 
@@ -89,30 +91,8 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 		return err
 	}
 	defer db.Close()
-	if cfg.Migrate {
-		applied, err := migrations.Apply(ctx, db.Pool)
-		if err != nil {
-			return err
-		}
-		for _, m := range applied {
-			log.Info("applied migration", "name", m)
-		}
-	}
-	policy, err := outboundPolicy(cfg)
+	policy, keyring, err := prepareServe(ctx, cfg, db, stdout, log)
 	if err != nil {
-		return err
-	}
-	if cfg.Dev {
-		log.Warn("dev mode: deliveries to loopback addresses are allowed")
-	}
-	keyring, err := loadKeyring(db, log)
-	if err != nil {
-		return err
-	}
-	if err := prepareSecrets(ctx, db, keyring, log); err != nil {
-		return err
-	}
-	if err := bootstrapKey(ctx, db, stdout); err != nil {
 		return err
 	}
 	store := eventstore.New(nil)
@@ -147,82 +127,22 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	}
 	srv := newHTTPServer(handler)
 	errc := make(chan error, 3)
-	if cfg.PprofAddr != "" {
-		pln, err := net.Listen("tcp", cfg.PprofAddr)
-		if err != nil {
-			return fmt.Errorf("listen on %s (pprof): %w", cfg.PprofAddr, err)
-		}
-		mux := http.NewServeMux()
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-		psrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go func() { _ = psrv.Serve(pln) }()
-		defer psrv.Close()
-		log.Info("serving pprof", "addr", pln.Addr().String())
-	}
-	if cfg.MetricsAddr != "" {
-		mln, err := net.Listen("tcp", cfg.MetricsAddr)
-		if err != nil {
-			return fmt.Errorf("listen on %s (metrics): %w", cfg.MetricsAddr, err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", handlers.MetricsHandler(metrics, cfg.MetricsToken))
-		msrv := newHTTPServer(mux)
-		go func() { errc <- msrv.Serve(mln) }()
-		defer msrv.Close()
-		log.Info("serving metrics", "addr", mln.Addr().String())
+	closeSide, err := serveSide(cfg, metrics, errc, log)
+	defer closeSide()
+	if err != nil {
+		return err
 	}
 	go func() { errc <- srv.Serve(ln) }()
 	fmt.Fprintf(stdout, "hookstream %s listening on %s\n", version, publicURL)
-	engineDone := make(chan error, 1)
 	engineCtx, stopEngine := context.WithCancel(ctx)
 	defer stopEngine()
-	if cfg.Workers {
-		engine := handlers.NewEngine(handlers.EngineParams{Pool: db.Pool, Store: store, Log: log, Outbound: policy, Secrets: keyring, ConfigChanged: svc.ForgetRoutes,
-			Lanes: cfg.Lanes, PerDestination: cfg.PerDestination, LeaseMargin: cfg.LeaseMargin, ShutdownGrace: cfg.ShutdownGrace, Metrics: metrics})
-		go func() { engineDone <- engine.Run(engineCtx) }()
-	} else {
-		close(engineDone)
-	}
+	engineDone := startEngine(engineCtx, cfg, handlers.EngineParams{Pool: db.Pool, Store: store, Log: log, Outbound: policy, Secrets: keyring,
+		ConfigChanged: svc.ForgetRoutes, Lanes: cfg.Lanes, PerDestination: cfg.PerDestination, LeaseMargin: cfg.LeaseMargin,
+		ShutdownGrace: cfg.ShutdownGrace, Metrics: metrics})
 	log.Info("serving", "addr", ln.Addr().String(), "api", cfg.API, "workers", cfg.Workers)
 
-	var engineErr error
-	engineStopped := false
-	var engineWatch <-chan error // nil (never ready) when this process runs no workers
-	if cfg.Workers {
-		engineWatch = engineDone
-	}
-	var serverErr error
-	select {
-	case err := <-errc:
-		// A listener failed: stop like on a signal (the engine lets its
-		// requests finish and records them), then report it.
-		serverErr = fmt.Errorf("http server: %w", err)
-		log.Error("http server stopped; shutting down", "err", err)
-	case <-ctx.Done():
-	case engineErr = <-engineWatch:
-		// The workers stopped on their own: serve no more, so a supervisor restarts us.
-		engineStopped = true
-		if engineErr == nil {
-			engineErr = errors.New("stopped unexpectedly")
-		}
-		log.Error("engine stopped; shutting down", "err", engineErr)
-	}
-	log.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("shutdown: %w", err)
-	}
-	stopEngine()
-	if !engineStopped {
-		engineErr = <-engineDone
-	}
-	if engineErr != nil {
-		return errors.Join(serverErr, fmt.Errorf("engine: %w", engineErr))
-	}
-	return serverErr
+	return awaitShutdown(ctx, cfg, srv, errc, engineDone, stopEngine, log)
+
 }
 
 // operatorOnly serves the health, readiness and metrics routes of h (a
@@ -281,4 +201,129 @@ func bootstrapKey(ctx context.Context, db *database, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "\nCreated the first API key (shown once, keep it):\n\n  export HOOKSTREAM_API_KEY=%s\n\n", k.Key)
 	return nil
+}
+
+// prepareServe readies the database before serving: migrations (with
+// --migrate), the outbound policy, the encryption keyring (sealing old
+// plaintext secrets) and the first API key of an empty database.
+func prepareServe(ctx context.Context, cfg serveConfig, db *database, stdout io.Writer, log *slog.Logger) (outbound.Policy, *secretbox.Keyring, error) {
+	if cfg.Migrate {
+		applied, err := migrations.Apply(ctx, db.Pool)
+		if err != nil {
+			return outbound.Policy{}, nil, err
+		}
+		for _, m := range applied {
+			log.Info("applied migration", "name", m)
+		}
+	}
+	policy, err := outboundPolicy(cfg)
+	if err != nil {
+		return policy, nil, err
+	}
+	if cfg.Dev {
+		log.Warn("dev mode: deliveries to loopback addresses are allowed")
+	}
+	keyring, err := loadKeyring(db, log)
+	if err != nil {
+		return policy, nil, err
+	}
+	if err := prepareSecrets(ctx, db, keyring, log); err != nil {
+		return policy, nil, err
+	}
+	return policy, keyring, bootstrapKey(ctx, db, stdout)
+}
+
+// serveSide starts the side listeners: pprof (--pprof-addr) and metrics
+// (--metrics-addr, whose failure is reported on errc). The returned
+// function closes them.
+func serveSide(cfg serveConfig, metrics *metrics.Metrics, errc chan<- error, log *slog.Logger) (func(), error) {
+	var closers []func() error
+	closeAll := func() {
+		for _, c := range closers {
+			_ = c()
+		}
+	}
+	if cfg.PprofAddr != "" {
+		pln, err := net.Listen("tcp", cfg.PprofAddr)
+		if err != nil {
+			return closeAll, fmt.Errorf("listen on %s (pprof): %w", cfg.PprofAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		psrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = psrv.Serve(pln) }()
+		closers = append(closers, psrv.Close)
+		log.Info("serving pprof", "addr", pln.Addr().String())
+	}
+	if cfg.MetricsAddr != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			return closeAll, fmt.Errorf("listen on %s (metrics): %w", cfg.MetricsAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", handlers.MetricsHandler(metrics, cfg.MetricsToken))
+		msrv := newHTTPServer(mux)
+		go func() { errc <- msrv.Serve(mln) }()
+		closers = append(closers, msrv.Close)
+		log.Info("serving metrics", "addr", mln.Addr().String())
+	}
+	return closeAll, nil
+}
+
+// awaitShutdown serves until a signal, a listener's failure (errc) or the
+// engine stopping on its own, then shuts the server down, stops the engine
+// and waits for it to record what it sent.
+func awaitShutdown(ctx context.Context, cfg serveConfig, srv *http.Server, errc <-chan error, engineDone <-chan error,
+	stopEngine context.CancelFunc, log *slog.Logger) error {
+	var engineErr error
+	engineStopped := false
+	var engineWatch <-chan error // nil (never ready) when this process runs no workers
+	if cfg.Workers {
+		engineWatch = engineDone
+	}
+	var serverErr error
+	select {
+	case err := <-errc:
+		// A listener failed: stop like on a signal (the engine lets its
+		// requests finish and records them), then report it.
+		serverErr = fmt.Errorf("http server: %w", err)
+		log.Error("http server stopped; shutting down", "err", err)
+	case <-ctx.Done():
+	case engineErr = <-engineWatch:
+		// The workers stopped on their own: serve no more, so a supervisor restarts us.
+		engineStopped = true
+		if engineErr == nil {
+			engineErr = errors.New("stopped unexpectedly")
+		}
+		log.Error("engine stopped; shutting down", "err", engineErr)
+	}
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	stopEngine()
+	if !engineStopped {
+		engineErr = <-engineDone
+	}
+	if engineErr != nil {
+		return errors.Join(serverErr, fmt.Errorf("engine: %w", engineErr))
+	}
+	return serverErr
+}
+
+// startEngine runs the delivery engine until ctx ends when this process
+// runs workers; the channel gives Run's result (closed at once otherwise).
+func startEngine(ctx context.Context, cfg serveConfig, p handlers.EngineParams) <-chan error {
+	done := make(chan error, 1)
+	if !cfg.Workers {
+		close(done)
+		return done
+	}
+	engine := handlers.NewEngine(p)
+	go func() { done <- engine.Run(ctx) }()
+	return done
 }
