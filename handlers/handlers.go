@@ -26,6 +26,7 @@ import (
 	"github.com/hookstream/hookstream/handlers/outbound"
 	"github.com/hookstream/hookstream/handlers/redeliver"
 	"github.com/hookstream/hookstream/handlers/resources"
+	"github.com/hookstream/hookstream/internal/kit"
 	"github.com/hookstream/hookstream/internal/secretbox"
 	"github.com/hookstream/hookstream/projections"
 )
@@ -57,15 +58,7 @@ type Service = api.Services
 
 // NewService fills defaults and wires the roles.
 func NewService(p ServiceParams) *Service {
-	if p.Now == nil {
-		p.Now = time.Now
-	}
-	if p.Log == nil {
-		p.Log = slog.Default()
-	}
-	if p.Store == nil {
-		p.Store = eventstore.New(p.Now)
-	}
+	kit.Defaults(&p.Now, &p.Log, &p.Store)
 	s := &Service{}
 	reg := resources.New(resources.Params{Pool: p.Pool, Store: p.Store, Log: p.Log, Now: p.Now, PublicURL: p.PublicURL,
 		Secrets: p.Secrets, Outbound: p.Outbound, Changed: func() { s.ForgetRoutes() }})
@@ -97,15 +90,7 @@ type EngineParams = delivery.EngineParams
 // NewEngine builds the delivery engine with the replay releaser and the
 // issue resolver running beside its dispatcher.
 func NewEngine(p EngineParams) *delivery.Engine {
-	if p.Now == nil {
-		p.Now = time.Now
-	}
-	if p.Log == nil {
-		p.Log = slog.Default()
-	}
-	if p.Store == nil {
-		p.Store = eventstore.New(p.Now)
-	}
+	kit.Defaults(&p.Now, &p.Log, &p.Store)
 	replays := redeliver.New(redeliver.Params{Pool: p.Pool, Store: p.Store, Log: p.Log, Now: p.Now, ReplayPoll: p.ReplayPoll})
 	now, log := p.Now, p.Log
 	p.Background = append(p.Background, replays.RunReplays, func(ctx context.Context) {

@@ -117,15 +117,7 @@ func (e *Engine) maxBatches() int { return max(1, (e.p.PerDestination+batchSize-
 
 // NewEngine fills defaults and returns an engine ready to Run.
 func NewEngine(p EngineParams) *Engine {
-	if p.Now == nil {
-		p.Now = time.Now
-	}
-	if p.Log == nil {
-		p.Log = slog.Default()
-	}
-	if p.Store == nil {
-		p.Store = eventstore.New(p.Now)
-	}
+	kit.Defaults(&p.Now, &p.Log, &p.Store)
 	if p.Lanes <= 0 {
 		p.Lanes = 64
 	}

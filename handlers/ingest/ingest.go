@@ -52,17 +52,12 @@ type Ingester struct {
 
 // New fills defaults and starts the group committer (stop it with Close).
 func New(p Params) *Ingester {
-	if p.Now == nil {
-		p.Now = time.Now
-	}
+	kit.Defaults(&p.Now, nil, &p.Store)
 	if p.MaxIngestBody <= 0 {
 		p.MaxIngestBody = 1 << 20
 	}
 	if p.CacheTTL == 0 {
 		p.CacheTTL = time.Second
-	}
-	if p.Store == nil {
-		p.Store = eventstore.New(p.Now)
 	}
 	return &Ingester{p: p, pool: p.Pool, store: p.Store, now: func() time.Time { return p.Now().UTC() }, reg: p.Sources,
 		ingest: newGroupCommitter(p.Pool, p.Store, 4, 256), routes: newIngestCache(p.CacheTTL, p.Now)}

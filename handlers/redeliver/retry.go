@@ -49,15 +49,7 @@ type Redeliverer struct {
 
 // New fills defaults and returns the redeliverer.
 func New(p Params) *Redeliverer {
-	if p.Now == nil {
-		p.Now = time.Now
-	}
-	if p.Log == nil {
-		p.Log = slog.Default()
-	}
-	if p.Store == nil {
-		p.Store = eventstore.New(p.Now)
-	}
+	kit.Defaults(&p.Now, &p.Log, &p.Store)
 	if p.ReplayPoll <= 0 {
 		p.ReplayPoll = 250 * time.Millisecond
 	}

@@ -48,15 +48,7 @@ type Registry struct {
 
 // New returns the registry; p.Now and p.Log default to the clock and slog's default.
 func New(p Params) *Registry {
-	if p.Now == nil {
-		p.Now = time.Now
-	}
-	if p.Log == nil {
-		p.Log = slog.Default()
-	}
-	if p.Store == nil {
-		p.Store = eventstore.New(p.Now)
-	}
+	kit.Defaults(&p.Now, &p.Log, &p.Store)
 	return &Registry{p: p, pool: p.Pool, store: p.Store, now: func() time.Time { return p.Now().UTC() }}
 }
 
