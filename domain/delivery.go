@@ -196,3 +196,35 @@ func retryDelay(policy RetryPolicy, n int, retryAfterMS int64) time.Duration {
 	}
 	return policy.Delay(n)
 }
+
+// DeliveryState is what RecordAttempt needs of a delivery, kept beside its
+// job row by the writers that hold the folded aggregate, so that recording an
+// attempt need not load the stream. It is only as good as Version: an append
+// at that expected version fails when the stream has moved on.
+type DeliveryState struct {
+	Version     int64
+	EventID     string
+	Next        PlannedAttempt
+	LastNumber  int
+	AutoRetries int
+	Reopened    string
+}
+
+// State is the delivery's DeliveryState; ok is false when no attempt is
+// planned (a terminal delivery has nothing to record).
+func (d *Delivery) State() (s DeliveryState, ok bool) {
+	if d.next == nil {
+		return s, false
+	}
+	return DeliveryState{Version: d.version, EventID: d.requested.EventID, Next: *d.next, LastNumber: d.lastNumber,
+		AutoRetries: d.autoRetries, Reopened: d.reopened}, true
+}
+
+// RestoreDelivery is the delivery a DeliveryState describes: enough to
+// RecordAttempt and to Apply what that decides. Requested() holds the event
+// id only.
+func RestoreDelivery(s DeliveryState) *Delivery {
+	next := s.Next
+	return &Delivery{version: s.Version, requested: DeliveryRequested{EventID: s.EventID}, lastNumber: s.LastNumber,
+		autoRetries: s.AutoRetries, next: &next, reopened: s.Reopened}
+}

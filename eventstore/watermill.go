@@ -57,6 +57,11 @@ type SchemaAdapter struct {
 	EventTypes []string
 	// ScanWindow is how many positions one filtered query looks at (default 10×BatchSize).
 	ScanWindow int
+	// PayloadTypes, when set (and EventTypes is not), reads every event but
+	// fetches payload and metadata only for these types: a group that drops
+	// the other types after the read (FilterAfterRead) pays neither their
+	// jsonb output nor their decoding.
+	PayloadTypes []string
 }
 
 var _ sql.SchemaAdapter = SchemaAdapter{}
@@ -107,6 +112,19 @@ func (a SchemaAdapter) SelectQuery(p sql.SelectQueryParams) (sql.Query, error) {
 	const after = `(transaction_id, global_position) >
 	      ((SELECT last_processed_transaction_id FROM last_processed), (SELECT offset_acked FROM last_processed))
 	  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())`
+	if len(a.EventTypes) == 0 && len(a.PayloadTypes) > 0 {
+		typesArg := "$" + strconv.Itoa(len(next.Args)+1)
+		wanted := `e.event_type = ANY(` + typesArg + `::text[])`
+		q := `WITH last_processed AS (` + next.Query + `)
+	SELECT e.global_position, e.transaction_id::text::bigint AS txid, e.event_id,
+	       CASE WHEN ` + wanted + ` THEN e.payload END, CASE WHEN ` + wanted + ` THEN e.metadata END,
+	       e.event_type, e.stream_type, e.stream_id, e.stream_version, e.schema_version, e.org_id, e.env_id, e.recorded_at
+	FROM events e
+	WHERE ` + after + `
+	ORDER BY e.transaction_id, e.global_position
+	LIMIT ` + strconv.Itoa(batch)
+		return sql.Query{Query: q, Args: append(append([]any{}, next.Args...), a.PayloadTypes)}, nil
+	}
 	if len(a.EventTypes) == 0 {
 		q := `WITH last_processed AS (` + next.Query + `)
 	SELECT ` + cols + ` FROM events e
@@ -237,6 +255,7 @@ type SubscriberParams struct {
 	// order index, no window) and drops the other types as they arrive,
 	// without a handler: cheaper than filtering in SQL, which fetches each
 	// scanned row's type from the heap, when the types are few and spread out.
+	// The other types' payload and metadata are not fetched.
 	FilterAfterRead bool
 }
 
@@ -267,7 +286,7 @@ func NewSubscriber(pool *pgxpool.Pool, p SubscriberParams, logger watermill.Logg
 		ResendInterval: p.ResendInterval,
 		RetryInterval:  p.PollInterval * 4,
 		BackoffManager: backoffFor(p),
-		SchemaAdapter:  SchemaAdapter{BatchSize: p.BatchSize, EventTypes: sqlTypes(p), ScanWindow: p.ScanWindow},
+		SchemaAdapter:  SchemaAdapter{BatchSize: p.BatchSize, EventTypes: sqlTypes(p), ScanWindow: p.ScanWindow, PayloadTypes: payloadTypes(p)},
 		OffsetsAdapter: OffsetsAdapter(),
 	}, logger)
 	if err != nil {
@@ -302,6 +321,14 @@ func backoffFor(p SubscriberParams) sql.BackoffManager {
 		return p.Backoff
 	}
 	return pacedBackoff{BackoffManager: sql.NewDefaultBackoffManager(p.PollInterval, p.PollInterval*4), pace: p.Pace}
+}
+
+// payloadTypes are the types whose payload a FilterAfterRead group reads.
+func payloadTypes(p SubscriberParams) []string {
+	if p.FilterAfterRead {
+		return p.EventTypes
+	}
+	return nil
 }
 
 func sqlTypes(p SubscriberParams) []string {

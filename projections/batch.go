@@ -129,8 +129,13 @@ func (s *attemptsSegment) pending(e eventstore.Event, id, delivery string, num i
 	s.pAt, s.pNum = append(s.pAt, at), append(s.pNum, int32(num))
 }
 
+// statements writes the segment set-based. An attempt made in the segment
+// is written once: its pending row (same segment) and its next retry time
+// (the RetryScheduled that follows it) go into the one INSERT of the attempt,
+// with the values the three writes one after another would leave.
 func (s *attemptsSegment) statements() []eventstore.Statement {
 	var out eventstore.Statements
+	pendingAt := s.foldPending()
 	if len(s.pdDelivery) > 0 {
 		out.Add(`INSERT INTO projected_deliveries (delivery_id, event_id, connection_id, destination_id, connection_name, destination_name, replay_id)
 			SELECT d, ev, c, dst, cn, dn, NULLIF(r, '') FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
@@ -153,7 +158,8 @@ func (s *attemptsSegment) statements() []eventstore.Statement {
 		bodySize, duration, number := make([]int32, n), make([]int32, n), make([]int32, n)
 		respStatus := make([]*int32, n)
 		respHeaders, respBody, errMsg := make([]*string, n), make([]*string, n), make([]*string, n)
-		started := make([]time.Time, n)
+		created := make([]time.Time, n)
+		nextRetry := make([]*time.Time, n)
 		for i, r := range s.a {
 			p := r.p
 			id[i], org[i], env[i], delivery[i], url[i], method[i] = p.AttemptID, r.org, r.env, r.delivery, p.RequestURL, p.RequestMethod
@@ -163,23 +169,31 @@ func (s *attemptsSegment) statements() []eventstore.Statement {
 				v := int32(*p.ResponseStatus)
 				respStatus[i] = &v
 			}
-			respHeaders[i], respBody[i], errMsg[i], started[i] = p.ResponseHeaders, p.ResponseBody, p.Error, p.StartedAt
+			respHeaders[i], respBody[i], errMsg[i], created[i] = p.ResponseHeaders, p.ResponseBody, p.Error, p.StartedAt
+			if at, ok := pendingAt[p.AttemptID]; ok {
+				created[i] = at // the pending row's creation time, which the upsert keeps
+			}
+			if at, ok := s.retryAt[p.AttemptID]; ok {
+				nextRetry[i] = &at
+				delete(s.retryAt, p.AttemptID)
+			}
 		}
 		out.Add(`INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
 				request_url, request_method, request_headers, request_body_size, response_status, response_headers, response_body,
-				duration_ms, status, error, created_at, attempt_number, trigger_type, connection_name, destination_name, replay_id)
+				duration_ms, status, error, created_at, attempt_number, trigger_type, connection_name, destination_name, replay_id, next_retry_at)
 			SELECT u.id, u.org, u.env, d.delivery_id, d.event_id, d.connection_id, d.destination_id, u.url, u.method, u.rh, u.bs, u.rs, u.rsh, u.rb,
-				u.dur, u.st, u.err, u.at, u.num, u.trig, d.connection_name, d.destination_name, d.replay_id
+				u.dur, u.st, u.err, u.at, u.num, u.trig, d.connection_name, d.destination_name, d.replay_id, u.nra
 			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::int[], $10::text[],
-				$11::text[], $12::int[], $13::text[], $14::text[], $15::timestamptz[], $16::int[], $17::text[])
-				AS u(id, org, env, delivery, url, method, rh, bs, rs, rsh, rb, dur, st, err, at, num, trig)
+				$11::text[], $12::int[], $13::text[], $14::text[], $15::timestamptz[], $16::int[], $17::text[], $18::timestamptz[])
+				AS u(id, org, env, delivery, url, method, rh, bs, rs, rsh, rb, dur, st, err, at, num, trig, nra)
 			CROSS JOIN LATERAL (SELECT * FROM projected_deliveries x WHERE x.delivery_id = u.delivery) d
 			ON CONFLICT (id) DO UPDATE SET request_url = excluded.request_url, request_method = excluded.request_method,
 				request_headers = excluded.request_headers, request_body_size = excluded.request_body_size,
 				response_status = excluded.response_status, response_headers = excluded.response_headers,
 				response_body = excluded.response_body, duration_ms = excluded.duration_ms, status = excluded.status,
-				error = excluded.error, attempt_number = excluded.attempt_number, trigger_type = excluded.trigger_type`,
-			id, org, env, delivery, url, method, reqHeaders, bodySize, respStatus, respHeaders, respBody, duration, status, errMsg, started, number, trigger)
+				error = excluded.error, attempt_number = excluded.attempt_number, trigger_type = excluded.trigger_type,
+				next_retry_at = coalesce(excluded.next_retry_at, delivery_attempts.next_retry_at)`,
+			id, org, env, delivery, url, method, reqHeaders, bodySize, respStatus, respHeaders, respBody, duration, status, errMsg, created, number, trigger, nextRetry)
 	}
 	if ids, at := keysAndTimes(s.retryAt); len(ids) > 0 {
 		out.Add(`UPDATE delivery_attempts a SET next_retry_at = u.at FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at) WHERE a.id = u.id`, ids, at)
@@ -296,4 +310,28 @@ func EventsBatch(evs []eventstore.Event) ([]eventstore.Statement, error) {
 			WHERE v.id = x.id`, ev)
 	}
 	return out, nil
+}
+
+// foldPending takes out of the pending rows those of attempts made in this
+// segment, returning their creation times: the attempt's INSERT writes them.
+func (s *attemptsSegment) foldPending() map[string]time.Time {
+	if len(s.attempted) == 0 || len(s.pID) == 0 {
+		return nil
+	}
+	folded := map[string]time.Time{}
+	kept := 0
+	for i, id := range s.pID {
+		if _, made := s.attempted[id]; made {
+			if _, seen := folded[id]; !seen {
+				folded[id] = s.pAt[i]
+			}
+			continue
+		}
+		s.pID[kept], s.pOrg[kept], s.pEnv[kept], s.pDelivery[kept] = id, s.pOrg[i], s.pEnv[i], s.pDelivery[i]
+		s.pURL[kept], s.pMethod[kept], s.pTrigger[kept], s.pAt[kept], s.pNum[kept] = s.pURL[i], s.pMethod[i], s.pTrigger[i], s.pAt[i], s.pNum[i]
+		kept++
+	}
+	s.pID, s.pOrg, s.pEnv, s.pDelivery = s.pID[:kept], s.pOrg[:kept], s.pEnv[:kept], s.pDelivery[:kept]
+	s.pURL, s.pMethod, s.pTrigger, s.pAt, s.pNum = s.pURL[:kept], s.pMethod[:kept], s.pTrigger[:kept], s.pAt[:kept], s.pNum[:kept]
+	return folded
 }

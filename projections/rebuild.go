@@ -706,7 +706,8 @@ func (r *rebuilder) merge(ctx context.Context) error {
 				attempt_number, trigger_type, due_at, version FROM rb_jobs
 			ON CONFLICT (delivery_id) DO UPDATE SET state = excluded.state, attempt_id = excluded.attempt_id,
 				attempt_number = excluded.attempt_number, trigger_type = excluded.trigger_type, due_at = excluded.due_at,
-				lease_until = NULL, leased_by = NULL, version = excluded.version
+				lease_until = NULL, leased_by = NULL, version = excluded.version,
+				auto_retries = NULL, last_number = NULL, reopened = NULL -- unknown here: the stream is loaded
 			WHERE j.version < excluded.version`)
 		if err != nil {
 			return fmt.Errorf("merge jobs: %w", err)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
+	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/handlers/circuit"
 	"github.com/hookstream/hookstream/handlers/jobs"
 	"github.com/hookstream/hookstream/handlers/secrets"
@@ -171,13 +172,19 @@ func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, limit
 		var j dispatchJob
 		var headers, intervals, signingRaw []byte
 		var prevValid bool
-		var sealed string
+		var sealed, trigger string
+		var due time.Time
+		var autoRetries, lastNumber *int32
+		var reopened *string
 		if err := rows.Scan(&j.DeliveryID, &j.OrgID, &j.EnvID, &j.EventID, &j.DestinationID, &j.AttemptID, &j.AttemptNumber, &j.Version,
 			&j.BodyB64, &j.ContentType, &j.DestFound, &j.URL, &j.Method, &headers, &j.TimeoutMS,
-			&j.Retry.Enabled, &j.Retry.MaxRetries, &j.Retry.Backoff, &intervals, &j.DestStatus, &j.DisabledWhy, &signingRaw, &prevValid, &sealed); err != nil {
+			&j.Retry.Enabled, &j.Retry.MaxRetries, &j.Retry.Backoff, &intervals, &j.DestStatus, &j.DisabledWhy, &signingRaw, &prevValid, &sealed,
+			&trigger, &due, &autoRetries, &lastNumber, &reopened); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("scan claimed job: %w", err)
 		}
+		j.State = jobs.Snapshot(j.Version, j.EventID, domain.PlannedAttempt{ID: j.AttemptID, Number: j.AttemptNumber, Trigger: trigger, Due: due},
+			autoRetries, lastNumber, reopened)
 		e.openJobSecrets(&j, headers, signingRaw, sealed, prevValid)
 		if err := json.Unmarshal(intervals, &j.Retry.Intervals); err != nil && j.Unsendable == "" {
 			// One bad row fails its own job, not the claim (whose leases are taken).

@@ -24,6 +24,7 @@ func (e *Engine) complete(ctx context.Context, batch []dispatchJob, results []do
 		return err
 	}
 	for i := range batch {
+		batch[i].State = nil // a stream moved past a snapshot: load it
 		for try := 0; ; try++ {
 			err := e.completeTx(ctx, batch[i:i+1], results[i:i+1])
 			if err == nil || !errors.Is(err, eventstore.ErrConcurrency) || try == 3 {
@@ -98,12 +99,17 @@ func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []
 // and whether its destination's circuit breaker is enabled and its circuit
 // clean (closed, no failures, no probe). pgx.ErrNoRows: no circuit row yet.
 func (e *Engine) readForCompletion(ctx context.Context, batch []dispatchJob) (streams map[string][]eventstore.Event, enabled, clean bool, err error) {
-	ids := make([]string, len(batch))
-	for i, j := range batch {
-		ids[i] = j.DeliveryID
+	var ids []string // the deliveries without a snapshot: their streams are loaded
+	for _, j := range batch {
+		if j.State == nil {
+			ids = append(ids, j.DeliveryID)
+		}
 	}
 	reads := &pgx.Batch{}
-	readStreams := e.p.Store.QueueLoadMany(reads, ids)
+	readStreams := func(pgx.BatchResults) (map[string][]eventstore.Event, error) { return nil, nil }
+	if len(ids) > 0 {
+		readStreams = e.p.Store.QueueLoadMany(reads, ids)
+	}
 	reads.Queue(`SELECT d.circuit_breaker_enabled, k.state = 'closed' AND k.failure_count = 0 AND k.probe_delivery_id IS NULL
 		FROM destinations d JOIN destination_circuits k ON k.destination_id = d.id WHERE d.id = $1`, batch[0].DestinationID)
 	br := e.p.Pool.SendBatch(ctx, reads)
@@ -124,7 +130,15 @@ func (e *Engine) readForCompletion(ctx context.Context, batch []dispatchJob) (st
 func planCompletion(batch []dispatchJob, results []domain.DeliveryAttempted, streams map[string][]eventstore.Event,
 	now time.Time) (appends []eventstore.StreamAppend, rows jobs.Rows, stale []string, deadLetter bool, err error) {
 	for i, j := range batch {
-		d, decided, err := recordAttempt(streams[j.DeliveryID], j, results[i], now)
+		var d *domain.Delivery
+		var decided []domain.Decided
+		var err error
+		if j.State != nil {
+			d = domain.RestoreDelivery(*j.State)
+			decided, err = d.RecordAttempt(results[i], j.Retry, now, kit.NewID)
+		} else {
+			d, decided, err = recordAttempt(streams[j.DeliveryID], j, results[i], now)
+		}
 		if errors.Is(err, domain.ErrAttemptNotPlanned) {
 			stale = append(stale, j.DeliveryID)
 			continue

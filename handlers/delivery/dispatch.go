@@ -39,6 +39,9 @@ type dispatchJob struct {
 	// Unsendable, when set, is why no request may be made (a secret that
 	// does not decrypt, a signing config without its secret): fail closed.
 	Unsendable string `json:"unsendable,omitempty"`
+	// State is the delivery as its job row describes it, when the row has a
+	// snapshot: recording the attempt then needs no stream load.
+	State *domain.DeliveryState `json:"-"`
 }
 
 func (e *Engine) dispatch(ctx context.Context, bus message.Publisher) {

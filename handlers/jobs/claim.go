@@ -46,14 +46,16 @@ WITH RECURSIVE dests AS (
     SET lease_until = $1 + (coalesce(d.timeout_ms, 30000) * interval '1 millisecond') + $8::interval, leased_by = $7
     FROM c LEFT JOIN destinations d ON d.id = c.destination_id
     WHERE j.delivery_id = c.delivery_id
-    RETURNING j.delivery_id, j.org_id, j.env_id, j.event_id, j.destination_id, j.attempt_id, j.attempt_number, j.version, j.received_uuid, j.due_at
+    RETURNING j.delivery_id, j.org_id, j.env_id, j.event_id, j.destination_id, j.attempt_id, j.attempt_number, j.version, j.received_uuid, j.due_at,
+        j.trigger_type, j.auto_retries, j.last_number, j.reopened
 )
 SELECT u.delivery_id, u.org_id, u.env_id, u.event_id, u.destination_id, u.attempt_id, u.attempt_number, u.version,
        e.payload->>'body_b64', coalesce(e.payload->>'content_type', ''),
        d.id IS NOT NULL, coalesce(d.url, ''), coalesce(d.method, 'POST'), coalesce(d.headers, '{}'), coalesce(d.timeout_ms, 30000),
        coalesce(d.retry_enabled, false), coalesce(d.retry_max_attempts, 0), coalesce(d.retry_backoff_type, 'exponential'),
        coalesce(d.retry_intervals, '[30]'), coalesce(d.status, ''), coalesce(d.disabled_reason, ''), d.signing_config,
-       coalesce(d.signing_previous_expires_at > $1, false), coalesce(d.secrets, '')
+       coalesce(d.signing_previous_expires_at > $1, false), coalesce(d.secrets, ''),
+       u.trigger_type, u.due_at, u.auto_retries, u.last_number, u.reopened
 FROM u CROSS JOIN LATERAL (SELECT x.payload FROM events x WHERE x.event_id = u.received_uuid) e
 LEFT JOIN destinations d ON d.id = u.destination_id
 ORDER BY u.destination_id, u.due_at`

@@ -33,8 +33,8 @@ func Insert(ctx context.Context, tx pgx.Tx, jobs []NewJob) error {
 
 const InsertSQL = `WITH ins AS (
 		INSERT INTO delivery_jobs (delivery_id, org_id, env_id, event_id, connection_id, destination_id, received_uuid,
-			state, attempt_id, attempt_number, trigger_type, due_at, version)
-		SELECT d, o, e, ev, c, dst, r::uuid, 'scheduled', a, 1, tr, due, 1
+			state, attempt_id, attempt_number, trigger_type, due_at, version, auto_retries, last_number, reopened)
+		SELECT d, o, e, ev, c, dst, r::uuid, 'scheduled', a, 1, tr, due, 1, 0, 1, ''
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
 			AS u(d, o, e, ev, c, dst, r, a, tr, due)
 		ON CONFLICT (delivery_id) DO NOTHING RETURNING 1)
@@ -61,15 +61,18 @@ func Upsert(ctx context.Context, tx pgx.Tx, d *domain.Delivery, org, env string)
 	if n := d.Next(); n != nil {
 		state, attemptID, number, trigger, due = "scheduled", n.ID, n.Number, n.Trigger, n.Due
 	}
+	snap := snapshotOf(d)
 	_, err := tx.Exec(ctx, `INSERT INTO delivery_jobs (delivery_id, org_id, env_id, event_id, connection_id, destination_id, received_uuid,
-			state, attempt_id, attempt_number, trigger_type, due_at, version)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+			state, attempt_id, attempt_number, trigger_type, due_at, version, auto_retries, last_number, reopened)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 		ON CONFLICT (delivery_id) DO UPDATE SET state = excluded.state, attempt_id = excluded.attempt_id,
 			attempt_number = excluded.attempt_number, trigger_type = excluded.trigger_type, due_at = excluded.due_at,
-			lease_until = NULL, leased_by = NULL, version = excluded.version
+			lease_until = NULL, leased_by = NULL, version = excluded.version,
+			auto_retries = excluded.auto_retries, last_number = excluded.last_number, reopened = excluded.reopened
 		WHERE delivery_jobs.version < excluded.version`,
 		req.DeliveryID, org, env, req.EventID, req.ConnectionID, req.DestinationID, req.ReceivedUUID,
-		state, kit.NullIfEmpty(attemptID), number, kit.OrDefault(trigger, domain.TriggerInitial), due, d.Version())
+		state, kit.NullIfEmpty(attemptID), number, kit.OrDefault(trigger, domain.TriggerInitial), due, d.Version(),
+		snap.autoRetries, snap.lastNumber, snap.reopened)
 	if err != nil {
 		return fmt.Errorf("upsert job: %w", err)
 	}

@@ -43,8 +43,8 @@ func Schedule(e eventstore.Event) ([]eventstore.Statement, error) {
 		}
 		add(`WITH ins AS (
 				INSERT INTO delivery_jobs (delivery_id, org_id, env_id, event_id, connection_id, destination_id, received_uuid,
-					state, attempt_id, attempt_number, trigger_type, due_at, version)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, 'scheduled', $8, 1, $9, $10, $11)
+					state, attempt_id, attempt_number, trigger_type, due_at, version, auto_retries, last_number, reopened)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, 'scheduled', $8, 1, $9, $10, $11, 0, 1, '')
 				ON CONFLICT (delivery_id) DO NOTHING RETURNING 1)
 			SELECT pg_notify('`+Channel+`', '') FROM ins`,
 			p.DeliveryID, e.OrgID, e.EnvID, p.EventID, p.ConnectionID, p.DestinationID, p.ReceivedUUID, p.AttemptID, p.TriggerType, p.RequestedAt, e.StreamVersion)
@@ -61,7 +61,8 @@ func Schedule(e eventstore.Event) ([]eventstore.Statement, error) {
 		}
 		add(scheduleSQL, e.StreamID, p.AttemptID, p.AttemptNumber, domain.TriggerManual, p.RequestedAt, e.StreamVersion)
 	case domain.EvDeliveryAttempted, domain.EvMovedToDLQ:
-		add(`UPDATE delivery_jobs SET state = 'done', attempt_id = NULL, lease_until = NULL, leased_by = NULL, version = $2
+		add(`UPDATE delivery_jobs SET state = 'done', attempt_id = NULL, lease_until = NULL, leased_by = NULL, version = $2,
+			auto_retries = NULL, last_number = NULL, reopened = NULL
 			WHERE delivery_id = $1 AND version < $2`, e.StreamID, e.StreamVersion)
 	}
 	if err != nil {
@@ -72,6 +73,6 @@ func Schedule(e eventstore.Event) ([]eventstore.Statement, error) {
 
 const scheduleSQL = `WITH upd AS (
 		UPDATE delivery_jobs SET state = 'scheduled', attempt_id = $2, attempt_number = $3, trigger_type = $4, due_at = $5,
-			lease_until = NULL, leased_by = NULL, version = $6
+			lease_until = NULL, leased_by = NULL, version = $6, auto_retries = NULL, last_number = NULL, reopened = NULL
 		WHERE delivery_id = $1 AND version < $6 RETURNING 1)
 	SELECT pg_notify('` + Channel + `', '') FROM upd`
