@@ -241,3 +241,37 @@ func TestIngestToADisabledSourceIsAConflictAndStoresNothing(t *testing.T) {
 		t.Fatalf("%d events stored for a disabled source", n)
 	}
 }
+
+// The event detail's headers, query and body come from the log (the read
+// model keeps only the summary), exactly as ingested.
+func TestEventDetailShowsTheRequestAsIngested(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	dst := newSink(t)
+	src, _ := h.route(dst.srv.URL, nil, nil)
+	code, resp := h.post("/v1/ingest/"+src+"?shop=acme&shop=beta", `{"order":7}`, map[string]string{"X-Shop-Topic": "orders/create"})
+	if code != 200 {
+		t.Fatalf("ingest = %d %s", code, resp)
+	}
+	var res struct {
+		EventID string `json:"event_id"`
+	}
+	if err := json.Unmarshal([]byte(resp), &res); err != nil {
+		t.Fatal(err)
+	}
+	var ev map[string]any
+	waitFor(t, 10*time.Second, "the event listed", func() bool {
+		code, out := h.do("GET", "/v1/events/"+res.EventID, h.key, nil)
+		if code == 200 {
+			ev = out["event"].(map[string]any)
+		}
+		return code == 200
+	})
+	headers, _ := json.Marshal(ev["headers"])
+	query, _ := json.Marshal(ev["query_params"])
+	payload, _ := json.Marshal(ev["payload"])
+	if !strings.Contains(string(headers), "orders/create") || string(query) != `{"shop":["acme","beta"]}` ||
+		string(payload) != `{"order":7}` || ev["payload_inline"] != `{"order":7}` {
+		t.Fatalf("event = headers %s query %s payload %s inline %v", headers, query, payload, ev["payload_inline"])
+	}
+}

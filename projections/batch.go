@@ -213,23 +213,15 @@ func keysAndTimes(m map[string]time.Time) ([]string, []time.Time) {
 	return ids, at
 }
 
-func rawOrNull(r json.RawMessage) []byte {
-	if len(r) == 0 {
-		return []byte("null")
-	}
-	return r
-}
-
 // EventsBatch folds evs (commit order) into events_view: new events first,
 // then every delivery outcome (the latest per delivery), then the status of
 // each event they belong to.
 func EventsBatch(evs []eventstore.Event) ([]eventstore.Statement, error) {
 	var out eventstore.Statements
 	var (
-		id, org, env, src, srcName, srcSlug, method, ctype, ip, body, status, vstatus, dstatus, dhash []string
-		headers, query                                                                                [][]byte
-		size, deliveries                                                                              []int32
-		received                                                                                      []time.Time
+		id, org, env, src, srcName, srcSlug, method, ctype, ip, status, vstatus, dstatus, dhash []string
+		size, deliveries                                                                        []int32
+		received                                                                                []time.Time
 	)
 	type outcome struct {
 		event, outcome string
@@ -240,25 +232,25 @@ func EventsBatch(evs []eventstore.Event) ([]eventstore.Statement, error) {
 	for _, e := range evs {
 		switch e.Type {
 		case domain.EvEventReceived:
-			// Headers and query go to jsonb as the log holds them (the same
-			// value the one-at-a-time fold re-encodes), not decoded and re-encoded.
+			// Headers, query and body stay in the log (GET /v1/events/{id}
+			// reads them there): they are skipped, not decoded.
 			var p struct {
 				domain.EventReceived
 				Headers json.RawMessage `json:"headers"`
 				Query   json.RawMessage `json:"query"`
+				BodyB64 json.RawMessage `json:"body_b64"`
 			}
 			if err := json.Unmarshal(e.Payload, &p); err != nil {
 				return nil, fmt.Errorf("project %s: %w", e.EventID, err)
 			}
-			h, q := rawOrNull(p.Headers), rawOrNull(p.Query)
 			st := "received"
 			if p.Deliveries > 0 {
 				st = "processing"
 			}
 			id, org, env, src, srcName, srcSlug = append(id, p.EventID), append(org, e.OrgID), append(env, e.EnvID), append(src, p.SourceID), append(srcName, p.SourceName), append(srcSlug, p.SourceSlug)
-			method, ctype, ip, body, status = append(method, p.Method), append(ctype, p.ContentType), append(ip, p.SourceIP), append(body, p.BodyB64), append(status, st)
+			method, ctype, ip, status = append(method, p.Method), append(ctype, p.ContentType), append(ip, p.SourceIP), append(status, st)
 			vstatus, dstatus, dhash = append(vstatus, p.VerificationStatus), append(dstatus, p.DedupStatus), append(dhash, p.DedupHash)
-			headers, query, size, deliveries, received = append(headers, h), append(query, q), append(size, int32(p.BodySize)), append(deliveries, int32(p.Deliveries)), append(received, p.ReceivedAt)
+			size, deliveries, received = append(size, int32(p.BodySize)), append(deliveries, int32(p.Deliveries)), append(received, p.ReceivedAt)
 		case domain.EvDeliveryAttempted, domain.EvMovedToDLQ:
 			stmts, err := Events(e) // decides whether the event changes an outcome
 			if err != nil {
@@ -278,14 +270,14 @@ func EventsBatch(evs []eventstore.Event) ([]eventstore.Statement, error) {
 	}
 	if len(id) > 0 {
 		out.Add(`INSERT INTO events_view (id, org_id, env_id, source_id, source_name, source_slug, method, content_type,
-				source_ip, headers, query_params, body_b64, payload_size, status, delivery_count, received_at, verification_status, dedup_status, dedup_hash)
-			SELECT id, org, env, src, sn, ss, m, NULLIF(ct, ''), NULLIF(ip, ''), h, q, b, sz, st, dc, rat,
+				source_ip, payload_size, status, delivery_count, received_at, verification_status, dedup_status, dedup_hash)
+			SELECT id, org, env, src, sn, ss, m, NULLIF(ct, ''), NULLIF(ip, ''), sz, st, dc, rat,
 				coalesce(NULLIF(vs, ''), 'none'), coalesce(NULLIF(ds, ''), 'unique'), NULLIF(dh, '')
 			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
-				$10::jsonb[], $11::jsonb[], $12::text[], $13::int[], $14::text[], $15::int[], $16::timestamptz[], $17::text[], $18::text[], $19::text[])
-				AS u(id, org, env, src, sn, ss, m, ct, ip, h, q, b, sz, st, dc, rat, vs, ds, dh)
+				$10::int[], $11::text[], $12::int[], $13::timestamptz[], $14::text[], $15::text[], $16::text[])
+				AS u(id, org, env, src, sn, ss, m, ct, ip, sz, st, dc, rat, vs, ds, dh)
 			ON CONFLICT (id) DO NOTHING`,
-			id, org, env, src, srcName, srcSlug, method, ctype, ip, headers, query, body, size, status, deliveries, received, vstatus, dstatus, dhash)
+			id, org, env, src, srcName, srcSlug, method, ctype, ip, size, status, deliveries, received, vstatus, dstatus, dhash)
 	}
 	if len(order) > 0 {
 		dl, ev, oc := make([]string, len(order)), make([]string, len(order)), make([]string, len(order))

@@ -176,18 +176,10 @@ func Events(e eventstore.Event) ([]eventstore.Statement, error) {
 	if p.Deliveries > 0 {
 		status = "processing"
 	}
-	headers, err := json.Marshal(p.Headers)
-	if err != nil {
-		return nil, fmt.Errorf("project %s: headers: %w", e.EventID, err)
-	}
-	query, err := json.Marshal(p.Query)
-	if err != nil {
-		return nil, fmt.Errorf("project %s: query: %w", e.EventID, err)
-	}
 	return []eventstore.Statement{{SQL: `INSERT INTO events_view (id, org_id, env_id, source_id, source_name, source_slug, method, content_type,
-			source_ip, headers, query_params, body_b64, payload_size, status, delivery_count, received_at, verification_status, dedup_status, dedup_hash)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, NULLIF($8, ''), NULLIF($9, ''), $10, $11, $12, $13, $14, $15, $16,
-			coalesce(NULLIF($17, ''), 'none'), coalesce(NULLIF($18, ''), 'unique'), NULLIF($19, ''))
+			source_ip, payload_size, status, delivery_count, received_at, verification_status, dedup_status, dedup_hash)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, NULLIF($8, ''), NULLIF($9, ''), $10, $11, $12, $13,
+			coalesce(NULLIF($14, ''), 'none'), coalesce(NULLIF($15, ''), 'unique'), NULLIF($16, ''))
 		ON CONFLICT (id) DO NOTHING`, Args: []any{p.EventID, e.OrgID, e.EnvID, p.SourceID, p.SourceName, p.SourceSlug, p.Method, p.ContentType,
-		p.SourceIP, headers, query, p.BodyB64, p.BodySize, status, p.Deliveries, p.ReceivedAt, p.VerificationStatus, p.DedupStatus, p.DedupHash}}}, nil
+		p.SourceIP, p.BodySize, status, p.Deliveries, p.ReceivedAt, p.VerificationStatus, p.DedupStatus, p.DedupHash}}}, nil
 }

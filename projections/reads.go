@@ -163,15 +163,22 @@ func (r *Reads) GetEvent(ctx context.Context, t domain.Tenant, id string) (Event
 	var d EventDetail
 	var body string
 	var err error
-	d.EventSummary, err = scanEventSummary(r.pool.QueryRow(ctx, `SELECT `+eventCols+`, headers, query_params, body_b64 FROM events_view
-		WHERE id = $1 AND org_id = $2 AND env_id = $3`, id, t.OrgID, t.EnvID), &d.Headers, &d.QueryParams, &body)
+	// The read model holds the summary; headers, query and body are the
+	// EventReceived's (the first event of the event's stream).
+	d.EventSummary, err = scanEventSummary(r.pool.QueryRow(ctx, `SELECT v.*, x.h, x.q, coalesce(x.b, '')
+		FROM (SELECT `+eventCols+` FROM events_view WHERE id = $1 AND org_id = $2 AND env_id = $3) v
+		LEFT JOIN LATERAL (SELECT payload->'headers' AS h, payload->'query' AS q, payload->>'body_b64' AS b
+			FROM events WHERE stream_id = v.id AND stream_version = 1) x ON true`, id, t.OrgID, t.EnvID), &d.Headers, &d.QueryParams, &body)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return EventDetail{}, kit.NotFound("Event")
 	}
 	if err != nil {
 		return EventDetail{}, fmt.Errorf("get event: %w", err)
 	}
-	raw, _ := base64.StdEncoding.DecodeString(body)
+	raw, err := base64.StdEncoding.DecodeString(body)
+	if err != nil {
+		return EventDetail{}, fmt.Errorf("get event %s: stored body: %w", id, err)
+	}
 	var parsed any
 	if json.Unmarshal(raw, &parsed) == nil {
 		d.Payload = parsed

@@ -188,12 +188,11 @@ var specs = []spec{
 		tables: []string{"events_view", "event_delivery_outcomes"}, apply: Events, mode: modeSwap,
 		stages: []stage{
 			{"rb_received", `tx xid8, pos bigint, org_id text, env_id text, event_id text, source_id text, source_name text, source_slug text,
-				method text, content_type text, source_ip text, headers jsonb, query_params jsonb, body_b64 text, payload_size int, deliveries int,
+				method text, content_type text, source_ip text, payload_size int, deliveries int,
 				received_at timestamptz, verification_status text, dedup_status text, dedup_hash text`,
 				sel(domain.EvEventReceived, `e.transaction_id, e.global_position, e.org_id, e.env_id, e.payload->>'event_id', coalesce(e.payload->>'source_id', ''),
 				coalesce(e.payload->>'source_name', ''), coalesce(e.payload->>'source_slug', ''), coalesce(e.payload->>'method', ''),
-				NULLIF(e.payload->>'content_type', ''), NULLIF(e.payload->>'source_ip', ''), coalesce(e.payload->'headers', 'null'),
-				coalesce(e.payload->'query', 'null'), coalesce(e.payload->>'body_b64', ''), coalesce((e.payload->>'body_size')::int, 0),
+				NULLIF(e.payload->>'content_type', ''), NULLIF(e.payload->>'source_ip', ''), coalesce((e.payload->>'body_size')::int, 0),
 				coalesce((e.payload->>'deliveries')::int, 0), hs_ts(e.payload->>'received_at'),
 				coalesce(NULLIF(e.payload->>'verification_status', ''), 'none'), coalesce(NULLIF(e.payload->>'dedup_status', ''), 'unique'),
 				NULLIF(e.payload->>'dedup_hash', '')`)},
@@ -206,10 +205,10 @@ var specs = []spec{
 		fill: []string{
 			`INSERT INTO event_delivery_outcomes (delivery_id, event_id, outcome, version)
 			SELECT DISTINCT ON (delivery_id) delivery_id, event_id, outcome, version FROM rb_outcome ORDER BY delivery_id, version DESC`,
-			`INSERT INTO events_view (id, org_id, env_id, source_id, source_name, source_slug, method, content_type, source_ip, headers,
-				query_params, body_b64, payload_size, status, delivery_count, received_at, verification_status, dedup_status, dedup_hash)
-			SELECT r.event_id, r.org_id, r.env_id, r.source_id, r.source_name, r.source_slug, r.method, r.content_type, r.source_ip, r.headers,
-				r.query_params, r.body_b64, r.payload_size,
+			`INSERT INTO events_view (id, org_id, env_id, source_id, source_name, source_slug, method, content_type, source_ip,
+				payload_size, status, delivery_count, received_at, verification_status, dedup_status, dedup_hash)
+			SELECT r.event_id, r.org_id, r.env_id, r.source_id, r.source_name, r.source_slug, r.method, r.content_type, r.source_ip,
+				r.payload_size,
 				CASE WHEN o.event_id IS NULL THEN CASE WHEN r.deliveries > 0 THEN 'processing' ELSE 'received' END
 					WHEN o.dlq > 0 THEN 'failed' WHEN o.success >= r.deliveries THEN 'delivered' ELSE 'processing' END,
 				r.deliveries, r.received_at, r.verification_status, r.dedup_status, r.dedup_hash
