@@ -123,9 +123,12 @@ WITH input AS (
                          $7::jsonb[], $8::jsonb[], $9::text[], $10::text[]) WITH ORDINALITY
         AS i(event_id, stream_type, stream_id, expected, event_type, schema_version, payload, metadata, org_id, env_id, ord)
 ), cur AS (
+    -- A new stream (NoStream) is not looked up: its events get versions
+    -- from 1, and if the stream exists after all the unique (stream_id,
+    -- stream_version) index refuses the first of them (ErrConcurrency).
     SELECT s.stream_id,
-           (SELECT coalesce(max(e.stream_version), 0) FROM events e WHERE e.stream_id = s.stream_id) AS v
-    FROM (SELECT DISTINCT stream_id FROM input) s
+           CASE WHEN s.lookup THEN (SELECT coalesce(max(e.stream_version), 0) FROM events e WHERE e.stream_id = s.stream_id) ELSE 0 END AS v
+    FROM (SELECT stream_id, bool_or(expected <> 0) AS lookup FROM input GROUP BY stream_id) s
 ), numbered AS (
     SELECT i.*, cur.v, row_number() OVER (PARTITION BY i.stream_id ORDER BY i.ord) AS n
     FROM input i JOIN cur USING (stream_id)
@@ -138,6 +141,10 @@ SELECT event_id, stream_type, stream_id,
 FROM numbered
 ORDER BY ord
 RETURNING global_position, transaction_id::text::bigint, event_id, stream_version`
+
+// AppendSQL is the statement every append runs (exported for connection
+// warm-up: see handlers.HotStatements).
+const AppendSQL = appendSQL
 
 // AppendMany appends to several streams in one statement: all or nothing.
 // Each stream must be at its expected version, or the call returns

@@ -112,3 +112,18 @@ var OpenAPIJSON = api.OpenAPIJSON
 
 // MarshalOpenAPI generates the OpenAPI document from the API's types.
 func MarshalOpenAPI() []byte { return api.MarshalOpenAPI() }
+
+// HotStatements are the statements ingest and the delivery handler run on
+// every webhook; serve prepares them on its first connections before
+// traffic, so no early request waits for their planning.
+func HotStatements() []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, q := range append(ingest.HotStatements(), delivery.HotStatements()...) {
+		if !seen[q] {
+			seen[q] = true
+			out = append(out, q)
+		}
+	}
+	return out
+}

@@ -95,6 +95,7 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	if err != nil {
 		return err
 	}
+	warmPool(ctx, db.Pool, handlers.HotStatements(), warmConns, log)
 	store := eventstore.New(nil)
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {

@@ -110,8 +110,7 @@ func (e *Engine) readForCompletion(ctx context.Context, batch []dispatchJob) (st
 	if len(ids) > 0 {
 		readStreams = e.p.Store.QueueLoadMany(reads, ids)
 	}
-	reads.Queue(`SELECT d.circuit_breaker_enabled, k.state = 'closed' AND k.failure_count = 0 AND k.probe_delivery_id IS NULL
-		FROM destinations d JOIN destination_circuits k ON k.destination_id = d.id WHERE d.id = $1`, batch[0].DestinationID)
+	reads.Queue(circuitCleanSQL, batch[0].DestinationID)
 	br := e.p.Pool.SendBatch(ctx, reads)
 	streams, err = readStreams(br)
 	if err == nil {
@@ -258,4 +257,15 @@ func (e *Engine) moveJobs(ctx context.Context, tx pgx.Tx, aggs map[string]*domai
 		}
 	}
 	return nil
+}
+
+// circuitCleanSQL reads whether a destination's breaker is on and its circuit clean.
+const circuitCleanSQL = `SELECT d.circuit_breaker_enabled, k.state = 'closed' AND k.failure_count = 0 AND k.probe_delivery_id IS NULL
+		FROM destinations d JOIN destination_circuits k ON k.destination_id = d.id WHERE d.id = $1`
+
+// HotStatements are the statements the delivery handler runs on every
+// batch: preparing them on fresh connections before traffic keeps their
+// planning off the first deliveries.
+func HotStatements() []string {
+	return []string{jobs.ClaimSQL, jobs.UpdateSQL, jobs.ReleaseSQL, circuitCleanSQL, eventstore.AppendSQL}
 }

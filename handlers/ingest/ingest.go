@@ -117,10 +117,7 @@ func (s *Ingester) LookupIngest(ctx context.Context, sourceID string) (*IngestTa
 	if t != nil {
 		return t, nil
 	}
-	rows, err := s.pool.Query(ctx, `SELECT src.*, c.id, c.name, c.enabled, c.status, c.filter_rules, d.id, d.name, d.status, d.url, d.method
-		FROM (SELECT `+resources.SourceCols+` FROM sources WHERE id = $1) src
-		LEFT JOIN connections c ON c.source_id = src.id LEFT JOIN destinations d ON d.id = c.destination_id
-		ORDER BY c.created_at, c.id`, sourceID)
+	rows, err := s.pool.Query(ctx, lookupSQL, sourceID)
 	var tg IngestTarget
 	found := false
 	if err == nil {
@@ -308,4 +305,15 @@ func (s *Ingester) admit(st resources.SourceState, in IngestRequest) (string, er
 		return "", err
 	}
 	return "verified", nil
+}
+
+// lookupSQL reads a source and its routes in one round trip.
+const lookupSQL = `SELECT src.*, c.id, c.name, c.enabled, c.status, c.filter_rules, d.id, d.name, d.status, d.url, d.method
+		FROM (SELECT ` + resources.SourceCols + ` FROM sources WHERE id = $1) src
+		LEFT JOIN connections c ON c.source_id = src.id LEFT JOIN destinations d ON d.id = c.destination_id
+		ORDER BY c.created_at, c.id`
+
+// HotStatements are the statements every ingest runs (see delivery.HotStatements).
+func HotStatements() []string {
+	return []string{lookupSQL, jobs.InsertSQL, eventstore.AppendSQL}
 }
