@@ -9,7 +9,7 @@ TESTFLAGS ?=
 BENCHTIME ?= 2s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test bench lint migrate db db-stop clean
+.PHONY: help build run test bench sbs profile idle soak lint migrate db db-stop clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,6 +29,23 @@ test: build ## go test -race on a throwaway PostgreSQL (or DATABASE_URL when set
 
 bench: build ## benchmarks on a throwaway PostgreSQL with durable settings (fsync on)
 	./$(BIN) devdb exec --durable -- $(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -benchmem $(PKG)
+
+BENCH ?= ../shared/bench
+N ?= 5000
+FAIL ?= 0
+ROUNDS ?= 3
+
+sbs: build ## side by side with the no-durability limit and a tuned River (needs $(BENCH)); ROUNDS, N
+	$(BENCH)/scripts/side-by-side.sh sbs.jsonl $(ROUNDS) $(BIN) $(N) 32 && python3 $(BENCH)/scripts/medians.py sbs.jsonl --baseline river-tuned
+
+profile: build ## one saturated run with pg_stat_statements and a CPU profile into prof/; N, FAIL
+	BENCH=$(BENCH) internal/bench/profile.sh $(BIN) $(N) $(FAIL) prof
+
+idle: build ## CPU of engine + PostgreSQL over 20 s without traffic, against River
+	BENCH=$(BENCH) internal/bench/idle.sh $(BIN)
+
+soak: build ## 100,000 webhooks: rate per tenth and table sizes
+	BENCH=$(BENCH) internal/bench/run100k.sh $(BIN) 100000 soak
 
 lint: ## gofmt check and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

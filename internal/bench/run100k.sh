@@ -1,0 +1,19 @@
+#!/bin/bash
+# 100,000 webhooks through one engine: throughput per tenth of the run and table sizes afterwards.
+set -euo pipefail
+here=${BENCH:-$(cd "$(dirname "$0")/../../../shared/bench" && pwd)}/scripts; bin=${1:?bin}; n=${2:-100000}; out=${3:-/tmp/bench/100k}
+mkdir -p $out
+pg=$(mktemp -d); chmod 755 "$pg"; trap '"$here/pgtmp.sh" stop "$pg/c" >/dev/null 2>&1; rm -rf "$pg"' EXIT
+dsn=$("$here/pgtmp.sh" start "$pg/c")
+export PGPID=$(head -1 "$pg/c/data/postmaster.pid")
+ENGINE_ENV="HOOKSTREAM_ALLOW_CIDRS=127.0.0.0/8 HOOKSTREAM_LOG_LEVEL=warn" DEST_EXTRA=',"circuit_breaker_enabled":false' \
+  SYSTEM=hookstream "$here/bench-engine.sh" "$out/out.jsonl" 1 0 "$dsn" "$bin" "$n" 32 > "$out/fire.log" 2>&1
+db="${dsn%/*}/hsbench?sslmode=disable"
+psql -X -q "$db" -c "WITH a AS (SELECT created_at, ntile(10) OVER (ORDER BY created_at) AS tenth FROM delivery_attempts WHERE status = 'success')
+  SELECT tenth, count(*), round(extract(epoch FROM max(created_at) - min(created_at))::numeric, 2) AS seconds,
+         round(count(*) / nullif(extract(epoch FROM max(created_at) - min(created_at)), 0)) AS per_s FROM a GROUP BY tenth ORDER BY tenth"
+psql -X -q "$db" -c "SELECT relname AS table, pg_size_pretty(pg_table_size(c.oid)) AS heap_and_toast, pg_size_pretty(pg_indexes_size(c.oid)) AS indexes,
+  pg_size_pretty(pg_total_relation_size(c.oid)) AS total, (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid) AS n_indexes
+  FROM pg_class c WHERE relname IN ('events','delivery_jobs','delivery_attempts','events_view','projected_deliveries','event_delivery_outcomes','consumer_offsets')
+  ORDER BY pg_total_relation_size(c.oid) DESC"
+tail -1 "$out/out.jsonl" | python3 -c "import sys,json; d=json.loads(sys.stdin.read()); print('deliveries/s', d['e2e']['deliveries_per_sec'], 'complete', d['e2e']['complete'], 'dups', d['e2e']['duplicates'])"
