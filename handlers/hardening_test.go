@@ -380,7 +380,8 @@ func TestPauseHoldsAndResumeReleases(t *testing.T) {
 	src, dest := h.route(dst.srv.URL, nil, nil)
 	_, out := h.do("GET", "/v1/connections?source_id="+src, h.key, nil)
 	conn := out["connections"].([]any)[0].(map[string]any)["id"].(string)
-	for _, c := range []struct{ path, what string }{{"/v1/connections/" + conn, "connection"}, {"/v1/destinations/" + dest, "destination"}} {
+	for _, c := range []struct{ path, what string }{{"/v1/connections/" + conn, "connection"}, {"/v1/destinations/" + dest, "destination"},
+		{"/v1/sources/" + src, "source"}} {
 		before := dst.count()
 		if code, out := h.do("PATCH", c.path, h.key, map[string]any{"status": "paused"}); code != 200 {
 			t.Fatalf("pause %s = %d %v", c.what, code, out)

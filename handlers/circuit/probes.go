@@ -10,6 +10,7 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/handlers/jobs"
 	"github.com/hookstream/hookstream/internal/kit"
 )
 
@@ -51,8 +52,8 @@ func Probes(ctx context.Context, pool *pgxpool.Pool, store *eventstore.Store, no
 				  AND (k.probe_delivery_id IS NULL OR k.probe_delivery_id = j.delivery_id
 				       OR NOT EXISTS (SELECT 1 FROM delivery_jobs pj WHERE pj.delivery_id = k.probe_delivery_id AND pj.state = 'scheduled'))
 				  AND NOT EXISTS (SELECT 1 FROM delivery_jobs pj WHERE pj.delivery_id = k.probe_delivery_id AND pj.lease_until >= $1)
-				  AND NOT EXISTS (SELECT 1 FROM destinations d WHERE d.id = j.destination_id AND d.status = 'paused')
-				  AND NOT EXISTS (SELECT 1 FROM connections cn WHERE cn.id = j.connection_id AND cn.status = 'paused')
+				  AND NOT `+jobs.PausedDestination("j.destination_id")+`
+				  AND NOT `+jobs.PausedRoute("j.connection_id")+`
 				ORDER BY k.destination_id, (j.delivery_id = k.probe_delivery_id) DESC, j.due_at
 			)
 			UPDATE destination_circuits k SET probe_delivery_id = p.delivery_id FROM p WHERE k.destination_id = p.destination_id

@@ -160,9 +160,11 @@ func (s *Ingester) LookupIngest(ctx context.Context, sourceID string) (*IngestTa
 // Ingest runs the source's checks in hookstream's order (IP lists, then the
 // signature, then dedup) and stores the webhook (EventReceived) with one
 // DeliveryRequested per matching connection, in one group-committed
-// transaction, returning after commit. A paused connection still gets its
-// delivery (the dispatcher holds it); a disabled connection or destination
-// gets none, and the event records why. tg comes from LookupIngest.
+// transaction, returning after commit. A paused source, connection or
+// destination still gets its deliveries (the dispatcher holds them until it
+// is active again); a disabled connection or destination gets none, and the
+// event records why (a disabled source refuses the webhook). tg comes from
+// LookupIngest.
 func (s *Ingester) Ingest(ctx context.Context, tg *IngestTarget, in IngestRequest) (IngestResult, error) {
 	src, st, routes := tg.src, tg.st, tg.routes
 	in.SourceID = src.ID
@@ -251,12 +253,10 @@ func filterInput(in IngestRequest, contentType string, routes []route) domain.Fi
 // route that takes it, and the routes skipped with why.
 func fanOut(tg *IngestTarget, in IngestRequest, input domain.FilterInput, eventID, receivedUUID string, now time.Time) (
 	appends []eventstore.StreamAppend, newJobs []jobs.NewJob, skipped []domain.SkippedRoute) {
-	st, org, env := tg.st, tg.src.OrgID, tg.src.EnvID
+	org, env := tg.src.OrgID, tg.src.EnvID
 	for _, r := range tg.routes {
 		reason := ""
 		switch {
-		case st.Status != "active":
-			reason = "source " + st.Status
 		case !r.connEnabled || r.connStatus == "disabled":
 			reason = "connection disabled"
 		case r.destStatus == "disabled":

@@ -10,7 +10,7 @@ package jobs
 // probes). A job whose lease expired (its worker died) is claimable again,
 // under the same attempt id. Only the lease columns change, which no index
 // holds, so the row is rewritten in place.
-const ClaimSQL = `
+var ClaimSQL = `
 WITH RECURSIVE dests AS (
     (SELECT j.destination_id FROM delivery_jobs j WHERE j.state = 'scheduled' ORDER BY j.destination_id LIMIT 1)
   UNION ALL
@@ -23,7 +23,7 @@ WITH RECURSIVE dests AS (
            coalesce((SELECT c.n FROM unnest($3::text[], $4::int[]) AS c(dest, n) WHERE c.dest = d.destination_id), $5::int) AS room
     FROM dests d
     WHERE d.destination_id IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM destinations x WHERE x.id = d.destination_id AND x.status = 'paused')
+      AND NOT ` + PausedDestination("d.destination_id") + `
       AND ($6::text[] IS NOT NULL
            OR NOT EXISTS (SELECT 1 FROM destination_circuits k WHERE k.destination_id = d.destination_id AND k.state <> 'closed'))
     -- Round robin: start after the destination the last claim served last.
@@ -34,7 +34,7 @@ WITH RECURSIVE dests AS (
         SELECT j.delivery_id, j.destination_id FROM delivery_jobs j
         WHERE j.destination_id = o.destination_id AND j.state = 'scheduled' AND j.due_at <= $1
           AND (j.lease_until IS NULL OR j.lease_until < $1)
-          AND NOT EXISTS (SELECT 1 FROM connections cn WHERE cn.id = j.connection_id AND cn.status = 'paused')
+          AND NOT ` + PausedRoute("j.connection_id") + `
           AND ($6::text[] IS NULL OR j.delivery_id = ANY($6))
         ORDER BY j.due_at
         LIMIT o.room
@@ -59,3 +59,19 @@ SELECT u.delivery_id, u.org_id, u.env_id, u.event_id, u.destination_id, u.attemp
 FROM u CROSS JOIN LATERAL (SELECT x.payload FROM events x WHERE x.event_id = u.received_uuid) e
 LEFT JOIN destinations d ON d.id = u.destination_id
 ORDER BY u.destination_id, u.due_at`
+
+// The pause rule, the one place it is written (the claim and the circuit's
+// probe pick use it): a job is held while its destination is paused, or its
+// connection or that connection's source is. Held jobs are not claimed and
+// spend no attempt; they go out in due order once all are active again.
+
+// PausedDestination is true when the destination in destCol is paused.
+func PausedDestination(destCol string) string {
+	return `EXISTS (SELECT 1 FROM destinations x WHERE x.id = ` + destCol + ` AND x.status = 'paused')`
+}
+
+// PausedRoute is true when the connection in connCol, or its source, is paused.
+func PausedRoute(connCol string) string {
+	return `EXISTS (SELECT 1 FROM connections cn JOIN sources s ON s.id = cn.source_id
+		WHERE cn.id = ` + connCol + ` AND (cn.status = 'paused' OR s.status = 'paused'))`
+}
