@@ -14,6 +14,17 @@ const (
 	ReplayMaxEvents        = 10000
 )
 
+// Replay bounds of this engine, so that one request's cost is bounded.
+const (
+	// ReplayMaxSpan is the longest from-to range a replay may cover.
+	ReplayMaxSpan = 90 * 24 * time.Hour
+	// ReplayMaxRunning is how many replays one environment may run at once.
+	ReplayMaxRunning = 10
+	// ReplayMaxScanned is how many events of the range a filtered replay
+	// checks against its filter before it gives up.
+	ReplayMaxScanned = 100000
+)
+
 // ReplayRequested opens a replay stream: re-deliver EventIDs (chronological,
 // fixed when the replay was asked for) to one destination, RateLimit per second.
 type ReplayRequested struct {

@@ -3,10 +3,13 @@ package handlers_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/projections"
 )
 
@@ -206,6 +209,7 @@ func TestReplayBadInput(t *testing.T) {
 		{"no from", h.key, map[string]any{"destination_id": dest, "to": to}, 400},
 		{"bad time", h.key, map[string]any{"destination_id": dest, "from": "yesterday", "to": to}, 400},
 		{"reversed range", h.key, map[string]any{"destination_id": dest, "from": to, "to": from}, 400},
+		{"span over 90 days", h.key, map[string]any{"destination_id": dest, "from": "2026-01-01T00:00:00Z", "to": "2026-04-02T00:00:00Z"}, 400},
 		{"rate 0", h.key, map[string]any{"destination_id": dest, "from": from, "to": to, "rate_limit": 0}, 400},
 		{"rate 101", h.key, map[string]any{"destination_id": dest, "from": from, "to": to, "rate_limit": 101}, 400},
 		{"max_events 0", h.key, map[string]any{"destination_id": dest, "from": from, "to": to, "max_events": 0}, 400},
@@ -283,5 +287,27 @@ func TestEventRetryRetriesOnlyFailedDeliveries(t *testing.T) {
 	}
 	if code, _ := h.do("POST", "/v1/events/"+ev+"/retry", newKey(t, h.pool, ""), nil); code != 404 {
 		t.Errorf("another tenant's event retry = %d, want 404", code)
+	}
+}
+
+// An environment runs at most ReplayMaxRunning replays at once: the next is a
+// 409 that says so, and nothing of it is stored.
+func TestReplaysPerEnvironmentAreBounded(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	sc := newReplayScenario(t, h, 10) // at 1/s each replay runs 10 s: all are running when the next is asked for
+	body := map[string]any{"destination_id": sc.replayDest, "source_id": sc.src, "from": sc.from, "to": sc.to, "rate_limit": 1}
+	for i := 0; i < domain.ReplayMaxRunning; i++ {
+		if code, out := h.do("POST", "/v1/replay", h.key, body); code != 201 {
+			t.Fatalf("replay %d = %d %v", i+1, code, out)
+		}
+	}
+	code, out := h.do("POST", "/v1/replay", h.key, body)
+	if code != 409 || !strings.Contains(fmt.Sprint(out["error"]), "Too many running replays") {
+		t.Fatalf("replay %d = %d %v, want 409", domain.ReplayMaxRunning+1, code, out)
+	}
+	var jobs int
+	if err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM replay_jobs`).Scan(&jobs); err != nil || jobs != domain.ReplayMaxRunning {
+		t.Fatalf("%d replay jobs stored (%v), want %d", jobs, err, domain.ReplayMaxRunning)
 	}
 }

@@ -166,7 +166,7 @@ func operations() []op {
 		{method: "GET", path: "/v1/delivery-attempts/{id}", summary: "Get a delivery attempt", resp: map[string]any{"delivery_attempt": projections.Attempt{}}, errors: []int{401, 404}},
 		{method: "POST", path: "/v1/delivery-attempts/{id}/retry", summary: "Retry a delivery attempt", query: map[string]string{"wait": "string"},
 			resp: map[string]any{"delivery_attempt": projections.Attempt{}}, errors: []int{400, 401, 404}},
-		{method: "POST", path: "/v1/replay", summary: "Replay a time range to a destination", body: redeliver.ReplayInput{}, ok: 201, resp: map[string]any{"job": redeliver.ReplayJob{}}, errors: []int{400, 401, 404, 413}},
+		{method: "POST", path: "/v1/replay", summary: "Replay a time range to a destination", body: redeliver.ReplayInput{}, ok: 201, resp: map[string]any{"job": redeliver.ReplayJob{}}, errors: []int{400, 401, 404, 409, 413}},
 		{method: "GET", path: "/v1/replay", summary: "List replay jobs", query: page, resp: map[string]any{"jobs": []any{redeliver.ReplayJob{}}, "pagination": projections.Pagination{}}, errors: []int{400, 401}},
 		{method: "GET", path: "/v1/replay/{id}", summary: "Get a replay job", resp: map[string]any{"job": redeliver.ReplayJob{}}, errors: []int{401, 404}},
 		{method: "GET", path: "/v1/issues", summary: "List issues", query: with(page, map[string]string{"status": "string", "destination_id": "string"}),

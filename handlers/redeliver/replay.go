@@ -111,6 +111,9 @@ func validateReplay(in ReplayInput) (replayParams, error) {
 	if !p.from.Before(p.to) {
 		return p, domain.Errorf(domain.EInvalid, "Invalid body: 'from' must be before 'to'")
 	}
+	if p.to.Sub(p.from) > domain.ReplayMaxSpan {
+		return p, domain.Errorf(domain.EInvalid, "Invalid body: a replay covers at most %d days ('from' to 'to')", int(domain.ReplayMaxSpan.Hours()/24))
+	}
 	if in.RateLimit != nil {
 		if *in.RateLimit < 1 || *in.RateLimit > domain.ReplayMaxRate {
 			return p, domain.Errorf(domain.EInvalid, "Invalid body: 'rate_limit' must be between 1 and %d events per second", domain.ReplayMaxRate)
@@ -186,6 +189,9 @@ func (s *Redeliverer) CreateReplay(ctx context.Context, t domain.Tenant, in Repl
 	req := domain.ReplayRequested{ReplayID: id, DestinationID: p.destID, SourceID: p.sourceID, ConnectionID: p.connID,
 		From: p.from, To: p.to, RateLimit: p.rate, MaxEvents: p.max, EventIDs: ids, RequestedAt: now}
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := checkRunningReplays(ctx, tx, t); err != nil {
+			return err
+		}
 		if _, err := s.store.Append(ctx, tx, eventstore.StreamAppend{
 			StreamType: domain.StreamReplay, StreamID: id, OrgID: t.OrgID, EnvID: t.EnvID, Expected: eventstore.NoStream,
 			Events: []eventstore.NewEvent{{Type: domain.EvReplayRequested, Payload: req, Metadata: eventstore.Metadata{Actor: t.Actor, RequestID: rid, CorrelationID: id}}},
@@ -194,10 +200,32 @@ func (s *Redeliverer) CreateReplay(ctx context.Context, t domain.Tenant, in Repl
 		}
 		return insertReplayJob(ctx, tx, t.OrgID, t.EnvID, req)
 	})
+	if domain.ErrorCode(err) == domain.EConflict {
+		return ReplayJob{}, err
+	}
 	if err != nil {
 		return ReplayJob{}, fmt.Errorf("replay: record: %w", err)
 	}
 	return s.GetReplay(ctx, t, id)
+}
+
+// checkRunningReplays refuses a replay while the environment runs
+// ReplayMaxRunning already; a transaction lock per environment makes two
+// concurrent requests count each other.
+func checkRunningReplays(ctx context.Context, tx pgx.Tx, t domain.Tenant) error {
+	var running int
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('replay:' || $1 || ':' || $2))`, t.OrgID, t.EnvID); err != nil {
+		return fmt.Errorf("replay: lock: %w", err)
+	}
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM replay_jobs WHERE org_id = $1 AND env_id = $2 AND status = 'running'`,
+		t.OrgID, t.EnvID).Scan(&running); err != nil {
+		return fmt.Errorf("replay: count running: %w", err)
+	}
+	if running >= domain.ReplayMaxRunning {
+		return domain.Errorf(domain.EConflict, "Too many running replays: %d run in this environment (at most %d); wait for one to finish",
+			running, domain.ReplayMaxRunning)
+	}
+	return nil
 }
 
 // insertReplayJob writes a replay's row from its ReplayRequested.
@@ -216,7 +244,7 @@ func (s *Redeliverer) selectReplayEvents(ctx context.Context, t domain.Tenant, s
 	}
 	limit := p.max
 	if len(p.rules) > 0 {
-		limit = -1 // filtered in Go: read on until max_events match
+		limit = domain.ReplayMaxScanned + 1 // filtered in Go: read on until max_events match, within the bound
 	}
 	// From the log itself, not events_view: a webhook acknowledged a moment
 	// ago is in the replay even if the projector has not listed it yet.
@@ -232,13 +260,18 @@ func (s *Redeliverer) selectReplayEvents(ctx context.Context, t domain.Tenant, s
 		  AND hs_ts(payload->>'received_at') >= $4 AND hs_ts(payload->>'received_at') <= $5
 		  AND coalesce(payload->>'dedup_status', 'unique') <> 'duplicate'
 		ORDER BY hs_ts(payload->>'received_at'), stream_id
-		LIMIT CASE WHEN $6::int < 0 THEN NULL ELSE $6::int END`, t.OrgID, t.EnvID, sources, p.from, p.to, limit, domain.EvEventReceived)
+		LIMIT $6`, t.OrgID, t.EnvID, sources, p.from, p.to, limit, domain.EvEventReceived)
 	if err != nil {
 		return nil, fmt.Errorf("replay: select events: %w", err)
 	}
 	defer rows.Close()
 	var ids []string
+	scanned := 0
 	for rows.Next() && len(ids) < p.max {
+		if scanned++; scanned > domain.ReplayMaxScanned {
+			return nil, domain.Errorf(domain.EInvalid, "Invalid body: the filter is checked against at most %d events of the range, and %d of them matched; narrow 'from' and 'to' or name the source",
+				domain.ReplayMaxScanned, len(ids))
+		}
 		var id, method, ct, ip, body string
 		var headers map[string][]string
 		if err := rows.Scan(&id, &method, &ct, &ip, &headers, &body); err != nil {
