@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
 )
 
@@ -194,6 +195,12 @@ func (pr *Projector) Step(ctx context.Context) (int, error) {
 		}
 		plan := pr.fold(evs, offsets, active)
 		failures = plan.failures
+		if attempted(evs) {
+			// Sent on commit, once per batch: waiting retries re-read then.
+			if _, err := tx.Exec(ctx, `SELECT pg_notify('`+ProjectedChannel+`', '')`); err != nil {
+				return err
+			}
+		}
 		if len(evs) == 1 {
 			// One event: each projection in its own savepoint, so a statement
 			// one projection fails on holds back that projection only.
@@ -436,4 +443,14 @@ func exec(ctx context.Context, tx pgx.Tx, stmts []eventstore.Statement) error {
 		b.Queue(s.SQL, s.Args...)
 	}
 	return tx.SendBatch(ctx, b).Close()
+}
+
+// attempted reports whether the batch holds a recorded attempt.
+func attempted(evs []eventstore.Event) bool {
+	for _, e := range evs {
+		if e.Type == domain.EvDeliveryAttempted {
+			return true
+		}
+	}
+	return false
 }

@@ -23,6 +23,11 @@ const GroupScheduler = "scheduler"
 // due now (handlers/jobs.Channel).
 const JobsChannel = "hookstream_jobs"
 
+// ProjectedChannel is the NOTIFY channel the projector signals when a batch
+// it committed projected delivery attempts: a retry waiting for its
+// attempt's outcome (POST /v1/delivery-attempts/{id}/retry) wakes on it.
+const ProjectedChannel = "hookstream_projected"
+
 // SchedulerEvents are the event types the scheduler reads.
 var SchedulerEvents = []string{domain.EvDeliveryRequested, domain.EvRetryScheduled, domain.EvRetryRequested, domain.EvDeliveryAttempted, domain.EvMovedToDLQ}
 

@@ -61,6 +61,13 @@ type Services struct {
 	*metrics.Reports
 }
 
+// Close stops what the services run in the background: ingest's group
+// committer and the listener of waiting retries.
+func (s *Services) Close() {
+	s.Ingester.Close()
+	s.Redeliverer.Stop()
+}
+
 // API is the REST API's http.Handler.
 type API struct {
 	p      Params

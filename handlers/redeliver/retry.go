@@ -45,6 +45,8 @@ type Redeliverer struct {
 	reads  *projections.Reads
 	reg    *resources.Registry
 	issues *issues.Tracker
+	// projected wakes retries waiting for their attempt's outcome.
+	projected *projected
 }
 
 // New fills defaults and returns the redeliverer.
@@ -54,7 +56,7 @@ func New(p Params) *Redeliverer {
 		p.ReplayPoll = 250 * time.Millisecond
 	}
 	return &Redeliverer{p: p, pool: p.Pool, store: p.Store, now: func() time.Time { return p.Now().UTC() },
-		reads: p.Reads, reg: p.Registry, issues: p.Issues}
+		reads: p.Reads, reg: p.Registry, issues: p.Issues, projected: &projected{pool: p.Pool}}
 }
 
 func retryFailed(reason string) error {
@@ -100,7 +102,9 @@ func (s *Redeliverer) retryDelivery(ctx context.Context, t domain.Tenant, delive
 	if wait {
 		deadline = deadline.Add(timeout)
 	}
+	poll := 50 * time.Millisecond
 	for {
+		woken := s.projected.next() // before the read: a projection after it wakes us
 		a, err := s.reads.GetAttempt(ctx, t, newAttempt)
 		if err == nil && (!wait || a.Status != domain.AttemptPending) {
 			return a, nil
@@ -114,13 +118,20 @@ func (s *Redeliverer) retryDelivery(ctx context.Context, t domain.Tenant, delive
 			}
 			return projections.Attempt{}, fmt.Errorf("retry: attempt %s not projected in time", newAttempt)
 		}
+		// Woken when the projector commits attempts (LISTEN/NOTIFY), with a
+		// slow poll in case the listener is reconnecting.
 		select {
 		case <-ctx.Done():
 			return projections.Attempt{}, ctx.Err()
-		case <-time.After(10 * time.Millisecond):
+		case <-woken:
+		case <-time.After(poll):
+			poll = min(2*poll, retryPollMax)
 		}
 	}
 }
+
+// Stop ends the listener waiting retries share.
+func (s *Redeliverer) Stop() { s.projected.Stop() }
 
 func (s *Redeliverer) requestRetry(ctx context.Context, t domain.Tenant, deliveryID string, orig projections.Attempt, newAttempt, rid string) (time.Duration, error) {
 	var timeout time.Duration
