@@ -18,6 +18,7 @@ import (
 
 	"github.com/hookstream/hookstream/eventstore"
 	"github.com/hookstream/hookstream/handlers/issues"
+	"github.com/hookstream/hookstream/handlers/redeliver"
 )
 
 // switchSink answers 503 while down, 200 once up, and records every request.
@@ -522,4 +523,39 @@ func TestIssuesGroupRetryAndAutoResolve(t *testing.T) {
 	}
 	raw, _ := json.Marshal(out)
 	_ = raw
+}
+
+// An issue retry retries at most IssueRetryBatch deliveries per request, the
+// oldest first, and says so; the next request retries the rest.
+func TestIssueRetryIsBoundedPerRequest(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	down := newSwitchSink(t)
+	src, _ := h.route(down.srv.URL, map[string]any{"retry_enabled": false, "circuit_breaker_enabled": false}, nil)
+	total := redeliver.IssueRetryBatch + 5
+	for i := 0; i < total; i++ {
+		h.ingest(src, fmt.Sprintf(`{"i":%d}`, i))
+	}
+	var id string
+	waitFor(t, 30*time.Second, "one issue with every failure", func() bool {
+		_, out := h.do("GET", "/v1/issues", h.key, nil)
+		list := out["issues"].([]any)
+		if len(list) != 1 {
+			return false
+		}
+		m := list[0].(map[string]any)
+		id = m["id"].(string)
+		return num(m["occurrence_count"]) == total
+	})
+	down.up.Store(true)
+	code, out := h.do("POST", "/v1/issues/"+id+"/retry", h.key, nil)
+	if code != 200 || len(out["retried"].([]any)) != redeliver.IssueRetryBatch || !strings.Contains(fmt.Sprint(out["message"]), "retry the issue again") {
+		t.Fatalf("first issue retry = %d, %d retried, %v", code, len(out["retried"].([]any)), out["message"])
+	}
+	waitFor(t, 30*time.Second, "the first batch delivered", func() bool { _, ok := down.counts(); return ok == redeliver.IssueRetryBatch })
+	code, out = h.do("POST", "/v1/issues/"+id+"/retry", h.key, nil)
+	if code != 200 || len(out["retried"].([]any)) != 5 || strings.Contains(fmt.Sprint(out["message"]), "retry the issue again") {
+		t.Fatalf("second issue retry = %d, %d retried, %v", code, len(out["retried"].([]any)), out["message"])
+	}
+	waitFor(t, 30*time.Second, "every delivery delivered once", func() bool { _, ok := down.counts(); return ok == total })
 }

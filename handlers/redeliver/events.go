@@ -38,18 +38,21 @@ func (s *Redeliverer) RetryEvent(ctx context.Context, t domain.Tenant, eventID, 
 	if err != nil {
 		return EventRetryResult{}, fmt.Errorf("retry event: %w", err)
 	}
-	return s.retryFailedDeliveries(ctx, t, ids, rid)
+	return s.retryFailedDeliveries(ctx, t, ids, rid, 0)
 }
 
 // retryFailedDeliveries makes one manual attempt for each delivery whose
 // last attempt failed (folded from its stream), reporting refusals in Errors.
-func (s *Redeliverer) retryFailedDeliveries(ctx context.Context, t domain.Tenant, ids []string, rid string) (EventRetryResult, error) {
+func (s *Redeliverer) retryFailedDeliveries(ctx context.Context, t domain.Tenant, ids []string, rid string, limit int) (EventRetryResult, error) {
 	res := EventRetryResult{Retried: []projections.Attempt{}, Errors: []string{}}
 	streams, err := s.store.LoadMany(ctx, s.pool, ids)
 	if err != nil {
 		return res, fmt.Errorf("retry: %w", err)
 	}
 	for _, id := range ids {
+		if limit > 0 && len(res.Retried)+len(res.Errors) >= limit {
+			break
+		}
 		d, err := kit.FoldDelivery(streams[id])
 		if err != nil {
 			return res, err
@@ -84,7 +87,11 @@ func (s *Redeliverer) RetryIssue(ctx context.Context, t domain.Tenant, id, rid s
 	if _, err := s.issues.GetIssue(ctx, t, id); err != nil {
 		return EventRetryResult{}, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT delivery_id FROM issue_deliveries WHERE issue_id = $1 ORDER BY seen_at`, id)
+	// Bounded per request: the oldest IssueRetryBatch failed deliveries
+	// first, looking at no more than IssueRetryScan of the issue's; a retried
+	// delivery is no longer a failure, so the next request goes on from there.
+	rows, err := s.pool.Query(ctx, `SELECT delivery_id FROM issue_deliveries WHERE issue_id = $1 ORDER BY seen_at, delivery_id LIMIT $2`,
+		id, IssueRetryScan+1)
 	ids, err := kit.CollectRows(rows, err, func(r pgx.Row) (string, error) {
 		var d string
 		return d, r.Scan(&d)
@@ -92,5 +99,18 @@ func (s *Redeliverer) RetryIssue(ctx context.Context, t domain.Tenant, id, rid s
 	if err != nil {
 		return EventRetryResult{}, fmt.Errorf("retry issue: %w", err)
 	}
-	return s.retryFailedDeliveries(ctx, t, ids, rid)
+	more := len(ids) > IssueRetryScan
+	ids = ids[:min(len(ids), IssueRetryScan)]
+	res, err := s.retryFailedDeliveries(ctx, t, ids, rid, IssueRetryBatch)
+	if err == nil && (more || len(res.Retried)+len(res.Errors) >= IssueRetryBatch) {
+		res.Message += fmt.Sprintf("; at most %d per request: retry the issue again for the rest", IssueRetryBatch)
+	}
+	return res, err
 }
+
+// Issue retry bounds: how many deliveries one request retries, and how many
+// of the issue's deliveries it looks at to find them.
+const (
+	IssueRetryBatch = 100
+	IssueRetryScan  = 2000
+)
