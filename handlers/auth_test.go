@@ -128,6 +128,16 @@ func TestSessionsLoginUseAndLogout(t *testing.T) {
 	if code, _, _ := h.call("POST", "/v1/auth/login", map[string]string{"Content-Type": "text/plain"}, fmt.Sprintf(`{"api_key":%q}`, h.key)); code != 403 {
 		t.Fatalf("login from a form = %d", code)
 	}
+	// With the key in a header the body is optional, and held to the rules when sent.
+	withHeader := map[string]string{"X-API-Key": h.key, "Content-Type": "application/json"}
+	if code, out, _ := h.call("POST", "/v1/auth/login", withHeader, ""); code != 201 {
+		t.Fatalf("login with the key in a header = %d %v", code, out)
+	}
+	for _, body := range []string{`{"name":"x"}`, `{"api_key":"hs_live_other"}`, `{`} {
+		if code, out, _ := h.call("POST", "/v1/auth/login", withHeader, body); code != 400 {
+			t.Errorf("login with a header key and body %s = %d %v, want 400", body, code, out)
+		}
+	}
 }
 
 func TestAPIKeysAreManagedFromASessionAndRevokedAtOnce(t *testing.T) {

@@ -84,6 +84,17 @@ func (a *API) registerLoginRoutes(r *mux.Router) {
 				return
 			}
 			r.Header.Set("X-API-Key", *in.APIKey)
+		} else if r.ContentLength != 0 {
+			// With the key in a header a body is optional, but one that is
+			// sent is held to the same rules: no unknown fields, no second key.
+			var in LoginInput
+			if !a.decode(w, r, &in) {
+				return
+			}
+			if in.APIKey != nil && *in.APIKey != r.Header.Get("X-API-Key") {
+				writeError(w, r, a.p.Log, kit.Invalidf("'api_key' differs from the key in the request's headers: send one key"))
+				return
+			}
 		}
 		r.Header.Del("Cookie") // a login is by key only
 		now := a.p.Now()

@@ -107,6 +107,7 @@ type op struct {
 	public                bool
 	body                  any               // request body type (a zero value), nil for none
 	anyBody               bool              // ingest: any body, any content type
+	optionalBody          bool              // the body may be left out (login with the key in a header)
 	query                 map[string]string // query parameter -> type
 	ok                    int               // success status
 	resp                  map[string]any    // success body: wrapper key -> zero value ("" key: the value itself)
@@ -175,7 +176,7 @@ func operations() []op {
 		{method: "GET", path: "/v1/issues/{id}", summary: "Get an issue", resp: map[string]any{"issue": issues.Issue{}}, errors: []int{401, 404}},
 		{method: "PATCH", path: "/v1/issues/{id}", summary: "Acknowledge, resolve or snooze an issue", body: issueInputDoc{}, resp: map[string]any{"issue": issues.Issue{}}, errors: []int{400, 401, 404, 409, 413}},
 		{method: "POST", path: "/v1/issues/{id}/retry", summary: "Retry an issue's deliveries", resp: map[string]any{"": redeliver.EventRetryResult{}}, errors: []int{401, 404}},
-		{method: "POST", path: "/v1/auth/login", summary: "Exchange an API key (body or X-API-Key) for a session cookie", public: true, body: LoginInput{}, ok: 201,
+		{method: "POST", path: "/v1/auth/login", summary: "Exchange an API key (body or X-API-Key) for a session cookie", public: true, body: LoginInput{}, optionalBody: true, ok: 201,
 			resp: map[string]any{"session": tenancy.Session{}}, errors: []int{400, 401, 403, 413}},
 		{method: "POST", path: "/v1/auth/logout", summary: "End the cookie's session", resp: map[string]any{"success": true}, errors: []int{400}},
 		{method: "GET", path: "/v1/auth/session", summary: "Who the request acts for", resp: map[string]any{"org_id": "", "env_id": "", "session_id": (*string)(nil), "api_key_id": (*string)(nil)}},
@@ -289,7 +290,7 @@ func operationObject(o op, schema func(any) map[string]any) map[string]any {
 	case o.anyBody:
 		operation["requestBody"] = map[string]any{"required": false, "content": map[string]any{"*/*": map[string]any{"schema": map[string]any{}}}}
 	case o.body != nil:
-		operation["requestBody"] = map[string]any{"required": true, "content": map[string]any{"application/json": map[string]any{"schema": schema(o.body)}}}
+		operation["requestBody"] = map[string]any{"required": !o.optionalBody, "content": map[string]any{"application/json": map[string]any{"schema": schema(o.body)}}}
 	}
 	return operation
 }
