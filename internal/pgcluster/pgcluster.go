@@ -115,7 +115,7 @@ func Open(ctx context.Context, p Params) (*Cluster, error) {
 	}
 	if _, err := os.Stat(filepath.Join(p.Dir, "PG_VERSION")); err == nil {
 		hba, _ := os.ReadFile(filepath.Join(p.Dir, "pg_hba.conf"))
-		c.upgrade = strings.Contains(string(hba), "trust")
+		c.upgrade = trustAuth(string(hba))
 		return c, nil
 	}
 	pwfile, err := c.tempPasswordFile()
@@ -147,6 +147,21 @@ func Open(ctx context.Context, p Params) (*Cluster, error) {
 		return nil, fmt.Errorf("write postgresql.conf: %w", err)
 	}
 	return c, nil
+}
+
+// trustAuth reports whether a pg_hba.conf has a trust rule (comments, such
+// as initdb's list of methods, do not count).
+func trustAuth(hba string) bool {
+	for _, line := range strings.Split(hba, "\n") {
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		fields := strings.Fields(line)
+		if len(fields) >= 4 && fields[len(fields)-1] == "trust" {
+			return true
+		}
+	}
+	return false
 }
 
 // newPassword makes a random password and keeps it in path (0600).
