@@ -28,6 +28,7 @@ import (
 	"github.com/hookstream/hookstream/handlers/resources"
 	"github.com/hookstream/hookstream/internal/kit"
 	"github.com/hookstream/hookstream/internal/secretbox"
+	"github.com/hookstream/hookstream/internal/wake"
 	"github.com/hookstream/hookstream/projections"
 )
 
@@ -50,6 +51,9 @@ type ServiceParams struct {
 	// Outbound refuses destination URLs whose host is a disallowed address
 	// literal (the zero policy refuses every non-public range).
 	Outbound outbound.Policy
+	// Wake, shared with the engine in one process, carries wake-ups to it
+	// without a round trip (default: a notifier of the service's own).
+	Wake *wake.Notifier
 }
 
 // Service is the application layer: every API call is one method of one of
@@ -59,6 +63,9 @@ type Service = api.Services
 // NewService fills defaults and wires the roles.
 func NewService(p ServiceParams) *Service {
 	kit.Defaults(&p.Now, &p.Log, &p.Store)
+	if p.Wake == nil {
+		p.Wake = wake.New(p.Pool)
+	}
 	s := &Service{}
 	reg := resources.New(resources.Params{Pool: p.Pool, Store: p.Store, Log: p.Log, Now: p.Now, PublicURL: p.PublicURL,
 		Secrets: p.Secrets, Outbound: p.Outbound, Changed: func() { s.ForgetRoutes() }})
@@ -67,10 +74,10 @@ func NewService(p ServiceParams) *Service {
 	*s = api.Services{
 		Registry: reg,
 		Ingester: ingest.New(ingest.Params{Pool: p.Pool, Store: p.Store, Now: p.Now, MaxIngestBody: p.MaxIngestBody,
-			CacheTTL: p.IngestCacheTTL, Sources: reg}),
+			CacheTTL: p.IngestCacheTTL, Sources: reg, Wake: p.Wake}),
 		Reads: reads,
 		Redeliverer: redeliver.New(redeliver.Params{Pool: p.Pool, Store: p.Store, Log: p.Log, Now: p.Now,
-			Reads: reads, Registry: reg, Issues: tracker}),
+			Reads: reads, Registry: reg, Issues: tracker, Wake: p.Wake}),
 		Tracker:  tracker,
 		Breakers: circuit.New(p.Pool, p.Store, p.Now, reg),
 		Reports:  metrics.NewReports(p.Pool, p.Now),
@@ -98,6 +105,10 @@ func NewEngine(p EngineParams) *delivery.Engine {
 	})
 	return delivery.NewEngine(p)
 }
+
+// NewWake returns a notifier to share between a process's Service and
+// Engine.
+func NewWake(pool *pgxpool.Pool) *wake.Notifier { return wake.New(pool) }
 
 // NewMetrics registers hookstream's Prometheus collectors.
 func NewMetrics(pool *pgxpool.Pool, log *slog.Logger) *metrics.Metrics {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/internal/wake"
 )
 
 // Projection is one read model the projector keeps: its consumer group
@@ -51,6 +52,9 @@ type ProjectorParams struct {
 	// one transaction (and fsync) per event. It delays the read models by at
 	// most this much.
 	Pace time.Duration
+	// Wake tells waiting retries that attempts were projected (default: a
+	// notifier of its own on Pool).
+	Wake *wake.Notifier
 }
 
 // Projector keeps several read models from one read of the log: each batch
@@ -93,6 +97,9 @@ func NewProjector(p ProjectorParams) *Projector {
 	}
 	if p.Pace <= 0 {
 		p.Pace = 50 * time.Millisecond
+	}
+	if p.Wake == nil {
+		p.Wake = wake.New(p.Pool)
 	}
 	return &Projector{p: p, wake: make(chan struct{}, 1), retryAt: map[string]time.Time{}}
 }
@@ -165,6 +172,7 @@ func (pr *Projector) Run(ctx context.Context) error {
 func (pr *Projector) Step(ctx context.Context) (int, error) {
 	var read int
 	var failures []failure
+	var notify bool
 	active := make([]bool, len(pr.p.Projections))
 	err := pgx.BeginFunc(ctx, pr.p.Pool, func(tx pgx.Tx) error {
 		offsets, err := pr.lockOffsets(ctx, tx)
@@ -195,12 +203,7 @@ func (pr *Projector) Step(ctx context.Context) (int, error) {
 		}
 		plan := pr.fold(evs, offsets, active)
 		failures = plan.failures
-		if attempted(evs) {
-			// Sent on commit, once per batch: waiting retries re-read then.
-			if _, err := tx.Exec(ctx, `SELECT pg_notify('`+ProjectedChannel+`', '')`); err != nil {
-				return err
-			}
-		}
+		notify = attempted(evs) // waiting retries re-read after the commit
 		if len(evs) == 1 {
 			// One event: each projection in its own savepoint, so a statement
 			// one projection fails on holds back that projection only.
@@ -236,6 +239,9 @@ func (pr *Projector) Step(ctx context.Context) (int, error) {
 			if active[i] && !failed(failures, p.Group) {
 				delete(pr.retryAt, p.Group)
 			}
+		}
+		if notify {
+			pr.p.Wake.Signal(ProjectedChannel)
 		}
 	}
 	if err != nil {
@@ -352,16 +358,20 @@ func (pr *Projector) lockOffsets(ctx context.Context, tx pgx.Tx) ([]eventstore.P
 	}
 	sorted := append([]string(nil), names...)
 	sort.Strings(sorted)
-	rows, err := tx.Query(ctx, `SELECT consumer_group, coalesce(offset_acked, 0), last_processed_transaction_id::text::bigint
+	// The batch commits without waiting for its WAL flush: read models and
+	// their offsets are derived from the log and written in one transaction,
+	// so a crash loses both together and they are projected again.
+	rows, err := tx.Query(ctx, `SELECT consumer_group, coalesce(offset_acked, 0), last_processed_transaction_id::text::bigint,
+			set_config('synchronous_commit', 'off', true)
 		FROM consumer_offsets WHERE consumer_group = ANY($1) ORDER BY consumer_group FOR UPDATE`, sorted)
 	if err != nil {
 		return nil, fmt.Errorf("lock offsets: %w", err)
 	}
 	byName := map[string]eventstore.Position{}
 	for rows.Next() {
-		var name string
+		var name, setting string
 		var pos, txid int64
-		if err := rows.Scan(&name, &pos, &txid); err != nil {
+		if err := rows.Scan(&name, &pos, &txid, &setting); err != nil {
 			rows.Close()
 			return nil, err
 		}

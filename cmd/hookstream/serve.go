@@ -105,7 +105,11 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	if publicURL == "" {
 		publicURL = "http://" + ln.Addr().String()
 	}
-	svc := handlers.NewService(handlers.ServiceParams{Pool: db.Pool, Store: store, Log: log, PublicURL: publicURL, MaxIngestBody: cfg.MaxIngestBody, Outbound: policy, Secrets: keyring})
+	// One notifier for the API and the engine: ingest wakes this process's
+	// dispatcher directly, and other processes by NOTIFY after its commit.
+	notifier := handlers.NewWake(db.Pool)
+	svc := handlers.NewService(handlers.ServiceParams{Pool: db.Pool, Store: store, Log: log, PublicURL: publicURL, MaxIngestBody: cfg.MaxIngestBody,
+		Outbound: policy, Secrets: keyring, Wake: notifier})
 	defer svc.Close()
 	metrics := handlers.NewMetrics(db.Pool, log)
 	cookieSecret, err := loadAuthSecret(db, log)
@@ -139,7 +143,7 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	defer stopEngine()
 	engineDone := startEngine(engineCtx, cfg, handlers.EngineParams{Pool: db.Pool, Store: store, Log: log, Outbound: policy, Secrets: keyring,
 		ConfigChanged: svc.ForgetRoutes, Lanes: cfg.Lanes, PerDestination: cfg.PerDestination, LeaseMargin: cfg.LeaseMargin,
-		ShutdownGrace: cfg.ShutdownGrace, Metrics: metrics})
+		ShutdownGrace: cfg.ShutdownGrace, Metrics: metrics, Wake: notifier})
 	log.Info("serving", "addr", ln.Addr().String(), "api", cfg.API, "workers", cfg.Workers)
 
 	return awaitShutdown(ctx, cfg, srv, errc, engineDone, stopEngine, log)

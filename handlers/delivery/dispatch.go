@@ -96,10 +96,13 @@ func (e *Engine) listen(ctx context.Context) {
 		}
 		if _, err := conn.Exec(ctx, "LISTEN "+jobs.Channel); err == nil {
 			for {
-				if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
+				n, err := conn.Conn().WaitForNotification(ctx)
+				if err != nil {
 					break
 				}
-				e.notified()
+				if !e.p.Wake.FromSelf(n.Payload) { // this process's own commits woke us already
+					e.notified()
+				}
 			}
 		}
 		// A LISTENing connection is not returned to the pool; closing it can only fail on a dead connection.

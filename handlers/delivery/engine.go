@@ -23,6 +23,7 @@ import (
 	"github.com/hookstream/hookstream/handlers/outbound"
 	"github.com/hookstream/hookstream/internal/kit"
 	"github.com/hookstream/hookstream/internal/secretbox"
+	"github.com/hookstream/hookstream/internal/wake"
 	"github.com/hookstream/hookstream/projections"
 )
 
@@ -67,6 +68,11 @@ type EngineParams struct {
 	// their jobs go back to the queue and run again, with the same attempt id.
 	ShutdownGrace time.Duration
 	WorkerID      string
+	// Wake carries wake-ups between the writers and listeners of this
+	// process (share one with the Service: ingest then wakes the dispatcher
+	// without a round trip) and NOTIFYs to other processes. Default: a
+	// notifier of the engine's own.
+	Wake *wake.Notifier
 }
 
 // Engine runs the pipeline: the "log" router (scheduler and projectors on the
@@ -139,6 +145,9 @@ func NewEngine(p EngineParams) *Engine {
 	if p.WorkerID == "" {
 		p.WorkerID = kit.NewID()
 	}
+	if p.Wake == nil {
+		p.Wake = wake.New(p.Pool)
+	}
 	e := &Engine{p: p, client: outbound.NewHTTPClient(p.Outbound), wlog: watermill.NewSlogLoggerWithLevelMapping(p.Log.With("component", "watermill"),
 		map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}),
 		lanes: make(chan int, p.Lanes), inflight: map[string]*destLoad{}, wake: make(chan struct{}, 1)}
@@ -146,7 +155,8 @@ func NewEngine(p EngineParams) *Engine {
 		e.lanes <- i
 	}
 	e.sends, e.cancelSends = context.WithCancel(context.Background())
-	e.projector = projections.NewProjector(projections.ProjectorParams{Pool: p.Pool, Log: p.Log, Now: p.Now})
+	e.projector = projections.NewProjector(projections.ProjectorParams{Pool: p.Pool, Log: p.Log, Now: p.Now, Wake: p.Wake})
+	p.Wake.OnLocal(jobs.Channel, e.notified)
 	return e
 }
 

@@ -11,7 +11,11 @@ import (
 	"github.com/hookstream/hookstream/eventstore"
 	"github.com/hookstream/hookstream/handlers/jobs"
 	"github.com/hookstream/hookstream/internal/kit"
+	"github.com/hookstream/hookstream/internal/wake"
 )
+
+// jobsChannel wakes dispatchers (and projectors) after ingest committed.
+const jobsChannel = jobs.Channel
 
 // groupCommitter appends the events of concurrent requests in one statement
 // and one commit (group commit): ingest's cost is dominated by per-transaction
@@ -21,6 +25,7 @@ type groupCommitter struct {
 	pool  *pgxpool.Pool
 	store *eventstore.Store
 	reqs  chan appendRequest
+	wake  *wake.Notifier
 	max   int
 	done  chan struct{}
 }
@@ -43,8 +48,8 @@ type dedupClaim struct {
 	Now, Expires           time.Time
 }
 
-func newGroupCommitter(pool *pgxpool.Pool, store *eventstore.Store, workers, maxBatch int) *groupCommitter {
-	g := &groupCommitter{pool: pool, store: store, reqs: make(chan appendRequest), max: maxBatch, done: make(chan struct{})}
+func newGroupCommitter(pool *pgxpool.Pool, store *eventstore.Store, w *wake.Notifier, workers, maxBatch int) *groupCommitter {
+	g := &groupCommitter{pool: pool, store: store, wake: w, reqs: make(chan appendRequest), max: maxBatch, done: make(chan struct{})}
 	for i := 0; i < workers; i++ {
 		go g.run()
 	}
@@ -117,14 +122,21 @@ func (g *groupCommitter) commit(batch []appendRequest) {
 }
 
 // commitTx appends every request's events and inserts their jobs in one
-// transaction, the event INSERT first.
+// transaction, the event INSERT first; after the commit it wakes the
+// dispatchers when there are jobs.
 func (g *groupCommitter) commitTx(ctx context.Context, batch []appendRequest) error {
+	commit, jobs := g.commitPipelined, 0
 	for _, r := range batch {
 		if r.dedup != nil {
-			return g.commitDedupTx(ctx, batch)
+			commit = g.commitDedupTx
 		}
+		jobs += len(r.jobs)
 	}
-	return g.commitPipelined(ctx, batch)
+	err := commit(ctx, batch)
+	if err == nil && jobs > 0 {
+		g.wake.Signal(jobsChannel)
+	}
+	return err
 }
 
 // commitPipelined is commitTx without dedup claims: BEGIN, the append, the

@@ -23,6 +23,7 @@ import (
 	"github.com/hookstream/hookstream/handlers/resources"
 	"github.com/hookstream/hookstream/handlers/secrets"
 	"github.com/hookstream/hookstream/internal/kit"
+	"github.com/hookstream/hookstream/internal/wake"
 )
 
 // Params configure ingest.
@@ -37,6 +38,9 @@ type Params struct {
 	CacheTTL time.Duration
 	// Sources reads sources with their decrypted verification secrets.
 	Sources *resources.Registry
+	// Wake wakes dispatchers after a commit that scheduled deliveries
+	// (default: a notifier of its own on Pool).
+	Wake *wake.Notifier
 }
 
 // Ingester receives webhooks.
@@ -59,8 +63,11 @@ func New(p Params) *Ingester {
 	if p.CacheTTL == 0 {
 		p.CacheTTL = time.Second
 	}
+	if p.Wake == nil {
+		p.Wake = wake.New(p.Pool)
+	}
 	return &Ingester{p: p, pool: p.Pool, store: p.Store, now: func() time.Time { return p.Now().UTC() }, reg: p.Sources,
-		ingest: newGroupCommitter(p.Pool, p.Store, 4, 256), routes: newIngestCache(p.CacheTTL, p.Now)}
+		ingest: newGroupCommitter(p.Pool, p.Store, p.Wake, 4, 256), routes: newIngestCache(p.CacheTTL, p.Now)}
 }
 
 // ForgetRoutes drops the sources and routes ingest cached, after a

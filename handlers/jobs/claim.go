@@ -10,6 +10,13 @@ package jobs
 // probes). A job whose lease expired (its worker died) is claimable again,
 // under the same attempt id. Only the lease columns change, which no index
 // holds, so the row is rewritten in place.
+//
+// The claim commits without waiting for its WAL flush (synchronous_commit
+// off, local to its transaction): a lease is visible to every other claim at
+// once, and is only lost if PostgreSQL itself crashes within the flush
+// delay, when the job is claimed again after the restart and sent again
+// with the same attempt id and Idempotency-Key: the at-least-once any crash
+// gives. Measured: the claim's commit was the dispatcher's largest wait.
 var ClaimSQL = `
 WITH RECURSIVE dests AS (
     (SELECT j.destination_id FROM delivery_jobs j WHERE j.state = 'scheduled' ORDER BY j.destination_id LIMIT 1)
@@ -58,6 +65,7 @@ SELECT u.delivery_id, u.org_id, u.env_id, u.event_id, u.destination_id, u.attemp
        u.trigger_type, u.due_at, u.auto_retries, u.last_number, u.reopened
 FROM u CROSS JOIN LATERAL (SELECT x.payload FROM events x WHERE x.event_id = u.received_uuid) e
 LEFT JOIN destinations d ON d.id = u.destination_id
+CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async
 ORDER BY u.destination_id, u.due_at`
 
 // The pause rule, the one place it is written (the claim and the circuit's

@@ -19,8 +19,9 @@ type NewJob struct {
 	Due                                                                                              time.Time
 }
 
-// Insert writes new deliveries' job rows (and wakes the dispatcher on
-// commit); a row the scheduler already derived is left as it is.
+// Insert writes new deliveries' job rows; a row the scheduler already
+// derived is left as it is. It does not wake dispatchers: the caller does,
+// after its commit (a wake.Notifier), or with Notify in the transaction.
 func Insert(ctx context.Context, tx pgx.Tx, jobs []NewJob) error {
 	if len(jobs) == 0 {
 		return nil
@@ -31,14 +32,12 @@ func Insert(ctx context.Context, tx pgx.Tx, jobs []NewJob) error {
 	return nil
 }
 
-const InsertSQL = `WITH ins AS (
-		INSERT INTO delivery_jobs (delivery_id, org_id, env_id, event_id, connection_id, destination_id, received_uuid,
+const InsertSQL = `INSERT INTO delivery_jobs (delivery_id, org_id, env_id, event_id, connection_id, destination_id, received_uuid,
 			state, attempt_id, attempt_number, trigger_type, due_at, version, auto_retries, last_number, reopened)
 		SELECT d, o, e, ev, c, dst, r::uuid, 'scheduled', a, 1, tr, due, 1, 0, 1, ''
 		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
 			AS u(d, o, e, ev, c, dst, r, a, tr, due)
-		ON CONFLICT (delivery_id) DO NOTHING RETURNING 1)
-	SELECT pg_notify('` + Channel + `', '') FROM ins LIMIT 1`
+		ON CONFLICT (delivery_id) DO NOTHING`
 
 // InsertArgs are InsertSQL's arguments: one array per column.
 func InsertArgs(jobs []NewJob) []any {

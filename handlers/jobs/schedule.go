@@ -16,14 +16,16 @@ const GroupScheduler = projections.GroupScheduler
 var ScheduleEvents = projections.SchedulerEvents
 
 // LiveScheduleEvents are the event types the scheduler's consumer group
-// reads while the engine runs: the retry decisions. A DeliveryRequested,
-// DeliveryAttempted or MovedToDLQ has its delivery_jobs row written by its
-// writer in the same transaction (ingest, replay release, the delivery
-// handler), always, so reading them back would only repeat those writes;
-// `projections rebuild scheduler` derives every row from every type when
-// the table needs repair. The retry decisions are read so that a job row
-// that fell behind its RetryScheduled or RetryRequested is moved on.
-var LiveScheduleEvents = []string{domain.EvRetryScheduled, domain.EvRetryRequested}
+// reads while the engine runs: the manual retries (the seed contract's
+// RetryRequested). A DeliveryRequested, DeliveryAttempted, RetryScheduled or
+// MovedToDLQ has its delivery_jobs row written by its writer in the same
+// transaction (ingest, replay release, the delivery handler), always, so
+// reading them back would only repeat those writes (a statement per retry,
+// which changed no row: measured at one per webhook with one forced retry);
+// `projections rebuild scheduler` derives every row from every type when the
+// table needs repair. RetryRequested is read so that a job row that fell
+// behind a retry request is moved on.
+var LiveScheduleEvents = []string{domain.EvRetryRequested}
 
 // schedule returns the statements that keep delivery_jobs in step with the delivery streams. Rows
 // only move forward in version, so writes made directly by the delivery

@@ -111,6 +111,11 @@ func (s *Redeliverer) releaseReplay(ctx context.Context, id string) error {
 		if err := jobs.Insert(ctx, tx, newJobs); err != nil {
 			return err
 		}
+		if len(newJobs) > 0 {
+			if err := jobs.Notify(ctx, tx); err != nil {
+				return err
+			}
+		}
 		_, err = tx.Exec(ctx, `UPDATE replay_jobs SET released = $2, next_batch_at = $3 WHERE id = $1 AND released < $2`,
 			id, offset+len(batch), now.Add(time.Second))
 		return err

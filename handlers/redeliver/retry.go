@@ -20,6 +20,7 @@ import (
 	"github.com/hookstream/hookstream/handlers/jobs"
 	"github.com/hookstream/hookstream/handlers/resources"
 	"github.com/hookstream/hookstream/internal/kit"
+	"github.com/hookstream/hookstream/internal/wake"
 	"github.com/hookstream/hookstream/projections"
 )
 
@@ -34,6 +35,9 @@ type Params struct {
 	Reads      *projections.Reads
 	Registry   *resources.Registry
 	Issues     *issues.Tracker
+	// Wake, shared with the engine, tells waiting retries of this process
+	// that attempts were projected without a round trip (optional).
+	Wake *wake.Notifier
 }
 
 // Redeliverer retries and replays deliveries.
@@ -55,8 +59,12 @@ func New(p Params) *Redeliverer {
 	if p.ReplayPoll <= 0 {
 		p.ReplayPoll = 250 * time.Millisecond
 	}
-	return &Redeliverer{p: p, pool: p.Pool, store: p.Store, now: func() time.Time { return p.Now().UTC() },
-		reads: p.Reads, reg: p.Registry, issues: p.Issues, projected: &projected{pool: p.Pool}}
+	r := &Redeliverer{p: p, pool: p.Pool, store: p.Store, now: func() time.Time { return p.Now().UTC() },
+		reads: p.Reads, reg: p.Registry, issues: p.Issues, projected: &projected{pool: p.Pool, wake: p.Wake}}
+	if p.Wake != nil {
+		p.Wake.OnLocal(projections.ProjectedChannel, r.projected.signal)
+	}
+	return r
 }
 
 func retryFailed(reason string) error {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/hookstream/hookstream/internal/wake"
 	"github.com/hookstream/hookstream/projections"
 )
 
@@ -16,6 +17,9 @@ import (
 // not hold a connection each.
 type projected struct {
 	pool *pgxpool.Pool
+	// wake, when set, is this process's notifier: its own notifications
+	// were signalled in process already.
+	wake *wake.Notifier
 
 	mu      sync.Mutex
 	gen     chan struct{} // closed at the next notification
@@ -66,10 +70,13 @@ func (p *projected) listen(ctx context.Context) {
 		if _, err := conn.Exec(ctx, "LISTEN "+projections.ProjectedChannel); err == nil {
 			p.signal() // notifications before the LISTEN were missed: look again
 			for {
-				if _, err := conn.Conn().WaitForNotification(ctx); err != nil {
+				n, err := conn.Conn().WaitForNotification(ctx)
+				if err != nil {
 					break
 				}
-				p.signal()
+				if p.wake == nil || !p.wake.FromSelf(n.Payload) {
+					p.signal()
+				}
 			}
 		}
 		// A LISTENing connection is not returned to the pool.
