@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/hookstream/hookstream/eventstore"
 	"github.com/hookstream/hookstream/internal/pgtest"
+	"github.com/hookstream/hookstream/projections"
 )
 
 func ev(typ string, payload any) eventstore.NewEvent {
@@ -496,5 +498,99 @@ func TestHandlerCanUpdateRowsChangedAfterBatchStart(t *testing.T) {
 	var v int
 	if err := pool.QueryRow(ctx, "SELECT version FROM jobs WHERE id = 1").Scan(&v); err != nil || v != 3 {
 		t.Fatalf("version = %d (%v), want 3: the guard must keep the newer write", v, err)
+	}
+}
+
+// A group whose types have a partial index reads only those events, once and
+// in order, through a range scan of that index: the scheduler's read costs
+// nothing per event of the other types.
+func TestIndexedTypesReadThroughThePartialIndex(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	s := eventstore.New(nil)
+	want := projections.SchedulerLiveEvents
+	var ids []string
+	for i := 0; i < 200; i++ {
+		typ := "Other"
+		if i%10 == 3 {
+			typ = want[0]
+		}
+		got, err := s.Append(ctx, pool, appendTo(fmt.Sprintf("s-%d", i%7), eventstore.AnyVersion, ev(typ, map[string]int{"i": i})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if typ != "Other" {
+			ids = append(ids, got[0].EventID.String())
+		}
+	}
+	p := eventstore.SubscriberParams{ConsumerGroup: "test-indexed", PollInterval: 5 * time.Millisecond, BatchSize: 7,
+		EventTypes: want, IndexedTypes: true}
+
+	q, err := (eventstore.SchemaAdapter{BatchSize: 7, EventTypes: want, IndexedTypes: true}).SelectQuery(wsql.SelectQueryParams{
+		Topic: eventstore.Topic, ConsumerGroup: p.ConsumerGroup, OffsetsAdapter: eventstore.OffsetsAdapter()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, `ANALYZE events`); err != nil {
+		t.Fatal(err)
+	}
+	var plan strings.Builder
+	rows, err := pool.Query(ctx, "EXPLAIN "+q.Query, q.Args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			t.Fatal(err)
+		}
+		plan.WriteString(line + "\n")
+	}
+	if !strings.Contains(plan.String(), "events_scheduler_live_idx") {
+		t.Fatalf("the read does not use the partial index:\n%s", plan.String())
+	}
+
+	msgs := subscribe(t, pool, p)
+	var seen []string
+	timeout := time.After(20 * time.Second)
+	for len(seen) < len(ids) {
+		select {
+		case m := <-msgs:
+			e, err := eventstore.EventFromMessage(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen = append(seen, e.EventID.String())
+			m.Ack()
+		case <-timeout:
+			t.Fatalf("read %d of %d %s events", len(seen), len(ids), want[0])
+		}
+	}
+	if strings.Join(seen, ",") != strings.Join(ids, ",") {
+		t.Fatalf("read %v, want %v in commit order", seen, ids)
+	}
+	select {
+	case m := <-msgs:
+		t.Fatalf("an event of another type was read: %s", m.Metadata)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// The partial index's predicate lists exactly the scheduler's live types.
+func TestSchedulerIndexCoversItsLiveTypes(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewPool(t)
+	var def string
+	if err := pool.QueryRow(context.Background(), `SELECT indexdef FROM pg_indexes WHERE indexname = 'events_scheduler_live_idx'`).Scan(&def); err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range projections.SchedulerLiveEvents {
+		if !strings.Contains(def, "'"+typ+"'") {
+			t.Errorf("events_scheduler_live_idx (%s) does not hold %s", def, typ)
+		}
+	}
+	if n := strings.Count(def, "'::text"); n != len(projections.SchedulerLiveEvents) {
+		t.Errorf("events_scheduler_live_idx (%s) holds %d types, the scheduler reads %d", def, n, len(projections.SchedulerLiveEvents))
 	}
 }

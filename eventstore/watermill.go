@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -62,6 +63,9 @@ type SchemaAdapter struct {
 	// the other types after the read (FilterAfterRead) pays neither their
 	// jsonb output nor their decoding.
 	PayloadTypes []string
+	// IndexedTypes: EventTypes have a partial index in commit order (see
+	// SubscriberParams.IndexedTypes).
+	IndexedTypes bool
 }
 
 var _ sql.SchemaAdapter = SchemaAdapter{}
@@ -133,6 +137,16 @@ func (a SchemaAdapter) SelectQuery(p sql.SelectQueryParams) (sql.Query, error) {
 	LIMIT ` + strconv.Itoa(batch)
 		return sql.Query{Query: q, Args: next.Args}, nil
 	}
+	if a.IndexedTypes {
+		// The types as literals, so the planner matches the partial index's
+		// predicate (a parameter would hide them from it).
+		q := `WITH last_processed AS (` + next.Query + `)
+	SELECT ` + cols + ` FROM events e
+	WHERE e.event_type IN (` + typeLiterals(a.EventTypes) + `) AND ` + after + `
+	ORDER BY e.transaction_id, e.global_position
+	LIMIT ` + strconv.Itoa(batch)
+		return sql.Query{Query: q, Args: next.Args}, nil
+	}
 	window := a.ScanWindow
 	if window <= 0 {
 		window = 10 * batch
@@ -154,6 +168,16 @@ func (a SchemaAdapter) SelectQuery(p sql.SelectQueryParams) (sql.Query, error) {
 	CROSS JOIN LATERAL (SELECT * FROM events x WHERE x.global_position = p.global_position) e
 	ORDER BY p.transaction_id, p.global_position`
 	return sql.Query{Query: q, Args: append(append([]any{}, next.Args...), a.EventTypes)}, nil
+}
+
+// typeLiterals quotes event type names (constants of the code, never
+// input) as SQL string literals.
+func typeLiterals(types []string) string {
+	quoted := make([]string, len(types))
+	for i, t := range types {
+		quoted[i] = "'" + strings.ReplaceAll(t, "'", "''") + "'"
+	}
+	return strings.Join(quoted, ", ")
 }
 
 // UnmarshalMessage turns a row into a message whose UUID is the event id,
@@ -257,6 +281,11 @@ type SubscriberParams struct {
 	// scanned row's type from the heap, when the types are few and spread out.
 	// The other types' payload and metadata are not fetched.
 	FilterAfterRead bool
+	// IndexedTypes says EventTypes have a partial index on (transaction_id,
+	// global_position) whose predicate is event_type IN (EventTypes, in this
+	// order): the read is then a range scan of it that returns matching
+	// events only, and the group's offset moves from one to the next.
+	IndexedTypes bool
 }
 
 // NewSubscriber returns a watermill-sql subscriber that reads the events table
@@ -286,7 +315,8 @@ func NewSubscriber(pool *pgxpool.Pool, p SubscriberParams, logger watermill.Logg
 		ResendInterval: p.ResendInterval,
 		RetryInterval:  p.PollInterval * 4,
 		BackoffManager: backoffFor(p),
-		SchemaAdapter:  SchemaAdapter{BatchSize: p.BatchSize, EventTypes: sqlTypes(p), ScanWindow: p.ScanWindow, PayloadTypes: payloadTypes(p)},
+		SchemaAdapter: SchemaAdapter{BatchSize: p.BatchSize, EventTypes: sqlTypes(p), ScanWindow: p.ScanWindow, PayloadTypes: payloadTypes(p),
+			IndexedTypes: p.IndexedTypes && !p.FilterAfterRead},
 		OffsetsAdapter: OffsetsAdapter(),
 	}, logger)
 	if err != nil {

@@ -359,7 +359,10 @@ func TestProjectionsStatusShowsLagAndLastError(t *testing.T) {
 		t.Fatalf("status = %+v", st)
 	}
 	for _, g := range st {
-		if g.Position == 0 || g.LagEvents != 0 || g.LastError != nil {
+		// The scheduler reads only retry requests live: none yet, so it is
+		// at position 0 with nothing to do.
+		moved := g.Position != 0 || g.Group == projections.GroupScheduler
+		if !moved || g.LagEvents != 0 || g.LastError != nil {
 			t.Errorf("healthy group = %+v", g)
 		}
 	}

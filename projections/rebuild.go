@@ -31,6 +31,12 @@ const ProjectedChannel = "hookstream_projected"
 // SchedulerEvents are the event types the scheduler reads.
 var SchedulerEvents = []string{domain.EvDeliveryRequested, domain.EvRetryScheduled, domain.EvRetryRequested, domain.EvDeliveryAttempted, domain.EvMovedToDLQ}
 
+// SchedulerLiveEvents are the types the scheduler's consumer group reads
+// while the engine runs (see jobs.LiveScheduleEvents); its read is a range
+// scan of the partial index events_scheduler_live_idx, whose predicate lists
+// them.
+var SchedulerLiveEvents = []string{domain.EvRetryRequested}
+
 // Group is a consumer group that maintains state from the log.
 type Group struct {
 	Name  string
@@ -39,7 +45,7 @@ type Group struct {
 
 // Groups are every consumer group the engine runs, in the order it starts them.
 var Groups = []Group{
-	{GroupScheduler, SchedulerEvents},
+	{GroupScheduler, SchedulerLiveEvents},
 	{GroupDeliveryAttempts, DeliveryAttemptsEvents},
 	{GroupEvents, EventsEvents},
 }

@@ -235,7 +235,7 @@ func (e *Engine) newLogRouter() (*message.Router, error) {
 	// and the router, the engine and the API stay up.
 	logRouter.AddMiddleware(middleware.Recoverer)
 	sub, err := eventstore.NewSubscriber(e.p.Pool, eventstore.SubscriberParams{ConsumerGroup: jobs.GroupScheduler, PollInterval: e.p.ConsumerPoll,
-		BatchSize: 500, EventTypes: jobs.LiveScheduleEvents, FilterAfterRead: true, Pace: 50 * time.Millisecond}, e.wlog)
+		BatchSize: 500, EventTypes: jobs.LiveScheduleEvents, IndexedTypes: true, Pace: 50 * time.Millisecond}, e.wlog)
 	if err != nil {
 		return nil, err
 	}

@@ -25,7 +25,7 @@ var ScheduleEvents = projections.SchedulerEvents
 // `projections rebuild scheduler` derives every row from every type when the
 // table needs repair. RetryRequested is read so that a job row that fell
 // behind a retry request is moved on.
-var LiveScheduleEvents = []string{domain.EvRetryRequested}
+var LiveScheduleEvents = projections.SchedulerLiveEvents
 
 // schedule returns the statements that keep delivery_jobs in step with the delivery streams. Rows
 // only move forward in version, so writes made directly by the delivery
