@@ -205,6 +205,7 @@ func (e *Engine) work(ctx context.Context, bus message.Publisher, errc <-chan er
 	var running sync.WaitGroup
 	running.Go(func() { e.dispatch(workCtx, bus) })
 	running.Go(func() { _ = e.projector.Run(workCtx) })
+	running.Go(func() { jobs.Vacuum{Pool: e.p.Pool, Log: e.p.Log}.Run(workCtx) })
 	for _, run := range e.p.Background {
 		running.Go(func() { run(workCtx) })
 	}

@@ -20,3 +20,5 @@ psql -q "$dsn" -X -A -F ' | ' -c "SELECT round(total_exec_time::numeric,0) AS ms
   FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname='hsbench')
   ORDER BY total_exec_time DESC LIMIT 25"
 psql -q "$dsn" -X -A -t -c "SELECT 'total: '||round(sum(total_exec_time)::numeric,0)||' ms, '||round(sum(calls)::numeric/$n,1)||' statements per webhook' FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname='hsbench')"
+psql -q "${dsn%/*}/hsbench" -X -A -F ' | ' -c "SELECT event_type, count(*) AS events, round(avg(pg_column_size(payload))) AS payload_bytes, round(avg(pg_column_size(e.*))) AS row_bytes FROM events e GROUP BY 1 ORDER BY 2 DESC"
+psql -q "${dsn%/*}/hsbench" -X -A -c "SELECT payload FROM events WHERE event_type = 'DeliveryAttempted' ORDER BY global_position DESC LIMIT 1"

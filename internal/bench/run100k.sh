@@ -9,6 +9,8 @@ export PGPID=$(head -1 "$pg/c/data/postmaster.pid")
 ENGINE_ENV="HOOKSTREAM_ALLOW_CIDRS=127.0.0.0/8 HOOKSTREAM_LOG_LEVEL=warn" DEST_EXTRA=',"circuit_breaker_enabled":false' \
   SYSTEM=hookstream "$here/bench-engine.sh" "$out/out.jsonl" 1 0 "$dsn" "$bin" "$n" 32 > "$out/fire.log" 2>&1
 db="${dsn%/*}/hsbench?sslmode=disable"
+# The read models follow the log asynchronously: how much of it they held when the last webhook arrived.
+echo "projected when the engine stopped: $(psql -X -A -t -q "$db" -c "SELECT count(*) FROM delivery_attempts WHERE status = 'success'") of $n deliveries"
 psql -X -q "$db" -c "WITH a AS (SELECT created_at, ntile(10) OVER (ORDER BY created_at) AS tenth FROM delivery_attempts WHERE status = 'success')
   SELECT tenth, count(*), round(extract(epoch FROM max(created_at) - min(created_at))::numeric, 2) AS seconds,
          round(count(*) / nullif(extract(epoch FROM max(created_at) - min(created_at)), 0)) AS per_s FROM a GROUP BY tenth ORDER BY tenth"
