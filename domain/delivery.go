@@ -63,20 +63,44 @@ func (d *Delivery) Terminal() string { return d.terminal }
 
 // Apply folds one stored event into the aggregate.
 func (d *Delivery) Apply(version int64, eventType string, payload []byte) error {
-	d.version = version
+	var e any
 	switch eventType {
 	case EvDeliveryRequested:
-		var e DeliveryRequested
-		if err := json.Unmarshal(payload, &e); err != nil {
-			return fmt.Errorf("decode %s: %w", eventType, err)
+		e = &DeliveryRequested{}
+	case EvDeliveryAttempted:
+		e = &DeliveryAttempted{}
+	case EvRetryScheduled:
+		e = &RetryScheduled{}
+	case EvRetryRequested:
+		e = &RetryRequested{}
+	case EvMovedToDLQ:
+		return d.ApplyDecided(version, Decided{Type: eventType})
+	default:
+		return fmt.Errorf("delivery stream: unknown event type %q", eventType)
+	}
+	if err := json.Unmarshal(payload, e); err != nil {
+		return fmt.Errorf("decode %s: %w", eventType, err)
+	}
+	return d.ApplyDecided(version, Decided{Type: eventType, Payload: e})
+}
+
+// ApplyDecided folds an event the aggregate decided (a payload by value or
+// by pointer) without encoding it: the writer that appends it follows it.
+func (d *Delivery) ApplyDecided(version int64, dec Decided) error {
+	d.version = version
+	switch dec.Type {
+	case EvDeliveryRequested:
+		e, ok := payloadOf[DeliveryRequested](dec.Payload)
+		if !ok {
+			return badPayload(dec)
 		}
 		d.requested = e
 		d.lastNumber = 1
 		d.next = &PlannedAttempt{ID: e.AttemptID, Number: 1, Trigger: e.TriggerType, Due: e.RequestedAt}
 	case EvDeliveryAttempted:
-		var e DeliveryAttempted
-		if err := json.Unmarshal(payload, &e); err != nil {
-			return fmt.Errorf("decode %s: %w", eventType, err)
+		e, ok := payloadOf[DeliveryAttempted](dec.Payload)
+		if !ok {
+			return badPayload(dec)
 		}
 		if e.TriggerType == TriggerRetry {
 			d.autoRetries++
@@ -91,16 +115,16 @@ func (d *Delivery) Apply(version int64, eventType string, payload []byte) error 
 			d.terminal = AttemptFailed // replays are never retried automatically
 		}
 	case EvRetryScheduled:
-		var e RetryScheduled
-		if err := json.Unmarshal(payload, &e); err != nil {
-			return fmt.Errorf("decode %s: %w", eventType, err)
+		e, ok := payloadOf[RetryScheduled](dec.Payload)
+		if !ok {
+			return badPayload(dec)
 		}
 		d.next = &PlannedAttempt{ID: e.NextAttemptID, Number: e.AttemptNumber, Trigger: TriggerRetry, Due: e.NotBefore}
 		d.lastNumber = max(d.lastNumber, e.AttemptNumber)
 	case EvRetryRequested:
-		var e RetryRequested
-		if err := json.Unmarshal(payload, &e); err != nil {
-			return fmt.Errorf("decode %s: %w", eventType, err)
+		e, ok := payloadOf[RetryRequested](dec.Payload)
+		if !ok {
+			return badPayload(dec)
 		}
 		d.reopened = d.terminal
 		d.terminal = ""
@@ -111,9 +135,27 @@ func (d *Delivery) Apply(version int64, eventType string, payload []byte) error 
 		d.reopened = ""
 		d.next = nil
 	default:
-		return fmt.Errorf("delivery stream: unknown event type %q", eventType)
+		return fmt.Errorf("delivery stream: unknown event type %q", dec.Type)
 	}
 	return nil
+}
+
+// payloadOf reads a decided payload given by value or by pointer.
+func payloadOf[T any](p any) (T, bool) {
+	switch v := p.(type) {
+	case T:
+		return v, true
+	case *T:
+		if v != nil {
+			return *v, true
+		}
+	}
+	var zero T
+	return zero, false
+}
+
+func badPayload(dec Decided) error {
+	return fmt.Errorf("delivery stream: %s with a %T payload", dec.Type, dec.Payload)
 }
 
 // ErrAttemptNotPlanned is returned by RecordAttempt for an attempt the

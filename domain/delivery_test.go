@@ -14,6 +14,9 @@ func TestRestoredDeliveryDecidesAsTheFoldedOne(t *testing.T) {
 	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 	policy := RetryPolicy{Enabled: true, MaxRetries: 2, Backoff: BackoffFixed, Intervals: []int{30}}
 	d := &Delivery{}
+	// typed follows the same events without encoding them (ApplyDecided, as
+	// the delivery handler folds what it decided): it must stay equal to d.
+	typed := &Delivery{}
 	v := int64(0)
 	apply := func(typ string, payload any) {
 		t.Helper()
@@ -24,6 +27,12 @@ func TestRestoredDeliveryDecidesAsTheFoldedOne(t *testing.T) {
 		v++
 		if err := d.Apply(v, typ, raw); err != nil {
 			t.Fatal(err)
+		}
+		if err := typed.ApplyDecided(v, Decided{Type: typ, Payload: payload}); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(d, typed) {
+			t.Fatalf("after %s: decoded %+v, typed %+v", typ, d, typed)
 		}
 	}
 	n := 0
@@ -66,5 +75,14 @@ func TestRestoredDeliveryDecidesAsTheFoldedOne(t *testing.T) {
 	check(DeliveryAttempted{AttemptID: "m2", Status: AttemptSuccess})
 	if d.Terminal() != AttemptSuccess {
 		t.Fatalf("terminal = %q", d.Terminal())
+	}
+}
+
+// A decided event whose payload is not its type's is an error, not a
+// silently wrong fold.
+func TestApplyDecidedRefusesAMismatchedPayload(t *testing.T) {
+	d := &Delivery{}
+	if err := d.ApplyDecided(1, Decided{Type: EvRetryScheduled, Payload: DeliveryAttempted{}}); err == nil {
+		t.Fatal("a RetryScheduled with a DeliveryAttempted payload was applied")
 	}
 }

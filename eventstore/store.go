@@ -312,12 +312,15 @@ const selectColumnsWithoutMetadata = `global_position, transaction_id::text::big
 func scanEvent(row pgx.Row) (Event, error) {
 	var e Event
 	var txid int64
-	var meta []byte
+	var payload, meta []byte
+	// Into []byte, not json.RawMessage: pgx would unmarshal into the
+	// RawMessage, validating every payload PostgreSQL already validated.
 	err := row.Scan(&e.GlobalPosition, &txid, &e.EventID, &e.StreamType, &e.StreamID, &e.StreamVersion,
-		&e.Type, &e.SchemaVersion, &e.Payload, &meta, &e.OrgID, &e.EnvID, &e.RecordedAt)
+		&e.Type, &e.SchemaVersion, &payload, &meta, &e.OrgID, &e.EnvID, &e.RecordedAt)
 	if err != nil {
 		return e, err
 	}
+	e.Payload = payload
 	e.TransactionID = uint64(txid)
 	if len(meta) > 0 {
 		if err := json.Unmarshal(meta, &e.Metadata); err != nil {

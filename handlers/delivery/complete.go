@@ -157,7 +157,7 @@ func planCompletion(batch []dispatchJob, results []domain.DeliveryAttempted, str
 				return nil, rows, nil, false, err
 			}
 			// The events' versions are known: the fold follows them without a read back.
-			if err := d.Apply(expected+int64(k)+1, dec.Type, raw); err != nil {
+			if err := d.ApplyDecided(expected+int64(k)+1, dec); err != nil {
 				return nil, rows, nil, false, err
 			}
 			evs[k] = eventstore.NewEvent{Type: dec.Type, Payload: json.RawMessage(raw), Metadata: md}
