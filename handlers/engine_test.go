@@ -71,7 +71,7 @@ func newHarness(t *testing.T) *harness {
 
 // startEngine runs a delivery engine against the harness's database.
 func (h *harness) startEngine() {
-	engine := handlers.NewEngine(handlers.EngineParams{Pool: h.pool, LeaseMargin: time.Second, Poll: 50 * time.Millisecond, ReplayPoll: 20 * time.Millisecond, ShutdownGrace: time.Second,
+	engine := handlers.NewEngine(handlers.EngineParams{Pool: h.pool, LeaseTTL: time.Second, Poll: 50 * time.Millisecond, ReplayPoll: 20 * time.Millisecond, ShutdownGrace: time.Second,
 		Metrics: h.metrics, Log: slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Outbound: loopbackOnly, Secrets: testKeyring, ConfigChanged: h.svc.ForgetRoutes})
 	ctx, cancel := context.WithCancel(context.Background())

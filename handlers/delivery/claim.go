@@ -133,6 +133,8 @@ func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string
 		msg.Metadata.Set("destination_id", dest)
 		if err := bus.Publish(laneTopic(lane), msg); err != nil {
 			e.batches.Delete(msg.UUID)
+			e.release(chunk) // their leases expire; the jobs run again
+			e.release(group)
 			e.finished(dest, len(chunk)+len(group), chunks+1, lane)
 			return false, fmt.Errorf("publish batch: %w", err)
 		}
@@ -142,6 +144,7 @@ func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string
 
 // handBack releases the leases of claimed jobs that were not sent.
 func (e *Engine) handBack(ctx context.Context, batch []dispatchJob) error {
+	defer e.release(batch)
 	ids := make([]string, len(batch))
 	for i, j := range batch {
 		ids[i] = j.DeliveryID
@@ -163,7 +166,7 @@ func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, limit
 		return nil, nil
 	}
 	defaultRoom := min(e.p.PerDestination, e.maxBatches()*batchSize)
-	rows, err := e.p.Pool.Query(ctx, jobs.ClaimSQL, e.p.Now().UTC(), limit, dests, rooms, defaultRoom, only, e.p.WorkerID, e.p.LeaseMargin, e.lastDest)
+	rows, err := e.p.Pool.Query(ctx, jobs.ClaimSQL, e.p.Now().UTC(), limit, dests, rooms, defaultRoom, only, e.p.WorkerID, e.p.LeaseTTL, e.lastDest)
 	if err != nil {
 		return nil, fmt.Errorf("claim jobs: %w", err)
 	}
@@ -191,6 +194,7 @@ func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, limit
 			j.Unsendable = "destination retry_intervals are unreadable"
 		}
 		batch = append(batch, j)
+		e.hold(j.DeliveryID)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("claim jobs: %w", err)

@@ -39,8 +39,11 @@ type EngineParams struct {
 	// PerDestination bounds in-flight requests to one destination (default 32),
 	// so a hanging destination cannot take every lane.
 	PerDestination int
-	// LeaseMargin is added to a destination's timeout for a job's lease (default 30s).
-	LeaseMargin time.Duration
+	// LeaseTTL is how long a claimed job's lease runs past the worker's
+	// last heartbeat (default 10s). The worker extends the leases of the
+	// jobs it holds every LeaseTTL/3 while their requests run, however
+	// long; after a crash its jobs are claimable again within LeaseTTL.
+	LeaseTTL time.Duration
 	// Poll is the dispatcher's fallback poll when no notification wakes it
 	// (default 1s): new jobs NOTIFY, finished batches wake it in process.
 	Poll time.Duration
@@ -98,6 +101,11 @@ type Engine struct {
 	projector *projections.Projector
 	// batches holds the jobs of each published lane message by its id.
 	batches sync.Map
+	// held counts, per delivery id, the claims of this worker not yet
+	// recorded or handed back (a delivery recorded and claimed again at once
+	// is held twice for a moment): the heartbeat extends their leases.
+	heldMu sync.Mutex
+	held   map[string]int
 
 	lanes    chan int
 	mu       sync.Mutex
@@ -130,8 +138,8 @@ func NewEngine(p EngineParams) *Engine {
 	if p.PerDestination <= 0 {
 		p.PerDestination = 32
 	}
-	if p.LeaseMargin <= 0 {
-		p.LeaseMargin = 30 * time.Second
+	if p.LeaseTTL <= 0 {
+		p.LeaseTTL = 10 * time.Second
 	}
 	if p.Poll <= 0 {
 		p.Poll = time.Second
@@ -150,7 +158,7 @@ func NewEngine(p EngineParams) *Engine {
 	}
 	e := &Engine{p: p, client: outbound.NewHTTPClient(p.Outbound), wlog: watermill.NewSlogLoggerWithLevelMapping(p.Log.With("component", "watermill"),
 		map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}),
-		lanes: make(chan int, p.Lanes), inflight: map[string]*destLoad{}, wake: make(chan struct{}, 1)}
+		lanes: make(chan int, p.Lanes), inflight: map[string]*destLoad{}, wake: make(chan struct{}, 1), held: map[string]int{}}
 	for i := 0; i < p.Lanes; i++ {
 		e.lanes <- i
 	}
@@ -168,7 +176,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		return err
 	}
 	bus := gochannel.NewGoChannel(gochannel.Config{}, e.wlog)
-	deliveryRouter, err := message.NewRouter(message.RouterConfig{CloseTimeout: 2*time.Minute + e.p.LeaseMargin}, e.wlog)
+	deliveryRouter, err := message.NewRouter(message.RouterConfig{CloseTimeout: 2*time.Minute + e.p.LeaseTTL}, e.wlog)
 	if err != nil {
 		return err
 	}
@@ -206,6 +214,7 @@ func (e *Engine) work(ctx context.Context, bus message.Publisher, errc <-chan er
 	running.Go(func() { e.dispatch(workCtx, bus) })
 	running.Go(func() { _ = e.projector.Run(workCtx) })
 	running.Go(func() { jobs.Vacuum{Pool: e.p.Pool, Log: e.p.Log}.Run(workCtx) })
+	running.Go(func() { e.heartbeat(workCtx) })
 	for _, run := range e.p.Background {
 		running.Go(func() { run(workCtx) })
 	}
@@ -271,6 +280,51 @@ func (e *Engine) consume(group string, apply func(eventstore.Event) ([]eventstor
 func laneTopic(i int) string { return "deliveries." + strconv.Itoa(i) }
 
 // releaseLeases hands back jobs this worker claimed but never started.
+// heartbeat extends the leases of the jobs this worker holds, every
+// LeaseTTL/3, until ctx ends (in-flight batches finish and record after it,
+// well within LeaseTTL).
+func (e *Engine) heartbeat(ctx context.Context) {
+	t := time.NewTicker(e.p.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		e.heldMu.Lock()
+		ids := make([]string, 0, len(e.held))
+		for id := range e.held {
+			ids = append(ids, id)
+		}
+		e.heldMu.Unlock()
+		if len(ids) == 0 {
+			continue
+		}
+		if _, err := e.p.Pool.Exec(ctx, jobs.HeartbeatSQL, ids, e.p.WorkerID, e.p.Now().UTC().Add(e.p.LeaseTTL)); err != nil && ctx.Err() == nil {
+			e.p.Log.Warn("lease heartbeat failed; leases expire unless the next one succeeds", "err", err, "jobs", len(ids))
+		}
+	}
+}
+
+// hold adds a claimed job to those the heartbeat extends.
+func (e *Engine) hold(deliveryID string) {
+	e.heldMu.Lock()
+	e.held[deliveryID]++
+	e.heldMu.Unlock()
+}
+
+// release forgets jobs the heartbeat should no longer extend.
+func (e *Engine) release(batch []dispatchJob) {
+	e.heldMu.Lock()
+	defer e.heldMu.Unlock()
+	for _, j := range batch {
+		if e.held[j.DeliveryID]--; e.held[j.DeliveryID] <= 0 {
+			delete(e.held, j.DeliveryID)
+		}
+	}
+}
+
 func (e *Engine) releaseLeases() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -36,6 +36,7 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 		return nil // handled before (a redelivered message): nothing left to do
 	}
 	batch := held.([]dispatchJob)
+	defer e.release(append([]dispatchJob(nil), batch...)) // recorded, or left to expire
 	lane, _ := strconv.Atoi(msg.Metadata.Get("lane"))
 	defer e.finished(msg.Metadata.Get("destination_id"), len(batch), 1, lane)
 	results := e.sendInOrder(batch)

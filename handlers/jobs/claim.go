@@ -7,8 +7,10 @@ package jobs
 // other destination takes $5), oldest due first, $2 in all. Paused
 // destinations and open circuits are skipped once, at the destination, not
 // job by job; $6, when set, claims only those jobs (half-open circuits'
-// probes). A job whose lease expired (its worker died) is claimable again,
-// under the same attempt id. Only the lease columns change, which no index
+// probes). A lease runs $8 (the lease TTL) from the claim, and the worker's
+// heartbeat (HeartbeatSQL) extends it while the job is held: a job whose
+// lease expired (its worker died) is claimable again soon, under the same
+// attempt id. Only the lease columns change, which no index
 // holds, so the row is rewritten in place.
 //
 // The destination probes test version (always > 0), a column the index
@@ -57,8 +59,8 @@ WITH RECURSIVE dests AS (
     LIMIT $2
 ), u AS (
     UPDATE delivery_jobs j
-    SET lease_until = $1 + (coalesce(d.timeout_ms, 30000) * interval '1 millisecond') + $8::interval, leased_by = $7
-    FROM c LEFT JOIN destinations d ON d.id = c.destination_id
+    SET lease_until = $1 + $8::interval, leased_by = $7
+    FROM c
     WHERE j.delivery_id = c.delivery_id
     RETURNING j.delivery_id, j.org_id, j.env_id, j.event_id, j.destination_id, j.attempt_id, j.attempt_number, j.version, j.received_uuid, j.due_at,
         j.trigger_type, j.auto_retries, j.last_number, j.reopened
@@ -90,3 +92,9 @@ func PausedRoute(connCol string) string {
 	return `EXISTS (SELECT 1 FROM connections cn JOIN sources s ON s.id = cn.source_id
 		WHERE cn.id = ` + connCol + ` AND (cn.status = 'paused' OR s.status = 'paused'))`
 }
+
+// HeartbeatSQL extends the leases worker $2 still holds ($1) to $3. Like the
+// claim, it does not wait for its WAL flush.
+const HeartbeatSQL = `UPDATE delivery_jobs j SET lease_until = $3
+	FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async
+	WHERE j.delivery_id = ANY($1) AND j.leased_by = $2 AND j.state = 'scheduled'`
