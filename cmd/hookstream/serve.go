@@ -38,6 +38,7 @@ type serveConfig struct {
 	MaxIngestBody  int64
 	Lanes          int
 	PerDestination int
+	PerTenantLanes int
 	LeaseTTL       time.Duration
 	API, Workers   bool
 	// MetricsAddr serves /metrics on its own listener; MetricsToken requires
@@ -58,6 +59,7 @@ func parseServe(args []string) (serveConfig, error) {
 	fs.Int64Var(&c.MaxIngestBody, "max-ingest-body", 1<<20, "largest ingested body in bytes (413 above)")
 	fs.IntVar(&c.Lanes, "lanes", 64, "delivery batches in flight at once")
 	fs.IntVar(&c.PerDestination, "per-destination", 32, "in-flight requests per destination")
+	fs.IntVar(&c.PerTenantLanes, "per-tenant-lanes", 0, "delivery lanes one tenant (organization and environment) may hold; 0: three quarters of --lanes")
 	fs.DurationVar(&c.LeaseTTL, "lease", 10*time.Second, "how long a claimed job's lease outlives its worker's last heartbeat (jobs of a crashed worker run again after it)")
 	fs.DurationVar(&c.LeaseTTL, "lease-margin", 10*time.Second, "deprecated: the old name of --lease")
 	fs.BoolVar(&c.API, "api", false, "run only the API (with --workers: both, the default)")
@@ -143,7 +145,7 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	engineCtx, stopEngine := context.WithCancel(ctx)
 	defer stopEngine()
 	engineDone := startEngine(engineCtx, cfg, handlers.EngineParams{Pool: db.Pool, Store: store, Log: log, Outbound: policy, Secrets: keyring,
-		ConfigChanged: svc.ForgetRoutes, Lanes: cfg.Lanes, PerDestination: cfg.PerDestination, LeaseTTL: cfg.LeaseTTL,
+		ConfigChanged: svc.ForgetRoutes, Lanes: cfg.Lanes, PerDestination: cfg.PerDestination, PerTenantLanes: cfg.PerTenantLanes, LeaseTTL: cfg.LeaseTTL,
 		ShutdownGrace: cfg.ShutdownGrace, Metrics: metrics, Wake: notifier})
 	log.Info("serving", "addr", ln.Addr().String(), "api", cfg.API, "workers", cfg.Workers)
 

@@ -28,7 +28,7 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bo
 	if free == 0 {
 		return false, nil // every lane busy: the next finished batch wakes us
 	}
-	dests, rooms := e.rooms()
+	dests, rooms, fullTenants := e.rooms()
 	// Circuits are checked for cooldowns and probes at most every 50 ms,
 	// not on every claim: a healthy engine pays one cheap query for it.
 	var probes []string
@@ -46,7 +46,7 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bo
 			continue // no probes: one claim, not two (a nil probe list claimed like the second pass)
 		}
 		limit := free - len(batch)
-		claimed, err := e.claim(ctx, dests, rooms, limit, only)
+		claimed, err := e.claim(ctx, dests, rooms, fullTenants, limit, only)
 		if err != nil {
 			return false, err
 		}
@@ -102,10 +102,11 @@ func (e *Engine) roomExhausted(byDest map[string][]dispatchJob, dests []string, 
 // (other destinations took them), the rest is handed back (reported true).
 func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string, group []dispatchJob) (bool, error) {
 	chunks := (len(group) + batchSize - 1) / batchSize
+	tenant := tenantOf(group[0])
 	e.mu.Lock()
 	load := e.inflight[dest]
 	if load == nil {
-		load = &destLoad{}
+		load = &destLoad{tenant: tenant}
 		e.inflight[dest] = load
 	}
 	load.requests += len(group)
@@ -114,12 +115,11 @@ func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string
 	for len(group) > 0 {
 		chunk := group[:min(batchSize, len(group))]
 		group = group[len(chunk):]
-		var lane int
-		select {
-		case lane = <-e.lanes:
-		default:
-			// No free lane (other destinations hold them): hand these jobs back
-			// now rather than wait with their leases running.
+		lane, ok := e.takeLane(tenant)
+		if !ok {
+			// No free lane (other destinations hold them) or the tenant holds
+			// its share: hand these jobs back now rather than wait with their
+			// leases running. The dispatcher never waits for a lane.
 			left := append(append([]dispatchJob(nil), chunk...), group...)
 			e.finished(dest, len(left), chunks, -1)
 			return true, e.handBack(ctx, left)
@@ -142,6 +142,23 @@ func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string
 	return false, nil
 }
 
+// takeLane takes a free lane for tenant unless none is free or the tenant
+// holds PerTenantLanes already; finished gives it back.
+func (e *Engine) takeLane(tenant string) (int, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.tenantLanes[tenant] >= e.p.PerTenantLanes {
+		return 0, false
+	}
+	select {
+	case lane := <-e.lanes:
+		e.tenantLanes[tenant]++
+		return lane, true
+	default:
+		return 0, false
+	}
+}
+
 // handBack releases the leases of claimed jobs that were not sent.
 func (e *Engine) handBack(ctx context.Context, batch []dispatchJob) error {
 	defer e.release(batch)
@@ -158,7 +175,7 @@ func (e *Engine) handBack(ctx context.Context, batch []dispatchJob) error {
 // claim leases due jobs: at most limit, each destination within its room
 // (dests/rooms; others PerDestination), only the given ones when only is
 // not nil.
-func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, limit int, only []string) ([]dispatchJob, error) {
+func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, fullTenants []string, limit int, only []string) ([]dispatchJob, error) {
 	if only != nil {
 		limit = len(only)
 	}
@@ -166,7 +183,7 @@ func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, limit
 		return nil, nil
 	}
 	defaultRoom := min(e.p.PerDestination, e.maxBatches()*batchSize)
-	rows, err := e.p.Pool.Query(ctx, jobs.ClaimSQL, e.p.Now().UTC(), limit, dests, rooms, defaultRoom, only, e.p.WorkerID, e.p.LeaseTTL, e.lastDest)
+	rows, err := e.p.Pool.Query(ctx, jobs.ClaimSQL, e.p.Now().UTC(), limit, dests, rooms, defaultRoom, only, e.p.WorkerID, e.p.LeaseTTL, e.lastDest, fullTenants)
 	if err != nil {
 		return nil, fmt.Errorf("claim jobs: %w", err)
 	}
@@ -268,13 +285,23 @@ func (e *Engine) openJobSecrets(j *dispatchJob, headers, signingRaw []byte, seal
 }
 
 // rooms is what each destination with requests in flight can still take
-// (its request and lane bounds); others can take PerDestination.
-func (e *Engine) rooms() (dests []string, rooms []int32) {
+// (its request and lane bounds; others can take PerDestination), and the
+// tenants that hold their share of the lanes (nothing of theirs is claimed).
+func (e *Engine) rooms() (dests []string, rooms []int32, fullTenants []string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for d, l := range e.inflight {
 		room := min(e.p.PerDestination-l.requests, (e.maxBatches()-l.batches)*batchSize)
 		dests, rooms = append(dests, d), append(rooms, int32(max(0, room)))
 	}
-	return dests, rooms
+	fullTenants = []string{}
+	for t, n := range e.tenantLanes {
+		if n >= e.p.PerTenantLanes {
+			fullTenants = append(fullTenants, t)
+		}
+	}
+	return dests, rooms, fullTenants
 }
+
+// tenantOf is a job's tenant key, as the claim compares it.
+func tenantOf(j dispatchJob) string { return j.OrgID + "/" + j.EnvID }

@@ -131,6 +131,11 @@ func (e *Engine) finished(dest string, n, b, lane int) {
 	if l := e.inflight[dest]; l != nil {
 		l.requests -= n
 		l.batches -= b
+		if lane >= 0 {
+			if e.tenantLanes[l.tenant]--; e.tenantLanes[l.tenant] <= 0 {
+				delete(e.tenantLanes, l.tenant)
+			}
+		}
 		if l.requests <= 0 && l.batches <= 0 {
 			delete(e.inflight, dest)
 		}

@@ -39,6 +39,10 @@ type EngineParams struct {
 	// PerDestination bounds in-flight requests to one destination (default 32),
 	// so a hanging destination cannot take every lane.
 	PerDestination int
+	// PerTenantLanes bounds the lanes one tenant (organization and
+	// environment) holds at once (default three quarters of Lanes), so a
+	// tenant with many hanging destinations leaves the rest to the others.
+	PerTenantLanes int
 	// LeaseTTL is how long a claimed job's lease runs past the worker's
 	// last heartbeat (default 10s). The worker extends the leases of the
 	// jobs it holds every LeaseTTL/3 while their requests run, however
@@ -110,13 +114,18 @@ type Engine struct {
 	lanes    chan int
 	mu       sync.Mutex
 	inflight map[string]*destLoad
-	wake     chan struct{}
+	// tenantLanes counts the lanes each tenant ("org/env") holds.
+	tenantLanes map[string]int
+	wake        chan struct{}
 }
 
 // destLoad is what one destination holds right now: requests in flight and
 // the lanes (batches) they occupy. Both are bounded, so a destination that
 // hangs can neither pile up requests nor take every lane with one-job batches.
-type destLoad struct{ requests, batches int }
+type destLoad struct {
+	requests, batches int
+	tenant            string
+}
 
 // claimCooldown is the least time between two claims (River's fetch
 // cooldown is 10 ms): it bounds claims, each a commit, at low load, and adds
@@ -138,6 +147,9 @@ func NewEngine(p EngineParams) *Engine {
 	if p.PerDestination <= 0 {
 		p.PerDestination = 32
 	}
+	if p.PerTenantLanes <= 0 {
+		p.PerTenantLanes = max(1, p.Lanes*3/4)
+	}
 	if p.LeaseTTL <= 0 {
 		p.LeaseTTL = 10 * time.Second
 	}
@@ -158,7 +170,8 @@ func NewEngine(p EngineParams) *Engine {
 	}
 	e := &Engine{p: p, client: outbound.NewHTTPClient(p.Outbound), wlog: watermill.NewSlogLoggerWithLevelMapping(p.Log.With("component", "watermill"),
 		map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}),
-		lanes: make(chan int, p.Lanes), inflight: map[string]*destLoad{}, wake: make(chan struct{}, 1), held: map[string]int{}}
+		lanes: make(chan int, p.Lanes), inflight: map[string]*destLoad{}, wake: make(chan struct{}, 1), held: map[string]int{},
+		tenantLanes: map[string]int{}}
 	for i := 0; i < p.Lanes; i++ {
 		e.lanes <- i
 	}

@@ -4,7 +4,8 @@ package jobs
 // jobs (a skip scan of delivery_jobs_claim_idx: one index seek each, however
 // many jobs a destination holds, due or not) and taking from each at most
 // its free capacity ($3/$4: destinations and what they can still take; any
-// other destination takes $5), oldest due first, $2 in all. Paused
+// other destination takes $5), oldest due first, $2 in all, none of the
+// tenants in $10 (at their share of the lanes). Paused
 // destinations and open circuits are skipped once, at the destination, not
 // job by job; $6, when set, claims only those jobs (half-open circuits'
 // probes). A lease runs $8 (the lease TTL) from the claim, and the worker's
@@ -40,6 +41,9 @@ WITH RECURSIVE dests AS (
     FROM dests d
     WHERE d.destination_id IS NOT NULL
       AND NOT ` + PausedDestination("d.destination_id") + `
+      -- Tenants ("org/env") already holding their share of the lanes: their
+      -- jobs wait, other tenants' go out.
+      AND NOT EXISTS (SELECT 1 FROM destinations t WHERE t.id = d.destination_id AND t.org_id || '/' || t.env_id = ANY($10::text[]))
       AND ($6::text[] IS NOT NULL
            OR NOT EXISTS (SELECT 1 FROM destination_circuits k WHERE k.destination_id = d.destination_id AND k.state <> 'closed'))
     -- Round robin: start after the destination the last claim served last.

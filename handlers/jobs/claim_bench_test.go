@@ -55,7 +55,7 @@ func BenchmarkClaimWithHeldBacklog(b *testing.B) {
 				}
 				// The server's execution time, from EXPLAIN ANALYZE of the claim.
 				rows, err := tx.Query(ctx, "EXPLAIN (ANALYZE, FORMAT JSON) "+jobs.ClaimSQL, now, 64, []string{}, []int32{}, 32, nil,
-					uuid.NewString(), time.Minute, "")
+					uuid.NewString(), time.Minute, "", []string{})
 				if err != nil {
 					b.Fatal(err)
 				}
