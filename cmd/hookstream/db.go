@@ -37,11 +37,18 @@ func (d *database) Close() { d.close() }
 // openDatabase connects to DATABASE_URL, or starts (or reuses) the local
 // cluster under .data/postgres and creates its "hookstream" database.
 func openDatabase(ctx context.Context, log *slog.Logger, maxConns int32) (*database, error) {
+	return openDatabaseIn(ctx, log, maxConns, false)
+}
+
+// openDatabaseIn is openDatabase; create allows making the project-local
+// cluster when none exists (serve only: an operator command run from
+// another directory must not answer from a new, empty database).
+func openDatabaseIn(ctx context.Context, log *slog.Logger, maxConns int32, create bool) (*database, error) {
 	url := os.Getenv("DATABASE_URL")
 	stopCluster := func() {}
 	local := false
 	if url == "" {
-		c, started, err := startLocalCluster(ctx)
+		c, started, err := startLocalCluster(ctx, create)
 		if err != nil {
 			return nil, err
 		}
@@ -92,10 +99,14 @@ func openDatabase(ctx context.Context, log *slog.Logger, maxConns int32) (*datab
 
 // startLocalCluster opens .data/postgres and starts it unless it already runs;
 // started says whether this call started it.
-func startLocalCluster(ctx context.Context) (*pgcluster.Cluster, bool, error) {
+func startLocalCluster(ctx context.Context, create bool) (*pgcluster.Cluster, bool, error) {
 	dir, err := filepath.Abs(localDataDir)
 	if err != nil {
 		return nil, false, err
+	}
+	if _, err := os.Stat(filepath.Join(dir, "PG_VERSION")); !create && err != nil {
+		return nil, false, fmt.Errorf("no local database under %s and DATABASE_URL is not set: run this from the directory "+
+			"where `make run` created .data/, or set DATABASE_URL", dir)
 	}
 	c, err := pgcluster.Open(ctx, pgcluster.Params{Dir: dir})
 	if err != nil {
@@ -131,10 +142,14 @@ func ensureDatabase(ctx context.Context, adminURL, name string) error {
 
 func cmdMigrate(ctx context.Context, args []string, stdout io.Writer, log *slog.Logger) error {
 	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
-		return exitCode(2)
+		if errors.Is(err, flag.ErrHelp) {
+			return helpRequest{"hookstream migrate    apply pending migrations (DATABASE_URL, else the project-local cluster)"}
+		}
+		return usageError{"migrate: " + err.Error(), "hookstream migrate"}
 	}
-	db, err := openDatabase(ctx, log, 2)
+	db, err := openDatabaseIn(ctx, log, 2, true) // provisioning: may create the local cluster
 	if err != nil {
 		return err
 	}
@@ -158,7 +173,7 @@ func cmdDevDB(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	switch args[0] {
 	case "start":
-		c, _, err := startLocalCluster(ctx)
+		c, _, err := startLocalCluster(ctx, true)
 		if err != nil {
 			return err
 		}

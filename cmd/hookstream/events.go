@@ -56,6 +56,9 @@ func cmdEvents(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 			return usageError{"events export: takes flags only", eventsUsage}
 		}
 	default:
+		if isHelp(args[0]) {
+			return helpRequest{eventsUsage}
+		}
 		return usageError{fmt.Sprintf("events: unknown subcommand %q", args[0]), eventsUsage}
 	}
 	var fromT, toT time.Time

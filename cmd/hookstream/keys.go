@@ -58,6 +58,9 @@ func cmdKeys(ctx context.Context, args []string, stdout io.Writer, log *slog.Log
 		test = fs.Bool("test", false, "create an hs_test_ key (in the organization's test environment unless --env)")
 	case "list", "revoke":
 	default:
+		if isHelp(sub) {
+			return helpRequest{keysUsage}
+		}
 		return usageError{fmt.Sprintf("keys: unknown subcommand %q", sub), keysUsage}
 	}
 	pos, err := parseFlags(fs, args, keysUsage)
@@ -134,6 +137,9 @@ func cmdTenancy(ctx context.Context, cmd string, args []string, stdout io.Writer
 	asJSON := fs.Bool("json", false, "print JSON")
 	known := map[string]bool{"orgs create": true, "envs create": true, "envs list": true, "sessions create": true}
 	if !known[cmd+" "+sub] {
+		if isHelp(sub) {
+			return helpRequest{tenancyUsage}
+		}
 		return usageError{fmt.Sprintf("%s: unknown subcommand %q", cmd, sub), tenancyUsage}
 	}
 	pos, err := parseFlags(fs, args, tenancyUsage)

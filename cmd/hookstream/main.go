@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"golang.org/x/term"
@@ -55,8 +56,10 @@ Usage:
                                 re-deliver a time range of events (run by "serve")
   hookstream version            print the version
 
-Without DATABASE_URL, serve, migrate and keys use the project-local cluster
-under .data/postgres (started when needed).
+Without DATABASE_URL the commands use the project-local cluster under
+.data/postgres of the current directory (started when needed); only serve,
+migrate and devdb start create it, so an operator command run from elsewhere fails
+instead of answering from a new, empty database.
 Run "hookstream COMMAND -h" for a command's flags.
 `
 
@@ -103,6 +106,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if err != nil {
+		var help helpRequest
+		if errors.As(err, &help) {
+			fmt.Fprint(stdout, "Usage:\n  "+strings.TrimRight(help.usage, "\n")+"\n")
+			return 0
+		}
 		var ec exitCode
 		if errors.As(err, &ec) {
 			return int(ec)

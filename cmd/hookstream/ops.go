@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -26,6 +27,17 @@ type usageError struct{ msg, usage string }
 
 func (e usageError) Error() string { return e.msg + "\n\nUsage:\n  " + e.usage }
 
+// helpRequest is -h, --help or help where a command or subcommand was
+// expected: its usage goes to stdout and the exit status is 0.
+type helpRequest struct{ usage string }
+
+func (helpRequest) Error() string { return "help requested" }
+
+// isHelp reports whether arg asks for help.
+func isHelp(arg string) bool {
+	return arg == "-h" || arg == "-help" || arg == "--help" || arg == "help"
+}
+
 // parseFlags parses args allowing flags after positional arguments, and
 // returns the positional ones.
 func parseFlags(fs *flag.FlagSet, args []string, usage string) ([]string, error) {
@@ -33,6 +45,9 @@ func parseFlags(fs *flag.FlagSet, args []string, usage string) ([]string, error)
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, helpRequest{usage}
+			}
 			return nil, usageError{err.Error(), usage}
 		}
 		args = fs.Args()
@@ -97,6 +112,9 @@ func cmdProjections(ctx context.Context, args []string, stdout, stderr io.Writer
 			}
 		}
 		return rebuildProjections(ctx, names, *slow, *asJSON, stdout, stderr, log)
+	}
+	if isHelp(args[0]) {
+		return helpRequest{projectionsUsage}
 	}
 	return usageError{fmt.Sprintf("projections: unknown subcommand %q", args[0]), projectionsUsage}
 }

@@ -69,8 +69,18 @@ func parseServe(args []string) (serveConfig, error) {
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", envOr("HOOKSTREAM_METRICS_ADDR", ""), "serve /metrics on this address only, e.g. 127.0.0.1:9090 (HOOKSTREAM_METRICS_ADDR)")
 	fs.StringVar(&c.PprofAddr, "pprof-addr", envOr("HOOKSTREAM_PPROF_ADDR", ""), "serve Go's pprof profiles on this address, e.g. 127.0.0.1:6060 (HOOKSTREAM_PPROF_ADDR; never a public one)")
 	fs.StringVar(&c.MetricsToken, "metrics-token", envOr("HOOKSTREAM_METRICS_TOKEN", ""), "require Authorization: Bearer TOKEN on /metrics (HOOKSTREAM_METRICS_TOKEN)")
+	var defaults strings.Builder
+	fs.SetOutput(&defaults)
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
-		return c, err
+		if errors.Is(err, flag.ErrHelp) {
+			fs.PrintDefaults()
+			return c, helpRequest{"hookstream serve [flags]\n\nFlags:\n" + defaults.String()}
+		}
+		return c, usageError{"serve: " + err.Error(), "hookstream serve [flags] (hookstream serve -h lists them)"}
+	}
+	if fs.NArg() > 0 {
+		return c, usageError{fmt.Sprintf("serve: unexpected argument %q", fs.Arg(0)), "hookstream serve [flags] (hookstream serve -h lists them)"}
 	}
 	if !c.API && !c.Workers {
 		c.API, c.Workers = true, true
@@ -81,7 +91,7 @@ func parseServe(args []string) (serveConfig, error) {
 func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Logger) error {
 	cfg, err := parseServe(args)
 	if err != nil {
-		return exitCode(2)
+		return err // a helpRequest or a usageError
 	}
 	if os.Getenv("GOGC") == "" {
 		// The engine's heap is small and short-lived (batches, payloads): a
@@ -89,7 +99,7 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 		// few MB more memory. GOGC overrides it.
 		debug.SetGCPercent(200)
 	}
-	db, err := openDatabase(ctx, log, 50)
+	db, err := openDatabaseIn(ctx, log, 50, true)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,59 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+)
+
+// Every command answers -h and --help with its usage on stdout and status
+// 0; a flag it does not know is status 2 with the usage on stderr.
+func TestHelpAndBadArgumentsExitCodes(t *testing.T) {
+	t.Setenv("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none?connect_timeout=1") // help must not need a database
+	ctx := context.Background()
+	for _, cmd := range [][]string{{"serve"}, {"migrate"}, {"keys"}, {"audit"}, {"events"}, {"replay"}, {"projections"}, {"orgs"}, {"envs"}, {"secrets"}} {
+		for _, flag := range []string{"-h", "--help"} {
+			var out, errOut bytes.Buffer
+			args := append(append([]string(nil), cmd...), flag)
+			if code := run(ctx, args, &out, &errOut); code != 0 {
+				t.Errorf("%v: exit %d, want 0 (stderr %q)", args, code, errOut.String())
+			}
+			if !strings.Contains(strings.ToLower(out.String()), "usage") {
+				t.Errorf("%v: stdout %q has no usage", args, out.String())
+			}
+		}
+	}
+	for _, args := range [][]string{{"serve", "--no-such-flag"}, {"serve", "stray"}, {"audit", "--no-such-flag"}, {"events", "tail", "--no-such-flag"},
+		{"keys", "list", "--no-such-flag"}, {"migrate", "--no-such-flag"}, {"replay", "--no-such-flag"}, {"nope"}} {
+		var out, errOut bytes.Buffer
+		if code := run(ctx, args, &out, &errOut); code != 2 {
+			t.Errorf("%v: exit %d, want 2 (stderr %q)", args, code, errOut.String())
+		}
+		if !strings.Contains(strings.ToLower(errOut.String()), "usage") {
+			t.Errorf("%v: stderr %q has no usage", args, errOut.String())
+		}
+	}
+}
+
+// An operator command run outside the project directory, without
+// DATABASE_URL, fails and says why; it does not make a new empty cluster
+// and report success from it.
+func TestOperatorCommandElsewhereDoesNotMakeAnEmptyCluster(t *testing.T) {
+	t.Setenv("DATABASE_URL", "")
+	dir := t.TempDir()
+	t.Chdir(dir)
+	for _, args := range [][]string{{"events", "export", "--from", "2026-01-01T00:00:00Z", "--to", "2026-02-01T00:00:00Z"}, {"keys", "list"}, {"projections", "status"}} {
+		var out, errOut bytes.Buffer
+		if code := run(context.Background(), args, &out, &errOut); code != 1 {
+			t.Errorf("%v: exit %d, want 1 (stdout %q)", args, code, out.String())
+		}
+		if !strings.Contains(errOut.String(), "no local database") {
+			t.Errorf("%v: stderr %q does not say why", args, errOut.String())
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("the commands left %v in the directory", entries)
+	}
+}
