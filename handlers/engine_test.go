@@ -340,6 +340,30 @@ func TestExhaustionMovesToDLQAndManualRetryDelivers(t *testing.T) {
 	if code, out := h.do("GET", "/v1/events?status=failed", h.key, nil); code != 200 || len(out["events"].([]any)) != 1 {
 		t.Errorf("failed events list = %d %v", code, out)
 	}
+	// Query flags read as the responses show them (0/1) or as booleans; a
+	// bad value, a bad enum or an unknown parameter is a 400 naming it.
+	for _, q := range []string{"is_dlq=true", "is_dlq=TRUE", "is_dlq=1"} {
+		if got := h.attempts("event_id=" + ev + "&" + q); len(got) != 1 || got[0]["id"] != last["id"] {
+			t.Errorf("delivery-attempts?%s = %v, want the DLQ attempt", q, got)
+		}
+	}
+	if got := h.attempts("event_id=" + ev + "&is_dlq=false"); len(got) != 2 {
+		t.Errorf("delivery-attempts?is_dlq=false = %d attempts, want the 2 not in the DLQ", len(got))
+	}
+	for q, names := range map[string]string{
+		"/v1/delivery-attempts?is_dlq=yes":       "'is_dlq'",
+		"/v1/delivery-attempts?statuss=failed":   "'statuss'",
+		"/v1/delivery-attempts?status=bogus":     "'status'",
+		"/v1/events?status=bogus":                "'status'",
+		"/v1/events?dedup_status=maybe":          "'dedup_status'",
+		"/v1/events?source=" + src:               "'source'",
+		"/v1/events?verification_status=unknown": "'verification_status'",
+	} {
+		code, out := h.do("GET", q, h.key, nil)
+		if msg, _ := out["error"].(string); code != 400 || !strings.Contains(msg, names) {
+			t.Errorf("GET %s = %d %v, want 400 naming %s", q, code, out, names)
+		}
+	}
 	if num(last["attempt_number"]) != 3 || last["dlq_at"] == nil || last["next_retry_at"] != nil || last["status"] != "failed" {
 		t.Errorf("DLQ attempt = %v", last)
 	}

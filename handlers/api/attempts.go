@@ -16,22 +16,19 @@ func (a *API) registerAttemptRoutes(r *mux.Router) {
 	r.HandleFunc("/delivery-attempts", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		f := projections.AttemptFilter{EventID: q.Get("event_id"), ConnectionID: q.Get("connection_id"), DestinationID: q.Get("destination_id"), Status: q.Get("status")}
-		var err error
-		if f.Limit, f.Offset, err = pageParams(q.Get("limit"), q.Get("offset")); err != nil {
+		err := knownQuery(q, "event_id", "connection_id", "destination_id", "status", "is_dlq", "limit", "offset")
+		if err == nil {
+			f.Limit, f.Offset, err = pageParams(q.Get("limit"), q.Get("offset"))
+		}
+		if err == nil {
+			err = enumParam("status", f.Status, domain.AttemptPending, domain.AttemptSuccess, domain.AttemptFailed)
+		}
+		if err == nil {
+			f.IsDLQ, err = flagParam("is_dlq", q.Get("is_dlq"))
+		}
+		if err != nil {
 			writeError(w, r, a.p.Log, err)
 			return
-		}
-		if f.Status != "" && f.Status != domain.AttemptPending && f.Status != domain.AttemptSuccess && f.Status != domain.AttemptFailed {
-			writeError(w, r, a.p.Log, domain.Errorf(domain.EInvalid, "Invalid query: 'status' must be one of pending, success, failed"))
-			return
-		}
-		if v := q.Get("is_dlq"); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil || (n != 0 && n != 1) {
-				writeError(w, r, a.p.Log, domain.Errorf(domain.EInvalid, "Invalid query: 'is_dlq' must be 0 or 1"))
-				return
-			}
-			f.IsDLQ = &n
 		}
 		list, page, err := svc.ListAttempts(r.Context(), tenantOf(r), f)
 		if err != nil {

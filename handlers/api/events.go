@@ -14,8 +14,20 @@ func (a *API) registerEventRoutes(r *mux.Router) {
 		q := r.URL.Query()
 		f := projections.EventFilter{SourceID: q.Get("source_id"), Status: q.Get("status"), Method: q.Get("method"),
 			DedupStatus: q.Get("dedup_status"), VerificationStatus: q.Get("verification_status")}
-		var err error
-		if f.Limit, f.Offset, err = pageParams(q.Get("limit"), q.Get("offset")); err == nil {
+		err := knownQuery(q, "source_id", "status", "method", "dedup_status", "verification_status", "after", "before", "limit", "offset")
+		if err == nil {
+			err = enumParam("status", f.Status, "received", "processing", "delivered", "failed")
+		}
+		if err == nil {
+			err = enumParam("dedup_status", f.DedupStatus, "unique", "duplicate")
+		}
+		if err == nil {
+			err = enumParam("verification_status", f.VerificationStatus, "verified", "none")
+		}
+		if err == nil {
+			f.Limit, f.Offset, err = pageParams(q.Get("limit"), q.Get("offset"))
+		}
+		if err == nil {
 			f.After, err = timeParam("after", q.Get("after"))
 		}
 		if err == nil {

@@ -6,7 +6,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -174,6 +177,47 @@ func pageParams(limitS, offsetS string) (int, int, error) {
 		offset = n
 	}
 	return limit, offset, nil
+}
+
+// knownQuery refuses a query parameter the endpoint does not know, naming
+// it: a misspelt filter must not silently return everything.
+func knownQuery(q url.Values, known ...string) error {
+	var unknown []string
+	for k := range q {
+		if !slices.Contains(known, k) {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	slices.Sort(unknown)
+	return domain.Errorf(domain.EInvalid, "Invalid query: unknown parameter '%s' (known: %s)", unknown[0], strings.Join(known, ", "))
+}
+
+// enumParam refuses a value outside allowed ("" is no filter).
+func enumParam(name, v string, allowed ...string) error {
+	if v == "" || slices.Contains(allowed, v) {
+		return nil
+	}
+	return domain.Errorf(domain.EInvalid, "Invalid query: '%s' must be one of %s", name, strings.Join(allowed, ", "))
+}
+
+// flagParam reads a query flag given as 0/1 (as responses show flags) or
+// true/false; nil when absent.
+func flagParam(name, v string) (*int, error) {
+	var n int
+	switch strings.ToLower(v) {
+	case "":
+		return nil, nil
+	case "1", "true":
+		n = 1
+	case "0", "false":
+		n = 0
+	default:
+		return nil, domain.Errorf(domain.EInvalid, "Invalid query: '%s' must be 0, 1, true or false", name)
+	}
+	return &n, nil
 }
 
 func timeParam(name, v string) (*time.Time, error) {
