@@ -9,6 +9,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -73,6 +77,8 @@ type API struct {
 	p      Params
 	router *mux.Router
 	usage  *tenancy.KeyUsage
+	// routes is every route's path pattern and methods (for 405s).
+	routes []routeMethods
 }
 
 // New builds the REST API with every route registered.
@@ -103,8 +109,16 @@ func New(p Params) *API {
 	a.registerResourceRoutes(v1)
 	a.registerDeliveryRoutes(v1)
 	a.registerMetricsRoutes(v1)
+	a.routes = a.methodTable()
 	a.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, newRequestID()))
+		// gorilla/mux reports a method its subrouter does not serve as not
+		// found: a path that exists with other methods is a 405 here.
+		if allow := a.allowedMethods(r.URL.Path); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: "Method not allowed", Status: http.StatusMethodNotAllowed, RequestID: requestID(r)})
+			return
+		}
 		writeError(w, r, a.p.Log, domain.Errorf(domain.ENotFound, "Not found"))
 	})
 	a.router.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -115,6 +129,48 @@ func New(p Params) *API {
 }
 
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.router.ServeHTTP(w, r) }
+
+// routeMethods is a route's path pattern and the methods it serves.
+type routeMethods struct {
+	path    *regexp.Regexp
+	methods []string
+}
+
+// methodTable lists every route that serves named methods, once the routes
+// are registered.
+func (a *API) methodTable() []routeMethods {
+	var out []routeMethods
+	_ = a.router.Walk(func(route *mux.Route, _ *mux.Router, _ []*mux.Route) error {
+		re, err := route.GetPathRegexp()
+		if err != nil {
+			return nil
+		}
+		methods, err := route.GetMethods()
+		if err != nil {
+			return nil // a route for every method (or a prefix): never a 405
+		}
+		out = append(out, routeMethods{path: regexp.MustCompile(re), methods: methods})
+		return nil
+	})
+	return out
+}
+
+// allowedMethods are the methods the routes whose path matches path serve,
+// sorted (none: the path does not exist).
+func (a *API) allowedMethods(path string) []string {
+	var out []string
+	for _, rm := range a.routes {
+		if rm.path.MatchString(path) {
+			for _, m := range rm.methods {
+				if !slices.Contains(out, m) {
+					out = append(out, m)
+				}
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
 
 // withRecovery turns a handler's panic into the generic 500 with the request
 // id, logged once with the panic, instead of a dropped connection (or, on a
