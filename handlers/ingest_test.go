@@ -200,11 +200,19 @@ func TestIngestDedup(t *testing.T) {
 		}
 		before := dst.count()
 		dupsBefore := h.eventCount("dedup_status=duplicate")
+		dups := 0
 		for i := 0; i < 4; i++ {
 			body, hdr := c.send(i)
-			if code, resp := h.post("/v1/ingest/"+src, body, hdr); code != 200 {
+			code, resp := h.post("/v1/ingest/"+src, body, hdr)
+			if code != 200 {
 				t.Fatalf("%s: duplicate answered %d %s, want 200", c.name, code, resp)
 			}
+			if strings.Contains(resp, `"duplicate":true`) {
+				dups++
+			}
+		}
+		if dups != 4-c.unique {
+			t.Errorf("%s: %d answers said duplicate, want %d", c.name, dups, 4-c.unique)
 		}
 		waitFor(t, 10*time.Second, c.name+": the unique webhooks delivered", func() bool { return dst.count() == before+c.unique })
 		waitFor(t, 5*time.Second, c.name+": the duplicates listed", func() bool {

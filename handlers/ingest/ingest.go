@@ -97,6 +97,9 @@ type IngestRequest struct {
 type IngestResult struct {
 	EventID  string `json:"event_id"`
 	SourceID string `json:"source_id"`
+	// Duplicate is set when the source's dedup recognised the webhook: it
+	// is stored (marked duplicate) and not delivered.
+	Duplicate bool `json:"duplicate,omitempty"`
 }
 
 type route struct {
@@ -223,11 +226,12 @@ func (s *Ingester) Ingest(ctx context.Context, tg *IngestTarget, in IngestReques
 		dup.Skipped = append(dup.Skipped, domain.SkippedRoute{ConnectionID: r.connID, DestinationID: r.destID, Reason: "duplicate"})
 	}
 	claim := dedupClaim{SourceID: in.SourceID, Key: key, EventID: eventID, Now: now, Expires: now.Add(time.Duration(st.DedupWindow) * time.Second)}
-	if _, err := s.ingest.AppendDedup(ctx, append([]eventstore.StreamAppend{eventAppend(received)}, appends...), newJobs, claim,
-		[]eventstore.StreamAppend{eventAppend(dup)}); err != nil {
+	duplicate, err := s.ingest.AppendDedup(ctx, append([]eventstore.StreamAppend{eventAppend(received)}, appends...), newJobs, claim,
+		[]eventstore.StreamAppend{eventAppend(dup)})
+	if err != nil {
 		return IngestResult{}, fmt.Errorf("ingest: append: %w", err)
 	}
-	return IngestResult{EventID: eventID, SourceID: in.SourceID}, nil
+	return IngestResult{EventID: eventID, SourceID: in.SourceID, Duplicate: duplicate}, nil
 }
 
 // anyRules reports whether a route filters on the webhook.
