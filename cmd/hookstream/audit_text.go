@@ -13,13 +13,12 @@ import (
 
 const timeFmt = "2006-01-02 15:04:05.000"
 
-// short abbreviates an id for the table (--json has them whole).
+// short is an id as the table shows it: whole, so it can be copied into the
+// next command (ids are UUIDv7: their first characters are a timestamp that
+// two deliveries of one event share, so no prefix tells them apart).
 func short(id string) string {
 	if id == "" {
 		return "-"
-	}
-	if len(id) > 12 {
-		return id[:12] + "…"
 	}
 	return id
 }
