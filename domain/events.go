@@ -58,6 +58,17 @@ const (
 	EvReplayFailed    = "ReplayFailed"
 )
 
+// EventTypes is every event type above (a test keeps the list complete).
+var EventTypes = []string{
+	EvSourceCreated, EvSourceUpdated, EvSourceDeleted, EvDestinationCreated, EvDestinationUpdated, EvDestinationDeleted,
+	EvConnectionCreated, EvConnectionUpdated, EvConnectionDeleted, EvAPIKeyCreated, EvAPIKeyRevoked, EvOrgCreated,
+	EvEnvironmentCreated, EvEnvironmentUpdated, EvSessionCreated, EvSessionEnded,
+	EvEventReceived, EvDeliveryRequested, EvDeliveryAttempted, EvRetryScheduled, EvRetryRequested, EvMovedToDLQ,
+	EvDestinationDisabled, EvCircuitOpened, EvCircuitHalfOpened, EvCircuitClosed,
+	EvIssueOpened, EvIssueRecurred, EvIssueUpdated, EvIssueResolved,
+	EvReplayRequested, EvReplayReleased, EvReplayFailed,
+}
+
 // Attempt statuses and trigger types of the delivery_attempt object.
 const (
 	AttemptPending = "pending"

@@ -8,10 +8,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
 )
 
@@ -39,6 +41,10 @@ func cmdEvents(ctx context.Context, args []string, stdout io.Writer, log *slog.L
 	var typeList []string
 	for _, t := range strings.Split(*types, ",") {
 		if t = strings.TrimSpace(t); t != "" {
+			if !slices.Contains(domain.EventTypes, t) {
+				// A misspelt type would match nothing and print nothing.
+				return usageError{fmt.Sprintf("events: unknown event type %q; known: %s", t, strings.Join(domain.EventTypes, ", ")), eventsUsage}
+			}
 			typeList = append(typeList, t)
 		}
 	}

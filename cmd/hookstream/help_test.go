@@ -26,7 +26,8 @@ func TestHelpAndBadArgumentsExitCodes(t *testing.T) {
 		}
 	}
 	for _, args := range [][]string{{"serve", "--no-such-flag"}, {"serve", "stray"}, {"audit", "--no-such-flag"}, {"events", "tail", "--no-such-flag"},
-		{"keys", "list", "--no-such-flag"}, {"migrate", "--no-such-flag"}, {"replay", "--no-such-flag"}, {"nope"}} {
+		{"keys", "list", "--no-such-flag"}, {"migrate", "--no-such-flag"}, {"replay", "--no-such-flag"}, {"nope"},
+		{"events", "tail", "--type", "Nope"}, {"events", "export", "--from", "2026-01-01T00:00:00Z", "--to", "2026-02-01T00:00:00Z", "--type", "EventRecieved"}} {
 		var out, errOut bytes.Buffer
 		if code := run(ctx, args, &out, &errOut); code != 2 {
 			t.Errorf("%v: exit %d, want 2 (stderr %q)", args, code, errOut.String())
