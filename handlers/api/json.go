@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 
 	"io"
@@ -27,6 +28,16 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, dst any) error {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return domain.Errorf(domain.EInvalid, "Invalid body: unexpected data after the JSON object")
+	}
+	return checkStrings(dst)
+}
+
+// decodeBytes is decodeJSON for a body already read.
+func decodeBytes(b []byte, dst any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		return kit.DecodeError(err)
 	}
 	return checkStrings(dst)
 }

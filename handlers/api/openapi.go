@@ -45,6 +45,12 @@ func schemaFor(t reflect.Type, defs map[string]any) map[string]any {
 		}
 		return map[string]any{"anyOf": []any{inner, map[string]any{"type": "null"}}}
 	}
+	switch v := reflect.Zero(t).Interface().(type) {
+	case interface{ OpenAPISchema() map[string]any }: // kit.Flag
+		return v.OpenAPISchema()
+	case interface{ OpenAPIElem() reflect.Type }: // kit.JSONOr: the value, or a string holding it
+		return map[string]any{"anyOf": []any{schemaFor(v.OpenAPIElem(), defs), map[string]any{"type": "string"}}}
+	}
 	switch t {
 	case reflect.TypeFor[json.RawMessage](), reflect.TypeFor[any]():
 		return map[string]any{}
@@ -129,12 +135,12 @@ func operations() []op {
 		}
 		return out
 	}
-	crud := func(path, one, many string, in, out any, listQuery map[string]string) []op {
+	crud := func(path, one, many string, in, patch, out any, listQuery map[string]string) []op {
 		return []op{
 			{method: "POST", path: path, summary: "Create a " + one, body: in, ok: 201, resp: map[string]any{one: out}, errors: []int{400, 401, 404, 413}},
 			{method: "GET", path: path, summary: "List " + many, query: listQuery, resp: map[string]any{many: []any{out}}, errors: []int{401}},
 			{method: "GET", path: path + "/{id}", summary: "Get a " + one, resp: map[string]any{one: out}, errors: []int{401, 404}},
-			{method: "PATCH", path: path + "/{id}", summary: "Update a " + one, body: in, resp: map[string]any{one: out}, errors: []int{400, 401, 404, 413}},
+			{method: "PATCH", path: path + "/{id}", summary: "Update a " + one, body: patch, resp: map[string]any{one: out}, errors: []int{400, 401, 404, 413}},
 			{method: "DELETE", path: path + "/{id}", summary: "Delete a " + one, resp: map[string]any{"success": true}, errors: []int{401, 404, 409}},
 		}
 	}
@@ -148,9 +154,9 @@ func operations() []op {
 		{method: "GET", path: "/v1/openapi.json", summary: "This document", public: true, resp: map[string]any{"": map[string]any{}}},
 		{method: "GET", path: "/metrics", summary: "Prometheus metrics (opt-in; bearer token when configured)", public: true, text: true, errors: []int{401, 404}},
 	}
-	ops = append(ops, crud("/v1/sources", "source", "sources", resources.SourceInput{}, resources.Source{}, map[string]string{"status": "string"})...)
-	ops = append(ops, crud("/v1/destinations", "destination", "destinations", resources.DestinationInput{}, resources.Destination{}, map[string]string{"status": "string"})...)
-	ops = append(ops, crud("/v1/connections", "connection", "connections", resources.ConnectionInput{}, resources.Connection{},
+	ops = append(ops, crud("/v1/sources", "source", "sources", resources.SourceInput{}, resources.SourcePatch{}, resources.Source{}, map[string]string{"status": "string"})...)
+	ops = append(ops, crud("/v1/destinations", "destination", "destinations", resources.DestinationInput{}, resources.DestinationPatch{}, resources.Destination{}, map[string]string{"status": "string"})...)
+	ops = append(ops, crud("/v1/connections", "connection", "connections", resources.ConnectionInput{}, resources.ConnectionPatch{}, resources.Connection{},
 		map[string]string{"status": "string", "source_id": "string", "destination_id": "string"})...)
 	ops = append(ops, []op{
 		{method: "GET", path: "/v1/destinations/{id}/circuit", summary: "A destination's circuit breaker", resp: map[string]any{"": circuit.CircuitStatus{}}, errors: []int{401, 404}},
@@ -232,7 +238,7 @@ func OpenAPIDocument() map[string]any {
 	}
 	// Request bodies may omit any field (partial updates; the handlers name what is missing).
 	for name, d := range defs {
-		if strings.HasSuffix(name, "Input") || name == "issueInputDoc" {
+		if strings.HasSuffix(name, "Input") || strings.HasSuffix(name, "Patch") || name == "issueInputDoc" {
 			m := d.(map[string]any)
 			m["required"] = []string{}
 		}

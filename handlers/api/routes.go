@@ -2,11 +2,13 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -64,6 +66,9 @@ type crudRoutes[In, Out any] struct {
 	get             func(context.Context, domain.Tenant, string) (Out, error)
 	update          func(context.Context, domain.Tenant, string, In, string) (Out, error)
 	remove          func(context.Context, domain.Tenant, string, string) error
+	// fixed are input fields a create sets and an update cannot change: a
+	// PATCH may repeat them unchanged.
+	fixed []string
 }
 
 func registerCRUD[In, Out any](a *API, r *mux.Router, c crudRoutes[In, Out]) {
@@ -79,35 +84,118 @@ func registerCRUD[In, Out any](a *API, r *mux.Router, c crudRoutes[In, Out]) {
 	r.HandleFunc(c.path+"/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
 		a.respond(w, r, http.StatusOK, c.one)(c.get(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
 	})).Methods(http.MethodGet)
+	readOnly := readOnlyFields[In, Out]()
 	r.HandleFunc(c.path+"/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		var in In
-		if a.decode(w, r, &in) {
-			a.respond(w, r, http.StatusOK, c.one)(c.update(r.Context(), tenantOf(r), mux.Vars(r)["id"], in, requestID(r)))
+		var raw map[string]json.RawMessage
+		if !a.decode(w, r, &raw) {
+			return
 		}
+		id := mux.Vars(r)["id"]
+		in, err := patchInput[In](raw, readOnly, c.fixed, func() (Out, error) { return c.get(r.Context(), tenantOf(r), id) })
+		if err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		a.respond(w, r, http.StatusOK, c.one)(c.update(r.Context(), tenantOf(r), id, in, requestID(r)))
 	})).Methods(http.MethodPatch)
 	r.HandleFunc(c.path+"/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
 		a.deleted(w, r, c.remove(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r)))
 	})).Methods(http.MethodDelete)
 }
 
+// readOnlyFields are the fields of a resource's object (Out) its input (In)
+// does not take: id, timestamps, names and URLs the server derives.
+func readOnlyFields[In, Out any]() []string {
+	in := jsonFields(reflect.TypeFor[In]())
+	var out []string
+	for _, f := range jsonFields(reflect.TypeFor[Out]()) {
+		if !slices.Contains(in, f) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func jsonFields(t reflect.Type) []string {
+	var out []string
+	for i := 0; i < t.NumField(); i++ {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" && name != "-" {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// patchInput decodes a PATCH body into In. So that a client can send back
+// the object a GET gave it, the read-only fields are accepted when they
+// equal the stored object's and refused, named, when they differ (a stale
+// updated_at says someone changed it meanwhile).
+func patchInput[In, Out any](raw map[string]json.RawMessage, readOnly, fixed []string, current func() (Out, error)) (In, error) {
+	var in In
+	var given []string
+	for _, f := range append(append([]string(nil), readOnly...), fixed...) {
+		if _, ok := raw[f]; ok {
+			given = append(given, f)
+		}
+	}
+	if len(given) > 0 {
+		cur, err := current()
+		if err != nil {
+			return in, err
+		}
+		b, err := json.Marshal(cur)
+		if err != nil {
+			return in, err
+		}
+		var stored map[string]json.RawMessage
+		if err := json.Unmarshal(b, &stored); err != nil {
+			return in, err
+		}
+		for _, f := range given {
+			if !sameJSON(raw[f], stored[f]) {
+				what := "is read-only"
+				if slices.Contains(fixed, f) {
+					what = "cannot be changed"
+				}
+				return in, domain.Errorf(domain.EInvalid, "Invalid body: '%s' %s and differs from the stored value %s", f, what, stored[f])
+			}
+			delete(raw, f)
+		}
+	}
+	b, err := json.Marshal(raw)
+	if err != nil {
+		return in, err
+	}
+	return in, decodeBytes(b, &in)
+}
+
+// sameJSON reports whether two JSON texts hold the same value.
+func sameJSON(a, b json.RawMessage) bool {
+	var x, y any
+	if json.Unmarshal(a, &x) != nil || json.Unmarshal(b, &y) != nil {
+		return false
+	}
+	return reflect.DeepEqual(x, y)
+}
+
 func (a *API) registerResourceRoutes(r *mux.Router) {
 	svc := a.p.Service
 	registerCRUD(a, r, crudRoutes[resources.SourceInput, resources.Source]{
-		path: "/sources", one: "source", many: "sources",
+		path: "/sources", one: "source", many: "sources", fixed: []string{"org_id", "env_id", "type"},
 		create: svc.CreateSource, get: svc.GetSource, update: svc.UpdateSource, remove: svc.DeleteSource,
 		list: func(r *http.Request, t domain.Tenant) ([]resources.Source, error) {
 			return svc.ListSources(r.Context(), t, r.URL.Query().Get("status"))
 		},
 	})
 	registerCRUD(a, r, crudRoutes[resources.DestinationInput, resources.Destination]{
-		path: "/destinations", one: "destination", many: "destinations",
+		path: "/destinations", one: "destination", many: "destinations", fixed: []string{"org_id", "env_id", "type"},
 		create: svc.CreateDestination, get: svc.GetDestination, update: svc.UpdateDestination, remove: svc.DeleteDestination,
 		list: func(r *http.Request, t domain.Tenant) ([]resources.Destination, error) {
 			return svc.ListDestinations(r.Context(), t, r.URL.Query().Get("status"))
 		},
 	})
 	registerCRUD(a, r, crudRoutes[resources.ConnectionInput, resources.Connection]{
-		path: "/connections", one: "connection", many: "connections",
+		path: "/connections", one: "connection", many: "connections", fixed: []string{"org_id", "env_id", "source_id", "destination_id"},
 		create: svc.CreateConnection, get: svc.GetConnection, update: svc.UpdateConnection, remove: svc.DeleteConnection,
 		list: func(r *http.Request, t domain.Tenant) ([]resources.Connection, error) {
 			q := r.URL.Query()

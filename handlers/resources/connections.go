@@ -33,15 +33,15 @@ type Connection struct {
 
 // ConnectionInput is the body of POST and PATCH /v1/connections.
 type ConnectionInput struct {
-	SourceID      *string              `json:"source_id"`
-	DestinationID *string              `json:"destination_id"`
-	Name          *string              `json:"name"`
-	Description   *string              `json:"description"`
-	Enabled       *bool                `json:"enabled"`
-	Status        *string              `json:"status"`
-	FilterRules   *[]domain.FilterRule `json:"filter_rules"`
-	OrgID         *string              `json:"org_id"`
-	EnvID         *string              `json:"env_id"`
+	SourceID      *string                          `json:"source_id"`
+	DestinationID *string                          `json:"destination_id"`
+	Name          *string                          `json:"name"`
+	Description   *string                          `json:"description"`
+	Enabled       *kit.Flag                        `json:"enabled"`
+	Status        *string                          `json:"status"`
+	FilterRules   *kit.JSONOr[[]domain.FilterRule] `json:"filter_rules"`
+	OrgID         *string                          `json:"org_id"`
+	EnvID         *string                          `json:"env_id"`
 }
 
 const connSelect = `SELECT c.id, c.org_id, c.env_id, c.source_id, c.destination_id, c.name, c.description, c.enabled, c.status,
@@ -85,14 +85,14 @@ func (s *Registry) CreateConnection(ctx context.Context, t domain.Tenant, in Con
 	}
 	rules := []domain.FilterRule{}
 	if in.FilterRules != nil {
-		rules = *in.FilterRules
+		rules = in.FilterRules.V
 	}
 	if err := domain.ValidateFilterRules(rules); err != nil {
 		return Connection{}, err
 	}
 	enabled, status := true, "active"
 	if in.Enabled != nil {
-		enabled = *in.Enabled
+		enabled = bool(*in.Enabled)
 	}
 	if in.Status != nil {
 		if err := domain.CheckStatus(*in.Status); err != nil {
@@ -169,7 +169,7 @@ func (s *Registry) UpdateConnection(ctx context.Context, t domain.Tenant, id str
 		desc = in.Description
 	}
 	if in.Enabled != nil {
-		enabled = *in.Enabled
+		enabled = bool(*in.Enabled)
 	}
 	if in.Status != nil {
 		if err := domain.CheckStatus(*in.Status); err != nil {
@@ -178,10 +178,10 @@ func (s *Registry) UpdateConnection(ctx context.Context, t domain.Tenant, id str
 		status = *in.Status
 	}
 	if in.FilterRules != nil {
-		if err := domain.ValidateFilterRules(*in.FilterRules); err != nil {
+		if err := domain.ValidateFilterRules(in.FilterRules.V); err != nil {
 			return Connection{}, err
 		}
-		rules = *in.FilterRules
+		rules = in.FilterRules.V
 	}
 	if rules == nil {
 		rules = []domain.FilterRule{}

@@ -55,11 +55,11 @@ func (st *destState) applyTarget(in DestinationInput) error {
 	}
 	given := map[string]bool{} // credential headers this request sets anew
 	if in.Headers != nil {
-		if len(*in.Headers) > 50 {
+		if len(in.Headers.V) > 50 {
 			return kit.Invalidf("'headers' may hold at most 50 headers")
 		}
-		next := make(map[string]string, len(*in.Headers))
-		for k, v := range *in.Headers {
+		next := make(map[string]string, len(in.Headers.V))
+		for k, v := range in.Headers.V {
 			if k == "" || len(k) > 200 || len(v) > 8192 || strings.ContainsAny(k, " :\r\n") || strings.ContainsAny(v, "\r\n") {
 				return kit.Invalidf("'headers' has an invalid header %q", k)
 			}
@@ -91,7 +91,7 @@ func (st *destState) applyLimits(in DestinationInput) error {
 		st.TimeoutMS = *in.TimeoutMS
 	}
 	if in.RetryEnabled != nil {
-		st.Retry.Enabled = *in.RetryEnabled
+		st.Retry.Enabled = bool(*in.RetryEnabled)
 	}
 	if in.RetryMaxAttempts != nil {
 		st.Retry.MaxRetries = *in.RetryMaxAttempts
@@ -100,7 +100,7 @@ func (st *destState) applyLimits(in DestinationInput) error {
 		st.Retry.Backoff = *in.RetryBackoffType
 	}
 	if in.RetryIntervals != nil {
-		st.Retry.Intervals = *in.RetryIntervals
+		st.Retry.Intervals = in.RetryIntervals.V
 	}
 	if in.Status != nil {
 		if err := domain.CheckStatus(*in.Status); err != nil {
@@ -112,7 +112,7 @@ func (st *destState) applyLimits(in DestinationInput) error {
 		st.Status = *in.Status
 	}
 	if in.CircuitBreakerEnabled != nil {
-		st.Circuit.Enabled = *in.CircuitBreakerEnabled
+		st.Circuit.Enabled = bool(*in.CircuitBreakerEnabled)
 	}
 	if in.CircuitBreakerThreshold != nil {
 		if *in.CircuitBreakerThreshold < 1 || *in.CircuitBreakerThreshold > 1000 {

@@ -45,23 +45,23 @@ type Destination struct {
 
 // DestinationInput is the body of POST and PATCH /v1/destinations.
 type DestinationInput struct {
-	Name                    *string            `json:"name"`
-	Slug                    *string            `json:"slug"`
-	Type                    *string            `json:"type"`
-	URL                     *string            `json:"url"`
-	Method                  *string            `json:"method"`
-	Headers                 *map[string]string `json:"headers"`
-	TimeoutMS               *int               `json:"timeout_ms"`
-	RetryEnabled            *bool              `json:"retry_enabled"`
-	RetryMaxAttempts        *int               `json:"retry_max_attempts"`
-	RetryBackoffType        *string            `json:"retry_backoff_type"`
-	RetryIntervals          *[]int             `json:"retry_intervals"`
-	Status                  *string            `json:"status"`
-	OrgID                   *string            `json:"org_id"`
-	EnvID                   *string            `json:"env_id"`
-	CircuitBreakerEnabled   *bool              `json:"circuit_breaker_enabled"`
-	CircuitBreakerThreshold *int               `json:"circuit_breaker_threshold"`
-	CircuitBreakerResetMS   *int               `json:"circuit_breaker_reset_ms"`
+	Name                    *string                        `json:"name"`
+	Slug                    *string                        `json:"slug"`
+	Type                    *string                        `json:"type"`
+	URL                     *string                        `json:"url"`
+	Method                  *string                        `json:"method"`
+	Headers                 *kit.JSONOr[map[string]string] `json:"headers"`
+	TimeoutMS               *int                           `json:"timeout_ms"`
+	RetryEnabled            *kit.Flag                      `json:"retry_enabled"`
+	RetryMaxAttempts        *int                           `json:"retry_max_attempts"`
+	RetryBackoffType        *string                        `json:"retry_backoff_type"`
+	RetryIntervals          *kit.JSONOr[[]int]             `json:"retry_intervals"`
+	Status                  *string                        `json:"status"`
+	OrgID                   *string                        `json:"org_id"`
+	EnvID                   *string                        `json:"env_id"`
+	CircuitBreakerEnabled   *kit.Flag                      `json:"circuit_breaker_enabled"`
+	CircuitBreakerThreshold *int                           `json:"circuit_breaker_threshold"`
+	CircuitBreakerResetMS   *int                           `json:"circuit_breaker_reset_ms"`
 	// SigningConfig: an object sets or changes signing, null removes it.
 	SigningConfig json.RawMessage `json:"signing_config"`
 }

@@ -115,3 +115,36 @@ func (s *Registry) deleteConfig(ctx context.Context, t domain.Tenant, streamType
 // ---- destinations ----
 
 // ---- connections ----
+
+// The bodies PATCH accepts: the input, and the object's read-only fields,
+// which a client sending back what it read may repeat unchanged (the API
+// refuses them when they differ from the stored object). They describe the
+// API document; requests are decoded into the inputs.
+
+// SourcePatch is the body of PATCH /v1/sources/{id}.
+type SourcePatch struct {
+	SourceInput
+	ID        *string `json:"id"`
+	IngestURL *string `json:"ingest_url"`
+	CreatedAt *string `json:"created_at"`
+	UpdatedAt *string `json:"updated_at"`
+}
+
+// DestinationPatch is the body of PATCH /v1/destinations/{id}.
+type DestinationPatch struct {
+	DestinationInput
+	ID             *string `json:"id"`
+	DisabledReason *string `json:"disabled_reason"`
+	CreatedAt      *string `json:"created_at"`
+	UpdatedAt      *string `json:"updated_at"`
+}
+
+// ConnectionPatch is the body of PATCH /v1/connections/{id}.
+type ConnectionPatch struct {
+	ConnectionInput
+	ID              *string `json:"id"`
+	SourceName      *string `json:"source_name"`
+	DestinationName *string `json:"destination_name"`
+	CreatedAt       *string `json:"created_at"`
+	UpdatedAt       *string `json:"updated_at"`
+}

@@ -45,23 +45,23 @@ type Source struct {
 // SourceInput is the body of POST and PATCH /v1/sources. An empty string
 // clears verification_type, dedup_strategy and dedup_field.
 type SourceInput struct {
-	Name                *string   `json:"name"`
-	Slug                *string   `json:"slug"`
-	Description         *string   `json:"description"`
-	Type                *string   `json:"type"`
-	Status              *string   `json:"status"`
-	OrgID               *string   `json:"org_id"`
-	EnvID               *string   `json:"env_id"`
-	VerificationEnabled *bool     `json:"verification_enabled"`
-	VerificationType    *string   `json:"verification_type"`
-	VerificationSecret  *string   `json:"verification_secret"`
-	VerificationHeader  *string   `json:"verification_header"`
-	DedupEnabled        *bool     `json:"dedup_enabled"`
-	DedupStrategy       *string   `json:"dedup_strategy"`
-	DedupField          *string   `json:"dedup_field"`
-	DedupWindowSeconds  *int      `json:"dedup_window_seconds"`
-	IPAllowlist         *[]string `json:"ip_allowlist"`
-	IPDenylist          *[]string `json:"ip_denylist"`
+	Name                *string               `json:"name"`
+	Slug                *string               `json:"slug"`
+	Description         *string               `json:"description"`
+	Type                *string               `json:"type"`
+	Status              *string               `json:"status"`
+	OrgID               *string               `json:"org_id"`
+	EnvID               *string               `json:"env_id"`
+	VerificationEnabled *kit.Flag             `json:"verification_enabled"`
+	VerificationType    *string               `json:"verification_type"`
+	VerificationSecret  *string               `json:"verification_secret"`
+	VerificationHeader  *string               `json:"verification_header"`
+	DedupEnabled        *kit.Flag             `json:"dedup_enabled"`
+	DedupStrategy       *string               `json:"dedup_strategy"`
+	DedupField          *string               `json:"dedup_field"`
+	DedupWindowSeconds  *int                  `json:"dedup_window_seconds"`
+	IPAllowlist         *kit.JSONOr[[]string] `json:"ip_allowlist"`
+	IPDenylist          *kit.JSONOr[[]string] `json:"ip_denylist"`
 }
 
 // SourceState is a source's stored configuration.
@@ -186,7 +186,7 @@ func (st *SourceState) applyVerification(in SourceInput) error {
 		st.VerifyHeader = *in.VerificationHeader
 	}
 	if in.VerificationEnabled != nil {
-		st.VerifyEnabled = *in.VerificationEnabled
+		st.VerifyEnabled = bool(*in.VerificationEnabled)
 	}
 	if st.VerifyEnabled {
 		switch {
@@ -223,7 +223,7 @@ func (st *SourceState) applyDedup(in SourceInput) error {
 		st.DedupWindow = *in.DedupWindowSeconds
 	}
 	if in.DedupEnabled != nil {
-		st.DedupEnabled = *in.DedupEnabled
+		st.DedupEnabled = bool(*in.DedupEnabled)
 	}
 	if st.DedupEnabled {
 		if st.DedupStrategy == "" {
@@ -240,19 +240,19 @@ func (st *SourceState) applyDedup(in SourceInput) error {
 func (st *SourceState) applyIPLists(in SourceInput) error {
 	for _, l := range []struct {
 		field string
-		in    *[]string
+		in    *kit.JSONOr[[]string]
 		dst   *[]string
 	}{{"ip_allowlist", in.IPAllowlist, &st.Allow}, {"ip_denylist", in.IPDenylist, &st.Deny}} {
 		if l.in == nil {
 			continue
 		}
-		if len(*l.in) > 500 {
+		if len(l.in.V) > 500 {
 			return kit.Invalidf("'%s' may hold at most 500 entries", l.field)
 		}
-		if _, err := domain.ParseIPList(l.field, *l.in); err != nil {
+		if _, err := domain.ParseIPList(l.field, l.in.V); err != nil {
 			return err
 		}
-		*l.dst = append([]string{}, *l.in...)
+		*l.dst = append([]string{}, l.in.V...)
 	}
 	return nil
 }

@@ -52,15 +52,16 @@ func FieldDecodeError(err error, field string) (_ error, ok bool) {
 }
 
 func jsonTypeName(goType string) string {
+	goType = strings.TrimPrefix(goType, "*")
 	switch {
+	case strings.HasPrefix(goType, "[]"):
+		return "an array"
+	case strings.HasPrefix(goType, "map["):
+		return "an object"
 	case strings.Contains(goType, "int"), strings.Contains(goType, "float"):
 		return "a number"
 	case strings.Contains(goType, "bool"):
 		return "a boolean"
-	case strings.Contains(goType, "string") && strings.HasPrefix(goType, "map"):
-		return "an object"
-	case strings.HasPrefix(goType, "[]"), strings.HasPrefix(goType, "*[]"):
-		return "an array"
 	case strings.Contains(goType, "string"):
 		return "a string"
 	}
