@@ -82,3 +82,21 @@ func mustJSON(t *testing.T, v any) string {
 	}
 	return string(b)
 }
+
+// A connection to an id that does not exist (a placeholder pasted as is)
+// says which of the two is missing.
+func TestConnectionToAMissingIDSaysWhich(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	src := h.mustCreate("/v1/sources", map[string]any{"name": "s"})
+	dst := h.mustCreate("/v1/destinations", map[string]any{"name": "d", "url": "https://example.com/hook"})
+	for body, want := range map[string]map[string]any{
+		`no source "SOURCE_ID"`:           {"name": "c", "source_id": "SOURCE_ID", "destination_id": dst["id"]},
+		`no destination "DESTINATION_ID"`: {"name": "c", "source_id": src["id"], "destination_id": "DESTINATION_ID"},
+	} {
+		code, out := h.do("POST", "/v1/connections", h.key, want)
+		if msg, _ := out["error"].(string); code != 404 || !strings.Contains(msg, "Source or destination not found") || !strings.Contains(msg, body) {
+			t.Errorf("POST /v1/connections %v = %d %v, want 404 naming %s", want, code, out, body)
+		}
+	}
+}

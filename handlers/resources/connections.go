@@ -77,11 +77,12 @@ func (s *Registry) CreateConnection(ctx context.Context, t domain.Tenant, in Con
 	if err := domain.CheckName("name", *in.Name); err != nil {
 		return Connection{}, err
 	}
+	// hookstream's message, then which of the two is missing.
 	if _, err := s.GetSource(ctx, t, *in.SourceID); err != nil {
-		return Connection{}, kit.RemapNotFound(err, "Source or destination not found")
+		return Connection{}, kit.RemapNotFound(err, fmt.Sprintf("Source or destination not found: no source %q in this environment", kit.Clip(*in.SourceID, 64)))
 	}
 	if _, _, err := s.getDestination(ctx, t, *in.DestinationID); err != nil {
-		return Connection{}, kit.RemapNotFound(err, "Source or destination not found")
+		return Connection{}, kit.RemapNotFound(err, fmt.Sprintf("Source or destination not found: no destination %q in this environment", kit.Clip(*in.DestinationID, 64)))
 	}
 	rules := []domain.FilterRule{}
 	if in.FilterRules != nil {

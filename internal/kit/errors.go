@@ -2,6 +2,7 @@ package kit
 
 import (
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/hookstream/hookstream/domain"
 )
@@ -28,4 +29,16 @@ func RemapNotFound(err error, msg string) error {
 		return domain.Errorf(domain.ENotFound, "%s", msg)
 	}
 	return err
+}
+
+// Clip shortens s to at most n bytes (on a rune boundary) for an error
+// message that quotes what a client sent.
+func Clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
