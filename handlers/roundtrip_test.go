@@ -2,6 +2,8 @@ package handlers_test
 
 import (
 	"encoding/json"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -98,5 +100,55 @@ func TestConnectionToAMissingIDSaysWhich(t *testing.T) {
 		if msg, _ := out["error"].(string); code != 404 || !strings.Contains(msg, "Source or destination not found") || !strings.Contains(msg, body) {
 			t.Errorf("POST /v1/connections %v = %d %v, want 404 naming %s", want, code, out, body)
 		}
+	}
+}
+
+// Sources, destinations and connections paginate like hookstream's lists:
+// limit (at most 100) and the cursor of the previous page, newest first,
+// every item once; unknown parameters and bad values are 400s.
+func TestConfigurationListsPaginate(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	var made []string
+	for i := 0; i < 5; i++ {
+		made = append(made, h.mustCreate("/v1/sources", map[string]any{"name": fmt.Sprintf("s%d", i)})["id"].(string))
+	}
+	var seen []string
+	cursor := ""
+	for page := 0; ; page++ {
+		path := "/v1/sources?limit=2"
+		if cursor != "" {
+			path += "&cursor=" + cursor
+		}
+		code, out := h.do("GET", path, h.key, nil)
+		if code != 200 {
+			t.Fatalf("GET %s = %d %v", path, code, out)
+		}
+		items := out["sources"].([]any)
+		for _, it := range items {
+			seen = append(seen, it.(map[string]any)["id"].(string))
+		}
+		if out["has_more"] != true {
+			if out["cursor"] != nil || page != 2 || len(items) != 1 {
+				t.Fatalf("last page %d: %d items, cursor %v", page, len(items), out["cursor"])
+			}
+			break
+		}
+		if len(items) != 2 || out["cursor"] == nil {
+			t.Fatalf("page %d: %d items, cursor %v", page, len(items), out["cursor"])
+		}
+		cursor = out["cursor"].(string)
+	}
+	slices.Reverse(made) // newest first
+	if strings.Join(seen, ",") != strings.Join(made, ",") {
+		t.Fatalf("pages gave %v, want %v", seen, made)
+	}
+	for _, q := range []string{"/v1/sources?limit=0", "/v1/sources?limit=101", "/v1/destinations?cursor=not-a-cursor", "/v1/connections?sauce_id=x", "/v1/sources?offset=1"} {
+		if code, out := h.do("GET", q, h.key, nil); code != 400 {
+			t.Errorf("GET %s = %d %v, want 400", q, code, out)
+		}
+	}
+	if code, out := h.do("GET", "/v1/connections?source_id="+made[0]+"&limit=100", h.key, nil); code != 200 || out["has_more"] != false {
+		t.Errorf("connections of a source = %d %v", code, out)
 	}
 }

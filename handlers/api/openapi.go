@@ -138,7 +138,8 @@ func operations() []op {
 	crud := func(path, one, many string, in, patch, out any, listQuery map[string]string) []op {
 		return []op{
 			{method: "POST", path: path, summary: "Create a " + one, body: in, ok: 201, resp: map[string]any{one: out}, errors: []int{400, 401, 404, 413}},
-			{method: "GET", path: path, summary: "List " + many, query: listQuery, resp: map[string]any{many: []any{out}}, errors: []int{401}},
+			{method: "GET", path: path, summary: "List " + many, query: with(map[string]string{"limit": "string", "cursor": "string"}, listQuery),
+				resp: map[string]any{many: []any{out}, "has_more": false, "cursor": (*string)(nil)}, errors: []int{400, 401}},
 			{method: "GET", path: path + "/{id}", summary: "Get a " + one, resp: map[string]any{one: out}, errors: []int{401, 404}},
 			{method: "PATCH", path: path + "/{id}", summary: "Update a " + one, body: patch, resp: map[string]any{one: out}, errors: []int{400, 401, 404, 413}},
 			{method: "DELETE", path: path + "/{id}", summary: "Delete a " + one, resp: map[string]any{"success": true}, errors: []int{401, 404, 409}},

@@ -62,10 +62,12 @@ func (a *API) withAuth(next http.HandlerFunc) http.HandlerFunc {
 type crudRoutes[In, Out any] struct {
 	path, one, many string // "/sources", "source", "sources"
 	create          func(context.Context, domain.Tenant, In, string) (Out, error)
-	list            func(*http.Request, domain.Tenant) ([]Out, error)
-	get             func(context.Context, domain.Tenant, string) (Out, error)
-	update          func(context.Context, domain.Tenant, string, In, string) (Out, error)
-	remove          func(context.Context, domain.Tenant, string, string) error
+	list            func(*http.Request, domain.Tenant, resources.Page) ([]Out, resources.Page, error)
+	// listQuery are the list's filters (limit and cursor come with every list).
+	listQuery []string
+	get       func(context.Context, domain.Tenant, string) (Out, error)
+	update    func(context.Context, domain.Tenant, string, In, string) (Out, error)
+	remove    func(context.Context, domain.Tenant, string, string) error
 	// fixed are input fields a create sets and an update cannot change: a
 	// PATCH may repeat them unchanged.
 	fixed []string
@@ -79,7 +81,22 @@ func registerCRUD[In, Out any](a *API, r *mux.Router, c crudRoutes[In, Out]) {
 		}
 	})).Methods(http.MethodPost)
 	r.HandleFunc(c.path, a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		a.respond(w, r, http.StatusOK, c.many)(c.list(r, tenantOf(r)))
+		q := r.URL.Query()
+		pg, err := listPage(q, c.listQuery)
+		if err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		items, next, err := c.list(r, tenantOf(r), pg)
+		if err != nil {
+			writeError(w, r, a.p.Log, err)
+			return
+		}
+		var cursor *string // the next page's, null on the last
+		if next.HasMore {
+			cursor = &next.After
+		}
+		writeJSON(w, http.StatusOK, map[string]any{c.many: items, "has_more": next.HasMore, "cursor": cursor})
 	})).Methods(http.MethodGet)
 	r.HandleFunc(c.path+"/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
 		a.respond(w, r, http.StatusOK, c.one)(c.get(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
@@ -183,23 +200,26 @@ func (a *API) registerResourceRoutes(r *mux.Router) {
 	registerCRUD(a, r, crudRoutes[resources.SourceInput, resources.Source]{
 		path: "/sources", one: "source", many: "sources", fixed: []string{"org_id", "env_id", "type"},
 		create: svc.CreateSource, get: svc.GetSource, update: svc.UpdateSource, remove: svc.DeleteSource,
-		list: func(r *http.Request, t domain.Tenant) ([]resources.Source, error) {
-			return svc.ListSources(r.Context(), t, r.URL.Query().Get("status"))
+		listQuery: []string{"status"},
+		list: func(r *http.Request, t domain.Tenant, pg resources.Page) ([]resources.Source, resources.Page, error) {
+			return svc.ListSources(r.Context(), t, r.URL.Query().Get("status"), pg)
 		},
 	})
 	registerCRUD(a, r, crudRoutes[resources.DestinationInput, resources.Destination]{
 		path: "/destinations", one: "destination", many: "destinations", fixed: []string{"org_id", "env_id", "type"},
 		create: svc.CreateDestination, get: svc.GetDestination, update: svc.UpdateDestination, remove: svc.DeleteDestination,
-		list: func(r *http.Request, t domain.Tenant) ([]resources.Destination, error) {
-			return svc.ListDestinations(r.Context(), t, r.URL.Query().Get("status"))
+		listQuery: []string{"status"},
+		list: func(r *http.Request, t domain.Tenant, pg resources.Page) ([]resources.Destination, resources.Page, error) {
+			return svc.ListDestinations(r.Context(), t, r.URL.Query().Get("status"), pg)
 		},
 	})
 	registerCRUD(a, r, crudRoutes[resources.ConnectionInput, resources.Connection]{
 		path: "/connections", one: "connection", many: "connections", fixed: []string{"org_id", "env_id", "source_id", "destination_id"},
 		create: svc.CreateConnection, get: svc.GetConnection, update: svc.UpdateConnection, remove: svc.DeleteConnection,
-		list: func(r *http.Request, t domain.Tenant) ([]resources.Connection, error) {
+		listQuery: []string{"status", "source_id", "destination_id"},
+		list: func(r *http.Request, t domain.Tenant, pg resources.Page) ([]resources.Connection, resources.Page, error) {
 			q := r.URL.Query()
-			return svc.ListConnections(r.Context(), t, q.Get("source_id"), q.Get("destination_id"), q.Get("status"))
+			return svc.ListConnections(r.Context(), t, q.Get("source_id"), q.Get("destination_id"), q.Get("status"), pg)
 		},
 	})
 }
@@ -265,6 +285,26 @@ func pageParams(limitS, offsetS string) (int, int, error) {
 		offset = n
 	}
 	return limit, offset, nil
+}
+
+// listPage reads a configuration list's limit (1-100, default 100) and
+// cursor (the previous page's), refusing parameters the list does not know.
+func listPage(q url.Values, filters []string) (resources.Page, error) {
+	pg := resources.Page{Limit: 100, After: q.Get("cursor")}
+	if err := knownQuery(q, append([]string{"limit", "cursor"}, filters...)...); err != nil {
+		return pg, err
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 100 {
+			return pg, domain.Errorf(domain.EInvalid, "Invalid query: 'limit' must be an integer from 1 to 100")
+		}
+		pg.Limit = n
+	}
+	if len(pg.After) > 64 || strings.ContainsFunc(pg.After, func(r rune) bool { return !strings.ContainsRune("0123456789abcdef", r) }) {
+		return pg, domain.Errorf(domain.EInvalid, "Invalid query: 'cursor' is not a cursor this API returned")
+	}
+	return pg, nil
 }
 
 // knownQuery refuses a query parameter the endpoint does not know, naming

@@ -134,16 +134,17 @@ func (s *Registry) GetConnection(ctx context.Context, t domain.Tenant, id string
 	return c, nil
 }
 
-// ListConnections lists the tenant's connections, optionally by source, destination or status.
-func (s *Registry) ListConnections(ctx context.Context, t domain.Tenant, sourceID, destinationID, status string) ([]Connection, error) {
+// ListConnections lists a page of the tenant's connections, newest first,
+// optionally by source, destination or status.
+func (s *Registry) ListConnections(ctx context.Context, t domain.Tenant, sourceID, destinationID, status string, pg Page) ([]Connection, Page, error) {
 	rows, err := s.pool.Query(ctx, connSelect+` WHERE c.org_id = $1 AND c.env_id = $2 AND ($3 = '' OR c.source_id = $3)
-		AND ($4 = '' OR c.destination_id = $4) AND ($5 = '' OR c.status = $5) ORDER BY c.created_at DESC, c.id DESC LIMIT 1000`,
-		t.OrgID, t.EnvID, sourceID, destinationID, status)
+		AND ($4 = '' OR c.destination_id = $4) AND ($5 = '' OR c.status = $5) AND ($6 = '' OR c.id < $6) ORDER BY c.id DESC LIMIT $7`,
+		t.OrgID, t.EnvID, sourceID, destinationID, status, pg.After, pg.Limit+1)
 	out, err := kit.CollectRows(rows, err, scanConnection)
 	if err != nil {
-		return nil, fmt.Errorf("list connections: %w", err)
+		return nil, pg, fmt.Errorf("list connections: %w", err)
 	}
-	return out, nil
+	return pageOf(out, pg, func(c Connection) string { return c.ID })
 }
 
 // UpdateConnection applies a partial update (source and destination are fixed).

@@ -300,17 +300,18 @@ func (s *Registry) destinationForUpdate(ctx context.Context, t domain.Tenant, id
 	return st, nil
 }
 
-// ListDestinations lists the tenant's destinations, newest first.
-func (s *Registry) ListDestinations(ctx context.Context, t domain.Tenant, status string) ([]Destination, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+destCols+` FROM destinations WHERE org_id = $1 AND env_id = $2 AND ($3 = '' OR status = $3) ORDER BY created_at DESC, id DESC LIMIT 1000`, t.OrgID, t.EnvID, status)
+// ListDestinations lists a page of the tenant's destinations, newest first.
+func (s *Registry) ListDestinations(ctx context.Context, t domain.Tenant, status string, pg Page) ([]Destination, Page, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+destCols+` FROM destinations WHERE org_id = $1 AND env_id = $2 AND ($3 = '' OR status = $3)
+		AND ($4 = '' OR id < $4) ORDER BY id DESC LIMIT $5`, t.OrgID, t.EnvID, status, pg.After, pg.Limit+1)
 	out, err := kit.CollectRows(rows, err, func(row pgx.Row) (Destination, error) {
 		d, _, err := scanDestination(row)
 		return d, err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list destinations: %w", err)
+		return nil, pg, fmt.Errorf("list destinations: %w", err)
 	}
-	return out, nil
+	return pageOf(out, pg, func(d Destination) string { return d.ID })
 }
 
 // UpdateDestination applies a partial update; a rename is recorded and

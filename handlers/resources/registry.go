@@ -148,3 +148,25 @@ type ConnectionPatch struct {
 	CreatedAt       *string `json:"created_at"`
 	UpdatedAt       *string `json:"updated_at"`
 }
+
+// Page is a page of a configuration list (hookstream's top-level cursor
+// form): at most Limit items, newest first, after the item whose id is
+// After. On the way out, After is the cursor of the next page and HasMore
+// says there is one. Ids are UUIDv7, ordered by creation, so the cursor is
+// stable while items are added.
+type Page struct {
+	Limit   int
+	After   string
+	HasMore bool
+}
+
+// pageOf cuts a list read with Limit+1 rows to the page and sets the cursor.
+func pageOf[T any](items []T, pg Page, id func(T) string) ([]T, Page, error) {
+	next := Page{Limit: pg.Limit}
+	if len(items) > pg.Limit {
+		items = items[:pg.Limit]
+		next.HasMore = true
+		next.After = id(items[len(items)-1])
+	}
+	return items, next, nil
+}

@@ -355,14 +355,15 @@ func (s *Registry) getSource(ctx context.Context, t domain.Tenant, id string) (S
 	return src, st, nil
 }
 
-// ListSources lists the tenant's sources, newest first.
-func (s *Registry) ListSources(ctx context.Context, t domain.Tenant, status string) ([]Source, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+SourceCols+` FROM sources WHERE org_id = $1 AND env_id = $2 AND ($3 = '' OR status = $3) ORDER BY created_at DESC, id DESC LIMIT 1000`, t.OrgID, t.EnvID, status)
+// ListSources lists a page of the tenant's sources, newest first.
+func (s *Registry) ListSources(ctx context.Context, t domain.Tenant, status string, pg Page) ([]Source, Page, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+SourceCols+` FROM sources WHERE org_id = $1 AND env_id = $2 AND ($3 = '' OR status = $3)
+		AND ($4 = '' OR id < $4) ORDER BY id DESC LIMIT $5`, t.OrgID, t.EnvID, status, pg.After, pg.Limit+1)
 	out, err := kit.CollectRows(rows, err, s.scanSource)
 	if err != nil {
-		return nil, fmt.Errorf("list sources: %w", err)
+		return nil, pg, fmt.Errorf("list sources: %w", err)
 	}
-	return out, nil
+	return pageOf(out, pg, func(s Source) string { return s.ID })
 }
 
 // UpdateSource applies a partial update.
