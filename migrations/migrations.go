@@ -18,6 +18,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -99,8 +100,22 @@ func Apply(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
 		return nil, fmt.Errorf("acquire connection: %w", err)
 	}
 	defer conn.Release()
-	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", int64(advisoryLockKey)); err != nil {
-		return nil, fmt.Errorf("take migration lock: %w", err)
+	// Try the lock rather than wait inside a statement: a migrator waiting in
+	// pg_advisory_lock is a running transaction, which CREATE INDEX
+	// CONCURRENTLY in the holder's session would wait for (a deadlock).
+	for {
+		var got bool
+		if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", int64(advisoryLockKey)).Scan(&got); err != nil {
+			return nil, fmt.Errorf("take migration lock: %w", err)
+		}
+		if got {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("take migration lock: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", int64(advisoryLockKey)) //nolint:errcheck // the session ends the lock anyway
 
@@ -135,22 +150,59 @@ func Apply(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
 			}
 			continue
 		}
-		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '15s'"); err != nil {
+		var err error
+		if strings.Contains(m.SQL, noTransaction) {
+			err = applyOutsideTransaction(ctx, conn.Conn(), m)
+		} else {
+			err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+				if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '15s'"); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, m.SQL); err != nil {
+					return err
+				}
+				_, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)", m.Version, m.Name, m.Checksum)
 				return err
-			}
-			if _, err := tx.Exec(ctx, m.SQL); err != nil {
-				return err
-			}
-			_, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)", m.Version, m.Name, m.Checksum)
-			return err
-		})
+			})
+		}
 		if err != nil {
 			return done, fmt.Errorf("apply migration %s: %w", m.Name, err)
 		}
 		done = append(done, m.Name)
 	}
 	return done, nil
+}
+
+// noTransaction marks a migration whose statements must run outside a
+// transaction, one by one (CREATE INDEX CONCURRENTLY, so that appends go on
+// while an index on a large table builds). Each statement must be safe to
+// run again: a migration cut short is applied again from its start.
+const noTransaction = "-- hookstream:no-transaction"
+
+// applyOutsideTransaction runs a noTransaction migration statement by
+// statement (split at semicolons that end a line), then records it.
+func applyOutsideTransaction(ctx context.Context, conn *pgx.Conn, m Migration) error {
+	for _, stmt := range strings.Split(m.SQL, ";\n") {
+		if strings.TrimSpace(stripComments(stmt)) == "" {
+			continue
+		}
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			return err
+		}
+	}
+	_, err := conn.Exec(ctx, "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)", m.Version, m.Name, m.Checksum)
+	return err
+}
+
+// stripComments drops -- comment lines.
+func stripComments(sql string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(sql, "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(line), "--") {
+			b.WriteString(line + "\n")
+		}
+	}
+	return b.String()
 }
 
 // Pending returns the embedded migrations the database has not applied, and

@@ -78,3 +78,34 @@ func TestConcurrentAppliesSerialise(t *testing.T) {
 		t.Fatalf("4 concurrent runs applied %d migrations in total, want %d (each once)", sum, len(all))
 	}
 }
+
+// A migration marked no-transaction (CREATE INDEX CONCURRENTLY) leaves a
+// valid index, and applies again after being cut short: here its record is
+// removed and its index left invalid, as a build interrupted midway leaves it.
+func TestNoTransactionMigrationAppliesAgainAfterAnInterruptedBuild(t *testing.T) {
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	valid := func() bool {
+		var ok bool
+		if err := pool.QueryRow(ctx, `SELECT indisvalid FROM pg_index WHERE indexrelid = 'events_scheduler_live_idx'::regclass`).Scan(&ok); err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if !valid() {
+		t.Fatal("events_scheduler_live_idx is not valid after the migrations")
+	}
+	if _, err := pool.Exec(ctx, `UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'events_scheduler_live_idx'::regclass`); err != nil {
+		t.Skipf("cannot mark the index invalid here: %v", err)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM schema_migrations WHERE version = 12`); err != nil {
+		t.Fatal(err)
+	}
+	applied, err := migrations.Apply(ctx, pool)
+	if err != nil || len(applied) != 1 {
+		t.Fatalf("re-applying the interrupted migration: %v %v", applied, err)
+	}
+	if !valid() {
+		t.Fatal("the index is still invalid after the migration ran again")
+	}
+}
