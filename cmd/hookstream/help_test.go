@@ -6,6 +6,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/hookstream/hookstream/internal/pgtest"
 )
 
 // Every command answers -h and --help with its usage on stdout and status
@@ -56,5 +58,43 @@ func TestOperatorCommandElsewhereDoesNotMakeAnEmptyCluster(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 		t.Fatalf("the commands left %v in the directory", entries)
+	}
+}
+
+// On the project-local cluster the first API key is also kept in
+// .data/api_key (0600), so another shell can export it; with DATABASE_URL
+// it is only printed.
+func TestFirstKeyIsKeptBesideTheLocalCluster(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	if err := os.MkdirAll(".data", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, local := range []bool{false, true} {
+		pool := pgtest.NewPool(t)
+		if _, err := pool.Exec(context.Background(), `DELETE FROM api_keys`); err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		if err := bootstrapKey(context.Background(), &database{Pool: pool, Local: local}, &out); err != nil {
+			t.Fatal(err)
+		}
+		raw, err := os.ReadFile(localAPIKeyFile)
+		if !local {
+			if err == nil {
+				t.Fatalf("with DATABASE_URL the key was written to %s", localAPIKeyFile)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := strings.TrimSpace(string(raw))
+		if !strings.HasPrefix(key, "hs_") || !strings.Contains(out.String(), "export HOOKSTREAM_API_KEY="+key) {
+			t.Fatalf("kept %q, printed %q", key, out.String())
+		}
+		if st, _ := os.Stat(localAPIKeyFile); st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s has mode %v, want 0600", localAPIKeyFile, st.Mode().Perm())
+		}
 	}
 }

@@ -217,9 +217,21 @@ func bootstrapKey(ctx context.Context, db *database, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "\nCreated the first API key (shown once, keep it):\n\n  export HOOKSTREAM_API_KEY=%s\n\n", k.Key)
+	if !db.Local {
+		fmt.Fprintf(stdout, "\nCreated the first API key (shown once, keep it):\n\n  export HOOKSTREAM_API_KEY=%s\n\n", k.Key)
+		return nil
+	}
+	// On the project-local development cluster the key is also kept beside
+	// its data (0600), so another shell can pick it up.
+	if err := os.WriteFile(localAPIKeyFile, []byte(k.Key+"\n"), 0o600); err != nil {
+		return fmt.Errorf("keep the first API key in %s: %w", localAPIKeyFile, err)
+	}
+	fmt.Fprintf(stdout, "\nCreated the first API key (also in %s):\n\n  export HOOKSTREAM_API_KEY=%s\n\n", localAPIKeyFile, k.Key)
 	return nil
 }
+
+// localAPIKeyFile keeps the first API key of the project-local cluster.
+const localAPIKeyFile = ".data/api_key"
 
 // prepareServe readies the database before serving: migrations (with
 // --migrate), the outbound policy, the encryption keyring (sealing old
