@@ -556,6 +556,15 @@ func TestFilterExcludesEvent(t *testing.T) {
 		t.Fatalf("filtered event has attempts: %v", l)
 	}
 	waitFor(t, 5*time.Second, "the filtered event in the events list", func() bool { return h.eventStatus(dropped) == "received" })
+	// The event says which connection skipped it, and why.
+	code, out := h.do("GET", "/v1/events/"+dropped, h.key, nil)
+	skipped, _ := out["event"].(map[string]any)["skipped_connections"].([]any)
+	if code != 200 || len(skipped) != 1 || skipped[0].(map[string]any)["reason"] != "filtered" || skipped[0].(map[string]any)["connection_id"] == "" {
+		t.Errorf("filtered event = %d, skipped_connections %v, want the connection with reason filtered", code, skipped)
+	}
+	if _, out := h.do("GET", "/v1/events/"+kept, h.key, nil); len(out["event"].(map[string]any)["skipped_connections"].([]any)) != 0 {
+		t.Errorf("delivered event lists skipped connections: %v", out["event"])
+	}
 	var n int
 	if err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM events WHERE event_type = 'DeliveryRequested'`).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("DeliveryRequested events = %d, want 1", n)

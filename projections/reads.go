@@ -119,6 +119,10 @@ type EventDetail struct {
 	QueryParams   json.RawMessage `json:"query_params"`
 	Payload       any             `json:"payload"`
 	PayloadInline *string         `json:"payload_inline"`
+	// SkippedConnections are the connections the event was not delivered
+	// through, and why (filtered, connection or destination disabled,
+	// source paused, duplicate); [] when every route got a delivery.
+	SkippedConnections []domain.SkippedRoute `json:"skipped_connections"`
 }
 
 const eventCols = `id, source_id, org_id, env_id, method, content_type, source_ip, payload_size, status, received_at, source_name, source_slug,
@@ -162,13 +166,14 @@ func (r *Reads) GetEvent(ctx context.Context, t domain.Tenant, id string) (Event
 	}
 	var d EventDetail
 	var body string
+	var skipped []byte
 	var err error
 	// The read model holds the summary; headers, query and body are the
 	// EventReceived's (the first event of the event's stream).
-	d.EventSummary, err = scanEventSummary(r.pool.QueryRow(ctx, `SELECT v.*, x.h, x.q, coalesce(x.b, '')
+	d.EventSummary, err = scanEventSummary(r.pool.QueryRow(ctx, `SELECT v.*, x.h, x.q, coalesce(x.b, ''), coalesce(x.s, '[]')
 		FROM (SELECT `+eventCols+` FROM events_view WHERE id = $1 AND org_id = $2 AND env_id = $3) v
-		LEFT JOIN LATERAL (SELECT payload->'headers' AS h, payload->'query' AS q, payload->>'body_b64' AS b
-			FROM events WHERE stream_id = v.id AND stream_version = 1) x ON true`, id, t.OrgID, t.EnvID), &d.Headers, &d.QueryParams, &body)
+		LEFT JOIN LATERAL (SELECT payload->'headers' AS h, payload->'query' AS q, payload->>'body_b64' AS b, payload->'skipped' AS s
+			FROM events WHERE stream_id = v.id AND stream_version = 1) x ON true`, id, t.OrgID, t.EnvID), &d.Headers, &d.QueryParams, &body, &skipped)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return EventDetail{}, kit.NotFound("Event")
 	}
@@ -178,6 +183,10 @@ func (r *Reads) GetEvent(ctx context.Context, t domain.Tenant, id string) (Event
 	raw, err := base64.StdEncoding.DecodeString(body)
 	if err != nil {
 		return EventDetail{}, fmt.Errorf("get event %s: stored body: %w", id, err)
+	}
+	d.SkippedConnections = []domain.SkippedRoute{}
+	if err := json.Unmarshal(skipped, &d.SkippedConnections); err != nil {
+		return EventDetail{}, fmt.Errorf("get event %s: skipped connections: %w", id, err)
 	}
 	var parsed any
 	if json.Unmarshal(raw, &parsed) == nil {
