@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/handlers/resources"
 	"github.com/hookstream/hookstream/internal/pgtest"
 )
 
@@ -96,5 +99,34 @@ func TestFirstKeyIsKeptBesideTheLocalCluster(t *testing.T) {
 		if st, _ := os.Stat(localAPIKeyFile); st.Mode().Perm() != 0o600 {
 			t.Fatalf("%s has mode %v, want 0600", localAPIKeyFile, st.Mode().Perm())
 		}
+	}
+}
+
+// A replay whose deliveries wait says why: its destination is paused or its
+// circuit open, with what to do about it.
+func TestReplayHoldSaysWhyDeliveriesWait(t *testing.T) {
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	svc := handlers.NewService(handlers.ServiceParams{Pool: pool})
+	defer svc.Close()
+	tenant := domain.Tenant{OrgID: "0123456789abcdef0123456789abcdef", EnvID: "fedcba9876543210fedcba9876543210", Actor: "test"}
+	d, err := svc.CreateDestination(ctx, tenant, resources.DestinationInput{Name: ptr("d"), URL: ptr("https://example.com/hook")}, "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hold := replayHold(ctx, svc, tenant, d.ID); hold != "" {
+		t.Fatalf("an active destination with a closed circuit holds: %q", hold)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE destination_circuits SET state = 'open', opened_at = now() WHERE destination_id = $1`, d.ID); err != nil {
+		t.Fatal(err)
+	}
+	if hold := replayHold(ctx, svc, tenant, d.ID); !strings.Contains(hold, "circuit is open") || !strings.Contains(hold, "/circuit/reset") {
+		t.Fatalf("open circuit: hold %q", hold)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE destinations SET status = 'paused' WHERE id = $1`, d.ID); err != nil {
+		t.Fatal(err)
+	}
+	if hold := replayHold(ctx, svc, tenant, d.ID); !strings.Contains(hold, "destination is paused") {
+		t.Fatalf("paused destination: hold %q", hold)
 	}
 }

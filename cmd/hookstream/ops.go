@@ -248,6 +248,9 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		}
 		_, err := fmt.Fprintf(stdout, "replay %s: %s, %d/%d processed (%d succeeded, %d failed), %d released, %d/s to destination %s\n",
 			j.ID, j.Status, j.Processed, j.Total, j.Succeeded, j.Failed, j.Released, j.RateLimit, j.DestinationID)
+		if hold := replayHold(ctx, svc, tenant, j.DestinationID); err == nil && hold != "" && !j.Done() {
+			_, err = fmt.Fprintf(stdout, "  %s\n", hold)
+		}
 		return err
 	}
 	if !*wait {
@@ -281,6 +284,24 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// replayHold says why a running replay's deliveries wait, if they do: its
+// destination is paused or its circuit is open ("" otherwise).
+func replayHold(ctx context.Context, svc *handlers.Service, tenant domain.Tenant, destinationID string) string {
+	if d, err := svc.GetDestination(ctx, tenant, destinationID); err == nil && d.Status == "paused" {
+		return "waiting: the destination is paused (resume it with PATCH /v1/destinations/" + destinationID + ` {"status":"active"})`
+	}
+	c, err := svc.GetCircuit(ctx, tenant, destinationID)
+	if err != nil || c.State == "closed" {
+		return ""
+	}
+	since := ""
+	if c.OpenedAt != nil {
+		since = " since " + *c.OpenedAt
+	}
+	return fmt.Sprintf("waiting: the destination's circuit is %s%s; deliveries resume when a probe succeeds, or reset it with "+
+		"POST /v1/destinations/%s/circuit/reset", strings.ReplaceAll(c.State, "_", "-"), since, destinationID)
 }
 
 // replayStatus loads a replay job with the tenant it belongs to.
@@ -321,9 +342,14 @@ func followReplay(ctx context.Context, svc *handlers.Service, tenant domain.Tena
 	var err error
 	last := ""
 	for {
-		line := fmt.Sprintf("%s %d/%d", job.Status, job.Processed, job.Total)
+		line := fmt.Sprintf("%s %d/%d processed", job.Status, job.Processed, job.Total)
+		if !job.Done() {
+			if hold := replayHold(ctx, svc, tenant, job.DestinationID); hold != "" {
+				line += "; " + hold
+			}
+		}
 		if line != last && !asJSON {
-			fmt.Fprintf(stderr, "replay %s: %s processed\n", job.ID, line)
+			fmt.Fprintf(stderr, "replay %s: %s\n", job.ID, line)
 			last = line
 		}
 		if job.Done() {
