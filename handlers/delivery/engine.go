@@ -207,12 +207,17 @@ func (e *Engine) Run(ctx context.Context) error {
 	<-deliveryRouter.Running()
 	e.p.Log.Info("engine running", "worker", e.p.WorkerID, "lanes", e.p.Lanes, "per_destination", e.p.PerDestination)
 
+	beating, stopBeating := context.WithCancel(context.WithoutCancel(ctx))
+	beatDone := make(chan struct{})
+	go func() { defer close(beatDone); e.heartbeat(beating) }()
 	routerErr := e.work(ctx, bus, errc)
 	grace := time.AfterFunc(e.p.ShutdownGrace, e.cancelSends)
 	defer grace.Stop()
 	defer e.cancelSends()
 	// Stop claiming first, then let in-flight batches record their attempts.
 	closeErr := errors.Join(routerErr, deliveryRouter.Close(), logRouter.Close(), bus.Close())
+	stopBeating() // every batch has recorded or been cut off
+	<-beatDone
 	e.releaseLeases()
 	return closeErr
 }
@@ -227,7 +232,6 @@ func (e *Engine) work(ctx context.Context, bus message.Publisher, errc <-chan er
 	running.Go(func() { e.dispatch(workCtx, bus) })
 	running.Go(func() { _ = e.projector.Run(workCtx) })
 	running.Go(func() { jobs.Vacuum{Pool: e.p.Pool, Log: e.p.Log}.Run(workCtx) })
-	running.Go(func() { e.heartbeat(workCtx) })
 	for _, run := range e.p.Background {
 		running.Go(func() { run(workCtx) })
 	}
@@ -292,10 +296,9 @@ func (e *Engine) consume(group string, apply func(eventstore.Event) ([]eventstor
 
 func laneTopic(i int) string { return "deliveries." + strconv.Itoa(i) }
 
-// releaseLeases hands back jobs this worker claimed but never started.
 // heartbeat extends the leases of the jobs this worker holds, every
-// LeaseTTL/3, until ctx ends (in-flight batches finish and record after it,
-// well within LeaseTTL).
+// LeaseTTL/3, until ctx ends: Run ends it only once the delivery router has
+// closed, so requests still finishing in the shutdown grace keep theirs.
 func (e *Engine) heartbeat(ctx context.Context) {
 	t := time.NewTicker(e.p.LeaseTTL / 3)
 	defer t.Stop()
@@ -338,6 +341,7 @@ func (e *Engine) release(batch []dispatchJob) {
 	}
 }
 
+// releaseLeases hands back jobs this worker claimed but never started.
 func (e *Engine) releaseLeases() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
