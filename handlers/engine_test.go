@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -648,4 +649,118 @@ func newKeyB(b *testing.B, pool *pgxpool.Pool) string {
 func decodeBody(resp *http.Response, v any) {
 	defer resp.Body.Close()
 	_ = json.NewDecoder(resp.Body).Decode(v)
+}
+
+// A retry due at once (fixed interval 0, breaker off) goes out from the
+// lane that recorded the failure: its job keeps the worker's lease from
+// the failure's recording on, so no other claim can take it, and each
+// chained attempt is recorded like any other.
+func TestRetryDueAtOnceKeepsItsLeaseAndRunsAgain(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	type seen struct {
+		key, attempt, state, leasedBy string
+		number                        int
+	}
+	var mu sync.Mutex
+	var got []seen
+	dst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s := seen{key: r.Header.Get("Idempotency-Key"), attempt: r.Header.Get("X-Hookstream-Delivery-Attempt")}
+		var leased *string
+		// The job row while its attempt is in flight.
+		if err := h.pool.QueryRow(r.Context(), `SELECT state, leased_by, attempt_number FROM delivery_jobs WHERE delivery_id = $1`,
+			r.Header.Get("X-Hookstream-Delivery-Id")).Scan(&s.state, &leased, &s.number); err != nil {
+			t.Errorf("job row: %v", err)
+		}
+		if leased != nil {
+			s.leasedBy = *leased
+		}
+		mu.Lock()
+		got = append(got, s)
+		n := len(got)
+		mu.Unlock()
+		if n <= 2 {
+			w.WriteHeader(500)
+		}
+	}))
+	t.Cleanup(dst.Close)
+	src, _ := h.route(dst.URL, map[string]any{"retry_intervals": []int{0}, "retry_backoff_type": "fixed", "retry_max_attempts": 5,
+		"circuit_breaker_enabled": false}, nil)
+	ev := h.ingest(src, `{"chain":true}`)
+	var list []map[string]any
+	waitFor(t, 10*time.Second, "three attempts, the last a success", func() bool {
+		list = h.attempts("event_id=" + ev)
+		return len(list) == 3 && byNumber(list, 3) != nil && byNumber(list, 3)["status"] == "success"
+	})
+	for n, want := range map[int]string{1: "failed", 2: "failed", 3: "success"} {
+		if a := byNumber(list, n); a == nil || a["status"] != want || (n > 1 && a["trigger_type"] != "retry") {
+			t.Errorf("attempt %d = %v, want %s", n, a, want)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 3 {
+		t.Fatalf("destination saw %d requests, want 3", len(got))
+	}
+	for i, s := range got {
+		if s.key != got[0].key || s.key == "" {
+			t.Errorf("request %d Idempotency-Key %q, first %q", i+1, s.key, got[0].key)
+		}
+		if s.attempt != strconv.Itoa(i+1) || s.number != i+1 {
+			t.Errorf("request %d: attempt header %q, job row's attempt %d", i+1, s.attempt, s.number)
+		}
+		if s.state != "scheduled" || s.leasedBy == "" || s.leasedBy != got[0].leasedBy {
+			t.Errorf("request %d: job row %s, leased by %q (first by %q): a chained attempt holds the same worker's lease", i+1, s.state, s.leasedBy, got[0].leasedBy)
+		}
+	}
+	var state string
+	var leased *string
+	if err := h.pool.QueryRow(context.Background(), `SELECT j.state, j.leased_by FROM delivery_jobs j WHERE j.event_id = $1`, ev).Scan(&state, &leased); err != nil {
+		t.Fatal(err)
+	}
+	if state != "done" || leased != nil {
+		t.Errorf("finished job: state %s, leased by %v", state, leased)
+	}
+}
+
+// A pause made while an attempt is in flight holds its retry, even one due
+// at once: the job hands its lease back instead of chaining, and the retry
+// goes out on resume.
+func TestPauseHoldsARetryDueAtOnce(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	var conn string
+	var requests atomic.Int32
+	dst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if requests.Add(1) == 1 {
+			if code, out := h.do("PATCH", "/v1/connections/"+conn, h.key, map[string]any{"status": "paused"}); code != 200 {
+				t.Errorf("pause = %d %v", code, out)
+			}
+			w.WriteHeader(500)
+		}
+	}))
+	t.Cleanup(dst.Close)
+	src, _ := h.route(dst.URL, map[string]any{"retry_intervals": []int{0}, "retry_backoff_type": "fixed", "retry_max_attempts": 5,
+		"circuit_breaker_enabled": false}, nil)
+	_, out := h.do("GET", "/v1/connections?source_id="+src, h.key, nil)
+	conn = out["connections"].([]any)[0].(map[string]any)["id"].(string)
+	ev := h.ingest(src, `{}`)
+	waitFor(t, 10*time.Second, "the failure recorded and its job handed back", func() bool {
+		var state string
+		var leased *string
+		var number int
+		err := h.pool.QueryRow(context.Background(), `SELECT state, leased_by, attempt_number FROM delivery_jobs WHERE event_id = $1`, ev).
+			Scan(&state, &leased, &number)
+		return err == nil && state == "scheduled" && number == 2 && leased == nil
+	})
+	if n := requests.Load(); n != 1 {
+		t.Fatalf("%d requests while paused, want 1", n)
+	}
+	if code, _ := h.do("PATCH", "/v1/connections/"+conn, h.key, map[string]any{"status": "active"}); code != 200 {
+		t.Fatal("resume failed")
+	}
+	waitFor(t, 10*time.Second, "the retry after resume", func() bool {
+		a := byNumber(h.attempts("event_id="+ev), 2)
+		return a != nil && a["status"] == "success"
+	})
 }

@@ -18,24 +18,29 @@ import (
 // complete records a batch's outcomes in one transaction: load the streams,
 // decide, append every stream at its expected version, move the jobs. When a
 // stream moved meanwhile, each delivery is recorded on its own.
-func (e *Engine) complete(ctx context.Context, batch []dispatchJob, results []domain.DeliveryAttempted) error {
-	err := e.completeTx(ctx, batch, results)
+//
+// With chain set, a delivery whose next attempt is due at once (a retry
+// policy with no wait) keeps its job's lease, and its next attempt is
+// returned for the caller to send straight away: no claim re-reads a job
+// this worker just held. Only batches recorded in one go chain.
+func (e *Engine) complete(ctx context.Context, batch []dispatchJob, results []domain.DeliveryAttempted, chain bool) ([]dispatchJob, error) {
+	next, err := e.completeTx(ctx, batch, results, chain)
 	if !errors.Is(err, eventstore.ErrConcurrency) || len(batch) == 1 {
-		return err
+		return next, err
 	}
 	for i := range batch {
 		batch[i].State = nil // a stream moved past a snapshot: load it
 		for try := 0; ; try++ {
-			err := e.completeTx(ctx, batch[i:i+1], results[i:i+1])
+			_, err := e.completeTx(ctx, batch[i:i+1], results[i:i+1], false)
 			if err == nil || !errors.Is(err, eventstore.ErrConcurrency) || try == 3 {
 				if err != nil {
-					return err
+					return nil, err
 				}
 				break
 			}
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 // completeTx records a batch's outcomes. The common batch — no dead letter,
@@ -43,46 +48,55 @@ func (e *Engine) complete(ctx context.Context, batch []dispatchJob, results []do
 // delivery streams and the circuit are read, the outcome is decided from
 // them, and BEGIN, the append, the job rows and COMMIT go in one pipeline
 // (a stream that moved meanwhile fails the append and nothing commits). Any
-// other batch takes completeLocked, which locks what it changes.
-func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []domain.DeliveryAttempted) error {
+// other batch takes completeLocked, which locks what it changes (and never
+// chains: a circuit, a dead letter or a 410 is involved).
+func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []domain.DeliveryAttempted, chain bool) ([]dispatchJob, error) {
 	if !batch[0].DestFound || anyGone(results) {
-		return e.completeLocked(ctx, batch, results)
+		return nil, e.completeLocked(ctx, batch, results)
 	}
 	streams, enabled, clean, err := e.readForCompletion(ctx, batch)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return e.completeLocked(ctx, batch, results) // no circuit row: made there
+		return nil, e.completeLocked(ctx, batch, results) // no circuit row: made there
 	}
 	if err != nil {
-		return fmt.Errorf("read streams and circuit: %w", err)
+		return nil, fmt.Errorf("read streams and circuit: %w", err)
 	}
 	if enabled && (!clean || anyRequestFailed(batch, results)) {
-		return e.completeLocked(ctx, batch, results)
+		return nil, e.completeLocked(ctx, batch, results)
 	}
-	appends, rows, stale, deadLetter, err := planCompletion(batch, results, streams, e.p.Now().UTC())
+	now := e.p.Now().UTC()
+	var holdUntil *time.Time
+	if chain {
+		until := now.Add(e.p.LeaseTTL)
+		holdUntil = &until
+	}
+	plan, err := planCompletion(batch, results, streams, now, holdUntil)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if deadLetter {
-		return e.completeLocked(ctx, batch, results) // a dead letter opens an issue
+	if plan.deadLetter {
+		return nil, e.completeLocked(ctx, batch, results) // a dead letter opens an issue
 	}
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	var read func(pgx.BatchResults) ([]eventstore.Event, error)
-	if len(appends) > 0 {
-		if read, err = e.p.Store.QueueAppend(b, appends...); err != nil {
-			return err
+	if len(plan.appends) > 0 {
+		if read, err = e.p.Store.QueueAppend(b, plan.appends...); err != nil {
+			return nil, err
 		}
-		b.Queue(jobs.UpdateSQL, rows.Args()...)
+		b.Queue(jobs.UpdateSQL, plan.rows.Args(e.p.WorkerID)...)
 	}
+	stale := plan.stale
 	if len(stale) > 0 {
 		b.Queue(jobs.ReleaseSQL, stale, e.p.WorkerID)
 	}
-	return kit.SendTx(ctx, e.p.Pool, b, func(br pgx.BatchResults) error {
+	var kept map[string]bool
+	err = kit.SendTx(ctx, e.p.Pool, b, func(br pgx.BatchResults) error {
 		if read != nil {
 			if _, err := read(br); err != nil {
 				return err
 			}
-			if _, err := br.Exec(); err != nil {
+			if kept, err = keptLeases(br); err != nil {
 				return fmt.Errorf("update jobs: %w", err)
 			}
 		}
@@ -93,6 +107,34 @@ func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []
 		}
 		return nil
 	})
+	if err != nil {
+		return nil, err
+	}
+	next := plan.next[:0]
+	for _, j := range plan.next {
+		if kept[j.DeliveryID] { // else paused meanwhile: the job waits like any other
+			next = append(next, j)
+		}
+	}
+	return next, nil
+}
+
+// keptLeases reads UpdateSQL's result: the deliveries whose jobs kept their leases.
+func keptLeases(br pgx.BatchResults) (map[string]bool, error) {
+	rows, err := br.Query()
+	if err != nil {
+		return nil, err
+	}
+	kept := map[string]bool{}
+	var id string
+	var held bool
+	_, err = pgx.ForEachRow(rows, []any{&id, &held}, func() error {
+		if held {
+			kept[id] = true
+		}
+		return nil
+	})
+	return kept, err
 }
 
 // readForCompletion reads, in one round trip, the batch's delivery streams
@@ -122,12 +164,23 @@ func (e *Engine) readForCompletion(ctx context.Context, batch []dispatchJob) (st
 	return streams, enabled, clean, err
 }
 
-// planCompletion folds each delivery with its attempt's result: the appends
-// at their expected versions, the job rows they give, the deliveries whose
-// attempt was recorded before (stale), and whether one goes to the dead
-// letter queue (then nothing is planned: that batch takes completeLocked).
+// completionPlan is what recording a batch writes, and the attempts it chains.
+type completionPlan struct {
+	appends []eventstore.StreamAppend // at their expected versions
+	rows    jobs.Rows                 // the job rows they give
+	stale   []string                  // deliveries whose attempt was recorded before
+	// deadLetter: one goes to the dead letter queue (then nothing is
+	// planned: that batch takes completeLocked)
+	deadLetter bool
+	// next are the attempts due at once whose jobs keep their leases (only
+	// with holdUntil set): the caller sends them itself.
+	next []dispatchJob
+}
+
+// planCompletion folds each delivery with its attempt's result.
 func planCompletion(batch []dispatchJob, results []domain.DeliveryAttempted, streams map[string][]eventstore.Event,
-	now time.Time) (appends []eventstore.StreamAppend, rows jobs.Rows, stale []string, deadLetter bool, err error) {
+	now time.Time, holdUntil *time.Time) (plan completionPlan, err error) {
+	appends, rows, stale := &plan.appends, &plan.rows, &plan.stale
 	for i, j := range batch {
 		var d *domain.Delivery
 		var decided []domain.Decided
@@ -139,34 +192,56 @@ func planCompletion(batch []dispatchJob, results []domain.DeliveryAttempted, str
 			d, decided, err = recordAttempt(streams[j.DeliveryID], j, results[i], now)
 		}
 		if errors.Is(err, domain.ErrAttemptNotPlanned) {
-			stale = append(stale, j.DeliveryID)
+			*stale = append(*stale, j.DeliveryID)
 			continue
 		}
 		if err != nil {
-			return nil, rows, nil, false, err
+			return completionPlan{}, err
 		}
 		md := eventstore.Metadata{Actor: "engine", CorrelationID: j.EventID}
 		expected := d.Version()
 		evs := make([]eventstore.NewEvent, len(decided))
 		for k, dec := range decided {
 			if dec.Type == domain.EvMovedToDLQ {
-				return nil, rows, nil, true, nil
+				return completionPlan{deadLetter: true}, nil
 			}
 			raw, err := json.Marshal(dec.Payload)
 			if err != nil {
-				return nil, rows, nil, false, err
+				return completionPlan{}, err
 			}
 			// The events' versions are known: the fold follows them without a read back.
 			if err := d.ApplyDecided(expected+int64(k)+1, dec); err != nil {
-				return nil, rows, nil, false, err
+				return completionPlan{}, err
 			}
 			evs[k] = eventstore.NewEvent{Type: dec.Type, Payload: json.RawMessage(raw), Metadata: md}
 		}
-		appends = append(appends, eventstore.StreamAppend{StreamType: domain.StreamDelivery, StreamID: j.DeliveryID,
+		*appends = append(*appends, eventstore.StreamAppend{StreamType: domain.StreamDelivery, StreamID: j.DeliveryID,
 			OrgID: j.OrgID, EnvID: j.EnvID, Expected: expected, Events: evs})
-		rows.Add(j.DeliveryID, d, now)
+		if next, ok := chained(j, d, now, holdUntil); ok {
+			rows.AddHeld(j.DeliveryID, d, now, *holdUntil)
+			plan.next = append(plan.next, next)
+		} else {
+			rows.Add(j.DeliveryID, d, now)
+		}
 	}
-	return appends, rows, stale, false, nil
+	return plan, nil
+}
+
+// chained is the job of a delivery's next attempt when it is due now and
+// the worker may send it at once (holdUntil set): the same destination,
+// body and credentials as the attempt just made, the next attempt's id and
+// number, and the folded state to record it without a stream load.
+func chained(j dispatchJob, d *domain.Delivery, now time.Time, holdUntil *time.Time) (dispatchJob, bool) {
+	n := d.Next()
+	if holdUntil == nil || n == nil || n.Due.After(now) {
+		return dispatchJob{}, false
+	}
+	st, ok := d.State()
+	if !ok {
+		return dispatchJob{}, false
+	}
+	j.AttemptID, j.AttemptNumber, j.Version, j.State = n.ID, n.Number, d.Version(), &st
+	return j, true
 }
 
 // recordAttempt folds a delivery's stream and decides what its attempt's
@@ -247,7 +322,7 @@ func (e *Engine) moveJobs(ctx context.Context, tx pgx.Tx, aggs map[string]*domai
 		rows.Add(id, d, now)
 	}
 	if rows.Len() > 0 {
-		if _, err := tx.Exec(ctx, jobs.UpdateSQL, rows.Args()...); err != nil {
+		if _, err := tx.Exec(ctx, jobs.UpdateSQL, rows.Args(e.p.WorkerID)...); err != nil {
 			return fmt.Errorf("update jobs: %w", err)
 		}
 	}

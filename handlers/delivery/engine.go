@@ -101,6 +101,9 @@ type Engine struct {
 	// destination's room or the free lanes): a finished batch then wakes
 	// the dispatcher. Otherwise only new due jobs (NOTIFY) and retries do.
 	capped atomic.Bool
+	// draining is set once the engine stops claiming: batches then record
+	// their attempts but chain no retry.
+	draining atomic.Bool
 
 	projector *projections.Projector
 	// batches holds the jobs of each published lane message by its id.
@@ -210,7 +213,10 @@ func (e *Engine) Run(ctx context.Context) error {
 	beating, stopBeating := context.WithCancel(context.WithoutCancel(ctx))
 	beatDone := make(chan struct{})
 	go func() { defer close(beatDone); e.heartbeat(beating) }()
+	stopDraining := context.AfterFunc(ctx, func() { e.draining.Store(true) })
+	defer stopDraining()
 	routerErr := e.work(ctx, bus, errc)
+	e.draining.Store(true) // a router stopped on its own
 	grace := time.AfterFunc(e.p.ShutdownGrace, e.cancelSends)
 	defer grace.Stop()
 	defer e.cancelSends()

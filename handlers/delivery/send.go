@@ -29,7 +29,9 @@ const errAborted = "aborted by shutdown"
 const ResponseBodyLimit = 10 * 1024
 
 // handleBatch is the delivery handler: HTTP calls with no transaction open,
-// then one short transaction records every outcome.
+// then one short transaction records every outcome. A retry due at once
+// (a policy with no wait) goes out from here, in the same lane, as soon as
+// its failure is recorded: its job kept its lease, and no claim re-reads it.
 func (e *Engine) handleBatch(msg *message.Message) error {
 	held, ok := e.batches.LoadAndDelete(msg.UUID)
 	if !ok {
@@ -38,7 +40,21 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 	batch := held.([]dispatchJob)
 	defer e.release(append([]dispatchJob(nil), batch...)) // recorded, or left to expire
 	lane, _ := strconv.Atoi(msg.Metadata.Get("lane"))
+	// Chained attempts are deliveries of this batch: they stay within its
+	// requests and lane.
 	defer e.finished(msg.Metadata.Get("destination_id"), len(batch), 1, lane)
+	// Recording must outlive a shutdown signal: the requests were made.
+	ctx := context.WithoutCancel(msg.Context())
+	for len(batch) > 0 {
+		batch = e.sendAndRecord(ctx, batch)
+	}
+	return nil
+}
+
+// sendAndRecord sends a batch and records its outcomes; it returns the
+// attempts to send next at once (retries due now whose jobs kept their
+// leases), none while the engine shuts down.
+func (e *Engine) sendAndRecord(ctx context.Context, batch []dispatchJob) []dispatchJob {
 	results := e.sendInOrder(batch)
 	if e.sends.Err() != nil {
 		// Shut down past the grace period: requests cut off are not attempts.
@@ -56,13 +72,11 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 			return nil
 		}
 	}
-	// Recording must outlive a shutdown signal: the requests were made.
-	ctx := context.WithoutCancel(msg.Context())
 	for try := 0; ; try++ {
-		err := e.complete(ctx, batch, results)
+		next, err := e.complete(ctx, batch, results, !e.draining.Load() && e.sends.Err() == nil)
 		if err == nil {
-			e.recorded(ctx, batch, results)
-			return nil
+			e.recorded(ctx, batch, results, len(next))
+			return next
 		}
 		if try == 4 {
 			e.p.Log.Error("record attempts failed; leases will expire and the deliveries run again", "err", err, "deliveries", len(batch))
@@ -99,11 +113,11 @@ func (e *Engine) sendInOrder(batch []dispatchJob) []domain.DeliveryAttempted {
 }
 
 // recorded follows a batch's recording: wakes the projector (and the
-// dispatcher when a retry may be due at once), tells the API a destination
-// went away, counts and logs each attempt.
-func (e *Engine) recorded(ctx context.Context, batch []dispatchJob, results []domain.DeliveryAttempted) {
+// dispatcher when a retry not chained may be due at once), tells the API a
+// destination went away, counts and logs each attempt.
+func (e *Engine) recorded(ctx context.Context, batch []dispatchJob, results []domain.DeliveryAttempted, chained int) {
 	e.projector.Wake()
-	if anyFailed(results) {
+	if failed(results) > chained {
 		e.poke()
 	}
 	if e.p.ConfigChanged != nil && anyGone(results) {
@@ -281,14 +295,15 @@ func recordHeaders(h http.Header, limit int) string {
 	return string(raw)
 }
 
-// anyFailed reports whether an attempt of the batch failed.
-func anyFailed(results []domain.DeliveryAttempted) bool {
+// failed counts the failed attempts.
+func failed(results []domain.DeliveryAttempted) int {
+	n := 0
 	for _, r := range results {
 		if r.Status != domain.AttemptSuccess {
-			return true
+			n++
 		}
 	}
-	return false
+	return n
 }
 
 // anyGone reports whether a destination answered 410 Gone (and so was disabled).
