@@ -51,7 +51,9 @@ func (r *Rows) Add(id string, d *domain.Delivery, now time.Time) { r.add(id, d, 
 // AddHeld is Add for a delivery whose next attempt, due now, the worker
 // sends at once itself: the row keeps its lease, until until, so no other
 // claim takes it meanwhile.
-func (r *Rows) AddHeld(id string, d *domain.Delivery, now, until time.Time) { r.add(id, d, now, &until) }
+func (r *Rows) AddHeld(id string, d *domain.Delivery, now, until time.Time) {
+	r.add(id, d, now, &until)
+}
 
 func (r *Rows) add(id string, d *domain.Delivery, now time.Time, lease *time.Time) {
 	state, attempt, num, trigger, due := "done", "", int32(0), domain.TriggerInitial, now
