@@ -160,7 +160,7 @@ func (g *groupCommitter) commitPipelined(ctx context.Context, batch []appendRequ
 	if len(newJobs) > 0 {
 		b.Queue(jobs.InsertSQL, jobs.InsertArgs(newJobs)...)
 	}
-	return kit.SendTx(ctx, g.pool, b, func(br pgx.BatchResults) error {
+	return kit.SendTx(ctx, g.pool, true, b, func(br pgx.BatchResults) error {
 		if _, err := read(br); err != nil {
 			return err
 		}

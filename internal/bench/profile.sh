@@ -8,12 +8,12 @@ mkdir -p $out
 pg=$(mktemp -d); chmod 755 "$pg"; trap '"$here/pgtmp.sh" stop "$pg/c" >/dev/null 2>&1; rm -rf "$pg"' EXIT
 dsn=$("$here/pgtmp.sh" start "$pg/c")
 echo "shared_preload_libraries = 'pg_stat_statements'" >>"$pg/c/data/postgresql.conf"
-echo "pg_stat_statements.track = all" >>"$pg/c/data/postgresql.conf"
+echo "pg_stat_statements.track = all" >>"$pg/c/data/postgresql.conf"; echo "pg_stat_statements.track_planning = on" >>"$pg/c/data/postgresql.conf"
 "$here/pgtmp.sh" stop "$pg/c" >/dev/null; dsn=$("$here/pgtmp.sh" start "$pg/c"); export PGPID=$(head -1 "$pg/c/data/postmaster.pid")
 ENGINE_ENV="HOOKSTREAM_ALLOW_CIDRS=127.0.0.0/8 HOOKSTREAM_LOG_LEVEL=warn HOOKSTREAM_PPROF_ADDR=127.0.0.1:6061" DEST_EXTRA=',"circuit_breaker_enabled":false' \
   SYSTEM=hookstream PRE_FIRE="psql -q '$dsn' -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements' -c 'SELECT pg_stat_statements_reset()'; (sleep 1; curl -s -o $out/cpu.pprof 'http://127.0.0.1:6061/debug/pprof/profile?seconds=${PROFILE_SECONDS:-5}') &" \
   "$here/bench-engine.sh" "$out/out.jsonl" 1 $fail "$dsn" "$bin" "$n" 32 >/dev/null 2>&1
-psql -q "$dsn" -X -A -F ' | ' -c "SELECT round(total_exec_time::numeric,0) AS ms, round(calls::numeric/$n,2) AS calls_per_webhook,
+psql -q "$dsn" -X -A -F ' | ' -c "SELECT round(total_exec_time::numeric,0) AS ms, round(total_plan_time::numeric,0) AS plan_ms, round(plans::numeric/$n,2) AS plans_per_webhook, round(calls::numeric/$n,2) AS calls_per_webhook,
   round(rows::numeric/$n,2) AS rows_per_webhook, round(wal_bytes::numeric/$n) AS wal_b_per_webhook,
   round(wal_fpi::numeric/$n,2) AS fpi_per_webhook, round(shared_blks_dirtied::numeric/$n,2) AS dirtied_per_webhook,
   left(regexp_replace(query,'\s+',' ','g'),110) AS query
