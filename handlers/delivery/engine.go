@@ -23,6 +23,7 @@ import (
 	"github.com/hookstream/hookstream/handlers/outbound"
 	"github.com/hookstream/hookstream/internal/kit"
 	"github.com/hookstream/hookstream/internal/secretbox"
+	"github.com/hookstream/hookstream/internal/upkeep"
 	"github.com/hookstream/hookstream/internal/wake"
 	"github.com/hookstream/hookstream/projections"
 )
@@ -237,7 +238,7 @@ func (e *Engine) work(ctx context.Context, bus message.Publisher, errc <-chan er
 	var running sync.WaitGroup
 	running.Go(func() { e.dispatch(workCtx, bus) })
 	running.Go(func() { _ = e.projector.Run(workCtx) })
-	running.Go(func() { jobs.Vacuum{Pool: e.p.Pool, Log: e.p.Log}.Run(workCtx) })
+	running.Go(func() { e.upkeep().Run(workCtx) })
 	for _, run := range e.p.Background {
 		running.Go(func() { run(workCtx) })
 	}
@@ -254,6 +255,16 @@ func (e *Engine) work(ctx context.Context, bus message.Publisher, errc <-chan er
 	}
 	running.Wait()
 	return routerErr
+}
+
+// upkeep keeps the tables every delivery writes vacuumed (delivery_jobs,
+// past 5,000 dead rows) and analyzed: the job table and the read models the
+// projector writes. The log is left to autovacuum: its statements find
+// events by key whatever its size, and analyzing its payloads costs most.
+func (e *Engine) upkeep() upkeep.Upkeep {
+	return upkeep.Upkeep{Pool: e.p.Pool, Log: e.p.Log, Vacuum: map[string]int64{"delivery_jobs": 5000},
+		Analyze: []string{"delivery_jobs", "events_view", "event_delivery_outcomes", "delivery_attempts", "projected_deliveries",
+			"consumer_offsets"}}
 }
 
 // newLogRouter is the router of the consumer groups on the events table:
