@@ -39,6 +39,10 @@ type dispatchJob struct {
 	// Unsendable, when set, is why no request may be made (a secret that
 	// does not decrypt, a signing config without its secret): fail closed.
 	Unsendable string `json:"unsendable,omitempty"`
+	// BreakerOn is whether the destination's circuit breaker was on at the
+	// claim: a failed batch of such a destination is recorded on the locked
+	// path at once (the circuit counts the failure).
+	BreakerOn bool `json:"-"`
 	// State is the delivery as its job row describes it, when the row has a
 	// snapshot: recording the attempt then needs no stream load.
 	State *domain.DeliveryState `json:"-"`
@@ -95,6 +99,8 @@ func (e *Engine) listen(ctx context.Context) {
 			continue
 		}
 		if _, err := conn.Exec(ctx, "LISTEN "+jobs.Channel); err == nil {
+			// This process's own commits wake us in process: they need no NOTIFY for this connection.
+			unregister := e.p.Wake.Listening(conn.Conn().PgConn().PID())
 			for {
 				n, err := conn.Conn().WaitForNotification(ctx)
 				if err != nil {
@@ -104,6 +110,7 @@ func (e *Engine) listen(ctx context.Context) {
 					e.notified()
 				}
 			}
+			unregister()
 		}
 		// A LISTENing connection is not returned to the pool; closing it can only fail on a dead connection.
 		_ = conn.Hijack().Close(context.WithoutCancel(ctx))

@@ -69,6 +69,10 @@ func (p *projected) listen(ctx context.Context) {
 		}
 		if _, err := conn.Exec(ctx, "LISTEN "+projections.ProjectedChannel); err == nil {
 			p.signal() // notifications before the LISTEN were missed: look again
+			unregister := func() {}
+			if p.wake != nil { // this process's projector signals us in process
+				unregister = p.wake.Listening(conn.Conn().PgConn().PID())
+			}
 			for {
 				n, err := conn.Conn().WaitForNotification(ctx)
 				if err != nil {
@@ -78,6 +82,7 @@ func (p *projected) listen(ctx context.Context) {
 					p.signal()
 				}
 			}
+			unregister()
 		}
 		// A LISTENing connection is not returned to the pool.
 		_ = conn.Hijack().Close(context.WithoutCancel(ctx))
