@@ -559,3 +559,22 @@ func TestIssueRetryIsBoundedPerRequest(t *testing.T) {
 	}
 	waitFor(t, 30*time.Second, "every delivery delivered once", func() bool { _, ok := down.counts(); return ok == total })
 }
+
+// A success after a failure resets the circuit's count: the batch finds
+// the circuit not clean at its guard and is recorded on the locked path,
+// which moves the circuit.
+func TestSuccessAfterAFailureResetsTheCircuitCount(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	dst := newSink(t, 500)
+	src, dest := h.route(dst.srv.URL, map[string]any{"circuit_breaker_threshold": 5, "retry_enabled": false}, nil)
+	failed := h.ingest(src, `{"n":1}`)
+	waitFor(t, 10*time.Second, "the failure counted", func() bool {
+		return len(h.attempts("event_id="+failed+"&status=failed")) == 1 && num(h.circuit(dest)["failure_count"]) == 1
+	})
+	ok := h.ingest(src, `{"n":2}`)
+	waitFor(t, 10*time.Second, "the success", func() bool { return len(h.attempts("event_id="+ok+"&status=success")) == 1 })
+	if c := h.circuit(dest); c["state"] != "closed" || num(c["failure_count"]) != 0 {
+		t.Errorf("circuit after a success = %v, want closed with no failures", c)
+	}
+}

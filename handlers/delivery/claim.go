@@ -199,7 +199,7 @@ func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, fullT
 		if err := rows.Scan(&j.DeliveryID, &j.OrgID, &j.EnvID, &j.EventID, &j.DestinationID, &j.AttemptID, &j.AttemptNumber, &j.Version,
 			&j.BodyB64, &j.ContentType, &j.DestFound, &j.URL, &j.Method, &headers, &j.TimeoutMS,
 			&j.Retry.Enabled, &j.Retry.MaxRetries, &j.Retry.Backoff, &intervals, &j.DestStatus, &j.DisabledWhy, &signingRaw, &prevValid, &sealed,
-			&trigger, &due, &autoRetries, &lastNumber, &reopened); err != nil {
+			&trigger, &due, &autoRetries, &lastNumber, &reopened, &j.BreakerOn); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("scan claimed job: %w", err)
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
@@ -44,10 +45,13 @@ func (e *Engine) complete(ctx context.Context, batch []dispatchJob, results []do
 }
 
 // completeTx records a batch's outcomes. The common batch — no dead letter,
-// no 410, a circuit the batch cannot move — takes two round trips: the
-// delivery streams and the circuit are read, the outcome is decided from
-// them, and BEGIN, the append, the job rows and COMMIT go in one pipeline
-// (a stream that moved meanwhile fails the append and nothing commits). Any
+// no 410, a circuit the batch cannot move — takes one round trip: the
+// outcome is decided from the jobs' snapshots (the streams of jobs without
+// one are read first), and BEGIN, a guard on the circuit, the append, the
+// job rows and COMMIT go in one pipeline. A stream that moved meanwhile
+// fails the append, and a circuit the batch may move (breaker on and an
+// attempt failed, a circuit not clean, none yet) fails the guard: nothing
+// commits, and the batch is recorded again or on the locked path. Any
 // other batch takes completeLocked, which locks what it changes (and never
 // chains: a circuit, a dead letter or a 410 is involved).
 //
@@ -66,15 +70,13 @@ func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []
 	if !batch[0].DestFound || anyGone(results) {
 		return nil, e.completeLocked(ctx, batch, results)
 	}
-	streams, enabled, clean, err := e.readForCompletion(ctx, batch)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, e.completeLocked(ctx, batch, results) // no circuit row: made there
+	failed := anyRequestFailed(batch, results)
+	if batch[0].BreakerOn && failed {
+		return nil, e.completeLocked(ctx, batch, results) // the circuit counts the failure
 	}
+	streams, err := e.loadUnsnapshotted(ctx, batch)
 	if err != nil {
-		return nil, fmt.Errorf("read streams and circuit: %w", err)
-	}
-	if enabled && (!clean || anyRequestFailed(batch, results)) {
-		return nil, e.completeLocked(ctx, batch, results)
+		return nil, fmt.Errorf("read streams: %w", err)
 	}
 	now := e.p.Now().UTC()
 	var holdUntil *time.Time
@@ -91,6 +93,7 @@ func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []
 	}
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
+	b.Queue(circuitGuardSQL, batch[0].DestinationID, failed)
 	var read func(pgx.BatchResults) ([]eventstore.Event, error)
 	if len(plan.appends) > 0 {
 		if read, err = e.p.Store.QueueAppend(b, plan.appends...); err != nil {
@@ -104,6 +107,9 @@ func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []
 	}
 	var kept map[string]bool
 	err = kit.SendTx(ctx, e.p.Pool, false, b, func(br pgx.BatchResults) error {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
 		if read != nil {
 			if _, err := read(br); err != nil {
 				return err
@@ -119,6 +125,9 @@ func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []
 		}
 		return nil
 	})
+	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == circuitGuardCode {
+		return nil, e.completeLocked(ctx, batch, results)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -149,31 +158,20 @@ func keptLeases(br pgx.BatchResults) (map[string]bool, error) {
 	return kept, err
 }
 
-// readForCompletion reads, in one round trip, the batch's delivery streams
-// and whether its destination's circuit breaker is enabled and its circuit
-// clean (closed, no failures, no probe). pgx.ErrNoRows: no circuit row yet.
-func (e *Engine) readForCompletion(ctx context.Context, batch []dispatchJob) (streams map[string][]eventstore.Event, enabled, clean bool, err error) {
-	var ids []string // the deliveries without a snapshot: their streams are loaded
+// loadUnsnapshotted loads the streams of the batch's deliveries whose job
+// rows carry no snapshot (written by the scheduler or a rebuild); none for
+// the rest.
+func (e *Engine) loadUnsnapshotted(ctx context.Context, batch []dispatchJob) (map[string][]eventstore.Event, error) {
+	var ids []string
 	for _, j := range batch {
 		if j.State == nil {
 			ids = append(ids, j.DeliveryID)
 		}
 	}
-	reads := &pgx.Batch{}
-	readStreams := func(pgx.BatchResults) (map[string][]eventstore.Event, error) { return nil, nil }
-	if len(ids) > 0 {
-		readStreams = e.p.Store.QueueLoadMany(reads, ids)
+	if len(ids) == 0 {
+		return nil, nil
 	}
-	reads.Queue(circuitCleanSQL, batch[0].DestinationID)
-	br := e.p.Pool.SendBatch(ctx, reads)
-	streams, err = readStreams(br)
-	if err == nil {
-		err = br.QueryRow().Scan(&enabled, &clean)
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
-	return streams, enabled, clean, err
+	return e.p.Store.LoadMany(ctx, e.p.Pool, ids)
 }
 
 // completionPlan is what recording a batch writes, and the attempts it chains.
@@ -346,13 +344,22 @@ func (e *Engine) moveJobs(ctx context.Context, tx pgx.Tx, aggs map[string]*domai
 	return nil
 }
 
-// circuitCleanSQL reads whether a destination's breaker is on and its circuit clean.
-const circuitCleanSQL = `SELECT d.circuit_breaker_enabled, k.state = 'closed' AND k.failure_count = 0 AND k.probe_delivery_id IS NULL
-		FROM destinations d JOIN destination_circuits k ON k.destination_id = d.id WHERE d.id = $1`
+// circuitGuardSQL fails its transaction (circuitGuardCode) when destination
+// $1 has no circuit row yet, or has its breaker on with a circuit the batch
+// may move: an attempt failed ($2), or the circuit is not clean (closed, no
+// failures, no probe).
+const circuitGuardSQL = `SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM destination_circuits WHERE destination_id = $1)
+		OR EXISTS (SELECT 1 FROM destinations d JOIN destination_circuits k ON k.destination_id = d.id
+			WHERE d.id = $1 AND d.circuit_breaker_enabled
+			  AND ($2 OR NOT (k.state = 'closed' AND k.failure_count = 0 AND k.probe_delivery_id IS NULL)))
+	THEN hookstream_circuit_guard() ELSE 0 END`
+
+// circuitGuardCode is the SQLSTATE hookstream_circuit_guard raises (migration 0013).
+const circuitGuardCode = "HS412"
 
 // HotStatements are the statements the delivery handler runs on every
 // batch: preparing them on fresh connections before traffic keeps their
 // planning off the first deliveries.
 func HotStatements() []string {
-	return []string{jobs.ClaimSQL, jobs.UpdateSQL, jobs.ReleaseSQL, circuitCleanSQL, eventstore.AppendSQL}
+	return []string{jobs.ClaimSQL, jobs.UpdateSQL, jobs.ReleaseSQL, circuitGuardSQL, eventstore.AppendSQL}
 }
