@@ -14,7 +14,10 @@ import (
 // one statement per table per batch. Rows depend on each other in one
 // direction only — an event's row before its status, a delivery's helper row
 // before its attempts, attempts before the updates that mark them — so the
-// statements run in that order. Renames are the exception (a rename applies
+// statements run in that order. Each statement that joins the batch's
+// arrays to a table also filters the table by key (= ANY(array)): the
+// planner takes unnest for a handful of rows and, on a young table, chose
+// a sequential scan of all of it for the join otherwise. Renames are the exception (a rename applies
 // to the rows before it, not after), so a batch is cut at each rename.
 
 // DeliveryAttemptsBatch folds evs (commit order) into delivery_attempts.
@@ -149,7 +152,7 @@ func (s *attemptsSegment) statements() []eventstore.Statement {
 				d.connection_name, d.destination_name, d.replay_id
 			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::int[], $9::text[])
 				AS u(id, org, env, delivery, url, method, at, num, trig)
-			CROSS JOIN LATERAL (SELECT * FROM projected_deliveries x WHERE x.delivery_id = u.delivery) d
+			CROSS JOIN LATERAL (SELECT * FROM projected_deliveries x WHERE x.delivery_id = u.delivery AND x.delivery_id = ANY($4::text[])) d
 			ON CONFLICT (id) DO NOTHING`, s.pID, s.pOrg, s.pEnv, s.pDelivery, s.pURL, s.pMethod, s.pAt, s.pNum, s.pTrigger)
 	}
 	if n := len(s.a); n > 0 {
@@ -186,7 +189,7 @@ func (s *attemptsSegment) statements() []eventstore.Statement {
 			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::int[], $10::text[],
 				$11::text[], $12::int[], $13::text[], $14::text[], $15::timestamptz[], $16::int[], $17::text[], $18::timestamptz[])
 				AS u(id, org, env, delivery, url, method, rh, bs, rs, rsh, rb, dur, st, err, at, num, trig, nra)
-			CROSS JOIN LATERAL (SELECT * FROM projected_deliveries x WHERE x.delivery_id = u.delivery) d
+			CROSS JOIN LATERAL (SELECT * FROM projected_deliveries x WHERE x.delivery_id = u.delivery AND x.delivery_id = ANY($4::text[])) d
 			ON CONFLICT (id) DO UPDATE SET request_url = excluded.request_url, request_method = excluded.request_method,
 				request_headers = excluded.request_headers, request_body_size = excluded.request_body_size,
 				response_status = excluded.response_status, response_headers = excluded.response_headers,
@@ -196,10 +199,10 @@ func (s *attemptsSegment) statements() []eventstore.Statement {
 			id, org, env, delivery, url, method, reqHeaders, bodySize, respStatus, respHeaders, respBody, duration, status, errMsg, created, number, trigger, nextRetry)
 	}
 	if ids, at := keysAndTimes(s.retryAt); len(ids) > 0 {
-		out.Add(`UPDATE delivery_attempts a SET next_retry_at = u.at FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at) WHERE a.id = u.id`, ids, at)
+		out.Add(`UPDATE delivery_attempts a SET next_retry_at = u.at FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at) WHERE a.id = u.id AND a.id = ANY($1::text[])`, ids, at)
 	}
 	if ids, at := keysAndTimes(s.dlqAt); len(ids) > 0 {
-		out.Add(`UPDATE delivery_attempts a SET is_dlq = 1, dlq_at = u.at, next_retry_at = NULL FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at) WHERE a.id = u.id`, ids, at)
+		out.Add(`UPDATE delivery_attempts a SET is_dlq = 1, dlq_at = u.at, next_retry_at = NULL FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at) WHERE a.id = u.id AND a.id = ANY($1::text[])`, ids, at)
 	}
 	return append(out, s.after...)
 }
@@ -299,7 +302,7 @@ func EventsBatch(evs []eventstore.Event) ([]eventstore.Statement, error) {
 			FROM (SELECT DISTINCT id FROM unnest($1::text[]) AS u(id)) x
 			CROSS JOIN LATERAL (SELECT count(*) FILTER (WHERE outcome = 'dlq') AS dlq, count(*) FILTER (WHERE outcome = 'success') AS success
 			      FROM event_delivery_outcomes WHERE event_id = x.id) o
-			WHERE v.id = x.id`, ev)
+			WHERE v.id = x.id AND v.id = ANY($1::text[])`, ev)
 	}
 	return out, nil
 }

@@ -76,7 +76,9 @@ func (r *Rows) Args(worker string) []any {
 // only ever moved forward in version. Its lease is handed back, or kept by
 // worker $12 until the row's lease time (AddHeld) unless its destination,
 // connection or source is paused now: the pause holds a chained retry like
-// any other job. It returns the rows that kept their leases.
+// any other job. It returns the rows that kept their leases. The rows are
+// also found by key (= ANY($1)): joined to unnest alone, the generic plan
+// scanned the whole table.
 var UpdateSQL = `UPDATE delivery_jobs j SET state = u.state, attempt_id = NULLIF(u.attempt_id, ''), attempt_number = u.num,
 		trigger_type = u.trig, due_at = u.due, version = u.ver, auto_retries = u.auto, last_number = u.last, reopened = u.reopened,
 		(lease_until, leased_by) = (SELECT h.lease, CASE WHEN h.lease IS NULL THEN NULL ELSE $12 END
@@ -85,7 +87,7 @@ var UpdateSQL = `UPDATE delivery_jobs j SET state = u.state, attempt_id = NULLIF
 				THEN u.lease END AS lease) h)
 	FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[], $7::bigint[], $8::int[], $9::int[], $10::text[],
 		$11::timestamptz[]) AS u(id, state, attempt_id, num, trig, due, ver, auto, last, reopened, lease)
-	WHERE j.delivery_id = u.id AND j.version < u.ver
+	WHERE j.delivery_id = u.id AND j.delivery_id = ANY($1::text[]) AND j.version < u.ver
 	RETURNING j.delivery_id, j.leased_by IS NOT NULL`
 
 // ReleaseSQL hands back jobs whose attempt was already recorded.
