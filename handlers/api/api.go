@@ -104,6 +104,10 @@ func New(p Params) *API {
 		a.router.Handle("/metrics", MetricsHandler(p.Metrics, p.MetricsToken)).Methods(http.MethodGet)
 	}
 	v1 := a.router.PathPrefix("/v1").Subrouter()
+	// Ingest first: gorilla/mux tries routes in order, and the public
+	// senders' route is the hot one (its regexp matching was 3-4% of the
+	// engine's CPU when registered last).
+	a.registerIngestRoutes(v1)
 	a.registerHealthRoutes(v1)
 	a.registerAuthRoutes(v1)
 	a.registerResourceRoutes(v1)

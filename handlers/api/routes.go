@@ -230,7 +230,6 @@ func (a *API) registerDeliveryRoutes(r *mux.Router) {
 	a.registerReplayRoutes(r)
 	a.registerCircuitRoutes(r)
 	a.registerIssueRoutes(r)
-	a.registerIngestRoutes(r)
 }
 
 func (a *API) ingest(w http.ResponseWriter, r *http.Request) {

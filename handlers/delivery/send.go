@@ -91,6 +91,10 @@ func (e *Engine) sendAndRecord(ctx context.Context, batch []dispatchJob) []dispa
 // circuit) leaves in order while the requests still overlap.
 func (e *Engine) sendInOrder(batch []dispatchJob) []domain.DeliveryAttempted {
 	results := make([]domain.DeliveryAttempted, len(batch))
+	if len(batch) == 1 { // nothing to order: no goroutine, no trace
+		results[0] = e.sendRecovered(e.sends, batch[0])
+		return results
+	}
 	var wg sync.WaitGroup
 	prev := make(chan struct{})
 	close(prev)
