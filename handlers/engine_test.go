@@ -272,8 +272,8 @@ func TestDeliverySucceedsFirstTry(t *testing.T) {
 		return len(list) == 1 && list[0]["status"] == "success"
 	})
 	a := list[0]
-	if len(a) != 24 {
-		t.Errorf("delivery_attempt has %d fields, want the seed's 24: %v", len(a), a)
+	if len(a) != 25 {
+		t.Errorf("delivery_attempt has %d fields, want the seed's 24 and delivery_id: %v", len(a), a)
 	}
 	if num(a["attempt_number"]) != 1 || a["trigger_type"] != "initial" || num(a["response_status"]) != 200 || num(a["is_dlq"]) != 0 ||
 		a["destination_name"] != "dest" || a["connection_name"] != "conn" || a["response_body"] != "reply 1" {
@@ -288,6 +288,9 @@ func TestDeliverySucceedsFirstTry(t *testing.T) {
 	hd := dst.headers[0]
 	if hd.Get("X-hookstream-Event-Id") != ev || hd.Get("X-hookstream-Delivery-Attempt") != "1" || hd.Get("X-hookstream-Timestamp") == "" || hd.Get("Idempotency-Key") == "" {
 		t.Errorf("delivery headers = %v", hd)
+	}
+	if a["delivery_id"] != hd.Get("X-Hookstream-Delivery-Id") || a["delivery_id"] == "" {
+		t.Errorf("attempt's delivery_id %v, the request's X-Hookstream-Delivery-Id %q", a["delivery_id"], hd.Get("X-Hookstream-Delivery-Id"))
 	}
 	code, out := h.do("GET", "/v1/delivery-attempts/"+a["id"].(string), h.key, nil)
 	if code != 200 || out["delivery_attempt"].(map[string]any)["id"] != a["id"] {
@@ -763,4 +766,48 @@ func TestPauseHoldsARetryDueAtOnce(t *testing.T) {
 		a := byNumber(h.attempts("event_id="+ev), 2)
 		return a != nil && a["status"] == "success"
 	})
+}
+
+// Attempts carry their delivery's id and filter on it: one event through
+// two connections lists each delivery's attempts apart; an unknown id, or
+// another tenant's, lists none.
+func TestAttemptsCarryAndFilterOnTheirDelivery(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	one, two := newSink(t, 500), newSink(t)
+	src, _ := h.route(one.srv.URL, map[string]any{"retry_intervals": []int{0}, "retry_backoff_type": "fixed", "circuit_breaker_enabled": false}, nil)
+	d2 := h.mustCreate("/v1/destinations", map[string]any{"name": "second", "url": two.srv.URL})
+	h.mustCreate("/v1/connections", map[string]any{"name": "second", "source_id": src, "destination_id": d2["id"]})
+	ev := h.ingest(src, `{}`)
+	var all []map[string]any
+	waitFor(t, 10*time.Second, "three attempts: a failure and its retry, and the other delivery", func() bool {
+		all = h.attempts("event_id=" + ev + "&status=success")
+		return len(all) == 2 && len(h.attempts("event_id="+ev)) == 3
+	})
+	byDelivery := map[string]int{}
+	for _, a := range h.attempts("event_id=" + ev) {
+		byDelivery[a["delivery_id"].(string)]++
+	}
+	if len(byDelivery) != 2 {
+		t.Fatalf("attempts by delivery = %v, want two deliveries", byDelivery)
+	}
+	for d, n := range byDelivery {
+		got := h.attempts("delivery_id=" + d)
+		if len(got) != n {
+			t.Errorf("delivery_id=%s lists %d attempts, want %d", d, len(got), n)
+		}
+		for _, a := range got {
+			if a["delivery_id"] != d {
+				t.Errorf("delivery_id=%s listed %v", d, a)
+			}
+		}
+		other := newKey(t, h.pool, "")
+		code, out := h.do("GET", "/v1/delivery-attempts?delivery_id="+d, other, nil)
+		if code != 200 || len(out["delivery_attempts"].([]any)) != 0 {
+			t.Errorf("another tenant's delivery_id=%s = %d %v", d, code, out)
+		}
+	}
+	if got := h.attempts("delivery_id=01a2338465b27c299cf70edd8b40c91b"); len(got) != 0 {
+		t.Errorf("an unknown delivery lists %v", got)
+	}
 }

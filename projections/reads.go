@@ -15,7 +15,7 @@ import (
 	"github.com/hookstream/hookstream/internal/kit"
 )
 
-// Attempt is the seed's delivery_attempt object: exactly its 24 fields.
+// Attempt is the seed's delivery_attempt object: its 24 fields, and delivery_id.
 type Attempt struct {
 	ID              string  `json:"id"`
 	OrgID           string  `json:"org_id"`
@@ -41,11 +41,15 @@ type Attempt struct {
 	TriggerType     *string `json:"trigger_type"`
 	ConnectionName  *string `json:"connection_name"`
 	DestinationName *string `json:"destination_name"`
+	// DeliveryID is the delivery (one event through one connection) the
+	// attempt belongs to: what audit delivery and events stream take. An
+	// extra field beside the seed's 24.
+	DeliveryID string `json:"delivery_id"`
 }
 
 const attemptCols = `id, org_id, env_id, event_id, connection_id, destination_id, request_url, request_method, request_headers,
 	request_body_size, response_status, response_headers, response_body, duration_ms, status, error, created_at, attempt_number,
-	next_retry_at, is_dlq, dlq_at, trigger_type, connection_name, destination_name`
+	next_retry_at, is_dlq, dlq_at, trigger_type, connection_name, destination_name, delivery_id`
 
 func scanAttempt(row pgx.Row) (Attempt, error) {
 	var a Attempt
@@ -53,7 +57,7 @@ func scanAttempt(row pgx.Row) (Attempt, error) {
 	var next, dlq *time.Time
 	err := row.Scan(&a.ID, &a.OrgID, &a.EnvID, &a.EventID, &a.ConnectionID, &a.DestinationID, &a.RequestURL, &a.RequestMethod,
 		&a.RequestHeaders, &a.RequestBodySize, &a.ResponseStatus, &a.ResponseHeaders, &a.ResponseBody, &a.DurationMS, &a.Status,
-		&a.Error, &created, &a.AttemptNumber, &next, &a.IsDLQ, &dlq, &a.TriggerType, &a.ConnectionName, &a.DestinationName)
+		&a.Error, &created, &a.AttemptNumber, &next, &a.IsDLQ, &dlq, &a.TriggerType, &a.ConnectionName, &a.DestinationName, &a.DeliveryID)
 	a.CreatedAt = kit.ISOTime(created)
 	a.NextRetryAt, a.DLQAt = kit.ISOTimePtr(next), kit.ISOTimePtr(dlq)
 	return a, err
@@ -61,16 +65,20 @@ func scanAttempt(row pgx.Row) (Attempt, error) {
 
 // AttemptFilter are the list filters of GET /v1/delivery-attempts.
 type AttemptFilter struct {
-	EventID, ConnectionID, DestinationID, Status string
-	IsDLQ                                        *int
-	Limit, Offset                                int
+	EventID, DeliveryID, ConnectionID, DestinationID, Status string
+	IsDLQ                                                    *int
+	Limit, Offset                                            int
 }
 
 // ListAttempts lists the tenant's attempts, newest first.
 func (r *Reads) ListAttempts(ctx context.Context, t domain.Tenant, f AttemptFilter) ([]Attempt, Pagination, error) {
 	where := `org_id = $1 AND env_id = $2 AND ($3 = '' OR event_id = $3) AND ($4 = '' OR connection_id = $4)
-		AND ($5 = '' OR destination_id = $5) AND ($6 = '' OR status = $6) AND ($7::int IS NULL OR is_dlq = $7)`
-	args := []any{t.OrgID, t.EnvID, f.EventID, f.ConnectionID, f.DestinationID, f.Status, f.IsDLQ}
+		AND ($5 = '' OR destination_id = $5) AND ($6 = '' OR status = $6) AND ($7::int IS NULL OR is_dlq = $7)
+		AND ($8 = '' OR delivery_id = $8 AND event_id = (SELECT event_id FROM projected_deliveries WHERE delivery_id = $8))`
+	// A delivery's attempts are found through its event (indexed; the
+	// helper row names it): delivery_attempts keeps no index on delivery_id,
+	// which every attempt row would pay for (migration 0011).
+	args := []any{t.OrgID, t.EnvID, f.EventID, f.ConnectionID, f.DestinationID, f.Status, f.IsDLQ, f.DeliveryID}
 	out, p, err := PageQuery(ctx, r.pool, "delivery_attempts", attemptCols, where, "created_at DESC, id DESC", args, f.Limit, f.Offset, scanAttempt)
 	if err != nil {
 		return nil, p, fmt.Errorf("list attempts: %w", err)

@@ -15,8 +15,9 @@ func (a *API) registerAttemptRoutes(r *mux.Router) {
 	svc := a.p.Service
 	r.HandleFunc("/delivery-attempts", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
-		f := projections.AttemptFilter{EventID: q.Get("event_id"), ConnectionID: q.Get("connection_id"), DestinationID: q.Get("destination_id"), Status: q.Get("status")}
-		err := knownQuery(q, "event_id", "connection_id", "destination_id", "status", "is_dlq", "limit", "offset")
+		f := projections.AttemptFilter{EventID: q.Get("event_id"), DeliveryID: q.Get("delivery_id"), ConnectionID: q.Get("connection_id"),
+			DestinationID: q.Get("destination_id"), Status: q.Get("status")}
+		err := knownQuery(q, "event_id", "delivery_id", "connection_id", "destination_id", "status", "is_dlq", "limit", "offset")
 		if err == nil {
 			f.Limit, f.Offset, err = pageParams(q.Get("limit"), q.Get("offset"))
 		}

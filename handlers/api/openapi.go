@@ -168,7 +168,7 @@ func operations() []op {
 			resp: map[string]any{"events": []any{projections.EventSummary{}}, "pagination": projections.Pagination{}}, errors: []int{400, 401}},
 		{method: "GET", path: "/v1/events/{id}", summary: "Get an event", resp: map[string]any{"event": projections.EventDetail{}}, errors: []int{401, 404}},
 		{method: "POST", path: "/v1/events/{id}/retry", summary: "Retry an event's failed deliveries", resp: map[string]any{"": redeliver.EventRetryResult{}}, errors: []int{401, 404}},
-		{method: "GET", path: "/v1/delivery-attempts", summary: "List delivery attempts", query: with(page, map[string]string{"event_id": "string",
+		{method: "GET", path: "/v1/delivery-attempts", summary: "List delivery attempts", query: with(page, map[string]string{"event_id": "string", "delivery_id": "string",
 			"connection_id": "string", "destination_id": "string", "status": "string", "is_dlq": "string"}),
 			resp: map[string]any{"delivery_attempts": []any{projections.Attempt{}}, "pagination": projections.Pagination{}}, errors: []int{400, 401}},
 		{method: "GET", path: "/v1/delivery-attempts/{id}", summary: "Get a delivery attempt", resp: map[string]any{"delivery_attempt": projections.Attempt{}}, errors: []int{401, 404}},
