@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/hookstream/hookstream/internal/pgcluster"
 	"github.com/hookstream/hookstream/internal/pgtest"
 )
 
@@ -252,5 +254,156 @@ func TestSIGTERMDuringBurstIsGraceful(t *testing.T) {
 	}
 	if attempts != res.n || failed != 0 {
 		t.Errorf("%d attempts recorded (%d not successful) for %d webhooks, want exactly one success each", attempts, failed, res.n)
+	}
+}
+
+// TestPostgresCrashDuringBurstLosesNothing crashes PostgreSQL (immediate
+// shutdown: no checkpoint, the asynchronous commits not yet flushed are
+// lost) while deliveries are in flight, and starts it again on the same
+// port. The engine, left running, must reconnect by itself and deliver
+// every accepted webhook, a re-sent one only under its one idempotency
+// key, and record each delivery once.
+func TestPostgresCrashDuringBurstLosesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts its own PostgreSQL cluster")
+	}
+	bin := filepath.Join(t.TempDir(), "hookstream")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	// The server's user must reach the data directory: not t.TempDir (0700).
+	root, err := os.MkdirTemp("", "hookstream-crash-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(root) })
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cluster, err := pgcluster.Open(ctx, pgcluster.Params{Dir: filepath.Join(root, "data")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Stop(context.Background(), true) })
+	dbURL := cluster.URL("postgres")
+
+	var mu sync.Mutex
+	keys := map[string]map[string]bool{}
+	requests := 0
+	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(30 * time.Millisecond) // keep requests in flight when PostgreSQL goes down
+		ev, idem := r.Header.Get("X-hookstream-Event-Id"), r.Header.Get("Idempotency-Key")
+		mu.Lock()
+		requests++
+		if keys[ev] == nil {
+			keys[ev] = map[string]bool{}
+		}
+		keys[ev][idem] = true
+		mu.Unlock()
+	}))
+	t.Cleanup(sink.Close)
+	distinct := func() int { mu.Lock(); defer mu.Unlock(); return len(keys) }
+
+	addr := freeAddr(t)
+	srv, key := startServer(t, bin, dbURL, addr)
+	if key == "" {
+		t.Fatal("first start printed no API key")
+	}
+	dest := srv.post(t, key, "/v1/destinations", map[string]any{"name": "sink", "url": sink.URL, "timeout_ms": 2000})["destination"].(map[string]any)
+	src := srv.post(t, key, "/v1/sources", map[string]any{"name": "src"})["source"].(map[string]any)
+	srv.post(t, key, "/v1/connections", map[string]any{"name": "c", "source_id": src["id"], "destination_id": dest["id"]})
+	const n = 400
+	accepted := map[string]bool{}
+	var amu sync.Mutex
+	var wg sync.WaitGroup
+	for w := 0; w < 16; w++ {
+		wg.Go(func() {
+			for i := 0; i < n/16; i++ {
+				resp, err := http.Post(srv.base+"/v1/ingest/"+src["id"].(string), "application/json", strings.NewReader(fmt.Sprintf(`{"n":%d}`, i)))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				var out struct {
+					EventID string `json:"event_id"`
+				}
+				_ = json.NewDecoder(resp.Body).Decode(&out)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					amu.Lock()
+					accepted[out.EventID] = true
+					amu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if len(accepted) != n {
+		t.Fatalf("%d of %d ingests accepted before the crash", len(accepted), n)
+	}
+	for distinct() < 40 {
+		if ctx.Err() != nil {
+			t.Fatal("deliveries did not start")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	if err := cluster.Stop(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	atCrash := distinct()
+	if err := cluster.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	restarted := time.Now()
+	t.Logf("PostgreSQL crashed and restarted after %d of %d webhooks delivered", atCrash, n)
+	if atCrash >= n {
+		t.Fatal("every webhook was delivered before the crash; the test needs a burst in flight")
+	}
+	for distinct() != n {
+		if ctx.Err() != nil {
+			t.Fatalf("after the crash only %d of %d webhooks reached the destination", distinct(), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("every webhook delivered %.1f s after PostgreSQL restarted", time.Since(restarted).Seconds())
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	for {
+		var open, recorded, attempts int
+		if err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM delivery_jobs WHERE state <> 'done'),
+			(SELECT count(*) FROM delivery_attempts WHERE status = 'success'), (SELECT count(*) FROM delivery_attempts)`).Scan(&open, &recorded, &attempts); err != nil {
+			t.Fatal(err)
+		}
+		if open == 0 && recorded == n {
+			if attempts != n {
+				t.Errorf("%d attempts recorded for %d webhooks, want one success each and nothing else", attempts, n)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("after the crash %d jobs still open, %d of %d successes recorded", open, recorded, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("%d requests for %d webhooks (%d sent again after the crash)", requests, n, requests-n)
+	for ev := range accepted {
+		if len(keys[ev]) != 1 {
+			t.Errorf("event %s arrived under %d idempotency ids, want 1", ev, len(keys[ev]))
+		}
+	}
+	if resp, err := http.Get(srv.base + "/v1/health"); err != nil || resp.StatusCode != 200 {
+		t.Errorf("the engine did not survive PostgreSQL's restart: %v", err)
+	} else {
+		resp.Body.Close()
 	}
 }

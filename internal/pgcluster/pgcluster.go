@@ -285,9 +285,14 @@ func (c *Cluster) Start(ctx context.Context) error {
 		}
 		return nil
 	}
-	port, err := freePort()
-	if err != nil {
-		return err
+	// A cluster started before by this Cluster comes back on its port, so
+	// clients holding its URL reconnect (a restart); a new one takes a free one.
+	port := c.Port
+	if port == 0 {
+		var err error
+		if port, err = freePort(); err != nil {
+			return err
+		}
 	}
 	logFile := filepath.Join(c.Dir, "server.log")
 	if out, err := c.run(ctx, "pg_ctl", "start", "-w", "-t", "60", "-D", c.Dir, "-l", logFile, "-o", fmt.Sprintf("-p %d", port)); err != nil {
