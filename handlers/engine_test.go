@@ -687,6 +687,15 @@ func TestRetryDueAtOnceKeepsItsLeaseAndRunsAgain(t *testing.T) {
 		}
 	}))
 	t.Cleanup(dst.Close)
+	// Every hand-back of a scheduled job's lease is logged: a retry claimed
+	// again (not chained) shows as one between the attempts.
+	if _, err := h.pool.Exec(context.Background(), `CREATE TABLE lease_handbacks (delivery_id text, attempt_number int);
+		CREATE FUNCTION log_lease_handback() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN INSERT INTO lease_handbacks VALUES (NEW.delivery_id, NEW.attempt_number); RETURN NEW; END $$;
+		CREATE TRIGGER lease_handback AFTER UPDATE ON delivery_jobs FOR EACH ROW
+			WHEN (OLD.leased_by IS NOT NULL AND NEW.leased_by IS NULL AND NEW.state = 'scheduled') EXECUTE FUNCTION log_lease_handback()`); err != nil {
+		t.Fatal(err)
+	}
 	src, _ := h.route(dst.URL, map[string]any{"retry_intervals": []int{0}, "retry_backoff_type": "fixed", "retry_max_attempts": 5,
 		"circuit_breaker_enabled": false}, nil)
 	ev := h.ingest(src, `{"chain":true}`)
@@ -723,6 +732,47 @@ func TestRetryDueAtOnceKeepsItsLeaseAndRunsAgain(t *testing.T) {
 	}
 	if state != "done" || leased != nil {
 		t.Errorf("finished job: state %s, leased by %v", state, leased)
+	}
+	var handbacks int
+	if err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM lease_handbacks`).Scan(&handbacks); err != nil {
+		t.Fatal(err)
+	}
+	if handbacks != 0 {
+		t.Errorf("the job's lease was handed back %d times between its attempts: the retries were claimed again, not chained", handbacks)
+	}
+}
+
+// A destination edited while an attempt is in flight is read again for its
+// retry, even one due at once: the retry goes out with the new settings.
+func TestRetryDueAtOnceFollowsAnEditedDestination(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	var dest string
+	var requests atomic.Int32
+	var secondHeader atomic.Value
+	dst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch requests.Add(1) {
+		case 1:
+			if code, out := h.do("PATCH", "/v1/destinations/"+dest, h.key, map[string]any{"headers": map[string]string{"X-Edited": "yes"}}); code != 200 {
+				t.Errorf("edit = %d %v", code, out)
+			}
+			w.WriteHeader(500)
+		case 2:
+			secondHeader.Store(r.Header.Get("X-Edited"))
+		}
+	}))
+	t.Cleanup(dst.Close)
+	_, dest = h.route(dst.URL, map[string]any{"retry_intervals": []int{0}, "retry_backoff_type": "fixed", "retry_max_attempts": 5,
+		"circuit_breaker_enabled": false}, nil)
+	src := h.mustCreate("/v1/sources", map[string]any{"name": "edited"})
+	h.mustCreate("/v1/connections", map[string]any{"name": "edited", "source_id": src["id"], "destination_id": dest})
+	ev := h.ingest(src["id"].(string), `{}`)
+	waitFor(t, 10*time.Second, "the retry", func() bool {
+		a := byNumber(h.attempts("event_id="+ev), 2)
+		return a != nil && a["status"] == "success"
+	})
+	if got, _ := secondHeader.Load().(string); got != "yes" {
+		t.Errorf("the retry went out with X-Edited %q: it reused the settings claimed before the edit", got)
 	}
 }
 

@@ -183,7 +183,8 @@ func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, fullT
 		return nil, nil
 	}
 	defaultRoom := min(e.p.PerDestination, e.maxBatches()*batchSize)
-	rows, err := e.p.Pool.Query(ctx, jobs.ClaimSQL, e.p.Now().UTC(), limit, dests, rooms, defaultRoom, only, e.p.WorkerID, e.p.LeaseTTL, e.lastDest, fullTenants)
+	claimedAt := e.p.Now().UTC()
+	rows, err := e.p.Pool.Query(ctx, jobs.ClaimSQL, claimedAt, limit, dests, rooms, defaultRoom, only, e.p.WorkerID, e.p.LeaseTTL, e.lastDest, fullTenants)
 	if err != nil {
 		return nil, fmt.Errorf("claim jobs: %w", err)
 	}
@@ -196,12 +197,17 @@ func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, fullT
 		var due time.Time
 		var autoRetries, lastNumber *int32
 		var reopened *string
+		var destAt *time.Time
 		if err := rows.Scan(&j.DeliveryID, &j.OrgID, &j.EnvID, &j.EventID, &j.DestinationID, &j.AttemptID, &j.AttemptNumber, &j.Version,
 			&j.BodyB64, &j.ContentType, &j.DestFound, &j.URL, &j.Method, &headers, &j.TimeoutMS,
 			&j.Retry.Enabled, &j.Retry.MaxRetries, &j.Retry.Backoff, &intervals, &j.DestStatus, &j.DisabledWhy, &signingRaw, &prevValid, &sealed,
-			&trigger, &due, &autoRetries, &lastNumber, &reopened, &j.BreakerOn); err != nil {
+			&trigger, &due, &autoRetries, &lastNumber, &reopened, &j.BreakerOn, &destAt); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("scan claimed job: %w", err)
+		}
+		j.ClaimedAt = claimedAt
+		if destAt != nil {
+			j.DestUpdatedAt = *destAt
 		}
 		j.State = jobs.Snapshot(j.Version, j.EventID, domain.PlannedAttempt{ID: j.AttemptID, Number: j.AttemptNumber, Trigger: trigger, Due: due},
 			autoRetries, lastNumber, reopened)

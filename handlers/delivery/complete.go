@@ -26,9 +26,10 @@ import (
 // this worker just held. Only batches recorded in one go chain.
 func (e *Engine) complete(ctx context.Context, batch []dispatchJob, results []domain.DeliveryAttempted, chain bool) ([]dispatchJob, error) {
 	next, err := e.completeTx(ctx, batch, results, chain)
-	if !errors.Is(err, eventstore.ErrConcurrency) || len(batch) == 1 {
+	if !errors.Is(err, eventstore.ErrConcurrency) {
 		return next, err
 	}
+	// One job alone too: its snapshot is what went stale.
 	for i := range batch {
 		batch[i].State = nil // a stream moved past a snapshot: load it
 		for try := 0; ; try++ {
@@ -228,7 +229,7 @@ func planCompletion(batch []dispatchJob, results []domain.DeliveryAttempted, str
 		*appends = append(*appends, eventstore.StreamAppend{StreamType: domain.StreamDelivery, StreamID: j.DeliveryID,
 			OrgID: j.OrgID, EnvID: j.EnvID, Expected: expected, Events: evs})
 		if next, ok := chained(j, d, now, holdUntil); ok {
-			rows.AddHeld(j.DeliveryID, d, now, *holdUntil)
+			rows.AddHeld(j.DeliveryID, d, now, *holdUntil, j.DestUpdatedAt)
 			plan.next = append(plan.next, next)
 		} else {
 			rows.Add(j.DeliveryID, d, now)
@@ -237,13 +238,18 @@ func planCompletion(batch []dispatchJob, results []domain.DeliveryAttempted, str
 	return plan, nil
 }
 
+// chainWindow bounds how long after its claim a job's attempts chain: past
+// it the next attempt is claimed again, re-reading the destination (a
+// previous signing secret's expiry, say, is checked at the claim).
+const chainWindow = 30 * time.Second
+
 // chained is the job of a delivery's next attempt when it is due now and
 // the worker may send it at once (holdUntil set): the same destination,
 // body and credentials as the attempt just made, the next attempt's id and
 // number, and the folded state to record it without a stream load.
 func chained(j dispatchJob, d *domain.Delivery, now time.Time, holdUntil *time.Time) (dispatchJob, bool) {
 	n := d.Next()
-	if holdUntil == nil || n == nil || n.Due.After(now) {
+	if holdUntil == nil || n == nil || n.Due.After(now) || now.Sub(j.ClaimedAt) > chainWindow {
 		return dispatchJob{}, false
 	}
 	st, ok := d.State()

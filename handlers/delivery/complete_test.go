@@ -14,6 +14,7 @@ func TestPlanCompletionChainsOnlyRetriesDueAtOnce(t *testing.T) {
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	job := func(id string, intervals ...int) dispatchJob {
 		return dispatchJob{DeliveryID: id, OrgID: "org", EnvID: "env", EventID: "ev-" + id, DestinationID: "dst", DestFound: true,
+			ClaimedAt: now.Add(-time.Second), DestUpdatedAt: now.Add(-time.Hour),
 			AttemptID: "att-" + id + "-1", AttemptNumber: 1, Version: 1, BodyB64: "e30=",
 			Retry: domain.RetryPolicy{Enabled: true, MaxRetries: 3, Backoff: domain.BackoffFixed, Intervals: intervals},
 			State: &domain.DeliveryState{Version: 1, EventID: "ev-" + id, LastNumber: 1, Next: domain.PlannedAttempt{ID: "att-" + id + "-1", Number: 1,
@@ -60,6 +61,9 @@ func TestPlanCompletionChainsOnlyRetriesDueAtOnce(t *testing.T) {
 	if args[11] != "worker-1" {
 		t.Errorf("lease holder = %v", args[11])
 	}
+	if dest := args[12].([]*time.Time); dest[0] == nil || !dest[0].Equal(batch[0].DestUpdatedAt) || dest[1] != nil {
+		t.Errorf("destination versions = %v, want the claim's for the chained delivery only", dest)
+	}
 	// The chained attempt, recorded in turn, plans the third attempt.
 	plan2, err := planCompletion([]dispatchJob{n}, []domain.DeliveryAttempted{result(n, domain.AttemptFailed)}, nil, now, &until)
 	if err != nil || len(plan2.next) != 1 || plan2.next[0].AttemptNumber != 3 || plan2.next[0].State.AutoRetries != 1 {
@@ -69,6 +73,11 @@ func TestPlanCompletionChainsOnlyRetriesDueAtOnce(t *testing.T) {
 	plan, err = planCompletion(append([]dispatchJob(nil), batch...), results, nil, now, nil)
 	if err != nil || len(plan.next) != 0 {
 		t.Fatalf("without holdUntil: err %v, chained %d", err, len(plan.next))
+	}
+	old := append([]dispatchJob(nil), batch...)
+	old[0].ClaimedAt = now.Add(-chainWindow - time.Second)
+	if plan, err := planCompletion(old, results, nil, now, &until); err != nil || len(plan.next) != 0 {
+		t.Fatalf("a job claimed %s ago chained %d attempts (err %v): past chainWindow the retry is claimed again", now.Sub(old[0].ClaimedAt), len(plan.next), err)
 	}
 	for i, l := range plan.rows.Args("worker-1")[10].([]*time.Time) {
 		if l != nil {

@@ -43,6 +43,12 @@ type dispatchJob struct {
 	// claim: a failed batch of such a destination is recorded on the locked
 	// path at once (the circuit counts the failure).
 	BreakerOn bool `json:"-"`
+	// ClaimedAt is when the job was claimed, and DestUpdatedAt the
+	// destination's updated_at then: a retry chained from this job reuses
+	// what the claim read only while the destination is unchanged, and for
+	// at most chainWindow after the claim.
+	ClaimedAt     time.Time `json:"-"`
+	DestUpdatedAt time.Time `json:"-"`
 	// State is the delivery as its job row describes it, when the row has a
 	// snapshot: recording the attempt then needs no stream load.
 	State *domain.DeliveryState `json:"-"`

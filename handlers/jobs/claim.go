@@ -75,7 +75,7 @@ SELECT u.delivery_id, u.org_id, u.env_id, u.event_id, u.destination_id, u.attemp
        coalesce(d.retry_enabled, false), coalesce(d.retry_max_attempts, 0), coalesce(d.retry_backoff_type, 'exponential'),
        coalesce(d.retry_intervals, '[30]'), coalesce(d.status, ''), coalesce(d.disabled_reason, ''), d.signing_config,
        coalesce(d.signing_previous_expires_at > $1, false), coalesce(d.secrets, ''),
-       u.trigger_type, u.due_at, u.auto_retries, u.last_number, u.reopened, coalesce(d.circuit_breaker_enabled, true)
+       u.trigger_type, u.due_at, u.auto_retries, u.last_number, u.reopened, coalesce(d.circuit_breaker_enabled, true), d.updated_at
 FROM u CROSS JOIN LATERAL (SELECT x.payload FROM events x WHERE x.event_id = u.received_uuid) e
 LEFT JOIN destinations d ON d.id = u.destination_id
 CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async

@@ -15,8 +15,9 @@ type Rows struct {
 	// the snapshot columns (NULL for a done job)
 	auto, last []*int32
 	reopened   []*string
-	// the lease a row keeps (NULL: handed back)
-	lease []*time.Time
+	// the lease a row keeps (NULL: handed back), and the destination's
+	// updated_at it was claimed under
+	lease, destAt []*time.Time
 }
 
 // snapshot is a delivery's DeliveryState columns; all nil without one.
@@ -46,16 +47,17 @@ func Snapshot(version int64, eventID string, next domain.PlannedAttempt, autoRet
 
 // Add appends a delivery's row: its next attempt, or done; the job's
 // lease is handed back.
-func (r *Rows) Add(id string, d *domain.Delivery, now time.Time) { r.add(id, d, now, nil) }
+func (r *Rows) Add(id string, d *domain.Delivery, now time.Time) { r.add(id, d, now, nil, nil) }
 
 // AddHeld is Add for a delivery whose next attempt, due now, the worker
 // sends at once itself: the row keeps its lease, until until, so no other
-// claim takes it meanwhile.
-func (r *Rows) AddHeld(id string, d *domain.Delivery, now, until time.Time) {
-	r.add(id, d, now, &until)
+// claim takes it meanwhile, as long as its destination is still active and
+// unchanged since destAt (its updated_at when the job was claimed).
+func (r *Rows) AddHeld(id string, d *domain.Delivery, now, until, destAt time.Time) {
+	r.add(id, d, now, &until, &destAt)
 }
 
-func (r *Rows) add(id string, d *domain.Delivery, now time.Time, lease *time.Time) {
+func (r *Rows) add(id string, d *domain.Delivery, now time.Time, lease, destAt *time.Time) {
 	state, attempt, num, trigger, due := "done", "", int32(0), domain.TriggerInitial, now
 	if n := d.Next(); n != nil {
 		state, attempt, num, trigger, due = "scheduled", n.ID, int32(n.Number), n.Trigger, n.Due
@@ -64,29 +66,32 @@ func (r *Rows) add(id string, d *domain.Delivery, now time.Time, lease *time.Tim
 	r.num, r.due, r.ver = append(r.num, num), append(r.due, due), append(r.ver, d.Version())
 	snap := snapshotOf(d)
 	r.auto, r.last, r.reopened = append(r.auto, snap.autoRetries), append(r.last, snap.lastNumber), append(r.reopened, snap.reopened)
-	r.lease = append(r.lease, lease)
+	r.lease, r.destAt = append(r.lease, lease), append(r.destAt, destAt)
 }
 
 // Args are UpdateSQL's arguments; worker is who holds the leases kept.
 func (r *Rows) Args(worker string) []any {
-	return []any{r.id, r.state, r.attempt, r.num, r.trigger, r.due, r.ver, r.auto, r.last, r.reopened, r.lease, worker}
+	return []any{r.id, r.state, r.attempt, r.num, r.trigger, r.due, r.ver, r.auto, r.last, r.reopened, r.lease, worker, r.destAt}
 }
 
 // UpdateSQL moves job rows to their deliveries' folded state; a row is
 // only ever moved forward in version. Its lease is handed back, or kept by
-// worker $12 until the row's lease time (AddHeld) unless its destination,
-// connection or source is paused now: the pause holds a chained retry like
-// any other job. It returns the rows that kept their leases. The rows are
-// also found by key (= ANY($1)): joined to unnest alone, the generic plan
-// scanned the whole table.
+// worker $12 until the row's lease time (AddHeld) when that worker still
+// holds it, its destination is active and unchanged since the claim (the
+// chained attempt reuses what the claim read), and neither its connection
+// nor its source is paused: a pause, a disabled or edited destination
+// holds a chained retry like any other job. It returns the rows that kept
+// their leases. The rows are also found by key (= ANY($1)): joined to
+// unnest alone, the generic plan scanned the whole table.
 var UpdateSQL = `UPDATE delivery_jobs j SET state = u.state, attempt_id = NULLIF(u.attempt_id, ''), attempt_number = u.num,
 		trigger_type = u.trig, due_at = u.due, version = u.ver, auto_retries = u.auto, last_number = u.last, reopened = u.reopened,
 		(lease_until, leased_by) = (SELECT h.lease, CASE WHEN h.lease IS NULL THEN NULL ELSE $12 END
-			FROM (SELECT CASE WHEN u.lease IS NOT NULL AND u.state = 'scheduled'
-				AND NOT ` + PausedDestination("j.destination_id") + ` AND NOT ` + PausedRoute("j.connection_id") + `
+			FROM (SELECT CASE WHEN u.lease IS NOT NULL AND u.state = 'scheduled' AND j.leased_by = $12
+				AND EXISTS (SELECT 1 FROM destinations x WHERE x.id = j.destination_id AND x.status = 'active' AND x.updated_at = u.dest_at)
+				AND NOT ` + PausedRoute("j.connection_id") + `
 				THEN u.lease END AS lease) h)
 	FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[], $7::bigint[], $8::int[], $9::int[], $10::text[],
-		$11::timestamptz[]) AS u(id, state, attempt_id, num, trig, due, ver, auto, last, reopened, lease)
+		$11::timestamptz[], $13::timestamptz[]) AS u(id, state, attempt_id, num, trig, due, ver, auto, last, reopened, lease, dest_at)
 	WHERE j.delivery_id = u.id AND j.delivery_id = ANY($1::text[]) AND j.version < u.ver
 	RETURNING j.delivery_id, j.leased_by IS NOT NULL`
 
