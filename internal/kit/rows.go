@@ -11,7 +11,11 @@ import (
 
 // SendTx sends b (which starts with BEGIN) and COMMIT in one round trip;
 // read consumes the results of b's statements after BEGIN. It returns the
-// first error; a transaction that failed is rolled back, never committed.
+// first error; a transaction whose statements failed is rolled back, never
+// committed. The COMMIT is in the pipeline: an error read returns for a
+// result the server accepted (a client-side decoding error) still leaves
+// the transaction committed, so callers must treat an error as "maybe
+// committed" (appends at an expected version make a retry safe).
 //
 // The transaction's statements run on their generic plans. These are the
 // hot writers' statements (an append, a job insert or update), keyed by

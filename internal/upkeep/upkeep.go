@@ -74,29 +74,55 @@ func (u *Upkeep) defaults() {
 }
 
 // Run keeps the tables until ctx ends. Tables the role does not own are
-// left to autovacuum (logged once); an error stops it, logged, as
-// autovacuum still covers.
+// left to autovacuum (logged once). A failed round (the database away) is
+// logged once per streak of failures and tried again, backing off to once
+// a minute; autovacuum covers meanwhile.
 func (u Upkeep) Run(ctx context.Context) {
 	u.defaults()
-	owned, err := u.owned(ctx)
-	if err != nil {
-		if ctx.Err() == nil {
-			u.Log.Warn("table upkeep off; leaving it to autovacuum", "err", err)
+	var owned Upkeep
+	for wait := u.Every; ; wait = min(2*wait, time.Minute) {
+		var err error
+		if owned, err = u.owned(ctx); err == nil {
+			break
 		}
-		return
+		if ctx.Err() != nil {
+			return
+		}
+		if wait == u.Every {
+			u.Log.Warn("table upkeep waits for the database; autovacuum covers meanwhile", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
 	}
 	u.Vacuum, u.Analyze = owned.Vacuum, owned.Analyze
 	t := time.NewTicker(u.Every)
 	defer t.Stop()
+	failing, skip := 0, 0
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		if _, err := u.Once(ctx); err != nil && ctx.Err() == nil {
-			u.Log.Warn("table upkeep failed; leaving it to autovacuum", "err", err)
+		if skip > 0 {
+			skip--
+			continue
+		}
+		_, err := u.Once(ctx)
+		switch {
+		case ctx.Err() != nil:
 			return
+		case err == nil:
+			failing = 0
+		default:
+			if failing == 0 {
+				u.Log.Warn("table upkeep failed; trying again, autovacuum covers meanwhile", "err", err)
+			}
+			failing++
+			skip = min(1<<min(failing, 6), int(time.Minute/u.Every)) // back off: 2, 4, … rounds, at most a minute
 		}
 	}
 }

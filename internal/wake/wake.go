@@ -72,6 +72,12 @@ func New(pool *pgxpool.Pool) *Notifier {
 	return &Notifier{pool: pool, id: kit.NewID(), local: map[string][]func(){}, pending: map[string]bool{}, own: map[uint32]int{}}
 }
 
+// Peer detection relies on a listener's last statement being its LISTEN:
+// every listener of hookstream holds a connection of its own (never
+// returned to the pool), runs one LISTEN on it and then only waits for
+// notifications. A listener that ran anything after its LISTEN would look
+// like no listener to the other processes, and they would stop notifying it.
+
 // Listening registers pid, the backend of a LISTEN connection of this
 // process (which hears its signals in process): a NOTIFY is not sent for
 // it alone. Call the returned function when the connection stops listening.
