@@ -7,9 +7,12 @@ LDFLAGS := -X main.version=$(VERSION)
 PKG       ?= ./...
 TESTFLAGS ?=
 BENCHTIME ?= 2s
+# `make chaos`: the fault schedule's seed (empty: a new one, printed) and how long faults run.
+SEED     ?=
+DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test bench sbs profile idle soak lint migrate db db-stop clean
+.PHONY: help build run test bench sbs profile idle soak chaos lint migrate db db-stop clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +46,9 @@ profile: build ## one saturated run with pg_stat_statements and a CPU profile in
 
 idle: build ## CPU of engine + PostgreSQL over 20 s without traffic, against River
 	BENCH=$(BENCH) internal/bench/idle.sh $(BIN)
+
+chaos: ## seeded faults (engine kills, PostgreSQL crashes, hanging destinations) then the invariants; SEED, DURATION
+	HOOKSTREAM_CHAOS_SEED=$(SEED) HOOKSTREAM_CHAOS_DURATION=$(DURATION) $(GO) test -race -count=1 -timeout 60m -run '^TestChaos$$' -v ./cmd/hookstream/
 
 soak: build ## 100,000 webhooks: rate per tenth and table sizes
 	BENCH=$(BENCH) internal/bench/run100k.sh $(BIN) 100000 soak
