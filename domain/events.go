@@ -83,13 +83,21 @@ const (
 
 // EventReceived is an ingested webhook, exactly as it arrived.
 type EventReceived struct {
-	EventID     string              `json:"event_id"`
-	SourceID    string              `json:"source_id"`
-	SourceName  string              `json:"source_name"`
-	SourceSlug  string              `json:"source_slug"`
-	Method      string              `json:"method"`
-	Headers     map[string][]string `json:"headers"`
-	Query       map[string][]string `json:"query"`
+	EventID    string              `json:"event_id"`
+	SourceID   string              `json:"source_id"`
+	SourceName string              `json:"source_name"`
+	SourceSlug string              `json:"source_slug"`
+	Method     string              `json:"method"`
+	Headers    map[string][]string `json:"headers"`
+	Query      map[string][]string `json:"query"`
+	// RawQuery is the query string exactly as it was sent (its encoding,
+	// order and repeats), or RawQueryB64 its bytes when text cannot hold
+	// them (NUL, invalid UTF-8).
+	RawQuery    string `json:"raw_query,omitempty"`
+	RawQueryB64 string `json:"raw_query_b64,omitempty"`
+	// HeadersB64 holds the exact bytes, base64, of the header values text
+	// cannot hold (invalid UTF-8): Headers shows them with U+FFFD.
+	HeadersB64  map[string][]string `json:"headers_b64,omitempty"`
 	ContentType string              `json:"content_type,omitempty"`
 	SourceIP    string              `json:"source_ip,omitempty"`
 	BodyB64     string              `json:"body_b64"`

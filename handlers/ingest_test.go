@@ -1,6 +1,7 @@
 package handlers_test
 
 import (
+	"bufio"
 	"crypto/hmac"
 	"crypto/sha1"
 	"crypto/sha256"
@@ -8,6 +9,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -281,5 +284,91 @@ func TestEventDetailShowsTheRequestAsIngested(t *testing.T) {
 	if !strings.Contains(string(headers), "orders/create") || string(query) != `{"shop":["acme","beta"]}` ||
 		string(payload) != `{"order":7}` || ev["payload_inline"] != `{"order":7}` {
 		t.Fatalf("event = headers %s query %s payload %s inline %v", headers, query, payload, ev["payload_inline"])
+	}
+}
+
+// Ingest keeps the query string and the headers byte for byte: the query
+// as sent (encoding, order, repeats, %00 and %ff included), and the exact
+// bytes of header values text cannot hold (shown with U+FFFD in headers).
+func TestIngestKeepsQueryAndHeadersByteExact(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	dst := newSink(t)
+	src, _ := h.route(dst.srv.URL, nil, nil)
+	const rawQuery = "a=%00&b=%ff&a=2&c=%E2%9C%93&d"
+	req, _ := http.NewRequest("POST", h.api.URL+"/v1/ingest/"+src+"?"+rawQuery, strings.NewReader(`{"exact":true}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Bin", "\xff\xfeok")
+	req.Header.Add("X-Bin", "plain")
+	req.Header.Set("X-Text", "fine")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("ingest = %d %v", resp.StatusCode, out)
+	}
+	ev := out["event_id"].(string)
+	var got map[string]any
+	waitFor(t, 10*time.Second, "the event listed", func() bool {
+		var code int
+		code, got = h.do("GET", "/v1/events/"+ev, h.key, nil)
+		return code == 200
+	})
+	e := got["event"].(map[string]any)
+	if e["raw_query"] != rawQuery {
+		t.Errorf("raw_query = %q, want %q", e["raw_query"], rawQuery)
+	}
+	exact, _ := e["headers_b64"].(map[string]any)
+	values, _ := exact["X-Bin"].([]any)
+	if len(values) != 2 {
+		t.Fatalf("headers_b64 = %v, want X-Bin's two values", e["headers_b64"])
+	}
+	for i, want := range []string{"\xff\xfeok", "plain"} {
+		raw, err := base64.StdEncoding.DecodeString(values[i].(string))
+		if err != nil || string(raw) != want {
+			t.Errorf("X-Bin value %d = %q (%v), want %q", i, raw, err, want)
+		}
+	}
+	if _, ok := exact["X-Text"]; ok {
+		t.Errorf("a header text can hold is in headers_b64 too: %v", exact)
+	}
+	if shown := e["headers"].(map[string]any)["X-Bin"].([]any)[0]; shown != "\uFFFDok" {
+		t.Errorf("headers shows X-Bin as %q", shown)
+	}
+	waitFor(t, 10*time.Second, "the delivery", func() bool { return dst.count() == 1 })
+	if dst.bodies[0] != `{"exact":true}` {
+		t.Errorf("delivered body %q", dst.bodies[0])
+	}
+
+	// A query with a raw byte text cannot hold (Go's server accepts 0xff
+	// unencoded) is kept as its bytes, in base64.
+	c, err := net.Dial("tcp", strings.TrimPrefix(h.api.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /v1/ingest/%s?a=\xffb HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}", src)
+	raw, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var second map[string]any
+	_ = json.NewDecoder(raw.Body).Decode(&second)
+	raw.Body.Close()
+	if raw.StatusCode != 200 {
+		t.Fatalf("raw ingest = %d %v", raw.StatusCode, second)
+	}
+	waitFor(t, 10*time.Second, "the second event listed", func() bool {
+		var code int
+		code, got = h.do("GET", "/v1/events/"+second["event_id"].(string), h.key, nil)
+		return code == 200
+	})
+	e = got["event"].(map[string]any)
+	if b, _ := e["raw_query_b64"].(string); e["raw_query"] != nil || b != base64.StdEncoding.EncodeToString([]byte("a=\xffb")) {
+		t.Errorf("raw_query %v, raw_query_b64 %v: want null and the bytes a=\\xffb", e["raw_query"], e["raw_query_b64"])
 	}
 }

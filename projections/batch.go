@@ -239,9 +239,10 @@ func EventsBatch(evs []eventstore.Event) ([]eventstore.Statement, error) {
 			// reads them there): they are skipped, not decoded.
 			var p struct {
 				domain.EventReceived
-				Headers json.RawMessage `json:"headers"`
-				Query   json.RawMessage `json:"query"`
-				BodyB64 json.RawMessage `json:"body_b64"`
+				Headers    json.RawMessage `json:"headers"`
+				HeadersB64 json.RawMessage `json:"headers_b64"`
+				Query      json.RawMessage `json:"query"`
+				BodyB64    json.RawMessage `json:"body_b64"`
 			}
 			if err := json.Unmarshal(e.Payload, &p); err != nil {
 				return nil, fmt.Errorf("project %s: %w", e.EventID, err)

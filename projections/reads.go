@@ -123,8 +123,15 @@ type EventSummary struct {
 // EventDetail is GET /v1/events/{id}'s event.
 type EventDetail struct {
 	EventSummary
-	Headers       json.RawMessage `json:"headers"`
-	QueryParams   json.RawMessage `json:"query_params"`
+	Headers     json.RawMessage `json:"headers"`
+	QueryParams json.RawMessage `json:"query_params"`
+	// RawQuery is the query string exactly as sent; RawQueryB64 its bytes
+	// instead when text cannot hold them (then RawQuery is null).
+	RawQuery    *string `json:"raw_query"`
+	RawQueryB64 *string `json:"raw_query_b64,omitempty"`
+	// HeadersB64 are the exact bytes, base64, of the header values shown
+	// with U+FFFD in Headers (invalid UTF-8); absent when there are none.
+	HeadersB64    json.RawMessage `json:"headers_b64,omitempty"`
 	Payload       any             `json:"payload"`
 	PayloadInline *string         `json:"payload_inline"`
 	// SkippedConnections are the connections the event was not delivered
@@ -178,10 +185,16 @@ func (r *Reads) GetEvent(ctx context.Context, t domain.Tenant, id string) (Event
 	var err error
 	// The read model holds the summary; headers, query and body are the
 	// EventReceived's (the first event of the event's stream).
-	d.EventSummary, err = scanEventSummary(r.pool.QueryRow(ctx, `SELECT v.*, x.h, x.q, coalesce(x.b, ''), coalesce(x.s, '[]')
+	var headersB64 []byte
+	d.EventSummary, err = scanEventSummary(r.pool.QueryRow(ctx, `SELECT v.*, x.h, x.q, coalesce(x.b, ''), coalesce(x.s, '[]'), x.rq, x.rqb, x.hb
 		FROM (SELECT `+eventCols+` FROM events_view WHERE id = $1 AND org_id = $2 AND env_id = $3) v
-		LEFT JOIN LATERAL (SELECT payload->'headers' AS h, payload->'query' AS q, payload->>'body_b64' AS b, payload->'skipped' AS s
-			FROM events WHERE stream_id = v.id AND stream_version = 1) x ON true`, id, t.OrgID, t.EnvID), &d.Headers, &d.QueryParams, &body, &skipped)
+		LEFT JOIN LATERAL (SELECT payload->'headers' AS h, payload->'query' AS q, payload->>'body_b64' AS b, payload->'skipped' AS s,
+				payload->>'raw_query' AS rq, payload->>'raw_query_b64' AS rqb, payload->'headers_b64' AS hb
+			FROM events WHERE stream_id = v.id AND stream_version = 1) x ON true`, id, t.OrgID, t.EnvID), &d.Headers, &d.QueryParams, &body, &skipped,
+		&d.RawQuery, &d.RawQueryB64, &headersB64)
+	if len(headersB64) > 0 {
+		d.HeadersB64 = headersB64
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return EventDetail{}, kit.NotFound("Event")
 	}

@@ -256,7 +256,7 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request) {
 	}
 	ip, _, _ := net.SplitHostPort(r.RemoteAddr)
 	res, err := a.p.Service.Ingest(r.Context(), target, ingest.IngestRequest{
-		Method: r.Method, Headers: r.Header, Query: r.URL.Query(),
+		Method: r.Method, Headers: r.Header, Query: r.URL.Query(), RawQuery: r.URL.RawQuery,
 		Body: body, SourceIP: ip, RequestID: requestID(r),
 	})
 	if err != nil {

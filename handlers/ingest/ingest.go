@@ -84,10 +84,12 @@ var errClosed = errors.New("service is closed")
 
 // IngestRequest is a webhook as it arrived at /v1/ingest/{source_id}.
 type IngestRequest struct {
-	SourceID  string
-	Method    string
-	Headers   map[string][]string
-	Query     map[string][]string
+	SourceID string
+	Method   string
+	Headers  map[string][]string
+	Query    map[string][]string
+	// RawQuery is the query string as sent (kept byte for byte).
+	RawQuery  string
 	Body      []byte
 	SourceIP  string
 	RequestID string
@@ -186,10 +188,17 @@ func (s *Ingester) Ingest(ctx context.Context, tg *IngestTarget, in IngestReques
 	// Verification saw the real values; nothing after it does. Credentials a
 	// browser or a client attaches are never stored, nor given to filters.
 	rawHeaders := in.Headers
-	// What PostgreSQL text cannot hold is replaced, never a reason to refuse
-	// (and so lose) a webhook.
-	in.Headers = kit.StorableValues(redactIngestHeaders(in.Headers, st))
+	// What PostgreSQL text cannot hold is shown with U+FFFD, never a reason
+	// to refuse (and so lose) a webhook; its exact bytes are kept beside, in
+	// base64 (headers_b64, raw_query_b64).
+	redacted := redactIngestHeaders(in.Headers, st)
+	headersB64 := exactValues(redacted)
+	in.Headers = kit.StorableValues(redacted)
 	in.Query = kit.StorableValues(in.Query)
+	rawQuery, rawQueryB64 := in.RawQuery, ""
+	if !kit.Storable(rawQuery) {
+		rawQuery, rawQueryB64 = "", base64.StdEncoding.EncodeToString([]byte(in.RawQuery))
+	}
 	in.Method = kit.StorableText(in.Method)
 	contentType := first(in.Headers, "Content-Type")
 	input := filterInput(in, contentType, routes)
@@ -200,7 +209,8 @@ func (s *Ingester) Ingest(ctx context.Context, tg *IngestTarget, in IngestReques
 	appends, newJobs, skipped := fanOut(tg, in, input, eventID, receivedUUID.String(), now)
 	received := domain.EventReceived{
 		EventID: eventID, SourceID: in.SourceID, SourceName: src.Name, SourceSlug: src.Slug, Method: in.Method,
-		Headers: in.Headers, Query: in.Query, ContentType: contentType, SourceIP: in.SourceIP,
+		Headers: in.Headers, Query: in.Query, RawQuery: rawQuery, RawQueryB64: rawQueryB64, HeadersB64: headersB64,
+		ContentType: contentType, SourceIP: in.SourceIP,
 		BodyB64: base64.StdEncoding.EncodeToString(in.Body), BodySize: len(in.Body), Deliveries: len(appends), ReceivedAt: now,
 		VerificationStatus: verification, DedupStatus: "unique", Skipped: skipped,
 	}
@@ -327,4 +337,28 @@ const lookupSQL = `SELECT src.*, c.id, c.name, c.enabled, c.status, c.filter_rul
 // HotStatements are the statements every ingest runs (see delivery.HotStatements).
 func HotStatements() []string {
 	return []string{lookupSQL, jobs.InsertSQL, eventstore.AppendSQL}
+}
+
+// exactValues returns, base64-encoded, the values of the headers that text
+// cannot hold (nil when every value can): the bytes StorableValues replaces.
+func exactValues(h map[string][]string) map[string][]string {
+	var out map[string][]string
+	for k, vs := range h {
+		exact := true
+		for _, v := range vs {
+			exact = exact && kit.Storable(v)
+		}
+		if exact && kit.Storable(k) {
+			continue
+		}
+		if out == nil {
+			out = map[string][]string{}
+		}
+		enc := make([]string, len(vs))
+		for i, v := range vs {
+			enc[i] = base64.StdEncoding.EncodeToString([]byte(v))
+		}
+		out[kit.StorableText(k)] = enc
+	}
+	return out
 }
