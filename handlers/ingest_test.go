@@ -204,14 +204,31 @@ func TestIngestDedup(t *testing.T) {
 		before := dst.count()
 		dupsBefore := h.eventCount("dedup_status=duplicate")
 		dups := 0
+		uniques := map[string]bool{}
 		for i := 0; i < 4; i++ {
 			body, hdr := c.send(i)
 			code, resp := h.post("/v1/ingest/"+src, body, hdr)
 			if code != 200 {
 				t.Fatalf("%s: duplicate answered %d %s, want 200", c.name, code, resp)
 			}
-			if strings.Contains(resp, `"duplicate":true`) {
-				dups++
+			var answer struct {
+				EventID         string `json:"event_id"`
+				Duplicate       bool   `json:"duplicate"`
+				OriginalEventID string `json:"original_event_id"`
+			}
+			if err := json.Unmarshal([]byte(resp), &answer); err != nil {
+				t.Fatal(err)
+			}
+			if !answer.Duplicate {
+				uniques[answer.EventID] = true
+				if answer.OriginalEventID != "" {
+					t.Errorf("%s: a unique webhook answered original_event_id %q", c.name, answer.OriginalEventID)
+				}
+				continue
+			}
+			dups++
+			if !uniques[answer.OriginalEventID] {
+				t.Errorf("%s: a duplicate's original_event_id %q is none of the webhooks accepted before it %v", c.name, answer.OriginalEventID, uniques)
 			}
 		}
 		if dups != 4-c.unique {

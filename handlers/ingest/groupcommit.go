@@ -39,7 +39,9 @@ type appendRequest struct {
 	dedup      *dedupClaim
 	dupAppends []eventstore.StreamAppend
 	duplicate  *bool
-	result     chan error
+	// original receives, for a duplicate, the event id that holds its key.
+	original *string
+	result   chan error
 }
 
 // dedupClaim is a source's dedup key, held until expires.
@@ -64,11 +66,12 @@ func (g *groupCommitter) Append(ctx context.Context, appends []eventstore.Stream
 }
 
 // AppendDedup is Append with a dedup claim: it reports whether the webhook
-// was a duplicate (and dupAppends were stored instead).
-func (g *groupCommitter) AppendDedup(ctx context.Context, appends []eventstore.StreamAppend, newJobs []jobs.NewJob, claim dedupClaim, dupAppends []eventstore.StreamAppend) (bool, error) {
-	var dup bool
-	err := g.append(ctx, appendRequest{appends: appends, jobs: newJobs, dedup: &claim, dupAppends: dupAppends, duplicate: &dup, result: make(chan error, 1)})
-	return dup, err
+// was a duplicate (and dupAppends were stored instead), and then the event
+// that holds its key.
+func (g *groupCommitter) AppendDedup(ctx context.Context, appends []eventstore.StreamAppend, newJobs []jobs.NewJob, claim dedupClaim, dupAppends []eventstore.StreamAppend) (dup bool, original string, err error) {
+	err = g.append(ctx, appendRequest{appends: appends, jobs: newJobs, dedup: &claim, dupAppends: dupAppends, duplicate: &dup, original: &original,
+		result: make(chan error, 1)})
+	return dup, original, err
 }
 
 func (g *groupCommitter) append(ctx context.Context, req appendRequest) error {
@@ -177,7 +180,7 @@ func (g *groupCommitter) commitPipelined(ctx context.Context, batch []appendRequ
 // which events are appended.
 func (g *groupCommitter) commitDedupTx(ctx context.Context, batch []appendRequest) error {
 	return pgx.BeginFunc(ctx, g.pool, func(tx pgx.Tx) error {
-		dups, err := claimDedup(ctx, tx, batch)
+		dups, originals, err := claimDedup(ctx, tx, batch)
 		if err != nil {
 			return err
 		}
@@ -186,6 +189,9 @@ func (g *groupCommitter) commitDedupTx(ctx context.Context, batch []appendReques
 		for i, r := range batch {
 			if r.duplicate != nil {
 				*r.duplicate = dups[i]
+			}
+			if r.original != nil {
+				*r.original = originals[i]
 			}
 			if dups[i] {
 				all = append(all, r.dupAppends...)
@@ -207,10 +213,12 @@ func (g *groupCommitter) commitDedupTx(ctx context.Context, batch []appendReques
 func (g *groupCommitter) Close() { close(g.done) }
 
 // claimDedup claims the batch's dedup keys and reports which requests are
-// duplicates: of a key's holders in the batch only the first can claim it,
-// and it does when no unexpired claim holds it.
-func claimDedup(ctx context.Context, tx pgx.Tx, batch []appendRequest) ([]bool, error) {
+// duplicates, and the event holding each one's key: of a key's holders in
+// the batch only the first can claim it, and it does when no unexpired
+// claim holds it.
+func claimDedup(ctx context.Context, tx pgx.Tx, batch []appendRequest) ([]bool, []string, error) {
 	dups := make([]bool, len(batch))
+	originals := make([]string, len(batch))
 	first := map[[2]string]int{}
 	var src, key, ev []string
 	var exp []time.Time
@@ -229,30 +237,50 @@ func claimDedup(ctx context.Context, tx pgx.Tx, batch []appendRequest) ([]bool, 
 		now = r.dedup.Now
 	}
 	if len(src) == 0 {
-		return dups, nil
+		return dups, originals, nil
 	}
-	rows, err := tx.Query(ctx, `INSERT INTO dedup_keys AS d (source_id, key, event_id, expires_at)
-		SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
-		ON CONFLICT (source_id, key) DO UPDATE SET event_id = excluded.event_id, expires_at = excluded.expires_at
-		WHERE d.expires_at <= $5
-		RETURNING source_id, key`, src, key, ev, exp, now)
+	// A key already held is not updated, but ON CONFLICT locks its row: the
+	// holder read after it is the one that stays.
+	rows, err := tx.Query(ctx, `WITH claimed AS (
+			INSERT INTO dedup_keys AS d (source_id, key, event_id, expires_at)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+			ON CONFLICT (source_id, key) DO UPDATE SET event_id = excluded.event_id, expires_at = excluded.expires_at
+			WHERE d.expires_at <= $5
+			RETURNING source_id, key)
+		SELECT u.s, u.k, c.source_id IS NOT NULL, coalesce(d.event_id, '')
+		FROM unnest($1::text[], $2::text[]) AS u(s, k)
+		LEFT JOIN claimed c ON c.source_id = u.s AND c.key = u.k
+		LEFT JOIN dedup_keys d ON c.source_id IS NULL AND d.source_id = u.s AND d.key = u.k`, src, key, ev, exp, now)
 	if err != nil {
-		return nil, fmt.Errorf("claim dedup keys: %w", err)
+		return nil, nil, fmt.Errorf("claim dedup keys: %w", err)
 	}
 	won := map[[2]string]bool{}
+	holder := map[[2]string]string{}
 	for rows.Next() {
 		var k [2]string
-		if err := rows.Scan(&k[0], &k[1]); err != nil {
+		var claimed bool
+		var held string
+		if err := rows.Scan(&k[0], &k[1], &claimed, &held); err != nil {
 			rows.Close()
-			return nil, err
+			return nil, nil, err
 		}
-		won[k] = true
+		won[k], holder[k] = claimed, held
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("claim dedup keys: %w", err)
+		return nil, nil, fmt.Errorf("claim dedup keys: %w", err)
 	}
 	for k, i := range first {
 		dups[i] = !won[k]
+		if won[k] {
+			holder[k] = batch[i].dedup.EventID // later holders in this batch are its duplicates
+		} else {
+			originals[i] = holder[k]
+		}
 	}
-	return dups, nil
+	for i, r := range batch {
+		if r.dedup != nil && dups[i] && originals[i] == "" {
+			originals[i] = holder[[2]string{r.dedup.SourceID, r.dedup.Key}]
+		}
+	}
+	return dups, originals, nil
 }

@@ -102,6 +102,9 @@ type IngestResult struct {
 	// Duplicate is set when the source's dedup recognised the webhook: it
 	// is stored (marked duplicate) and not delivered.
 	Duplicate bool `json:"duplicate,omitempty"`
+	// OriginalEventID is, for a duplicate, the event that holds its dedup
+	// key (the first one seen within the source's window).
+	OriginalEventID string `json:"original_event_id,omitempty"`
 }
 
 type route struct {
@@ -236,12 +239,12 @@ func (s *Ingester) Ingest(ctx context.Context, tg *IngestTarget, in IngestReques
 		dup.Skipped = append(dup.Skipped, domain.SkippedRoute{ConnectionID: r.connID, DestinationID: r.destID, Reason: "duplicate"})
 	}
 	claim := dedupClaim{SourceID: in.SourceID, Key: key, EventID: eventID, Now: now, Expires: now.Add(time.Duration(st.DedupWindow) * time.Second)}
-	duplicate, err := s.ingest.AppendDedup(ctx, append([]eventstore.StreamAppend{eventAppend(received)}, appends...), newJobs, claim,
+	duplicate, original, err := s.ingest.AppendDedup(ctx, append([]eventstore.StreamAppend{eventAppend(received)}, appends...), newJobs, claim,
 		[]eventstore.StreamAppend{eventAppend(dup)})
 	if err != nil {
 		return IngestResult{}, fmt.Errorf("ingest: append: %w", err)
 	}
-	return IngestResult{EventID: eventID, SourceID: in.SourceID, Duplicate: duplicate}, nil
+	return IngestResult{EventID: eventID, SourceID: in.SourceID, Duplicate: duplicate, OriginalEventID: original}, nil
 }
 
 // anyRules reports whether a route filters on the webhook.
