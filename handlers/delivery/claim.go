@@ -48,6 +48,7 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bo
 		limit := free - len(batch)
 		claimed, err := e.claim(ctx, dests, rooms, fullTenants, limit, only)
 		if err != nil {
+			e.release(batch) // the probes claimed before: their leases run out
 			return false, err
 		}
 		more = only == nil && limit > 0 && len(claimed) == limit
@@ -69,10 +70,15 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bo
 		}
 		byDest[j.DestinationID] = append(byDest[j.DestinationID], j)
 	}
-	for _, dest := range order {
+	for i, dest := range order {
 		back, err := e.publish(ctx, bus, dest, byDest[dest])
 		handed = handed || back
 		if err != nil {
+			// The destinations not reached are not held any longer: their
+			// leases run out and the jobs are claimed again.
+			for _, rest := range order[i+1:] {
+				e.release(byDest[rest])
+			}
 			return false, err
 		}
 	}
@@ -217,10 +223,14 @@ func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, fullT
 			j.Unsendable = "destination retry_intervals are unreadable"
 		}
 		batch = append(batch, j)
-		e.hold(j.DeliveryID)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("claim jobs: %w", err)
+	}
+	// Held (their leases heartbeated) only once the claim is read whole: a
+	// claim that fails midway holds nothing, and its leases run out.
+	for _, j := range batch {
+		e.hold(j.DeliveryID)
 	}
 	if len(batch) > 0 && only == nil {
 		e.lastDest = lastServed(batch, e.lastDest)
