@@ -296,7 +296,7 @@ func TestPostgresCrashDuringBurstLosesNothing(t *testing.T) {
 	keys := map[string]map[string]bool{}
 	requests := 0
 	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(30 * time.Millisecond) // keep requests in flight when PostgreSQL goes down
+		time.Sleep(150 * time.Millisecond) // keep requests in flight until PostgreSQL is down (pg_ctl takes a moment)
 		ev, idem := r.Header.Get("X-hookstream-Event-Id"), r.Header.Get("Idempotency-Key")
 		mu.Lock()
 		requests++
@@ -352,10 +352,12 @@ func TestPostgresCrashDuringBurstLosesNothing(t *testing.T) {
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+	atStop := distinct()
 	if err := cluster.Stop(ctx, true); err != nil {
 		t.Fatal(err)
 	}
 	atCrash := distinct()
+	t.Logf("%d webhooks delivered when the stop began", atStop)
 	if err := cluster.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
