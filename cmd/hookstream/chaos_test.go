@@ -9,7 +9,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,7 +20,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/hookstream/hookstream/internal/pgcluster"
 	"github.com/hookstream/hookstream/projections"
 )
 
@@ -82,28 +80,10 @@ func TestChaos(t *testing.T) {
 	var rngMu sync.Mutex
 	rand := func(n int) int { rngMu.Lock(); defer rngMu.Unlock(); return trafficRng.IntN(n) }
 
-	bin := filepath.Join(t.TempDir(), "hookstream")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), duration+3*time.Minute)
 	defer cancel()
-	root, err := os.MkdirTemp("", "hookstream-chaos-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(root) })
-	if err := os.Chmod(root, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cluster, err := pgcluster.Open(ctx, pgcluster.Params{Dir: filepath.Join(root, "data")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cluster.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cluster.Stop(context.Background(), true) })
+	cluster := privateCluster(t, ctx)
 	dbURL := cluster.URL("postgres")
 
 	// Destinations: what each saw, per event, under which keys.

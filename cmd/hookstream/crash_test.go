@@ -102,10 +102,7 @@ type burstResult struct {
 // while deliveries are in flight, restarts it, and waits until every
 // accepted webhook is delivered and recorded.
 func burstWithSignal(t *testing.T, sig syscall.Signal) burstResult {
-	bin := filepath.Join(t.TempDir(), "hookstream")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	dbURL := pgtest.NewDatabase(t)
 
 	var mu sync.Mutex
@@ -133,32 +130,7 @@ func burstWithSignal(t *testing.T, sig syscall.Signal) burstResult {
 	src := srv.post(t, key, "/v1/sources", map[string]any{"name": "src"})["source"].(map[string]any)
 	srv.post(t, key, "/v1/connections", map[string]any{"name": "c", "source_id": src["id"], "destination_id": dest["id"]})
 
-	var amu sync.Mutex
-	var wg sync.WaitGroup
-	for w := 0; w < 16; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < res.n/16; i++ {
-				resp, err := http.Post(srv.base+"/v1/ingest/"+src["id"].(string), "application/json", strings.NewReader(fmt.Sprintf(`{"n":%d}`, i)))
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				var out struct {
-					EventID string `json:"event_id"`
-				}
-				_ = json.NewDecoder(resp.Body).Decode(&out)
-				resp.Body.Close()
-				if resp.StatusCode == 200 {
-					amu.Lock()
-					res.accepted[out.EventID] = true
-					amu.Unlock()
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	res.accepted = ingestBurst(t, srv, src["id"].(string), res.n)
 	if len(res.accepted) != res.n {
 		t.Fatalf("%d of %d ingests accepted before the signal", len(res.accepted), res.n)
 	}
@@ -267,29 +239,10 @@ func TestPostgresCrashDuringBurstLosesNothing(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts its own PostgreSQL cluster")
 	}
-	bin := filepath.Join(t.TempDir(), "hookstream")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	// The server's user must reach the data directory: not t.TempDir (0700).
-	root, err := os.MkdirTemp("", "hookstream-crash-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(root) })
-	if err := os.Chmod(root, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cluster, err := pgcluster.Open(ctx, pgcluster.Params{Dir: filepath.Join(root, "data")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cluster.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cluster.Stop(context.Background(), true) })
+	cluster := privateCluster(t, ctx)
 	dbURL := cluster.URL("postgres")
 
 	var mu sync.Mutex
@@ -318,31 +271,7 @@ func TestPostgresCrashDuringBurstLosesNothing(t *testing.T) {
 	src := srv.post(t, key, "/v1/sources", map[string]any{"name": "src"})["source"].(map[string]any)
 	srv.post(t, key, "/v1/connections", map[string]any{"name": "c", "source_id": src["id"], "destination_id": dest["id"]})
 	const n = 400
-	accepted := map[string]bool{}
-	var amu sync.Mutex
-	var wg sync.WaitGroup
-	for w := 0; w < 16; w++ {
-		wg.Go(func() {
-			for i := 0; i < n/16; i++ {
-				resp, err := http.Post(srv.base+"/v1/ingest/"+src["id"].(string), "application/json", strings.NewReader(fmt.Sprintf(`{"n":%d}`, i)))
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				var out struct {
-					EventID string `json:"event_id"`
-				}
-				_ = json.NewDecoder(resp.Body).Decode(&out)
-				resp.Body.Close()
-				if resp.StatusCode == 200 {
-					amu.Lock()
-					accepted[out.EventID] = true
-					amu.Unlock()
-				}
-			}
-		})
-	}
-	wg.Wait()
+	accepted := ingestBurst(t, srv, src["id"].(string), n)
 	if len(accepted) != n {
 		t.Fatalf("%d of %d ingests accepted before the crash", len(accepted), n)
 	}
@@ -408,4 +337,70 @@ func TestPostgresCrashDuringBurstLosesNothing(t *testing.T) {
 	} else {
 		resp.Body.Close()
 	}
+}
+
+// buildBinary builds the hookstream binary into the test's temporary directory.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "hookstream")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// privateCluster starts a durable PostgreSQL cluster (fsync on) of the
+// test's own, which it may crash and restart; it is removed at cleanup.
+func privateCluster(t *testing.T, ctx context.Context) *pgcluster.Cluster {
+	t.Helper()
+	// The server's user must reach the data directory: not t.TempDir (0700).
+	root, err := os.MkdirTemp("", "hookstream-cluster-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(root) })
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cluster, err := pgcluster.Open(ctx, pgcluster.Params{Dir: filepath.Join(root, "data")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cluster.Stop(context.Background(), true) })
+	return cluster
+}
+
+// ingestBurst posts n webhooks to the source from 16 senders and returns
+// the event ids acknowledged (200).
+func ingestBurst(t *testing.T, srv *server, source string, n int) map[string]bool {
+	t.Helper()
+	accepted := map[string]bool{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for w := 0; w < 16; w++ {
+		wg.Go(func() {
+			for i := 0; i < n/16; i++ {
+				resp, err := http.Post(srv.base+"/v1/ingest/"+source, "application/json", strings.NewReader(fmt.Sprintf(`{"n":%d}`, i)))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				var out struct {
+					EventID string `json:"event_id"`
+				}
+				_ = json.NewDecoder(resp.Body).Decode(&out)
+				resp.Body.Close()
+				if resp.StatusCode == 200 {
+					mu.Lock()
+					accepted[out.EventID] = true
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return accepted
 }

@@ -127,13 +127,19 @@ func (u Upkeep) Run(ctx context.Context) {
 	}
 }
 
-// owned is u restricted to the tables the role may vacuum and analyze (it
-// owns them, or is a superuser): PostgreSQL only warns and skips the others.
-func (u Upkeep) owned(ctx context.Context) (Upkeep, error) {
+// tables are every table u vacuums or analyzes.
+func (u Upkeep) tables() []string {
 	names := append([]string(nil), u.Analyze...)
 	for t := range u.Vacuum {
 		names = append(names, t)
 	}
+	return names
+}
+
+// owned is u restricted to the tables the role may vacuum and analyze (it
+// owns them, or is a superuser): PostgreSQL only warns and skips the others.
+func (u Upkeep) owned(ctx context.Context) (Upkeep, error) {
+	names := u.tables()
 	rows, err := u.Pool.Query(ctx, `SELECT c.relname FROM pg_class c
 		WHERE c.oid = ANY(SELECT to_regclass(n)::oid FROM unnest($1::text[]) AS n)
 		  AND (pg_has_role(c.relowner, 'USAGE') OR (SELECT rolsuper FROM pg_roles WHERE rolname = current_user))`, names)
@@ -172,10 +178,7 @@ func (u Upkeep) owned(ctx context.Context) (Upkeep, error) {
 // thresholds; it reports what it did.
 func (u Upkeep) Once(ctx context.Context) (Did, error) {
 	u.defaults()
-	names := append([]string(nil), u.Analyze...)
-	for t := range u.Vacuum {
-		names = append(names, t)
-	}
+	names := u.tables()
 	rows, err := u.Pool.Query(ctx, `SELECT relname::text, n_dead_tup, n_mod_since_analyze, n_live_tup FROM pg_stat_user_tables
 		WHERE relid = ANY(SELECT to_regclass(n)::oid FROM unnest($1::text[]) AS n)`, names)
 	if err != nil {
