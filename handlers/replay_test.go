@@ -108,10 +108,11 @@ func TestReplayDeliversTheRangeAtTheRateWithoutRetries(t *testing.T) {
 	// first to the last; unthrottled they take milliseconds). The first one
 	// leaves as soon as its batch is released and a later one can only be
 	// late, so the span is 1.4 s less the first request's own lateness: up to
-	// 200 ms of it is allowed for a busy machine.
+	// 400 ms of it is allowed for a busy machine (a full make test on a fresh
+	// clone once measured 1.17 s; unthrottled would still be far below).
 	sort.Slice(times, func(i, j int) bool { return times[i].Before(times[j]) })
-	if span := times[7].Sub(times[0]); span < 1200*time.Millisecond {
-		t.Errorf("8 requests at 5/s took %s, want at least 1.2 s (1.4 s less the first one's lateness)", span)
+	if span := times[7].Sub(times[0]); span < 1000*time.Millisecond {
+		t.Errorf("8 requests at 5/s took %s, want at least 1.0 s (1.4 s less the first one's lateness)", span)
 	}
 	for _, a := range h.attempts("destination_id=" + sc.replayDest) {
 		if a["trigger_type"] != "replay" || num(a["attempt_number"]) != 1 || a["next_retry_at"] != nil || num(a["is_dlq"]) != 0 {
