@@ -23,6 +23,9 @@ func Slugify(name string) string {
 		}
 	}
 	s := strings.Trim(b.String(), "-")
+	if len(s) > SlugMaxLen {
+		s = strings.TrimRight(s[:SlugMaxLen], "-")
+	}
 	if s == "" {
 		s = "resource"
 	}
@@ -39,8 +42,11 @@ func CheckName(field, v string) error {
 	return nil
 }
 
+// SlugMaxLen is the longest slug accepted.
+const SlugMaxLen = 100
+
 func CheckSlug(v string) error {
-	if !slugPattern.MatchString(v) || len(v) > 100 {
+	if !slugPattern.MatchString(v) || len(v) > SlugMaxLen {
 		return invalidf("'slug' must match pattern ^[a-z0-9-]+$")
 	}
 	return nil

@@ -135,13 +135,18 @@ func operations() []op {
 		}
 		return out
 	}
+	// crud's writes answer 409 where the resource has a slug (taken already).
 	crud := func(path, one, many string, in, patch, out any, listQuery map[string]string) []op {
+		writeErrors := []int{400, 401, 404, 413}
+		if path != "/v1/connections" {
+			writeErrors = append(writeErrors, 409)
+		}
 		return []op{
-			{method: "POST", path: path, summary: "Create a " + one, body: in, ok: 201, resp: map[string]any{one: out}, errors: []int{400, 401, 404, 413}},
+			{method: "POST", path: path, summary: "Create a " + one, body: in, ok: 201, resp: map[string]any{one: out}, errors: writeErrors},
 			{method: "GET", path: path, summary: "List " + many, query: with(map[string]string{"limit": "string", "cursor": "string"}, listQuery),
 				resp: map[string]any{many: []any{out}, "has_more": false, "cursor": (*string)(nil)}, errors: []int{400, 401}},
 			{method: "GET", path: path + "/{id}", summary: "Get a " + one, resp: map[string]any{one: out}, errors: []int{401, 404}},
-			{method: "PATCH", path: path + "/{id}", summary: "Update a " + one, body: patch, resp: map[string]any{one: out}, errors: []int{400, 401, 404, 413}},
+			{method: "PATCH", path: path + "/{id}", summary: "Update a " + one, body: patch, resp: map[string]any{one: out}, errors: writeErrors},
 			{method: "DELETE", path: path + "/{id}", summary: "Delete a " + one, resp: map[string]any{"success": true}, errors: []int{401, 404, 409}},
 		}
 	}
@@ -177,6 +182,7 @@ func operations() []op {
 		{method: "POST", path: "/v1/replay", summary: "Replay a time range to a destination", body: redeliver.ReplayInput{}, ok: 201, resp: map[string]any{"job": redeliver.ReplayJob{}}, errors: []int{400, 401, 404, 409, 413}},
 		{method: "GET", path: "/v1/replay", summary: "List replay jobs", query: page, resp: map[string]any{"jobs": []any{redeliver.ReplayJob{}}, "pagination": projections.Pagination{}}, errors: []int{400, 401}},
 		{method: "GET", path: "/v1/replay/{id}", summary: "Get a replay job", resp: map[string]any{"job": redeliver.ReplayJob{}}, errors: []int{401, 404}},
+		{method: "POST", path: "/v1/replay/{id}/cancel", summary: "Cancel a running replay (released deliveries still go out)", resp: map[string]any{"job": redeliver.ReplayJob{}}, errors: []int{401, 404, 409}},
 		{method: "GET", path: "/v1/issues", summary: "List issues", query: with(page, map[string]string{"status": "string", "destination_id": "string"}),
 			resp: map[string]any{"issues": []any{issues.Issue{}}, "pagination": projections.Pagination{}}, errors: []int{400, 401}},
 		{method: "GET", path: "/v1/issues/summary", summary: "Count issues by status", resp: map[string]any{"": map[string]int{}}, errors: []int{401}},

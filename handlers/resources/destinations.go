@@ -175,9 +175,13 @@ func (st destState) snapshot(id string, kr *secretbox.Keyring) map[string]any {
 }
 
 // writeDestination records the destination's event and writes its row, in one transaction.
-func (s *Registry) writeDestination(ctx context.Context, t domain.Tenant, id, evType string, st destState, rid string) (Destination, error) {
+func (s *Registry) writeDestination(ctx context.Context, t domain.Tenant, id, evType string, st destState, slug slugMode, rid string) (Destination, error) {
 	var out Destination
 	err := s.configTx(ctx, func(tx pgx.Tx) error {
+		var err error
+		if st.Slug, err = claimSlug(ctx, tx, "destinations", "destination", t, id, st.Slug, slug); err != nil {
+			return err
+		}
 		shownURL, shownHeaders, sec := splitSecrets(st)
 		sealed, err := secrets.SealDest(s.p.Secrets, id, sec)
 		if err != nil {
@@ -251,14 +255,15 @@ func (s *Registry) CreateDestination(ctx context.Context, t domain.Tenant, in De
 	}
 	st := destState{Method: "POST", Status: "active", Headers: map[string]string{}, TimeoutMS: 30000, Retry: domain.DefaultRetryPolicy(),
 		Circuit: domain.CircuitConfig{Enabled: true, Threshold: 5, Reset: time.Minute}, now: s.now}
+	slug := slugGiven
 	if in.Slug == nil {
 		sl := domain.Slugify(*in.Name)
-		in.Slug = &sl
+		in.Slug, slug = &sl, slugDerived
 	}
 	if err := s.applyDestination(&st, in); err != nil {
 		return Destination{}, err
 	}
-	out, err := s.writeDestination(ctx, t, kit.NewID(), domain.EvDestinationCreated, st, rid)
+	out, err := s.writeDestination(ctx, t, kit.NewID(), domain.EvDestinationCreated, st, slug, rid)
 	if err != nil {
 		return Destination{}, fmt.Errorf("create destination: %w", err)
 	}
@@ -325,10 +330,11 @@ func (s *Registry) UpdateDestination(ctx context.Context, t domain.Tenant, id st
 		return Destination{}, err
 	}
 	st.now = s.now
+	slug := slugModeFor(in.Slug, st.Slug)
 	if err := s.applyDestination(&st, in); err != nil {
 		return Destination{}, err
 	}
-	out, err := s.writeDestination(ctx, t, id, domain.EvDestinationUpdated, st, rid)
+	out, err := s.writeDestination(ctx, t, id, domain.EvDestinationUpdated, st, slug, rid)
 	if err != nil {
 		return Destination{}, fmt.Errorf("update destination: %w", err)
 	}

@@ -71,6 +71,75 @@ func (s *Registry) recordConfig(ctx context.Context, tx pgx.Tx, t domain.Tenant,
 	return err
 }
 
+// slugMode says how a write checks its slug against its environment's others.
+type slugMode int
+
+const (
+	// slugKept: the write leaves the slug as it was, unchecked (rows
+	// stored before slugs were unique keep theirs until renamed).
+	slugKept slugMode = iota
+	// slugGiven: the client chose it; taken already is a 409.
+	slugGiven
+	// slugDerived: derived from the name; taken already gets the first
+	// free -2, -3, …
+	slugDerived
+)
+
+// slugModeFor is the mode of a write that sets slug (nil: unchanged) over old.
+func slugModeFor(slug *string, old string) slugMode {
+	if slug == nil || *slug == old {
+		return slugKept
+	}
+	return slugGiven
+}
+
+// claimSlug makes slug unique among the environment's rows of table
+// (sources or destinations) other than id, and returns the slug to store.
+// A transaction lock per environment and table holds concurrent writers
+// until commit, so two requests cannot both take one slug; an index on
+// (org_id, env_id, slug) keeps the check one probe. It is a check rather
+// than a unique index so that an upgrade never fails on duplicates stored
+// before: they stay readable and only a write that sets a slug is checked.
+func claimSlug(ctx context.Context, tx pgx.Tx, table, kind string, t domain.Tenant, id, slug string, mode slugMode) (string, error) {
+	if mode == slugKept {
+		return slug, nil
+	}
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('slug:' || $1 || ':' || $2 || ':' || $3))`, table, t.OrgID, t.EnvID); err != nil {
+		return "", fmt.Errorf("lock slugs: %w", err)
+	}
+	taken := func(c string) (bool, error) {
+		var found bool
+		err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+table+` WHERE org_id = $1 AND env_id = $2 AND slug = $3 AND id <> $4)`,
+			t.OrgID, t.EnvID, c, id).Scan(&found)
+		return found, err
+	}
+	used, err := taken(slug)
+	if err != nil || !used {
+		return slug, err
+	}
+	if mode == slugGiven {
+		return "", domain.Errorf(domain.EConflict, "Slug already exists: another %s of this environment has slug %q", kind, slug)
+	}
+	// The first free suffix; a name shared by many rows walks their count
+	// once, through the index.
+	var n int
+	if err := tx.QueryRow(ctx, `SELECT count(*) FROM `+table+` WHERE org_id = $1 AND env_id = $2 AND slug LIKE $3`,
+		t.OrgID, t.EnvID, slug+"-%").Scan(&n); err != nil {
+		return "", err
+	}
+	for i := 2; i <= n+2; i++ {
+		suffix := fmt.Sprintf("-%d", i)
+		base := slug
+		if len(base)+len(suffix) > domain.SlugMaxLen {
+			base = strings.TrimRight(base[:domain.SlugMaxLen-len(suffix)], "-")
+		}
+		if used, err := taken(base + suffix); err != nil || !used {
+			return base + suffix, err
+		}
+	}
+	return "", domain.Errorf(domain.EConflict, "Slug already exists: no free suffix for %q; choose a slug", slug)
+}
+
 // ---- sources ----
 
 func checkTenantFields(t domain.Tenant, org, env *string) error {

@@ -268,7 +268,7 @@ func (st SourceState) snapshot(id string, kr *secretbox.Keyring) map[string]any 
 }
 
 // writeSource records the source's event and writes its row, in one transaction.
-func (s *Registry) writeSource(ctx context.Context, t domain.Tenant, id, evType string, st SourceState, rid string) (Source, error) {
+func (s *Registry) writeSource(ctx context.Context, t domain.Tenant, id, evType string, st SourceState, slug slugMode, rid string) (Source, error) {
 	var out Source
 	if st.SecretErr != nil {
 		return out, fmt.Errorf("source secret: %w", st.SecretErr)
@@ -286,11 +286,14 @@ func (s *Registry) writeSource(ctx context.Context, t domain.Tenant, id, evType 
 		return out, err
 	}
 	err = s.configTx(ctx, func(tx pgx.Tx) error {
+		var err error
+		if st.Slug, err = claimSlug(ctx, tx, "sources", "source", t, id, st.Slug, slug); err != nil {
+			return err
+		}
 		if err := s.recordConfig(ctx, tx, t, domain.StreamSource, id, evType, st.snapshot(id, s.p.Secrets), rid); err != nil {
 			return err
 		}
 		now := s.now()
-		var err error
 		out, err = s.scanSource(tx.QueryRow(ctx, `INSERT INTO sources (id, org_id, env_id, name, slug, description, status, created_at, updated_at,
 				verification_enabled, verification_type, verification_secret, verification_header, dedup_enabled, dedup_strategy, dedup_field,
 				dedup_window_seconds, ip_allowlist, ip_denylist)
@@ -317,9 +320,10 @@ func (s *Registry) CreateSource(ctx context.Context, t domain.Tenant, in SourceI
 	if in.Name == nil {
 		return Source{}, kit.Invalidf("'name' is required")
 	}
+	slug := slugGiven
 	if in.Slug == nil {
 		sl := domain.Slugify(*in.Name)
-		in.Slug = &sl
+		in.Slug, slug = &sl, slugDerived
 	}
 	if in.Type != nil && *in.Type != "http" {
 		return Source{}, kit.Invalidf("'type' must be http")
@@ -328,7 +332,7 @@ func (s *Registry) CreateSource(ctx context.Context, t domain.Tenant, in SourceI
 	if err := st.apply(in); err != nil {
 		return Source{}, err
 	}
-	out, err := s.writeSource(ctx, t, kit.NewID(), domain.EvSourceCreated, st, rid)
+	out, err := s.writeSource(ctx, t, kit.NewID(), domain.EvSourceCreated, st, slug, rid)
 	if err != nil {
 		return Source{}, fmt.Errorf("create source: %w", err)
 	}
@@ -375,10 +379,11 @@ func (s *Registry) UpdateSource(ctx context.Context, t domain.Tenant, id string,
 	if in.OrgID != nil || in.EnvID != nil || in.Type != nil {
 		return Source{}, kit.Invalidf("'org_id', 'env_id' and 'type' cannot be changed")
 	}
+	slug := slugModeFor(in.Slug, st.Slug)
 	if err := st.apply(in); err != nil {
 		return Source{}, err
 	}
-	out, err := s.writeSource(ctx, t, id, domain.EvSourceUpdated, st, rid)
+	out, err := s.writeSource(ctx, t, id, domain.EvSourceUpdated, st, slug, rid)
 	if err != nil {
 		return Source{}, fmt.Errorf("update source: %w", err)
 	}
