@@ -56,6 +56,7 @@ const (
 	EvReplayRequested = "ReplayRequested"
 	EvReplayReleased  = "ReplayReleased"
 	EvReplayFailed    = "ReplayFailed"
+	EvReplayCancelled = "ReplayCancelled"
 )
 
 // EventTypes is every event type above (a test keeps the list complete).
@@ -66,7 +67,7 @@ var EventTypes = []string{
 	EvEventReceived, EvDeliveryRequested, EvDeliveryAttempted, EvRetryScheduled, EvRetryRequested, EvMovedToDLQ,
 	EvDestinationDisabled, EvCircuitOpened, EvCircuitHalfOpened, EvCircuitClosed,
 	EvIssueOpened, EvIssueRecurred, EvIssueUpdated, EvIssueResolved,
-	EvReplayRequested, EvReplayReleased, EvReplayFailed,
+	EvReplayRequested, EvReplayReleased, EvReplayFailed, EvReplayCancelled,
 }
 
 // Attempt statuses and trigger types of the delivery_attempt object.

@@ -55,6 +55,13 @@ type ReplayFailed struct {
 	FailedAt time.Time `json:"failed_at"`
 }
 
+// ReplayCancelled ends a replay on request: nothing more is released.
+// Deliveries already released (at most one batch, due within its second)
+// still go out.
+type ReplayCancelled struct {
+	CancelledAt time.Time `json:"cancelled_at"`
+}
+
 // Replay is the aggregate of one replay stream. It releases its events in
 // batches of RateLimit, at most one batch per second, so the destination
 // sees the requested rate even after the engine was down for a while.
@@ -64,6 +71,7 @@ type Replay struct {
 	released     int
 	lastReleased time.Time
 	failed       string
+	cancelled    bool
 }
 
 // Version is the stream version the aggregate reflects.
@@ -74,6 +82,9 @@ func (r *Replay) Requested() ReplayRequested { return r.requested }
 
 // Failed is why the replay stopped early, or "".
 func (r *Replay) Failed() string { return r.failed }
+
+// Cancelled reports whether the replay was cancelled.
+func (r *Replay) Cancelled() bool { return r.cancelled }
 
 // Apply folds one stored event into the aggregate.
 func (r *Replay) Apply(version int64, eventType string, payload []byte) error {
@@ -96,6 +107,8 @@ func (r *Replay) Apply(version int64, eventType string, payload []byte) error {
 			return fmt.Errorf("decode %s: %w", eventType, err)
 		}
 		r.failed = e.Reason
+	case EvReplayCancelled:
+		r.cancelled = true
 	default:
 		return fmt.Errorf("replay stream: unknown event type %q", eventType)
 	}
@@ -106,7 +119,7 @@ func (r *Replay) Apply(version int64, eventType string, payload []byte) error {
 // first, or none while the previous batch's second has not passed, after the
 // last batch, or once the replay failed.
 func (r *Replay) NextBatch(now time.Time) (offset int, ids []string) {
-	if r.version == 0 || r.failed != "" || r.released >= len(r.requested.EventIDs) {
+	if r.version == 0 || r.failed != "" || r.cancelled || r.released >= len(r.requested.EventIDs) {
 		return r.released, nil
 	}
 	if !r.lastReleased.IsZero() && now.Before(r.lastReleased.Add(time.Second)) {
@@ -128,4 +141,20 @@ func (r *Replay) Release(offset, count int, deliveryIDs []string, now time.Time)
 // Fail decides ReplayFailed: the replay stops releasing.
 func (r *Replay) Fail(reason string, now time.Time) Decided {
 	return Decided{Type: EvReplayFailed, Payload: ReplayFailed{Reason: reason, FailedAt: now}}
+}
+
+// Cancel decides ReplayCancelled, or EConflict when the replay has nothing
+// left to stop: it failed, was cancelled, or released every event already.
+func (r *Replay) Cancel(now time.Time) (Decided, error) {
+	switch {
+	case r.version == 0:
+		return Decided{}, Errorf(ENotFound, "Replay job not found")
+	case r.cancelled:
+		return Decided{}, Errorf(EConflict, "Replay already cancelled")
+	case r.failed != "":
+		return Decided{}, Errorf(EConflict, "Replay already stopped: %s", r.failed)
+	case r.released >= len(r.requested.EventIDs):
+		return Decided{}, Errorf(EConflict, "Replay has released all %d events; their deliveries finish on their own", len(r.requested.EventIDs))
+	}
+	return Decided{Type: EvReplayCancelled, Payload: ReplayCancelled{CancelledAt: now}}, nil
 }

@@ -2,6 +2,7 @@ package domain
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 )
@@ -107,5 +108,41 @@ func TestRetryableFailure(t *testing.T) {
 	record("a2") // exhausted: DLQ
 	if id, ok := d.RetryableFailure(); !ok || id != "a2" || d.Terminal() != "dlq" {
 		t.Errorf("dead-lettered: %q %v %q", id, ok, d.Terminal())
+	}
+}
+
+func TestReplayCancelStopsReleasingAndIsRefusedWhenNothingIsLeft(t *testing.T) {
+	t0 := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	if _, err := (&Replay{}).Cancel(t0); ErrorCode(err) != ENotFound {
+		t.Fatalf("cancel of an empty stream = %v", err)
+	}
+	r := &Replay{}
+	apply(t, r, 1, EvReplayRequested, ReplayRequested{ReplayID: "r", RateLimit: 2, EventIDs: []string{"a", "b", "c"}})
+	off, ids := r.NextBatch(t0)
+	d, _ := r.Release(off, len(ids), []string{"d1", "d2"}, t0)
+	apply(t, r, 2, d.Type, d.Payload)
+	c, err := r.Cancel(t0)
+	if err != nil || c.Type != EvReplayCancelled {
+		t.Fatalf("cancel = %v %v", c, err)
+	}
+	apply(t, r, 3, c.Type, c.Payload)
+	if _, ids := r.NextBatch(t0.Add(time.Hour)); ids != nil || !r.Cancelled() {
+		t.Fatalf("a cancelled replay released %v", ids)
+	}
+	if _, err := r.Cancel(t0); ErrorCode(err) != EConflict {
+		t.Fatalf("second cancel = %v", err)
+	}
+	failed := &Replay{}
+	apply(t, failed, 1, EvReplayRequested, ReplayRequested{ReplayID: "r", RateLimit: 2, EventIDs: []string{"a"}})
+	apply(t, failed, 2, EvReplayFailed, ReplayFailed{Reason: "the destination was deleted"})
+	if _, err := failed.Cancel(t0); ErrorCode(err) != EConflict || !strings.Contains(err.Error(), "deleted") {
+		t.Fatalf("cancel of a failed replay = %v", err)
+	}
+	done := &Replay{}
+	apply(t, done, 1, EvReplayRequested, ReplayRequested{ReplayID: "r", RateLimit: 2, EventIDs: []string{"a"}})
+	d, _ = done.Release(0, 1, []string{"d1"}, t0)
+	apply(t, done, 2, d.Type, d.Payload)
+	if _, err := done.Cancel(t0); ErrorCode(err) != EConflict {
+		t.Fatalf("cancel after the last batch = %v", err)
 	}
 }

@@ -312,3 +312,64 @@ func TestReplaysPerEnvironmentAreBounded(t *testing.T) {
 		t.Fatalf("%d replay jobs stored (%v), want %d", jobs, err, domain.ReplayMaxRunning)
 	}
 }
+
+// A running replay can be cancelled: no batch is released after the cancel,
+// the deliveries already released finish, its slot among the running
+// replays is free again, and the row rebuilt from the log reads the same.
+// Another tenant's cancel is a 404; a second cancel a 409.
+func TestReplayCancelStopsTheNextBatches(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	sc := newReplayScenario(t, h, 10)
+	code, out := h.do("POST", "/v1/replay", h.key, map[string]any{
+		"destination_id": sc.replayDest, "source_id": sc.src, "from": sc.from, "to": sc.to, "rate_limit": 2})
+	if code != 201 {
+		t.Fatalf("POST /v1/replay = %d %v", code, out)
+	}
+	id := out["job"].(map[string]any)["id"].(string)
+	waitFor(t, 10*time.Second, "the first batch", func() bool { return num(h.replayJob(id)["released"]) >= 2 })
+	if code, out := h.do("POST", "/v1/replay/"+id+"/cancel", newKey(t, h.pool, ""), nil); code != 404 {
+		t.Fatalf("another tenant's cancel = %d %v", code, out)
+	}
+	code, out = h.do("POST", "/v1/replay/"+id+"/cancel", h.key, nil)
+	job, _ := out["job"].(map[string]any)
+	if code != 200 || job["status"] != "cancelled" || job["cancelled_at"] == nil {
+		t.Fatalf("cancel = %d %v", code, out)
+	}
+	released := num(job["released"])
+	if released < 2 || released >= 10 {
+		t.Fatalf("released %v at the cancel, want some but not all (the test needs it unfinished)", released)
+	}
+	if code, out := h.do("POST", "/v1/replay/"+id+"/cancel", h.key, nil); code != 409 || !strings.Contains(fmt.Sprint(out["error"]), "already cancelled") {
+		t.Fatalf("second cancel = %d %v", code, out)
+	}
+	// The released deliveries finish; by then the releaser has passed the
+	// job's next batch time more than once.
+	waitFor(t, 10*time.Second, "the released deliveries processed", func() bool {
+		j := h.replayJob(id)
+		return num(j["processed"]) == released && num(j["released"]) == released
+	})
+	var after int
+	if err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM events e, events c
+		WHERE e.stream_id = $1 AND c.stream_id = $1 AND c.event_type = 'ReplayCancelled' AND e.event_type = 'ReplayReleased'
+			AND e.stream_version > c.stream_version`, id).Scan(&after); err != nil || after != 0 {
+		t.Fatalf("%d batches released after the cancel (%v)", after, err)
+	}
+	if j := h.replayJob(id); j["status"] != "cancelled" || num(j["released"]) != released || sc.replaySink.count() != int(released) {
+		t.Fatalf("job %v, %d requests at the destination; want %v", j, sc.replaySink.count(), released)
+	}
+	var running int
+	if err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM replay_jobs WHERE status = 'running'`).Scan(&running); err != nil || running != 0 {
+		t.Fatalf("%d replays still count as running (%v)", running, err)
+	}
+	before, _ := json.Marshal(h.replayJob(id))
+	if _, err := projections.Rebuild(context.Background(), h.pool, "replays", projections.RebuildOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := json.Marshal(h.replayJob(id)); string(after) != string(before) {
+		t.Errorf("replay job after a rebuild:\n%s\nbefore:\n%s", after, before)
+	}
+	if code, _ := h.do("POST", "/v1/replay/0123456789abcdef0123456789abcdef/cancel", h.key, nil); code != 404 {
+		t.Errorf("cancel of an unknown replay = %d", code)
+	}
+}

@@ -260,27 +260,30 @@ var specs = []spec{
 	},
 	{
 		name: "replays", tables: []string{"replay_jobs"}, mode: modeLocked,
-		types: []string{domain.EvReplayRequested, domain.EvReplayReleased, domain.EvReplayFailed},
+		types: []string{domain.EvReplayRequested, domain.EvReplayReleased, domain.EvReplayFailed, domain.EvReplayCancelled},
 		stages: []stage{
 			{"rb_replay", `replay_id text, org_id text, env_id text, type text, payload jsonb`,
 				sel(domain.EvReplayRequested, `e.stream_id, e.org_id, e.env_id, e.event_type, e.payload`)},
 			{"rb_replay", ``, sel(domain.EvReplayReleased, `e.stream_id, e.org_id, e.env_id, e.event_type, e.payload`)},
 			{"rb_replay", ``, sel(domain.EvReplayFailed, `e.stream_id, e.org_id, e.env_id, e.event_type, e.payload`)},
+			{"rb_replay", ``, sel(domain.EvReplayCancelled, `e.stream_id, e.org_id, e.env_id, e.event_type, e.payload`)},
 		},
 		fill: []string{
 			`DELETE FROM replay_jobs`,
 			`INSERT INTO replay_jobs (id, org_id, env_id, destination_id, source_id, connection_id, from_at, to_at, rate_limit, max_events,
-				status, error, total, released, created_at, failed_at, next_batch_at)
+				status, error, total, released, created_at, failed_at, cancelled_at, next_batch_at)
 			SELECT r.replay_id, r.org_id, r.env_id, r.payload->>'destination_id', NULLIF(r.payload->>'source_id', ''),
 				NULLIF(r.payload->>'connection_id', ''), hs_ts(r.payload->>'from'), hs_ts(r.payload->>'to'), (r.payload->>'rate_limit')::int,
-				(r.payload->>'max_events')::int, CASE WHEN f.replay_id IS NULL THEN 'running' ELSE 'failed' END, f.payload->>'reason',
+				(r.payload->>'max_events')::int,
+				CASE WHEN f.replay_id IS NOT NULL THEN 'failed' WHEN c.replay_id IS NOT NULL THEN 'cancelled' ELSE 'running' END, f.payload->>'reason',
 				jsonb_array_length(r.payload->'event_ids'), coalesce(rel.released, 0), hs_ts(r.payload->>'requested_at'), hs_ts(f.payload->>'failed_at'),
-				coalesce(rel.last_at + interval '1 second', hs_ts(r.payload->>'requested_at'))
+				hs_ts(c.payload->>'cancelled_at'), coalesce(rel.last_at + interval '1 second', hs_ts(r.payload->>'requested_at'))
 			FROM rb_replay r
 			LEFT JOIN (SELECT replay_id, max((payload->>'offset')::int + (payload->>'count')::int) AS released,
 				max(hs_ts(payload->>'released_at')) AS last_at FROM rb_replay
 				WHERE type = 'ReplayReleased' GROUP BY replay_id) rel ON rel.replay_id = r.replay_id
 			LEFT JOIN (SELECT DISTINCT ON (replay_id) replay_id, payload FROM rb_replay WHERE type = 'ReplayFailed') f ON f.replay_id = r.replay_id
+			LEFT JOIN (SELECT DISTINCT ON (replay_id) replay_id, payload FROM rb_replay WHERE type = 'ReplayCancelled') c ON c.replay_id = r.replay_id
 			WHERE r.type = 'ReplayRequested'`,
 		},
 	},

@@ -3,12 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/handlers/ingest"
+	"github.com/hookstream/hookstream/handlers/redeliver"
 	"github.com/hookstream/hookstream/handlers/resources"
 	"github.com/hookstream/hookstream/internal/pgtest"
 )
@@ -102,31 +108,81 @@ func TestFirstKeyIsKeptBesideTheLocalCluster(t *testing.T) {
 	}
 }
 
-// A replay whose deliveries wait says why: its destination is paused or its
-// circuit open, with what to do about it.
-func TestReplayHoldSaysWhyDeliveriesWait(t *testing.T) {
+// replay status says why a replay's deliveries wait and what to do about
+// it; replay cancel stops it, and cancelling it again is refused (exit 1).
+func TestReplayStatusSaysWhyItWaitsAndCancelStopsIt(t *testing.T) {
 	ctx := context.Background()
-	pool := pgtest.NewPool(t)
+	dbURL := pgtest.NewDatabase(t)
+	t.Setenv("DATABASE_URL", dbURL)
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
 	svc := handlers.NewService(handlers.ServiceParams{Pool: pool})
 	defer svc.Close()
 	tenant := domain.Tenant{OrgID: "0123456789abcdef0123456789abcdef", EnvID: "fedcba9876543210fedcba9876543210", Actor: "test"}
+	src, err := svc.CreateSource(ctx, tenant, resources.SourceInput{Name: ptr("s")}, "r")
+	if err != nil {
+		t.Fatal(err)
+	}
 	d, err := svc.CreateDestination(ctx, tenant, resources.DestinationInput{Name: ptr("d"), URL: ptr("https://example.com/hook")}, "r")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if hold := replayHold(ctx, svc, tenant, d.ID); hold != "" {
-		t.Fatalf("an active destination with a closed circuit holds: %q", hold)
+	if _, err := svc.CreateConnection(ctx, tenant, resources.ConnectionInput{SourceID: &src.ID, DestinationID: &d.ID, Name: ptr("c")}, "r"); err != nil {
+		t.Fatal(err)
+	}
+	from := time.Now().UTC().Add(-time.Minute).Format(time.RFC3339)
+	for i := 0; i < 3; i++ {
+		tg, err := svc.LookupIngest(ctx, src.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := svc.Ingest(ctx, tg, ingest.IngestRequest{Method: "POST", Body: []byte(`{}`), Headers: map[string][]string{}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	to := time.Now().UTC().Add(time.Minute).Format(time.RFC3339)
+	cli := func(args ...string) (string, string, int) {
+		var out, errOut bytes.Buffer
+		code := run(ctx, args, &out, &errOut)
+		return out.String(), errOut.String(), code
+	}
+	out, errOut, code := cli("replay", "--destination", d.ID, "--from", from, "--to", to, "--rate-limit", "1", "--json")
+	var created struct{ Job redeliver.ReplayJob }
+	if code != 0 || json.Unmarshal([]byte(out), &created) != nil || created.Job.Total != 3 {
+		t.Fatalf("replay = %d %q %q", code, out, errOut)
+	}
+	id := created.Job.ID
+	if out, _, _ := cli("replay", "status", id); strings.Contains(out, "waiting") {
+		t.Fatalf("an active destination with a closed circuit waits: %q", out)
 	}
 	if _, err := pool.Exec(ctx, `UPDATE destination_circuits SET state = 'open', opened_at = now() WHERE destination_id = $1`, d.ID); err != nil {
 		t.Fatal(err)
 	}
-	if hold := replayHold(ctx, svc, tenant, d.ID); !strings.Contains(hold, "circuit is open") || !strings.Contains(hold, "/circuit/reset") {
-		t.Fatalf("open circuit: hold %q", hold)
+	if out, _, _ := cli("replay", "status", id); !strings.Contains(out, "waiting: the destination's circuit is open since") || !strings.Contains(out, "/circuit/reset") {
+		t.Fatalf("open circuit: %q", out)
 	}
-	if _, err := pool.Exec(ctx, `UPDATE destinations SET status = 'paused' WHERE id = $1`, d.ID); err != nil {
+	if _, err := svc.UpdateDestination(ctx, tenant, d.ID, resources.DestinationInput{Status: ptr("paused")}, "r"); err != nil {
 		t.Fatal(err)
 	}
-	if hold := replayHold(ctx, svc, tenant, d.ID); !strings.Contains(hold, "destination is paused") {
-		t.Fatalf("paused destination: hold %q", hold)
+	out, _, _ = cli("replay", "status", id, "--json")
+	var st struct{ Job redeliver.ReplayJob }
+	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Job.Waiting == nil || !strings.Contains(*st.Job.Waiting, "destination is paused") {
+		t.Fatalf("paused destination: %q", out)
+	}
+	out, errOut, code = cli("replay", "cancel", id, "--json")
+	if err := json.Unmarshal([]byte(out), &st); code != 0 || err != nil || st.Job.Status != "cancelled" || st.Job.CancelledAt == nil || st.Job.Waiting != nil {
+		t.Fatalf("replay cancel = %d %q %q", code, out, errOut)
+	}
+	if _, errOut, code := cli("replay", "cancel", id); code != 1 || !strings.Contains(errOut, "already cancelled") {
+		t.Fatalf("second cancel = %d %q", code, errOut)
+	}
+	if _, errOut, code := cli("replay", "cancel", "0123456789abcdef0123456789abcdef"); code != 1 || !strings.Contains(errOut, "no replay job") {
+		t.Fatalf("cancel of an unknown id = %d %q", code, errOut)
+	}
+	if _, _, code := cli("replay", "cancel"); code != 2 {
+		t.Fatalf("cancel without an id = %d, want 2", code)
 	}
 }

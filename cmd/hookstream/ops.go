@@ -185,7 +185,18 @@ func (b *progressBar) done() {
 
 const replayUsage = `hookstream replay --destination ID --from TIME --to TIME [--source ID] [--connection ID]
                     [--rate-limit N] [--max-events N] [--wait] [--json]
-  hookstream replay status ID [--wait] [--json]`
+  hookstream replay status ID [--wait] [--json]
+  hookstream replay cancel ID [--json]
+
+A running replay releases its events in batches, one per second; cancel stops
+the next batches (the deliveries already released, at most one batch, still
+go out). While its deliveries are held (destination or connection paused,
+circuit open), status says why on a "waiting:" line.
+
+Examples:
+  hookstream replay --destination 0190… --from 2026-03-01T00:00:00Z --to 2026-03-02T00:00:00Z --rate-limit 20 --wait
+  hookstream replay status 0190… --json
+  hookstream replay cancel 0190…`
 
 func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer, log *slog.Logger) error {
 	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
@@ -198,19 +209,17 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	maxEvents := fs.Int("max-events", domain.ReplayDefaultMaxEvents, "at most this many events, 1-10000")
 	wait := fs.Bool("wait", false, "follow the job's progress until it ends (the engine, `hookstream serve`, runs it)")
 	asJSON := fs.Bool("json", false, "print the job as JSON")
-	var rest []string
-	status := len(args) > 0 && args[0] == "status"
-	if status {
-		rest = args[1:]
-	} else {
-		rest = args
+	rest, sub := args, ""
+	if len(args) > 0 && (args[0] == "status" || args[0] == "cancel") {
+		rest, sub = args[1:], args[0]
 	}
+	status := sub != ""
 	pos, err := parseFlags(fs, rest, replayUsage)
 	if err != nil {
 		return err
 	}
 	if status && len(pos) != 1 {
-		return usageError{"replay status: want one job id", replayUsage}
+		return usageError{"replay " + sub + ": want one job id", replayUsage}
 	}
 	if !status && len(pos) != 0 {
 		return usageError{fmt.Sprintf("replay: unexpected argument %q", pos[0]), replayUsage}
@@ -229,6 +238,11 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer, log
 	var tenant domain.Tenant
 	if status {
 		job, tenant, err = replayStatus(ctx, db, svc, pos[0])
+		if err == nil && sub == "cancel" {
+			if job, err = svc.CancelReplay(ctx, tenant, job.ID, "cli"); err != nil {
+				return fmt.Errorf("replay cancel: %s", domain.ErrorMessage(err))
+			}
+		}
 	} else {
 		in := redeliver.ReplayInput{DestinationID: dest, From: from, To: to, RateLimit: rate, MaxEvents: maxEvents}
 		if *source != "" {
@@ -248,8 +262,8 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		}
 		_, err := fmt.Fprintf(stdout, "replay %s: %s, %d/%d processed (%d succeeded, %d failed), %d released, %d/s to destination %s\n",
 			j.ID, j.Status, j.Processed, j.Total, j.Succeeded, j.Failed, j.Released, j.RateLimit, j.DestinationID)
-		if hold := replayHold(ctx, svc, tenant, j.DestinationID); err == nil && hold != "" && !j.Done() {
-			_, err = fmt.Fprintf(stdout, "  %s\n", hold)
+		if err == nil && j.Waiting != nil {
+			_, err = fmt.Fprintf(stdout, "  waiting: %s\n", *j.Waiting)
 		}
 		return err
 	}
@@ -284,24 +298,6 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-// replayHold says why a running replay's deliveries wait, if they do: its
-// destination is paused or its circuit is open ("" otherwise).
-func replayHold(ctx context.Context, svc *handlers.Service, tenant domain.Tenant, destinationID string) string {
-	if d, err := svc.GetDestination(ctx, tenant, destinationID); err == nil && d.Status == "paused" {
-		return "waiting: the destination is paused (resume it with PATCH /v1/destinations/" + destinationID + ` {"status":"active"})`
-	}
-	c, err := svc.GetCircuit(ctx, tenant, destinationID)
-	if err != nil || c.State == "closed" {
-		return ""
-	}
-	since := ""
-	if c.OpenedAt != nil {
-		since = " since " + *c.OpenedAt
-	}
-	return fmt.Sprintf("waiting: the destination's circuit is %s%s; deliveries resume when a probe succeeds, or reset it with "+
-		"POST /v1/destinations/%s/circuit/reset", strings.ReplaceAll(c.State, "_", "-"), since, destinationID)
 }
 
 // replayStatus loads a replay job with the tenant it belongs to.
@@ -343,10 +339,8 @@ func followReplay(ctx context.Context, svc *handlers.Service, tenant domain.Tena
 	last := ""
 	for {
 		line := fmt.Sprintf("%s %d/%d processed", job.Status, job.Processed, job.Total)
-		if !job.Done() {
-			if hold := replayHold(ctx, svc, tenant, job.DestinationID); hold != "" {
-				line += "; " + hold
-			}
+		if job.Waiting != nil {
+			line += "; waiting: " + *job.Waiting
 		}
 		if line != last && !asJSON {
 			fmt.Fprintf(stderr, "replay %s: %s\n", job.ID, line)
@@ -358,6 +352,9 @@ func followReplay(ctx context.Context, svc *handlers.Service, tenant domain.Tena
 			}
 			if job.Status == "failed" {
 				return fmt.Errorf("replay %s failed: %s", job.ID, deref(job.Error))
+			}
+			if job.Status == "cancelled" {
+				return fmt.Errorf("replay %s was cancelled after %d of %d events were released", job.ID, job.Released, job.Total)
 			}
 			return nil
 		}

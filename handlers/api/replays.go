@@ -33,4 +33,7 @@ func (a *API) registerReplayRoutes(r *mux.Router) {
 	r.HandleFunc("/replay/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
 		a.respond(w, r, http.StatusOK, "job")(svc.GetReplay(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
 	})).Methods(http.MethodGet)
+	r.HandleFunc("/replay/{id}/cancel", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		a.respond(w, r, http.StatusOK, "job")(svc.CancelReplay(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r)))
+	})).Methods(http.MethodPost)
 }

@@ -40,7 +40,7 @@ type ReplayJob struct {
 	To            string  `json:"to"`
 	RateLimit     int     `json:"rate_limit"`
 	MaxEvents     int     `json:"max_events"`
-	Status        string  `json:"status"` // running | completed | failed
+	Status        string  `json:"status"` // running | completed | failed | cancelled
 	Total         int     `json:"total"`
 	Released      int     `json:"released"`
 	Processed     int     `json:"processed"`
@@ -49,6 +49,11 @@ type ReplayJob struct {
 	Error         *string `json:"error"`
 	StartedAt     string  `json:"started_at"`
 	CompletedAt   *string `json:"completed_at"`
+	CancelledAt   *string `json:"cancelled_at"`
+	// Waiting says why a running replay's deliveries are held, or null:
+	// its destination is paused or its circuit open, its connection or
+	// source paused.
+	Waiting *string `json:"waiting"`
 }
 
 // Done reports whether the job will change no more.
@@ -302,32 +307,80 @@ func filterInput(method, contentType, ip string, headers map[string][]string, bo
 }
 
 const replayCols = `j.id, j.destination_id, j.source_id, j.connection_id, j.from_at, j.to_at, j.rate_limit, j.max_events, j.status,
-	j.total, j.released, j.error, j.created_at, coalesce(p.processed, 0), coalesce(p.succeeded, 0), coalesce(p.failed, 0), p.last_at`
+	j.total, j.released, j.error, j.created_at, coalesce(p.processed, 0), coalesce(p.succeeded, 0), coalesce(p.failed, 0), p.last_at,
+	j.cancelled_at, h.dest_status, h.circuit, h.opened_at, h.route_paused`
 
+// replayFrom is the job with its progress (a count of its attempts) and
+// what may hold its deliveries, as the claim sees it.
 const replayFrom = `replay_jobs j LEFT JOIN LATERAL (
 		SELECT count(*) FILTER (WHERE status <> 'pending') AS processed, count(*) FILTER (WHERE status = 'success') AS succeeded,
 			count(*) FILTER (WHERE status = 'failed') AS failed,
 			max(created_at + coalesce(duration_ms, 0) * interval '1 millisecond') FILTER (WHERE status <> 'pending') AS last_at
-		FROM delivery_attempts WHERE replay_id = j.id AND trigger_type = 'replay') p ON true`
+		FROM delivery_attempts WHERE replay_id = j.id AND trigger_type = 'replay') p ON true
+	LEFT JOIN LATERAL (
+		SELECT d.status AS dest_status, c.state AS circuit, c.opened_at,
+			(SELECT CASE WHEN cn.status = 'paused' THEN 'connection' WHEN s.status = 'paused' THEN 'source' END
+				FROM connections cn JOIN sources s ON s.id = cn.source_id WHERE cn.id = j.connection_id
+			 UNION ALL SELECT 'source' FROM sources s WHERE j.connection_id IS NULL AND s.id = j.source_id AND s.status = 'paused'
+			 LIMIT 1) AS route_paused
+		FROM (SELECT 1) one LEFT JOIN destinations d ON d.id = j.destination_id
+			LEFT JOIN destination_circuits c ON c.destination_id = j.destination_id) h ON j.status = 'running'`
 
 func scanReplay(row pgx.Row) (ReplayJob, error) {
 	var j ReplayJob
 	var from, to, created time.Time
-	var lastAt *time.Time
+	var lastAt, cancelledAt, openedAt *time.Time
 	var failedStatus string
+	var destStatus, circuit, routePaused *string
 	err := row.Scan(&j.ID, &j.DestinationID, &j.SourceID, &j.ConnectionID, &from, &to, &j.RateLimit, &j.MaxEvents, &failedStatus,
-		&j.Total, &j.Released, &j.Error, &created, &j.Processed, &j.Succeeded, &j.Failed, &lastAt)
+		&j.Total, &j.Released, &j.Error, &created, &j.Processed, &j.Succeeded, &j.Failed, &lastAt,
+		&cancelledAt, &destStatus, &circuit, &openedAt, &routePaused)
 	j.From, j.To, j.StartedAt = kit.ISOTime(from), kit.ISOTime(to), kit.ISOTime(created)
+	j.CancelledAt = kit.ISOTimePtr(cancelledAt)
 	switch {
 	case failedStatus == "failed":
 		j.Status = "failed"
+	case failedStatus == "cancelled":
+		j.Status = "cancelled"
 	case j.Processed >= j.Total:
 		j.Status = "completed"
 		j.CompletedAt = kit.ISOTimePtr(lastAt)
 	default:
 		j.Status = "running"
+		j.Waiting = replayWaiting(j, deref(destStatus), deref(circuit), openedAt, deref(routePaused))
 	}
 	return j, err
+}
+
+// replayWaiting says why a running replay's deliveries are held, if they
+// are, and what releases them.
+func replayWaiting(j ReplayJob, destStatus, circuit string, openedAt *time.Time, routePaused string) *string {
+	var why string
+	switch {
+	case destStatus == "paused":
+		why = fmt.Sprintf("the destination is paused; resume it with PATCH /v1/destinations/%s {\"status\":\"active\"}", j.DestinationID)
+	case circuit == domain.CircuitOpen || circuit == domain.CircuitHalfOpen:
+		since := ""
+		if openedAt != nil {
+			since = " since " + kit.ISOTime(*openedAt)
+		}
+		why = fmt.Sprintf("the destination's circuit is %s%s; deliveries resume when a probe succeeds, or reset it with "+
+			"POST /v1/destinations/%s/circuit/reset", strings.ReplaceAll(circuit, "_", "-"), since, j.DestinationID)
+	case routePaused == "connection":
+		why = fmt.Sprintf("the connection is paused; resume it with PATCH /v1/connections/%s {\"status\":\"active\"}", deref(j.ConnectionID))
+	case routePaused == "source":
+		why = "the source is paused; resume it with PATCH /v1/sources/{id} {\"status\":\"active\"}"
+	default:
+		return nil
+	}
+	return &why
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 // GetReplay returns one replay job with its progress, or ENotFound "Replay job not found".
@@ -373,3 +426,49 @@ func (s *Redeliverer) ReplayTenant(ctx context.Context, destinationID, actor str
 }
 
 // ---- the engine's side: releasing replays ----
+
+// CancelReplay stops a running replay: ReplayCancelled at the stream's
+// expected version, so it and a batch release never both land; deliveries
+// already released (at most the current batch, due within its second) still
+// go out. ENotFound for another tenant's or an unknown id; EConflict when
+// nothing is left to stop.
+func (s *Redeliverer) CancelReplay(ctx context.Context, t domain.Tenant, id, rid string) (ReplayJob, error) {
+	if _, err := s.GetReplay(ctx, t, id); err != nil {
+		return ReplayJob{}, err
+	}
+	for try := 0; ; try++ {
+		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+			evs, err := s.store.Load(ctx, tx, id)
+			if err != nil {
+				return err
+			}
+			r := &domain.Replay{}
+			for _, ev := range evs {
+				if err := r.Apply(ev.StreamVersion, ev.Type, ev.Payload); err != nil {
+					return err
+				}
+			}
+			now := s.now()
+			d, err := r.Cancel(now)
+			if err != nil {
+				return err
+			}
+			if _, err := s.store.Append(ctx, tx, eventstore.StreamAppend{StreamType: domain.StreamReplay, StreamID: id, OrgID: t.OrgID, EnvID: t.EnvID,
+				Expected: r.Version(), Events: kit.NewEvents([]domain.Decided{d}, eventstore.Metadata{Actor: t.Actor, RequestID: rid, CorrelationID: id})}); err != nil {
+				return err
+			}
+			_, err = tx.Exec(ctx, `UPDATE replay_jobs SET status = 'cancelled', cancelled_at = $2 WHERE id = $1 AND status = 'running'`, id, now)
+			return err
+		})
+		switch {
+		case err == nil:
+			return s.GetReplay(ctx, t, id)
+		case errors.Is(err, eventstore.ErrConcurrency) && try < 5:
+			continue // a batch was released meanwhile: decide again on it
+		case domain.ErrorCode(err) != domain.EInternal:
+			return ReplayJob{}, err
+		default:
+			return ReplayJob{}, fmt.Errorf("cancel replay: %w", err)
+		}
+	}
+}
