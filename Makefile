@@ -48,7 +48,7 @@ idle: build ## CPU of engine + PostgreSQL over 20 s without traffic, against Riv
 	BENCH=$(BENCH) internal/bench/idle.sh $(BIN)
 
 chaos: ## seeded faults (engine kills, PostgreSQL crashes, hanging destinations) then the invariants; SEED, DURATION
-	HOOKSTREAM_CHAOS=1 HOOKSTREAM_CHAOS_SEED=$(SEED) HOOKSTREAM_CHAOS_DURATION=$(DURATION) $(GO) test -race -count=1 -timeout 60m -run '^TestChaos$$' -v ./cmd/hookstream/
+	HOOKSTREAM_CHAOS_SEED=$(SEED) HOOKSTREAM_CHAOS_DURATION=$(DURATION) $(GO) test -race -count=1 -timeout 60m -run '^TestChaos$$' -v ./cmd/hookstream/
 
 soak: build ## 100,000 webhooks: rate per tenth and table sizes
 	BENCH=$(BENCH) internal/bench/run100k.sh $(BIN) 100000 soak

@@ -38,14 +38,10 @@ import (
 // `make chaos SEED=… DURATION=…` runs it (6 s of faults by default here).
 // A failure prints its seed so it can be replayed.
 func TestChaos(t *testing.T) {
-	// Opt-in (make chaos sets it): one run inside a full `make test` on a
-	// fresh machine left 14 acknowledged deliveries undelivered for minutes
-	// (seed 1796167976600398517: an engine killed, then PostgreSQL crashed),
-	// which this seed did not reproduce in four runs alone, one beside a CPU hog.
-	// Until that is explained it stays out of `make test`; on a failure it
-	// now logs what the log and the job table hold of the missing ones.
-	if os.Getenv("HOOKSTREAM_CHAOS") == "" {
-		t.Skip("opt-in: make chaos (HOOKSTREAM_CHAOS=1)")
+	// In make test: 6 s of faults. Skipped with -short, or with
+	// HOOKSTREAM_CHAOS=0 where no PostgreSQL binaries can be started.
+	if testing.Short() || os.Getenv("HOOKSTREAM_CHAOS") == "0" {
+		t.Skip("chaos skipped (-short or HOOKSTREAM_CHAOS=0)")
 	}
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("HOOKSTREAM_CHAOS_SEED"); s != "" {
