@@ -3,9 +3,12 @@ package projections_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"strconv"
 	"testing"
 	"time"
 
+	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/internal/benchdata"
 	"github.com/hookstream/hookstream/internal/pgtest"
 	"github.com/hookstream/hookstream/projections"
@@ -60,6 +63,69 @@ func BenchmarkRebuild(b *testing.B) {
 			}
 			b.ReportMetric(float64(events)/seconds, "events/s")
 			b.ReportMetric(float64(total)/(seconds/float64(b.N)), "log_events/s")
+		})
+	}
+}
+
+// BenchmarkEventList reads the events list of a log of
+// HOOKSTREAM_BENCH_EVENTS webhooks (default 100,000; the README's figures
+// use 1,000,000) with ~600-byte bodies: the first page, a page 90% deep by
+// offset and by cursor, and searches: a body match found at once, one
+// rare enough that a request reads its whole bound (SearchScan events),
+// and a full event id. One op is one request of 50 rows.
+func BenchmarkEventList(b *testing.B) {
+	ctx := context.Background()
+	n := 100_000
+	if v := os.Getenv("HOOKSTREAM_BENCH_EVENTS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil {
+			b.Fatal(err)
+		}
+	}
+	pool := pgtest.NewPool(b)
+	started := time.Now()
+	if _, err := benchdata.GenerateWith(ctx, pool, n, benchdata.Options{EventsOnly: true, BodyBytes: 600}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := projections.Rebuild(ctx, pool, "events", projections.RebuildOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	for _, table := range []string{"events", "events_view"} {
+		if _, err := pool.Exec(ctx, `VACUUM ANALYZE `+table); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Logf("%d events generated and projected in %s", n, time.Since(started).Round(time.Second))
+	reads := projections.NewReads(pool)
+	tenant := domain.Tenant{OrgID: "org_bench", EnvID: "env_bench"}
+	deep := n * 9 / 10
+	var at projections.Cursor
+	if err := pool.QueryRow(ctx, `SELECT received_at, id FROM events_view ORDER BY received_at DESC, id DESC OFFSET $1 LIMIT 1`, deep).Scan(&at.At, &at.ID); err != nil {
+		b.Fatal(err)
+	}
+	oldID := fmt.Sprintf("%032x", n/10)
+	for _, c := range []struct {
+		name string
+		f    projections.EventFilter
+		want int
+	}{
+		{"first_page", projections.EventFilter{Limit: 50}, 50},
+		{"offset_90pct", projections.EventFilter{Limit: 50, Offset: deep}, 50},
+		{"cursor_90pct", projections.EventFilter{Limit: 50, Cursor: &at}, 50},
+		{"search_body_frequent", projections.EventFilter{Limit: 50, Search: "order.created"}, 50},
+		{"search_body_rare_bound", projections.EventFilter{Limit: 50, Search: fmt.Sprintf("cus_%07d", n/2)}, 0},
+		{"search_full_id_old", projections.EventFilter{Limit: 50, Search: oldID}, 1},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				out, _, err := reads.ListEvents(ctx, tenant, c.f)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(out) != c.want {
+					b.Fatalf("%d rows, want %d", len(out), c.want)
+				}
+			}
 		})
 	}
 }

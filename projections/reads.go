@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -51,13 +52,13 @@ const attemptCols = `id, org_id, env_id, event_id, connection_id, destination_id
 	request_body_size, response_status, response_headers, response_body, duration_ms, status, error, created_at, attempt_number,
 	next_retry_at, is_dlq, dlq_at, trigger_type, connection_name, destination_name, delivery_id`
 
-func scanAttempt(row pgx.Row) (Attempt, error) {
+func scanAttempt(row pgx.Row, extra ...any) (Attempt, error) {
 	var a Attempt
 	var created time.Time
 	var next, dlq *time.Time
-	err := row.Scan(&a.ID, &a.OrgID, &a.EnvID, &a.EventID, &a.ConnectionID, &a.DestinationID, &a.RequestURL, &a.RequestMethod,
+	err := row.Scan(append([]any{&a.ID, &a.OrgID, &a.EnvID, &a.EventID, &a.ConnectionID, &a.DestinationID, &a.RequestURL, &a.RequestMethod,
 		&a.RequestHeaders, &a.RequestBodySize, &a.ResponseStatus, &a.ResponseHeaders, &a.ResponseBody, &a.DurationMS, &a.Status,
-		&a.Error, &created, &a.AttemptNumber, &next, &a.IsDLQ, &dlq, &a.TriggerType, &a.ConnectionName, &a.DestinationName, &a.DeliveryID)
+		&a.Error, &created, &a.AttemptNumber, &next, &a.IsDLQ, &dlq, &a.TriggerType, &a.ConnectionName, &a.DestinationName, &a.DeliveryID}, extra...)...)
 	a.CreatedAt = kit.ISOTime(created)
 	a.NextRetryAt, a.DLQAt = kit.ISOTimePtr(next), kit.ISOTimePtr(dlq)
 	return a, err
@@ -68,6 +69,10 @@ type AttemptFilter struct {
 	EventID, DeliveryID, ConnectionID, DestinationID, Status string
 	IsDLQ                                                    *int
 	Limit, Offset                                            int
+	// Cursor reads from a position instead of Offset (older rows; newer
+	// with Prev).
+	Cursor *Cursor
+	Prev   bool
 }
 
 // ListAttempts lists the tenant's attempts, newest first.
@@ -79,7 +84,13 @@ func (r *Reads) ListAttempts(ctx context.Context, t domain.Tenant, f AttemptFilt
 	// helper row names it): delivery_attempts keeps no index on delivery_id,
 	// which every attempt row would pay for (migration 0011).
 	args := []any{t.OrgID, t.EnvID, f.EventID, f.ConnectionID, f.DestinationID, f.Status, f.IsDLQ, f.DeliveryID}
-	out, p, err := PageQuery(ctx, r.pool, "delivery_attempts", attemptCols, where, "created_at DESC, id DESC", args, f.Limit, f.Offset, scanAttempt)
+	out, p, err := ListPage(ctx, r.pool, List{Kind: "at", Table: "delivery_attempts", Cols: attemptCols + ", created_at", Where: where,
+		TimeCol: "created_at", IDCol: "id", Args: args, Limit: f.Limit, Offset: f.Offset, Cursor: f.Cursor, Prev: f.Prev},
+		func(row pgx.Row) (Attempt, Cursor, error) {
+			var at time.Time
+			a, err := scanAttempt(row, &at)
+			return a, Cursor{At: at, ID: a.ID}, err
+		})
 	if err != nil {
 		return nil, p, fmt.Errorf("list attempts: %w", err)
 	}
@@ -158,7 +169,22 @@ type EventFilter struct {
 	DedupStatus, VerificationStatus string
 	After, Before                   *time.Time
 	Limit, Offset                   int
+	// Cursor reads from a position instead of Offset (older rows; newer
+	// with Prev).
+	Cursor *Cursor
+	Prev   bool
+	// Search keeps the events whose id starts with it or whose body holds
+	// it (bytes, case-sensitive), reading at most ScanLimit events a
+	// request; a full event id is looked up by key instead.
+	Search string
+	// ScanLimit bounds a search's read (0: SearchScan).
+	ScanLimit int
 }
+
+// SearchScan is how many events, newest first, one search request reads at
+// most: a search over a large log is bounded per request, and when it
+// stops short of a full page its next_cursor continues where it stopped.
+const SearchScan = 20000
 
 // ListEvents lists the tenant's ingested events, newest first.
 func (r *Reads) ListEvents(ctx context.Context, t domain.Tenant, f EventFilter) ([]EventSummary, Pagination, error) {
@@ -166,10 +192,93 @@ func (r *Reads) ListEvents(ctx context.Context, t domain.Tenant, f EventFilter) 
 		AND ($6::timestamptz IS NULL OR received_at > $6) AND ($7::timestamptz IS NULL OR received_at < $7)
 		AND ($8 = '' OR dedup_status = $8) AND ($9 = '' OR verification_status = $9)`
 	args := []any{t.OrgID, t.EnvID, f.SourceID, f.Status, f.Method, f.After, f.Before, f.DedupStatus, f.VerificationStatus}
-	out, p, err := PageQuery(ctx, r.pool, "events_view", eventCols, where, "received_at DESC, id DESC", args, f.Limit, f.Offset,
-		func(row pgx.Row) (EventSummary, error) { return scanEventSummary(row) })
+	if kit.ValidID(f.Search) && len(f.Search) == 32 {
+		// A full event id finds that event through the key, however old.
+		where += ` AND id = $10`
+		args = append(args, f.Search)
+		f.Search, f.Offset = "", 0
+	}
+	if f.Search != "" {
+		out, p, err := r.searchEvents(ctx, where, args, f)
+		if err != nil {
+			return nil, p, fmt.Errorf("search events: %w", err)
+		}
+		return out, p, nil
+	}
+	out, p, err := ListPage(ctx, r.pool, List{Kind: "ev", Table: "events_view", Cols: eventCols + ", received_at", Where: where,
+		TimeCol: "received_at", IDCol: "id", Args: args, Limit: f.Limit, Offset: f.Offset, Cursor: f.Cursor, Prev: f.Prev}, scanEventKeyed)
 	if err != nil {
 		return nil, p, fmt.Errorf("list events: %w", err)
+	}
+	return out, p, nil
+}
+
+func scanEventKeyed(row pgx.Row) (EventSummary, Cursor, error) {
+	var at time.Time
+	e, err := scanEventSummary(row, &at)
+	return e, Cursor{At: at, ID: e.ID}, err
+}
+
+var idPrefix = regexp.MustCompile(`^[0-9a-f]{1,32}$`)
+
+// searchEvents reads at most SearchScan events matching the filters, newest
+// first from the cursor, and keeps those whose id starts with f.Search or
+// whose body holds it. The match is evaluated row by row in the scan's
+// order and stops at a full page, so a frequent match costs a page and a
+// rare one at most SearchScan bodies. (The body test is a scalar subquery,
+// evaluated row by row: as an EXISTS the planner may turn it into a join
+// that reads every scanned row first.)
+func (r *Reads) searchEvents(ctx context.Context, where string, args []any, f EventFilter) ([]EventSummary, Pagination, error) {
+	p := Pagination{Limit: f.Limit}
+	scan := f.ScanLimit
+	if scan <= 0 {
+		scan = SearchScan
+	}
+	n := len(args)
+	if f.Cursor != nil {
+		args = append(args, f.Cursor.At, f.Cursor.ID)
+		where += fmt.Sprintf(" AND (received_at, id) < ($%d::timestamptz, $%d::text)", n+1, n+2)
+		n += 2
+	}
+	prefix := "" // an id prefix, when the search can be one
+	if idPrefix.MatchString(f.Search) {
+		prefix = f.Search
+	}
+	args = append(args, scan, prefix, []byte(f.Search), f.Limit+1)
+	rows, err := r.pool.Query(ctx, fmt.Sprintf(`SELECT v.*, v.received_at FROM (
+			SELECT %[1]s FROM events_view WHERE %[2]s ORDER BY received_at DESC, id DESC LIMIT $%[3]d) v
+		WHERE ($%[5]d <> '' AND v.id LIKE $%[5]d || '%%') OR (SELECT position($%[6]d::bytea IN decode(e.payload->>'body_b64', 'base64')) > 0
+			FROM events e WHERE e.stream_id = v.id AND e.stream_version = 1)
+		ORDER BY v.received_at DESC, v.id DESC LIMIT $%[7]d`, eventCols, where, n+1, 0, n+2, n+3, n+4), args...)
+	type keyed struct {
+		e  EventSummary
+		at Cursor
+	}
+	got, err := kit.CollectRows(rows, err, func(row pgx.Row) (keyed, error) {
+		e, at, err := scanEventKeyed(row)
+		return keyed{e, at}, err
+	})
+	if err != nil {
+		return nil, p, err
+	}
+	out := make([]EventSummary, 0, min(len(got), f.Limit))
+	for _, k := range got[:min(len(got), f.Limit)] {
+		out = append(out, k.e)
+	}
+	if len(got) > f.Limit {
+		p.HasMore, p.NextCursor = true, got[f.Limit-1].at.Encode("ev")
+		return out, p, nil
+	}
+	// Short of a page: did the scan stop at its bound, before the end?
+	var edge Cursor
+	err = r.pool.QueryRow(ctx, fmt.Sprintf(`SELECT received_at, id FROM events_view WHERE %s ORDER BY received_at DESC, id DESC OFFSET $%d LIMIT 1`,
+		where, n+1), append(args[:n:n], scan-1)...).Scan(&edge.At, &edge.ID)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return nil, p, err
+	default:
+		p.HasMore, p.NextCursor = true, edge.Encode("ev")
 	}
 	return out, p, nil
 }

@@ -17,7 +17,10 @@ func (a *API) registerAttemptRoutes(r *mux.Router) {
 		q := r.URL.Query()
 		f := projections.AttemptFilter{EventID: q.Get("event_id"), DeliveryID: q.Get("delivery_id"), ConnectionID: q.Get("connection_id"),
 			DestinationID: q.Get("destination_id"), Status: q.Get("status")}
-		err := knownQuery(q, "event_id", "delivery_id", "connection_id", "destination_id", "status", "is_dlq", "limit", "offset")
+		err := knownQuery(q, "event_id", "delivery_id", "connection_id", "destination_id", "status", "is_dlq", "limit", "offset", "cursor", "direction")
+		if err == nil {
+			f.Cursor, f.Prev, err = cursorParams(q, "at")
+		}
 		if err == nil {
 			f.Limit, f.Offset, err = pageParams(q.Get("limit"), q.Get("offset"))
 		}

@@ -2,9 +2,11 @@ package api
 
 import (
 	"net/http"
+	"net/url"
 
 	"github.com/gorilla/mux"
 
+	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/projections"
 )
 
@@ -14,7 +16,14 @@ func (a *API) registerEventRoutes(r *mux.Router) {
 		q := r.URL.Query()
 		f := projections.EventFilter{SourceID: q.Get("source_id"), Status: q.Get("status"), Method: q.Get("method"),
 			DedupStatus: q.Get("dedup_status"), VerificationStatus: q.Get("verification_status")}
-		err := knownQuery(q, "source_id", "status", "method", "dedup_status", "verification_status", "after", "before", "limit", "offset")
+		err := knownQuery(q, "source_id", "status", "method", "dedup_status", "verification_status", "after", "before", "limit", "offset",
+			"cursor", "direction", "search")
+		if err == nil {
+			f.Cursor, f.Prev, err = cursorParams(q, "ev")
+		}
+		if err == nil {
+			f.Search, err = searchParam(q, f.Prev)
+		}
 		if err == nil {
 			err = enumParam("status", f.Status, "received", "processing", "delivered", "failed")
 		}
@@ -52,4 +61,20 @@ func (a *API) registerEventRoutes(r *mux.Router) {
 		res, err := svc.RetryEvent(r.Context(), tenantOf(r), mux.Vars(r)["id"], requestID(r))
 		a.respondRaw(w, r, res, err)
 	})).Methods(http.MethodPost)
+}
+
+// searchParam reads search: 1-200 bytes matched against event ids and
+// bodies. A search reads forward only (direction=prev is refused).
+func searchParam(q url.Values, prev bool) (string, error) {
+	v, ok := q["search"]
+	if !ok {
+		return "", nil
+	}
+	if len(v[0]) == 0 || len(v[0]) > 200 {
+		return "", domain.Errorf(domain.EInvalid, "Invalid query: 'search' must be 1 to 200 bytes")
+	}
+	if prev {
+		return "", domain.Errorf(domain.EInvalid, "Invalid query: a 'search' reads forward only; use its next_cursor (direction=next)")
+	}
+	return v[0], nil
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/hookstream/hookstream/handlers/ingest"
 	"github.com/hookstream/hookstream/handlers/resources"
 	"github.com/hookstream/hookstream/handlers/tenancy"
+	"github.com/hookstream/hookstream/projections"
 )
 
 // LongPollWrite is the write deadline of a request that waits for a
@@ -345,6 +346,30 @@ func flagParam(name, v string) (*int, error) {
 		return nil, domain.Errorf(domain.EInvalid, "Invalid query: '%s' must be 0, 1, true or false", name)
 	}
 	return &n, nil
+}
+
+// cursorParams reads a keyset position: cursor (one the same list
+// returned) and direction, next (older rows, the default) or prev (newer).
+// A cursor with an offset is refused: the cursor replaces it.
+func cursorParams(q url.Values, kind string) (*projections.Cursor, bool, error) {
+	dir := q.Get("direction")
+	if err := enumParam("direction", dir, "next", "prev"); err != nil {
+		return nil, false, err
+	}
+	if q.Get("cursor") == "" {
+		if dir != "" {
+			return nil, false, domain.Errorf(domain.EInvalid, "Invalid query: 'direction' needs a 'cursor'")
+		}
+		return nil, false, nil
+	}
+	if q.Get("offset") != "" {
+		return nil, false, domain.Errorf(domain.EInvalid, "Invalid query: use 'cursor' or 'offset', not both")
+	}
+	c, err := projections.DecodeCursor(kind, q.Get("cursor"))
+	if err != nil {
+		return nil, false, err
+	}
+	return &c, dir == "prev", nil
 }
 
 func timeParam(name, v string) (*time.Time, error) {

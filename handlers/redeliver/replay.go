@@ -400,8 +400,8 @@ func (s *Redeliverer) GetReplay(ctx context.Context, t domain.Tenant, id string)
 
 // ListReplays lists the tenant's replay jobs, newest first.
 func (s *Redeliverer) ListReplays(ctx context.Context, t domain.Tenant, limit, offset int) ([]ReplayJob, projections.Pagination, error) {
-	p := projections.Pagination{Limit: limit, Offset: offset}
-	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM replay_jobs WHERE org_id = $1 AND env_id = $2`, t.OrgID, t.EnvID).Scan(&p.Total); err != nil {
+	p := projections.Pagination{Limit: limit, Offset: offset, Total: new(int)}
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM replay_jobs WHERE org_id = $1 AND env_id = $2`, t.OrgID, t.EnvID).Scan(p.Total); err != nil {
 		return nil, p, fmt.Errorf("list replays: %w", err)
 	}
 	rows, err := s.pool.Query(ctx, `SELECT `+replayCols+` FROM `+replayFrom+` WHERE j.org_id = $1 AND j.env_id = $2
@@ -410,7 +410,7 @@ func (s *Redeliverer) ListReplays(ctx context.Context, t domain.Tenant, limit, o
 	if err != nil {
 		return nil, p, fmt.Errorf("list replays: %w", err)
 	}
-	p.HasMore = offset+len(out) < p.Total
+	p.HasMore = offset+len(out) < *p.Total
 	return out, p, nil
 }
 

@@ -4,7 +4,9 @@ package benchdata
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -20,6 +22,21 @@ import (
 // 3.45 events per webhook (60,000 webhooks: 207,000 events). It returns
 // the number of events stored.
 func Generate(ctx context.Context, pool *pgxpool.Pool, n int) (int64, error) {
+	return GenerateWith(ctx, pool, n, Options{})
+}
+
+// Options shape a generated log.
+type Options struct {
+	// EventsOnly appends each webhook's EventReceived alone: no deliveries.
+	EventsOnly bool
+	// BodyBytes pads each body, a JSON order with a customer id of its own
+	// ("cus_%07d" of the webhook's index), to about this size (0: the
+	// default 32-byte body).
+	BodyBytes int
+}
+
+// GenerateWith is Generate shaped by o.
+func GenerateWith(ctx context.Context, pool *pgxpool.Pool, n int, o Options) (int64, error) {
 	store := eventstore.New(nil)
 	const org, env = "org_bench", "env_bench"
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -43,10 +60,16 @@ func Generate(ctx context.Context, pool *pgxpool.Pool, n int) (int64, error) {
 		received := uuid.Must(uuid.NewV7())
 		dest := i % 10
 		md := eventstore.Metadata{Actor: "ingest", CorrelationID: eventID}
+		bodyB64, bodySize := "eyJ0eXBlIjoib3JkZXIuY3JlYXRlZCIsImlkIjo0Mn0=", 32
+		if o.BodyBytes > 0 {
+			raw := fmt.Sprintf(`{"type":"order.created","id":"evt_%d","customer":"cus_%07d","amount":%d,"currency":"eur","note":"`, i, i, 100+i%9000)
+			raw += strings.Repeat("lorem ipsum ", max(0, o.BodyBytes-len(raw)-2)/12) + `"}`
+			bodyB64, bodySize = base64.StdEncoding.EncodeToString([]byte(raw)), len(raw)
+		}
 		batch = append(batch, eventstore.StreamAppend{StreamType: domain.StreamEvent, StreamID: eventID, OrgID: org, EnvID: env, Expected: eventstore.NoStream,
 			Events: []eventstore.NewEvent{{ID: received, Type: domain.EvEventReceived, Metadata: md, Payload: domain.EventReceived{
 				EventID: eventID, SourceID: "src_bench", SourceName: "bench", SourceSlug: "bench", Method: "POST", Headers: body,
-				ContentType: "application/json", SourceIP: "203.0.113.7", BodyB64: "eyJ0eXBlIjoib3JkZXIuY3JlYXRlZCIsImlkIjo0Mn0=", BodySize: 32,
+				ContentType: "application/json", SourceIP: "203.0.113.7", BodyB64: bodyB64, BodySize: bodySize,
 				Deliveries: 1, ReceivedAt: at}}}})
 		attempt := func(num int, trigger string, success bool, started time.Time) eventstore.NewEvent {
 			a := domain.DeliveryAttempted{AttemptID: fmt.Sprintf("%032x", 1<<44+i*4+num), EventID: eventID, AttemptNumber: num, TriggerType: trigger,
@@ -56,6 +79,14 @@ func Generate(ctx context.Context, pool *pgxpool.Pool, n int) (int64, error) {
 				a.Status, a.ResponseStatus, a.ResponseBody, a.Error = domain.AttemptFailed, &code503, &busy, &fail
 			}
 			return eventstore.NewEvent{Type: domain.EvDeliveryAttempted, Metadata: eventstore.Metadata{Actor: "engine", CorrelationID: eventID}, Payload: a}
+		}
+		if o.EventsOnly {
+			if len(batch) >= 400 {
+				if err := flush(); err != nil {
+					return total, err
+				}
+			}
+			continue
 		}
 		evs := []eventstore.NewEvent{{Type: domain.EvDeliveryRequested, Metadata: md, Payload: domain.DeliveryRequested{
 			DeliveryID: deliveryID, EventID: eventID, ReceivedUUID: received.String(), ConnectionID: fmt.Sprintf("con_bench_%d", dest),
