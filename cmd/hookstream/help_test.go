@@ -24,7 +24,7 @@ import (
 func TestHelpAndBadArgumentsExitCodes(t *testing.T) {
 	t.Setenv("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none?connect_timeout=1") // help must not need a database
 	ctx := context.Background()
-	for _, cmd := range [][]string{{"serve"}, {"migrate"}, {"keys"}, {"audit"}, {"events"}, {"replay"}, {"projections"}, {"orgs"}, {"envs"}, {"secrets"}} {
+	for _, cmd := range [][]string{{"serve"}, {"migrate"}, {"keys"}, {"audit"}, {"events"}, {"replay"}, {"projections"}, {"orgs"}, {"envs"}, {"secrets"}, {"send-test"}} {
 		for _, flag := range []string{"-h", "--help"} {
 			var out, errOut bytes.Buffer
 			args := append(append([]string(nil), cmd...), flag)

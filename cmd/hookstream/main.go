@@ -52,8 +52,10 @@ Usage:
                                 read the event log (export writes NDJSON)
   hookstream replay --destination ID --from TIME --to TIME [--source ID] [--rate-limit N]
                     [--max-events N] [--wait] [--json]
-  hookstream replay status ID [--wait] [--json]
+  hookstream replay status|cancel ID [--wait] [--json]
                                 re-deliver a time range of events (run by "serve")
+  hookstream send-test --destination ID [--payload JSON] [--no-wait] [--json]
+                                send a sample webhook to a destination and print its attempt
   hookstream version            print the version
 
 Without DATABASE_URL the commands use the project-local cluster under
@@ -91,6 +93,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdEvents(ctx, args[1:], stdout, log)
 	case "replay":
 		err = cmdReplay(ctx, args[1:], stdout, stderr, log)
+	case "send-test":
+		err = cmdSendTest(ctx, args[1:], stdout, log)
 	case "orgs", "envs", "sessions":
 		err = cmdTenancy(ctx, args[0], args[1:], stdout, log)
 	case "secrets":

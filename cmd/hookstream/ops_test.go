@@ -186,6 +186,30 @@ func TestOperatorCommandsAgainstARunningEngine(t *testing.T) {
 	if code != 0 || !strings.Contains(out, `"status":"completed"`) || !strings.Contains(out, `"processed":15`) {
 		t.Errorf("replay status --wait = %d %q %q", code, out, errOut)
 	}
+
+	// send-test: a sample webhook through the running engine, its attempt printed.
+	out, errOut, code = hs(t, bin, dbURL, "send-test", "--destination", dest, "--json")
+	var sent struct {
+		EventID         string `json:"event_id"`
+		DeliveryAttempt struct {
+			Status         string `json:"status"`
+			ResponseStatus int    `json:"response_status"`
+		} `json:"delivery_attempt"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &sent) != nil || sent.DeliveryAttempt.Status != "success" || sent.DeliveryAttempt.ResponseStatus != 200 {
+		t.Errorf("send-test = %d %q %q", code, out, errOut)
+	}
+	if out, _, code := hs(t, bin, dbURL, "send-test", "--destination", dest, "--payload", `{"a":1}`); code != 0 || !strings.Contains(out, "success (HTTP 200") {
+		t.Errorf("send-test text = %d %q", code, out)
+	}
+	if _, errOut, code := hs(t, bin, dbURL, "send-test", "--destination", "0123456789abcdef0123456789abcdef"); code != 1 || !strings.Contains(errOut, "Destination not found") {
+		t.Errorf("send-test to an unknown destination = %d %q", code, errOut)
+	}
+	for _, args := range [][]string{{"send-test"}, {"send-test", "--destination", dest, "--payload", "{"}, {"send-test", "--nope"}} {
+		if _, errOut, code := hs(t, bin, dbURL, args...); code != 2 || errOut == "" {
+			t.Errorf("%v = exit %d %q, want 2 with a message", args, code, errOut)
+		}
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	for _, ev := range events {

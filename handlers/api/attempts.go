@@ -45,20 +45,29 @@ func (a *API) registerAttemptRoutes(r *mux.Router) {
 		a.respond(w, r, http.StatusOK, "delivery_attempt")(svc.GetAttempt(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
 	})).Methods(http.MethodGet)
 	r.HandleFunc("/delivery-attempts/{id}/retry", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
-		wait := true
-		if v := r.URL.Query().Get("wait"); v != "" {
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				writeError(w, r, a.p.Log, domain.Errorf(domain.EInvalid, "Invalid query: 'wait' must be true or false"))
-				return
-			}
-			wait = b
-		}
-		if wait {
-			// Waiting for the outcome outlives the server's write timeout: up to
-			// the destination's timeout (at most 120 s) plus recording.
-			_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(LongPollWrite))
+		wait, ok := a.waitParam(w, r)
+		if !ok {
+			return
 		}
 		a.respond(w, r, http.StatusOK, "delivery_attempt")(svc.RetryAttempt(r.Context(), tenantOf(r), mux.Vars(r)["id"], wait, requestID(r)))
 	})).Methods(http.MethodPost)
+}
+
+// waitParam reads ?wait= (default true), writing the 400 itself; waiting
+// for an outcome outlives the server's write timeout (up to the
+// destination's timeout, at most 120 s, plus recording), so it extends it.
+func (a *API) waitParam(w http.ResponseWriter, r *http.Request) (wait, ok bool) {
+	wait = true
+	if v := r.URL.Query().Get("wait"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			writeError(w, r, a.p.Log, domain.Errorf(domain.EInvalid, "Invalid query: 'wait' must be true or false"))
+			return false, false
+		}
+		wait = b
+	}
+	if wait {
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(LongPollWrite))
+	}
+	return wait, true
 }

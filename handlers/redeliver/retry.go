@@ -106,6 +106,13 @@ func (s *Redeliverer) retryDelivery(ctx context.Context, t domain.Tenant, delive
 	if err != nil {
 		return projections.Attempt{}, err
 	}
+	return s.awaitAttempt(ctx, t, newAttempt, wait, timeout)
+}
+
+// awaitAttempt returns an attempt once projected (within 5 s), or with wait
+// once it has an outcome (within the destination's timeout more); an
+// attempt still pending at the deadline is returned as it is.
+func (s *Redeliverer) awaitAttempt(ctx context.Context, t domain.Tenant, attemptID string, wait bool, timeout time.Duration) (projections.Attempt, error) {
 	deadline := s.now().Add(5 * time.Second)
 	if wait {
 		deadline = deadline.Add(timeout)
@@ -113,7 +120,7 @@ func (s *Redeliverer) retryDelivery(ctx context.Context, t domain.Tenant, delive
 	poll := 50 * time.Millisecond
 	for {
 		woken := s.projected.next() // before the read: a projection after it wakes us
-		a, err := s.reads.GetAttempt(ctx, t, newAttempt)
+		a, err := s.reads.GetAttempt(ctx, t, attemptID)
 		if err == nil && (!wait || a.Status != domain.AttemptPending) {
 			return a, nil
 		}
@@ -124,7 +131,7 @@ func (s *Redeliverer) retryDelivery(ctx context.Context, t domain.Tenant, delive
 			if err == nil {
 				return a, nil // still pending: the outcome will show in the list
 			}
-			return projections.Attempt{}, fmt.Errorf("retry: attempt %s not projected in time", newAttempt)
+			return projections.Attempt{}, fmt.Errorf("attempt %s not projected in time", attemptID)
 		}
 		// Woken when the projector commits attempts (LISTEN/NOTIFY), with a
 		// slow poll in case the listener is reconnecting.
