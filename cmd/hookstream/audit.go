@@ -18,7 +18,12 @@ import (
 	"github.com/hookstream/hookstream/eventstore"
 )
 
-const auditUsage = `hookstream audit attempt|delivery|event ID [--as-of TIME] [--json]`
+const auditUsage = `hookstream audit attempt|delivery|event ID [--as-of TIME] [--json]
+
+Examples:
+  hookstream audit event 0190…
+  hookstream audit delivery 0190… --as-of 2026-03-01T12:00:00Z
+  hookstream audit attempt 0190… --json`
 
 func cmdAudit(ctx context.Context, args []string, stdout io.Writer, log *slog.Logger) error {
 	req, err := parseAudit(args)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -140,14 +141,24 @@ func ensureDatabase(ctx context.Context, adminURL, name string) error {
 	return nil
 }
 
+const migrateUsage = `hookstream migrate [--json]
+
+Applies the pending migrations (DATABASE_URL, else the project-local cluster
+under .data/, created when missing). serve applies them too on start.
+
+Examples:
+  hookstream migrate
+  DATABASE_URL=postgres://… hookstream migrate --json`
+
 func cmdMigrate(ctx context.Context, args []string, stdout io.Writer, log *slog.Logger) error {
 	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return helpRequest{"hookstream migrate    apply pending migrations (DATABASE_URL, else the project-local cluster)"}
-		}
-		return usageError{"migrate: " + err.Error(), "hookstream migrate"}
+	asJSON := fs.Bool("json", false, `print {"applied": [names]}`)
+	pos, err := parseFlags(fs, args, migrateUsage)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usageError{fmt.Sprintf("migrate: unexpected argument %q", pos[0]), migrateUsage}
 	}
 	db, err := openDatabaseIn(ctx, log, 2, true) // provisioning: may create the local cluster
 	if err != nil {
@@ -155,6 +166,12 @@ func cmdMigrate(ctx context.Context, args []string, stdout io.Writer, log *slog.
 	}
 	defer db.Close()
 	applied, err := migrations.Apply(ctx, db.Pool)
+	if *asJSON {
+		if jerr := json.NewEncoder(stdout).Encode(map[string]any{"applied": append([]string{}, applied...)}); jerr != nil && err == nil {
+			err = jerr
+		}
+		return err
+	}
 	for _, name := range applied {
 		fmt.Fprintln(stdout, "applied", name)
 	}

@@ -19,7 +19,13 @@ import (
 
 const eventsUsage = `hookstream events tail [--type T[,T…]] [--stream ID] [-n N] [--follow] [--json]
   hookstream events stream ID [--json]
-  hookstream events export --from TIME --to TIME [--type T[,T…]] [--out FILE]`
+  hookstream events export --from TIME --to TIME [--type T[,T…]] [--out FILE]
+
+Examples:
+  hookstream events tail -n 20 --type DeliveryAttempted,MovedToDLQ
+  hookstream events tail --follow --json | jq .event_type
+  hookstream events stream 0190…            # one stream (event, delivery, replay…) in order
+  hookstream events export --from 2026-03-01T00:00:00Z --to 2026-03-02T00:00:00Z --out day.ndjson`
 
 func cmdEvents(ctx context.Context, args []string, stdout io.Writer, log *slog.Logger) error {
 	if len(args) == 0 {

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/hookstream/hookstream/domain"
@@ -31,13 +33,20 @@ func TestHelpAndBadArgumentsExitCodes(t *testing.T) {
 			if code := run(ctx, args, &out, &errOut); code != 0 {
 				t.Errorf("%v: exit %d, want 0 (stderr %q)", args, code, errOut.String())
 			}
-			if !strings.Contains(strings.ToLower(out.String()), "usage") {
-				t.Errorf("%v: stdout %q has no usage", args, out.String())
+			if !strings.Contains(strings.ToLower(out.String()), "usage") || !strings.Contains(out.String(), "Examples:") {
+				t.Errorf("%v: stdout %q has no usage with examples", args, out.String())
 			}
 		}
 	}
+	for _, args := range [][]string{{"secrets", "status", "-h"}, {"replay", "cancel", "-h"}, {"events", "tail", "-h"}, {"keys", "create", "--help"}} {
+		var out, errOut bytes.Buffer
+		if code := run(ctx, args, &out, &errOut); code != 0 || !strings.Contains(out.String(), "Usage") {
+			t.Errorf("%v: exit %d, stdout %q", args, code, out.String())
+		}
+	}
 	for _, args := range [][]string{{"serve", "--no-such-flag"}, {"serve", "stray"}, {"audit", "--no-such-flag"}, {"events", "tail", "--no-such-flag"},
-		{"keys", "list", "--no-such-flag"}, {"migrate", "--no-such-flag"}, {"replay", "--no-such-flag"}, {"nope"},
+		{"keys", "list", "--no-such-flag"}, {"migrate", "--no-such-flag"}, {"migrate", "stray"}, {"replay", "--no-such-flag"}, {"nope"},
+		{"secrets"}, {"secrets", "nope"}, {"secrets", "gen-key", "--nope"}, {"send-test", "--destination", "x", "stray"},
 		{"events", "tail", "--type", "Nope"}, {"events", "export", "--from", "2026-01-01T00:00:00Z", "--to", "2026-02-01T00:00:00Z", "--type", "EventRecieved"}} {
 		var out, errOut bytes.Buffer
 		if code := run(ctx, args, &out, &errOut); code != 2 {
@@ -45,6 +54,49 @@ func TestHelpAndBadArgumentsExitCodes(t *testing.T) {
 		}
 		if !strings.Contains(strings.ToLower(errOut.String()), "usage") {
 			t.Errorf("%v: stderr %q has no usage", args, errOut.String())
+		}
+	}
+}
+
+// The commands a script reads print JSON with --json (those needing a
+// database are covered against one in their own tests).
+func TestJSONOutputOfCommandsWithoutADatabase(t *testing.T) {
+	ctx := context.Background()
+	for _, args := range [][]string{{"version", "--json"}, {"secrets", "gen-key", "--json"}} {
+		var out, errOut bytes.Buffer
+		var v map[string]any
+		if code := run(ctx, args, &out, &errOut); code != 0 || json.Unmarshal(out.Bytes(), &v) != nil || len(v) != 1 {
+			t.Errorf("%v = %d %q %q", args, code, out.String(), errOut.String())
+		}
+	}
+}
+
+// migrate --json lists what it applied: everything on a new database, then nothing.
+func TestMigrateJSON(t *testing.T) {
+	ctx := context.Background()
+	admin := pgtest.AdminURL(t)
+	conn, err := pgx.Connect(ctx, admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	name := fmt.Sprintf("migrate_json_%d", time.Now().UnixNano())
+	if _, err := conn.Exec(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if c, err := pgx.Connect(context.Background(), admin); err == nil {
+			_, _ = c.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+			_ = c.Close(context.Background())
+		}
+	})
+	t.Setenv("DATABASE_URL", pgtest.WithDatabase(admin, name))
+	for i, want := range []bool{true, false} {
+		var out, errOut bytes.Buffer
+		var v struct{ Applied []string }
+		if code := run(context.Background(), []string{"migrate", "--json"}, &out, &errOut); code != 0 || json.Unmarshal(out.Bytes(), &v) != nil ||
+			(len(v.Applied) > 0) != want {
+			t.Fatalf("migrate --json run %d = %d %q %q", i+1, code, out.String(), errOut.String())
 		}
 	}
 }

@@ -18,12 +18,22 @@ import (
 
 const keysUsage = `hookstream keys create --name NAME [--org ID --env ID] [--test] [--json]
   hookstream keys list [--org ID] [--env ID] [--json]
-  hookstream keys revoke ID [--org ID]`
+  hookstream keys revoke ID [--org ID] [--json]
+
+Examples:
+  hookstream keys create --name ci --json | jq -r .api_key.key
+  hookstream keys list
+  hookstream keys revoke 0190…`
 
 const tenancyUsage = `hookstream orgs create --name NAME [--json]
   hookstream envs create --org ID --name NAME [--slug SLUG] [--json]
   hookstream envs list --org ID [--json]
-  hookstream sessions create [--org ID --env ID] [--ttl 168h] [--json]`
+  hookstream sessions create [--org ID --env ID] [--ttl 168h] [--json]
+
+Examples:
+  hookstream orgs create --name Acme --json
+  hookstream envs create --org 0190… --name Staging --slug staging
+  hookstream sessions create --ttl 24h`
 
 // firstOrg is the organization commands act on when --org is not given:
 // the oldest, as on a single-tenant install.

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -56,7 +57,7 @@ Usage:
                                 re-deliver a time range of events (run by "serve")
   hookstream send-test --destination ID [--payload JSON] [--no-wait] [--json]
                                 send a sample webhook to a destination and print its attempt
-  hookstream version            print the version
+  hookstream version [--json]   print the version
 
 Without DATABASE_URL the commands use the project-local cluster under
 .data/postgres of the current directory (started when needed); only serve,
@@ -102,7 +103,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "devdb":
 		err = cmdDevDB(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-v":
-		fmt.Fprintln(stdout, "hookstream", version)
+		if len(args) > 1 && args[1] == "--json" {
+			err = json.NewEncoder(stdout).Encode(map[string]string{"version": version})
+		} else {
+			fmt.Fprintln(stdout, "hookstream", version)
+		}
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 	default:

@@ -76,7 +76,14 @@ func openMigrated(ctx context.Context, log *slog.Logger) (*database, error) {
 // ---- projections ----
 
 const projectionsUsage = `hookstream projections status [--json]
-  hookstream projections rebuild NAME|--all [--json] [--event-at-a-time]`
+  hookstream projections rebuild NAME|--all [--json] [--event-at-a-time]
+
+Read models: delivery_attempts, events, scheduler, replays.
+
+Examples:
+  hookstream projections status
+  hookstream projections rebuild delivery_attempts
+  hookstream projections rebuild --all --json`
 
 func cmdProjections(ctx context.Context, args []string, stdout, stderr io.Writer, log *slog.Logger) error {
 	if len(args) == 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -104,40 +105,53 @@ func prepareSecrets(ctx context.Context, db *database, kr *secretbox.Keyring, lo
 	return nil
 }
 
-const secretsUsage = `usage:
-  hookstream secrets gen-key        print a new random key (base64, 32 bytes)
+const secretsUsage = `hookstream secrets gen-key [--json] print a new random key (base64, 32 bytes)
   hookstream secrets status [--json]
                                     the configured keys and how many stored secrets each encrypts
-  hookstream secrets rotate-key     re-encrypt every stored secret under the first key of
+  hookstream secrets rotate-key [--json]
+                                    re-encrypt every stored secret under the first key of
                                     HOOKSTREAM_ENCRYPTION_KEY (set it to NEW,OLD first)
 
 Rotation: 1) hookstream secrets gen-key; 2) set HOOKSTREAM_ENCRYPTION_KEY=NEW,OLD on every
 process and restart them (both keys decrypt, NEW encrypts); 3) hookstream secrets rotate-key;
 4) set HOOKSTREAM_ENCRYPTION_KEY=NEW.
+
+Examples:
+  hookstream secrets status --json
+  HOOKSTREAM_ENCRYPTION_KEY=$NEW,$OLD hookstream secrets rotate-key
 `
 
 func cmdSecrets(ctx context.Context, args []string, stdout, stderr io.Writer, log *slog.Logger) error {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, secretsUsage)
-		return exitCode(2)
+		return usageError{"secrets: want a subcommand", secretsUsage}
 	}
 	switch args[0] {
 	case "-h", "--help", "help":
-		fmt.Fprint(stdout, secretsUsage)
-		return nil
-	case "gen-key":
+		return helpRequest{secretsUsage}
+	case "gen-key", "status", "rotate-key":
+	default:
+		return usageError{fmt.Sprintf("secrets: unknown subcommand %q", args[0]), secretsUsage}
+	}
+	fs := flag.NewFlagSet("secrets "+args[0], flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "print JSON")
+	pos, err := parseFlags(fs, args[1:], secretsUsage)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usageError{fmt.Sprintf("secrets %s: unexpected argument %q", args[0], pos[0]), secretsUsage}
+	}
+	if args[0] == "gen-key" {
 		k, err := secretbox.GenerateKey()
 		if err != nil {
 			return err
 		}
+		if *asJSON {
+			return json.NewEncoder(stdout).Encode(map[string]string{"key": k})
+		}
 		_, err = fmt.Fprintln(stdout, k)
 		return err
-	case "status", "rotate-key":
-	default:
-		fmt.Fprintf(stderr, "hookstream secrets: unknown subcommand %q\n%s", args[0], secretsUsage)
-		return exitCode(2)
 	}
-	asJSON := len(args) > 1 && args[1] == "--json"
 	db, err := openMigrated(ctx, log)
 	if err != nil {
 		return err
@@ -152,7 +166,7 @@ func cmdSecrets(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 		if err != nil {
 			return fmt.Errorf("rotate: %w", err)
 		}
-		if asJSON {
+		if *asJSON {
 			return json.NewEncoder(stdout).Encode(map[string]any{"key": kr.PrimaryID(), "sources": rep.Sources, "destinations": rep.Destinations})
 		}
 		_, err = fmt.Fprintf(stdout, "re-encrypted %d source and %d destination secrets under key %s\n", rep.Sources, rep.Destinations, kr.PrimaryID())
@@ -162,7 +176,7 @@ func cmdSecrets(ctx context.Context, args []string, stdout, stderr io.Writer, lo
 	if err != nil {
 		return err
 	}
-	if asJSON {
+	if *asJSON {
 		return json.NewEncoder(stdout).Encode(map[string]any{"primary": kr.PrimaryID(), "configured": kr.IDs(), "stored_by_key": used})
 	}
 	fmt.Fprintf(stdout, "primary key: %s\nconfigured:  %s\n", orDash(kr.PrimaryID()), orDash(strings.Join(kr.IDs(), ", ")))

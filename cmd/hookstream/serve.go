@@ -75,7 +75,8 @@ func parseServe(args []string) (serveConfig, error) {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fs.PrintDefaults()
-			return c, helpRequest{"hookstream serve [flags]\n\nFlags:\n" + defaults.String()}
+			return c, helpRequest{"hookstream serve [flags]\n\nRuns the API and the delivery workers (DATABASE_URL, else a local PostgreSQL under .data/ with --dev).\n\n" +
+				"Examples:\n  hookstream serve --dev\n  DATABASE_URL=postgres://… hookstream serve --addr :8080\n  hookstream serve --api-only    # and on other hosts: hookstream serve --workers\n\nFlags:\n" + defaults.String()}
 		}
 		return c, usageError{"serve: " + err.Error(), "hookstream serve [flags] (hookstream serve -h lists them)"}
 	}
