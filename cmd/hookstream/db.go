@@ -95,6 +95,13 @@ func openDatabaseIn(ctx context.Context, log *slog.Logger, maxConns int32, creat
 		stopCluster()
 		return nil, fmt.Errorf("connect to PostgreSQL: %w", err)
 	}
+	// Say which database the command acts on (never the password).
+	where := "DATABASE_URL"
+	if local {
+		where = "the project-local cluster under " + localDataDir
+	}
+	log.Info("database", "name", cfg.ConnConfig.Database, "host", cfg.ConnConfig.Host, "port", cfg.ConnConfig.Port,
+		"user", cfg.ConnConfig.User, "from", where)
 	return &database{Pool: pool, URL: url, Local: local, close: func() { pool.Close(); stopCluster() }}, nil
 }
 

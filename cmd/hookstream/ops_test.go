@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -110,8 +111,11 @@ func TestOperatorCommandsAgainstARunningEngine(t *testing.T) {
 		}
 		return true
 	})
-	if out, _, code := hs(t, bin, dbURL, "projections", "status"); code != 0 || !strings.Contains(out, "projector.delivery_attempts") {
+	if out, errOut, code := hs(t, bin, dbURL, "projections", "status"); code != 0 || !strings.Contains(out, "projector.delivery_attempts") {
 		t.Errorf("projections status table = %d %q", code, out)
+	} else if u, _ := url.Parse(dbURL); !strings.Contains(errOut, `"msg":"database"`) || !strings.Contains(errOut, `"name":"`+strings.TrimPrefix(u.Path, "/")+`"`) ||
+		!strings.Contains(errOut, "DATABASE_URL") {
+		t.Errorf("projections status does not name its database on stderr: %q", errOut)
 	}
 	out, errOut, code := hs(t, bin, dbURL, "projections", "rebuild", "--all")
 	if code != 0 || strings.Count(out, "rebuilt ") != 4 {
