@@ -16,6 +16,7 @@ const (
 	StreamEnvironment = "environment"
 	StreamOrg         = "organization"
 	StreamSession     = "session"
+	StreamRetention   = "retention"
 )
 
 // Event type names. Persisted: never rename, never derive by reflection.
@@ -57,6 +58,7 @@ const (
 	EvReplayReleased  = "ReplayReleased"
 	EvReplayFailed    = "ReplayFailed"
 	EvReplayCancelled = "ReplayCancelled"
+	EvPayloadsExpired = "PayloadsExpired"
 )
 
 // EventTypes is every event type above (a test keeps the list complete).
@@ -67,7 +69,21 @@ var EventTypes = []string{
 	EvEventReceived, EvDeliveryRequested, EvDeliveryAttempted, EvRetryScheduled, EvRetryRequested, EvMovedToDLQ,
 	EvDestinationDisabled, EvCircuitOpened, EvCircuitHalfOpened, EvCircuitClosed,
 	EvIssueOpened, EvIssueRecurred, EvIssueUpdated, EvIssueResolved,
-	EvReplayRequested, EvReplayReleased, EvReplayFailed, EvReplayCancelled,
+	EvReplayRequested, EvReplayReleased, EvReplayFailed, EvReplayCancelled, EvPayloadsExpired,
+}
+
+// PayloadsExpired records one retention pass over an environment: the
+// payloads of Events webhooks and Attempts attempts recorded before Before
+// were replaced by their expired form (metadata, ids, sizes and body hashes
+// stay), reclaiming Bytes of stored payload; Archive names the NDJSON file
+// that kept them first, if the environment archives.
+type PayloadsExpired struct {
+	Before    time.Time `json:"before"`
+	Events    int       `json:"events"`
+	Attempts  int       `json:"attempts"`
+	Bytes     int64     `json:"bytes"`
+	Archive   string    `json:"archive,omitempty"`
+	ExpiredAt time.Time `json:"expired_at"`
 }
 
 // Attempt statuses and trigger types of the delivery_attempt object.

@@ -184,7 +184,7 @@ func (s *attemptsSegment) statements() []eventstore.Statement {
 		out.Add(`INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
 				request_url, request_method, request_headers, request_body_size, response_status, response_headers, response_body,
 				duration_ms, status, error, created_at, attempt_number, trigger_type, connection_name, destination_name, replay_id, next_retry_at)
-			SELECT u.id, u.org, u.env, d.delivery_id, d.event_id, d.connection_id, d.destination_id, u.url, u.method, u.rh, u.bs, u.rs, u.rsh, u.rb,
+			SELECT u.id, u.org, u.env, d.delivery_id, d.event_id, d.connection_id, d.destination_id, u.url, u.method, NULLIF(u.rh, ''), u.bs, u.rs, u.rsh, u.rb,
 				u.dur, u.st, u.err, u.at, u.num, u.trig, d.connection_name, d.destination_name, d.replay_id, u.nra
 			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::int[], $10::text[],
 				$11::text[], $12::int[], $13::text[], $14::text[], $15::timestamptz[], $16::int[], $17::text[], $18::timestamptz[])

@@ -61,7 +61,7 @@ func DeliveryAttempts(e eventstore.Event) ([]eventstore.Statement, error) {
 		add(`INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
 				request_url, request_method, request_headers, request_body_size, response_status, response_headers, response_body,
 				duration_ms, status, error, created_at, attempt_number, trigger_type, connection_name, destination_name, replay_id)
-			SELECT $1, $2, $3, d.delivery_id, d.event_id, d.connection_id, d.destination_id, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+			SELECT $1, $2, $3, d.delivery_id, d.event_id, d.connection_id, d.destination_id, $5, $6, NULLIF($7, ''), $8, $9, $10, $11, $12, $13, $14,
 				$15, $16, $17, d.connection_name, d.destination_name, d.replay_id
 			FROM projected_deliveries d WHERE d.delivery_id = $4
 			ON CONFLICT (id) DO UPDATE SET request_url = excluded.request_url, request_method = excluded.request_method,

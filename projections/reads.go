@@ -149,6 +149,11 @@ type EventDetail struct {
 	// through, and why (filtered, connection or destination disabled,
 	// source paused, duplicate); [] when every route got a delivery.
 	SkippedConnections []domain.SkippedRoute `json:"skipped_connections"`
+	// PayloadExpiredAt is when the environment's retention removed the
+	// body, headers and query (then payload, headers and query_params are
+	// null and BodySHA256 identifies the body that was); absent before.
+	PayloadExpiredAt *string `json:"payload_expired_at,omitempty"`
+	BodySHA256       *string `json:"body_sha256,omitempty"`
 }
 
 const eventCols = `id, source_id, org_id, env_id, method, content_type, source_ip, payload_size, status, received_at, source_name, source_slug,
@@ -295,12 +300,16 @@ func (r *Reads) GetEvent(ctx context.Context, t domain.Tenant, id string) (Event
 	// The read model holds the summary; headers, query and body are the
 	// EventReceived's (the first event of the event's stream).
 	var headersB64 []byte
-	d.EventSummary, err = scanEventSummary(r.pool.QueryRow(ctx, `SELECT v.*, x.h, x.q, coalesce(x.b, ''), coalesce(x.s, '[]'), x.rq, x.rqb, x.hb
+	var expiredAt *time.Time
+	d.EventSummary, err = scanEventSummary(r.pool.QueryRow(ctx, `SELECT v.*, x.h, x.q, coalesce(x.b, ''), coalesce(x.s, '[]'), x.rq, x.rqb, x.hb,
+			hs_ts(x.exp), x.sha
 		FROM (SELECT `+eventCols+` FROM events_view WHERE id = $1 AND org_id = $2 AND env_id = $3) v
 		LEFT JOIN LATERAL (SELECT payload->'headers' AS h, payload->'query' AS q, payload->>'body_b64' AS b, payload->'skipped' AS s,
-				payload->>'raw_query' AS rq, payload->>'raw_query_b64' AS rqb, payload->'headers_b64' AS hb
+				payload->>'raw_query' AS rq, payload->>'raw_query_b64' AS rqb, payload->'headers_b64' AS hb,
+				payload->>'payload_expired_at' AS exp, payload->>'body_sha256' AS sha
 			FROM events WHERE stream_id = v.id AND stream_version = 1) x ON true`, id, t.OrgID, t.EnvID), &d.Headers, &d.QueryParams, &body, &skipped,
-		&d.RawQuery, &d.RawQueryB64, &headersB64)
+		&d.RawQuery, &d.RawQueryB64, &headersB64, &expiredAt, &d.BodySHA256)
+	d.PayloadExpiredAt = kit.ISOTimePtr(expiredAt)
 	if len(headersB64) > 0 {
 		d.HeadersB64 = headersB64
 	}
@@ -323,6 +332,9 @@ func (r *Reads) GetEvent(ctx context.Context, t domain.Tenant, id string) (Event
 		d.Payload = parsed
 	} else if len(raw) > 0 {
 		d.Payload = string(raw)
+	}
+	if d.PayloadExpiredAt != nil {
+		return d, nil // payload and payload_inline stay null
 	}
 	str := string(raw)
 	d.PayloadInline = &str

@@ -57,6 +57,8 @@ Usage:
                                 re-deliver a time range of events (run by "serve")
   hookstream send-test --destination ID [--payload JSON] [--no-wait] [--json]
                                 send a sample webhook to a destination and print its attempt
+  hookstream retention status|run|set [--env ID --days N] [--json]
+                                payload retention: what is kept, a pass now, an environment's setting
   hookstream version [--json]   print the version
 
 Without DATABASE_URL the commands use the project-local cluster under
@@ -96,6 +98,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdReplay(ctx, args[1:], stdout, stderr, log)
 	case "send-test":
 		err = cmdSendTest(ctx, args[1:], stdout, log)
+	case "retention":
+		err = cmdRetention(ctx, args[1:], stdout, log)
 	case "orgs", "envs", "sessions":
 		err = cmdTenancy(ctx, args[0], args[1:], stdout, log)
 	case "secrets":

@@ -12,6 +12,7 @@ import (
 	"net/http/pprof"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/hookstream/hookstream/handlers"
 	"github.com/hookstream/hookstream/handlers/metrics"
 	"github.com/hookstream/hookstream/handlers/outbound"
+	"github.com/hookstream/hookstream/handlers/retention"
 	"github.com/hookstream/hookstream/handlers/tenancy"
 	"github.com/hookstream/hookstream/internal/secretbox"
 	"github.com/hookstream/hookstream/migrations"
@@ -46,6 +48,10 @@ type serveConfig struct {
 	MetricsAddr, MetricsToken string
 	// PprofAddr serves net/http/pprof on its own listener (profiling).
 	PprofAddr string
+	// ArchiveDir receives the payload archives of environments that keep
+	// one; RetentionInterval is how often payload expiry runs.
+	ArchiveDir        string
+	RetentionInterval time.Duration
 }
 
 func parseServe(args []string) (serveConfig, error) {
@@ -68,6 +74,8 @@ func parseServe(args []string) (serveConfig, error) {
 	fs.DurationVar(&c.ReadyMaxLag, "ready-max-lag", time.Minute, "consumer lag above which /v1/ready answers 503")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", envOr("HOOKSTREAM_METRICS_ADDR", ""), "serve /metrics on this address only, e.g. 127.0.0.1:9090 (HOOKSTREAM_METRICS_ADDR)")
 	fs.StringVar(&c.PprofAddr, "pprof-addr", envOr("HOOKSTREAM_PPROF_ADDR", ""), "serve Go's pprof profiles on this address, e.g. 127.0.0.1:6060 (HOOKSTREAM_PPROF_ADDR; never a public one)")
+	fs.StringVar(&c.ArchiveDir, "archive-dir", envOr("HOOKSTREAM_ARCHIVE_DIR", ""), "directory for the NDJSON archives of environments that archive payloads before they expire (HOOKSTREAM_ARCHIVE_DIR; default .data/archive with --dev)")
+	fs.DurationVar(&c.RetentionInterval, "retention-interval", time.Minute, "how often expired webhook payloads are removed (one process at a time)")
 	fs.StringVar(&c.MetricsToken, "metrics-token", envOr("HOOKSTREAM_METRICS_TOKEN", ""), "require Authorization: Bearer TOKEN on /metrics (HOOKSTREAM_METRICS_TOKEN)")
 	var defaults strings.Builder
 	fs.SetOutput(&defaults)
@@ -155,9 +163,15 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	fmt.Fprintf(stdout, "hookstream %s listening on %s\n", version, publicURL)
 	engineCtx, stopEngine := context.WithCancel(ctx)
 	defer stopEngine()
+	archiveDir := cfg.ArchiveDir
+	if archiveDir == "" && cfg.Dev {
+		archiveDir = filepath.Join(".data", "archive")
+	}
+	expiry := retention.New(retention.Params{Pool: db.Pool, Store: store, Log: log, Interval: cfg.RetentionInterval, ArchiveDir: archiveDir,
+		OnBatch: metrics.RetentionBatch})
 	engineDone := startEngine(engineCtx, cfg, handlers.EngineParams{Pool: db.Pool, Store: store, Log: log, Outbound: policy, Secrets: keyring,
 		ConfigChanged: svc.ForgetRoutes, Lanes: cfg.Lanes, PerDestination: cfg.PerDestination, PerTenantLanes: cfg.PerTenantLanes, LeaseTTL: cfg.LeaseTTL,
-		ShutdownGrace: cfg.ShutdownGrace, Metrics: metrics, Wake: notifier})
+		ShutdownGrace: cfg.ShutdownGrace, Metrics: metrics, Wake: notifier, Background: []func(context.Context){expiry.Loop}})
 	log.Info("serving", "addr", ln.Addr().String(), "api", cfg.API, "workers", cfg.Workers)
 
 	return awaitShutdown(ctx, cfg, srv, errc, engineDone, stopEngine, log)

@@ -32,6 +32,12 @@ var OpenAPIJSON []byte
 // writes it: structs list every json-tagged field as required and allow no
 // others, pointers may be null. It is one switch over reflect kinds, longer
 // than the usual function but read case by case.
+// anyJSON is any JSON value, null included (said outright: validators of
+// OpenAPI 3.0 lineage read {} as not nullable).
+func anyJSON() map[string]any {
+	return map[string]any{"type": []any{"string", "number", "integer", "boolean", "array", "object", "null"}}
+}
+
 func schemaFor(t reflect.Type, defs map[string]any) map[string]any {
 	if t.Kind() == reflect.Pointer {
 		inner := schemaFor(t.Elem(), defs)
@@ -53,7 +59,7 @@ func schemaFor(t reflect.Type, defs map[string]any) map[string]any {
 	}
 	switch t {
 	case reflect.TypeFor[json.RawMessage](), reflect.TypeFor[any]():
-		return map[string]any{}
+		return anyJSON()
 	}
 	switch t.Kind() {
 	case reflect.String:
@@ -69,7 +75,7 @@ func schemaFor(t reflect.Type, defs map[string]any) map[string]any {
 	case reflect.Map:
 		return map[string]any{"type": []any{"object", "null"}, "additionalProperties": schemaFor(t.Elem(), defs)}
 	case reflect.Interface:
-		return map[string]any{}
+		return anyJSON()
 	case reflect.Struct:
 		name := t.Name()
 		if _, done := defs[name]; !done {

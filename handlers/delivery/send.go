@@ -19,6 +19,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/handlers/jobs"
 	"github.com/hookstream/hookstream/internal/kit"
 )
 
@@ -174,6 +175,10 @@ func (e *Engine) send(ctx context.Context, j dispatchJob) domain.DeliveryAttempt
 	}
 	if j.Unsendable != "" {
 		return fail(j.Unsendable)
+	}
+	if j.BodyB64 == jobs.ExpiredBody {
+		res.Final = "the webhook's payload expired (retention) before it was sent"
+		return fail(res.Final)
 	}
 	body, err := base64.StdEncoding.DecodeString(j.BodyB64)
 	if err != nil {

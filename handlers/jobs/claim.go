@@ -70,7 +70,7 @@ WITH RECURSIVE dests AS (
         j.trigger_type, j.auto_retries, j.last_number, j.reopened
 )
 SELECT u.delivery_id, u.org_id, u.env_id, u.event_id, u.destination_id, u.attempt_id, u.attempt_number, u.version,
-       e.payload->>'body_b64', coalesce(e.payload->>'content_type', ''),
+       coalesce(e.payload->>'body_b64', '` + ExpiredBody + `'), coalesce(e.payload->>'content_type', ''),
        d.id IS NOT NULL, coalesce(d.url, ''), coalesce(d.method, 'POST'), coalesce(d.headers, '{}'), coalesce(d.timeout_ms, 30000),
        coalesce(d.retry_enabled, false), coalesce(d.retry_max_attempts, 0), coalesce(d.retry_backoff_type, 'exponential'),
        coalesce(d.retry_intervals, '[30]'), coalesce(d.status, ''), coalesce(d.disabled_reason, ''), d.signing_config,
@@ -80,6 +80,11 @@ FROM u CROSS JOIN LATERAL (SELECT x.payload FROM events x WHERE x.event_id = u.r
 LEFT JOIN destinations d ON d.id = u.destination_id
 CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async
 ORDER BY u.destination_id, u.due_at`
+
+// ExpiredBody is the body a claim reads for a webhook whose payload expired
+// (retention removed body_b64): not base64, so it is never sent. Retention
+// keeps the payloads of scheduled deliveries; this covers a retry racing it.
+const ExpiredBody = "!expired"
 
 // The pause rule, the one place it is written (the claim and the circuit's
 // probe pick use it): a job is held while its destination is paused, or its

@@ -26,6 +26,8 @@ type Metrics struct {
 	ingestRequests  *prometheus.CounterVec
 	ingestBytes     prometheus.Counter
 	apiDuration     *prometheus.HistogramVec
+	expiredPayloads *prometheus.CounterVec
+	reclaimedBytes  prometheus.Counter
 }
 
 // NewMetrics registers every metric; the database-derived ones (queue,
@@ -43,11 +45,15 @@ func NewMetrics(pool *pgxpool.Pool, log *slog.Logger) *Metrics {
 			Help: "Webhooks received at /v1/ingest, by HTTP status answered."}, []string{"code"}),
 		ingestBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "hookstream_ingest_bytes_total",
 			Help: "Body bytes of webhooks accepted at /v1/ingest."}),
+		expiredPayloads: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hookstream_retention_payloads_expired_total",
+			Help: "Payloads removed by retention in this process, by kind (event: a webhook's body and headers; attempt: an attempt's headers and response)."}, []string{"kind"}),
+		reclaimedBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "hookstream_retention_bytes_reclaimed_total",
+			Help: "Stored payload bytes retention removed in this process."}),
 		apiDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "hookstream_http_request_duration_seconds",
 			Help: "API request latency by route template, method and status.", Buckets: prometheus.DefBuckets},
 			[]string{"route", "method", "code"}),
 	}
-	reg.MustRegister(m.deliveries, m.attemptDuration, m.ingestRequests, m.ingestBytes, m.apiDuration,
+	reg.MustRegister(m.deliveries, m.attemptDuration, m.ingestRequests, m.ingestBytes, m.apiDuration, m.expiredPayloads, m.reclaimedBytes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&dbCollector{pool: pool, log: log})
 	return m
@@ -82,11 +88,12 @@ var (
 	descPoolConns   = prometheus.NewDesc("hookstream_db_pool_connections", "PostgreSQL pool connections by state.", []string{"state"}, nil)
 	descPoolMax     = prometheus.NewDesc("hookstream_db_pool_max_connections", "PostgreSQL pool size limit.", nil, nil)
 	descPoolAcquire = prometheus.NewDesc("hookstream_db_pool_acquires_total", "Connections acquired from the pool.", nil, nil)
+	descOldestLoad  = prometheus.NewDesc("hookstream_oldest_payload_age_seconds", "Age of the oldest webhook payload still kept, as of the last retention pass (0 when none).", nil, nil)
 	descPoolWait    = prometheus.NewDesc("hookstream_db_pool_acquire_wait_seconds_total", "Time spent waiting for a pool connection.", nil, nil)
 )
 
 func (c *dbCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descJobs, descOldestDue, descLagEvents, descLagSeconds, descCircuit, descPoolConns, descPoolMax, descPoolAcquire, descPoolWait} {
+	for _, d := range []*prometheus.Desc{descJobs, descOldestDue, descLagEvents, descLagSeconds, descCircuit, descPoolConns, descPoolMax, descPoolAcquire, descPoolWait, descOldestLoad} {
 		ch <- d
 	}
 }
@@ -122,6 +129,16 @@ func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descOldestDue, prometheus.GaugeValue, age)
 	}
+	var oldestPayload *time.Time
+	if err := c.pool.QueryRow(ctx, `SELECT min(oldest_payload_at) FROM retention_state`).Scan(&oldestPayload); err != nil {
+		c.log.Error("metrics: oldest payload", "err", err)
+	} else {
+		age := 0.0
+		if oldestPayload != nil {
+			age = max(0, now.Sub(*oldestPayload).Seconds())
+		}
+		ch <- prometheus.MustNewConstMetric(descOldestLoad, prometheus.GaugeValue, age)
+	}
 	if groups, err := projections.Status(ctx, c.pool, now); err != nil {
 		c.log.Error("metrics: consumer lag", "err", err)
 	} else {
@@ -144,6 +161,16 @@ func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
 		v := map[string]float64{domain.CircuitClosed: 0, domain.CircuitHalfOpen: 1, domain.CircuitOpen: 2}[state]
 		ch <- prometheus.MustNewConstMetric(descCircuit, prometheus.GaugeValue, v, dest)
 	}
+}
+
+// RetentionBatch counts one batch of expired payloads.
+func (m *Metrics) RetentionBatch(events, attempts int, bytes int64) {
+	if m == nil {
+		return
+	}
+	m.expiredPayloads.WithLabelValues("event").Add(float64(events))
+	m.expiredPayloads.WithLabelValues("attempt").Add(float64(attempts))
+	m.reclaimedBytes.Add(float64(bytes))
 }
 
 // ObserveRequest records an API request's duration by route, method and

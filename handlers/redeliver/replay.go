@@ -255,7 +255,8 @@ func (s *Redeliverer) selectReplayEvents(ctx context.Context, t domain.Tenant, s
 	// ago is in the replay even if the projector has not listed it yet.
 	// recorded_at (BRIN-indexed) follows received_at within milliseconds, so
 	// a widened recorded_at range narrows the scan; received_at decides.
-	// Duplicates were never delivered and are not replayed.
+	// Duplicates were never delivered and are not replayed, nor are webhooks
+	// whose payload expired (retention): there is nothing left to send.
 	rows, err := s.pool.Query(ctx, `SELECT stream_id, coalesce(payload->>'method', ''), coalesce(payload->>'content_type', ''),
 			coalesce(payload->>'source_ip', ''), coalesce(payload->'headers', 'null'), coalesce(payload->>'body_b64', '')
 		FROM events
@@ -264,6 +265,7 @@ func (s *Redeliverer) selectReplayEvents(ctx context.Context, t domain.Tenant, s
 		  AND payload->>'source_id' = ANY($3)
 		  AND hs_ts(payload->>'received_at') >= $4 AND hs_ts(payload->>'received_at') <= $5
 		  AND coalesce(payload->>'dedup_status', 'unique') <> 'duplicate'
+		  AND NOT payload ? 'payload_expired_at'
 		ORDER BY hs_ts(payload->>'received_at'), stream_id
 		LIMIT $6`, t.OrgID, t.EnvID, sources, p.from, p.to, limit, domain.EvEventReceived)
 	if err != nil {

@@ -208,6 +208,17 @@ func retryable(ctx context.Context, tx pgx.Tx, deliveryID string, orig projectio
 	if state == "scheduled" && leaseUntil != nil && leaseUntil.After(now) {
 		return "", "", 0, retryFailed("an attempt of this delivery is in flight")
 	}
+	// A webhook whose payload expired cannot be sent again. (The job row is
+	// locked: retention keeps the payloads of scheduled deliveries, and this
+	// retry schedules it in the same transaction.)
+	var expired bool
+	if err := tx.QueryRow(ctx, `SELECT payload ? 'payload_expired_at' FROM events WHERE stream_id = $1 AND stream_version = 1 FOR SHARE`,
+		orig.EventID).Scan(&expired); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return "", "", 0, fmt.Errorf("check payload: %w", err)
+	}
+	if expired {
+		return "", "", 0, retryFailed("the webhook's payload expired (the environment's retention); it cannot be sent again")
+	}
 	var destStatus string
 	err = tx.QueryRow(ctx, `SELECT status, url, method, timeout_ms FROM destinations WHERE id = $1`, orig.DestinationID).Scan(&destStatus, &url, &method, &timeoutMS)
 	if errors.Is(err, pgx.ErrNoRows) {

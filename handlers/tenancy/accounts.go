@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -51,12 +52,57 @@ type Environment struct {
 	Name      string `json:"name"`
 	Slug      string `json:"slug"`
 	CreatedAt string `json:"created_at"`
+	// PayloadRetentionDays is how long webhook bodies and headers are kept
+	// (default 30; fractions allowed, at least 60 s).
+	PayloadRetentionDays float64 `json:"payload_retention_days"`
+	// ArchivePayloads: 1 when payloads are archived (NDJSON under serve's
+	// --archive-dir) before they expire.
+	ArchivePayloads int `json:"archive_payloads"`
+	// IngestRateLimit is the environment's ingest limit in webhooks per
+	// second across its sources (null: none).
+	IngestRateLimit *int `json:"ingest_rate_limit"`
 }
 
 // EnvironmentInput is the body of POST and PATCH /v1/environments.
 type EnvironmentInput struct {
-	Name *string `json:"name"`
-	Slug *string `json:"slug"`
+	Name                 *string   `json:"name"`
+	Slug                 *string   `json:"slug"`
+	PayloadRetentionDays *float64  `json:"payload_retention_days"`
+	ArchivePayloads      *kit.Flag `json:"archive_payloads"`
+	// IngestRateLimit 0 removes the limit.
+	IngestRateLimit *int `json:"ingest_rate_limit"`
+}
+
+// applySettings validates the retention and rate-limit settings of in onto e.
+func (e *Environment) applySettings(in EnvironmentInput) error {
+	if v := in.PayloadRetentionDays; v != nil {
+		if *v*86400 < 60 || *v > 3650 || *v != *v {
+			return kit.Invalidf("'payload_retention_days' must be from 60 s (0.0007) to 3650 days")
+		}
+		e.PayloadRetentionDays = *v
+	}
+	if in.ArchivePayloads != nil {
+		e.ArchivePayloads = 0
+		if *in.ArchivePayloads {
+			e.ArchivePayloads = 1
+		}
+	}
+	if v := in.IngestRateLimit; v != nil {
+		switch {
+		case *v == 0:
+			e.IngestRateLimit = nil
+		case *v < 0 || *v > 100000:
+			return kit.Invalidf("'ingest_rate_limit' must be from 1 to 100000 webhooks per second, or 0 for none")
+		default:
+			e.IngestRateLimit = v
+		}
+	}
+	return nil
+}
+
+// retentionSeconds is the stored form of PayloadRetentionDays.
+func (e Environment) retentionSeconds() int64 {
+	return max(60, int64(math.Round(e.PayloadRetentionDays*86400)))
 }
 
 // Organization is a tenant with its first environment.
@@ -91,7 +137,7 @@ func (a *Accounts) CreateOrganization(ctx context.Context, name, actor string, n
 }
 
 func (a *Accounts) insertEnvironment(ctx context.Context, tx pgx.Tx, org, name, slug, actor string, now time.Time) (Environment, error) {
-	env := Environment{ID: kit.NewID(), OrgID: org, Name: name, Slug: slug, CreatedAt: kit.ISOTime(now)}
+	env := Environment{ID: kit.NewID(), OrgID: org, Name: name, Slug: slug, CreatedAt: kit.ISOTime(now), PayloadRetentionDays: 30}
 	if err := a.record(ctx, tx, domain.StreamEnvironment, env.ID, org, env.ID, domain.EvEnvironmentCreated,
 		map[string]any{"id": env.ID, "name": name, "slug": slug}, actor); err != nil {
 		return env, err
@@ -122,10 +168,27 @@ func (a *Accounts) CreateEnvironment(ctx context.Context, t domain.Tenant, in En
 	if err := domain.ApplyNameSlug(in.Name, in.Slug, &name, &slug); err != nil {
 		return Environment{}, err
 	}
+	settings := Environment{PayloadRetentionDays: 30}
+	if err := settings.applySettings(in); err != nil {
+		return Environment{}, err
+	}
 	var env Environment
 	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
 		var err error
-		env, err = a.insertEnvironment(ctx, tx, t.OrgID, name, slug, t.Actor, now)
+		if env, err = a.insertEnvironment(ctx, tx, t.OrgID, name, slug, t.Actor, now); err != nil {
+			return err
+		}
+		env.PayloadRetentionDays, env.ArchivePayloads, env.IngestRateLimit = settings.PayloadRetentionDays, settings.ArchivePayloads, settings.IngestRateLimit
+		if in.PayloadRetentionDays == nil && in.ArchivePayloads == nil && in.IngestRateLimit == nil {
+			return nil // the defaults the row already has
+		}
+		if err := a.record(ctx, tx, domain.StreamEnvironment, env.ID, t.OrgID, env.ID, domain.EvEnvironmentUpdated,
+			map[string]any{"id": env.ID, "name": env.Name, "slug": env.Slug, "payload_retention_seconds": env.retentionSeconds(),
+				"archive_payloads": env.ArchivePayloads == 1, "ingest_rate_limit": env.IngestRateLimit}, t.Actor); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE environments SET payload_retention_seconds = $2, archive_payloads = $3, ingest_rate_limit = $4 WHERE id = $1`,
+			env.ID, env.retentionSeconds(), env.ArchivePayloads == 1, env.IngestRateLimit)
 		return err
 	})
 	if err != nil {
@@ -134,13 +197,19 @@ func (a *Accounts) CreateEnvironment(ctx context.Context, t domain.Tenant, in En
 	return env, nil
 }
 
-const envCols = `id, org_id, name, slug, created_at`
+const envCols = `id, org_id, name, slug, created_at, payload_retention_seconds, archive_payloads, ingest_rate_limit`
 
 func scanEnvironment(row pgx.Row) (Environment, error) {
 	var e Environment
 	var created time.Time
-	err := row.Scan(&e.ID, &e.OrgID, &e.Name, &e.Slug, &created)
+	var retention int64
+	var archive bool
+	err := row.Scan(&e.ID, &e.OrgID, &e.Name, &e.Slug, &created, &retention, &archive, &e.IngestRateLimit)
 	e.CreatedAt = kit.ISOTime(created)
+	e.PayloadRetentionDays = float64(retention) / 86400
+	if archive {
+		e.ArchivePayloads = 1
+	}
 	return e, err
 }
 
@@ -178,12 +247,17 @@ func (a *Accounts) UpdateEnvironment(ctx context.Context, t domain.Tenant, id st
 	if err := domain.ApplyNameSlug(in.Name, in.Slug, &cur.Name, &cur.Slug); err != nil {
 		return cur, err
 	}
+	if err := cur.applySettings(in); err != nil {
+		return cur, err
+	}
 	err = pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
 		if err := a.record(ctx, tx, domain.StreamEnvironment, id, t.OrgID, id, domain.EvEnvironmentUpdated,
-			map[string]any{"id": id, "name": cur.Name, "slug": cur.Slug}, t.Actor); err != nil {
+			map[string]any{"id": id, "name": cur.Name, "slug": cur.Slug, "payload_retention_seconds": cur.retentionSeconds(),
+				"archive_payloads": cur.ArchivePayloads == 1, "ingest_rate_limit": cur.IngestRateLimit}, t.Actor); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `UPDATE environments SET name = $2, slug = $3 WHERE id = $1`, id, cur.Name, cur.Slug)
+		_, err := tx.Exec(ctx, `UPDATE environments SET name = $2, slug = $3, payload_retention_seconds = $4, archive_payloads = $5,
+			ingest_rate_limit = $6 WHERE id = $1`, id, cur.Name, cur.Slug, cur.retentionSeconds(), cur.ArchivePayloads == 1, cur.IngestRateLimit)
 		return uniqueSlug(err)
 	})
 	if err != nil {

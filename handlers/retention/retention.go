@@ -1,0 +1,414 @@
+// Package retention expires webhook payloads once their environment's
+// retention has passed: the body, headers and query of each EventReceived
+// and the request and response headers and body of each DeliveryAttempted
+// are replaced by an expired form that keeps every id, size and a hash of
+// the body, so audit, metrics and rebuilds still work. It is the one
+// change the events table allows (migration 0015), made by the retention
+// pass alone, one batch per transaction, each batch recorded as a
+// PayloadsExpired event.
+package retention
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/internal/kit"
+)
+
+// Params configure the retention pass.
+type Params struct {
+	Pool  *pgxpool.Pool
+	Store *eventstore.Store
+	Log   *slog.Logger
+	Now   func() time.Time
+	// Batch is how many payloads one transaction expires (default 2000).
+	Batch int
+	// Interval is how often Loop runs a pass (default 1 minute).
+	Interval time.Duration
+	// ArchiveDir receives the NDJSON archives of environments that archive
+	// their payloads before expiry; without it their payloads are kept
+	// (fail closed: nothing is removed that was to be archived).
+	ArchiveDir string
+	// OnBatch, when set, is told each batch's counts (metrics).
+	OnBatch func(events, attempts int, bytes int64)
+}
+
+// Retention runs retention passes.
+type Retention struct{ p Params }
+
+// New fills the defaults.
+func New(p Params) *Retention {
+	kit.Defaults(&p.Now, &p.Log, &p.Store)
+	if p.Batch <= 0 {
+		p.Batch = 2000
+	}
+	if p.Interval <= 0 {
+		p.Interval = time.Minute
+	}
+	return &Retention{p: p}
+}
+
+// EnvReport is what one pass did in one environment.
+type EnvReport struct {
+	OrgID            string     `json:"org_id"`
+	EnvID            string     `json:"env_id"`
+	RetentionSeconds int64      `json:"retention_seconds"`
+	Before           time.Time  `json:"before"`
+	Events           int        `json:"events_expired"`
+	Attempts         int        `json:"attempts_expired"`
+	Bytes            int64      `json:"bytes_reclaimed"`
+	Archives         []string   `json:"archives,omitempty"`
+	Held             string     `json:"held,omitempty"` // why payloads due were kept (archive not configured)
+	OldestPayloadAt  *time.Time `json:"oldest_payload_at"`
+}
+
+// Report is one pass.
+type Report struct {
+	// Ran is false when another process held the pass's lock.
+	Ran      bool          `json:"ran"`
+	Envs     []EnvReport   `json:"environments"`
+	Duration time.Duration `json:"-"`
+}
+
+// lockKey serialises passes across processes (session advisory lock).
+const lockKey = `hashtext('hookstream:retention')`
+
+// Loop runs a pass every Interval until ctx ends.
+func (r *Retention) Loop(ctx context.Context) {
+	t := time.NewTicker(r.p.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rep, err := r.Run(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				r.p.Log.Error("retention pass", "err", err)
+			}
+			continue
+		}
+		for _, e := range rep.Envs {
+			if e.Events+e.Attempts > 0 || e.Held != "" {
+				r.p.Log.Info("retention", "org_id", e.OrgID, "env_id", e.EnvID, "events_expired", e.Events, "attempts_expired", e.Attempts,
+					"bytes_reclaimed", e.Bytes, "held", e.Held)
+			}
+		}
+	}
+}
+
+type env struct {
+	org, id   string
+	retention int64
+	archive   bool
+	from      int64
+}
+
+// Run makes one pass over every environment, unless another process is
+// making one.
+func (r *Retention) Run(ctx context.Context) (Report, error) {
+	started := r.p.Now()
+	conn, err := r.p.Pool.Acquire(ctx)
+	if err != nil {
+		return Report{}, err
+	}
+	defer conn.Release()
+	var got bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(`+lockKey+`)`).Scan(&got); err != nil {
+		return Report{}, fmt.Errorf("retention lock: %w", err)
+	}
+	if !got {
+		return Report{}, nil
+	}
+	defer func() {
+		if _, err := conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(`+lockKey+`)`); err != nil {
+			conn.Conn().Close(context.Background()) // a lost unlock ends with the session
+		}
+	}()
+	rows, err := r.p.Pool.Query(ctx, `SELECT e.org_id, e.id, e.payload_retention_seconds, e.archive_payloads, coalesce(s.scan_from, 0)
+		FROM environments e LEFT JOIN retention_state s ON s.org_id = e.org_id AND s.env_id = e.id ORDER BY e.org_id, e.id`)
+	envs, err := kit.CollectRows(rows, err, func(row pgx.Row) (env, error) {
+		var e env
+		return e, row.Scan(&e.org, &e.id, &e.retention, &e.archive, &e.from)
+	})
+	if err != nil {
+		return Report{}, fmt.Errorf("retention: environments: %w", err)
+	}
+	rep := Report{Ran: true}
+	for _, e := range envs {
+		er, err := r.expireEnv(ctx, e)
+		if err != nil {
+			return rep, fmt.Errorf("retention: environment %s: %w", e.id, err)
+		}
+		rep.Envs = append(rep.Envs, er)
+	}
+	rep.Duration = r.p.Now().Sub(started)
+	return rep, nil
+}
+
+// expirable is the filter of payloads that may expire: not yet expired, and
+// not of a delivery still scheduled (its body is still to be sent; a
+// delivery's attempts go with it).
+const expirable = `e.event_type IN ('EventReceived', 'DeliveryAttempted') AND NOT e.payload ? 'payload_expired_at'`
+
+const notLive = `NOT (e.event_type = 'EventReceived' AND EXISTS (SELECT 1 FROM delivery_jobs j WHERE j.event_id = e.stream_id AND j.state = 'scheduled'))
+	AND NOT (e.event_type = 'DeliveryAttempted' AND EXISTS (SELECT 1 FROM delivery_jobs j WHERE j.delivery_id = e.stream_id AND j.state = 'scheduled'))`
+
+func (r *Retention) expireEnv(ctx context.Context, e env) (EnvReport, error) {
+	now := r.p.Now().UTC()
+	cutoff := now.Add(-time.Duration(e.retention) * time.Second)
+	rep := EnvReport{OrgID: e.org, EnvID: e.id, RetentionSeconds: e.retention, Before: cutoff}
+	end, err := positionAt(ctx, r.p.Pool, cutoff, e.from)
+	if err != nil {
+		return rep, err
+	}
+	if e.archive && r.p.ArchiveDir == "" {
+		rep.Held = "the environment archives its payloads before expiry, and serve has no --archive-dir: payloads are kept"
+	} else {
+		after := e.from - 1
+		for {
+			n, last, err := r.expireBatch(ctx, e, after, end, cutoff, now, &rep)
+			if err != nil {
+				return rep, err
+			}
+			if n < r.p.Batch {
+				break
+			}
+			after = last
+		}
+	}
+	// Where the next pass starts: the first payload of the range still kept
+	// (a live delivery's, or one recorded out of order), else the range's end.
+	next := end
+	if err := r.p.Pool.QueryRow(ctx, `SELECT coalesce(min(e.global_position), $4) FROM events e
+		WHERE e.global_position >= $1 AND e.global_position < $4 AND e.org_id = $2 AND e.env_id = $3 AND `+expirable,
+		e.from, e.org, e.id, end).Scan(&next); err != nil {
+		return rep, fmt.Errorf("next scan position: %w", err)
+	}
+	var oldest *time.Time
+	err = r.p.Pool.QueryRow(ctx, `SELECT e.recorded_at FROM events e WHERE e.global_position >= $1 AND e.org_id = $2 AND e.env_id = $3
+		AND e.event_type = 'EventReceived' AND NOT e.payload ? 'payload_expired_at' ORDER BY e.global_position LIMIT 1`, next, e.org, e.id).Scan(&oldest)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return rep, fmt.Errorf("oldest payload: %w", err)
+	}
+	rep.OldestPayloadAt = oldest
+	_, err = r.p.Pool.Exec(ctx, `INSERT INTO retention_state (org_id, env_id, scan_from, oldest_payload_at, events_expired, attempts_expired, bytes_reclaimed, last_run)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		ON CONFLICT (org_id, env_id) DO UPDATE SET scan_from = excluded.scan_from, oldest_payload_at = excluded.oldest_payload_at,
+			events_expired = retention_state.events_expired + excluded.events_expired,
+			attempts_expired = retention_state.attempts_expired + excluded.attempts_expired,
+			bytes_reclaimed = retention_state.bytes_reclaimed + excluded.bytes_reclaimed, last_run = excluded.last_run`,
+		e.org, e.id, next, oldest, rep.Events, rep.Attempts, rep.Bytes, now)
+	return rep, err
+}
+
+// positionAt is the first global position at or after from whose event was
+// recorded at or after t (the log's end when none): a binary search by
+// primary key, as recorded_at follows the position.
+func positionAt(ctx context.Context, pool *pgxpool.Pool, t time.Time, from int64) (int64, error) {
+	var hi int64
+	if err := pool.QueryRow(ctx, `SELECT coalesce(max(global_position), 0) + 1 FROM events`).Scan(&hi); err != nil {
+		return 0, err
+	}
+	lo := max(from, 1)
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		var at time.Time
+		err := pool.QueryRow(ctx, `SELECT recorded_at FROM events WHERE global_position >= $1 ORDER BY global_position LIMIT 1`, mid).Scan(&at)
+		if errors.Is(err, pgx.ErrNoRows) {
+			hi = mid
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		if at.Before(t) {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lo, nil
+}
+
+type candidate struct {
+	pos       int64
+	eventType string
+	size      int64
+	row       json.RawMessage // the whole event, when archiving
+}
+
+// expireBatch expires up to Batch payloads at positions in (after, end),
+// in one transaction with the read model's copy and a PayloadsExpired
+// event. It returns how many it found and the last position.
+func (r *Retention) expireBatch(ctx context.Context, e env, after, end int64, cutoff, now time.Time, rep *EnvReport) (int, int64, error) {
+	var found int
+	var last int64
+	err := pgx.BeginFunc(ctx, r.p.Pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT e.global_position, e.event_type, pg_column_size(e.payload),
+				CASE WHEN $7 THEN to_jsonb(e) - 'transaction_id' END
+			FROM events e
+			WHERE e.global_position > $1 AND e.global_position < $2 AND e.org_id = $3 AND e.env_id = $4 AND e.recorded_at < $5
+				AND `+expirable+` AND `+notLive+`
+			ORDER BY e.global_position LIMIT $6
+			FOR UPDATE OF e SKIP LOCKED`, after, end, e.org, e.id, cutoff, r.p.Batch, e.archive)
+		cands, err := kit.CollectRows(rows, err, func(row pgx.Row) (candidate, error) {
+			var c candidate
+			return c, row.Scan(&c.pos, &c.eventType, &c.size, &c.row)
+		})
+		if err != nil {
+			return fmt.Errorf("select payloads: %w", err)
+		}
+		found = len(cands)
+		if found == 0 {
+			return nil
+		}
+		last = cands[found-1].pos
+		positions := make([]int64, found)
+		var before int64
+		for i, c := range cands {
+			positions[i] = c.pos
+			before += c.size
+		}
+		archive := ""
+		if e.archive {
+			if archive, err = r.writeArchive(e, cands, now); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, `SELECT set_config('hookstream.retention', 'on', true)`); err != nil {
+			return err
+		}
+		rows, err = tx.Query(ctx, `UPDATE events e SET payload = hookstream_expired_payload(e.event_type, e.payload, $2)
+			WHERE e.global_position = ANY($1) RETURNING e.event_type, coalesce(e.payload->>'attempt_id', ''), pg_column_size(e.payload)`, positions, now)
+		type expired struct {
+			eventType, attemptID string
+			size                 int64
+		}
+		done, err := kit.CollectRows(rows, err, func(row pgx.Row) (expired, error) {
+			var x expired
+			return x, row.Scan(&x.eventType, &x.attemptID, &x.size)
+		})
+		if err != nil {
+			return fmt.Errorf("expire payloads: %w", err)
+		}
+		var events, attempts int
+		var attemptIDs []string
+		var afterSize int64
+		for _, x := range done {
+			afterSize += x.size
+			if x.eventType == domain.EvEventReceived {
+				events++
+			} else {
+				attempts++
+				attemptIDs = append(attemptIDs, x.attemptID)
+			}
+		}
+		// The read model shows an expired attempt as a rebuild from the
+		// expired event would: no request or response headers or body.
+		if _, err := tx.Exec(ctx, `UPDATE delivery_attempts SET request_headers = NULL, response_headers = NULL, response_body = NULL
+			WHERE id = ANY($1)`, attemptIDs); err != nil {
+			return fmt.Errorf("expire attempts read model: %w", err)
+		}
+		bytes := max(0, before-afterSize)
+		if _, err := r.p.Store.Append(ctx, tx, eventstore.StreamAppend{StreamType: domain.StreamRetention, StreamID: kit.NewID(),
+			OrgID: e.org, EnvID: e.id, Expected: eventstore.NoStream,
+			Events: []eventstore.NewEvent{{Type: domain.EvPayloadsExpired, Metadata: eventstore.Metadata{Actor: "retention"},
+				Payload: domain.PayloadsExpired{Before: cutoff, Events: events, Attempts: attempts, Bytes: bytes, Archive: archive, ExpiredAt: now}}},
+		}); err != nil {
+			return err
+		}
+		rep.Events += events
+		rep.Attempts += attempts
+		rep.Bytes += bytes
+		if archive != "" {
+			rep.Archives = append(rep.Archives, archive)
+		}
+		if r.p.OnBatch != nil {
+			defer r.p.OnBatch(events, attempts, bytes)
+		}
+		return nil
+	})
+	return found, last, err
+}
+
+// writeArchive writes the batch's events, whole, as NDJSON under
+// ArchiveDir/ORG/ENV/DAY/FIRST-LAST.ndjson (0600), synced before the
+// payloads are touched. A batch retried after a failed commit writes its
+// file again (same name): the archive holds each payload at least once.
+func (r *Retention) writeArchive(e env, cands []candidate, now time.Time) (string, error) {
+	dir := filepath.Join(r.p.ArchiveDir, e.org, e.id, now.Format("2006-01-02"))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("archive: %w", err)
+	}
+	name := filepath.Join(dir, fmt.Sprintf("%020d-%020d.ndjson", cands[0].pos, cands[len(cands)-1].pos))
+	tmp, err := os.CreateTemp(dir, ".archive-*")
+	if err != nil {
+		return "", fmt.Errorf("archive: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	for _, c := range cands {
+		if _, err := tmp.Write(append(c.row, '\n')); err != nil {
+			tmp.Close()
+			return "", fmt.Errorf("archive: %w", err)
+		}
+	}
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return "", fmt.Errorf("archive: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return "", fmt.Errorf("archive: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return "", fmt.Errorf("archive: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), name); err != nil {
+		return "", fmt.Errorf("archive: %w", err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return name, nil
+}
+
+// EnvStatus is an environment's retention settings and state.
+type EnvStatus struct {
+	OrgID            string     `json:"org_id"`
+	EnvID            string     `json:"env_id"`
+	Name             string     `json:"name"`
+	RetentionSeconds int64      `json:"retention_seconds"`
+	ArchivePayloads  bool       `json:"archive_payloads"`
+	OldestPayloadAt  *time.Time `json:"oldest_payload_at"`
+	EventsExpired    int64      `json:"events_expired"`
+	AttemptsExpired  int64      `json:"attempts_expired"`
+	BytesReclaimed   int64      `json:"bytes_reclaimed"`
+	LastRun          *time.Time `json:"last_run"`
+}
+
+// Status lists every environment's retention as the last pass left it.
+func Status(ctx context.Context, pool *pgxpool.Pool) ([]EnvStatus, error) {
+	rows, err := pool.Query(ctx, `SELECT e.org_id, e.id, e.name, e.payload_retention_seconds, e.archive_payloads, s.oldest_payload_at,
+			coalesce(s.events_expired, 0), coalesce(s.attempts_expired, 0), coalesce(s.bytes_reclaimed, 0), s.last_run
+		FROM environments e LEFT JOIN retention_state s ON s.org_id = e.org_id AND s.env_id = e.id ORDER BY e.org_id, e.created_at`)
+	return kit.CollectRows(rows, err, func(row pgx.Row) (EnvStatus, error) {
+		var s EnvStatus
+		return s, row.Scan(&s.OrgID, &s.EnvID, &s.Name, &s.RetentionSeconds, &s.ArchivePayloads, &s.OldestPayloadAt,
+			&s.EventsExpired, &s.AttemptsExpired, &s.BytesReclaimed, &s.LastRun)
+	})
+}

@@ -1,0 +1,262 @@
+package handlers_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hookstream/hookstream/handlers/retention"
+	"github.com/hookstream/hookstream/projections"
+)
+
+// Retention expires the payloads of finished webhooks past the
+// environment's retention, and only those: a webhook whose delivery is
+// still scheduled keeps its body, another environment (default 30 days)
+// keeps everything. The event log keeps every event with its ids, sizes and
+// a hash of each body; the read models show the expiry as a rebuild does;
+// an expired webhook cannot be retried or replayed; events stay immutable
+// to anyone else; a second pass starts where the first stopped.
+func TestRetentionExpiresFinishedPayloadsAndKeepsTheLog(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	ok, failing := newSink(t), newSink(t, 500, 500, 500)
+	srcDone, _ := h.route(ok.srv.URL, nil, nil)
+	srcLive, _ := h.route(failing.srv.URL, map[string]any{"retry_intervals": []int{3600}, "retry_backoff_type": "fixed",
+		"circuit_breaker_enabled": false}, nil)
+	var done []string
+	bodies := map[string]string{}
+	for i := 0; i < 4; i++ {
+		body := fmt.Sprintf(`{"secret":"card-%d"}`, i)
+		id := h.ingest(srcDone, body)
+		done, bodies[id] = append(done, id), body
+	}
+	live := h.ingest(srcLive, `{"still":"retrying"}`)
+	other := newKey(t, h.pool, "")
+	otherSrc := h.mustCreate("/v1/sources", map[string]any{"name": "other"}) // (this tenant's; the other tenant's below)
+	_ = otherSrc
+	code, out := h.do("POST", "/v1/sources", other, map[string]any{"name": "theirs"})
+	if code != 201 {
+		t.Fatalf("other tenant's source = %d %v", code, out)
+	}
+	theirs := h.ingest(out["source"].(map[string]any)["id"].(string), `{"theirs":true}`)
+	waitFor(t, 10*time.Second, "the deliveries and the failed first attempt", func() bool {
+		return ok.count() == 4 && len(h.attempts("event_id="+live)) == 1 && h.eventStatus(done[3]) == "delivered"
+	})
+	before := map[string]any{}
+	for _, id := range done {
+		_, out := h.do("GET", "/v1/delivery-attempts?event_id="+id, h.key, nil)
+		before[id] = out["delivery_attempts"].([]any)[0]
+	}
+
+	// 60 s of retention, and a pass run two minutes from now.
+	_, sess := h.do("GET", "/v1/auth/session", h.key, nil)
+	envID := sess["env_id"].(string)
+	if code, out := h.do("PATCH", "/v1/environments/"+envID, h.key, map[string]any{"payload_retention_days": 0.0007}); code != 200 ||
+		out["environment"].(map[string]any)["payload_retention_days"].(float64) < 0.0007 {
+		t.Fatalf("PATCH retention = %d %v", code, out)
+	}
+	if code, out := h.do("PATCH", "/v1/environments/"+envID, h.key, map[string]any{"payload_retention_days": 0.0001}); code != 400 {
+		t.Fatalf("a retention under 60 s = %d %v", code, out)
+	}
+	later := func() time.Time { return time.Now().Add(2 * time.Minute) }
+	rep, err := retention.New(retention.Params{Pool: h.pool, Now: later, Batch: 3}).Run(ctx)
+	if err != nil || !rep.Ran {
+		t.Fatalf("retention pass = %+v %v", rep, err)
+	}
+	var mine retention.EnvReport
+	for _, e := range rep.Envs {
+		if e.EnvID == envID {
+			mine = e
+		} else if e.Events+e.Attempts != 0 {
+			t.Errorf("environment %s (30 days) lost payloads: %+v", e.EnvID, e)
+		}
+	}
+	// 4 webhooks and their 4 attempts (the live one's failed attempt stays with it).
+	if mine.Events != 4 || mine.Attempts != 4 || mine.Bytes <= 0 || mine.OldestPayloadAt == nil {
+		t.Fatalf("pass in the environment = %+v", mine)
+	}
+
+	for _, id := range done {
+		code, out := h.do("GET", "/v1/events/"+id, h.key, nil)
+		ev := out["event"].(map[string]any)
+		sum := sha256.Sum256([]byte(bodies[id]))
+		if code != 200 || ev["payload"] != nil || ev["headers"] != nil || ev["payload_inline"] != nil || ev["payload_expired_at"] == nil ||
+			ev["body_sha256"] != hex.EncodeToString(sum[:]) || num(ev["payload_size"]) != len(bodies[id]) {
+			t.Fatalf("expired event %s = %d %v", id, code, ev)
+		}
+		_, out = h.do("GET", "/v1/delivery-attempts?event_id="+id, h.key, nil)
+		a := out["delivery_attempts"].([]any)[0].(map[string]any)
+		b := before[id].(map[string]any)
+		if a["request_headers"] != nil || a["response_body"] != nil || a["response_headers"] != nil || a["status"] != b["status"] ||
+			a["id"] != b["id"] || a["response_status"] != b["response_status"] || a["request_body_size"] != b["request_body_size"] {
+			t.Fatalf("expired attempt = %v, before %v", a, b)
+		}
+		if code, out := h.do("POST", "/v1/delivery-attempts/"+a["id"].(string)+"/retry", h.key, nil); code != 400 ||
+			!strings.Contains(fmt.Sprint(out["error"]), "payload expired") {
+			t.Fatalf("retry of an expired webhook = %d %v", code, out)
+		}
+	}
+	var leaked int
+	if err := h.pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE stream_id = ANY($1) AND position('card-' IN payload::text) > 0`, done).Scan(&leaked); err != nil || leaked != 0 {
+		t.Fatalf("%d events still hold an expired body (%v)", leaked, err)
+	}
+	for id, key := range map[string]string{live: h.key, theirs: other} {
+		if _, out := h.do("GET", "/v1/events/"+id, key, nil); out["event"].(map[string]any)["payload"] == nil {
+			t.Errorf("event %s lost its payload: %v", id, out)
+		}
+	}
+	var recorded int
+	if err := h.pool.QueryRow(ctx, `SELECT coalesce(sum((payload->>'events')::int), 0) FROM events WHERE event_type = 'PayloadsExpired' AND env_id = $1`,
+		envID).Scan(&recorded); err != nil || recorded != 4 {
+		t.Fatalf("PayloadsExpired events count %d webhooks (%v), want 4", recorded, err)
+	}
+	// Replaying the range finds nothing left to send.
+	from := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
+	to := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	_, dests := h.do("GET", "/v1/destinations", h.key, nil)
+	for _, d := range dests["destinations"].([]any) {
+		dm := d.(map[string]any)
+		if code, _ := h.do("POST", "/v1/replay", h.key, map[string]any{"destination_id": dm["id"], "source_id": srcDone, "from": from, "to": to}); code == 201 {
+			t.Errorf("a replay of expired webhooks to %s was accepted", dm["name"])
+		}
+	}
+
+	// Nobody else may change an event; the retention form is the only change, once.
+	for _, q := range []string{
+		`UPDATE events SET payload = '{}' WHERE stream_id = '` + live + `'`,
+		`DELETE FROM events WHERE stream_id = '` + live + `'`,
+		`BEGIN; SELECT set_config('hookstream.retention', 'on', true); UPDATE events SET payload = payload || '{"payload_expired_at":"2026-01-01T00:00:00Z"}' WHERE stream_id = '` + live + `'; COMMIT`,
+		`BEGIN; SELECT set_config('hookstream.retention', 'on', true); UPDATE events SET stream_version = stream_version WHERE stream_id = '` + done[0] + `'; COMMIT`,
+	} {
+		if _, err := h.pool.Exec(ctx, q); err == nil || !strings.Contains(err.Error(), "immutable") {
+			t.Errorf("%s: %v, want refused", q, err)
+		}
+		_, _ = h.pool.Exec(ctx, `ROLLBACK`)
+	}
+
+	// Rebuilt read models read the same as live.
+	snapshot := func() string {
+		var parts []string
+		for _, id := range append(done, live) {
+			_, a := h.do("GET", "/v1/delivery-attempts?event_id="+id, h.key, nil)
+			_, e := h.do("GET", "/v1/events/"+id, h.key, nil)
+			ea, _ := json.Marshal(a["delivery_attempts"])
+			ee, _ := json.Marshal(e["event"])
+			parts = append(parts, string(ea), string(ee))
+		}
+		return strings.Join(parts, "\n")
+	}
+	live1 := snapshot()
+	for _, name := range []string{"delivery_attempts", "events"} {
+		if _, err := projections.Rebuild(ctx, h.pool, name, projections.RebuildOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rebuilt := snapshot(); rebuilt != live1 {
+		t.Fatalf("after a rebuild:\n%s\nlive:\n%s", rebuilt, live1)
+	}
+	if _, err := projections.Rebuild(ctx, h.pool, "delivery_attempts", projections.RebuildOptions{EventAtATime: true}); err != nil {
+		t.Fatal(err)
+	}
+	if rebuilt := snapshot(); rebuilt != live1 {
+		t.Fatalf("after an event-at-a-time rebuild:\n%s\nlive:\n%s", rebuilt, live1)
+	}
+
+	// A second pass has nothing left, and keeps the live webhook's body.
+	rep, err = retention.New(retention.Params{Pool: h.pool, Now: later}).Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range rep.Envs {
+		if e.Events+e.Attempts != 0 {
+			t.Errorf("second pass expired %+v", e)
+		}
+	}
+	st, err := retention.Status(ctx, h.pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st {
+		if s.EnvID == envID && (s.EventsExpired != 4 || s.AttemptsExpired != 4 || s.OldestPayloadAt == nil || s.LastRun == nil) {
+			t.Errorf("status = %+v", s)
+		}
+	}
+}
+
+// An environment that archives its payloads keeps them all, while serve has
+// no archive directory, and with one writes each batch's events, whole, to
+// an NDJSON file (0600) before their payloads go.
+func TestRetentionArchivesBeforeItExpires(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	sink := newSink(t)
+	src, _ := h.route(sink.srv.URL, nil, nil)
+	var ids []string
+	for i := 0; i < 3; i++ {
+		ids = append(ids, h.ingest(src, fmt.Sprintf(`{"archived":%d}`, i)))
+	}
+	waitFor(t, 10*time.Second, "the deliveries", func() bool { return sink.count() == 3 && h.eventStatus(ids[2]) == "delivered" })
+	_, sess := h.do("GET", "/v1/auth/session", h.key, nil)
+	envID := sess["env_id"].(string)
+	if code, out := h.do("PATCH", "/v1/environments/"+envID, h.key, map[string]any{"payload_retention_days": 0.001, "archive_payloads": 1}); code != 200 {
+		t.Fatalf("PATCH = %d %v", code, out)
+	}
+	later := func() time.Time { return time.Now().Add(5 * time.Minute) }
+	rep, err := retention.New(retention.Params{Pool: h.pool, Now: later}).Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range rep.Envs {
+		if e.EnvID == envID && (e.Events != 0 || e.Held == "") {
+			t.Fatalf("without an archive directory = %+v", e)
+		}
+	}
+	dir := t.TempDir()
+	rep, err = retention.New(retention.Params{Pool: h.pool, Now: later, ArchiveDir: dir}).Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var files []string
+	for _, e := range rep.Envs {
+		if e.EnvID == envID {
+			if e.Events != 3 || e.Attempts != 3 || len(e.Archives) != 1 {
+				t.Fatalf("with an archive directory = %+v", e)
+			}
+			files = e.Archives
+		}
+	}
+	raw, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(files[0]); st.Mode().Perm() != 0o600 || !strings.HasPrefix(files[0], filepath.Join(dir, "")) {
+		t.Errorf("archive %s mode %v", files[0], st.Mode().Perm())
+	}
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	found := 0
+	for _, l := range lines {
+		var ev struct {
+			EventType string          `json:"event_type"`
+			StreamID  string          `json:"stream_id"`
+			Payload   json.RawMessage `json:"payload"`
+		}
+		if err := json.Unmarshal([]byte(l), &ev); err != nil {
+			t.Fatalf("archive line %q: %v", l, err)
+		}
+		if ev.EventType == "EventReceived" && strings.Contains(string(ev.Payload), `"body_b64"`) {
+			found++
+		}
+	}
+	if len(lines) != 6 || found != 3 {
+		t.Fatalf("archive holds %d lines, %d webhooks with their bodies:\n%s", len(lines), found, raw)
+	}
+}
