@@ -15,6 +15,7 @@ const (
 	EUnauthorized = "unauthorized"
 	ETooLarge     = "too_large"
 	EForbidden    = "forbidden"
+	ERateLimited  = "rate_limited"
 	EInternal     = "internal"
 )
 

@@ -25,6 +25,8 @@ func statusOf(code string) int {
 		return http.StatusRequestEntityTooLarge
 	case domain.EForbidden:
 		return http.StatusForbidden
+	case domain.ERateLimited:
+		return http.StatusTooManyRequests
 	default:
 		return http.StatusInternalServerError
 	}

@@ -175,7 +175,7 @@ func operations() []op {
 		{method: "POST", path: "/v1/destinations/{id}/circuit/reset", summary: "Close a destination's circuit", resp: map[string]any{"": circuit.CircuitStatus{}}, errors: []int{401, 404}},
 		{method: "POST", path: "/v1/destinations/{id}/test", summary: "Send a test webhook through the normal pipeline and report its attempt",
 			body: redeliver.SendTestInput{}, optionalBody: true, query: map[string]string{"wait": "string"}, resp: map[string]any{"": redeliver.SendTestResult{}}, errors: []int{400, 401, 404, 409, 413}},
-		{method: "POST", path: "/v1/ingest/{source_id}", summary: "Receive a webhook (any method)", public: true, anyBody: true, resp: map[string]any{"": ingest.IngestResult{}}, errors: []int{400, 401, 403, 404, 409, 413}},
+		{method: "POST", path: "/v1/ingest/{source_id}", summary: "Receive a webhook (any method)", public: true, anyBody: true, resp: map[string]any{"": ingest.IngestResult{}}, errors: []int{400, 401, 403, 404, 409, 413, 429}},
 		{method: "GET", path: "/v1/events", summary: "List events", query: with(page, map[string]string{"source_id": "string", "status": "string", "method": "string",
 			"dedup_status": "string", "verification_status": "string", "after": "string", "before": "string", "cursor": "string", "direction": "string", "search": "string"}),
 			resp: map[string]any{"events": []any{projections.EventSummary{}}, "pagination": projections.Pagination{}}, errors: []int{400, 401}},

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -237,6 +238,11 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request) {
 	// The source first: an unknown one answers 404 before any upload is read.
 	target, err := a.p.Service.LookupIngest(r.Context(), mux.Vars(r)["source_id"])
 	if err != nil {
+		writeError(w, r, a.p.Log, err)
+		return
+	}
+	if wait, err := a.p.Service.AdmitRate(target); err != nil {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 		writeError(w, r, a.p.Log, err)
 		return
 	}

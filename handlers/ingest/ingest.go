@@ -52,6 +52,7 @@ type Ingester struct {
 	reg    *resources.Registry
 	ingest *groupCommitter
 	routes *ingestCache
+	limits limiter
 }
 
 // New fills defaults and starts the group committer (stop it with Close).
@@ -119,6 +120,8 @@ type IngestTarget struct {
 	src    resources.Source
 	st     resources.SourceState
 	routes []route
+	// envLimit is the environment's ingest limit (webhooks/s; 0: none).
+	envLimit int
 }
 
 // LookupIngest loads a source and its routes in one round trip, before the
@@ -141,7 +144,7 @@ func (s *Ingester) LookupIngest(ctx context.Context, sourceID string) (*IngestTa
 			var cID, cName, cStatus, dID, dName, dStatus, url, method *string
 			var cEnabled *bool
 			var rules []byte
-			tg.src, tg.st, err = s.reg.ScanSourceState(rows, &cID, &cName, &cEnabled, &cStatus, &rules, &dID, &dName, &dStatus, &url, &method)
+			tg.src, tg.st, err = s.reg.ScanSourceState(rows, &cID, &cName, &cEnabled, &cStatus, &rules, &dID, &dName, &dStatus, &url, &method, &tg.envLimit)
 			if err != nil {
 				break
 			}
@@ -170,6 +173,38 @@ func (s *Ingester) LookupIngest(ctx context.Context, sourceID string) (*IngestTa
 	}
 	s.routes.put(sourceID, &tg, gen)
 	return &tg, nil
+}
+
+// AdmitRate takes a token from the source's and the environment's ingest
+// buckets, before the body is read; ERateLimited (429) when either limit is
+// reached, with how long until a token is back (for Retry-After).
+func (s *Ingester) AdmitRate(tg *IngestTarget) (time.Duration, error) {
+	var limits []limit
+	if tg.st.RateLimit > 0 {
+		limits = append(limits, limit{"source:" + tg.src.ID, tg.st.RateLimit})
+	}
+	if tg.envLimit > 0 {
+		limits = append(limits, limit{"env:" + tg.src.EnvID, tg.envLimit})
+	}
+	if len(limits) == 0 {
+		return 0, nil
+	}
+	if ok, wait := s.limits.take(s.now(), limits...); !ok {
+		return wait, domain.Errorf(domain.ERateLimited, "Rate limit exceeded: this source accepts at most %s; retry after the Retry-After seconds",
+			describeLimits(tg))
+	}
+	return 0, nil
+}
+
+func describeLimits(tg *IngestTarget) string {
+	switch {
+	case tg.st.RateLimit > 0 && tg.envLimit > 0:
+		return fmt.Sprintf("%d webhooks/s (its environment %d/s)", tg.st.RateLimit, tg.envLimit)
+	case tg.st.RateLimit > 0:
+		return fmt.Sprintf("%d webhooks/s", tg.st.RateLimit)
+	default:
+		return fmt.Sprintf("its environment's %d webhooks/s", tg.envLimit)
+	}
 }
 
 // Ingest runs the source's checks in hookstream's order (IP lists, then the
@@ -332,8 +367,10 @@ func (s *Ingester) admit(st resources.SourceState, in IngestRequest) (string, er
 }
 
 // lookupSQL reads a source and its routes in one round trip.
-const lookupSQL = `SELECT src.*, c.id, c.name, c.enabled, c.status, c.filter_rules, d.id, d.name, d.status, d.url, d.method
+const lookupSQL = `SELECT src.*, c.id, c.name, c.enabled, c.status, c.filter_rules, d.id, d.name, d.status, d.url, d.method,
+			coalesce(env.ingest_rate_limit, 0)
 		FROM (SELECT ` + resources.SourceCols + ` FROM sources WHERE id = $1) src
+		LEFT JOIN environments env ON env.id = src.env_id
 		LEFT JOIN connections c ON c.source_id = src.id LEFT JOIN destinations d ON d.id = c.destination_id
 		ORDER BY c.created_at, c.id`
 

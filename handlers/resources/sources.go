@@ -38,8 +38,11 @@ type Source struct {
 	DedupWindowSeconds  int     `json:"dedup_window_seconds"`
 	IPAllowlist         string  `json:"ip_allowlist"`
 	IPDenylist          string  `json:"ip_denylist"`
-	CreatedAt           string  `json:"created_at"`
-	UpdatedAt           string  `json:"updated_at"`
+	// RateLimit is the source's ingest limit in webhooks per second (429
+	// with Retry-After above it); null: none.
+	RateLimit *int   `json:"rate_limit"`
+	CreatedAt string `json:"created_at"`
+	UpdatedAt string `json:"updated_at"`
 }
 
 // SourceInput is the body of POST and PATCH /v1/sources. An empty string
@@ -62,6 +65,8 @@ type SourceInput struct {
 	DedupWindowSeconds  *int                  `json:"dedup_window_seconds"`
 	IPAllowlist         *kit.JSONOr[[]string] `json:"ip_allowlist"`
 	IPDenylist          *kit.JSONOr[[]string] `json:"ip_denylist"`
+	// RateLimit 0 removes the limit.
+	RateLimit *int `json:"rate_limit"`
 }
 
 // SourceState is a source's stored configuration.
@@ -74,13 +79,14 @@ type SourceState struct {
 	DedupStrategy, DedupField              string
 	DedupWindow                            int
 	Allow, Deny                            []string
+	RateLimit                              int // webhooks/s; 0: none
 	// SecretErr is why the stored verification secret could not be read.
 	SecretErr error
 }
 
 const SourceCols = `id, org_id, env_id, name, slug, description, status, created_at, updated_at,
 	verification_enabled, coalesce(verification_type, ''), coalesce(verification_secret, ''), coalesce(verification_header, ''),
-	dedup_enabled, coalesce(dedup_strategy, ''), coalesce(dedup_field, ''), dedup_window_seconds, ip_allowlist, ip_denylist`
+	dedup_enabled, coalesce(dedup_strategy, ''), coalesce(dedup_field, ''), dedup_window_seconds, ip_allowlist, ip_denylist, coalesce(rate_limit, 0)`
 
 // ScanSourceState scans SourceCols (then extra columns, when given).
 func (s *Registry) ScanSourceState(row pgx.Row, extra ...any) (Source, SourceState, error) {
@@ -90,7 +96,7 @@ func (s *Registry) ScanSourceState(row pgx.Row, extra ...any) (Source, SourceSta
 	var allow, deny []byte
 	if err := row.Scan(append([]any{&src.ID, &src.OrgID, &src.EnvID, &src.Name, &src.Slug, &src.Description, &src.Status, &created, &updated,
 		&st.VerifyEnabled, &st.VerifyType, &st.VerifySecret, &st.VerifyHeader, &st.DedupEnabled, &st.DedupStrategy, &st.DedupField,
-		&st.DedupWindow, &allow, &deny}, extra...)...); err != nil {
+		&st.DedupWindow, &allow, &deny, &st.RateLimit}, extra...)...); err != nil {
 		return src, st, err
 	}
 	st.Name, st.Slug, st.Status, st.Description = src.Name, src.Slug, src.Status, src.Description
@@ -128,6 +134,10 @@ func (s *Registry) ScanSourceState(row pgx.Row, extra ...any) (Source, SourceSta
 		return src, st, err
 	}
 	src.IPAllowlist, src.IPDenylist = string(allowJSON), string(denyJSON)
+	if st.RateLimit > 0 {
+		limit := st.RateLimit
+		src.RateLimit = &limit
+	}
 	return src, st, nil
 }
 
@@ -155,6 +165,12 @@ func (st *SourceState) apply(in SourceInput) error {
 	}
 	if err := st.applyDedup(in); err != nil {
 		return err
+	}
+	if in.RateLimit != nil {
+		if *in.RateLimit < 0 || *in.RateLimit > 100000 {
+			return kit.Invalidf("'rate_limit' must be from 1 to 100000 webhooks per second, or 0 for none")
+		}
+		st.RateLimit = *in.RateLimit
 	}
 	return st.applyIPLists(in)
 }
@@ -264,7 +280,7 @@ func (st SourceState) snapshot(id string, kr *secretbox.Keyring) map[string]any 
 		"verification_enabled": st.VerifyEnabled, "verification_type": st.VerifyType, "verification_header": st.VerifyHeader,
 		"verification_secret_sha256": kr.Fingerprint(st.VerifySecret), "dedup_enabled": st.DedupEnabled,
 		"dedup_strategy": st.DedupStrategy, "dedup_field": st.DedupField, "dedup_window_seconds": st.DedupWindow,
-		"ip_allowlist": st.Allow, "ip_denylist": st.Deny}
+		"ip_allowlist": st.Allow, "ip_denylist": st.Deny, "rate_limit": st.RateLimit}
 }
 
 // writeSource records the source's event and writes its row, in one transaction.
@@ -296,17 +312,19 @@ func (s *Registry) writeSource(ctx context.Context, t domain.Tenant, id, evType 
 		now := s.now()
 		out, err = s.scanSource(tx.QueryRow(ctx, `INSERT INTO sources (id, org_id, env_id, name, slug, description, status, created_at, updated_at,
 				verification_enabled, verification_type, verification_secret, verification_header, dedup_enabled, dedup_strategy, dedup_field,
-				dedup_window_seconds, ip_allowlist, ip_denylist)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, NULLIF($10, ''), NULLIF($11, ''), NULLIF($12, ''), $13, NULLIF($14, ''), NULLIF($15, ''), $16, $17, $18)
+				dedup_window_seconds, ip_allowlist, ip_denylist, rate_limit)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, NULLIF($10, ''), NULLIF($11, ''), NULLIF($12, ''), $13, NULLIF($14, ''), NULLIF($15, ''), $16, $17, $18,
+				NULLIF($19, 0))
 			ON CONFLICT (id) DO UPDATE SET name = excluded.name, slug = excluded.slug, description = excluded.description,
 				status = excluded.status, updated_at = excluded.updated_at, verification_enabled = excluded.verification_enabled,
 				verification_type = excluded.verification_type, verification_secret = excluded.verification_secret,
 				verification_header = excluded.verification_header, dedup_enabled = excluded.dedup_enabled,
 				dedup_strategy = excluded.dedup_strategy, dedup_field = excluded.dedup_field,
-				dedup_window_seconds = excluded.dedup_window_seconds, ip_allowlist = excluded.ip_allowlist, ip_denylist = excluded.ip_denylist
+				dedup_window_seconds = excluded.dedup_window_seconds, ip_allowlist = excluded.ip_allowlist, ip_denylist = excluded.ip_denylist,
+				rate_limit = excluded.rate_limit
 			RETURNING `+SourceCols, id, t.OrgID, t.EnvID, st.Name, st.Slug, st.Description, st.Status, now,
 			st.VerifyEnabled, st.VerifyType, sealed, st.VerifyHeader, st.DedupEnabled, st.DedupStrategy, st.DedupField,
-			st.DedupWindow, allow, deny))
+			st.DedupWindow, allow, deny, st.RateLimit))
 		return err
 	})
 	return out, err
