@@ -322,7 +322,8 @@ func auditDeliveries(ctx context.Context, db eventstore.DBTX, req auditRequest) 
 		return []string{req.id}, nil
 	case "event":
 		var err error
-		if deliveries, err = queryStrings(ctx, db, `SELECT delivery_id FROM delivery_jobs WHERE event_id = $1 ORDER BY delivery_id`, req.id); err != nil {
+		if deliveries, err = queryStrings(ctx, db, `SELECT delivery_id FROM delivery_jobs WHERE event_id = $1
+			UNION SELECT delivery_id FROM delivery_attempts WHERE event_id = $1 ORDER BY 1`, req.id); err != nil {
 			return nil, err
 		}
 		if len(deliveries) == 0 {

@@ -263,7 +263,8 @@ func (e *Engine) work(ctx context.Context, bus message.Publisher, errc <-chan er
 // whatever the statistics say, and analyzing them cost more than it saved
 // (1.4 s of a saturated 10,000-webhook run analyzing the read models).
 func (e *Engine) upkeep() upkeep.Upkeep {
-	return upkeep.Upkeep{Pool: e.p.Pool, Log: e.p.Log, Vacuum: map[string]int64{"delivery_jobs": 5000}, Analyze: []string{"delivery_jobs"}}
+	return upkeep.Upkeep{Pool: e.p.Pool, Log: e.p.Log, Vacuum: map[string]int64{"delivery_jobs": 5000}, Analyze: []string{"delivery_jobs"},
+		Prune: []string{jobs.PruneDoneSQL, PruneReplaysSQL}}
 }
 
 // newLogRouter is the router of the consumer groups on the events table:
@@ -365,3 +366,9 @@ func (e *Engine) releaseLeases() {
 		e.p.Log.Error("release leases", "err", err)
 	}
 }
+
+// PruneReplaysSQL deletes replay jobs a day after they were requested, once
+// they released everything or stopped (hookstream keeps a replay's job
+// state 24 h); their history stays in the log, and a rebuild of the
+// replays read model brings them back until the next round.
+const PruneReplaysSQL = `DELETE FROM replay_jobs WHERE created_at < now() - interval '24 hours' AND (status <> 'running' OR released >= total)`

@@ -103,3 +103,12 @@ const ReleaseWorkerSQL = `UPDATE delivery_jobs SET lease_until = NULL, leased_by
 
 // Len is how many rows r holds.
 func (r *Rows) Len() int { return len(r.id) }
+
+// PruneDoneSQL deletes up to 10,000 job rows finished (due_at is when) a
+// minute ago or more: delivery_jobs keeps the live deliveries, and the
+// finished ones long enough for the attempts read model to have them
+// (RetryEvent and audit find an event's deliveries in both). A manual retry
+// of a finished delivery writes its row again (Upsert); the scheduler's
+// live consumer only updates rows, so it never brings one back.
+const PruneDoneSQL = `DELETE FROM delivery_jobs WHERE delivery_id IN (SELECT delivery_id FROM delivery_jobs
+	WHERE state = 'done' AND due_at < now() - interval '1 minute' LIMIT 10000)`

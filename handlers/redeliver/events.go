@@ -29,8 +29,7 @@ func (s *Redeliverer) RetryEvent(ctx context.Context, t domain.Tenant, eventID, 
 	if _, err := s.reads.GetEvent(ctx, t, eventID); err != nil {
 		return EventRetryResult{}, err
 	}
-	rows, err := s.pool.Query(ctx, `SELECT delivery_id FROM delivery_jobs WHERE event_id = $1 AND org_id = $2 AND env_id = $3 ORDER BY delivery_id`,
-		eventID, t.OrgID, t.EnvID)
+	rows, err := s.pool.Query(ctx, EventDeliveriesSQL, eventID, t.OrgID, t.EnvID)
 	ids, err := kit.CollectRows(rows, err, func(r pgx.Row) (string, error) {
 		var id string
 		return id, r.Scan(&id)
@@ -114,3 +113,9 @@ const (
 	IssueRetryBatch = 100
 	IssueRetryScan  = 2000
 )
+
+// EventDeliveriesSQL lists an event's deliveries ($1; tenant $2, $3): the
+// live ones from delivery_jobs, the finished ones (whose job rows are
+// pruned a minute after) from the attempts read model.
+const EventDeliveriesSQL = `SELECT delivery_id FROM delivery_jobs WHERE event_id = $1 AND org_id = $2 AND env_id = $3
+	UNION SELECT delivery_id FROM delivery_attempts WHERE event_id = $1 AND org_id = $2 AND env_id = $3 ORDER BY 1`

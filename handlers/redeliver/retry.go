@@ -200,7 +200,10 @@ func (s *Redeliverer) requestRetry(ctx context.Context, t domain.Tenant, deliver
 func retryable(ctx context.Context, tx pgx.Tx, deliveryID string, orig projections.Attempt, now time.Time) (url, method string, timeoutMS int, err error) {
 	state, leaseUntil, err := jobs.Lock(ctx, tx, deliveryID)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return "", "", 0, retryFailed("the delivery is not scheduled yet")
+		// A finished delivery's row was pruned (its job is written with its
+		// DeliveryRequested, so a delivery always had one): the retry writes
+		// it again, and the stream's expected version orders concurrent ones.
+		state, err = "done", nil
 	}
 	if err != nil {
 		return "", "", 0, fmt.Errorf("lock job: %w", err)

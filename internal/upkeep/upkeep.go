@@ -54,11 +54,16 @@ type Upkeep struct {
 	// analyze that triggers another (default 200), once also as many as its
 	// live rows.
 	MinChanged int64
+	// Prune are statements run first each round that delete rows no longer
+	// needed (finished jobs, expired replay jobs); each should bound its
+	// own batch.
+	Prune []string
 }
 
 // Did is what one round did.
 type Did struct {
 	Vacuumed, Analyzed []string
+	Pruned             int64 // rows the Prune statements deleted
 }
 
 func (u *Upkeep) defaults() {
@@ -178,6 +183,14 @@ func (u Upkeep) owned(ctx context.Context) (Upkeep, error) {
 // thresholds; it reports what it did.
 func (u Upkeep) Once(ctx context.Context) (Did, error) {
 	u.defaults()
+	var did Did
+	for _, q := range u.Prune {
+		tag, err := u.Pool.Exec(ctx, q)
+		if err != nil {
+			return did, fmt.Errorf("prune: %w", err)
+		}
+		did.Pruned += tag.RowsAffected()
+	}
 	names := u.tables()
 	rows, err := u.Pool.Query(ctx, `SELECT relname::text, n_dead_tup, n_mod_since_analyze, n_live_tup FROM pg_stat_user_tables
 		WHERE relid = ANY(SELECT to_regclass(n)::oid FROM unnest($1::text[]) AS n)`, names)
@@ -191,7 +204,6 @@ func (u Upkeep) Once(ctx context.Context) (Did, error) {
 	if _, err := pgx.ForEachRow(rows, []any{&name, &c.dead, &c.changed, &c.live}, func() error { seen[name] = c; return nil }); err != nil {
 		return Did{}, err
 	}
-	var did Did
 	analyze := map[string]bool{}
 	for _, t := range u.Analyze {
 		if c := seen[t]; c.changed >= u.MinChanged && c.changed >= c.live {
