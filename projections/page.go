@@ -93,6 +93,10 @@ type List struct {
 	// than it, or with Prev the rows newer than it.
 	Cursor *Cursor
 	Prev   bool
+	// Counted, when set, names the list_counts list that holds the total of
+	// an unfiltered list (Args[0], Args[1] are its org and environment), so
+	// its first page does not count every row.
+	Counted string
 }
 
 // ListPage reads one page of l: the rows, and the pagination with the
@@ -103,7 +107,11 @@ func ListPage[T any](ctx context.Context, pool *pgxpool.Pool, l List, scan func(
 		// Counted on offset pages only: a walk by cursor would pay the
 		// whole list's count on every page.
 		p.Total = new(int)
-		if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+l.Table+` WHERE `+l.Where, l.Args...).Scan(p.Total); err != nil {
+		q, args := `SELECT count(*) FROM `+l.Table+` WHERE `+l.Where, l.Args
+		if l.Counted != "" {
+			q, args = `SELECT coalesce((SELECT n FROM list_counts WHERE org_id = $1 AND env_id = $2 AND list = $3), 0)`, []any{l.Args[0], l.Args[1], l.Counted}
+		}
+		if err := pool.QueryRow(ctx, q, args...).Scan(p.Total); err != nil {
 			return nil, p, err
 		}
 	}

@@ -84,8 +84,12 @@ func (r *Reads) ListAttempts(ctx context.Context, t domain.Tenant, f AttemptFilt
 	// helper row names it): delivery_attempts keeps no index on delivery_id,
 	// which every attempt row would pay for (migration 0011).
 	args := []any{t.OrgID, t.EnvID, f.EventID, f.ConnectionID, f.DestinationID, f.Status, f.IsDLQ, f.DeliveryID}
+	counted := ""
+	if f.EventID == "" && f.ConnectionID == "" && f.DestinationID == "" && f.Status == "" && f.IsDLQ == nil && f.DeliveryID == "" {
+		counted = "attempts"
+	}
 	out, p, err := ListPage(ctx, r.pool, List{Kind: "at", Table: "delivery_attempts", Cols: attemptCols + ", created_at", Where: where,
-		TimeCol: "created_at", IDCol: "id", Args: args, Limit: f.Limit, Offset: f.Offset, Cursor: f.Cursor, Prev: f.Prev},
+		TimeCol: "created_at", IDCol: "id", Args: args, Limit: f.Limit, Offset: f.Offset, Cursor: f.Cursor, Prev: f.Prev, Counted: counted},
 		func(row pgx.Row) (Attempt, Cursor, error) {
 			var at time.Time
 			a, err := scanAttempt(row, &at)
@@ -210,8 +214,13 @@ func (r *Reads) ListEvents(ctx context.Context, t domain.Tenant, f EventFilter) 
 		}
 		return out, p, nil
 	}
+	counted := ""
+	if f.SourceID == "" && f.Status == "" && f.Method == "" && f.After == nil && f.Before == nil && f.DedupStatus == "" && f.VerificationStatus == "" &&
+		len(args) == 9 {
+		counted = "events"
+	}
 	out, p, err := ListPage(ctx, r.pool, List{Kind: "ev", Table: "events_view", Cols: eventCols + ", received_at", Where: where,
-		TimeCol: "received_at", IDCol: "id", Args: args, Limit: f.Limit, Offset: f.Offset, Cursor: f.Cursor, Prev: f.Prev}, scanEventKeyed)
+		TimeCol: "received_at", IDCol: "id", Args: args, Limit: f.Limit, Offset: f.Offset, Cursor: f.Cursor, Prev: f.Prev, Counted: counted}, scanEventKeyed)
 	if err != nil {
 		return nil, p, fmt.Errorf("list events: %w", err)
 	}

@@ -663,11 +663,24 @@ func (r *rebuilder) swap(ctx context.Context) error {
 		for i, t := range r.sp.tables {
 			qualified[i] = "public." + t
 		}
+		// What LIKE does not copy: the live tables' storage parameters
+		// (autovacuum, migration 0016).
+		reloptions := map[string][]string{}
+		for _, t := range r.sp.tables {
+			var opts []string
+			if err := tx.QueryRow(ctx, `SELECT coalesce(reloptions, '{}') FROM pg_class WHERE oid = ('public.' || $1)::regclass`, t).Scan(&opts); err != nil {
+				return err
+			}
+			reloptions[t] = opts
+		}
 		if _, err := tx.Exec(ctx, `DROP TABLE `+strings.Join(qualified, ", ")); err != nil {
 			return err
 		}
 		for _, t := range r.sp.tables {
 			if _, err := tx.Exec(ctx, `ALTER TABLE `+shadowSchema+`.`+t+` SET SCHEMA public`); err != nil {
+				return err
+			}
+			if err := restoreTable(ctx, tx, t, reloptions[t]); err != nil {
 				return err
 			}
 		}
@@ -754,4 +767,36 @@ func (r *rebuilder) locked(ctx context.Context) error {
 		}
 		return tx.QueryRow(ctx, `SELECT count(*) FROM `+r.sp.tables[0]).Scan(&r.res.Rows)
 	})
+}
+
+// countedLists are the read models whose rows list_counts counts (migration
+// 0017), by the list name it counts them under.
+var countedLists = map[string]string{"events_view": "events", "delivery_attempts": "attempts"}
+
+// restoreTable gives a rebuilt table, swapped in for the live one, what
+// CREATE TABLE … LIKE leaves out: its storage parameters, and for a counted
+// list its counting triggers and a fresh count.
+func restoreTable(ctx context.Context, tx pgx.Tx, table string, reloptions []string) error {
+	if len(reloptions) > 0 {
+		if _, err := tx.Exec(ctx, `ALTER TABLE public.`+table+` SET (`+strings.Join(reloptions, ", ")+`)`); err != nil {
+			return err
+		}
+	}
+	list, ok := countedLists[table]
+	if !ok {
+		return nil
+	}
+	for _, q := range []string{
+		`CREATE TRIGGER ` + table + `_counted AFTER INSERT ON public.` + table + ` REFERENCING NEW TABLE AS counted_rows
+			FOR EACH STATEMENT EXECUTE FUNCTION hookstream_count_inserted('` + list + `')`,
+		`CREATE TRIGGER ` + table + `_uncounted AFTER DELETE ON public.` + table + ` REFERENCING OLD TABLE AS counted_rows
+			FOR EACH STATEMENT EXECUTE FUNCTION hookstream_count_deleted('` + list + `')`,
+		`DELETE FROM list_counts WHERE list = '` + list + `'`,
+		`INSERT INTO list_counts SELECT org_id, env_id, '` + list + `', count(*) FROM public.` + table + ` GROUP BY org_id, env_id`,
+	} {
+		if _, err := tx.Exec(ctx, q); err != nil {
+			return fmt.Errorf("restore %s: %w", table, err)
+		}
+	}
+	return nil
 }
