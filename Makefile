@@ -12,7 +12,7 @@ SEED     ?=
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test bench sbs profile idle soak chaos lint migrate db db-stop clean
+.PHONY: help build run test bench sbs profile idle soak retention-soak chaos lint migrate db db-stop clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,6 +37,8 @@ BENCH ?= ../shared/bench
 N ?= 5000
 FAIL ?= 0
 ROUNDS ?= 3
+RATE ?= 450
+MINUTES ?= 30
 
 sbs: build ## side by side with the no-durability limit and a tuned River (needs $(BENCH)); ROUNDS, N
 	$(BENCH)/scripts/side-by-side.sh sbs.jsonl $(ROUNDS) $(BIN) $(N) 32 && python3 $(BENCH)/scripts/medians.py sbs.jsonl --baseline river-tuned
@@ -49,6 +51,9 @@ idle: build ## CPU of engine + PostgreSQL over 20 s without traffic, against Riv
 
 chaos: ## seeded faults (engine kills, PostgreSQL crashes, hanging destinations) then the invariants; SEED, DURATION
 	HOOKSTREAM_CHAOS_SEED=$(SEED) HOOKSTREAM_CHAOS_DURATION=$(DURATION) $(GO) test -race -count=1 -timeout 60m -run '^TestChaos$$' -v ./cmd/hookstream/
+
+retention-soak: build ## steady RATE webhooks/s for MINUTES with a 5-minute payload retention: rate, disk, memory, API latency per 5 min
+	BENCH=$(BENCH) internal/bench/retention-soak.sh $(BIN) $(RATE) $(MINUTES) retention-soak
 
 soak: build ## 100,000 webhooks: rate per tenth and table sizes
 	BENCH=$(BENCH) internal/bench/run100k.sh $(BIN) 100000 soak
