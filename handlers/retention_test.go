@@ -189,6 +189,32 @@ func TestRetentionExpiresFinishedPayloadsAndKeepsTheLog(t *testing.T) {
 			t.Errorf("status = %+v", s)
 		}
 	}
+	// Once the held-back delivery finishes (a manual retry, answered 200),
+	// a later pass expires it from its held position.
+	var held int
+	if err := h.pool.QueryRow(ctx, `SELECT count(*) FROM retention_held WHERE env_id = $1`, envID).Scan(&held); err != nil || held != 2 {
+		t.Fatalf("%d payloads held (%v), want the live webhook and its failed attempt", held, err)
+	}
+	liveAttempt := h.attempts("event_id=" + live)[0]["id"].(string)
+	failing.mu.Lock()
+	failing.codes = nil
+	failing.mu.Unlock()
+	if code, out := h.do("POST", "/v1/delivery-attempts/"+liveAttempt+"/retry", h.key, nil); code != 200 ||
+		out["delivery_attempt"].(map[string]any)["status"] != "success" {
+		t.Fatalf("retry of the held delivery = %d %v", code, out)
+	}
+	rep, err = retention.New(retention.Params{Pool: h.pool, Now: func() time.Time { return time.Now().Add(3 * time.Minute) }}).Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range rep.Envs {
+		if e.EnvID == envID && (e.Events != 1 || e.Attempts != 2) {
+			t.Errorf("pass after the held delivery finished = %+v, want its webhook and both attempts", e)
+		}
+	}
+	if err := h.pool.QueryRow(ctx, `SELECT count(*) FROM retention_held WHERE env_id = $1`, envID).Scan(&held); err != nil || held != 0 {
+		t.Fatalf("%d payloads still held (%v)", held, err)
+	}
 }
 
 // An environment that archives its payloads keeps them all, while serve has

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -93,6 +94,11 @@ var ErrUnknownProjection = errors.New("unknown projection")
 
 // ErrRebuildRunning is returned while another rebuild of the same read model runs.
 var ErrRebuildRunning = errors.New("a rebuild of this projection is already running")
+
+// RetentionLockKey is the advisory lock the retention pass holds while it
+// runs (handlers/retention), and a rebuild of the attempts read model for
+// its whole run.
+const RetentionLockKey = `hashtext('hookstream:retention')`
 
 // shadowSchema holds the tables being built before they are swapped in.
 const shadowSchema = "hookstream_rebuild"
@@ -342,6 +348,15 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, name string, opt RebuildOp
 	}
 	// Unlocked explicitly: a closed connection's backend may hold it a moment longer.
 	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext('hookstream.rebuild.' || $1))`, name) //nolint:errcheck // the session ends next
+	if slices.Contains(sp.tables, "delivery_attempts") {
+		// No retention pass meanwhile: it changes attempts in place, in the
+		// log and the live table, and the build would swap in rows read
+		// before it. (A pass waits for the build; the build for a pass.)
+		if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(`+RetentionLockKey+`)`); err != nil {
+			return RebuildResult{}, fmt.Errorf("rebuild %s: retention lock: %w", name, err)
+		}
+		defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(`+RetentionLockKey+`)`) //nolint:errcheck // the session ends next
+	}
 	r := &rebuilder{conn: conn, sp: sp, opt: opt, res: RebuildResult{Name: name}}
 	switch sp.mode {
 	case modeSwap:

@@ -76,5 +76,8 @@ func searchParam(q url.Values, prev bool) (string, error) {
 	if prev {
 		return "", domain.Errorf(domain.EInvalid, "Invalid query: a 'search' reads forward only; use its next_cursor (direction=next)")
 	}
+	if q.Get("offset") != "" {
+		return "", domain.Errorf(domain.EInvalid, "Invalid query: a 'search' pages by cursor, not 'offset'; use its next_cursor")
+	}
 	return v[0], nil
 }

@@ -241,8 +241,8 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, a.p.Log, err)
 		return
 	}
-	if wait, err := a.p.Service.AdmitRate(target); err != nil {
-		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+	if err := a.p.Service.AdmitRate(target); err != nil {
+		retryAfter(w, err)
 		writeError(w, r, a.p.Log, err)
 		return
 	}
@@ -267,11 +267,20 @@ func (a *API) ingest(w http.ResponseWriter, r *http.Request) {
 		Body: body, SourceIP: ip, RequestID: requestID(r),
 	})
 	if err != nil {
+		retryAfter(w, err)
 		writeError(w, r, a.p.Log, err)
 		return
 	}
 	a.p.Metrics.CountIngestBytes(len(body))
 	writeJSON(w, http.StatusOK, res)
+}
+
+// retryAfter sets Retry-After (whole seconds, at least 1) for a rate-limited webhook.
+func retryAfter(w http.ResponseWriter, err error) {
+	var rl *ingest.RateLimited
+	if errors.As(err, &rl) {
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(rl.Wait.Seconds())))))
+	}
 }
 
 func pageParams(limitS, offsetS string) (int, int, error) {

@@ -175,36 +175,42 @@ func (s *Ingester) LookupIngest(ctx context.Context, sourceID string) (*IngestTa
 	return &tg, nil
 }
 
-// AdmitRate takes a token from the source's and the environment's ingest
-// buckets, before the body is read; ERateLimited (429) when either limit is
-// reached, with how long until a token is back (for Retry-After).
-func (s *Ingester) AdmitRate(tg *IngestTarget) (time.Duration, error) {
-	var limits []limit
-	if tg.st.RateLimit > 0 {
-		limits = append(limits, limit{"source:" + tg.src.ID, tg.st.RateLimit})
-	}
-	if tg.envLimit > 0 {
-		limits = append(limits, limit{"env:" + tg.src.EnvID, tg.envLimit})
-	}
-	if len(limits) == 0 {
-		return 0, nil
-	}
-	if ok, wait := s.limits.take(s.now(), limits...); !ok {
-		return wait, domain.Errorf(domain.ERateLimited, "Rate limit exceeded: this source accepts at most %s; retry after the Retry-After seconds",
-			describeLimits(tg))
-	}
-	return 0, nil
+// RateLimited is the error of a webhook over a rate limit; Wait is how
+// long until it would pass (the Retry-After).
+type RateLimited struct {
+	Wait time.Duration
+	err  error
 }
 
-func describeLimits(tg *IngestTarget) string {
-	switch {
-	case tg.st.RateLimit > 0 && tg.envLimit > 0:
-		return fmt.Sprintf("%d webhooks/s (its environment %d/s)", tg.st.RateLimit, tg.envLimit)
-	case tg.st.RateLimit > 0:
-		return fmt.Sprintf("%d webhooks/s", tg.st.RateLimit)
-	default:
-		return fmt.Sprintf("its environment's %d webhooks/s", tg.envLimit)
+func (e *RateLimited) Error() string { return e.err.Error() }
+func (e *RateLimited) Unwrap() error { return e.err }
+
+// AdmitRate takes a token from the source's ingest bucket, before the body
+// is read: *RateLimited (429) when the source's limit is reached. The
+// environment's bucket is taken after the webhook was admitted (IP lists,
+// signature; see Ingest), so unauthenticated requests to one source cannot
+// use up the limit its environment's other sources share.
+func (s *Ingester) AdmitRate(tg *IngestTarget) error {
+	if tg.st.RateLimit <= 0 {
+		return nil
 	}
+	if ok, wait := s.limits.take(s.now(), limit{"source:" + tg.src.ID, tg.st.RateLimit}); !ok {
+		return &RateLimited{Wait: wait, err: domain.Errorf(domain.ERateLimited,
+			"Rate limit exceeded: this source accepts at most %d webhooks/s; retry after the Retry-After seconds", tg.st.RateLimit)}
+	}
+	return nil
+}
+
+// admitEnvRate takes a token from the environment's ingest bucket.
+func (s *Ingester) admitEnvRate(tg *IngestTarget) error {
+	if tg.envLimit <= 0 {
+		return nil
+	}
+	if ok, wait := s.limits.take(s.now(), limit{"env:" + tg.src.EnvID, tg.envLimit}); !ok {
+		return &RateLimited{Wait: wait, err: domain.Errorf(domain.ERateLimited,
+			"Rate limit exceeded: this source's environment accepts at most %d webhooks/s; retry after the Retry-After seconds", tg.envLimit)}
+	}
+	return nil
 }
 
 // Ingest runs the source's checks in hookstream's order (IP lists, then the
@@ -221,6 +227,9 @@ func (s *Ingester) Ingest(ctx context.Context, tg *IngestTarget, in IngestReques
 	org, env := src.OrgID, src.EnvID
 	verification, err := s.admit(st, in)
 	if err != nil {
+		return IngestResult{}, err
+	}
+	if err := s.admitEnvRate(tg); err != nil {
 		return IngestResult{}, err
 	}
 	// Verification saw the real values; nothing after it does. Credentials a

@@ -110,5 +110,11 @@ func (r *Rows) Len() int { return len(r.id) }
 // (RetryEvent and audit find an event's deliveries in both). A manual retry
 // of a finished delivery writes its row again (Upsert); the scheduler's
 // live consumer only updates rows, so it never brings one back.
+//
+// The outer WHERE repeats the subquery's test: a row a retry rescheduled
+// while the DELETE waited for its lock is re-checked on its new version
+// (the subquery is not run again) and kept; rows locked meanwhile are
+// skipped for the next round.
 const PruneDoneSQL = `DELETE FROM delivery_jobs WHERE delivery_id IN (SELECT delivery_id FROM delivery_jobs
-	WHERE state = 'done' AND due_at < now() - interval '1 minute' LIMIT 10000)`
+	WHERE state = 'done' AND due_at < now() - interval '1 minute' LIMIT 10000 FOR UPDATE SKIP LOCKED)
+	AND state = 'done' AND due_at < now() - interval '1 minute'`

@@ -467,6 +467,8 @@ func (s *Redeliverer) CancelReplay(ctx context.Context, t domain.Tenant, id, rid
 			return s.GetReplay(ctx, t, id)
 		case errors.Is(err, eventstore.ErrConcurrency) && try < 5:
 			continue // a batch was released meanwhile: decide again on it
+		case errors.Is(err, eventstore.ErrConcurrency):
+			return ReplayJob{}, domain.Errorf(domain.EConflict, "The replay changed concurrently; try again")
 		case domain.ErrorCode(err) != domain.EInternal:
 			return ReplayJob{}, err
 		default:

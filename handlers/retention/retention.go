@@ -171,48 +171,91 @@ func (r *Retention) expireEnv(ctx context.Context, e env) (EnvReport, error) {
 	now := r.p.Now().UTC()
 	cutoff := now.Add(-time.Duration(e.retention) * time.Second)
 	rep := EnvReport{OrgID: e.org, EnvID: e.id, RetentionSeconds: e.retention, Before: cutoff}
+	var replaying bool
+	if err := r.p.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM replay_jobs WHERE org_id = $1 AND env_id = $2 AND status = 'running' AND released < total)`,
+		e.org, e.id).Scan(&replaying); err != nil {
+		return rep, fmt.Errorf("running replays: %w", err)
+	}
+	switch {
+	case replaying:
+		// Its events are listed when the replay is requested and read when
+		// each batch is released (at most a few hours later).
+		rep.Held = "a replay is releasing events in this environment: payloads are kept until it has released them all"
+		return rep, r.saveState(ctx, e, e.from, cutoff, &rep, now)
+	case e.archive && r.p.ArchiveDir == "":
+		rep.Held = "the environment archives its payloads before expiry, and serve has no --archive-dir: payloads are kept"
+		return rep, r.saveState(ctx, e, e.from, cutoff, &rep, now)
+	}
 	end, err := positionAt(ctx, r.p.Pool, cutoff, e.from)
 	if err != nil {
 		return rep, err
 	}
-	if e.archive && r.p.ArchiveDir == "" {
-		rep.Held = "the environment archives its payloads before expiry, and serve has no --archive-dir: payloads are kept"
-	} else {
-		after := e.from - 1
-		for {
-			n, last, err := r.expireBatch(ctx, e, after, end, cutoff, now, &rep)
-			if err != nil {
+	// The payloads held back before, oldest first, whose delivery may have finished.
+	rows, err := r.p.Pool.Query(ctx, `SELECT pos FROM retention_held WHERE org_id = $1 AND env_id = $2 AND pos < $3 ORDER BY pos LIMIT $4`,
+		e.org, e.id, end, 5*r.p.Batch)
+	held, err := kit.CollectRows(rows, err, func(row pgx.Row) (int64, error) {
+		var p int64
+		return p, row.Scan(&p)
+	})
+	if err != nil {
+		return rep, fmt.Errorf("held payloads: %w", err)
+	}
+	if len(held) > 0 {
+		for i := 0; i < len(held); i += r.p.Batch {
+			if _, _, err := r.expireBatch(ctx, e, sel{positions: held[i:min(len(held), i+r.p.Batch)]}, cutoff, now, &rep); err != nil {
 				return rep, err
 			}
-			if n < r.p.Batch {
-				break
-			}
-			after = last
+		}
+		if _, err := r.p.Pool.Exec(ctx, `DELETE FROM retention_held h USING events e WHERE h.org_id = $1 AND h.env_id = $2 AND h.pos = ANY($3)
+			AND e.global_position = h.pos AND e.payload ? 'payload_expired_at'`, e.org, e.id, held); err != nil {
+			return rep, fmt.Errorf("held payloads: %w", err)
 		}
 	}
-	// Where the next pass starts: the first payload of the range still kept
-	// (a live delivery's, or one recorded out of order), else the range's end.
-	next := end
-	if err := r.p.Pool.QueryRow(ctx, `SELECT coalesce(min(e.global_position), $4) FROM events e
-		WHERE e.global_position >= $1 AND e.global_position < $4 AND e.org_id = $2 AND e.env_id = $3 AND `+expirable,
-		e.from, e.org, e.id, end).Scan(&next); err != nil {
-		return rep, fmt.Errorf("next scan position: %w", err)
+	// The log written since the last pass, up to the cutoff.
+	after := e.from - 1
+	for {
+		n, last, err := r.expireBatch(ctx, e, sel{after: after, end: end}, cutoff, now, &rep)
+		if err != nil {
+			return rep, err
+		}
+		if n < r.p.Batch {
+			break
+		}
+		after = last
 	}
+	// What that part of the log held back (live deliveries, or an event
+	// recorded out of order past the cutoff) is re-checked by later passes.
+	if _, err := r.p.Pool.Exec(ctx, `INSERT INTO retention_held (org_id, env_id, pos)
+		SELECT e.org_id, e.env_id, e.global_position FROM events e
+		WHERE e.global_position >= $1 AND e.global_position < $2 AND e.org_id = $3 AND e.env_id = $4 AND `+expirable+`
+		ON CONFLICT DO NOTHING`, e.from, end, e.org, e.id); err != nil {
+		return rep, fmt.Errorf("hold payloads: %w", err)
+	}
+	return rep, r.saveState(ctx, e, end, cutoff, &rep, now)
+}
+
+// saveState records where the next pass starts, the pass's totals and the
+// oldest payload kept: the oldest held back past the cutoff, else the
+// cutoff itself (no payload is older) when the environment has events.
+func (r *Retention) saveState(ctx context.Context, e env, next int64, cutoff time.Time, rep *EnvReport, now time.Time) error {
 	var oldest *time.Time
-	err = r.p.Pool.QueryRow(ctx, `SELECT e.recorded_at FROM events e WHERE e.global_position >= $1 AND e.org_id = $2 AND e.env_id = $3
-		AND e.event_type = 'EventReceived' AND NOT e.payload ? 'payload_expired_at' ORDER BY e.global_position LIMIT 1`, next, e.org, e.id).Scan(&oldest)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return rep, fmt.Errorf("oldest payload: %w", err)
+	if err := r.p.Pool.QueryRow(ctx, `SELECT coalesce(
+			(SELECT min(e.recorded_at) FROM retention_held h JOIN events e ON e.global_position = h.pos
+				WHERE h.org_id = $1 AND h.env_id = $2 AND e.event_type = 'EventReceived'),
+			CASE WHEN EXISTS (SELECT 1 FROM list_counts WHERE org_id = $1 AND env_id = $2 AND list = 'events' AND n > 0)
+				THEN least($3::timestamptz, (SELECT oldest_payload_at FROM retention_state WHERE org_id = $1 AND env_id = $2 AND $4)) END)`,
+		e.org, e.id, cutoff, rep.Held != "").Scan(&oldest); err != nil {
+		return fmt.Errorf("oldest payload: %w", err)
 	}
 	rep.OldestPayloadAt = oldest
-	_, err = r.p.Pool.Exec(ctx, `INSERT INTO retention_state (org_id, env_id, scan_from, oldest_payload_at, events_expired, attempts_expired, bytes_reclaimed, last_run)
+	_, err := r.p.Pool.Exec(ctx, `INSERT INTO retention_state (org_id, env_id, scan_from, oldest_payload_at, events_expired, attempts_expired, bytes_reclaimed, last_run)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		ON CONFLICT (org_id, env_id) DO UPDATE SET scan_from = excluded.scan_from, oldest_payload_at = excluded.oldest_payload_at,
 			events_expired = retention_state.events_expired + excluded.events_expired,
 			attempts_expired = retention_state.attempts_expired + excluded.attempts_expired,
 			bytes_reclaimed = retention_state.bytes_reclaimed + excluded.bytes_reclaimed, last_run = excluded.last_run`,
 		e.org, e.id, next, oldest, rep.Events, rep.Attempts, rep.Bytes, now)
-	return rep, err
+	return err
 }
 
 // positionAt is the first global position at or after from whose event was
@@ -254,17 +297,29 @@ type candidate struct {
 // expireBatch expires up to Batch payloads at positions in (after, end),
 // in one transaction with the read model's copy and a PayloadsExpired
 // event. It returns how many it found and the last position.
-func (r *Retention) expireBatch(ctx context.Context, e env, after, end int64, cutoff, now time.Time, rep *EnvReport) (int, int64, error) {
+// sel picks the payloads of a batch: the log between two positions, or
+// the positions given.
+type sel struct {
+	after, end int64
+	positions  []int64
+}
+
+func (r *Retention) expireBatch(ctx context.Context, e env, s sel, cutoff, now time.Time, rep *EnvReport) (int, int64, error) {
 	var found int
 	var last int64
+	var counted func()
+	where, args := `e.global_position > $6 AND e.global_position < $7`, []any{e.org, e.id, cutoff, r.p.Batch, e.archive, s.after, s.end}
+	if s.positions != nil {
+		where, args = `e.global_position = ANY($6)`, []any{e.org, e.id, cutoff, r.p.Batch, e.archive, s.positions}
+	}
 	err := pgx.BeginFunc(ctx, r.p.Pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `SELECT e.global_position, e.event_type, pg_column_size(e.payload),
-				CASE WHEN $7 THEN to_jsonb(e) - 'transaction_id' END
+				CASE WHEN $5 THEN to_jsonb(e) - 'transaction_id' END
 			FROM events e
-			WHERE e.global_position > $1 AND e.global_position < $2 AND e.org_id = $3 AND e.env_id = $4 AND e.recorded_at < $5
+			WHERE `+where+` AND e.org_id = $1 AND e.env_id = $2 AND e.recorded_at < $3
 				AND `+expirable+` AND `+notLive+`
-			ORDER BY e.global_position LIMIT $6
-			FOR UPDATE OF e SKIP LOCKED`, after, end, e.org, e.id, cutoff, r.p.Batch, e.archive)
+			ORDER BY e.global_position LIMIT $4
+			FOR UPDATE OF e SKIP LOCKED`, args...)
 		cands, err := kit.CollectRows(rows, err, func(row pgx.Row) (candidate, error) {
 			var c candidate
 			return c, row.Scan(&c.pos, &c.eventType, &c.size, &c.row)
@@ -337,11 +392,16 @@ func (r *Retention) expireBatch(ctx context.Context, e env, after, end int64, cu
 		if archive != "" {
 			rep.Archives = append(rep.Archives, archive)
 		}
-		if r.p.OnBatch != nil {
-			defer r.p.OnBatch(events, attempts, bytes)
+		counted = func() {
+			if r.p.OnBatch != nil {
+				r.p.OnBatch(events, attempts, bytes)
+			}
 		}
 		return nil
 	})
+	if err == nil && counted != nil {
+		counted() // once committed
+	}
 	return found, last, err
 }
 

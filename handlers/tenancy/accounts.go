@@ -240,26 +240,36 @@ func (a *Accounts) GetEnvironment(ctx context.Context, t domain.Tenant, id strin
 
 // UpdateEnvironment renames an environment or changes its slug.
 func (a *Accounts) UpdateEnvironment(ctx context.Context, t domain.Tenant, id string, in EnvironmentInput, now time.Time) (Environment, error) {
-	cur, err := a.GetEnvironment(ctx, t, id)
-	if err != nil {
-		return cur, err
+	if _, err := a.GetEnvironment(ctx, t, id); err != nil {
+		return Environment{}, err
 	}
-	if err := domain.ApplyNameSlug(in.Name, in.Slug, &cur.Name, &cur.Slug); err != nil {
-		return cur, err
-	}
-	if err := cur.applySettings(in); err != nil {
-		return cur, err
-	}
-	err = pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+	var cur Environment
+	// Read and write under the row's lock: two concurrent updates of
+	// different fields both land (a lost archive_payloads would let payloads
+	// expire unarchived).
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		var err error
+		if cur, err = scanEnvironment(tx.QueryRow(ctx, `SELECT `+envCols+` FROM environments WHERE id = $1 AND org_id = $2 FOR UPDATE`, id, t.OrgID)); err != nil {
+			return err
+		}
+		if err := domain.ApplyNameSlug(in.Name, in.Slug, &cur.Name, &cur.Slug); err != nil {
+			return err
+		}
+		if err := cur.applySettings(in); err != nil {
+			return err
+		}
 		if err := a.record(ctx, tx, domain.StreamEnvironment, id, t.OrgID, id, domain.EvEnvironmentUpdated,
 			map[string]any{"id": id, "name": cur.Name, "slug": cur.Slug, "payload_retention_seconds": cur.retentionSeconds(),
 				"archive_payloads": cur.ArchivePayloads == 1, "ingest_rate_limit": cur.IngestRateLimit}, t.Actor); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `UPDATE environments SET name = $2, slug = $3, payload_retention_seconds = $4, archive_payloads = $5,
+		_, err = tx.Exec(ctx, `UPDATE environments SET name = $2, slug = $3, payload_retention_seconds = $4, archive_payloads = $5,
 			ingest_rate_limit = $6 WHERE id = $1`, id, cur.Name, cur.Slug, cur.retentionSeconds(), cur.ArchivePayloads == 1, cur.IngestRateLimit)
 		return uniqueSlug(err)
 	})
+	if domain.ErrorCode(err) != domain.EInternal {
+		return Environment{}, err
+	}
 	if err != nil {
 		return Environment{}, kit.WrapInternal("update environment", err)
 	}
