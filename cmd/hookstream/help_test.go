@@ -18,6 +18,7 @@ import (
 	"github.com/hookstream/hookstream/handlers/ingest"
 	"github.com/hookstream/hookstream/handlers/redeliver"
 	"github.com/hookstream/hookstream/handlers/resources"
+	"github.com/hookstream/hookstream/handlers/tenancy"
 	"github.com/hookstream/hookstream/internal/pgtest"
 )
 
@@ -26,7 +27,7 @@ import (
 func TestHelpAndBadArgumentsExitCodes(t *testing.T) {
 	t.Setenv("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none?connect_timeout=1") // help must not need a database
 	ctx := context.Background()
-	for _, cmd := range [][]string{{"serve"}, {"migrate"}, {"keys"}, {"audit"}, {"events"}, {"replay"}, {"projections"}, {"orgs"}, {"envs"}, {"secrets"}, {"send-test"}} {
+	for _, cmd := range [][]string{{"serve"}, {"migrate"}, {"keys"}, {"audit"}, {"events"}, {"replay"}, {"projections"}, {"orgs"}, {"envs"}, {"secrets"}, {"send-test"}, {"retention"}} {
 		for _, flag := range []string{"-h", "--help"} {
 			var out, errOut bytes.Buffer
 			args := append(append([]string(nil), cmd...), flag)
@@ -236,5 +237,65 @@ func TestReplayStatusSaysWhyItWaitsAndCancelStopsIt(t *testing.T) {
 	}
 	if _, _, code := cli("replay", "cancel"); code != 2 {
 		t.Fatalf("cancel without an id = %d, want 2", code)
+	}
+}
+
+// retention set changes an environment's setting (refusing a bad one),
+// status lists it, run makes a pass and says what it did.
+func TestRetentionCommands(t *testing.T) {
+	ctx := context.Background()
+	dbURL := pgtest.NewDatabase(t)
+	t.Setenv("DATABASE_URL", dbURL)
+	pool, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	org, env, err := tenancy.CreateTenant(ctx, pool, "retention", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = org
+	cli := func(args ...string) (string, string, int) {
+		var out, errOut bytes.Buffer
+		code := run(ctx, args, &out, &errOut)
+		return out.String(), errOut.String(), code
+	}
+	out, errOut, code := cli("retention", "set", "--env", env, "--days", "7", "--archive", "true", "--ingest-rate-limit", "50", "--json")
+	var set struct{ Environment tenancy.Environment }
+	if code != 0 || json.Unmarshal([]byte(out), &set) != nil || set.Environment.PayloadRetentionDays != 7 || set.Environment.ArchivePayloads != 1 ||
+		set.Environment.IngestRateLimit == nil || *set.Environment.IngestRateLimit != 50 {
+		t.Fatalf("retention set = %d %q %q", code, out, errOut)
+	}
+	if _, errOut, code := cli("retention", "set", "--env", env, "--days", "0.0001"); code != 1 || !strings.Contains(errOut, "payload_retention_days") {
+		t.Fatalf("a retention under 60 s = %d %q", code, errOut)
+	}
+	if _, _, code := cli("retention", "set", "--days", "7"); code != 2 {
+		t.Fatalf("set without --env = %d, want 2", code)
+	}
+	out, _, code = cli("retention", "status", "--json")
+	var st struct {
+		Environments []struct {
+			EnvID            string `json:"env_id"`
+			RetentionSeconds int64  `json:"retention_seconds"`
+			ArchivePayloads  bool   `json:"archive_payloads"`
+		} `json:"environments"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Environments) == 0 {
+		t.Fatalf("retention status = %d %q", code, out)
+	}
+	for _, e := range st.Environments {
+		if e.EnvID == env && (e.RetentionSeconds != 7*86400 || !e.ArchivePayloads) {
+			t.Fatalf("status of the environment = %+v", e)
+		}
+	}
+	// An archiving environment without an archive directory keeps its payloads, and says so.
+	t.Setenv("HOOKSTREAM_ARCHIVE_DIR", "")
+	out, _, code = cli("retention", "run")
+	if code != 0 || !strings.Contains(out, "held: the environment archives its payloads") {
+		t.Fatalf("retention run = %d %q", code, out)
+	}
+	if out, _, code := cli("retention", "status"); code != 0 || !strings.Contains(out, env) || !strings.Contains(out, "168h0m0s") {
+		t.Fatalf("retention status table = %d %q", code, out)
 	}
 }

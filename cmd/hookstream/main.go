@@ -146,9 +146,16 @@ func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) 
 
 // newLogger logs JSON, or text when stderr is a terminal.
 func newLogger(w io.Writer) *slog.Logger {
+	// HOOKSTREAM_LOG_LEVEL: debug, info (the default), warn or error. At
+	// warn the per-request lines (info) are left out.
 	level := slog.LevelInfo
-	if os.Getenv("HOOKSTREAM_LOG_LEVEL") == "debug" {
+	switch strings.ToLower(os.Getenv("HOOKSTREAM_LOG_LEVEL")) {
+	case "debug":
 		level = slog.LevelDebug
+	case "warn", "warning":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {

@@ -24,7 +24,7 @@ import (
 func hs(t *testing.T, bin, dbURL string, args ...string) (string, string, int) {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
-	cmd.Env = append(cmd.Environ(), "DATABASE_URL="+dbURL, "HOOKSTREAM_LOG_LEVEL=warn")
+	cmd.Env = append(cmd.Environ(), "DATABASE_URL="+dbURL)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

@@ -214,6 +214,7 @@ func (r *Retention) expireEnv(ctx context.Context, e env) (EnvReport, error) {
 	// The log written since the last pass, up to the cutoff.
 	after := e.from - 1
 	for {
+		started := time.Now()
 		n, last, err := r.expireBatch(ctx, e, sel{after: after, end: end}, cutoff, now, &rep)
 		if err != nil {
 			return rep, err
@@ -222,6 +223,12 @@ func (r *Retention) expireEnv(ctx context.Context, e env) (EnvReport, error) {
 			break
 		}
 		after = last
+		// At most half the time: deliveries share the database with the pass.
+		select {
+		case <-ctx.Done():
+			return rep, ctx.Err()
+		case <-time.After(time.Since(started)):
+		}
 	}
 	// What that part of the log held back (live deliveries, or an event
 	// recorded out of order past the cutoff) is re-checked by later passes.

@@ -54,10 +54,11 @@ type Upkeep struct {
 	// analyze that triggers another (default 200), once also as many as its
 	// live rows.
 	MinChanged int64
-	// Prune are statements run first each round that delete rows no longer
-	// needed (finished jobs, expired replay jobs); each should bound its
-	// own batch.
-	Prune []string
+	// Prune are statements run first every PruneEvery rounds (default 10)
+	// that delete rows no longer needed (finished jobs, expired replay
+	// jobs); each should bound its own batch.
+	Prune      []string
+	PruneEvery int
 }
 
 // Did is what one round did.
@@ -72,6 +73,9 @@ func (u *Upkeep) defaults() {
 	}
 	if u.MinChanged <= 0 {
 		u.MinChanged = 200
+	}
+	if u.PruneEvery <= 0 {
+		u.PruneEvery = 10
 	}
 	if u.Log == nil {
 		u.Log = slog.Default()
@@ -105,7 +109,7 @@ func (u Upkeep) Run(ctx context.Context) {
 	u.Vacuum, u.Analyze = owned.Vacuum, owned.Analyze
 	t := time.NewTicker(u.Every)
 	defer t.Stop()
-	failing, skip := 0, 0
+	failing, skip, round := 0, 0, 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -116,7 +120,8 @@ func (u Upkeep) Run(ctx context.Context) {
 			skip--
 			continue
 		}
-		_, err := u.Once(ctx)
+		round++
+		_, err := u.once(ctx, round%u.PruneEvery == 1 || u.PruneEvery == 1)
 		switch {
 		case ctx.Err() != nil:
 			return
@@ -179,12 +184,20 @@ func (u Upkeep) owned(ctx context.Context) (Upkeep, error) {
 	return out, nil
 }
 
-// Once reads the tables' counts and vacuums and analyzes those past their
-// thresholds; it reports what it did.
+// Once runs the Prune statements, reads the tables' counts and vacuums and
+// analyzes those past their thresholds; it reports what it did. (Run prunes
+// every PruneEvery rounds.)
 func (u Upkeep) Once(ctx context.Context) (Did, error) {
 	u.defaults()
+	return u.once(ctx, true)
+}
+
+func (u Upkeep) once(ctx context.Context, prune bool) (Did, error) {
 	var did Did
 	for _, q := range u.Prune {
+		if !prune {
+			break
+		}
 		tag, err := u.Pool.Exec(ctx, q)
 		if err != nil {
 			return did, fmt.Errorf("prune: %w", err)
