@@ -40,8 +40,6 @@ func TestRetentionExpiresFinishedPayloadsAndKeepsTheLog(t *testing.T) {
 	}
 	live := h.ingest(srcLive, `{"still":"retrying"}`)
 	other := newKey(t, h.pool, "")
-	otherSrc := h.mustCreate("/v1/sources", map[string]any{"name": "other"}) // (this tenant's; the other tenant's below)
-	_ = otherSrc
 	code, out := h.do("POST", "/v1/sources", other, map[string]any{"name": "theirs"})
 	if code != 201 {
 		t.Fatalf("other tenant's source = %d %v", code, out)

@@ -201,7 +201,8 @@ func (r *Reads) ListEvents(ctx context.Context, t domain.Tenant, f EventFilter) 
 		AND ($6::timestamptz IS NULL OR received_at > $6) AND ($7::timestamptz IS NULL OR received_at < $7)
 		AND ($8 = '' OR dedup_status = $8) AND ($9 = '' OR verification_status = $9)`
 	args := []any{t.OrgID, t.EnvID, f.SourceID, f.Status, f.Method, f.After, f.Before, f.DedupStatus, f.VerificationStatus}
-	if kit.ValidID(f.Search) && len(f.Search) == 32 {
+	byID := kit.ValidID(f.Search)
+	if byID {
 		// A full event id finds that event through the key, however old.
 		where += ` AND id = $10`
 		args = append(args, f.Search)
@@ -215,8 +216,7 @@ func (r *Reads) ListEvents(ctx context.Context, t domain.Tenant, f EventFilter) 
 		return out, p, nil
 	}
 	counted := ""
-	if f.SourceID == "" && f.Status == "" && f.Method == "" && f.After == nil && f.Before == nil && f.DedupStatus == "" && f.VerificationStatus == "" &&
-		len(args) == 9 {
+	if f.SourceID == "" && f.Status == "" && f.Method == "" && f.After == nil && f.Before == nil && f.DedupStatus == "" && f.VerificationStatus == "" && !byID {
 		counted = "events"
 	}
 	out, p, err := ListPage(ctx, r.pool, List{Kind: "ev", Table: "events_view", Cols: eventCols + ", received_at", Where: where,

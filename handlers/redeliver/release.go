@@ -47,20 +47,29 @@ func (s *Redeliverer) RunReplays(ctx context.Context) {
 	}
 }
 
+// loadReplay reads a replay's stream in tx and folds it.
+func (s *Redeliverer) loadReplay(ctx context.Context, tx pgx.Tx, id string) ([]eventstore.Event, *domain.Replay, error) {
+	evs, err := s.store.Load(ctx, tx, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	r := &domain.Replay{}
+	for _, ev := range evs {
+		if err := r.Apply(ev.StreamVersion, ev.Type, ev.Payload); err != nil {
+			return nil, nil, err
+		}
+	}
+	return evs, r, nil
+}
+
 // releaseReplay hands the replay's next batch, when due, to the delivery
 // pipeline: one DeliveryRequested (trigger replay) per event, due evenly
 // across the second, and ReplayReleased, in one transaction.
 func (s *Redeliverer) releaseReplay(ctx context.Context, id string) error {
 	return pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		evs, err := s.store.Load(ctx, tx, id)
+		evs, r, err := s.loadReplay(ctx, tx, id)
 		if err != nil {
 			return err
-		}
-		r := &domain.Replay{}
-		for _, ev := range evs {
-			if err := r.Apply(ev.StreamVersion, ev.Type, ev.Payload); err != nil {
-				return err
-			}
 		}
 		now := s.now().UTC()
 		offset, batch := r.NextBatch(now)

@@ -440,15 +440,9 @@ func (s *Redeliverer) CancelReplay(ctx context.Context, t domain.Tenant, id, rid
 	}
 	for try := 0; ; try++ {
 		err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-			evs, err := s.store.Load(ctx, tx, id)
+			_, r, err := s.loadReplay(ctx, tx, id)
 			if err != nil {
 				return err
-			}
-			r := &domain.Replay{}
-			for _, ev := range evs {
-				if err := r.Apply(ev.StreamVersion, ev.Type, ev.Payload); err != nil {
-					return err
-				}
 			}
 			now := s.now()
 			d, err := r.Cancel(now)
