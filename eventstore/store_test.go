@@ -594,3 +594,44 @@ func TestSchedulerIndexCoversItsLiveTypes(t *testing.T) {
 		t.Errorf("events_scheduler_live_idx (%s) holds %d types, the scheduler reads %d", def, n, len(projections.SchedulerLiveEvents))
 	}
 }
+
+// TestSubscriptionEndsWhenItsContextEnds: a Watermill router closing may
+// cancel a handler's context before (or instead of) calling Close on its
+// subscriber; the subscription must still drain and close its channel, or
+// the router waits out its whole close timeout.
+func TestSubscriptionEndsWhenItsContextEnds(t *testing.T) {
+	t.Parallel()
+	pool := pgtest.NewPool(t)
+	sub, err := eventstore.NewSubscriber(pool, eventstore.SubscriberParams{ConsumerGroup: "test-ctx", PollInterval: 5 * time.Millisecond}, watermill.NopLogger{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Close() })
+	if _, err := eventstore.New(nil).Append(context.Background(), pool, appendTo("s", eventstore.AnyVersion, ev("E", map[string]int{"i": 1}))); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	msgs, err := sub.Subscribe(ctx, eventstore.Topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-msgs:
+		m.Ack()
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event delivered")
+	}
+	cancel()
+	closed := make(chan struct{})
+	go func() {
+		for m := range msgs {
+			m.Nack()
+		}
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the subscription's channel is still open 10 s after its context ended")
+	}
+}

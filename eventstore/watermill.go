@@ -454,10 +454,14 @@ func (d *drainingSubscriber) Subscribe(ctx context.Context, topic string) (<-cha
 	d.mu.Lock()
 	d.cancels = append(d.cancels, cancel)
 	d.mu.Unlock()
+	// A closing Watermill router cancels ctx and, racing with that, calls
+	// Close; when the cancellation wins, Close is never called. The
+	// subscription must then close itself: drain, end the SQL subscriber,
+	// close the channel (else the router waits out its close timeout).
 	go func() {
 		select {
 		case <-ctx.Done():
-			d.beginClose()
+			_ = d.Close()
 		case <-d.closing:
 		}
 	}()
