@@ -15,6 +15,7 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
+	"github.com/hookstream/hookstream/handlers/audit"
 )
 
 const eventsUsage = `hookstream events tail [--type T[,T…]] [--stream ID] [-n N] [--follow] [--json]
@@ -211,7 +212,7 @@ func (p *eventPrinter) print(e eventstore.Event) {
 		return
 	}
 	fmt.Fprintf(p.tw, "%d\t%s\t%s/%s\tv%d\t%s\t%s\t%s\n", e.GlobalPosition, e.RecordedAt.UTC().Format("2006-01-02 15:04:05.000"),
-		e.StreamType, e.StreamID, e.StreamVersion, e.Type, orDash(e.Metadata.Actor), summarize(e))
+		e.StreamType, e.StreamID, e.StreamVersion, e.Type, orDash(e.Metadata.Actor), audit.Summarize(e))
 }
 
 func (p *eventPrinter) flush() error {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/handlers"
+	"github.com/hookstream/hookstream/handlers/audit"
 	"github.com/hookstream/hookstream/handlers/redeliver"
 	"github.com/hookstream/hookstream/migrations"
 	"github.com/hookstream/hookstream/projections"
@@ -133,14 +134,6 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
-}
-
-func oneLine(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
 }
 
 // progressBar draws a rebuild's progress on a terminal, or logs each phase
@@ -395,7 +388,7 @@ func projectionsStatus(ctx context.Context, stdout io.Writer, asJSON bool, log *
 	for _, g := range st {
 		lastErr := "-"
 		if g.LastError != nil {
-			lastErr = fmt.Sprintf("%s (%s, %d failures)", oneLine(*g.LastError, 100), g.ErrorAt.UTC().Format(time.RFC3339), g.Failures)
+			lastErr = fmt.Sprintf("%s (%s, %d failures)", audit.OneLine(*g.LastError, 100), g.ErrorAt.UTC().Format(time.RFC3339), g.Failures)
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%.1f\t%s\n", g.Group, g.Position, g.LagEvents, g.LagSeconds, lastErr)
 	}

@@ -1,8 +1,9 @@
-package main
+package audit
 
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
@@ -11,29 +12,29 @@ import (
 // The one-line texts of audit: event summaries and the short forms of ids,
 // names and outcomes.
 
-const timeFmt = "2006-01-02 15:04:05.000"
+const TimeFmt = "2006-01-02 15:04:05.000"
 
 // short is an id as the table shows it: whole, so it can be copied into the
 // next command (ids are UUIDv7: their first characters are a timestamp that
 // two deliveries of one event share, so no prefix tells them apart).
-func short(id string) string {
+func Short(id string) string {
 	if id == "" {
 		return "-"
 	}
 	return id
 }
 
-func named(name, id string) string {
+func Named(name, id string) string {
 	if id == "" {
 		return "-"
 	}
 	if name == "" {
 		return id
 	}
-	return fmt.Sprintf("%q (%s)", name, short(id))
+	return fmt.Sprintf("%q (%s)", name, Short(id))
 }
 
-func outcome(status string, code *int, errMsg *string) string {
+func Outcome(status string, code *int, errMsg *string) string {
 	out := status
 	if code != nil {
 		out += fmt.Sprintf(" HTTP %d", *code)
@@ -44,7 +45,7 @@ func outcome(status string, code *int, errMsg *string) string {
 }
 
 // summarize is one line naming an event's key payload fields.
-func summarize(e eventstore.Event) string {
+func Summarize(e eventstore.Event) string {
 	var p map[string]any
 	if err := json.Unmarshal(e.Payload, &p); err != nil {
 		return "unreadable payload: " + err.Error()
@@ -53,11 +54,11 @@ func summarize(e eventstore.Event) string {
 	num := func(k string) int { f, _ := p[k].(float64); return int(f) }
 	switch e.Type {
 	case domain.EvEventReceived:
-		return fmt.Sprintf("%s to source %s: %d bytes %s from %s; deliveries: %d", str("method"), named(str("source_name"), str("source_id")),
+		return fmt.Sprintf("%s to source %s: %d bytes %s from %s; deliveries: %d", str("method"), Named(str("source_name"), str("source_id")),
 			num("body_size"), orDash(str("content_type")), orDash(str("source_ip")), num("deliveries"))
 	case domain.EvDeliveryRequested:
 		s := fmt.Sprintf("attempt #1 (%s) %s %s to %s via %s", str("trigger_type"), str("request_method"), str("request_url"),
-			named(str("destination_name"), str("destination_id")), named(str("connection_name"), str("connection_id")))
+			Named(str("destination_name"), str("destination_id")), Named(str("connection_name"), str("connection_id")))
 		if r := str("replay_id"); r != "" {
 			s += " for replay " + r
 		}
@@ -67,9 +68,9 @@ func summarize(e eventstore.Event) string {
 		if err := json.Unmarshal(e.Payload, &a); err != nil {
 			return "unreadable payload: " + err.Error()
 		}
-		s := fmt.Sprintf("attempt #%d (%s): %s in %d ms", a.AttemptNumber, a.TriggerType, outcome(a.Status, a.ResponseStatus, a.Error), a.DurationMS)
+		s := fmt.Sprintf("attempt #%d (%s): %s in %d ms", a.AttemptNumber, a.TriggerType, Outcome(a.Status, a.ResponseStatus, a.Error), a.DurationMS)
 		if a.ResponseBody != nil && *a.ResponseBody != "" {
-			s += fmt.Sprintf(", response %q", oneLine(*a.ResponseBody, 60))
+			s += fmt.Sprintf(", response %q", OneLine(*a.ResponseBody, 60))
 		}
 		return s
 	case domain.EvRetryScheduled:
@@ -77,11 +78,11 @@ func summarize(e eventstore.Event) string {
 		if err := json.Unmarshal(e.Payload, &r); err != nil {
 			return "unreadable payload: " + err.Error()
 		}
-		return fmt.Sprintf("attempt #%d (retry) not before %s", r.AttemptNumber, r.NotBefore.UTC().Format(timeFmt))
+		return fmt.Sprintf("attempt #%d (retry) not before %s", r.AttemptNumber, r.NotBefore.UTC().Format(TimeFmt))
 	case domain.EvRetryRequested:
-		return fmt.Sprintf("attempt #%d (manual) requested, retrying attempt %s", num("attempt_number"), short(str("from_attempt_id")))
+		return fmt.Sprintf("attempt #%d (manual) requested, retrying attempt %s", num("attempt_number"), Short(str("from_attempt_id")))
 	case domain.EvMovedToDLQ:
-		return fmt.Sprintf("dead-lettered after attempt %s: %s", short(str("attempt_id")), str("reason"))
+		return fmt.Sprintf("dead-lettered after attempt %s: %s", Short(str("attempt_id")), str("reason"))
 	case domain.EvReplayRequested:
 		ids, _ := p["event_ids"].([]any)
 		return fmt.Sprintf("replay of %d events to destination %s at %d/s", len(ids), str("destination_id"), num("rate_limit"))
@@ -98,4 +99,20 @@ func summarize(e eventstore.Event) string {
 		return s
 	}
 	return "-"
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// OneLine is s on one line, cut to n bytes.
+func OneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }
