@@ -37,6 +37,7 @@ const (
 	EvEnvironmentUpdated = "EnvironmentUpdated"
 	EvSessionCreated     = "SessionCreated"
 	EvSessionEnded       = "SessionEnded"
+	EvLoginLinkCreated   = "LoginLinkCreated"
 
 	EvEventReceived     = "EventReceived"
 	EvDeliveryRequested = "DeliveryRequested"
@@ -65,7 +66,7 @@ const (
 var EventTypes = []string{
 	EvSourceCreated, EvSourceUpdated, EvSourceDeleted, EvDestinationCreated, EvDestinationUpdated, EvDestinationDeleted,
 	EvConnectionCreated, EvConnectionUpdated, EvConnectionDeleted, EvAPIKeyCreated, EvAPIKeyRevoked, EvOrgCreated,
-	EvEnvironmentCreated, EvEnvironmentUpdated, EvSessionCreated, EvSessionEnded,
+	EvEnvironmentCreated, EvEnvironmentUpdated, EvSessionCreated, EvSessionEnded, EvLoginLinkCreated,
 	EvEventReceived, EvDeliveryRequested, EvDeliveryAttempted, EvRetryScheduled, EvRetryRequested, EvMovedToDLQ,
 	EvDestinationDisabled, EvCircuitOpened, EvCircuitHalfOpened, EvCircuitClosed,
 	EvIssueOpened, EvIssueRecurred, EvIssueUpdated, EvIssueResolved,

@@ -12,4 +12,7 @@ type Tenant struct {
 	// SessionFromKey is set for a session made by logging in with an API
 	// key: it may do what the key may, and no more.
 	SessionFromKey bool
+	// CSRF is the session's anti-CSRF token (tenancy.CSRFToken); a
+	// cookie-authenticated write must send it.
+	CSRF string
 }

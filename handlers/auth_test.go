@@ -66,6 +66,22 @@ func (h *harness) login(key string) string {
 	return ""
 }
 
+// csrfFor reads a session's CSRF token as the dashboard does (GET /v1/auth/session).
+func (h *harness) csrfFor(cookie string) string {
+	h.t.Helper()
+	code, out, _ := h.call("GET", "/v1/auth/session", map[string]string{"Cookie": cookie}, "")
+	tok, _ := out["csrf_token"].(string)
+	if code != 200 || tok == "" {
+		h.t.Fatalf("GET /v1/auth/session = %d %v", code, out)
+	}
+	return tok
+}
+
+// sessionHeaders are the headers of a session's JSON write: cookie, CSRF token, body type.
+func (h *harness) sessionHeaders(cookie string) map[string]string {
+	return map[string]string{"Cookie": cookie, "Content-Type": "application/json", "X-CSRF-Token": h.csrfFor(cookie)}
+}
+
 // userSession makes a session as the CLI does (not from a key) for the
 // harness key's environment and returns its Cookie header.
 func (h *harness) userSession() string {
@@ -89,13 +105,17 @@ func TestSessionsLoginUseAndLogout(t *testing.T) {
 	if code, out, _ := h.call("GET", "/v1/sources", map[string]string{"Cookie": cookie}, ""); code != 200 {
 		t.Fatalf("GET with the session = %d %v", code, out)
 	}
-	jsonHdr := map[string]string{"Cookie": cookie, "Content-Type": "application/json"}
-	// CSRF: a session write needs a JSON body type and no foreign Origin.
+	jsonHdr := h.sessionHeaders(cookie)
+	tok := jsonHdr["X-CSRF-Token"]
+	// CSRF: a session write needs the session's token, a JSON body type and no foreign Origin.
 	for _, hd := range []map[string]string{
-		{"Cookie": cookie, "Content-Type": "text/plain"},
-		{"Cookie": cookie},
-		{"Cookie": cookie, "Content-Type": "application/json", "Origin": "https://evil.example"},
-		{"Cookie": cookie, "Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"},
+		{"Cookie": cookie, "Content-Type": "application/json"},
+		{"Cookie": cookie, "Content-Type": "application/json", "X-CSRF-Token": strings.ToUpper(tok[:1]) + strings.ToLower(tok[:1]) + tok[1:]},
+		{"Cookie": cookie, "Content-Type": "application/json", "X-CSRF-Token": h.csrfFor(h.login(h.key))}, // another session's
+		{"Cookie": cookie, "Content-Type": "text/plain", "X-CSRF-Token": tok},
+		{"Cookie": cookie, "X-CSRF-Token": tok},
+		{"Cookie": cookie, "Content-Type": "application/json", "X-CSRF-Token": tok, "Origin": "https://evil.example"},
+		{"Cookie": cookie, "Content-Type": "application/json", "X-CSRF-Token": tok, "Sec-Fetch-Site": "cross-site"},
 	} {
 		if code, out, _ := h.call("POST", "/v1/sources", hd, `{"name":"csrf"}`); code != 403 {
 			t.Errorf("session write with %v = %d %v", hd, code, out)
@@ -147,11 +167,11 @@ func TestAPIKeysAreManagedFromASessionAndRevokedAtOnce(t *testing.T) {
 		t.Fatalf("key creation with a key = %d %v", code, out)
 	}
 	// A session made from a key may do what the key may: not mint keys.
-	fromKey := map[string]string{"Cookie": h.login(h.key), "Content-Type": "application/json"}
+	fromKey := h.sessionHeaders(h.login(h.key))
 	if code, out, _ := h.call("POST", "/v1/auth/api-keys", fromKey, `{"name":"x"}`); code != 403 {
 		t.Fatalf("key creation from a key's session = %d %v", code, out)
 	}
-	sess := map[string]string{"Cookie": h.userSession(), "Content-Type": "application/json"}
+	sess := h.sessionHeaders(h.userSession())
 	code, out, _ := h.call("POST", "/v1/auth/api-keys", sess, `{"name":"ci","scopes":"*"}`)
 	if code != 201 {
 		t.Fatalf("create key = %d %v", code, out)
@@ -210,7 +230,7 @@ func TestAPIKeysAreManagedFromASessionAndRevokedAtOnce(t *testing.T) {
 func TestEnvironmentsScopeKeysAndResources(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	sess := map[string]string{"Cookie": h.userSession(), "Content-Type": "application/json"}
+	sess := h.sessionHeaders(h.userSession())
 	code, out, _ := h.call("POST", "/v1/environments", sess, `{"name":"Staging","slug":"staging"}`)
 	if code != 201 {
 		t.Fatalf("create env = %d %v", code, out)

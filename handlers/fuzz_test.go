@@ -96,7 +96,10 @@ func TestFuzzAPINeverAnswers5xx(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s %s: %v", o.method, path, err)
 		}
-		raw, _ := io.ReadAll(resp.Body)
+		var raw []byte
+		if resp.Header.Get("Content-Type") != "text/event-stream" { // a live tail streams until the client leaves
+			raw, _ = io.ReadAll(resp.Body)
+		}
 		resp.Body.Close()
 		if resp.StatusCode >= 500 {
 			fives = append(fives, fmt.Sprintf("%s %s body %.80q -> %d %s", o.method, path, body, resp.StatusCode, raw))

@@ -72,6 +72,12 @@ type specValidator struct {
 }
 
 func (v *specValidator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !strings.HasPrefix(r.URL.Path, "/v1/") && r.URL.Path != "/metrics" || r.URL.Path == "/v1/events/tail" {
+		// The dashboard's pages are not API; a live tail streams (its
+		// events' shape is checked by TestLiveTail).
+		v.next.ServeHTTP(w, r)
+		return
+	}
 	body, _ := io.ReadAll(r.Body)
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	rec := httptest.NewRecorder()

@@ -68,7 +68,11 @@ func scanAttempt(row pgx.Row, extra ...any) (Attempt, error) {
 type AttemptFilter struct {
 	EventID, DeliveryID, ConnectionID, DestinationID, Status string
 	IsDLQ                                                    *int
-	Limit, Offset                                            int
+	// Recovered keeps attempts whose delivery has (1) or has not (0) had a
+	// successful attempt since: the dashboard's open dead letters are
+	// is_dlq=1 and recovered=0.
+	Recovered     *int
+	Limit, Offset int
 	// Cursor reads from a position instead of Offset (older rows; newer
 	// with Prev).
 	Cursor *Cursor
@@ -79,13 +83,15 @@ type AttemptFilter struct {
 func (r *Reads) ListAttempts(ctx context.Context, t domain.Tenant, f AttemptFilter) ([]Attempt, Pagination, error) {
 	where := `org_id = $1 AND env_id = $2 AND ($3 = '' OR event_id = $3) AND ($4 = '' OR connection_id = $4)
 		AND ($5 = '' OR destination_id = $5) AND ($6 = '' OR status = $6) AND ($7::int IS NULL OR is_dlq = $7)
-		AND ($8 = '' OR delivery_id = $8 AND event_id = (SELECT event_id FROM projected_deliveries WHERE delivery_id = $8))`
+		AND ($8 = '' OR delivery_id = $8 AND event_id = (SELECT event_id FROM projected_deliveries WHERE delivery_id = $8))
+		AND ($9::int IS NULL OR EXISTS (SELECT 1 FROM delivery_attempts b WHERE b.event_id = delivery_attempts.event_id
+			AND b.delivery_id = delivery_attempts.delivery_id AND b.attempt_number > delivery_attempts.attempt_number AND b.status = 'success')::int = $9)`
 	// A delivery's attempts are found through its event (indexed; the
 	// helper row names it): delivery_attempts keeps no index on delivery_id,
 	// which every attempt row would pay for (migration 0011).
-	args := []any{t.OrgID, t.EnvID, f.EventID, f.ConnectionID, f.DestinationID, f.Status, f.IsDLQ, f.DeliveryID}
+	args := []any{t.OrgID, t.EnvID, f.EventID, f.ConnectionID, f.DestinationID, f.Status, f.IsDLQ, f.DeliveryID, f.Recovered}
 	counted := ""
-	if f.EventID == "" && f.ConnectionID == "" && f.DestinationID == "" && f.Status == "" && f.IsDLQ == nil && f.DeliveryID == "" {
+	if f.EventID == "" && f.ConnectionID == "" && f.DestinationID == "" && f.Status == "" && f.IsDLQ == nil && f.DeliveryID == "" && f.Recovered == nil {
 		counted = "attempts"
 	}
 	out, p, err := ListPage(ctx, r.pool, List{Kind: "at", Table: "delivery_attempts", Cols: attemptCols + ", created_at", Where: where,

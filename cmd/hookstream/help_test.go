@@ -27,7 +27,7 @@ import (
 func TestHelpAndBadArgumentsExitCodes(t *testing.T) {
 	t.Setenv("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none?connect_timeout=1") // help must not need a database
 	ctx := context.Background()
-	for _, cmd := range [][]string{{"serve"}, {"migrate"}, {"keys"}, {"audit"}, {"events"}, {"replay"}, {"projections"}, {"orgs"}, {"envs"}, {"secrets"}, {"send-test"}, {"retention"}} {
+	for _, cmd := range [][]string{{"serve"}, {"migrate"}, {"keys"}, {"audit"}, {"events"}, {"replay"}, {"projections"}, {"orgs"}, {"envs"}, {"secrets"}, {"send-test"}, {"retention"}, {"login-link"}} {
 		for _, flag := range []string{"-h", "--help"} {
 			var out, errOut bytes.Buffer
 			args := append(append([]string(nil), cmd...), flag)
@@ -47,7 +47,7 @@ func TestHelpAndBadArgumentsExitCodes(t *testing.T) {
 	}
 	for _, args := range [][]string{{"serve", "--no-such-flag"}, {"serve", "stray"}, {"audit", "--no-such-flag"}, {"events", "tail", "--no-such-flag"},
 		{"keys", "list", "--no-such-flag"}, {"migrate", "--no-such-flag"}, {"migrate", "stray"}, {"replay", "--no-such-flag"}, {"nope"},
-		{"secrets"}, {"secrets", "nope"}, {"secrets", "gen-key", "--nope"}, {"send-test", "--destination", "x", "stray"},
+		{"secrets"}, {"secrets", "nope"}, {"secrets", "gen-key", "--nope"}, {"send-test", "--destination", "x", "stray"}, {"login-link", "stray"}, {"login-link", "--ttl", "48h"}, {"login-link", "--url", "ftp://x"},
 		{"events", "tail", "--type", "Nope"}, {"events", "export", "--from", "2026-01-01T00:00:00Z", "--to", "2026-02-01T00:00:00Z", "--type", "EventRecieved"}} {
 		var out, errOut bytes.Buffer
 		if code := run(ctx, args, &out, &errOut); code != 2 {

@@ -222,25 +222,35 @@ func listEnvironments(ctx context.Context, acc *tenancy.Accounts, org string, as
 
 // createSession makes a user session for an environment (the first
 // organization's first environment by default) and prints its cookie.
-func createSession(ctx context.Context, db *database, acc *tenancy.Accounts, org, env string, ttl time.Duration, asJSON bool,
-	stdout io.Writer, log *slog.Logger) error {
+// resolveEnv checks an organization and environment given by flags, and
+// fills in the first organization and its first environment when not given.
+func resolveEnv(ctx context.Context, db *database, acc *tenancy.Accounts, org, env string) (string, string, error) {
 	var err error
 	if org == "" {
 		if org, err = firstOrg(ctx, db); err != nil {
-			return err
+			return "", "", err
 		}
 	}
 	if env == "" {
 		envs, err := acc.ListEnvironments(ctx, domain.Tenant{OrgID: org})
 		if err != nil {
-			return err
+			return "", "", err
 		}
 		if len(envs) == 0 {
-			return fmt.Errorf("organization %s has no environment", org)
+			return "", "", fmt.Errorf("organization %s has no environment", org)
 		}
 		env = envs[0].ID
 	}
 	if _, err := acc.GetEnvironment(ctx, domain.Tenant{OrgID: org}, env); err != nil {
+		return "", "", err
+	}
+	return org, env, nil
+}
+
+func createSession(ctx context.Context, db *database, acc *tenancy.Accounts, org, env string, ttl time.Duration, asJSON bool,
+	stdout io.Writer, log *slog.Logger) error {
+	org, env, err := resolveEnv(ctx, db, acc, org, env)
+	if err != nil {
 		return err
 	}
 	cookieSecret, err := loadAuthSecret(db, log)
@@ -255,6 +265,7 @@ func createSession(ctx context.Context, db *database, acc *tenancy.Accounts, org
 	if asJSON {
 		return printJSON(stdout, map[string]any{"session": s, "cookie": cookie})
 	}
-	_, err = fmt.Fprintf(stdout, "session %s for environment %s, until %s\n%s\n", s.ID, env, s.ExpiresAt, cookie)
+	_, err = fmt.Fprintf(stdout, "session %s for environment %s, until %s\nX-CSRF-Token: %s   (every write with the cookie sends it)\n%s\n",
+		s.ID, env, s.ExpiresAt, s.CSRFToken, cookie)
 	return err
 }

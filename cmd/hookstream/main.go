@@ -34,6 +34,8 @@ Usage:
                                 organizations and their environments
   hookstream sessions create [--org ID --env ID] [--ttl 168h]
                                 a browser session: prints its better-auth.session_token cookie
+  hookstream login-link [--env ID] [--ttl 15m] [--url URL]
+                                a one-time link that logs a browser into the dashboard
   hookstream secrets gen-key|status|rotate-key
                                 encryption keys for stored secrets (see "hookstream secrets -h")
   hookstream devdb start        start the project-local PostgreSQL and print its DATABASE_URL
@@ -98,6 +100,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdReplay(ctx, args[1:], stdout, stderr, log)
 	case "send-test":
 		err = cmdSendTest(ctx, args[1:], stdout, log)
+	case "login-link":
+		err = cmdLoginLink(ctx, args[1:], stdout, log)
 	case "retention":
 		err = cmdRetention(ctx, args[1:], stdout, log)
 	case "orgs", "envs", "sessions":

@@ -92,6 +92,19 @@ func TestTenancyAndSecretsCommands(t *testing.T) {
 		t.Fatalf("sessions create: %s", out)
 	}
 	run(1, "sessions", "create", "--org", org.ID, "--env", "0123456789abcdef0123456789abcdef")
+	if out := run(0, "login-link", "--org", org.ID, "--env", env.ID, "--url", "https://hooks.example.com/"); !strings.HasPrefix(out, "https://hooks.example.com/#/login?link=") ||
+		!strings.Contains(out, env.ID) {
+		t.Fatalf("login-link: %s", out)
+	}
+	var link struct {
+		LoginLink tenancy.LoginLink `json:"login_link"`
+		URL       string            `json:"url"`
+	}
+	if err := json.Unmarshal([]byte(run(0, "login-link", "--org", org.ID, "--ttl", "5m", "--json")), &link); err != nil ||
+		link.LoginLink.EnvID != org.Environment.ID || !strings.HasSuffix(link.URL, "#/login?link="+link.LoginLink.Token) {
+		t.Fatalf("login-link --json: %+v (%v)", link, err)
+	}
+	run(1, "login-link", "--org", org.ID, "--env", "0123456789abcdef0123456789abcdef")
 	for _, bad := range [][]string{{"keys", "revoke"}, {"keys", "bogus"}, {"envs", "create", "--name", "x"}, {"orgs", "create"}, {"secrets"}, {"secrets", "nope"}} {
 		run(2, bad...)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/eventstore"
 	"github.com/hookstream/hookstream/handlers/circuit"
+	"github.com/hookstream/hookstream/handlers/dashboard"
 	"github.com/hookstream/hookstream/handlers/ingest"
 	"github.com/hookstream/hookstream/handlers/issues"
 	"github.com/hookstream/hookstream/handlers/metrics"
@@ -52,6 +53,8 @@ type Params struct {
 	SecureCookies bool
 	// ReadyMaxLag is the consumer lag /v1/ready tolerates (default 60s).
 	ReadyMaxLag time.Duration
+	// NoDashboard leaves the web dashboard (GET / and /assets/) out.
+	NoDashboard bool
 }
 
 // Services are the use cases the routes call, one role each.
@@ -77,6 +80,7 @@ type API struct {
 	p      Params
 	router *mux.Router
 	usage  *tenancy.KeyUsage
+	tails  tailSlots
 	// routes is every route's path pattern and methods (for 405s).
 	routes []routeMethods
 }
@@ -102,6 +106,11 @@ func New(p Params) *API {
 	a.router.Use(a.withRequestID, a.withObservability, a.withRecovery)
 	if p.Metrics != nil && p.MetricsOnAPI {
 		a.router.Handle("/metrics", MetricsHandler(p.Metrics, p.MetricsToken)).Methods(http.MethodGet)
+	}
+	if !p.NoDashboard {
+		ui := dashboard.Handler()
+		a.router.Handle("/", ui)
+		a.router.PathPrefix("/assets/").Handler(ui)
 	}
 	v1 := a.router.PathPrefix("/v1").Subrouter()
 	// Ingest first: gorilla/mux tries routes in order, and the public

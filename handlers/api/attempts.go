@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"net/http"
 	"strconv"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"github.com/gorilla/mux"
 
 	"github.com/hookstream/hookstream/domain"
+	"github.com/hookstream/hookstream/handlers/audit"
 	"github.com/hookstream/hookstream/projections"
 )
 
@@ -17,7 +19,7 @@ func (a *API) registerAttemptRoutes(r *mux.Router) {
 		q := r.URL.Query()
 		f := projections.AttemptFilter{EventID: q.Get("event_id"), DeliveryID: q.Get("delivery_id"), ConnectionID: q.Get("connection_id"),
 			DestinationID: q.Get("destination_id"), Status: q.Get("status")}
-		err := knownQuery(q, "event_id", "delivery_id", "connection_id", "destination_id", "status", "is_dlq", "limit", "offset", "cursor", "direction")
+		err := knownQuery(q, "event_id", "delivery_id", "connection_id", "destination_id", "status", "is_dlq", "recovered", "limit", "offset", "cursor", "direction")
 		if err == nil {
 			f.Cursor, f.Prev, err = cursorParams(q, "at")
 		}
@@ -29,6 +31,9 @@ func (a *API) registerAttemptRoutes(r *mux.Router) {
 		}
 		if err == nil {
 			f.IsDLQ, err = flagParam("is_dlq", q.Get("is_dlq"))
+		}
+		if err == nil {
+			f.Recovered, err = flagParam("recovered", q.Get("recovered"))
 		}
 		if err != nil {
 			writeError(w, r, a.p.Log, err)
@@ -43,6 +48,9 @@ func (a *API) registerAttemptRoutes(r *mux.Router) {
 	})).Methods(http.MethodGet)
 	r.HandleFunc("/delivery-attempts/{id}", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
 		a.respond(w, r, http.StatusOK, "delivery_attempt")(svc.GetAttempt(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
+	})).Methods(http.MethodGet)
+	r.HandleFunc("/delivery-attempts/{id}/history", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
+		a.respond(w, r, http.StatusOK, "history")(a.attemptHistory(r.Context(), tenantOf(r), mux.Vars(r)["id"]))
 	})).Methods(http.MethodGet)
 	r.HandleFunc("/delivery-attempts/{id}/retry", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
 		wait, ok := a.waitParam(w, r)
@@ -67,7 +75,30 @@ func (a *API) waitParam(w http.ResponseWriter, r *http.Request) (wait, ok bool) 
 		wait = b
 	}
 	if wait {
-		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(LongPollWrite))
+		// Past the server's read timeout too: its background read would
+		// otherwise end the request's context while the outcome is awaited.
+		rc := http.NewResponseController(w)
+		_ = rc.SetWriteDeadline(time.Now().Add(LongPollWrite))
+		_ = rc.SetReadDeadline(time.Time{})
 	}
 	return wait, true
+}
+
+// attemptHistory is the causal history of an attempt's delivery (what
+// `hookstream audit delivery` prints): its event's stream and the delivery's
+// stream in commit order, each event with a one-line summary. The stored
+// payloads are left out; the attempt itself shows what it sent and got.
+func (a *API) attemptHistory(ctx context.Context, t domain.Tenant, id string) (audit.Report, error) {
+	at, err := a.p.Service.GetAttempt(ctx, t, id) // another tenant's attempt is a 404
+	if err != nil {
+		return audit.Report{}, err
+	}
+	rep, err := audit.Build(ctx, a.p.Pool, audit.Request{Kind: "delivery", ID: at.DeliveryID})
+	if err != nil {
+		return rep, err
+	}
+	for i := range rep.Events {
+		rep.Events[i].Payload = nil
+	}
+	return rep, nil
 }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"crypto/hmac"
 	"mime"
 	"net/http"
 	"net/url"
@@ -14,13 +15,18 @@ import (
 )
 
 // checkCSRF guards cookie-authenticated writes: a browser sends the cookie
-// along with a cross-site form post, so a write must carry a JSON body type
-// (which a cross-site form cannot send without a CORS preflight) and must
-// not come from another origin.
-func checkCSRF(r *http.Request) error {
+// along with a cross-site form post, so a write must carry the session's
+// CSRF token (X-CSRF-Token, which only a page of this origin can read from
+// GET /v1/auth/session), a JSON body type (which a cross-site form cannot
+// send without a CORS preflight) and must not come from another origin.
+// Before a session exists (login) t is the zero Tenant: no token yet.
+func checkCSRF(r *http.Request, t domain.Tenant) error {
 	switch r.Method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
 		return nil
+	}
+	if t.CSRF != "" && !hmac.Equal([]byte(r.Header.Get(tenancy.CSRFHeader)), []byte(t.CSRF)) {
+		return domain.Errorf(domain.EForbidden, "A session-authenticated write must send the session's CSRF token in X-CSRF-Token (GET /v1/auth/session)")
 	}
 	if site := r.Header.Get("Sec-Fetch-Site"); site == "cross-site" {
 		return domain.Errorf(domain.EForbidden, "Cross-site request refused")
@@ -49,9 +55,11 @@ func requireSession(t domain.Tenant) error {
 	return nil
 }
 
-// LoginInput is the body of POST /v1/auth/login.
+// LoginInput is the body of POST /v1/auth/login: an API key, or the token
+// of a one-time login link (hookstream login-link).
 type LoginInput struct {
-	APIKey *string `json:"api_key"`
+	APIKey    *string `json:"api_key"`
+	LinkToken *string `json:"link_token"`
 }
 
 func (a *API) setSessionCookie(w http.ResponseWriter, s tenancy.Session, maxAge int) {
@@ -71,12 +79,20 @@ func (a *API) registerLoginRoutes(r *mux.Router) {
 		// A key in a header cannot come from a cross-site form; a key in the
 		// body must come as JSON (CSRF: no logging a browser into another account).
 		if r.Header.Get("X-API-Key") == "" && r.Header.Get("Authorization") == "" {
-			if err := checkCSRF(r); err != nil {
+			if err := checkCSRF(r, domain.Tenant{}); err != nil {
 				writeError(w, r, a.p.Log, err)
 				return
 			}
 			var in LoginInput
 			if !a.decode(w, r, &in) {
+				return
+			}
+			if in.LinkToken != nil {
+				if in.APIKey != nil {
+					writeError(w, r, a.p.Log, kit.Invalidf("send 'api_key' or 'link_token', not both"))
+					return
+				}
+				a.loginByLink(w, r, *in.LinkToken)
 				return
 			}
 			if in.APIKey == nil || *in.APIKey == "" {
@@ -126,6 +142,19 @@ func (a *API) registerLoginRoutes(r *mux.Router) {
 	})).Methods(http.MethodPost)
 	r.HandleFunc("/auth/session", a.withAuth(func(w http.ResponseWriter, r *http.Request) {
 		t := tenantOf(r)
-		writeJSON(w, http.StatusOK, map[string]any{"org_id": t.OrgID, "env_id": t.EnvID, "session_id": kit.NullIfEmpty(t.SessionID), "api_key_id": kit.NullIfEmpty(t.KeyID)})
+		writeJSON(w, http.StatusOK, map[string]any{"org_id": t.OrgID, "env_id": t.EnvID, "session_id": kit.NullIfEmpty(t.SessionID), "api_key_id": kit.NullIfEmpty(t.KeyID),
+			"csrf_token": kit.NullIfEmpty(t.CSRF)})
 	})).Methods(http.MethodGet)
+}
+
+// loginByLink redeems a one-time login link for a session.
+func (a *API) loginByLink(w http.ResponseWriter, r *http.Request, token string) {
+	now := a.p.Now()
+	s, err := a.p.Accounts.RedeemLoginLink(r.Context(), token, now)
+	if err != nil {
+		writeError(w, r, a.p.Log, err)
+		return
+	}
+	a.setSessionCookie(w, s, int(tenancy.DefaultSessionTTL.Seconds()))
+	writeJSON(w, http.StatusCreated, map[string]any{"session": s})
 }

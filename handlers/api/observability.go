@@ -96,3 +96,7 @@ func MetricsHandler(m *metrics.Metrics, token string) http.Handler {
 		h.ServeHTTP(w, r)
 	})
 }
+
+// Unwrap lets http.ResponseController reach the connection (flushes and
+// write deadlines of streaming and long-poll routes).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

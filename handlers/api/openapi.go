@@ -2,6 +2,7 @@ package api
 
 import (
 	"strconv"
+	"time"
 
 	"github.com/hookstream/hookstream/projections"
 
@@ -11,6 +12,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/hookstream/hookstream/handlers/audit"
 	"github.com/hookstream/hookstream/handlers/circuit"
 	"github.com/hookstream/hookstream/handlers/ingest"
 	"github.com/hookstream/hookstream/handlers/issues"
@@ -60,6 +62,8 @@ func schemaFor(t reflect.Type, defs map[string]any) map[string]any {
 	switch t {
 	case reflect.TypeFor[json.RawMessage](), reflect.TypeFor[any]():
 		return anyJSON()
+	case reflect.TypeFor[time.Time]():
+		return map[string]any{"type": "string", "format": "date-time"}
 	}
 	switch t.Kind() {
 	case reflect.String:
@@ -125,6 +129,7 @@ type op struct {
 	resp                  map[string]any    // success body: wrapper key -> zero value ("" key: the value itself)
 	errors                []int
 	text                  bool // text/plain response
+	stream                any  // text/event-stream response: each event's data is this value, JSON
 }
 
 // operations lists every endpoint the API serves: a table, one line per
@@ -182,9 +187,13 @@ func operations() []op {
 		{method: "GET", path: "/v1/events/{id}", summary: "Get an event", resp: map[string]any{"event": projections.EventDetail{}}, errors: []int{401, 404}},
 		{method: "POST", path: "/v1/events/{id}/retry", summary: "Retry an event's failed deliveries", resp: map[string]any{"": redeliver.EventRetryResult{}}, errors: []int{401, 404}},
 		{method: "GET", path: "/v1/delivery-attempts", summary: "List delivery attempts", query: with(page, map[string]string{"event_id": "string", "delivery_id": "string",
-			"connection_id": "string", "destination_id": "string", "status": "string", "is_dlq": "string", "cursor": "string", "direction": "string"}),
+			"connection_id": "string", "destination_id": "string", "status": "string", "is_dlq": "string", "recovered": "string", "cursor": "string", "direction": "string"}),
 			resp: map[string]any{"delivery_attempts": []any{projections.Attempt{}}, "pagination": projections.Pagination{}}, errors: []int{400, 401}},
 		{method: "GET", path: "/v1/delivery-attempts/{id}", summary: "Get a delivery attempt", resp: map[string]any{"delivery_attempt": projections.Attempt{}}, errors: []int{401, 404}},
+		{method: "GET", path: "/v1/events/tail", summary: "Live tail: the environment's new webhooks as Server-Sent Events, in commit order",
+			stream: projections.TailEvent{}, errors: []int{400, 401, 429}},
+		{method: "GET", path: "/v1/delivery-attempts/{id}/history", summary: "The causal history of an attempt's delivery (its event and delivery streams, commit order)",
+			resp: map[string]any{"history": audit.Report{}}, errors: []int{401, 404}},
 		{method: "POST", path: "/v1/delivery-attempts/{id}/retry", summary: "Retry a delivery attempt", query: map[string]string{"wait": "string"},
 			resp: map[string]any{"delivery_attempt": projections.Attempt{}}, errors: []int{400, 401, 404}},
 		{method: "POST", path: "/v1/replay", summary: "Replay a time range to a destination", body: redeliver.ReplayInput{}, ok: 201, resp: map[string]any{"job": redeliver.ReplayJob{}}, errors: []int{400, 401, 404, 409, 413}},
@@ -197,10 +206,10 @@ func operations() []op {
 		{method: "GET", path: "/v1/issues/{id}", summary: "Get an issue", resp: map[string]any{"issue": issues.Issue{}}, errors: []int{401, 404}},
 		{method: "PATCH", path: "/v1/issues/{id}", summary: "Acknowledge, resolve or snooze an issue", body: issueInputDoc{}, resp: map[string]any{"issue": issues.Issue{}}, errors: []int{400, 401, 404, 409, 413}},
 		{method: "POST", path: "/v1/issues/{id}/retry", summary: "Retry an issue's deliveries", resp: map[string]any{"": redeliver.EventRetryResult{}}, errors: []int{401, 404}},
-		{method: "POST", path: "/v1/auth/login", summary: "Exchange an API key (body or X-API-Key) for a session cookie", public: true, body: LoginInput{}, optionalBody: true, ok: 201,
+		{method: "POST", path: "/v1/auth/login", summary: "Exchange an API key (body or X-API-Key) or a one-time login link for a session cookie", public: true, body: LoginInput{}, optionalBody: true, ok: 201,
 			resp: map[string]any{"session": tenancy.Session{}}, errors: []int{400, 401, 403, 413}},
 		{method: "POST", path: "/v1/auth/logout", summary: "End the cookie's session", resp: map[string]any{"success": true}, errors: []int{400}},
-		{method: "GET", path: "/v1/auth/session", summary: "Who the request acts for", resp: map[string]any{"org_id": "", "env_id": "", "session_id": (*string)(nil), "api_key_id": (*string)(nil)}},
+		{method: "GET", path: "/v1/auth/session", summary: "Who the request acts for", resp: map[string]any{"org_id": "", "env_id": "", "session_id": (*string)(nil), "api_key_id": (*string)(nil), "csrf_token": (*string)(nil)}},
 		{method: "POST", path: "/v1/auth/api-keys", summary: "Create an API key (from a session)", body: tenancy.APIKeyInput{}, ok: 201, resp: map[string]any{"api_key": tenancy.CreatedKey{}}, errors: []int{400, 404, 413}},
 		{method: "GET", path: "/v1/auth/api-keys", summary: "List the environment's API keys", resp: map[string]any{"api_keys": []any{tenancy.APIKey{}}}},
 		{method: "DELETE", path: "/v1/auth/api-keys/{id}", summary: "Revoke an API key at once (from a session)", resp: map[string]any{"success": true}, errors: []int{404}},
@@ -339,6 +348,10 @@ func parameters(o op) []any {
 func okResponse(o op, schema func(any) map[string]any) map[string]any {
 	if o.text {
 		return map[string]any{"description": "OK", "content": map[string]any{"text/plain": map[string]any{"schema": map[string]any{"type": "string"}}}}
+	}
+	if o.stream != nil {
+		return map[string]any{"description": "Server-Sent Events: `event: event`, `id:` a cursor (send it back as Last-Event-ID to resume), `data:` the JSON below",
+			"content": map[string]any{"text/event-stream": map[string]any{"schema": map[string]any{"type": "string"}, "x-event-data": schema(o.stream)}}}
 	}
 	var s map[string]any
 	if v, ok := o.resp[""]; ok {

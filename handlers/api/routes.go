@@ -44,7 +44,7 @@ func (a *API) withAuth(next http.HandlerFunc) http.HandlerFunc {
 		now := a.p.Now()
 		t, err := tenancy.Authenticate(r.Context(), a.p.Pool, r, now, a.p.CookieSecret)
 		if err == nil && t.KeyID == "" {
-			err = checkCSRF(r) // authenticated by the session cookie
+			err = checkCSRF(r, t) // authenticated by the session cookie
 		}
 		if err == nil {
 			err = checkQuery(r)
@@ -228,6 +228,7 @@ func (a *API) registerResourceRoutes(r *mux.Router) {
 
 func (a *API) registerDeliveryRoutes(r *mux.Router) {
 	a.registerAttemptRoutes(r)
+	a.registerTailRoutes(r) // before /events/{id}
 	a.registerEventRoutes(r)
 	a.registerReplayRoutes(r)
 	a.registerCircuitRoutes(r)

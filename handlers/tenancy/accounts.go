@@ -361,12 +361,28 @@ type Session struct {
 	EnvID     string `json:"env_id"`
 	ExpiresAt string `json:"expires_at"`
 	CreatedAt string `json:"created_at"`
+	// CSRFToken is what the session's writes send in X-CSRF-Token.
+	CSRFToken string `json:"csrf_token"`
 	Token     string `json:"-"`
 }
 
 // CreateSession starts a session for a tenant (from an API key when keyID
 // is set: revoking the key ends it) lasting ttl.
 func (a *Accounts) CreateSession(ctx context.Context, org, env, keyID, createdBy string, ttl time.Duration, now time.Time) (Session, error) {
+	var s Session
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		var err error
+		s, err = a.createSession(ctx, tx, org, env, keyID, createdBy, ttl, now)
+		return err
+	})
+	if err != nil {
+		return Session{}, fmt.Errorf("create session: %w", err)
+	}
+	return s, nil
+}
+
+// createSession records and stores a new session in tx.
+func (a *Accounts) createSession(ctx context.Context, tx pgx.Tx, org, env, keyID, createdBy string, ttl time.Duration, now time.Time) (Session, error) {
 	if ttl <= 0 {
 		ttl = DefaultSessionTTL
 	}
@@ -376,21 +392,81 @@ func (a *Accounts) CreateSession(ctx context.Context, org, env, keyID, createdBy
 	}
 	s := Session{ID: kit.NewID(), OrgID: org, EnvID: env, ExpiresAt: kit.ISOTime(now.Add(ttl)), CreatedAt: kit.ISOTime(now),
 		Token: base64.RawURLEncoding.EncodeToString(raw)}
+	s.CSRFToken = CSRFToken(s.Token)
 	var key *string
 	if keyID != "" {
 		key = &keyID
 	}
+	if err := a.record(ctx, tx, domain.StreamSession, s.ID, org, env, domain.EvSessionCreated,
+		map[string]any{"id": s.ID, "api_key_id": keyID, "created_by": createdBy, "expires_at": s.ExpiresAt}, createdBy); err != nil {
+		return Session{}, err
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO sessions (token_hash, id, org_id, env_id, expires_at, created_at, api_key_id, created_by)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, secrets.Hash(s.Token), s.ID, org, env, now.Add(ttl), now, key, createdBy)
+	return s, err
+}
+
+// LoginLink is a one-time dashboard login link; Token is shown once.
+type LoginLink struct {
+	ID        string `json:"id"`
+	OrgID     string `json:"org_id"`
+	EnvID     string `json:"env_id"`
+	ExpiresAt string `json:"expires_at"`
+	Token     string `json:"token"`
+}
+
+// DefaultLoginLinkTTL is how long a login link can be redeemed.
+const DefaultLoginLinkTTL = 15 * time.Minute
+
+// CreateLoginLink makes a one-time link that logs a browser into env with a
+// session as `sessions create` makes (not tied to an API key).
+func (a *Accounts) CreateLoginLink(ctx context.Context, org, env, createdBy string, ttl time.Duration, now time.Time) (LoginLink, error) {
+	if ttl <= 0 {
+		ttl = DefaultLoginLinkTTL
+	}
+	raw := make([]byte, 24)
+	if _, err := rand.Read(raw); err != nil {
+		return LoginLink{}, err
+	}
+	l := LoginLink{ID: kit.NewID(), OrgID: org, EnvID: env, ExpiresAt: kit.ISOTime(now.Add(ttl)), Token: base64.RawURLEncoding.EncodeToString(raw)}
 	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
-		if err := a.record(ctx, tx, domain.StreamSession, s.ID, org, env, domain.EvSessionCreated,
-			map[string]any{"id": s.ID, "api_key_id": keyID, "created_by": createdBy, "expires_at": s.ExpiresAt}, createdBy); err != nil {
+		if err := a.record(ctx, tx, domain.StreamSession, l.ID, org, env, domain.EvLoginLinkCreated,
+			map[string]any{"id": l.ID, "created_by": createdBy, "expires_at": l.ExpiresAt}, createdBy); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO sessions (token_hash, id, org_id, env_id, expires_at, created_at, api_key_id, created_by)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, secrets.Hash(s.Token), s.ID, org, env, now.Add(ttl), now, key, createdBy)
+		_, err := tx.Exec(ctx, `INSERT INTO login_links (token_hash, id, org_id, env_id, expires_at, created_at, created_by)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)`, secrets.Hash(l.Token), l.ID, org, env, now.Add(ttl), now, createdBy)
 		return err
 	})
 	if err != nil {
-		return Session{}, fmt.Errorf("create session: %w", err)
+		return LoginLink{}, fmt.Errorf("create login link: %w", err)
+	}
+	return l, nil
+}
+
+// RedeemLoginLink spends a login link (once, before it expires) for a new
+// session; an unknown, used or expired link is a 401.
+func (a *Accounts) RedeemLoginLink(ctx context.Context, token string, now time.Time) (Session, error) {
+	if _, err := a.pool.Exec(ctx, `DELETE FROM login_links WHERE expires_at <= $1`, now); err != nil {
+		return Session{}, fmt.Errorf("expire login links: %w", err)
+	}
+	// Spent and turned into a session in one transaction: a failure keeps the link.
+	var s Session
+	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+		var id, org, env string
+		if err := tx.QueryRow(ctx, `DELETE FROM login_links WHERE token_hash = $1 AND expires_at > $2 RETURNING id, org_id, env_id`,
+			secrets.Hash(token), now).Scan(&id, &org, &env); err != nil {
+			return err
+		}
+		var err error
+		s, err = a.createSession(ctx, tx, org, env, "", "login_link:"+id, DefaultSessionTTL, now)
+		return err
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Session{}, domain.Errorf(domain.EUnauthorized, "This login link is unknown, used or expired: ask for a new one (hookstream login-link)")
+	}
+	if err != nil {
+		return Session{}, fmt.Errorf("redeem login link: %w", err)
 	}
 	return s, nil
 }

@@ -76,6 +76,20 @@ func cookieToken(secret []byte, value string) string {
 	return token
 }
 
+// CSRFToken is the anti-CSRF token of a session: HMAC-SHA256 keyed by the
+// session token, so only a page that was given it (GET /v1/auth/session,
+// which another origin cannot read) can send it, and the server needs no
+// state to check it. Cookie-authenticated writes carry it in X-CSRF-Token.
+func CSRFToken(sessionToken string) string {
+	m := hmac.New(sha256.New, []byte(sessionToken))
+	m.Write([]byte("hookstream-csrf-v1"))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// CSRFHeader is the request header a cookie-authenticated write carries its
+// CSRF token in.
+const CSRFHeader = "X-CSRF-Token"
+
 // sessionCookieValue is the request's session cookie (plain or __Secure-).
 func sessionCookieValue(r *http.Request) string {
 	for _, name := range []string{CookieName, securePrefix + CookieName} {
@@ -119,6 +133,7 @@ func Authenticate(ctx context.Context, pool *pgxpool.Pool, r *http.Request, now 
 					t.SessionID = *id
 				}
 				t.Actor = "session:" + t.SessionID
+				t.CSRF = CSRFToken(token)
 				return t, nil
 			}
 			if !errors.Is(err, pgx.ErrNoRows) {
