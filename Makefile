@@ -12,7 +12,7 @@ SEED     ?=
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test bench sbs profile idle soak retention-soak chaos lint migrate db db-stop clean
+.PHONY: help build run test bench sbs profile idle soak retention-soak chaos screenshots lint migrate db db-stop clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,6 +57,10 @@ retention-soak: build ## steady RATE webhooks/s for MINUTES with a 5-minute payl
 
 soak: build ## 100,000 webhooks: rate per tenth and table sizes
 	BENCH=$(BENCH) internal/bench/run100k.sh $(BIN) 100000 soak
+
+screenshots: build ## the dashboard's pages as the browser test sees them, into docs/screenshots/ (the README's images)
+	mkdir -p docs/screenshots
+	./$(BIN) devdb exec -- env HOOKSTREAM_SCREENSHOTS=$(CURDIR)/docs/screenshots $(GO) test -count=1 -run '^TestDashboardInABrowser$$' ./handlers/
 
 lint: ## gofmt check and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

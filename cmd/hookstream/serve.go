@@ -161,6 +161,9 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	}
 	go func() { errc <- srv.Serve(ln) }()
 	fmt.Fprintf(stdout, "hookstream %s listening on %s\n", version, publicURL)
+	if cfg.API {
+		fmt.Fprintf(stdout, "dashboard: %s/  (%s)\n", strings.TrimRight(publicURL, "/"), dashboardLogin(cfg, db))
+	}
 	engineCtx, stopEngine := context.WithCancel(ctx)
 	defer stopEngine()
 	archiveDir := cfg.ArchiveDir
@@ -243,6 +246,18 @@ func bootstrapKey(ctx context.Context, db *database, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "\nCreated the first API key (also in %s):\n\n  export HOOKSTREAM_API_KEY=%s\n\n", localAPIKeyFile, k.Key)
 	return nil
+}
+
+// dashboardLogin says how to log in to the dashboard: on the project-local
+// development cluster with the key kept in .data/api_key, else with any key
+// or a one-time link.
+func dashboardLogin(cfg serveConfig, db *database) string {
+	if cfg.Dev && db.Local {
+		if b, err := os.ReadFile(localAPIKeyFile); err == nil {
+			return "log in with the API key " + strings.TrimSpace(string(b))
+		}
+	}
+	return "log in with an API key, or open a link from: hookstream login-link"
 }
 
 // localAPIKeyFile keeps the first API key of the project-local cluster.
