@@ -5,11 +5,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hookstream/hookstream/handlers"
 	"github.com/hookstream/hookstream/handlers/api"
 	"github.com/hookstream/hookstream/handlers/tenancy"
 )
@@ -242,5 +247,73 @@ func TestLiveTail(t *testing.T) {
 	resp.Body.Close()
 	if code, _, _ := h.call("GET", "/v1/events/tail", nil, ""); code != 401 {
 		t.Fatalf("tail without credentials = %d", code)
+	}
+}
+
+// Behind a server with read and write timeouts (serve's are 60 s), a live
+// tail and a retry that waits outlive them: the tail extends its write
+// deadline per write, the retry once, and neither request's context ends
+// with the read deadline.
+func TestStreamsOutliveTheServersReadTimeout(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	const readTimeout = 300 * time.Millisecond
+	srv := httptest.NewUnstartedServer(handlers.NewAPI(handlers.APIParams{Service: h.svc, Pool: h.pool, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+	srv.Config.ReadTimeout, srv.Config.WriteTimeout = readTimeout, readTimeout
+	srv.Start()
+	t.Cleanup(srv.Close)
+
+	var slow atomic.Bool
+	dest := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if slow.Load() {
+			time.Sleep(4 * readTimeout) // answers after the API's read deadline has passed
+			w.WriteHeader(200)
+			return
+		}
+		w.WriteHeader(500)
+	}))
+	t.Cleanup(dest.Close)
+	src, _ := h.route(dest.URL, map[string]any{"retry_enabled": false, "timeout_ms": 10000}, nil)
+
+	req, _ := http.NewRequest("GET", srv.URL+"/v1/events/tail", nil)
+	req.Header.Set("X-API-Key", h.key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("tail = %v %v", resp, err)
+	}
+	defer resp.Body.Close()
+	rd := bufio.NewReader(resp.Body)
+	time.Sleep(3 * readTimeout) // past the read deadline, before anything is sent: what the test is about
+	ev := h.ingest(src, `{"late":true}`)
+	for {
+		line, err := rd.ReadString('\n')
+		if err != nil {
+			t.Fatalf("the tail ended after the server's read timeout: %v", err)
+		}
+		if strings.HasPrefix(line, "data: ") && strings.Contains(line, ev) {
+			break
+		}
+	}
+
+	var failed string
+	waitFor(t, 20*time.Second, "the failed attempt", func() bool {
+		for _, a := range h.attempts("event_id=" + ev) {
+			if a["status"] == "failed" {
+				failed = a["id"].(string)
+			}
+		}
+		return failed != ""
+	})
+	slow.Store(true)
+	rreq, _ := http.NewRequest("POST", srv.URL+"/v1/delivery-attempts/"+failed+"/retry", nil)
+	rreq.Header.Set("X-API-Key", h.key)
+	rresp, err := http.DefaultClient.Do(rreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rresp.Body.Close()
+	var out map[string]map[string]any
+	if err := json.NewDecoder(rresp.Body).Decode(&out); err != nil || rresp.StatusCode != 200 || out["delivery_attempt"]["status"] != "success" {
+		t.Fatalf("a retry waiting past the read timeout = %d %v (%v)", rresp.StatusCode, out, err)
 	}
 }

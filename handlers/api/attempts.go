@@ -75,11 +75,7 @@ func (a *API) waitParam(w http.ResponseWriter, r *http.Request) (wait, ok bool) 
 		wait = b
 	}
 	if wait {
-		// Past the server's read timeout too: its background read would
-		// otherwise end the request's context while the outcome is awaited.
-		rc := http.NewResponseController(w)
-		_ = rc.SetWriteDeadline(time.Now().Add(LongPollWrite))
-		_ = rc.SetReadDeadline(time.Time{})
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(LongPollWrite))
 	}
 	return wait, true
 }

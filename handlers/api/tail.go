@@ -2,7 +2,6 @@ package api
 
 import (
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"sync"
 	"time"
@@ -102,12 +101,6 @@ func (a *API) tail(w http.ResponseWriter, r *http.Request) {
 	defer a.tails.give(t.EnvID)
 
 	rc := http.NewResponseController(w)
-	// The server's read timeout would end the request's context mid-stream
-	// (its background read hits the deadline): a stream reads nothing more.
-	if err := rc.SetReadDeadline(time.Time{}); err != nil {
-		writeError(w, r, a.p.Log, fmt.Errorf("live tail: clear the read deadline: %w", err))
-		return
-	}
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-store")
