@@ -214,6 +214,21 @@ func TestDashboardInABrowser(t *testing.T) {
 	run("show recovered ones", chromedp.Click(chromedp.CSS("#show-recovered")))
 	waitText(t, ctx, "#dlq", eventID, false)
 	screenshot(t, ctx, "dlq")
+	// The dead letter opened an issue: acknowledge it, and it leaves the open ones.
+	run("open the issues", chromedp.Navigate(base+"/#/issues"), chromedp.WaitVisible(chromedp.CSS(`main[data-page="issues"] #issues`)))
+	waitText(t, ctx, "#issues", "Orders sink", false)
+	run("acknowledge", chromedp.Click(chromedp.CSS("#issues .issue-acknowledge")))
+	waitText(t, ctx, "#issues", "No open issues", false)
+	run("all issues", chromedp.SetValue(chromedp.CSS("#issue-status"), "all"), chromedp.Evaluate[chromedp.Void](`document.getElementById("issue-status").dispatchEvent(new Event("change"))`))
+	waitText(t, ctx, "#issues", "acknowledged", false)
+
+	// Replay the last hour to the destination: the job shows its progress to the end.
+	run("replay", chromedp.Navigate(base+"/#/replay"), chromedp.WaitVisible(chromedp.CSS(`main[data-page="replay"] #replay-form`)),
+		chromedp.Click(chromedp.CSS("#replay-form button[type=submit]")))
+	waitText(t, ctx, "#replays", "completed", false)
+	waitText(t, ctx, "#replays", "1/1", false)
+	screenshot(t, ctx, "replay")
+
 	run("the overview with traffic", chromedp.Navigate(base+"/#/"), chromedp.WaitVisible(chromedp.CSS(`main[data-page="overview"] .chart rect`)))
 	screenshot(t, ctx, "overview")
 

@@ -532,9 +532,9 @@ async function pageDLQ() {
 
 async function pageIssues() {
   const q = hashQuery();
-  const status = q.get('status') || '';
-  const res = await api('GET', '/v1/issues?limit=50' + (status ? '&status=' + status : ''));
-  const act = (i, label, fn) => h('button', { type: 'button', onclick: busy(async () => { await fn(); render(); }) }, label);
+  const status = q.get('status') || 'open';
+  const res = await api('GET', '/v1/issues?limit=50&status=' + encodeURIComponent(status));
+  const act = (i, label, fn) => h('button', { type: 'button', class: 'issue-' + label.toLowerCase(), onclick: busy(async () => { await fn(); render(); }) }, label);
   const rows = res.issues.map((i) => h('tr', {},
     h('td', {}, badge(i.status)), h('td', {}, i.title), h('td', {}, i.destination_name || i.destination_id), h('td', {}, i.occurrence_count),
     h('td', {}, fmtTime(i.last_seen_at)),
@@ -543,9 +543,9 @@ async function pageIssues() {
       i.status !== 'resolved' ? act(i, 'Resolve', () => api('PATCH', '/v1/issues/' + i.id, { status: 'resolved' })) : null,
       act(i, 'Retry', async () => { const r = await api('POST', `/v1/issues/${i.id}/retry`); flash(r.message || `Retried ${r.retried.length}.`); })))));
   const sel = h('select', { id: 'issue-status', onchange: (e) => setHashQuery('#/issues', { status: e.target.value }) },
-    ['', 'open', 'acknowledged', 'resolved'].map((v) => h('option', { value: v, selected: v === status }, v || 'Any status')));
+    ['open', 'acknowledged', 'resolved', 'all'].map((v) => h('option', { value: v, selected: v === status }, v)));
   return h('div', {}, h('h1', {}, 'Issues'), h('div', { class: 'toolbar' }, h('label', { for: 'issue-status' }, 'Status', sel)),
-    table(['Status', 'Issue', 'Destination', 'Count', 'Last seen', ''], rows, 'No issues.'));
+    h('div', { id: 'issues' }, table(['Status', 'Issue', 'Destination', 'Count', 'Last seen', ''], rows, `No ${status === 'all' ? '' : status + ' '}issues.`)));
 }
 
 // ---- replay ----
@@ -556,10 +556,11 @@ async function pageReplay() {
   const dest = h('select', { id: 'r-dest', required: true }, dests.destinations.map((d) => h('option', { value: d.id }, d.name)));
   const src = h('select', { id: 'r-source' }, await sourceOptions(''));
   const from = h('input', { id: 'r-from', type: 'datetime-local', required: true, value: localFromISO(new Date(Date.now() - 3600e3).toISOString()) });
-  const to = h('input', { id: 'r-to', type: 'datetime-local', required: true, value: localFromISO(new Date().toISOString()) });
+  // Minutes are the fields' precision: "to" is the next minute, so a webhook of this minute is in the range.
+  const to = h('input', { id: 'r-to', type: 'datetime-local', required: true, value: localFromISO(new Date(Date.now() + 60e3).toISOString()) });
   const rate = h('input', { id: 'r-rate', type: 'number', min: 1, max: 1000, value: 10 });
   const form = h('form', {
-    class: 'inline card',
+    class: 'inline card', id: 'replay-form',
     onsubmit: async (e) => {
       e.preventDefault();
       try {
@@ -591,7 +592,7 @@ async function pageReplay() {
   }, 2000);
   onLeave(pageGen, () => clearInterval(timer));
   return h('div', {}, h('h1', {}, 'Replay'), form,
-    h('div', { class: 'scroll' }, h('table', {}, h('thead', {}, h('tr', {}, ['Job', 'Status', 'Progress', 'Waiting on', ''].map((x) => h('th', { scope: 'col' }, x)))), body)));
+    h('div', { class: 'scroll' }, h('table', { id: 'replays' }, h('thead', {}, h('tr', {}, ['Job', 'Status', 'Progress', 'Waiting on', ''].map((x) => h('th', { scope: 'col' }, x)))), body)));
 }
 
 // ---- sources, destinations, connections ----
