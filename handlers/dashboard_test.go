@@ -247,11 +247,16 @@ func TestDashboardInABrowser(t *testing.T) {
 	}
 
 	// A phone's width: nothing wider than the screen but the tables' own scroll.
-	run("phone width", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile, chromedp.EmulatePortrait), chromedp.Navigate(base+"/#/"), chromedp.WaitVisible(chromedp.CSS("#stats")))
-	overflow, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth + 1`))
-	if err != nil || overflow {
-		t.Error("the overview is wider than a 390 px screen")
+	run("phone width", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile, chromedp.EmulatePortrait))
+	for _, page := range []struct{ hash, name string }{{"#/", "overview"}, {"#/events", "events"}, {"#/events/" + eventID, "event"},
+		{"#/dlq?all=1", "dlq"}, {"#/destinations", "destinations"}, {"#/replay", "replay"}} {
+		run("open "+page.hash+" on a phone", chromedp.Navigate(base+"/"+page.hash), chromedp.WaitVisible(chromedp.CSS(`main[data-page="`+page.name+`"]`)))
+		overflow, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`document.documentElement.scrollWidth > window.innerWidth + 1`))
+		if err != nil || overflow {
+			t.Errorf("%s is wider than a 390 px screen (%v)", page.hash, err)
+		}
 	}
+	screenshot(t, ctx, "phone")
 	run("back to desktop", chromedp.EmulateViewport(1280, 800))
 
 	// Log out: the login page, and the API refuses the browser.
