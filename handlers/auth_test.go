@@ -82,15 +82,21 @@ func (h *harness) sessionHeaders(cookie string) map[string]string {
 	return map[string]string{"Cookie": cookie, "Content-Type": "application/json", "X-CSRF-Token": h.csrfFor(cookie)}
 }
 
+// tenant is the organization and environment of the harness key.
+func (h *harness) tenant() (org, env string) {
+	h.t.Helper()
+	if err := h.pool.QueryRow(context.Background(), `SELECT org_id, env_id FROM api_keys WHERE key_prefix = $1`, h.key[:12]).Scan(&org, &env); err != nil {
+		h.t.Fatal(err)
+	}
+	return org, env
+}
+
 // userSession makes a session as the CLI does (not from a key) for the
 // harness key's environment and returns its Cookie header.
 func (h *harness) userSession() string {
 	h.t.Helper()
 	ctx := context.Background()
-	var org, env string
-	if err := h.pool.QueryRow(ctx, `SELECT org_id, env_id FROM api_keys WHERE key_prefix = $1`, h.key[:12]).Scan(&org, &env); err != nil {
-		h.t.Fatal(err)
-	}
+	org, env := h.tenant()
 	s, err := tenancy.NewAccounts(h.pool, nil).CreateSession(ctx, org, env, "", "cli", time.Hour, time.Now())
 	if err != nil {
 		h.t.Fatal(err)
@@ -266,10 +272,7 @@ func TestEnvironmentsScopeKeysAndResources(t *testing.T) {
 		t.Fatalf("key for an unknown env = %d", code)
 	}
 	// hs_test_ keys land in the organization's test environment.
-	var org, prodEnv string
-	if err := h.pool.QueryRow(context.Background(), `SELECT org_id, env_id FROM api_keys WHERE key_prefix = $1`, h.key[:12]).Scan(&org, &prodEnv); err != nil {
-		t.Fatal(err)
-	}
+	org, prodEnv := h.tenant()
 	k, err := tenancy.CreateAPIKey(context.Background(), h.pool, nil, tenancy.KeyParams{Name: "t", OrgID: org, Test: true}, time.Now())
 	if err != nil || !strings.HasPrefix(k.Key, "hs_test_") || k.EnvID == prodEnv {
 		t.Fatalf("test key %+v, %v", k, err)

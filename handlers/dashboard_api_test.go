@@ -25,10 +25,7 @@ func TestLoginLinkIsOneTime(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	ctx := context.Background()
-	var org, env string
-	if err := h.pool.QueryRow(ctx, `SELECT org_id, env_id FROM api_keys WHERE key_prefix = $1`, h.key[:12]).Scan(&org, &env); err != nil {
-		t.Fatal(err)
-	}
+	org, env := h.tenant()
 	acc := tenancy.NewAccounts(h.pool, nil)
 	link, err := acc.CreateLoginLink(ctx, org, env, "test", time.Minute, time.Now())
 	if err != nil {
@@ -162,8 +159,11 @@ func TestLiveTail(t *testing.T) {
 	otherSrc, _ := h.route(s.srv.URL, nil, nil)
 	h.key = mine
 
+	// A stream that never sends what is awaited fails the test within a minute instead of hanging it.
+	deadline, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
 	open := func(lastID string) (*http.Response, *bufio.Reader) {
-		req, _ := http.NewRequest("GET", h.api.URL+"/v1/events/tail", nil)
+		req, _ := http.NewRequestWithContext(deadline, "GET", h.api.URL+"/v1/events/tail", nil)
 		req.Header.Set("X-API-Key", mine)
 		if lastID != "" {
 			req.Header.Set("Last-Event-ID", lastID)

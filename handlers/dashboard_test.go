@@ -295,10 +295,7 @@ func TestDashboardLoginLink(t *testing.T) {
 func loginLink(t *testing.T, h *harness) string {
 	t.Helper()
 	ctx := context.Background()
-	var org, env string
-	if err := h.pool.QueryRow(ctx, `SELECT org_id, env_id FROM api_keys WHERE key_prefix = $1`, h.key[:12]).Scan(&org, &env); err != nil {
-		t.Fatal(err)
-	}
+	org, env := h.tenant()
 	l, err := tenancy.NewAccounts(h.pool, nil).CreateLoginLink(ctx, org, env, "test", time.Minute, time.Now())
 	if err != nil {
 		t.Fatal(err)

@@ -231,8 +231,7 @@ func EventsBatch(evs []eventstore.Event) ([]eventstore.Statement, error) {
 		version        int64
 	}
 	outcomes := map[string]outcome{}
-	var order []string    // deliveries with an outcome in the batch, first seen first
-	var statusOf []string // those whose event's status is updated in place
+	var order []string // deliveries with an outcome in the batch, first seen first
 	for _, e := range evs {
 		switch e.Type {
 		case domain.EvEventReceived:
@@ -278,46 +277,41 @@ func EventsBatch(evs []eventstore.Event) ([]eventstore.Statement, error) {
 	// the status UPDATE (never HOT: status is indexed) is left to events
 	// received earlier. At 150 webhooks/s most deliveries finish within the
 	// projector's batch, so most events are written once.
-	if len(order) > 0 && len(id) > 0 {
-		inBatch := make(map[string]int, len(id))
-		for i, e := range id {
-			inBatch[e] = i
+	inBatch := make(map[string]int, len(id))
+	for i, e := range id {
+		inBatch[e] = i
+	}
+	type counts struct{ dlq, success int32 }
+	decided := map[string]*counts{}
+	var statusOf []string // events received earlier whose status the UPDATE re-derives
+	for _, d := range order {
+		o := outcomes[d]
+		if _, ok := inBatch[o.event]; !ok {
+			statusOf = append(statusOf, o.event)
+			continue
 		}
-		dlq, success, decided := map[string]int32{}, map[string]int32{}, map[string]bool{}
-		for _, d := range order {
-			o := outcomes[d]
-			if _, ok := inBatch[o.event]; !ok {
-				continue
-			}
-			decided[o.event] = true
-			switch o.outcome {
-			case "dlq":
-				dlq[o.event]++
-			case "success":
-				success[o.event]++
-			}
+		c := decided[o.event]
+		if c == nil {
+			c = &counts{}
+			decided[o.event] = c
 		}
-		// The same CASE as the UPDATE below.
-		for e := range decided {
-			i := inBatch[e]
-			switch {
-			case dlq[e] > 0:
-				status[i] = "failed"
-			case success[e] >= deliveries[i]:
-				status[i] = "delivered"
-			default:
-				status[i] = "processing"
-			}
+		switch o.outcome {
+		case "dlq":
+			c.dlq++
+		case "success":
+			c.success++
 		}
-		kept := order[:0:0]
-		for _, d := range order {
-			if _, ok := inBatch[outcomes[d].event]; !ok {
-				kept = append(kept, d)
-			}
+	}
+	for e, c := range decided { // the same CASE as the UPDATE below
+		i := inBatch[e]
+		switch {
+		case c.dlq > 0:
+			status[i] = "failed"
+		case c.success >= deliveries[i]:
+			status[i] = "delivered"
+		default:
+			status[i] = "processing"
 		}
-		statusOf = kept
-	} else {
-		statusOf = order
 	}
 	if len(id) > 0 {
 		// A conflict is this batch projected again (its status then is the same).
@@ -346,10 +340,6 @@ func EventsBatch(evs []eventstore.Event) ([]eventstore.Statement, error) {
 		// would let the planner scan whole tables for a few hundred rows.
 	}
 	if len(statusOf) > 0 {
-		ev := make([]string, len(statusOf))
-		for i, d := range statusOf {
-			ev[i] = outcomes[d].event
-		}
 		out.Add(`UPDATE events_view v SET status = CASE
 				WHEN o.dlq > 0 THEN 'failed'
 				WHEN o.success >= v.delivery_count THEN 'delivered'
@@ -357,7 +347,7 @@ func EventsBatch(evs []eventstore.Event) ([]eventstore.Statement, error) {
 			FROM (SELECT DISTINCT id FROM unnest($1::text[]) AS u(id)) x
 			CROSS JOIN LATERAL (SELECT count(*) FILTER (WHERE outcome = 'dlq') AS dlq, count(*) FILTER (WHERE outcome = 'success') AS success
 			      FROM event_delivery_outcomes WHERE event_id = x.id) o
-			WHERE v.id = x.id AND v.id = ANY($1::text[])`, ev)
+			WHERE v.id = x.id AND v.id = ANY($1::text[])`, statusOf)
 	}
 	return out, nil
 }

@@ -165,13 +165,7 @@ func TestFirstKeyIsKeptBesideTheLocalCluster(t *testing.T) {
 // it; replay cancel stops it, and cancelling it again is refused (exit 1).
 func TestReplayStatusSaysWhyItWaitsAndCancelStopsIt(t *testing.T) {
 	ctx := context.Background()
-	dbURL := pgtest.NewDatabase(t)
-	t.Setenv("DATABASE_URL", dbURL)
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := commandDatabase(t)
 	svc := handlers.NewService(handlers.ServiceParams{Pool: pool})
 	defer svc.Close()
 	tenant := domain.Tenant{OrgID: "0123456789abcdef0123456789abcdef", EnvID: "fedcba9876543210fedcba9876543210", Actor: "test"}
@@ -244,13 +238,7 @@ func TestReplayStatusSaysWhyItWaitsAndCancelStopsIt(t *testing.T) {
 // status lists it, run makes a pass and says what it did.
 func TestRetentionCommands(t *testing.T) {
 	ctx := context.Background()
-	dbURL := pgtest.NewDatabase(t)
-	t.Setenv("DATABASE_URL", dbURL)
-	pool, err := pgxpool.New(ctx, dbURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
+	pool := commandDatabase(t)
 	org, env, err := tenancy.CreateTenant(ctx, pool, "retention", time.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -298,4 +286,18 @@ func TestRetentionCommands(t *testing.T) {
 	if out, _, code := cli("retention", "status"); code != 0 || !strings.Contains(out, env) || !strings.Contains(out, "168h0m0s") {
 		t.Fatalf("retention status table = %d %q", code, out)
 	}
+}
+
+// commandDatabase is a new migrated database that the commands run in the
+// test use (DATABASE_URL), and a pool on it for the test's own checks.
+func commandDatabase(t *testing.T) *pgxpool.Pool {
+	t.Helper()
+	dbURL := pgtest.NewDatabase(t)
+	t.Setenv("DATABASE_URL", dbURL)
+	pool, err := pgxpool.New(context.Background(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
 }

@@ -381,17 +381,25 @@ func (a *Accounts) CreateSession(ctx context.Context, org, env, keyID, createdBy
 	return s, nil
 }
 
+// newToken is a secret for a session or a login link: 192 random bits, URL-safe.
+func newToken() (string, error) {
+	raw := make([]byte, 24)
+	if _, err := rand.Read(raw); err != nil {
+		return "", err
+	}
+	return base64.RawURLEncoding.EncodeToString(raw), nil
+}
+
 // createSession records and stores a new session in tx.
 func (a *Accounts) createSession(ctx context.Context, tx pgx.Tx, org, env, keyID, createdBy string, ttl time.Duration, now time.Time) (Session, error) {
 	if ttl <= 0 {
 		ttl = DefaultSessionTTL
 	}
-	raw := make([]byte, 24)
-	if _, err := rand.Read(raw); err != nil {
+	token, err := newToken()
+	if err != nil {
 		return Session{}, err
 	}
-	s := Session{ID: kit.NewID(), OrgID: org, EnvID: env, ExpiresAt: kit.ISOTime(now.Add(ttl)), CreatedAt: kit.ISOTime(now),
-		Token: base64.RawURLEncoding.EncodeToString(raw)}
+	s := Session{ID: kit.NewID(), OrgID: org, EnvID: env, ExpiresAt: kit.ISOTime(now.Add(ttl)), CreatedAt: kit.ISOTime(now), Token: token}
 	s.CSRFToken = CSRFToken(s.Token)
 	var key *string
 	if keyID != "" {
@@ -401,7 +409,7 @@ func (a *Accounts) createSession(ctx context.Context, tx pgx.Tx, org, env, keyID
 		map[string]any{"id": s.ID, "api_key_id": keyID, "created_by": createdBy, "expires_at": s.ExpiresAt}, createdBy); err != nil {
 		return Session{}, err
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO sessions (token_hash, id, org_id, env_id, expires_at, created_at, api_key_id, created_by)
+	_, err = tx.Exec(ctx, `INSERT INTO sessions (token_hash, id, org_id, env_id, expires_at, created_at, api_key_id, created_by)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, secrets.Hash(s.Token), s.ID, org, env, now.Add(ttl), now, key, createdBy)
 	return s, err
 }
@@ -424,12 +432,12 @@ func (a *Accounts) CreateLoginLink(ctx context.Context, org, env, createdBy stri
 	if ttl <= 0 {
 		ttl = DefaultLoginLinkTTL
 	}
-	raw := make([]byte, 24)
-	if _, err := rand.Read(raw); err != nil {
+	token, err := newToken()
+	if err != nil {
 		return LoginLink{}, err
 	}
-	l := LoginLink{ID: kit.NewID(), OrgID: org, EnvID: env, ExpiresAt: kit.ISOTime(now.Add(ttl)), Token: base64.RawURLEncoding.EncodeToString(raw)}
-	err := pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
+	l := LoginLink{ID: kit.NewID(), OrgID: org, EnvID: env, ExpiresAt: kit.ISOTime(now.Add(ttl)), Token: token}
+	err = pgx.BeginFunc(ctx, a.pool, func(tx pgx.Tx) error {
 		if err := a.record(ctx, tx, domain.StreamSession, l.ID, org, env, domain.EvLoginLinkCreated,
 			map[string]any{"id": l.ID, "created_by": createdBy, "expires_at": l.ExpiresAt}, createdBy); err != nil {
 			return err
