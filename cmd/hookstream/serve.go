@@ -174,7 +174,7 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 		OnBatch: metrics.RetentionBatch})
 	engineDone := startEngine(engineCtx, cfg, handlers.EngineParams{Pool: db.Pool, Store: store, Log: log, Outbound: policy, Secrets: keyring,
 		ConfigChanged: svc.ForgetRoutes, Lanes: cfg.Lanes, PerDestination: cfg.PerDestination, PerTenantLanes: cfg.PerTenantLanes, LeaseTTL: cfg.LeaseTTL,
-		ShutdownGrace: cfg.ShutdownGrace, Metrics: metrics, Wake: notifier, Background: []func(context.Context){expiry.Loop}})
+		ShutdownGrace: cfg.ShutdownGrace, Metrics: metrics, Wake: notifier, Background: []func(context.Context){expiry.Loop}}, svc)
 	log.Info("serving", "addr", ln.Addr().String(), "api", cfg.API, "workers", cfg.Workers)
 
 	return awaitShutdown(ctx, cfg, srv, errc, engineDone, stopEngine, log)
@@ -376,14 +376,16 @@ func awaitShutdown(ctx context.Context, cfg serveConfig, srv *http.Server, errc 
 }
 
 // startEngine runs the delivery engine until ctx ends when this process
-// runs workers; the channel gives Run's result (closed at once otherwise).
-func startEngine(ctx context.Context, cfg serveConfig, p handlers.EngineParams) <-chan error {
+// runs workers, and has ingest hand it the jobs it has room for; the
+// channel gives Run's result (closed at once otherwise).
+func startEngine(ctx context.Context, cfg serveConfig, p handlers.EngineParams, svc *handlers.Service) <-chan error {
 	done := make(chan error, 1)
 	if !cfg.Workers {
 		close(done)
 		return done
 	}
 	engine := handlers.NewEngine(p)
+	engine.HandOffTo(svc)
 	go func() { done <- engine.Run(ctx) }()
 	return done
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/handlers/circuit"
@@ -63,7 +64,11 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bo
 		full = full || r <= 0
 	}
 	handed := false // jobs went back for want of a lane
-	defer func() { e.capped.Store(more || full || handed || e.roomExhausted(byDest, dests, rooms)) }()
+	defer func() {
+		left := more || full || handed || e.roomExhausted(byDest, dests, rooms)
+		e.capped.Store(left)
+		e.backlog.Store(left)
+	}()
 	for _, j := range batch {
 		if _, ok := byDest[j.DestinationID]; !ok {
 			order = append(order, j.DestinationID)
@@ -107,7 +112,6 @@ func (e *Engine) roomExhausted(byDest map[string][]dispatchJob, dests []string, 
 // A claim never exceeds the destination's room; when the free lanes run out
 // (other destinations took them), the rest is handed back (reported true).
 func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string, group []dispatchJob) (bool, error) {
-	chunks := (len(group) + batchSize - 1) / batchSize
 	tenant := tenantOf(group[0])
 	e.mu.Lock()
 	load := e.inflight[dest]
@@ -115,9 +119,28 @@ func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string
 		load = &destLoad{tenant: tenant}
 		e.inflight[dest] = load
 	}
+	// The claim was sized on the room it read; the ingest hand-off may have
+	// taken some of it since. What no longer fits goes back.
+	room := max(0, min(e.p.PerDestination-load.requests, (e.maxBatches()-load.batches)*batchSize))
+	var over []dispatchJob
+	if len(group) > room {
+		group, over = group[:room], group[room:]
+	}
+	chunks := (len(group) + batchSize - 1) / batchSize
 	load.requests += len(group)
 	load.batches += chunks
 	e.mu.Unlock()
+	if len(over) > 0 {
+		if err := e.handBack(ctx, over); err != nil {
+			e.finished(dest, len(group), chunks, -1)
+			e.release(group)
+			return true, err
+		}
+		if len(group) == 0 {
+			e.finished(dest, 0, 0, -1) // forget an empty load
+			return true, nil
+		}
+	}
 	for len(group) > 0 {
 		chunk := group[:min(batchSize, len(group))]
 		group = group[len(chunk):]
@@ -144,8 +167,9 @@ func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string
 			e.finished(dest, len(chunk)+len(group), chunks+1, lane)
 			return false, fmt.Errorf("publish batch: %w", err)
 		}
+		e.p.Metrics.Dispatched("claim", len(chunk))
 	}
-	return false, nil
+	return len(over) > 0, nil
 }
 
 // takeLane takes a free lane for tenant unless none is free or the tenant
@@ -194,6 +218,25 @@ func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, fullT
 	if err != nil {
 		return nil, fmt.Errorf("claim jobs: %w", err)
 	}
+	batch, err := e.scanClaimed(rows, claimedAt)
+	if err != nil {
+		return nil, err
+	}
+	// Held (their leases heartbeated) only once the claim is read whole: a
+	// claim that fails midway holds nothing, and its leases run out.
+	for _, j := range batch {
+		e.hold(j.DeliveryID)
+	}
+	if len(batch) > 0 && only == nil {
+		e.lastDest = lastServed(batch, e.lastDest)
+	}
+	return batch, nil
+}
+
+// scanClaimed reads leased jobs as ClaimSQL and InsertTakeSQL return them
+// (claimedSelect's columns), leased at claimedAt. It closes rows.
+func (e *Engine) scanClaimed(rows pgx.Rows, claimedAt time.Time) ([]dispatchJob, error) {
+	defer rows.Close()
 	var batch []dispatchJob
 	for rows.Next() {
 		var j dispatchJob
@@ -225,15 +268,7 @@ func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, fullT
 		batch = append(batch, j)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("claim jobs: %w", err)
-	}
-	// Held (their leases heartbeated) only once the claim is read whole: a
-	// claim that fails midway holds nothing, and its leases run out.
-	for _, j := range batch {
-		e.hold(j.DeliveryID)
-	}
-	if len(batch) > 0 && only == nil {
-		e.lastDest = lastServed(batch, e.lastDest)
+		return nil, fmt.Errorf("read claimed jobs: %w", err)
 	}
 	return batch, nil
 }

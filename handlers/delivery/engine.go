@@ -102,9 +102,17 @@ type Engine struct {
 	// destination's room or the free lanes): a finished batch then wakes
 	// the dispatcher. Otherwise only new due jobs (NOTIFY) and retries do.
 	capped atomic.Bool
+	// backlog is what the last claim that ran to its end said of capped:
+	// due jobs were left behind for want of room. Ingest then hands over
+	// nothing, and new jobs queue behind the backlog (capped itself is
+	// also set while a claim runs).
+	backlog atomic.Bool
 	// draining is set once the engine stops claiming: batches then record
 	// their attempts but chain no retry.
 	draining atomic.Bool
+	// bus is the lanes' publisher while the delivery router runs (nil
+	// otherwise): the ingest hand-off publishes to it.
+	bus atomic.Pointer[message.Publisher]
 
 	projector *projections.Projector
 	// batches holds the jobs of each published lane message by its id.
@@ -209,6 +217,8 @@ func (e *Engine) Run(ctx context.Context) error {
 	go func() { errc <- deliveryRouter.Run(runCtx) }()
 	<-logRouter.Running()
 	<-deliveryRouter.Running()
+	var lanes message.Publisher = bus
+	e.bus.Store(&lanes)
 	e.p.Log.Info("engine running", "worker", e.p.WorkerID, "lanes", e.p.Lanes, "per_destination", e.p.PerDestination)
 
 	beating, stopBeating := context.WithCancel(context.WithoutCancel(ctx))
@@ -218,6 +228,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	defer stopDraining()
 	routerErr := e.work(ctx, bus, errc)
 	e.draining.Store(true) // a router stopped on its own
+	e.bus.Store(nil)
 	grace := time.AfterFunc(e.p.ShutdownGrace, e.cancelSends)
 	defer grace.Stop()
 	defer e.cancelSends()

@@ -77,6 +77,7 @@ func (e *Engine) sendAndRecord(ctx context.Context, batch []dispatchJob) []dispa
 		next, err := e.complete(ctx, batch, results, !e.draining.Load() && e.sends.Err() == nil)
 		if err == nil {
 			e.recorded(ctx, batch, results, len(next))
+			e.p.Metrics.Dispatched("chain", len(next))
 			return next
 		}
 		if try == 4 {

@@ -3,6 +3,7 @@ package ingest
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -28,6 +29,10 @@ type groupCommitter struct {
 	wake  *wake.Notifier
 	max   int
 	done  chan struct{}
+	// handoff, when set, is the delivery engine of this process: new jobs
+	// it has room for are leased in the ingest's transaction and sent by
+	// it, with no claim (jobs.Handoff).
+	handoff atomic.Pointer[jobs.Handoff]
 }
 
 type appendRequest struct {
@@ -135,8 +140,13 @@ func (g *groupCommitter) commitTx(ctx context.Context, batch []appendRequest) er
 		}
 		jobs += len(r.jobs)
 	}
-	err := commit(ctx, batch)
-	if err == nil && jobs > 0 {
+	handedAll, err := commit(ctx, batch)
+	switch {
+	case err != nil || jobs == 0:
+	case handedAll:
+		// This process sends them all: only other processes hear of it.
+		g.wake.SignalOthers(jobsChannel)
+	default:
 		g.wake.Signal(jobsChannel)
 	}
 	return err
@@ -146,40 +156,70 @@ func (g *groupCommitter) commitTx(ctx context.Context, batch []appendRequest) er
 // jobs' insert and COMMIT go to PostgreSQL in one round trip instead of one
 // each (ingest waits on this, so round trips are its latency). Any error,
 // a lost race included (the append then fails), aborts the transaction, and
-// its COMMIT rolls back.
-func (g *groupCommitter) commitPipelined(ctx context.Context, batch []appendRequest) error {
+// its COMMIT rolls back. With a hand-off, the jobs the engine has room for
+// are inserted leased to it and sent once the commit is done; it reports
+// whether every job was.
+func (g *groupCommitter) commitPipelined(ctx context.Context, batch []appendRequest) (bool, error) {
 	var all []eventstore.StreamAppend
 	var newJobs []jobs.NewJob
 	for _, r := range batch {
 		all = append(all, r.appends...)
 		newJobs = append(newJobs, r.jobs...)
 	}
+	var take []bool
+	var ticket jobs.Ticket
+	if h := g.handoff.Load(); h != nil && len(newJobs) > 0 {
+		take, ticket = (*h).Reserve(newJobs)
+	}
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	read, err := g.store.QueueAppend(b, all...)
 	if err != nil {
-		return err
+		if ticket != nil {
+			ticket.Aborted()
+		}
+		return false, err
 	}
-	if len(newJobs) > 0 {
+	switch {
+	case ticket != nil:
+		now, worker, ttl := ticket.Lease()
+		b.Queue(jobs.InsertTakeSQL, jobs.InsertTakeArgs(newJobs, take, now, worker, ttl)...)
+	case len(newJobs) > 0:
 		b.Queue(jobs.InsertSQL, jobs.InsertArgs(newJobs)...)
 	}
-	return kit.SendTx(ctx, g.pool, true, b, func(br pgx.BatchResults) error {
+	err = kit.SendTx(ctx, g.pool, true, b, func(br pgx.BatchResults) error {
 		if _, err := read(br); err != nil {
 			return err
 		}
-		if len(newJobs) > 0 {
+		switch {
+		case ticket != nil:
+			rows, err := br.Query()
+			if err != nil {
+				return fmt.Errorf("insert jobs: %w", err)
+			}
+			ticket.Read(rows)
+			return rows.Err()
+		case len(newJobs) > 0:
 			if _, err := br.Exec(); err != nil {
 				return fmt.Errorf("insert jobs: %w", err)
 			}
 		}
 		return nil
 	})
+	if ticket == nil {
+		return false, err
+	}
+	if err != nil {
+		ticket.Aborted()
+		return false, err
+	}
+	return ticket.Committed(), nil
 }
 
 // commitDedupTx is commitTx for a batch with dedup claims, which decide
 // which events are appended.
-func (g *groupCommitter) commitDedupTx(ctx context.Context, batch []appendRequest) error {
-	return pgx.BeginFunc(ctx, g.pool, func(tx pgx.Tx) error {
+func (g *groupCommitter) commitDedupTx(ctx context.Context, batch []appendRequest) (bool, error) {
+	return false, pgx.BeginFunc(ctx, g.pool, func(tx pgx.Tx) error {
 		dups, originals, err := claimDedup(ctx, tx, batch)
 		if err != nil {
 			return err

@@ -71,6 +71,10 @@ func New(p Params) *Ingester {
 		ingest: newGroupCommitter(p.Pool, p.Store, p.Wake, 4, 256), routes: newIngestCache(p.CacheTTL, p.Now)}
 }
 
+// HandOff gives new jobs to h, a delivery engine in this process, when it
+// has room for them (jobs.Handoff); the last one set is used.
+func (s *Ingester) HandOff(h jobs.Handoff) { s.ingest.handoff.Store(&h) }
+
 // ForgetRoutes drops the sources and routes ingest cached, after a
 // configuration change.
 func (s *Ingester) ForgetRoutes() { s.routes.clear() }
@@ -385,7 +389,7 @@ const lookupSQL = `SELECT src.*, c.id, c.name, c.enabled, c.status, c.filter_rul
 
 // HotStatements are the statements every ingest runs (see delivery.HotStatements).
 func HotStatements() []string {
-	return []string{lookupSQL, jobs.InsertSQL, eventstore.AppendSQL}
+	return []string{lookupSQL, jobs.InsertSQL, jobs.InsertTakeSQL, eventstore.AppendSQL}
 }
 
 // exactValues returns, base64-encoded, the values of the headers that text

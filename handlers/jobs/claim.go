@@ -69,7 +69,15 @@ WITH RECURSIVE dests AS (
     RETURNING j.delivery_id, j.org_id, j.env_id, j.event_id, j.destination_id, j.attempt_id, j.attempt_number, j.version, j.received_uuid, j.due_at,
         j.trigger_type, j.auto_retries, j.last_number, j.reopened
 )
-SELECT u.delivery_id, u.org_id, u.env_id, u.event_id, u.destination_id, u.attempt_id, u.attempt_number, u.version,
+` + claimedSelect + `
+CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async
+ORDER BY u.destination_id, u.due_at`
+
+// claimedSelect reads what a lane needs of each job in u (leased jobs, with
+// the job columns ClaimSQL's u returns): the webhook's body, the
+// destination's configuration. ClaimSQL and InsertTakeSQL end with it, so a
+// job handed over at ingest is read exactly like a claimed one.
+const claimedSelect = `SELECT u.delivery_id, u.org_id, u.env_id, u.event_id, u.destination_id, u.attempt_id, u.attempt_number, u.version,
        coalesce(e.payload->>'body_b64', '` + ExpiredBody + `'), coalesce(e.payload->>'content_type', ''),
        d.id IS NOT NULL, coalesce(d.url, ''), coalesce(d.method, 'POST'), coalesce(d.headers, '{}'), coalesce(d.timeout_ms, 30000),
        coalesce(d.retry_enabled, false), coalesce(d.retry_max_attempts, 0), coalesce(d.retry_backoff_type, 'exponential'),
@@ -77,9 +85,7 @@ SELECT u.delivery_id, u.org_id, u.env_id, u.event_id, u.destination_id, u.attemp
        coalesce(d.signing_previous_expires_at > $1, false), coalesce(d.secrets, ''),
        u.trigger_type, u.due_at, u.auto_retries, u.last_number, u.reopened, coalesce(d.circuit_breaker_enabled, true), d.updated_at
 FROM u CROSS JOIN LATERAL (SELECT x.payload FROM events x WHERE x.event_id = u.received_uuid) e
-LEFT JOIN destinations d ON d.id = u.destination_id
-CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async
-ORDER BY u.destination_id, u.due_at`
+LEFT JOIN destinations d ON d.id = u.destination_id`
 
 // ExpiredBody is the body a claim reads for a webhook whose payload expired
 // (retention removed body_b64): not base64, so it is never sent. Retention

@@ -84,3 +84,57 @@ func Lock(ctx context.Context, tx pgx.Tx, deliveryID string) (state string, leas
 	err = tx.QueryRow(ctx, `SELECT state, lease_until FROM delivery_jobs WHERE delivery_id = $1 FOR UPDATE`, deliveryID).Scan(&state, &leaseUntil)
 	return state, leaseUntil, err
 }
+
+// InsertTakeSQL is InsertSQL for an ingest whose own process sends some of
+// the new jobs itself (Handoff): a job marked in $12 is inserted already
+// leased to worker $13 until $1 + $14, unless it is not due yet or its
+// destination or route is paused or its circuit is not closed (the rules a
+// claim applies), and is returned as a claim returns it (claimedSelect).
+// The others are inserted unleased, for a claim to take. A job handed over
+// this way costs no claim: no statement of its own, no round trip, no
+// dispatcher wake-up.
+var InsertTakeSQL = `WITH ins AS (
+    INSERT INTO delivery_jobs (delivery_id, org_id, env_id, event_id, connection_id, destination_id, received_uuid,
+        state, attempt_id, attempt_number, trigger_type, due_at, version, auto_retries, last_number, reopened, lease_until, leased_by)
+    SELECT d, o, e, ev, c, dst, r::uuid, 'scheduled', a, 1, tr, due, 1, 0, 1, '',
+        CASE WHEN take THEN $1 + $14::interval END, CASE WHEN take THEN $13::text END
+    FROM (SELECT v.*, v.tk AND v.due <= $1
+                 AND NOT ` + PausedDestination("v.dst") + `
+                 AND NOT ` + PausedRoute("v.c") + `
+                 AND NOT EXISTS (SELECT 1 FROM destination_circuits k WHERE k.destination_id = v.dst AND k.state <> 'closed') AS take
+          FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                      $11::timestamptz[], $12::bool[]) AS v(d, o, e, ev, c, dst, r, a, tr, due, tk)) t
+    ON CONFLICT (delivery_id) DO NOTHING
+    RETURNING delivery_id, org_id, env_id, event_id, destination_id, attempt_id, attempt_number, version, received_uuid, due_at,
+        trigger_type, auto_retries, last_number, reopened, leased_by
+), u AS (SELECT * FROM ins WHERE leased_by IS NOT NULL)
+` + claimedSelect + `
+ORDER BY u.destination_id, u.due_at`
+
+// InsertTakeArgs are InsertTakeSQL's arguments: take marks the jobs this
+// process would send, now is the time their leases start from.
+func InsertTakeArgs(jobs []NewJob, take []bool, now time.Time, worker string, ttl time.Duration) []any {
+	return append(append([]any{now}, InsertArgs(jobs)...), take, worker, ttl)
+}
+
+// Handoff lets ingest give new jobs to a delivery engine in its own
+// process, leased in the ingest's own transaction (InsertTakeSQL), instead
+// of leaving them for a claim.
+type Handoff interface {
+	// Reserve reports which of the new jobs the engine has room for now
+	// (nil: none), and the ticket that follows the insert; it does no I/O.
+	Reserve(newJobs []NewJob) (take []bool, t Ticket)
+}
+
+// Ticket follows one InsertTakeSQL: Lease gives its lease arguments, Read
+// reads its rows (inside the transaction's pipeline; a row it cannot read
+// is only not sent now: its lease runs out and a claim takes it), then
+// exactly one of Committed and Aborted.
+type Ticket interface {
+	Lease() (now time.Time, worker string, ttl time.Duration)
+	Read(rows pgx.Rows)
+	// Committed sends the jobs read; it reports whether every job reserved
+	// was taken (else some may be due now and wait for a claim).
+	Committed() bool
+	Aborted()
+}

@@ -28,6 +28,7 @@ type Metrics struct {
 	apiDuration     *prometheus.HistogramVec
 	expiredPayloads *prometheus.CounterVec
 	reclaimedBytes  prometheus.Counter
+	dispatched      *prometheus.CounterVec
 }
 
 // NewMetrics registers every metric; the database-derived ones (queue,
@@ -49,11 +50,14 @@ func NewMetrics(pool *pgxpool.Pool, log *slog.Logger) *Metrics {
 			Help: "Payloads removed by retention in this process, by kind (event: a webhook's body and headers; attempt: an attempt's headers and response)."}, []string{"kind"}),
 		reclaimedBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "hookstream_retention_bytes_reclaimed_total",
 			Help: "Stored payload bytes retention removed in this process."}),
+		dispatched: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hookstream_jobs_dispatched_total",
+			Help: "Delivery jobs this process's engine sent to its lanes, by how it got them: claim (the dispatcher claimed it), handoff (leased by this process's ingest in its own transaction), chain (a retry due at once, sent by the lane that recorded the failure)."},
+			[]string{"path"}),
 		apiDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "hookstream_http_request_duration_seconds",
 			Help: "API request latency by route template, method and status.", Buckets: prometheus.DefBuckets},
 			[]string{"route", "method", "code"}),
 	}
-	reg.MustRegister(m.deliveries, m.attemptDuration, m.ingestRequests, m.ingestBytes, m.apiDuration, m.expiredPayloads, m.reclaimedBytes,
+	reg.MustRegister(m.deliveries, m.attemptDuration, m.ingestRequests, m.ingestBytes, m.apiDuration, m.expiredPayloads, m.reclaimedBytes, m.dispatched,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&dbCollector{pool: pool, log: log})
 	return m
@@ -160,6 +164,13 @@ func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		v := map[string]float64{domain.CircuitClosed: 0, domain.CircuitHalfOpen: 1, domain.CircuitOpen: 2}[state]
 		ch <- prometheus.MustNewConstMetric(descCircuit, prometheus.GaugeValue, v, dest)
+	}
+}
+
+// Dispatched counts n jobs sent to lanes by path (claim, handoff, chain).
+func (m *Metrics) Dispatched(path string, n int) {
+	if m != nil && n > 0 {
+		m.dispatched.WithLabelValues(path).Add(float64(n))
 	}
 }
 

@@ -119,9 +119,18 @@ func (n *Notifier) FromSelf(payload string) bool { return payload == n.id }
 // Signal tells channel's listeners that a transaction committed: this
 // process's at once, the others' soon. Call it after the commit; it never
 // blocks.
-func (n *Notifier) Signal(channel string) {
+func (n *Notifier) Signal(channel string) { n.signal(channel, true) }
+
+// SignalOthers is Signal for other processes only: this process's
+// listeners already know (the ingest hand-off gave its engine the jobs).
+func (n *Notifier) SignalOthers(channel string) { n.signal(channel, false) }
+
+func (n *Notifier) signal(channel string, local bool) {
 	n.mu.Lock()
-	fs := n.local[channel]
+	var fs []func()
+	if local {
+		fs = n.local[channel]
+	}
 	n.pending[channel] = true
 	start := !n.sending
 	n.sending = true

@@ -1,0 +1,182 @@
+package delivery
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/hookstream/hookstream/handlers/jobs"
+	"github.com/hookstream/hookstream/internal/kit"
+)
+
+// The ingest hand-off: when ingest runs in the engine's process, a webhook's
+// new jobs that have room right now are leased in the ingest's own
+// transaction (jobs.InsertTakeSQL) and go to a lane once it commits,
+// instead of waking the dispatcher for a claim. At low load that is one
+// statement and one round trip fewer per webhook, and no dispatcher hop.
+//
+// The room is reserved before the commit, from the same bounds a claim
+// uses (a destination's requests and lanes, the tenant's share of the
+// lanes, a free lane), and only while no due job is known to be waiting for
+// room (backlog): a backlog is served by claims, in due order, and new jobs
+// do not overtake it. A claim running meanwhile was sized on the room it
+// read before; it hands back what no longer fits (publish). What the database decides (a paused destination
+// or route, a circuit not closed) is checked in the insert itself; a job it
+// refuses is inserted unleased and claimed like any other.
+
+// handoffGroup is the jobs of one destination reserved on one lane.
+type handoffGroup struct {
+	dest, tenant string
+	lane         int
+	reserved     int
+	jobs         []dispatchJob
+}
+
+// handoff is one ingest commit's reservation (a jobs.Ticket).
+type handoff struct {
+	e      *Engine
+	bus    message.Publisher
+	at     time.Time
+	groups []*handoffGroup
+	err    error // Read failed
+	// partial: some of the new jobs were not reserved (no room, not due)
+	partial bool
+}
+
+// HandOffTo makes i give this engine the new jobs it has room for (see
+// jobs.Handoff); i and the engine must share the database.
+func (e *Engine) HandOffTo(i interface{ HandOff(jobs.Handoff) }) { i.HandOff(e) }
+
+// Reserve implements jobs.Handoff.
+func (e *Engine) Reserve(newJobs []jobs.NewJob) ([]bool, jobs.Ticket) {
+	bus := e.bus.Load()
+	if bus == nil || e.draining.Load() || e.backlog.Load() {
+		return nil, nil
+	}
+	now := e.p.Now().UTC()
+	h := &handoff{e: e, bus: *bus, at: now}
+	take := make([]bool, len(newJobs))
+	byDest := map[string]*handoffGroup{}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for i, j := range newJobs {
+		if j.Due.After(now) {
+			continue
+		}
+		g := byDest[j.DestinationID]
+		if g == nil {
+			tenant := j.OrgID + "/" + j.EnvID
+			load := e.inflight[j.DestinationID]
+			if load != nil && (load.requests >= e.p.PerDestination || load.batches >= e.maxBatches()) {
+				continue
+			}
+			if e.tenantLanes[tenant] >= e.p.PerTenantLanes {
+				continue
+			}
+			var lane int
+			select {
+			case lane = <-e.lanes:
+			default:
+				continue // every lane busy
+			}
+			if load == nil {
+				load = &destLoad{tenant: tenant}
+				e.inflight[j.DestinationID] = load
+			}
+			load.batches++
+			e.tenantLanes[tenant]++
+			g = &handoffGroup{dest: j.DestinationID, tenant: tenant, lane: lane}
+			byDest[j.DestinationID] = g
+			h.groups = append(h.groups, g)
+		}
+		if g.reserved >= batchSize || e.inflight[j.DestinationID].requests >= e.p.PerDestination {
+			continue
+		}
+		g.reserved++
+		e.inflight[j.DestinationID].requests++
+		take[i] = true
+	}
+	for _, t := range take {
+		h.partial = h.partial || !t
+	}
+	if len(h.groups) == 0 {
+		return nil, nil
+	}
+	return take, h
+}
+
+// Lease implements jobs.Ticket.
+func (h *handoff) Lease() (time.Time, string, time.Duration) {
+	return h.at, h.e.p.WorkerID, h.e.p.LeaseTTL
+}
+
+// Read implements jobs.Ticket: the jobs the insert leased, by destination.
+func (h *handoff) Read(rows pgx.Rows) {
+	taken, err := h.e.scanClaimed(rows, h.at)
+	for _, j := range taken {
+		for _, g := range h.groups {
+			if g.dest == j.DestinationID {
+				g.jobs = append(g.jobs, j)
+			}
+		}
+	}
+	for _, g := range h.groups {
+		if err == nil && len(g.jobs) > g.reserved {
+			err = fmt.Errorf("the insert leased %d jobs of destination %s, %d were reserved", len(g.jobs), g.dest, g.reserved)
+		}
+	}
+	if err != nil {
+		// Nothing is sent now: the leases run out and claims take the jobs.
+		h.e.p.Log.Error("hand-off of ingested jobs", "err", err)
+		h.err = err
+	}
+}
+
+// Committed implements jobs.Ticket: each destination's leased jobs go to
+// the lane reserved for them; what was reserved and not leased is given back.
+func (h *handoff) Committed() bool {
+	if h.err != nil {
+		h.Aborted()
+		return false
+	}
+	all := !h.partial
+	for _, g := range h.groups {
+		if left := g.reserved - len(g.jobs); left > 0 {
+			all = false
+			if len(g.jobs) == 0 {
+				h.e.finished(g.dest, left, 1, g.lane)
+				continue
+			}
+			h.e.finished(g.dest, left, 0, -1)
+		}
+		for _, j := range g.jobs {
+			h.e.hold(j.DeliveryID)
+		}
+		msg := message.NewMessage(kit.NewID(), nil)
+		h.e.batches.Store(msg.UUID, g.jobs)
+		msg.Metadata.Set("lane", strconv.Itoa(g.lane))
+		msg.Metadata.Set("destination_id", g.dest)
+		if err := h.bus.Publish(laneTopic(g.lane), msg); err != nil {
+			// The engine is closing: the leases run out (or are released at
+			// its shutdown) and the jobs are claimed again.
+			h.e.batches.Delete(msg.UUID)
+			h.e.release(g.jobs)
+			h.e.finished(g.dest, len(g.jobs), 1, g.lane)
+			all = false
+			continue
+		}
+		h.e.p.Metrics.Dispatched("handoff", len(g.jobs))
+	}
+	h.e.projector.Wake()
+	return all
+}
+
+// Aborted implements jobs.Ticket: the insert did not commit.
+func (h *handoff) Aborted() {
+	for _, g := range h.groups {
+		h.e.finished(g.dest, g.reserved, 1, g.lane)
+	}
+}

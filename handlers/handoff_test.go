@@ -1,0 +1,105 @@
+package handlers_test
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// dispatched is how many jobs the harness's engine sent to its lanes by
+// each path, since before.
+func (h *harness) dispatched(before map[string]float64) (handoff, claim float64) {
+	h.t.Helper()
+	after := h.scrape()
+	series := func(path string) string { return `hookstream_jobs_dispatched_total{path="` + path + `"}` }
+	return after[series("handoff")] - before[series("handoff")], after[series("claim")] - before[series("claim")]
+}
+
+// Ingest in the engine's process leases the new jobs in its own transaction
+// and hands them to the engine's lanes: no claim reads them. Each job is
+// sent by exactly one path, once.
+func TestIngestHandsItsJobsToTheEngine(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	s := newSink(t)
+	src, _ := h.route(s.srv.URL, nil, nil)
+	before := h.scrape()
+	const webhooks = 8
+	for i := 0; i < webhooks; i++ {
+		h.ingest(src, `{"n":1}`)
+	}
+	waitFor(t, 10*time.Second, "every webhook delivered", func() bool { return s.count() >= webhooks })
+	h.quiet(10 * time.Second)
+	handoff, claim := h.dispatched(before)
+	// The harness's dispatcher also polls every 50 ms: an ingest that meets
+	// a claim under way leaves its job to claims, so not every one is handed.
+	if handoff < webhooks/2 || handoff+claim != webhooks {
+		t.Fatalf("dispatched: %v handed off by ingest, %v claimed; want most of the %d handed off, each once", handoff, claim, webhooks)
+	}
+	if got := s.count(); got != webhooks {
+		t.Fatalf("the destination got %d requests for %d webhooks", got, webhooks)
+	}
+	seen := map[string]bool{}
+	for _, hd := range s.headers {
+		key := hd.Get("Idempotency-Key")
+		if seen[key] {
+			t.Fatalf("delivery %s sent twice", key)
+		}
+		seen[key] = true
+	}
+	var leased int
+	if err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM delivery_jobs WHERE leased_by IS NOT NULL`).Scan(&leased); err != nil {
+		t.Fatal(err)
+	}
+	if leased != 0 {
+		t.Fatalf("%d jobs still leased after every delivery was recorded", leased)
+	}
+}
+
+// A job whose destination is paused is not handed over: the insert leaves it
+// unleased, the room reserved for it is given back, and once resumed it is
+// claimed and sent. Were the room not given back, the destination's lanes
+// (two batches of 16 here) would be used up by three paused webhooks and
+// nothing would be sent after the resume.
+func TestIngestLeavesAPausedDestinationsJobsToClaims(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	s := newSink(t)
+	src, dest := h.route(s.srv.URL, nil, nil)
+	if code, out := h.do("PATCH", "/v1/destinations/"+dest, h.key, map[string]any{"status": "paused"}); code != 200 {
+		t.Fatalf("pause = %d %v", code, out)
+	}
+	before := h.scrape()
+	for i := 0; i < 3; i++ {
+		h.ingest(src, `{"paused":true}`)
+	}
+	var held, leased int
+	if err := h.pool.QueryRow(context.Background(), `SELECT count(*), count(leased_by) FROM delivery_jobs WHERE destination_id = $1 AND state = 'scheduled'`,
+		dest).Scan(&held, &leased); err != nil {
+		t.Fatal(err)
+	}
+	if held != 3 || leased != 0 {
+		t.Fatalf("paused destination: %d scheduled jobs, %d leased; want 3 waiting unleased", held, leased)
+	}
+	if handoff, _ := h.dispatched(before); handoff != 0 {
+		t.Fatalf("%v jobs of a paused destination handed off", handoff)
+	}
+	if s.count() != 0 {
+		t.Fatalf("a paused destination got %d requests", s.count())
+	}
+	if code, out := h.do("PATCH", "/v1/destinations/"+dest, h.key, map[string]any{"status": "active"}); code != 200 {
+		t.Fatalf("resume = %d %v", code, out)
+	}
+	waitFor(t, 10*time.Second, "the held webhooks delivered after the resume", func() bool { return s.count() >= 3 })
+	for i := 0; i < 3; i++ {
+		h.ingest(src, `{"paused":false}`)
+	}
+	waitFor(t, 10*time.Second, "later webhooks delivered", func() bool { return s.count() >= 6 })
+	h.quiet(10 * time.Second)
+	if got := s.count(); got != 6 {
+		t.Fatalf("the destination got %d requests for 6 webhooks", got)
+	}
+	if handoff, claim := h.dispatched(before); handoff+claim != 6 || handoff == 0 {
+		t.Fatalf("dispatched: %v handed off, %v claimed; want 6 in all, the later ones handed off", handoff, claim)
+	}
+}
