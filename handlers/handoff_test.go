@@ -2,6 +2,10 @@ package handlers_test
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 )
@@ -101,5 +105,46 @@ func TestIngestLeavesAPausedDestinationsJobsToClaims(t *testing.T) {
 	}
 	if handoff, claim := h.dispatched(before); handoff+claim != 6 || handoff == 0 {
 		t.Fatalf("dispatched: %v handed off, %v claimed; want 6 in all, the later ones handed off", handoff, claim)
+	}
+}
+
+// Lanes that record at about the same time share one transaction: six
+// destinations' batches, answered together, are recorded in fewer
+// transactions than batches, and every attempt is recorded.
+func TestLanesRecordTogether(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	const dests = 6
+	var arrived sync.WaitGroup
+	arrived.Add(dests)
+	release := make(chan struct{})
+	go func() { arrived.Wait(); close(release) }()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived.Done()
+		select { // every destination's request is in flight: all answer at once
+		case <-release:
+		case <-time.After(10 * time.Second):
+		}
+	}))
+	t.Cleanup(srv.Close)
+	var sources []string
+	for i := 0; i < dests; i++ {
+		src, _ := h.route(srv.URL+"/d"+strconv.Itoa(i), nil, nil)
+		sources = append(sources, src)
+	}
+	before := h.scrape()
+	var wg sync.WaitGroup
+	for _, src := range sources {
+		wg.Go(func() { h.ingest(src, `{"together":true}`) })
+	}
+	wg.Wait()
+	waitFor(t, 15*time.Second, "every attempt recorded", func() bool {
+		return len(h.attempts("status=success")) == dests
+	})
+	after := h.scrape()
+	groups := after["hookstream_record_groups_total"] - before["hookstream_record_groups_total"]
+	batches := after["hookstream_record_group_batches_total"] - before["hookstream_record_group_batches_total"]
+	if batches != dests || groups >= batches {
+		t.Fatalf("%v batches recorded in %v transactions; want the %d batches in fewer transactions", batches, groups, dests)
 	}
 }

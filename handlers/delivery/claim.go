@@ -132,12 +132,12 @@ func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string
 	e.mu.Unlock()
 	if len(over) > 0 {
 		if err := e.handBack(ctx, over); err != nil {
-			e.finished(dest, len(group), chunks, -1)
+			e.finished(dest, tenant, len(group), chunks, -1)
 			e.release(group)
 			return true, err
 		}
 		if len(group) == 0 {
-			e.finished(dest, 0, 0, -1) // forget an empty load
+			e.finished(dest, tenant, 0, 0, -1) // forget an empty load
 			return true, nil
 		}
 	}
@@ -150,7 +150,7 @@ func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string
 			// its share: hand these jobs back now rather than wait with their
 			// leases running. The dispatcher never waits for a lane.
 			left := append(append([]dispatchJob(nil), chunk...), group...)
-			e.finished(dest, len(left), chunks, -1)
+			e.finished(dest, tenant, len(left), chunks, -1)
 			return true, e.handBack(ctx, left)
 		}
 		chunks--
@@ -164,7 +164,7 @@ func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string
 			e.batches.Delete(msg.UUID)
 			e.release(chunk) // their leases expire; the jobs run again
 			e.release(group)
-			e.finished(dest, len(chunk)+len(group), chunks+1, lane)
+			e.finished(dest, tenant, len(chunk)+len(group), chunks+1, lane)
 			return false, fmt.Errorf("publish batch: %w", err)
 		}
 		e.p.Metrics.Dispatched("claim", len(chunk))

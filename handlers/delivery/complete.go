@@ -24,8 +24,8 @@ import (
 // policy with no wait) keeps its job's lease, and its next attempt is
 // returned for the caller to send straight away: no claim re-reads a job
 // this worker just held. Only batches recorded in one go chain.
-func (e *Engine) complete(ctx context.Context, batch []dispatchJob, results []domain.DeliveryAttempted, chain bool) ([]dispatchJob, error) {
-	next, err := e.completeTx(ctx, batch, results, chain)
+func (e *Engine) complete(ctx context.Context, batch []dispatchJob, results []domain.DeliveryAttempted, chain bool, run *laneRun) ([]dispatchJob, error) {
+	next, err := e.completeTx(ctx, batch, results, chain, run)
 	if !errors.Is(err, eventstore.ErrConcurrency) {
 		return next, err
 	}
@@ -33,7 +33,7 @@ func (e *Engine) complete(ctx context.Context, batch []dispatchJob, results []do
 	for i := range batch {
 		batch[i].State = nil // a stream moved past a snapshot: load it
 		for try := 0; ; try++ {
-			_, err := e.completeTx(ctx, batch[i:i+1], results[i:i+1], false)
+			_, err := e.completeTx(ctx, batch[i:i+1], results[i:i+1], false, nil)
 			if err == nil || !errors.Is(err, eventstore.ErrConcurrency) || try == 3 {
 				if err != nil {
 					return nil, err
@@ -67,7 +67,10 @@ func (e *Engine) complete(ctx context.Context, batch []dispatchJob, results []do
 // allows it; no attempt is lost and no delivery is skipped. A commit per
 // recorded batch waiting for its flush was, at 150 webhooks/s, one WAL
 // flush per webhook on top of the ingest's.
-func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []domain.DeliveryAttempted, chain bool) ([]dispatchJob, error) {
+//
+// With run set (a lane's batch), the pipeline is shared with the batches
+// other lanes record at about the same time (recordGrouped).
+func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []domain.DeliveryAttempted, chain bool, run *laneRun) ([]dispatchJob, error) {
 	if !batch[0].DestFound || anyGone(results) {
 		return nil, e.completeLocked(ctx, batch, results)
 	}
@@ -92,40 +95,17 @@ func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []
 	if plan.deadLetter {
 		return nil, e.completeLocked(ctx, batch, results) // a dead letter opens an issue
 	}
-	b := &pgx.Batch{}
-	b.Queue("BEGIN")
-	b.Queue(circuitGuardSQL, batch[0].DestinationID, failed)
-	var read func(pgx.BatchResults) ([]eventstore.Event, error)
-	if len(plan.appends) > 0 {
-		if read, err = e.p.Store.QueueAppend(b, plan.appends...); err != nil {
-			return nil, err
-		}
-		b.Queue(jobs.UpdateSQL, plan.rows.Args(e.p.WorkerID)...)
-	}
-	stale := plan.stale
-	if len(stale) > 0 {
-		b.Queue(jobs.ReleaseSQL, stale, e.p.WorkerID)
-	}
+	p := &pendingRecord{dest: batch[0].DestinationID, failed: failed, plan: plan, jobs: len(batch)}
 	var kept map[string]bool
-	err = kit.SendTx(ctx, e.p.Pool, false, b, func(br pgx.BatchResults) error {
-		if _, err := br.Exec(); err != nil {
-			return err
+	if run != nil {
+		if len(plan.next) == 0 {
+			run.sent(e) // nothing chains: the destination's room is free while the record waits
 		}
-		if read != nil {
-			if _, err := read(br); err != nil {
-				return err
-			}
-			if kept, err = keptLeases(br); err != nil {
-				return fmt.Errorf("update jobs: %w", err)
-			}
-		}
-		if len(stale) > 0 {
-			if _, err := br.Exec(); err != nil {
-				return fmt.Errorf("release stale jobs: %w", err)
-			}
-		}
-		return nil
-	})
+		kept, err = e.recordGrouped(ctx, p)
+	}
+	if run == nil || errors.Is(err, errRecordAlone) {
+		kept, err = e.record(ctx, []*pendingRecord{p})
+	}
 	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == circuitGuardCode {
 		return nil, e.completeLocked(ctx, batch, results)
 	}
@@ -139,6 +119,60 @@ func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []
 		}
 	}
 	return next, nil
+}
+
+// record writes the planned records of one or more batches in one
+// pipelined transaction: BEGIN, the circuit guard of their destinations,
+// the append, the job rows, the release of stale jobs, COMMIT. It returns
+// the deliveries whose jobs kept their leases.
+func (e *Engine) record(ctx context.Context, group []*pendingRecord) (map[string]bool, error) {
+	var dests []string
+	var failed []bool
+	var appends []eventstore.StreamAppend
+	var rows jobs.Rows
+	var stale []string
+	for _, p := range group {
+		dests, failed = append(dests, p.dest), append(failed, p.failed)
+		appends = append(appends, p.plan.appends...)
+		rows.Merge(p.plan.rows)
+		stale = append(stale, p.plan.stale...)
+	}
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(circuitGuardSQL, dests, failed)
+	var read func(pgx.BatchResults) ([]eventstore.Event, error)
+	if len(appends) > 0 {
+		var err error
+		if read, err = e.p.Store.QueueAppend(b, appends...); err != nil {
+			return nil, err
+		}
+		b.Queue(jobs.UpdateSQL, rows.Args(e.p.WorkerID)...)
+	}
+	if len(stale) > 0 {
+		b.Queue(jobs.ReleaseSQL, stale, e.p.WorkerID)
+	}
+	var kept map[string]bool
+	err := kit.SendTx(ctx, e.p.Pool, false, b, func(br pgx.BatchResults) error {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+		if read != nil {
+			if _, err := read(br); err != nil {
+				return err
+			}
+			var err error
+			if kept, err = keptLeases(br); err != nil {
+				return fmt.Errorf("update jobs: %w", err)
+			}
+		}
+		if len(stale) > 0 {
+			if _, err := br.Exec(); err != nil {
+				return fmt.Errorf("release stale jobs: %w", err)
+			}
+		}
+		return nil
+	})
+	return kept, err
 }
 
 // keptLeases reads UpdateSQL's result: the deliveries whose jobs kept their leases.
@@ -350,14 +384,15 @@ func (e *Engine) moveJobs(ctx context.Context, tx pgx.Tx, aggs map[string]*domai
 	return nil
 }
 
-// circuitGuardSQL fails its transaction (circuitGuardCode) when destination
-// $1 has no circuit row yet, or has its breaker on with a circuit the batch
-// may move: an attempt failed ($2), or the circuit is not clean (closed, no
-// failures, no probe).
-const circuitGuardSQL = `SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM destination_circuits WHERE destination_id = $1)
-		OR EXISTS (SELECT 1 FROM destinations d JOIN destination_circuits k ON k.destination_id = d.id
-			WHERE d.id = $1 AND d.circuit_breaker_enabled
-			  AND ($2 OR NOT (k.state = 'closed' AND k.failure_count = 0 AND k.probe_delivery_id IS NULL)))
+// circuitGuardSQL fails its transaction (circuitGuardCode) when one of the
+// destinations in $1 has no circuit row yet, or has its breaker on with a
+// circuit its batch may move: an attempt of it failed ($2, by destination),
+// or the circuit is not clean (closed, no failures, no probe).
+const circuitGuardSQL = `SELECT CASE WHEN EXISTS (SELECT 1 FROM unnest($1::text[], $2::bool[]) AS g(dest, failed)
+		WHERE NOT EXISTS (SELECT 1 FROM destination_circuits WHERE destination_id = g.dest)
+		   OR EXISTS (SELECT 1 FROM destinations d JOIN destination_circuits k ON k.destination_id = d.id
+			WHERE d.id = g.dest AND d.circuit_breaker_enabled
+			  AND (g.failed OR NOT (k.state = 'closed' AND k.failure_count = 0 AND k.probe_delivery_id IS NULL))))
 	THEN hookstream_circuit_guard() ELSE 0 END`
 
 // circuitGuardCode is the SQLSTATE hookstream_circuit_guard raises (migration 0013).

@@ -138,19 +138,21 @@ func (e *Engine) notified() {
 }
 
 // finished returns n requests and b batches of a destination, and a lane
-// (when lane >= 0).
-func (e *Engine) finished(dest string, n, b, lane int) {
+// that tenant held (when lane >= 0).
+func (e *Engine) finished(dest, tenant string, n, b, lane int) {
 	e.mu.Lock()
 	if l := e.inflight[dest]; l != nil {
 		l.requests -= n
 		l.batches -= b
-		if lane >= 0 {
-			if e.tenantLanes[l.tenant]--; e.tenantLanes[l.tenant] <= 0 {
-				delete(e.tenantLanes, l.tenant)
-			}
-		}
 		if l.requests <= 0 && l.batches <= 0 {
 			delete(e.inflight, dest)
+		}
+	}
+	// The lane is the tenant's whether or not the destination's room was
+	// given back before (laneRun.sent).
+	if lane >= 0 {
+		if e.tenantLanes[tenant]--; e.tenantLanes[tenant] <= 0 {
+			delete(e.tenantLanes, tenant)
 		}
 	}
 	e.mu.Unlock()

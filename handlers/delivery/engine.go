@@ -129,6 +129,12 @@ type Engine struct {
 	// tenantLanes counts the lanes each tenant ("org/env") holds.
 	tenantLanes map[string]int
 	wake        chan struct{}
+
+	// the records waiting to be written together (recordGrouped)
+	groupMu   sync.Mutex
+	group     []*pendingRecord
+	groupJobs int
+	groupFull chan struct{}
 }
 
 // destLoad is what one destination holds right now: requests in flight and
@@ -183,7 +189,7 @@ func NewEngine(p EngineParams) *Engine {
 	e := &Engine{p: p, client: outbound.NewHTTPClient(p.Outbound), wlog: watermill.NewSlogLoggerWithLevelMapping(p.Log.With("component", "watermill"),
 		map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}),
 		lanes: make(chan int, p.Lanes), inflight: map[string]*destLoad{}, wake: make(chan struct{}, 1), held: map[string]int{},
-		tenantLanes: map[string]int{}}
+		tenantLanes: map[string]int{}, groupFull: make(chan struct{}, 1)}
 	for i := 0; i < p.Lanes; i++ {
 		e.lanes <- i
 	}

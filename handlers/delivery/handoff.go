@@ -18,14 +18,15 @@ import (
 // instead of waking the dispatcher for a claim. At low load that is one
 // statement and one round trip fewer per webhook, and no dispatcher hop.
 //
-// The room is reserved before the commit, from the same bounds a claim
-// uses (a destination's requests and lanes, the tenant's share of the
-// lanes, a free lane), and only while no due job is known to be waiting for
-// room (backlog): a backlog is served by claims, in due order, and new jobs
-// do not overtake it. A claim running meanwhile was sized on the room it
-// read before; it hands back what no longer fits (publish). What the database decides (a paused destination
-// or route, a circuit not closed) is checked in the insert itself; a job it
-// refuses is inserted unleased and claimed like any other.
+// The room is reserved before the commit, only for a destination with
+// nothing in flight, within the bounds a claim uses (a batch of at most 16,
+// the tenant's share of the lanes, a free lane), and only while no due job
+// is known to be waiting for room (backlog): a backlog is served by claims,
+// in due order, and new jobs do not overtake it. A claim running meanwhile
+// was sized on the room it read before; it hands back what no longer fits
+// (publish). What the database decides (a paused destination or route, a
+// circuit not closed) is checked in the insert itself; a job it refuses is
+// inserted unleased and claimed like any other.
 
 // handoffGroup is the jobs of one destination reserved on one lane.
 type handoffGroup struct {
@@ -69,8 +70,12 @@ func (e *Engine) Reserve(newJobs []jobs.NewJob) ([]bool, jobs.Ticket) {
 		g := byDest[j.DestinationID]
 		if g == nil {
 			tenant := j.OrgID + "/" + j.EnvID
-			load := e.inflight[j.DestinationID]
-			if load != nil && (load.requests >= e.p.PerDestination || load.batches >= e.maxBatches()) {
+			// Only to a destination with nothing in flight: a busy one is
+			// served by claims, which fill its lanes with larger batches
+			// (handed-off batches are one ingest commit's jobs, and a
+			// saturated run spent a third more PostgreSQL CPU per delivery
+			// recording many small ones).
+			if e.inflight[j.DestinationID] != nil {
 				continue
 			}
 			if e.tenantLanes[tenant] >= e.p.PerTenantLanes {
@@ -82,11 +87,8 @@ func (e *Engine) Reserve(newJobs []jobs.NewJob) ([]bool, jobs.Ticket) {
 			default:
 				continue // every lane busy
 			}
-			if load == nil {
-				load = &destLoad{tenant: tenant}
-				e.inflight[j.DestinationID] = load
-			}
-			load.batches++
+			load := &destLoad{tenant: tenant, batches: 1}
+			e.inflight[j.DestinationID] = load
 			e.tenantLanes[tenant]++
 			g = &handoffGroup{dest: j.DestinationID, tenant: tenant, lane: lane}
 			byDest[j.DestinationID] = g
@@ -147,10 +149,10 @@ func (h *handoff) Committed() bool {
 		if left := g.reserved - len(g.jobs); left > 0 {
 			all = false
 			if len(g.jobs) == 0 {
-				h.e.finished(g.dest, left, 1, g.lane)
+				h.e.finished(g.dest, g.tenant, left, 1, g.lane)
 				continue
 			}
-			h.e.finished(g.dest, left, 0, -1)
+			h.e.finished(g.dest, g.tenant, left, 0, -1)
 		}
 		for _, j := range g.jobs {
 			h.e.hold(j.DeliveryID)
@@ -164,7 +166,7 @@ func (h *handoff) Committed() bool {
 			// its shutdown) and the jobs are claimed again.
 			h.e.batches.Delete(msg.UUID)
 			h.e.release(g.jobs)
-			h.e.finished(g.dest, len(g.jobs), 1, g.lane)
+			h.e.finished(g.dest, g.tenant, len(g.jobs), 1, g.lane)
 			all = false
 			continue
 		}
@@ -177,6 +179,6 @@ func (h *handoff) Committed() bool {
 // Aborted implements jobs.Ticket: the insert did not commit.
 func (h *handoff) Aborted() {
 	for _, g := range h.groups {
-		h.e.finished(g.dest, g.reserved, 1, g.lane)
+		h.e.finished(g.dest, g.tenant, g.reserved, 1, g.lane)
 	}
 }

@@ -43,19 +43,37 @@ func (e *Engine) handleBatch(msg *message.Message) error {
 	lane, _ := strconv.Atoi(msg.Metadata.Get("lane"))
 	// Chained attempts are deliveries of this batch: they stay within its
 	// requests and lane.
-	defer e.finished(msg.Metadata.Get("destination_id"), len(batch), 1, lane)
+	run := &laneRun{dest: msg.Metadata.Get("destination_id"), tenant: tenantOf(batch[0]), lane: lane, requests: len(batch), batches: 1}
+	defer func() { e.finished(run.dest, run.tenant, run.requests, run.batches, run.lane) }()
 	// Recording must outlive a shutdown signal: the requests were made.
 	ctx := context.WithoutCancel(msg.Context())
 	for len(batch) > 0 {
-		batch = e.sendAndRecord(ctx, batch)
+		batch = e.sendAndRecord(ctx, batch, run)
 	}
 	return nil
+}
+
+// laneRun is what a lane's batch holds of its destination's room (requests,
+// batches) and the lane itself, until the batch finishes.
+type laneRun struct {
+	dest, tenant      string
+	lane              int
+	requests, batches int
+}
+
+// sent gives the destination's room back once the batch's requests are
+// done and nothing chains: recording them needs the lane, not the room.
+func (r *laneRun) sent(e *Engine) {
+	if r.requests > 0 || r.batches > 0 {
+		e.finished(r.dest, r.tenant, r.requests, r.batches, -1)
+		r.requests, r.batches = 0, 0
+	}
 }
 
 // sendAndRecord sends a batch and records its outcomes; it returns the
 // attempts to send next at once (retries due now whose jobs kept their
 // leases), none while the engine shuts down.
-func (e *Engine) sendAndRecord(ctx context.Context, batch []dispatchJob) []dispatchJob {
+func (e *Engine) sendAndRecord(ctx context.Context, batch []dispatchJob, run *laneRun) []dispatchJob {
 	results := e.sendInOrder(batch)
 	if e.sends.Err() != nil {
 		// Shut down past the grace period: requests cut off are not attempts.
@@ -74,7 +92,7 @@ func (e *Engine) sendAndRecord(ctx context.Context, batch []dispatchJob) []dispa
 		}
 	}
 	for try := 0; ; try++ {
-		next, err := e.complete(ctx, batch, results, !e.draining.Load() && e.sends.Err() == nil)
+		next, err := e.complete(ctx, batch, results, !e.draining.Load() && e.sends.Err() == nil, run)
 		if err == nil {
 			e.recorded(ctx, batch, results, len(next))
 			e.p.Metrics.Dispatched("chain", len(next))

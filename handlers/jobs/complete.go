@@ -118,3 +118,11 @@ func (r *Rows) Len() int { return len(r.id) }
 const PruneDoneSQL = `DELETE FROM delivery_jobs WHERE delivery_id IN (SELECT delivery_id FROM delivery_jobs
 	WHERE state = 'done' AND due_at < now() - interval '1 minute' LIMIT 10000 FOR UPDATE SKIP LOCKED)
 	AND state = 'done' AND due_at < now() - interval '1 minute'`
+
+// Merge appends o's rows to r.
+func (r *Rows) Merge(o Rows) {
+	r.id, r.state, r.attempt, r.trigger = append(r.id, o.id...), append(r.state, o.state...), append(r.attempt, o.attempt...), append(r.trigger, o.trigger...)
+	r.num, r.due, r.ver = append(r.num, o.num...), append(r.due, o.due...), append(r.ver, o.ver...)
+	r.auto, r.last, r.reopened = append(r.auto, o.auto...), append(r.last, o.last...), append(r.reopened, o.reopened...)
+	r.lease, r.destAt = append(r.lease, o.lease...), append(r.destAt, o.destAt...)
+}

@@ -29,6 +29,8 @@ type Metrics struct {
 	expiredPayloads *prometheus.CounterVec
 	reclaimedBytes  prometheus.Counter
 	dispatched      *prometheus.CounterVec
+	recordGroups    prometheus.Counter
+	groupedBatches  prometheus.Counter
 }
 
 // NewMetrics registers every metric; the database-derived ones (queue,
@@ -53,11 +55,15 @@ func NewMetrics(pool *pgxpool.Pool, log *slog.Logger) *Metrics {
 		dispatched: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hookstream_jobs_dispatched_total",
 			Help: "Delivery jobs this process's engine sent to its lanes, by how it got them: claim (the dispatcher claimed it), handoff (leased by this process's ingest in its own transaction), chain (a retry due at once, sent by the lane that recorded the failure)."},
 			[]string{"path"}),
+		recordGroups: prometheus.NewCounter(prometheus.CounterOpts{Name: "hookstream_record_groups_total",
+			Help: "Transactions that recorded lanes' batches of attempts together (the fast path); hookstream_record_group_batches_total / this is the batches per transaction."}),
+		groupedBatches: prometheus.NewCounter(prometheus.CounterOpts{Name: "hookstream_record_group_batches_total",
+			Help: "Lane batches recorded in those transactions."}),
 		apiDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "hookstream_http_request_duration_seconds",
 			Help: "API request latency by route template, method and status.", Buckets: prometheus.DefBuckets},
 			[]string{"route", "method", "code"}),
 	}
-	reg.MustRegister(m.deliveries, m.attemptDuration, m.ingestRequests, m.ingestBytes, m.apiDuration, m.expiredPayloads, m.reclaimedBytes, m.dispatched,
+	reg.MustRegister(m.deliveries, m.attemptDuration, m.ingestRequests, m.ingestBytes, m.apiDuration, m.expiredPayloads, m.reclaimedBytes, m.dispatched, m.recordGroups, m.groupedBatches,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&dbCollector{pool: pool, log: log})
 	return m
@@ -171,6 +177,14 @@ func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
 func (m *Metrics) Dispatched(path string, n int) {
 	if m != nil && n > 0 {
 		m.dispatched.WithLabelValues(path).Add(float64(n))
+	}
+}
+
+// RecordGroup counts one transaction that recorded batches lane batches.
+func (m *Metrics) RecordGroup(batches int) {
+	if m != nil {
+		m.recordGroups.Inc()
+		m.groupedBatches.Add(float64(batches))
 	}
 }
 

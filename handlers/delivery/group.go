@@ -1,0 +1,96 @@
+package delivery
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Grouped records: at low load every lane's batch is one webhook, and
+// recording it alone is a transaction, a commit and a round trip per
+// webhook. A lane that records a small batch waits up to groupWindow for
+// other lanes' records and writes them all in one pipeline (River's
+// completer batches the same way); a group of groupJobs jobs or more goes
+// at once, so under load, when batches are large, nothing waits. The wait
+// holds the lane, not the destination's room: a batch whose deliveries do
+// not chain gives its room back before it waits (laneRun.sent).
+const (
+	groupWindow = 8 * time.Millisecond
+	groupJobs   = 16
+)
+
+// pendingRecord is one batch's planned record, waiting in a group.
+type pendingRecord struct {
+	dest   string
+	failed bool
+	plan   completionPlan
+	jobs   int
+	done   chan recordDone
+}
+
+type recordDone struct {
+	kept map[string]bool
+	err  error
+}
+
+// errRecordAlone tells a batch its group failed: it records alone (the
+// failure may have been another batch's: a circuit to count, a stream
+// that moved).
+var errRecordAlone = errors.New("the group's record failed: record alone")
+
+// recordGrouped records p with whatever other lanes are recording: the
+// first batch of a group leads it, waits for the others (up to
+// groupWindow, or until the group holds groupJobs jobs, or not at all while
+// the engine drains) and writes the group; the others wait for its result.
+func (e *Engine) recordGrouped(ctx context.Context, p *pendingRecord) (map[string]bool, error) {
+	p.done = make(chan recordDone, 1)
+	e.groupMu.Lock()
+	e.group = append(e.group, p)
+	e.groupJobs += p.jobs
+	lead := len(e.group) == 1
+	if !lead && e.groupJobs >= groupJobs {
+		select {
+		case e.groupFull <- struct{}{}:
+		default:
+		}
+	}
+	e.groupMu.Unlock()
+	if !lead {
+		r := <-p.done
+		return r.kept, r.err
+	}
+	timer := time.NewTimer(groupWindow)
+	defer timer.Stop()
+	var group []*pendingRecord
+	for waited := false; ; {
+		e.groupMu.Lock()
+		if waited || e.groupJobs >= groupJobs || e.draining.Load() {
+			group, e.group, e.groupJobs = e.group, nil, 0
+			e.groupMu.Unlock()
+			break
+		}
+		e.groupMu.Unlock()
+		select {
+		case <-timer.C:
+			waited = true
+		case <-e.groupFull: // possibly a stale signal: the count is checked again
+		}
+	}
+	// The others hear of the result whatever happens (a panic included: they
+	// then record alone).
+	result := recordDone{err: errRecordAlone}
+	defer func() {
+		for _, q := range group[1:] {
+			q.done <- result
+		}
+	}()
+	kept, err := e.record(ctx, group)
+	if err == nil {
+		e.p.Metrics.RecordGroup(len(group))
+	}
+	if err != nil && len(group) > 1 {
+		err = errRecordAlone
+	}
+	result = recordDone{kept: kept, err: err}
+	return kept, err
+}
