@@ -1,0 +1,91 @@
+package delivery
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+
+	"github.com/hookstream/hookstream/handlers/jobs"
+	"github.com/hookstream/hookstream/internal/pgtest"
+)
+
+// load is what the engine holds of dest: requests, batches, the tenant's
+// lanes and the free lanes.
+func (e *Engine) load(dest, tenant string) (requests, batches, tenantLanes, free int) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if l := e.inflight[dest]; l != nil {
+		requests, batches = l.requests, l.batches
+	}
+	return requests, batches, e.tenantLanes[tenant], len(e.lanes)
+}
+
+// A hand-off reserves room only for an idle destination, within a batch;
+// a claim sized before that reservation publishes only what still fits and
+// hands back the rest; an aborted hand-off gives back all it reserved. The
+// engine's accounting ends where it began.
+func TestHandOffAndClaimShareADestinationsRoom(t *testing.T) {
+	pool := pgtest.NewPool(t)
+	e := NewEngine(EngineParams{Pool: pool, Lanes: 8, PerDestination: 32})
+	bus := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 16}, watermill.NopLogger{})
+	t.Cleanup(func() { _ = bus.Close() })
+	var pub message.Publisher = bus
+	e.bus.Store(&pub)
+	const dest, tenant = "dst", "org/env"
+	now := e.p.Now().UTC()
+	newJobs := make([]jobs.NewJob, 20)
+	for i := range newJobs {
+		newJobs[i] = jobs.NewJob{DeliveryID: "d" + string(rune('a'+i)), OrgID: "org", EnvID: "env", DestinationID: dest, Due: now.Add(-time.Second)}
+	}
+	newJobs[19].Due = now.Add(time.Hour) // not due: never handed over
+
+	take, ticket := e.Reserve(newJobs)
+	if ticket == nil {
+		t.Fatal("an idle engine reserved nothing")
+	}
+	taken := 0
+	for _, tk := range take {
+		if tk {
+			taken++
+		}
+	}
+	if taken != batchSize || take[19] {
+		t.Fatalf("reserved %d jobs (the one not due: %v), want one batch of %d", taken, take[19], batchSize)
+	}
+	if r, b, tl, free := e.load(dest, tenant); r != batchSize || b != 1 || tl != 1 || free != 7 {
+		t.Fatalf("after the reservation: %d requests, %d batches, tenant lanes %d, %d free lanes", r, b, tl, free)
+	}
+	if again, _ := e.Reserve(newJobs[:1]); again != nil {
+		t.Fatal("a destination with a reservation in flight got a second hand-off")
+	}
+
+	// A claim read the destination as idle (room 32) before the reservation.
+	claimed := make([]dispatchJob, 32)
+	for i := range claimed {
+		claimed[i] = dispatchJob{DeliveryID: "c" + string(rune('a'+i)), OrgID: "org", EnvID: "env", DestinationID: dest}
+		e.hold(claimed[i].DeliveryID)
+	}
+	handed, err := e.publish(context.Background(), bus, dest, claimed)
+	if err != nil || !handed {
+		t.Fatalf("publish = %v, %v; want the jobs that no longer fit handed back", handed, err)
+	}
+	if r, b, _, free := e.load(dest, tenant); r != batchSize+16 || b != 2 || free != 6 {
+		t.Fatalf("after the claim: %d requests, %d batches, %d free lanes; want the room of two batches of 16, no more", r, b, free)
+	}
+	e.heldMu.Lock()
+	stillHeld := len(e.held)
+	e.heldMu.Unlock()
+	if stillHeld != 16 {
+		t.Fatalf("%d claimed jobs held after the claim; want the 16 published (the rest handed back)", stillHeld)
+	}
+
+	ticket.Aborted()
+	e.finished(dest, tenant, 16, 1, 1) // the published batch ends (the reservation took lane 0, the claim lane 1)
+	if r, b, tl, free := e.load(dest, tenant); r != 0 || b != 0 || tl != 0 || free != 8 {
+		t.Fatalf("at the end: %d requests, %d batches, tenant lanes %d, %d free lanes; want all given back", r, b, tl, free)
+	}
+}
