@@ -1,12 +1,14 @@
 package delivery
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/hookstream/hookstream/handlers/jobs"
 	"github.com/hookstream/hookstream/internal/kit"
@@ -116,8 +118,15 @@ func (h *handoff) Lease() (time.Time, string, time.Duration) {
 }
 
 // Read implements jobs.Ticket: the jobs the insert leased, by destination.
-func (h *handoff) Read(rows pgx.Rows) {
+// The statement's own error (it then failed, and the transaction with it)
+// is returned; a row this process cannot read is not, so the webhook is
+// still stored: nothing is sent now, and the leases run out for claims.
+func (h *handoff) Read(rows pgx.Rows) error {
 	taken, err := h.e.scanClaimed(rows, h.at)
+	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) {
+		h.err = err
+		return err
+	}
 	for _, j := range taken {
 		for _, g := range h.groups {
 			if g.dest == j.DestinationID {
@@ -131,16 +140,25 @@ func (h *handoff) Read(rows pgx.Rows) {
 		}
 	}
 	if err != nil {
-		// Nothing is sent now: the leases run out and claims take the jobs.
-		h.e.p.Log.Error("hand-off of ingested jobs", "err", err)
+		h.e.p.Log.Error("hand-off of ingested jobs: not sent now, claimed once their leases run out", "err", err)
 		h.err = err
 	}
+	return nil
 }
 
 // Committed implements jobs.Ticket: each destination's leased jobs go to
 // the lane reserved for them; what was reserved and not leased is given back.
+//
+// Jobs are not sent when their rows could not be read, when the engine
+// began to stop, or when the commit took so long that less than half the
+// lease is left (the heartbeat, every third of it, might not extend it in
+// time, and another worker could claim the job while this one sends it):
+// their leases then run out and claims take them.
 func (h *handoff) Committed() bool {
-	if h.err != nil {
+	if late := h.e.p.Now().UTC().Sub(h.at) > h.e.p.LeaseTTL/2; h.err != nil || late || h.e.draining.Load() {
+		if late {
+			h.e.p.Log.Warn("ingest commit outlasted half the lease: its jobs are left to claims", "took", h.e.p.Now().UTC().Sub(h.at))
+		}
 		h.Aborted()
 		return false
 	}

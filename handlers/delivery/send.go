@@ -59,6 +59,9 @@ type laneRun struct {
 	dest, tenant      string
 	lane              int
 	requests, batches int
+	// released: the room went back (sent); the batch chains nothing more,
+	// since a chained attempt must hold it.
+	released bool
 }
 
 // sent gives the destination's room back once the batch's requests are
@@ -68,6 +71,7 @@ func (r *laneRun) sent(e *Engine) {
 		e.finished(r.dest, r.tenant, r.requests, r.batches, -1)
 		r.requests, r.batches = 0, 0
 	}
+	r.released = true
 }
 
 // sendAndRecord sends a batch and records its outcomes; it returns the

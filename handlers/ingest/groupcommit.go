@@ -197,8 +197,7 @@ func (g *groupCommitter) commitPipelined(ctx context.Context, batch []appendRequ
 			if err != nil {
 				return fmt.Errorf("insert jobs: %w", err)
 			}
-			ticket.Read(rows)
-			return rows.Err()
+			return ticket.Read(rows)
 		case len(newJobs) > 0:
 			if _, err := br.Exec(); err != nil {
 				return fmt.Errorf("insert jobs: %w", err)

@@ -87,9 +87,11 @@ func Lock(ctx context.Context, tx pgx.Tx, deliveryID string) (state string, leas
 
 // InsertTakeSQL is InsertSQL for an ingest whose own process sends some of
 // the new jobs itself (Handoff): a job marked in $12 is inserted already
-// leased to worker $13 until $1 + $14, unless it is not due yet or its
-// destination or route is paused or its circuit is not closed (the rules a
-// claim applies), and is returned as a claim returns it (claimedSelect).
+// leased to worker $13 until $1 + $14, unless it is not due yet, its
+// destination or route is paused, its circuit is not closed (the rules a
+// claim applies) or an older due job of its destination is waiting (new
+// jobs do not overtake a backlog), and is returned as a claim returns it
+// (claimedSelect).
 // The others are inserted unleased, for a claim to take. A job handed over
 // this way costs no claim: no statement of its own, no round trip, no
 // dispatcher wake-up.
@@ -101,7 +103,11 @@ var InsertTakeSQL = `WITH ins AS (
     FROM (SELECT v.*, v.tk AND v.due <= $1
                  AND NOT ` + PausedDestination("v.dst") + `
                  AND NOT ` + PausedRoute("v.c") + `
-                 AND NOT EXISTS (SELECT 1 FROM destination_circuits k WHERE k.destination_id = v.dst AND k.state <> 'closed') AS take
+                 AND NOT EXISTS (SELECT 1 FROM destination_circuits k WHERE k.destination_id = v.dst AND k.state <> 'closed')
+                 -- No older due job of the destination waits (a backlog held by
+                 -- a pause or an open circuit goes first, in due order).
+                 AND NOT EXISTS (SELECT 1 FROM delivery_jobs o WHERE o.destination_id = v.dst AND o.state = 'scheduled'
+                                 AND o.due_at <= $1 AND (o.lease_until IS NULL OR o.lease_until < $1)) AS take
           FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
                       $11::timestamptz[], $12::bool[]) AS v(d, o, e, ev, c, dst, r, a, tr, due, tk)) t
     ON CONFLICT (delivery_id) DO NOTHING
@@ -128,11 +134,12 @@ type Handoff interface {
 
 // Ticket follows one InsertTakeSQL: Lease gives its lease arguments, Read
 // reads its rows (inside the transaction's pipeline; a row it cannot read
-// is only not sent now: its lease runs out and a claim takes it), then
-// exactly one of Committed and Aborted.
+// is only not sent now: its lease runs out and a claim takes it; Read
+// returns only the statement's own error, which aborts the transaction),
+// then exactly one of Committed and Aborted.
 type Ticket interface {
 	Lease() (now time.Time, worker string, ttl time.Duration)
-	Read(rows pgx.Rows)
+	Read(rows pgx.Rows) error
 	// Committed sends the jobs read; it reports whether every job reserved
 	// was taken (else some may be due now and wait for a claim).
 	Committed() bool

@@ -1,0 +1,74 @@
+package jobs_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/hookstream/hookstream/handlers/jobs"
+	"github.com/hookstream/hookstream/internal/pgtest"
+)
+
+// InsertTakeSQL leases a new job to the ingest's worker only when a claim
+// could take it now: marked, due, its destination active, and no older due
+// job of that destination waiting (a backlog held by a pause goes first).
+func TestInsertTakeLeasesOnlyWhatAClaimWouldTake(t *testing.T) {
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	for _, q := range []string{
+		`INSERT INTO destinations (id, org_id, env_id, name, slug, url, status, created_at, updated_at) VALUES
+			('d1', 'o', 'e', 'one', 'one', 'http://127.0.0.1:1/', 'active', now(), now()),
+			('d2', 'o', 'e', 'two', 'two', 'http://127.0.0.1:1/', 'paused', now(), now())`,
+		`INSERT INTO sources (id, org_id, env_id, name, slug, status, created_at, updated_at) VALUES ('s', 'o', 'e', 's', 's', 'active', now(), now())`,
+		`INSERT INTO connections (id, org_id, env_id, source_id, destination_id, name, created_at, updated_at)
+			VALUES ('c1', 'o', 'e', 's', 'd1', 'one', now(), now()), ('c2', 'o', 'e', 's', 'd2', 'two', now(), now())`,
+		// d1's backlog: an older job, due and unleased (its destination was paused until now).
+		`INSERT INTO delivery_jobs (delivery_id, org_id, env_id, event_id, connection_id, destination_id, received_uuid,
+			state, attempt_id, attempt_number, trigger_type, due_at, version)
+			VALUES ('old', 'o', 'e', 'ev', 'c1', 'd1', gen_random_uuid(), 'scheduled', 'a-old', 1, 'initial', now() - interval '1 minute', 1)`,
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insert := func(id, conn, dest string, take bool) (leasedBy string) {
+		t.Helper()
+		now := time.Now().UTC()
+		job := jobs.NewJob{DeliveryID: id, OrgID: "o", EnvID: "e", EventID: "ev-" + id, ConnectionID: conn, DestinationID: dest,
+			ReceivedUUID: uuid.NewString(), AttemptID: "a-" + id, Trigger: "initial", Due: now.Add(-time.Millisecond)}
+		rows, err := pool.Query(ctx, jobs.InsertTakeSQL, jobs.InsertTakeArgs([]jobs.NewJob{job}, []bool{take}, now, "worker", time.Minute)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		var leased *string
+		if err := pool.QueryRow(ctx, `SELECT leased_by FROM delivery_jobs WHERE delivery_id = $1`, id).Scan(&leased); err != nil {
+			t.Fatal(err)
+		}
+		if leased == nil {
+			return ""
+		}
+		return *leased
+	}
+	if got := insert("behind-backlog", "c1", "d1", true); got != "" {
+		t.Errorf("a job behind its destination's due backlog was leased to %q", got)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE delivery_jobs SET lease_until = now() + interval '1 minute', leased_by = 'other'
+		WHERE destination_id = 'd1'`); err != nil {
+		t.Fatal(err)
+	}
+	if got := insert("taken", "c1", "d1", true); got != "worker" {
+		t.Errorf("a due job of an active destination with nothing waiting: leased to %q, want worker", got)
+	}
+	if got := insert("unmarked", "c1", "d1", false); got != "" {
+		t.Errorf("a job not marked for the hand-off was leased to %q", got)
+	}
+	if got := insert("paused", "c2", "d2", true); got != "" {
+		t.Errorf("a paused destination's job was leased to %q", got)
+	}
+}
