@@ -97,13 +97,15 @@ func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []
 	}
 	p := &pendingRecord{dest: batch[0].DestinationID, failed: failed, plan: plan, jobs: len(batch)}
 	var kept map[string]bool
-	if run != nil {
-		if len(plan.next) == 0 {
-			run.sent(e) // nothing chains: the destination's room is free while the record waits
-		}
+	// A batch that chains records at once, alone: its retries wait for the
+	// record, holding the destination's room (a wait there kept the
+	// destination busy, so the next webhooks were claimed, not handed off).
+	grouped := run != nil && len(plan.next) == 0
+	if grouped {
+		run.sent(e) // nothing chains: the destination's room is free while the record waits
 		kept, err = e.recordGrouped(ctx, p)
 	}
-	if run == nil || errors.Is(err, errRecordAlone) {
+	if !grouped || errors.Is(err, errRecordAlone) {
 		kept, err = e.record(ctx, []*pendingRecord{p})
 	}
 	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == circuitGuardCode {
