@@ -40,7 +40,7 @@ func runEndToEnd(b *testing.B, firstFails bool, rate int) {
 	api := httptest.NewServer(handlers.NewAPI(handlers.APIParams{Service: svc, Pool: pool, Log: logs, Metrics: metrics, MetricsOnAPI: true}))
 	defer api.Close()
 	engine := handlers.NewEngine(handlers.EngineParams{Pool: pool, Log: logs, Metrics: metrics, Outbound: loopbackOnly, Secrets: testKeyring})
-	engine.HandOffTo(svc)
+	svc.HandOff(engine)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- engine.Run(ctx) }()

@@ -75,7 +75,7 @@ func (h *harness) startEngine() {
 	engine := handlers.NewEngine(handlers.EngineParams{Pool: h.pool, LeaseTTL: time.Second, Poll: 50 * time.Millisecond, ReplayPoll: 20 * time.Millisecond, ShutdownGrace: time.Second,
 		Metrics: h.metrics, Log: slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Outbound: loopbackOnly, Secrets: testKeyring, ConfigChanged: h.svc.ForgetRoutes})
-	engine.HandOffTo(h.svc)
+	h.svc.HandOff(engine)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- engine.Run(ctx) }()

@@ -385,7 +385,7 @@ func startEngine(ctx context.Context, cfg serveConfig, p handlers.EngineParams, 
 		return done
 	}
 	engine := handlers.NewEngine(p)
-	engine.HandOffTo(svc)
+	svc.HandOff(engine) // ingest gives this engine the jobs it has room for
 	go func() { done <- engine.Run(ctx) }()
 	return done
 }

@@ -84,7 +84,7 @@ func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []
 	}
 	now := e.p.Now().UTC()
 	var holdUntil *time.Time
-	if chain && (run == nil || !run.released) { // a batch that gave its room back chains nothing
+	if chain && (run == nil || !run.released()) { // a batch that gave its room back chains nothing
 		until := now.Add(e.p.LeaseTTL)
 		holdUntil = &until
 	}

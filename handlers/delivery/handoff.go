@@ -49,10 +49,6 @@ type handoff struct {
 	partial bool
 }
 
-// HandOffTo makes i give this engine the new jobs it has room for (see
-// jobs.Handoff); i and the engine must share the database.
-func (e *Engine) HandOffTo(i interface{ HandOff(jobs.Handoff) }) { i.HandOff(e) }
-
 // Reserve implements jobs.Handoff.
 func (e *Engine) Reserve(newJobs []jobs.NewJob) ([]bool, jobs.Ticket) {
 	bus := e.bus.Load()
@@ -96,7 +92,7 @@ func (e *Engine) Reserve(newJobs []jobs.NewJob) ([]bool, jobs.Ticket) {
 			byDest[j.DestinationID] = g
 			h.groups = append(h.groups, g)
 		}
-		if g.reserved >= batchSize || e.inflight[j.DestinationID].requests >= e.p.PerDestination {
+		if g.reserved >= min(batchSize, e.p.PerDestination) {
 			continue
 		}
 		g.reserved++
@@ -155,9 +151,10 @@ func (h *handoff) Read(rows pgx.Rows) error {
 // time, and another worker could claim the job while this one sends it):
 // their leases then run out and claims take them.
 func (h *handoff) Committed() bool {
-	if late := h.e.p.Now().UTC().Sub(h.at) > h.e.p.LeaseTTL/2; h.err != nil || late || h.e.draining.Load() {
+	took := h.e.p.Now().UTC().Sub(h.at)
+	if late := took > h.e.p.LeaseTTL/2; h.err != nil || late || h.e.draining.Load() {
 		if late {
-			h.e.p.Log.Warn("ingest commit outlasted half the lease: its jobs are left to claims", "took", h.e.p.Now().UTC().Sub(h.at))
+			h.e.p.Log.Warn("ingest commit outlasted half the lease: its jobs are left to claims", "took", took)
 		}
 		h.Aborted()
 		return false

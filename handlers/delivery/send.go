@@ -59,10 +59,11 @@ type laneRun struct {
 	dest, tenant      string
 	lane              int
 	requests, batches int
-	// released: the room went back (sent); the batch chains nothing more,
-	// since a chained attempt must hold it.
-	released bool
 }
+
+// released reports whether the room went back (sent): the batch then
+// chains nothing more, since a chained attempt must hold it.
+func (r *laneRun) released() bool { return r.batches == 0 }
 
 // sent gives the destination's room back once the batch's requests are
 // done and nothing chains: recording them needs the lane, not the room.
@@ -71,7 +72,6 @@ func (r *laneRun) sent(e *Engine) {
 		e.finished(r.dest, r.tenant, r.requests, r.batches, -1)
 		r.requests, r.batches = 0, 0
 	}
-	r.released = true
 }
 
 // sendAndRecord sends a batch and records its outcomes; it returns the
