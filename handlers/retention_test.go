@@ -45,8 +45,9 @@ func TestRetentionExpiresFinishedPayloadsAndKeepsTheLog(t *testing.T) {
 		t.Fatalf("other tenant's source = %d %v", code, out)
 	}
 	theirs := h.ingest(out["source"].(map[string]any)["id"].(string), `{"theirs":true}`)
-	waitFor(t, 10*time.Second, "the deliveries and the failed first attempt", func() bool {
-		return ok.count() == 4 && len(h.attempts("event_id="+live)) == 1 && h.eventStatus(done[3]) == "delivered"
+	waitFor(t, 10*time.Second, "the deliveries, the failed first attempt and the other tenant's event listed", func() bool {
+		theirsListed, _ := h.do("GET", "/v1/events/"+theirs, other, nil)
+		return ok.count() == 4 && len(h.attempts("event_id="+live)) == 1 && h.eventStatus(done[3]) == "delivered" && theirsListed == 200
 	})
 	before := map[string]any{}
 	for _, id := range done {
