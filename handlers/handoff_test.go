@@ -147,3 +147,34 @@ func TestLanesRecordTogether(t *testing.T) {
 		t.Fatalf("%v batches recorded in %v transactions; want the %d batches in fewer transactions", batches, groups, dests)
 	}
 }
+
+// A manual retry's API call answers with the outcome, so its batch records
+// at once instead of waiting for other lanes' records to join it; the
+// webhook's first attempt, which nobody waits for, joins a group.
+func TestManualRetryRecordsAtOnce(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	s := newSink(t)
+	src, _ := h.route(s.srv.URL, nil, nil)
+	grouped := func(before map[string]float64) float64 {
+		return h.scrape()["hookstream_record_group_batches_total"] - before["hookstream_record_group_batches_total"]
+	}
+	before := h.scrape()
+	h.ingest(src, `{"n":1}`)
+	waitFor(t, 10*time.Second, "the webhook's attempt recorded", func() bool { return len(h.attempts("status=success")) == 1 })
+	if n := grouped(before); n != 1 {
+		t.Fatalf("the first attempt's batch recorded through %v groups; want 1", n)
+	}
+	first := h.attempts("status=success")[0]
+	before = h.scrape()
+	code, out := h.do("POST", "/v1/delivery-attempts/"+first["id"].(string)+"/retry", h.key, nil)
+	if code != 200 {
+		t.Fatalf("retry = %d %v", code, out)
+	}
+	if a := out["delivery_attempt"].(map[string]any); a["trigger_type"] != "manual" || a["status"] != "success" {
+		t.Fatalf("manual attempt = %v", a)
+	}
+	if n := grouped(before); n != 0 {
+		t.Fatalf("the manual retry's batch waited in a group (%v); want it recorded alone, at once", n)
+	}
+}

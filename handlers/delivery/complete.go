@@ -100,7 +100,8 @@ func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []
 	// A batch that chains records at once, alone: its retries wait for the
 	// record, holding the destination's room (a wait there kept the
 	// destination busy, so the next webhooks were claimed, not handed off).
-	grouped := run != nil && len(plan.next) == 0
+	// So does a manual retry: its API call waits for the outcome.
+	grouped := run != nil && len(plan.next) == 0 && !plan.awaited
 	if grouped {
 		run.sent(e) // nothing chains: the destination's room is free while the record waits
 		kept, err = e.recordGrouped(ctx, p)
@@ -222,6 +223,8 @@ type completionPlan struct {
 	// next are the attempts due at once whose jobs keep their leases (only
 	// with holdUntil set): the caller sends them itself.
 	next []dispatchJob
+	// awaited: a manual retry is recorded, whose API call waits for it.
+	awaited bool
 }
 
 // planCompletion folds each delivery with its attempt's result.
@@ -251,6 +254,9 @@ func planCompletion(batch []dispatchJob, results []domain.DeliveryAttempted, str
 		for k, dec := range decided {
 			if dec.Type == domain.EvMovedToDLQ {
 				return completionPlan{deadLetter: true}, nil
+			}
+			if a, ok := dec.Payload.(domain.DeliveryAttempted); ok && a.TriggerType == domain.TriggerManual {
+				plan.awaited = true
 			}
 			raw, err := json.Marshal(dec.Payload)
 			if err != nil {

@@ -9,13 +9,23 @@ import (
 // Grouped records: at low load every lane's batch is one webhook, and
 // recording it alone is a transaction, a commit and a round trip per
 // webhook. A lane that records a small batch waits up to groupWindow for
-// other lanes' records and writes them all in one pipeline (River's
-// completer batches the same way); a group of groupJobs jobs or more goes
+// other lanes' records and writes them all in one pipeline, as River's
+// completer batches its completions; a group of groupJobs jobs or more goes
 // at once, so under load, when batches are large, nothing waits. The wait
 // holds the lane, not the destination's room: a batch whose deliveries do
-// not chain gives its room back before it waits (laneRun.sent).
+// not chain gives its room back before it waits (laneRun.sent), and a
+// group holds at most about groupJobs lanes of the 64.
+//
+// The wait delays the record, not the delivery: the request has been
+// answered, and what waits is the attempt's event, its job row and, after
+// them, the read models. A batch someone waits for (a manual retry, whose
+// API call answers with the outcome) and a batch whose retries chain
+// record at once (completeTx). At 150 webhooks/s, 2,000 webhooks, a window
+// of 8 ms made 0.52 record transactions per webhook and 13,600 statements
+// in all; 100 ms made 0.07 and 9,600 (River's completer, in the same
+// setting, wrote 54 completions for 2,000 jobs).
 const (
-	groupWindow = 8 * time.Millisecond
+	groupWindow = 100 * time.Millisecond
 	groupJobs   = 16
 )
 
