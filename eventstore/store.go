@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -309,6 +310,15 @@ const selectColumns = `global_position, transaction_id::text::bigint, event_id, 
 const selectColumnsWithoutMetadata = `global_position, transaction_id::text::bigint, event_id, stream_type, stream_id, stream_version,
 	event_type, schema_version, payload, NULL::jsonb, org_id, env_id, recorded_at`
 
+// The select columns with each EventReceived's ReceivedPayloadFields left
+// out of its payload (RangeQuery.WithoutBodies).
+var (
+	payloadWithoutBodies = `CASE WHEN event_type = 'EventReceived' THEN payload - '{` + strings.Join(ReceivedPayloadFields, ",") +
+		`}'::text[] ELSE payload END`
+	selectColumnsWithoutBodies           = strings.Replace(selectColumns, " payload,", " "+payloadWithoutBodies+",", 1)
+	selectColumnsWithoutMetadataOrBodies = strings.Replace(selectColumnsWithoutMetadata, " payload,", " "+payloadWithoutBodies+",", 1)
+)
+
 func scanEvent(row pgx.Row) (Event, error) {
 	var e Event
 	var txid int64
@@ -402,7 +412,16 @@ type RangeQuery struct {
 	// WithoutMetadata leaves Metadata empty (a consumer that does not use
 	// it skips decoding it).
 	WithoutMetadata bool
+	// WithoutBodies returns each EventReceived without the webhook's body,
+	// headers and query (ReceivedPayloadFields): a reader that keeps none of
+	// them (the read models) does not pull every body through the wire and
+	// its JSON decoder. Other events are whole.
+	WithoutBodies bool
 }
+
+// ReceivedPayloadFields are the EventReceived fields WithoutBodies leaves
+// out: the webhook as it was sent, up to the ingest body limit.
+var ReceivedPayloadFields = []string{"body_b64", "headers", "headers_b64", "query", "raw_query", "raw_query_b64"}
 
 // ReadRange returns up to q.Limit events after q.After in commit order,
 // below the commit-safe horizon (as ReadAll), filtered by q.
@@ -414,6 +433,12 @@ func ReadRange(ctx context.Context, db DBTX, q RangeQuery) ([]Event, error) {
 	cols := selectColumns
 	if q.WithoutMetadata {
 		cols = selectColumnsWithoutMetadata
+	}
+	if q.WithoutBodies {
+		cols = selectColumnsWithoutBodies
+		if q.WithoutMetadata {
+			cols = selectColumnsWithoutMetadataOrBodies
+		}
 	}
 	evs, err := collect(db.Query(ctx, `SELECT `+cols+` FROM events
 		WHERE (transaction_id, global_position) > ($1::text::xid8, $2)

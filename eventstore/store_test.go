@@ -635,3 +635,59 @@ func TestSubscriptionEndsWhenItsContextEnds(t *testing.T) {
 		t.Fatal("the subscription's channel is still open 10 s after its context ended")
 	}
 }
+
+// WithoutBodies leaves an EventReceived's body, headers and query out of
+// its payload and keeps every other field, and every other event, whole.
+func TestReadRangeWithoutBodies(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	s := eventstore.New(nil)
+	received := map[string]any{"event_id": "evt_1", "source_id": "src_1", "body_b64": "eyJhIjoxfQ==", "body_size": 7, "deliveries": 1,
+		"headers": map[string][]string{"X-A": {"1"}}, "headers_b64": map[string][]string{"X-B": {"Ag=="}}, "query": map[string][]string{"q": {"1"}},
+		"raw_query": "q=1", "raw_query_b64": "cT0x"}
+	other := map[string]any{"body_b64": "kept", "headers": "kept", "status": "success"}
+	if _, err := s.AppendMany(ctx, pool, appendTo("evt_1", eventstore.NoStream, ev("EventReceived", received)),
+		appendTo("dlv_1", eventstore.NoStream, ev("DeliveryAttempted", other))); err != nil {
+		t.Fatal(err)
+	}
+	read := func(q eventstore.RangeQuery) map[string]map[string]any {
+		t.Helper()
+		q.UntilTx, q.Limit = -1, 10
+		var evs []eventstore.Event
+		// Readable once every transaction older than the append's has ended
+		// (the commit-safe horizon spans the cluster's other tests).
+		waitFor(t, 10*time.Second, "both events readable", func() bool {
+			var err error
+			if evs, err = eventstore.ReadRange(ctx, pool, q); err != nil {
+				t.Fatal(err)
+			}
+			return len(evs) == 2
+		})
+		out := map[string]map[string]any{}
+		for _, e := range evs {
+			var p map[string]any
+			if err := json.Unmarshal(e.Payload, &p); err != nil {
+				t.Fatal(err)
+			}
+			out[e.Type] = p
+			if !q.WithoutMetadata && e.Metadata.Actor != "test" {
+				t.Errorf("%s metadata = %+v", e.Type, e.Metadata)
+			}
+		}
+		return out
+	}
+	for _, meta := range []bool{false, true} {
+		got := read(eventstore.RangeQuery{WithoutBodies: true, WithoutMetadata: meta})
+		want := map[string]any{"event_id": "evt_1", "source_id": "src_1", "body_size": float64(7), "deliveries": float64(1)}
+		if fmt.Sprint(got["EventReceived"]) != fmt.Sprint(want) {
+			t.Errorf("EventReceived without bodies (without metadata %v) = %v; want %v", meta, got["EventReceived"], want)
+		}
+		if fmt.Sprint(got["DeliveryAttempted"]) != fmt.Sprint(other) {
+			t.Errorf("another event without bodies = %v; want it whole, %v", got["DeliveryAttempted"], other)
+		}
+	}
+	if whole := read(eventstore.RangeQuery{}); len(whole["EventReceived"]) != len(received) {
+		t.Errorf("EventReceived read whole = %v", whole["EventReceived"])
+	}
+}

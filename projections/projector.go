@@ -20,7 +20,11 @@ import (
 // Projection is one read model the projector keeps: its consumer group
 // (whose offset row it advances), the event types it uses, and the pure
 // function that folds one event into statements (the same function rebuild
-// applies, so live and rebuilt read models are equal).
+// applies, so live and rebuilt read models are equal). The projector reads
+// each EventReceived without the webhook's body, headers and query
+// (eventstore.ReceivedPayloadFields): no read model keeps them (GET
+// /v1/events/{id} reads them from the log), and reading them back was the
+// projector's largest cost with large bodies.
 type Projection struct {
 	Group string
 	Types []string
@@ -206,7 +210,7 @@ func (pr *Projector) Step(ctx context.Context) (int, error) {
 		if from == nil {
 			return nil
 		}
-		evs, err := eventstore.ReadRange(ctx, tx, eventstore.RangeQuery{After: *from, Limit: pr.limit, UntilTx: -1, WithoutMetadata: true})
+		evs, err := eventstore.ReadRange(ctx, tx, eventstore.RangeQuery{After: *from, Limit: pr.limit, UntilTx: -1, WithoutMetadata: true, WithoutBodies: true})
 		if err != nil {
 			return err
 		}
