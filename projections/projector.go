@@ -56,11 +56,16 @@ type ProjectorParams struct {
 	// MaxIdle is the longest wait between reads when the log is quiet
 	// (default 1s); Wake cuts a wait short.
 	MaxIdle time.Duration
-	// Pace is the wait after a batch that was not full (default 100ms),
+	// Pace is the wait after a batch that was not full (default 200ms),
 	// which Wake does not cut short: a trickle of events is folded in
 	// batches, not one transaction per event. It delays the read models by
-	// at most this much. At 150 webhooks/s, 50 ms against 100 ms: 9,640
-	// against 8,420 statements per 2,000 webhooks.
+	// at most this much. It is twice the delivery handler's record window
+	// (100 ms), so most deliveries' attempts land in the batch that holds
+	// their webhook: their attempt and event rows are written once, not
+	// inserted pending and then updated. At 150 webhooks/s, 2,000 webhooks
+	// (make profile): 50 ms, 9,640 statements in all; 100 ms, 8,420, with
+	// half the attempts written twice; 200 ms, 3.8 statements per webhook
+	// against 4.2, 0.12 attempts written twice, 14% less statement time.
 	Pace time.Duration
 	// Wake tells waiting retries that attempts were projected (default: a
 	// notifier of its own on Pool).
@@ -111,7 +116,7 @@ func NewProjector(p ProjectorParams) *Projector {
 		p.MaxIdle = time.Second
 	}
 	if p.Pace <= 0 {
-		p.Pace = 100 * time.Millisecond
+		p.Pace = 200 * time.Millisecond
 	}
 	if p.Wake == nil {
 		p.Wake = wake.New(p.Pool)
