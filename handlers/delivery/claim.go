@@ -254,7 +254,7 @@ func (e *Engine) scanClaimed(rows pgx.Rows, claimedAt time.Time) ([]dispatchJob,
 			rows.Close()
 			return nil, fmt.Errorf("scan claimed job: %w", err)
 		}
-		j.ClaimedAt = claimedAt
+		j.ClaimedAt, j.Manual = claimedAt, trigger == domain.TriggerManual
 		if destAt != nil {
 			j.DestUpdatedAt = *destAt
 		}

@@ -101,7 +101,7 @@ func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []
 	// record, holding the destination's room (a wait there kept the
 	// destination busy, so the next webhooks were claimed, not handed off).
 	// So does a manual retry: its API call waits for the outcome.
-	grouped := run != nil && len(plan.next) == 0 && !plan.awaited
+	grouped := run != nil && len(plan.next) == 0 && !anyManual(batch)
 	if grouped {
 		run.sent(e) // nothing chains: the destination's room is free while the record waits
 		kept, err = e.recordGrouped(ctx, p)
@@ -223,8 +223,6 @@ type completionPlan struct {
 	// next are the attempts due at once whose jobs keep their leases (only
 	// with holdUntil set): the caller sends them itself.
 	next []dispatchJob
-	// awaited: a manual retry is recorded, whose API call waits for it.
-	awaited bool
 }
 
 // planCompletion folds each delivery with its attempt's result.
@@ -254,9 +252,6 @@ func planCompletion(batch []dispatchJob, results []domain.DeliveryAttempted, str
 		for k, dec := range decided {
 			if dec.Type == domain.EvMovedToDLQ {
 				return completionPlan{deadLetter: true}, nil
-			}
-			if a, ok := dec.Payload.(domain.DeliveryAttempted); ok && a.TriggerType == domain.TriggerManual {
-				plan.awaited = true
 			}
 			raw, err := json.Marshal(dec.Payload)
 			if err != nil {
@@ -298,7 +293,7 @@ func chained(j dispatchJob, d *domain.Delivery, now time.Time, holdUntil *time.T
 	if !ok {
 		return dispatchJob{}, false
 	}
-	j.AttemptID, j.AttemptNumber, j.Version, j.State = n.ID, n.Number, d.Version(), &st
+	j.AttemptID, j.AttemptNumber, j.Version, j.State, j.Manual = n.ID, n.Number, d.Version(), &st, n.Trigger == domain.TriggerManual
 	return j, true
 }
 
@@ -411,4 +406,15 @@ const circuitGuardCode = "HS412"
 // planning off the first deliveries.
 func HotStatements() []string {
 	return []string{jobs.ClaimSQL, jobs.UpdateSQL, jobs.ReleaseSQL, circuitGuardSQL, eventstore.AppendSQL}
+}
+
+// anyManual reports whether the batch holds a manual retry: its API call
+// waits for the outcome.
+func anyManual(batch []dispatchJob) bool {
+	for _, j := range batch {
+		if j.Manual {
+			return true
+		}
+	}
+	return false
 }

@@ -52,6 +52,9 @@ type dispatchJob struct {
 	// State is the delivery as its job row describes it, when the row has a
 	// snapshot: recording the attempt then needs no stream load.
 	State *domain.DeliveryState `json:"-"`
+	// Manual is a manual retry's attempt: its API call waits for the
+	// outcome, so it is recorded and projected without waiting for company.
+	Manual bool `json:"-"`
 }
 
 func (e *Engine) dispatch(ctx context.Context, bus message.Publisher) {

@@ -89,3 +89,27 @@ func TestHandOffAndClaimShareADestinationsRoom(t *testing.T) {
 		t.Fatalf("at the end: %d requests, %d batches, tenant lanes %d, %d free lanes; want all given back", r, b, tl, free)
 	}
 }
+
+// A forming record group goes at once when it holds groupJobs jobs or a
+// quarter of the lanes a tenant may hold: each waiting batch holds a lane,
+// and with few lanes a full window's wait would leave none free.
+func TestRecordGroupGoesBeforeItHoldsTooManyLanes(t *testing.T) {
+	pool := pgtest.NewPool(t)
+	for _, c := range []struct {
+		lanes, batches, jobs int
+		due                  bool
+	}{
+		{lanes: 64, batches: 11, jobs: 11, due: false}, // a tenant may hold 48 lanes: 12 wait at most
+		{lanes: 64, batches: 12, jobs: 12, due: true},
+		{lanes: 64, batches: 2, jobs: groupJobs, due: true},
+		{lanes: 8, batches: 1, jobs: 1, due: true}, // 6 lanes a tenant: one batch is a quarter already
+		{lanes: 16, batches: 2, jobs: 2, due: false},
+		{lanes: 16, batches: 3, jobs: 3, due: true},
+	} {
+		e := NewEngine(EngineParams{Pool: pool, Lanes: c.lanes})
+		e.group, e.groupJobs = make([]*pendingRecord, c.batches), c.jobs
+		if got := e.groupDue(); got != c.due {
+			t.Errorf("%d lanes, a group of %d batches (%d jobs): due %v, want %v", c.lanes, c.batches, c.jobs, got, c.due)
+		}
+	}
+}

@@ -144,7 +144,11 @@ func (e *Engine) sendInOrder(batch []dispatchJob) []domain.DeliveryAttempted {
 // dispatcher when a retry not chained may be due at once), tells the API a
 // destination went away, counts and logs each attempt.
 func (e *Engine) recorded(ctx context.Context, batch []dispatchJob, results []domain.DeliveryAttempted, chained int) {
-	e.projector.Wake()
+	if anyManual(batch) {
+		e.projector.Hurry() // its API call waits for the projected attempt
+	} else {
+		e.projector.Wake()
+	}
 	if failed(results) > chained {
 		e.poke()
 	}
