@@ -214,11 +214,21 @@ func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, fullT
 	}
 	defaultRoom := min(e.p.PerDestination, e.maxBatches()*batchSize)
 	claimedAt := e.p.Now().UTC()
-	rows, err := e.p.Pool.Query(ctx, jobs.ClaimSQL, claimedAt, limit, dests, rooms, defaultRoom, only, e.p.WorkerID, e.p.LeaseTTL, e.lastDest, fullTenants)
-	if err != nil {
-		return nil, fmt.Errorf("claim jobs: %w", err)
-	}
-	batch, err := e.scanClaimed(rows, claimedAt)
+	// On its generic plan (kit.SendTx): left to choose, PostgreSQL planned
+	// the claim afresh on each of its first calls on every connection (2.6
+	// ms a plan, against about 1 ms to run it).
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(jobs.ClaimSQL, claimedAt, limit, dests, rooms, defaultRoom, only, e.p.WorkerID, e.p.LeaseTTL, e.lastDest, fullTenants)
+	var batch []dispatchJob
+	err := kit.SendTx(ctx, e.p.Pool, false, b, func(br pgx.BatchResults) error {
+		rows, err := br.Query()
+		if err != nil {
+			return fmt.Errorf("claim jobs: %w", err)
+		}
+		batch, err = e.scanClaimed(rows, claimedAt)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
