@@ -31,16 +31,7 @@ func appendTo(stream string, expected int64, evs ...eventstore.NewEvent) eventst
 }
 
 // waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+var waitFor = pgtest.WaitFor
 
 func TestAppendAndLoad(t *testing.T) {
 	t.Parallel()

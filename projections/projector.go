@@ -57,9 +57,9 @@ type ProjectorParams struct {
 	// (default 1s); Wake cuts a wait short.
 	MaxIdle time.Duration
 	// Pace is the wait after a batch that was not full (default 200ms),
-	// which Wake does not cut short (Hurry does): a trickle of events is folded in
-	// batches, not one transaction per event. It delays the read models by
-	// at most this much. It is twice the delivery handler's record window
+	// which Wake does not cut short (Hurry does): a trickle of events is
+	// folded in batches, not one transaction per event. It delays the read
+	// models by at most this much. It is twice the delivery handler's record window
 	// (100 ms), so most deliveries' attempts land in the batch that holds
 	// their webhook: their attempt and event rows are written once, not
 	// inserted pending and then updated. At 150 webhooks/s, 2,000 webhooks:

@@ -38,20 +38,9 @@ func TestHurryCutsTheProjectorsPace(t *testing.T) {
 		}
 	}
 	note("first")
-	waitFor(t, 10*time.Second, "the first event projected (the projector polls from 1 ms when it starts)", func() bool { return seen.Load() == 1 })
+	pgtest.WaitFor(t, 10*time.Second, "the first event projected (the projector polls from 1 ms when it starts)", func() bool { return seen.Load() == 1 })
 	// Now it waits an hour after that batch; only Hurry cuts that short.
 	note("second")
 	pr.Hurry()
-	waitFor(t, 10*time.Second, "the second event projected after Hurry", func() bool { return seen.Load() == 2 })
-}
-
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	pgtest.WaitFor(t, 10*time.Second, "the second event projected after Hurry", func() bool { return seen.Load() == 2 })
 }

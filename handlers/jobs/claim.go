@@ -21,8 +21,9 @@ package jobs
 // for every such entry on every claim (34-146 heap fetches per claim in a
 // saturated run, growing with the backlog of finished jobs).
 //
-// The claim commits without waiting for its WAL flush (synchronous_commit
-// off, local to its transaction): a lease is visible to every other claim at
+// The claim commits without waiting for its WAL flush (its caller runs it
+// in kit.SendTx with durable false: synchronous_commit off, local to its
+// transaction, and the generic plan): a lease is visible to every other claim at
 // once, and is only lost if PostgreSQL itself crashes within the flush
 // delay, when the job is claimed again after the restart and sent again
 // with the same attempt id and Idempotency-Key: the at-least-once any crash
@@ -70,7 +71,6 @@ WITH RECURSIVE dests AS (
         j.trigger_type, j.auto_retries, j.last_number, j.reopened
 )
 ` + claimedSelect + `
-CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async
 ORDER BY u.destination_id, u.due_at`
 
 // claimedSelect reads what a lane needs of each job in u (leased jobs, with
