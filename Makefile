@@ -52,7 +52,7 @@ idle: build ## CPU of engine + PostgreSQL over 20 s without traffic, against Riv
 chaos: ## seeded faults (engine kills, PostgreSQL crashes, hanging destinations) then the invariants; SEED, DURATION
 	HOOKSTREAM_CHAOS_SEED=$(SEED) HOOKSTREAM_CHAOS_DURATION=$(DURATION) $(GO) test -race -count=1 -timeout 60m -run '^TestChaos$$' -v ./cmd/hookstream/
 
-retention-soak: build ## steady RATE webhooks/s for MINUTES with a 5-minute payload retention: rate, disk, memory, API latency per 5 min
+retention-soak: build ## steady RATE webhooks/s for MINUTES, payloads kept 5 min, history HISTORY_MINUTES (10): rate, disk, memory, API latency per 5 min
 	BENCH=$(BENCH) internal/bench/retention-soak.sh $(BIN) $(RATE) $(MINUTES) retention-soak
 
 soak: build ## 100,000 webhooks: rate per tenth and table sizes

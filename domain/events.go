@@ -60,6 +60,7 @@ const (
 	EvReplayFailed    = "ReplayFailed"
 	EvReplayCancelled = "ReplayCancelled"
 	EvPayloadsExpired = "PayloadsExpired"
+	EvHistoryExpired  = "HistoryExpired"
 )
 
 // EventTypes is every event type above (a test keeps the list complete).
@@ -71,6 +72,7 @@ var EventTypes = []string{
 	EvDestinationDisabled, EvCircuitOpened, EvCircuitHalfOpened, EvCircuitClosed,
 	EvIssueOpened, EvIssueRecurred, EvIssueUpdated, EvIssueResolved,
 	EvReplayRequested, EvReplayReleased, EvReplayFailed, EvReplayCancelled, EvPayloadsExpired,
+	EvHistoryExpired,
 }
 
 // PayloadsExpired records one retention pass over an environment: the
@@ -85,6 +87,23 @@ type PayloadsExpired struct {
 	Bytes     int64     `json:"bytes"`
 	Archive   string    `json:"archive,omitempty"`
 	ExpiredAt time.Time `json:"expired_at"`
+}
+
+// HistoryExpired records one batch of a history pass over an environment
+// that bounds its history: Webhooks webhooks received before Before, every
+// one finished, were removed whole with their Deliveries deliveries (LogRows
+// events in all, From and To the first and last position), from the log and
+// the read models. Archive names the NDJSON file that kept them first, if
+// the environment archives.
+type HistoryExpired struct {
+	Before     time.Time `json:"before"`
+	Webhooks   int       `json:"webhooks"`
+	Deliveries int       `json:"deliveries"`
+	LogRows    int       `json:"log_rows"`
+	From       int64     `json:"from_position"`
+	To         int64     `json:"to_position"`
+	Archive    string    `json:"archive,omitempty"`
+	ExpiredAt  time.Time `json:"expired_at"`
 }
 
 // Attempt statuses and trigger types of the delivery_attempt object.

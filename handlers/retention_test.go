@@ -285,3 +285,210 @@ func TestRetentionArchivesBeforeItExpires(t *testing.T) {
 		t.Fatalf("archive holds %d lines, %d webhooks with their bodies:\n%s", len(lines), found, raw)
 	}
 }
+
+// History retention removes each finished webhook whole once its newest
+// event is older than the environment's history retention: its event, its
+// deliveries' streams and every read-model row of them, in the log and the
+// lists (totals included), and records a HistoryExpired event. A webhook
+// whose delivery is still scheduled is held and removed once it finished;
+// another environment (no history retention) keeps everything; only the
+// pass may delete events, and only in an environment that bounds its
+// history; read models rebuilt afterwards equal the live ones.
+func TestHistoryRetentionRemovesFinishedWebhooksWhole(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	ok, failing := newSink(t), newSink(t, 500, 500, 500)
+	srcDone, _ := h.route(ok.srv.URL, nil, nil)
+	srcLive, _ := h.route(failing.srv.URL, map[string]any{"retry_intervals": []int{3600}, "retry_backoff_type": "fixed",
+		"circuit_breaker_enabled": false}, nil)
+	var done []string
+	for i := 0; i < 5; i++ {
+		done = append(done, h.ingest(srcDone, fmt.Sprintf(`{"n":%d}`, i)))
+	}
+	live := h.ingest(srcLive, `{"still":"retrying"}`)
+	other := newKey(t, h.pool, "")
+	code, out := h.do("POST", "/v1/sources", other, map[string]any{"name": "theirs"})
+	if code != 201 {
+		t.Fatalf("other tenant's source = %d %v", code, out)
+	}
+	theirs := h.ingest(out["source"].(map[string]any)["id"].(string), `{"theirs":true}`)
+	waitFor(t, 10*time.Second, "the deliveries and the failed first attempt listed", func() bool {
+		theirsListed, _ := h.do("GET", "/v1/events/"+theirs, other, nil)
+		return ok.count() == 5 && len(h.attempts("event_id="+live)) == 1 && h.eventStatus(done[4]) == "delivered" && theirsListed == 200
+	})
+	// One removed attempt is retried by hand first: its webhook goes with
+	// the retry's events.
+	doneAttempt := h.attempts("event_id=" + done[0])[0]["id"].(string)
+	if code, out := h.do("POST", "/v1/delivery-attempts/"+doneAttempt+"/retry", h.key, nil); code != 200 {
+		t.Fatalf("manual retry = %d %v", code, out)
+	}
+	totalBefore := h.eventCount("")
+	if totalBefore != 6 {
+		t.Fatalf("events listed = %d, want 6", totalBefore)
+	}
+
+	_, sess := h.do("GET", "/v1/auth/session", h.key, nil)
+	envID := sess["env_id"].(string)
+	for _, bad := range []any{-1, 0.0001, 3651, "7"} {
+		if code, out := h.do("PATCH", "/v1/environments/"+envID, h.key, map[string]any{"history_retention_days": bad}); code != 400 {
+			t.Errorf("history_retention_days %v = %d %v, want 400", bad, code, out)
+		}
+	}
+	// Before it is set, nothing is removed.
+	later := func() time.Time { return time.Now().Add(2 * time.Minute) }
+	pass := func(now func() time.Time) retention.EnvReport {
+		t.Helper()
+		rep, err := retention.New(retention.Params{Pool: h.pool, Now: now, HistoryBatch: 2}).Run(ctx)
+		if err != nil || !rep.Ran {
+			t.Fatalf("retention pass = %+v %v", rep, err)
+		}
+		var mine retention.EnvReport
+		for _, e := range rep.Envs {
+			if e.EnvID == envID {
+				mine = e
+			} else if e.Webhooks != 0 || e.HistoryRetentionSeconds != nil {
+				t.Errorf("environment %s (history kept) lost webhooks: %+v", e.EnvID, e)
+			}
+		}
+		return mine
+	}
+	if rep := pass(later); rep.Webhooks != 0 || rep.HistoryRetentionSeconds != nil {
+		t.Fatalf("pass without history retention = %+v", rep)
+	}
+	if code, out := h.do("PATCH", "/v1/environments/"+envID, h.key, map[string]any{"history_retention_days": 0.0007}); code != 200 ||
+		out["environment"].(map[string]any)["history_retention_days"] == nil {
+		t.Fatalf("PATCH history retention = %d %v", code, out)
+	}
+	h.quietExcept(10*time.Second, 1)
+	listsBefore := h.dump("/v1/delivery-attempts", "delivery_attempts")
+
+	rep := pass(later)
+	// 5 webhooks, 5 deliveries; events: 5 × (received, requested,
+	// attempted) + the manual retry's requested and attempted.
+	if rep.Webhooks != 5 || rep.Deliveries != 5 || rep.LogRows != 17 || rep.WebhooksHeld != 1 || rep.OldestEventAt == nil {
+		t.Fatalf("history pass = %+v", rep)
+	}
+	var left int
+	if err := h.pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE stream_id = ANY($1) OR payload->>'event_id' = ANY($1)`, done).Scan(&left); err != nil || left != 0 {
+		t.Fatalf("%d events of removed webhooks left in the log (%v)", left, err)
+	}
+	for _, table := range []string{"events_view WHERE id", "delivery_attempts WHERE event_id", "projected_deliveries WHERE event_id",
+		"event_delivery_outcomes WHERE event_id"} {
+		if err := h.pool.QueryRow(ctx, `SELECT count(*) FROM `+table+` = ANY($1)`, done).Scan(&left); err != nil || left != 0 {
+			t.Fatalf("%d rows of removed webhooks left in %s (%v)", left, table, err)
+		}
+	}
+	for _, id := range done {
+		if code, out := h.do("GET", "/v1/events/"+id, h.key, nil); code != 404 {
+			t.Fatalf("removed event %s = %d %v", id, code, out)
+		}
+	}
+	if code, out := h.do("POST", "/v1/delivery-attempts/"+doneAttempt+"/retry", h.key, nil); code != 404 {
+		t.Fatalf("retry of a removed attempt = %d %v", code, out)
+	}
+	if n := h.eventCount(""); n != 1 {
+		t.Fatalf("events listed after the pass = %d, want the live one", n)
+	}
+	if code, out := h.do("GET", "/v1/delivery-attempts", h.key, nil); code != 200 || num(out["pagination"].(map[string]any)["total"]) != 1 {
+		t.Fatalf("attempts listed after the pass = %d %v", code, out["pagination"])
+	}
+	for id, key := range map[string]string{live: h.key, theirs: other} {
+		if code, out := h.do("GET", "/v1/events/"+id, key, nil); code != 200 || out["event"].(map[string]any)["payload"] == nil {
+			t.Errorf("kept event %s = %d %v", id, code, out)
+		}
+	}
+	var recorded int
+	if err := h.pool.QueryRow(ctx, `SELECT coalesce(sum((payload->>'webhooks')::int), 0) FROM events WHERE event_type = 'HistoryExpired' AND env_id = $1`,
+		envID).Scan(&recorded); err != nil || recorded != 5 {
+		t.Fatalf("HistoryExpired events count %d webhooks (%v), want 5", recorded, err)
+	}
+
+	// Only the pass deletes, and only in an environment that bounds its history.
+	_, theirSess := h.do("GET", "/v1/auth/session", other, nil)
+	for _, q := range []string{
+		`DELETE FROM events WHERE stream_id = '` + live + `'`,
+		`BEGIN; SELECT set_config('hookstream.retention', 'on', true); DELETE FROM events WHERE stream_id = '` + live + `'; COMMIT`,
+		`BEGIN; SELECT set_config('hookstream.retention', 'history', true); DELETE FROM events WHERE stream_id = '` + theirs + `'; COMMIT`,
+		`BEGIN; SELECT set_config('hookstream.retention', 'history', true); DELETE FROM events WHERE stream_type = 'environment' AND env_id = '` + envID + `'; COMMIT`,
+		`BEGIN; SELECT set_config('hookstream.retention', 'history', true); UPDATE events SET metadata = '{}' WHERE stream_id = '` + live + `'; COMMIT`,
+		`BEGIN; SELECT set_config('hookstream.retention', 'history', true); TRUNCATE events; COMMIT`,
+	} {
+		if _, err := h.pool.Exec(ctx, q); err == nil || !strings.Contains(err.Error(), "immutable") {
+			t.Errorf("%s: %v, want refused", q, err)
+		}
+		_, _ = h.pool.Exec(ctx, `ROLLBACK`)
+	}
+	if theirSess["env_id"] == envID {
+		t.Fatal("the other tenant shares the environment")
+	}
+
+	// Rebuilt read models equal the live ones.
+	attemptsLive, eventsLive := h.dump("/v1/delivery-attempts", "delivery_attempts"), h.dump("/v1/events", "events")
+	if len(attemptsLive) != 1 || len(listsBefore) != 7 {
+		t.Fatalf("attempts listed: %d after the pass, %d before", len(attemptsLive), len(listsBefore))
+	}
+	for _, name := range []string{"delivery_attempts", "events"} {
+		if _, err := projections.Rebuild(ctx, h.pool, name, projections.RebuildOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	diff(t, "attempts after a rebuild", attemptsLive, h.dump("/v1/delivery-attempts", "delivery_attempts"))
+	diff(t, "events after a rebuild", eventsLive, h.dump("/v1/events", "events"))
+	if n := h.eventCount(""); n != 1 {
+		t.Fatalf("events total after a rebuild = %d", n)
+	}
+
+	// The held webhook goes once its delivery finished.
+	liveAttempt := h.attempts("event_id=" + live)[0]["id"].(string)
+	failing.mu.Lock()
+	failing.codes = nil
+	failing.mu.Unlock()
+	if code, out := h.do("POST", "/v1/delivery-attempts/"+liveAttempt+"/retry", h.key, nil); code != 200 ||
+		out["delivery_attempt"].(map[string]any)["status"] != "success" {
+		t.Fatalf("retry of the held delivery = %d %v", code, out)
+	}
+	h.quiet(10 * time.Second)
+	rep = pass(func() time.Time { return time.Now().Add(3 * time.Minute) })
+	if rep.Webhooks != 1 || rep.Deliveries != 1 || rep.WebhooksHeld != 0 {
+		t.Fatalf("pass after the held delivery finished = %+v", rep)
+	}
+	if n := h.eventCount(""); n != 0 {
+		t.Fatalf("events listed at the end = %d", n)
+	}
+	st, err := retention.Status(ctx, h.pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st {
+		if s.EnvID == envID && (s.WebhooksRemoved != 6 || s.DeliveriesRemoved != 6 || s.HistoryRetentionSeconds == nil || *s.HistoryRetentionSeconds != 60) {
+			t.Errorf("status = %+v", s)
+		}
+	}
+	// The other tenant's webhook is untouched.
+	if code, _ := h.do("GET", "/v1/events/"+theirs, other, nil); code != 200 {
+		t.Fatalf("the other tenant's event = %d", code)
+	}
+}
+
+// quietExcept waits until every consumer group has caught up and at most
+// scheduled jobs are left (deliveries waiting for a retry).
+func (h *harness) quietExcept(timeout time.Duration, scheduled int) {
+	h.t.Helper()
+	waitFor(h.t, timeout, "the consumer groups to catch up", func() bool {
+		var due int
+		if err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM delivery_jobs WHERE state = 'scheduled'`).Scan(&due); err != nil || due > scheduled {
+			return false
+		}
+		st, err := projections.Status(context.Background(), h.pool, time.Now())
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		for _, g := range st {
+			if g.LagEvents > 0 {
+				return false
+			}
+		}
+		return true
+	})
+}

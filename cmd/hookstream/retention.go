@@ -19,18 +19,23 @@ import (
 
 const retentionUsage = `hookstream retention status [--json]
   hookstream retention run [--archive-dir DIR] [--json]
-  hookstream retention set --env ID [--days N] [--archive true|false] [--ingest-rate-limit N]
+  hookstream retention set --env ID [--days N] [--history-days N] [--archive true|false] [--ingest-rate-limit N]
 
 Webhook bodies and headers are kept for the environment's retention (default
 30 days, also PATCH /v1/environments/{id} payload_retention_days), then
 removed; the event log keeps every event's ids, sizes and a hash of each
-body. serve runs a pass every --retention-interval (one process at a time);
-run makes one now. status shows each environment's setting, its oldest
-payload still kept and what was removed so far.
+body. With a history retention (--history-days, history_retention_days;
+default none: kept forever), a finished webhook is removed whole once its
+newest event is that old: its event, deliveries and attempts, from the log
+and the lists (archived first when the environment archives). serve runs a
+pass every --retention-interval (one process at a time); run makes one now.
+status shows each environment's settings, its oldest payload and webhook
+still kept and what was removed so far.
 
 Examples:
   hookstream retention status
   hookstream retention set --env 0190… --days 7 --archive true
+  hookstream retention set --env 0190… --history-days 90
   hookstream retention run --archive-dir /var/lib/hookstream/archive --json`
 
 func cmdRetention(ctx context.Context, args []string, stdout io.Writer, log *slog.Logger) error {
@@ -46,6 +51,7 @@ func cmdRetention(ctx context.Context, args []string, stdout io.Writer, log *slo
 	archiveDir := fs.String("archive-dir", envOr("HOOKSTREAM_ARCHIVE_DIR", ""), "where archiving environments write their NDJSON (HOOKSTREAM_ARCHIVE_DIR)")
 	env := fs.String("env", "", "the environment to configure (set)")
 	days := fs.Float64("days", 0, "payload retention in days (fractions allowed, at least 60 s)")
+	historyDays := fs.Float64("history-days", -1, "history retention in days: finished webhooks are removed whole after it (0: kept forever)")
 	archive := fs.String("archive", "", "archive payloads before they expire: true or false")
 	rate := fs.Int("ingest-rate-limit", -1, "the environment's ingest limit, webhooks/s (0: none)")
 	switch sub {
@@ -67,6 +73,9 @@ func cmdRetention(ctx context.Context, args []string, stdout io.Writer, log *slo
 	if sub == "set" {
 		if *days != 0 {
 			in.PayloadRetentionDays = days
+		}
+		if *historyDays >= 0 {
+			in.HistoryRetentionDays = historyDays
 		}
 		switch *archive {
 		case "":
@@ -102,8 +111,12 @@ func cmdRetention(ctx context.Context, args []string, stdout io.Writer, log *slo
 		if e.IngestRateLimit != nil {
 			limit = fmt.Sprintf("%d/s", *e.IngestRateLimit)
 		}
-		_, err = fmt.Fprintf(stdout, "environment %s: payloads kept %s, archived first: %v, ingest limit %s\n", e.ID,
-			time.Duration(e.PayloadRetentionDays*float64(24*time.Hour)).Round(time.Second), e.ArchivePayloads == 1, limit)
+		history := "forever"
+		if e.HistoryRetentionDays != nil {
+			history = time.Duration(*e.HistoryRetentionDays * float64(24*time.Hour)).Round(time.Second).String()
+		}
+		_, err = fmt.Fprintf(stdout, "environment %s: payloads kept %s, history kept %s, archived first: %v, ingest limit %s\n", e.ID,
+			time.Duration(e.PayloadRetentionDays*float64(24*time.Hour)).Round(time.Second), history, e.ArchivePayloads == 1, limit)
 		return err
 	case "run":
 		rep, err := retention.New(retention.Params{Pool: db.Pool, Store: eventstore.New(nil), Log: log, ArchiveDir: *archiveDir}).Run(ctx)
@@ -123,6 +136,13 @@ func cmdRetention(ctx context.Context, args []string, stdout io.Writer, log *slo
 			if e.Held != "" {
 				fmt.Fprintf(stdout, "  held: %s\n", e.Held)
 			}
+			if e.HistoryBefore != nil {
+				fmt.Fprintf(stdout, "  history: %d webhooks removed whole (%d deliveries, %d events of the log; received before %s), %d held\n",
+					e.Webhooks, e.Deliveries, e.LogRows, e.HistoryBefore.Format(time.RFC3339), e.WebhooksHeld)
+			}
+			if e.HistoryHeld != "" {
+				fmt.Fprintf(stdout, "  history held: %s\n", e.HistoryHeld)
+			}
 		}
 		return nil
 	}
@@ -134,7 +154,7 @@ func cmdRetention(ctx context.Context, args []string, stdout io.Writer, log *slo
 		return json.NewEncoder(stdout).Encode(map[string]any{"environments": st})
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 2, 2, ' ', 0)
-	fmt.Fprintln(tw, "ENVIRONMENT\tNAME\tRETENTION\tARCHIVE\tOLDEST PAYLOAD\tEXPIRED (EVENTS/ATTEMPTS)\tRECLAIMED\tLAST PASS")
+	fmt.Fprintln(tw, "ENVIRONMENT\tNAME\tRETENTION\tARCHIVE\tOLDEST PAYLOAD\tEXPIRED (EVENTS/ATTEMPTS)\tRECLAIMED\tHISTORY\tOLDEST WEBHOOK\tREMOVED (WEBHOOKS)\tLAST PASS")
 	for _, s := range st {
 		oldest, last := "-", "never"
 		if s.OldestPayloadAt != nil {
@@ -143,8 +163,15 @@ func cmdRetention(ctx context.Context, args []string, stdout io.Writer, log *slo
 		if s.LastRun != nil {
 			last = s.LastRun.UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%d/%d\t%d B\t%s\n", s.EnvID, s.Name, (time.Duration(s.RetentionSeconds) * time.Second).String(),
-			s.ArchivePayloads, oldest, s.EventsExpired, s.AttemptsExpired, s.BytesReclaimed, last)
+		history, oldestEvent := "forever", "-"
+		if s.HistoryRetentionSeconds != nil {
+			history = (time.Duration(*s.HistoryRetentionSeconds) * time.Second).String()
+			if s.OldestEventAt != nil {
+				oldestEvent = time.Since(*s.OldestEventAt).Round(time.Second).String() + " old"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%d/%d\t%d B\t%s\t%s\t%d\t%s\n", s.EnvID, s.Name, (time.Duration(s.RetentionSeconds) * time.Second).String(),
+			s.ArchivePayloads, oldest, s.EventsExpired, s.AttemptsExpired, s.BytesReclaimed, history, oldestEvent, s.WebhooksRemoved, last)
 	}
 	return tw.Flush()
 }

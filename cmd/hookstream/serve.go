@@ -171,7 +171,7 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 		archiveDir = filepath.Join(".data", "archive")
 	}
 	expiry := retention.New(retention.Params{Pool: db.Pool, Store: store, Log: log, Interval: cfg.RetentionInterval, ArchiveDir: archiveDir,
-		OnBatch: metrics.RetentionBatch})
+		OnBatch: metrics.RetentionBatch, OnHistory: metrics.RetentionHistory})
 	engineDone := startEngine(engineCtx, cfg, handlers.EngineParams{Pool: db.Pool, Store: store, Log: log, Outbound: policy, Secrets: keyring,
 		ConfigChanged: svc.ForgetRoutes, Lanes: cfg.Lanes, PerDestination: cfg.PerDestination, PerTenantLanes: cfg.PerTenantLanes, LeaseTTL: cfg.LeaseTTL,
 		ShutdownGrace: cfg.ShutdownGrace, Metrics: metrics, Wake: notifier, Background: []func(context.Context){expiry.Loop}}, svc)

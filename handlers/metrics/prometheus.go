@@ -28,6 +28,7 @@ type Metrics struct {
 	apiDuration     *prometheus.HistogramVec
 	expiredPayloads *prometheus.CounterVec
 	reclaimedBytes  prometheus.Counter
+	historyRemoved  *prometheus.CounterVec
 	dispatched      *prometheus.CounterVec
 	recordGroups    prometheus.Counter
 	groupedBatches  prometheus.Counter
@@ -52,6 +53,8 @@ func NewMetrics(pool *pgxpool.Pool, log *slog.Logger) *Metrics {
 			Help: "Payloads removed by retention in this process, by kind (event: a webhook's body and headers; attempt: an attempt's headers and response)."}, []string{"kind"}),
 		reclaimedBytes: prometheus.NewCounter(prometheus.CounterOpts{Name: "hookstream_retention_bytes_reclaimed_total",
 			Help: "Stored payload bytes retention removed in this process."}),
+		historyRemoved: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hookstream_retention_history_removed_total",
+			Help: "What history retention removed in this process, by kind (webhook: webhooks removed whole; log_row: events removed from the log)."}, []string{"kind"}),
 		dispatched: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "hookstream_jobs_dispatched_total",
 			Help: "Delivery jobs this process's engine sent to its lanes, by how it got them: claim (the dispatcher claimed it), handoff (leased by this process's ingest in its own transaction), chain (a retry due at once, sent by the lane that recorded the failure)."},
 			[]string{"path"}),
@@ -63,7 +66,7 @@ func NewMetrics(pool *pgxpool.Pool, log *slog.Logger) *Metrics {
 			Help: "API request latency by route template, method and status.", Buckets: prometheus.DefBuckets},
 			[]string{"route", "method", "code"}),
 	}
-	reg.MustRegister(m.deliveries, m.attemptDuration, m.ingestRequests, m.ingestBytes, m.apiDuration, m.expiredPayloads, m.reclaimedBytes, m.dispatched, m.recordGroups, m.groupedBatches,
+	reg.MustRegister(m.deliveries, m.attemptDuration, m.ingestRequests, m.ingestBytes, m.apiDuration, m.expiredPayloads, m.reclaimedBytes, m.historyRemoved, m.dispatched, m.recordGroups, m.groupedBatches,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&dbCollector{pool: pool, log: log})
 	return m
@@ -99,11 +102,12 @@ var (
 	descPoolMax     = prometheus.NewDesc("hookstream_db_pool_max_connections", "PostgreSQL pool size limit.", nil, nil)
 	descPoolAcquire = prometheus.NewDesc("hookstream_db_pool_acquires_total", "Connections acquired from the pool.", nil, nil)
 	descOldestLoad  = prometheus.NewDesc("hookstream_oldest_payload_age_seconds", "Age of the oldest webhook payload still kept, as of the last retention pass (0 when none).", nil, nil)
+	descOldestEvent = prometheus.NewDesc("hookstream_oldest_webhook_age_seconds", "Age of the oldest webhook kept in an environment that bounds its history, as of the last retention pass (0 when none).", nil, nil)
 	descPoolWait    = prometheus.NewDesc("hookstream_db_pool_acquire_wait_seconds_total", "Time spent waiting for a pool connection.", nil, nil)
 )
 
 func (c *dbCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descJobs, descOldestDue, descLagEvents, descLagSeconds, descCircuit, descPoolConns, descPoolMax, descPoolAcquire, descPoolWait, descOldestLoad} {
+	for _, d := range []*prometheus.Desc{descJobs, descOldestDue, descLagEvents, descLagSeconds, descCircuit, descPoolConns, descPoolMax, descPoolAcquire, descPoolWait, descOldestLoad, descOldestEvent} {
 		ch <- d
 	}
 }
@@ -139,15 +143,18 @@ func (c *dbCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(descOldestDue, prometheus.GaugeValue, age)
 	}
-	var oldestPayload *time.Time
-	if err := c.pool.QueryRow(ctx, `SELECT min(oldest_payload_at) FROM retention_state`).Scan(&oldestPayload); err != nil {
+	var oldestPayload, oldestEvent *time.Time
+	if err := c.pool.QueryRow(ctx, `SELECT min(s.oldest_payload_at), min(s.oldest_event_at) FILTER (WHERE e.history_retention_seconds IS NOT NULL)
+		FROM retention_state s JOIN environments e ON e.id = s.env_id`).Scan(&oldestPayload, &oldestEvent); err != nil {
 		c.log.Error("metrics: oldest payload", "err", err)
 	} else {
-		age := 0.0
-		if oldestPayload != nil {
-			age = max(0, now.Sub(*oldestPayload).Seconds())
+		for d, at := range map[*prometheus.Desc]*time.Time{descOldestLoad: oldestPayload, descOldestEvent: oldestEvent} {
+			age := 0.0
+			if at != nil {
+				age = max(0, now.Sub(*at).Seconds())
+			}
+			ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, age)
 		}
-		ch <- prometheus.MustNewConstMetric(descOldestLoad, prometheus.GaugeValue, age)
 	}
 	if groups, err := projections.Status(ctx, c.pool, now); err != nil {
 		c.log.Error("metrics: consumer lag", "err", err)
@@ -196,6 +203,15 @@ func (m *Metrics) RetentionBatch(events, attempts int, bytes int64) {
 	m.expiredPayloads.WithLabelValues("event").Add(float64(events))
 	m.expiredPayloads.WithLabelValues("attempt").Add(float64(attempts))
 	m.reclaimedBytes.Add(float64(bytes))
+}
+
+// RetentionHistory counts one batch of history removed.
+func (m *Metrics) RetentionHistory(webhooks, logRows int) {
+	if m == nil {
+		return
+	}
+	m.historyRemoved.WithLabelValues("webhook").Add(float64(webhooks))
+	m.historyRemoved.WithLabelValues("log_row").Add(float64(logRows))
 }
 
 // ObserveRequest records an API request's duration by route, method and

@@ -214,9 +214,16 @@ func retryable(ctx context.Context, tx pgx.Tx, deliveryID string, orig projectio
 	// A webhook whose payload expired cannot be sent again. (The job row is
 	// locked: retention keeps the payloads of scheduled deliveries, and this
 	// retry schedules it in the same transaction.)
+	// The row is read FOR SHARE: a history pass (which locks it FOR UPDATE
+	// before it looks for job rows) either sees this retry's job or removed
+	// the webhook before it, and then the retry finds no row.
 	var expired bool
-	if err := tx.QueryRow(ctx, `SELECT payload ? 'payload_expired_at' FROM events WHERE stream_id = $1 AND stream_version = 1 FOR SHARE`,
-		orig.EventID).Scan(&expired); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+	err = tx.QueryRow(ctx, `SELECT payload ? 'payload_expired_at' FROM events WHERE stream_id = $1 AND stream_version = 1 FOR SHARE`,
+		orig.EventID).Scan(&expired)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", "", 0, retryFailed("the webhook's history expired (the environment's history retention); it cannot be sent again")
+	}
+	if err != nil {
 		return "", "", 0, fmt.Errorf("check payload: %w", err)
 	}
 	if expired {

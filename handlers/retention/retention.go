@@ -42,6 +42,11 @@ type Params struct {
 	ArchiveDir string
 	// OnBatch, when set, is told each batch's counts (metrics).
 	OnBatch func(events, attempts int, bytes int64)
+	// HistoryBatch is how many webhooks one history transaction removes
+	// (default HistoryBatch).
+	HistoryBatch int
+	// OnHistory, when set, is told each history batch's counts (metrics).
+	OnHistory func(webhooks, logRows int)
 }
 
 // Retention runs retention passes.
@@ -52,6 +57,9 @@ func New(p Params) *Retention {
 	kit.Defaults(&p.Now, &p.Log, &p.Store)
 	if p.Batch <= 0 {
 		p.Batch = 2000
+	}
+	if p.HistoryBatch <= 0 {
+		p.HistoryBatch = HistoryBatch
 	}
 	if p.Interval <= 0 {
 		p.Interval = time.Minute
@@ -71,6 +79,15 @@ type EnvReport struct {
 	Archives         []string   `json:"archives,omitempty"`
 	Held             string     `json:"held,omitempty"` // why payloads due were kept (archive not configured)
 	OldestPayloadAt  *time.Time `json:"oldest_payload_at"`
+	// History: set when the environment bounds its history.
+	HistoryRetentionSeconds *int64     `json:"history_retention_seconds"`
+	HistoryBefore           *time.Time `json:"history_before,omitempty"`
+	Webhooks                int        `json:"webhooks_removed"`
+	Deliveries              int        `json:"deliveries_removed"`
+	LogRows                 int        `json:"log_rows_removed"`
+	WebhooksHeld            int        `json:"webhooks_held"`
+	HistoryHeld             string     `json:"history_held,omitempty"` // why the whole history was kept
+	OldestEventAt           *time.Time `json:"oldest_event_at,omitempty"`
 }
 
 // Report is one pass.
@@ -106,15 +123,21 @@ func (r *Retention) Loop(ctx context.Context) {
 				r.p.Log.Info("retention", "org_id", e.OrgID, "env_id", e.EnvID, "events_expired", e.Events, "attempts_expired", e.Attempts,
 					"bytes_reclaimed", e.Bytes, "held", e.Held)
 			}
+			if e.Webhooks > 0 || e.HistoryHeld != "" {
+				r.p.Log.Info("history retention", "org_id", e.OrgID, "env_id", e.EnvID, "webhooks_removed", e.Webhooks,
+					"log_rows_removed", e.LogRows, "webhooks_held", e.WebhooksHeld, "held", e.HistoryHeld)
+			}
 		}
 	}
 }
 
 type env struct {
-	org, id   string
-	retention int64
-	archive   bool
-	from      int64
+	org, id     string
+	retention   int64
+	archive     bool
+	from        int64
+	history     *int64 // seconds; nil: kept forever
+	historyFrom int64
 }
 
 // Run makes one pass over every environment, unless another process is
@@ -138,11 +161,12 @@ func (r *Retention) Run(ctx context.Context) (Report, error) {
 			conn.Conn().Close(context.Background()) // a lost unlock ends with the session
 		}
 	}()
-	rows, err := r.p.Pool.Query(ctx, `SELECT e.org_id, e.id, e.payload_retention_seconds, e.archive_payloads, coalesce(s.scan_from, 0)
+	rows, err := r.p.Pool.Query(ctx, `SELECT e.org_id, e.id, e.payload_retention_seconds, e.archive_payloads, coalesce(s.scan_from, 0),
+			e.history_retention_seconds, coalesce(s.history_from, 0)
 		FROM environments e LEFT JOIN retention_state s ON s.org_id = e.org_id AND s.env_id = e.id ORDER BY e.org_id, e.id`)
 	envs, err := kit.CollectRows(rows, err, func(row pgx.Row) (env, error) {
 		var e env
-		return e, row.Scan(&e.org, &e.id, &e.retention, &e.archive, &e.from)
+		return e, row.Scan(&e.org, &e.id, &e.retention, &e.archive, &e.from, &e.history, &e.historyFrom)
 	})
 	if err != nil {
 		return Report{}, fmt.Errorf("retention: environments: %w", err)
@@ -152,6 +176,11 @@ func (r *Retention) Run(ctx context.Context) (Report, error) {
 		er, err := r.expireEnv(ctx, e)
 		if err != nil {
 			return rep, fmt.Errorf("retention: environment %s: %w", e.id, err)
+		}
+		if er.HistoryRetentionSeconds = e.history; e.history != nil {
+			if err := r.historyEnv(ctx, e, &er); err != nil {
+				return rep, fmt.Errorf("retention: environment %s: history: %w", e.id, err)
+			}
 		}
 		rep.Envs = append(rep.Envs, er)
 	}
@@ -191,12 +220,7 @@ func (r *Retention) expireEnv(ctx context.Context, e env) (EnvReport, error) {
 		return rep, err
 	}
 	// The payloads held back before, oldest first, whose delivery may have finished.
-	rows, err := r.p.Pool.Query(ctx, `SELECT pos FROM retention_held WHERE org_id = $1 AND env_id = $2 AND pos < $3 ORDER BY pos LIMIT $4`,
-		e.org, e.id, end, 5*r.p.Batch)
-	held, err := kit.CollectRows(rows, err, func(row pgx.Row) (int64, error) {
-		var p int64
-		return p, row.Scan(&p)
-	})
+	held, err := r.heldBefore(ctx, "retention_held", e, end, 5*r.p.Batch)
 	if err != nil {
 		return rep, fmt.Errorf("held payloads: %w", err)
 	}
@@ -239,6 +263,17 @@ func (r *Retention) expireEnv(ctx context.Context, e env) (EnvReport, error) {
 		return rep, fmt.Errorf("hold payloads: %w", err)
 	}
 	return rep, r.saveState(ctx, e, end, cutoff, &rep, now)
+}
+
+// heldBefore lists up to limit positions held back in table (retention_held
+// or history_held, a constant) below end, oldest first.
+func (r *Retention) heldBefore(ctx context.Context, table string, e env, end int64, limit int) ([]int64, error) {
+	rows, err := r.p.Pool.Query(ctx, `SELECT pos FROM `+table+` WHERE org_id = $1 AND env_id = $2 AND pos < $3 ORDER BY pos LIMIT $4`,
+		e.org, e.id, end, limit)
+	return kit.CollectRows(rows, err, func(row pgx.Row) (int64, error) {
+		var p int64
+		return p, row.Scan(&p)
+	})
 }
 
 // saveState records where the next pass starts, the pass's totals and the
@@ -347,7 +382,7 @@ func (r *Retention) expireBatch(ctx context.Context, e env, s sel, cutoff, now t
 		}
 		archive := ""
 		if e.archive {
-			if archive, err = r.writeArchive(e, cands, now); err != nil {
+			if archive, err = r.writeArchive(e, "", cands, now); err != nil {
 				return err
 			}
 		}
@@ -413,15 +448,15 @@ func (r *Retention) expireBatch(ctx context.Context, e env, s sel, cutoff, now t
 }
 
 // writeArchive writes the batch's events, whole, as NDJSON under
-// ArchiveDir/ORG/ENV/DAY/FIRST-LAST.ndjson (0600), synced before the
-// payloads are touched. A batch retried after a failed commit writes its
+// ArchiveDir/ORG/ENV/DAY/[PREFIX]FIRST-LAST.ndjson (0600), synced before the
+// payloads (or the history, prefix "history-") are touched. A batch retried after a failed commit writes its
 // file again (same name): the archive holds each payload at least once.
-func (r *Retention) writeArchive(e env, cands []candidate, now time.Time) (string, error) {
+func (r *Retention) writeArchive(e env, prefix string, cands []candidate, now time.Time) (string, error) {
 	dir := filepath.Join(r.p.ArchiveDir, e.org, e.id, now.Format("2006-01-02"))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("archive: %w", err)
 	}
-	name := filepath.Join(dir, fmt.Sprintf("%020d-%020d.ndjson", cands[0].pos, cands[len(cands)-1].pos))
+	name := filepath.Join(dir, fmt.Sprintf("%s%020d-%020d.ndjson", prefix, cands[0].pos, cands[len(cands)-1].pos))
 	tmp, err := os.CreateTemp(dir, ".archive-*")
 	if err != nil {
 		return "", fmt.Errorf("archive: %w", err)
@@ -466,16 +501,25 @@ type EnvStatus struct {
 	AttemptsExpired  int64      `json:"attempts_expired"`
 	BytesReclaimed   int64      `json:"bytes_reclaimed"`
 	LastRun          *time.Time `json:"last_run"`
+	// History: HistoryRetentionSeconds nil keeps it forever.
+	HistoryRetentionSeconds *int64     `json:"history_retention_seconds"`
+	OldestEventAt           *time.Time `json:"oldest_event_at"`
+	WebhooksRemoved         int64      `json:"webhooks_removed"`
+	DeliveriesRemoved       int64      `json:"deliveries_removed"`
+	LogRowsRemoved          int64      `json:"log_rows_removed"`
 }
 
 // Status lists every environment's retention as the last pass left it.
 func Status(ctx context.Context, pool *pgxpool.Pool) ([]EnvStatus, error) {
 	rows, err := pool.Query(ctx, `SELECT e.org_id, e.id, e.name, e.payload_retention_seconds, e.archive_payloads, s.oldest_payload_at,
-			coalesce(s.events_expired, 0), coalesce(s.attempts_expired, 0), coalesce(s.bytes_reclaimed, 0), s.last_run
+			coalesce(s.events_expired, 0), coalesce(s.attempts_expired, 0), coalesce(s.bytes_reclaimed, 0), s.last_run,
+			e.history_retention_seconds, s.oldest_event_at, coalesce(s.webhooks_removed, 0), coalesce(s.deliveries_removed, 0),
+			coalesce(s.log_rows_removed, 0)
 		FROM environments e LEFT JOIN retention_state s ON s.org_id = e.org_id AND s.env_id = e.id ORDER BY e.org_id, e.created_at`)
 	return kit.CollectRows(rows, err, func(row pgx.Row) (EnvStatus, error) {
 		var s EnvStatus
 		return s, row.Scan(&s.OrgID, &s.EnvID, &s.Name, &s.RetentionSeconds, &s.ArchivePayloads, &s.OldestPayloadAt,
-			&s.EventsExpired, &s.AttemptsExpired, &s.BytesReclaimed, &s.LastRun)
+			&s.EventsExpired, &s.AttemptsExpired, &s.BytesReclaimed, &s.LastRun,
+			&s.HistoryRetentionSeconds, &s.OldestEventAt, &s.WebhooksRemoved, &s.DeliveriesRemoved, &s.LogRowsRemoved)
 	})
 }

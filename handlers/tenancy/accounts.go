@@ -61,6 +61,10 @@ type Environment struct {
 	// IngestRateLimit is the environment's ingest limit in webhooks per
 	// second across its sources (null: none).
 	IngestRateLimit *int `json:"ingest_rate_limit"`
+	// HistoryRetentionDays is how long a finished webhook's whole history
+	// (its event, deliveries and attempts, in the log and the lists) is
+	// kept (null, the default: forever).
+	HistoryRetentionDays *float64 `json:"history_retention_days"`
 }
 
 // EnvironmentInput is the body of POST and PATCH /v1/environments.
@@ -71,6 +75,8 @@ type EnvironmentInput struct {
 	ArchivePayloads      *kit.Flag `json:"archive_payloads"`
 	// IngestRateLimit 0 removes the limit.
 	IngestRateLimit *int `json:"ingest_rate_limit"`
+	// HistoryRetentionDays 0 keeps the history forever.
+	HistoryRetentionDays *float64 `json:"history_retention_days"`
 }
 
 // applySettings validates the retention and rate-limit settings of in onto e.
@@ -85,6 +91,16 @@ func (e *Environment) applySettings(in EnvironmentInput) error {
 		e.ArchivePayloads = 0
 		if *in.ArchivePayloads {
 			e.ArchivePayloads = 1
+		}
+	}
+	if v := in.HistoryRetentionDays; v != nil {
+		switch {
+		case *v == 0:
+			e.HistoryRetentionDays = nil
+		case *v*86400 < 60 || *v > 3650 || *v != *v:
+			return kit.Invalidf("'history_retention_days' must be from 60 s (0.0007) to 3650 days, or 0 to keep the history forever")
+		default:
+			e.HistoryRetentionDays = v
 		}
 	}
 	if v := in.IngestRateLimit; v != nil {
@@ -103,6 +119,21 @@ func (e *Environment) applySettings(in EnvironmentInput) error {
 // retentionSeconds is the stored form of PayloadRetentionDays.
 func (e Environment) retentionSeconds() int64 {
 	return max(60, int64(math.Round(e.PayloadRetentionDays*86400)))
+}
+
+// historySeconds is the stored form of HistoryRetentionDays (nil: forever).
+func (e Environment) historySeconds() *int64 {
+	if e.HistoryRetentionDays == nil {
+		return nil
+	}
+	s := max(60, int64(math.Round(*e.HistoryRetentionDays*86400)))
+	return &s
+}
+
+// settingsRecord is what an EnvironmentUpdated event records.
+func (e Environment) settingsRecord() map[string]any {
+	return map[string]any{"id": e.ID, "name": e.Name, "slug": e.Slug, "payload_retention_seconds": e.retentionSeconds(),
+		"archive_payloads": e.ArchivePayloads == 1, "ingest_rate_limit": e.IngestRateLimit, "history_retention_seconds": e.historySeconds()}
 }
 
 // Organization is a tenant with its first environment.
@@ -179,16 +210,17 @@ func (a *Accounts) CreateEnvironment(ctx context.Context, t domain.Tenant, in En
 			return err
 		}
 		env.PayloadRetentionDays, env.ArchivePayloads, env.IngestRateLimit = settings.PayloadRetentionDays, settings.ArchivePayloads, settings.IngestRateLimit
-		if in.PayloadRetentionDays == nil && in.ArchivePayloads == nil && in.IngestRateLimit == nil {
+		env.HistoryRetentionDays = settings.HistoryRetentionDays
+		if in.PayloadRetentionDays == nil && in.ArchivePayloads == nil && in.IngestRateLimit == nil && in.HistoryRetentionDays == nil {
 			return nil // the defaults the row already has
 		}
 		if err := a.record(ctx, tx, domain.StreamEnvironment, env.ID, t.OrgID, env.ID, domain.EvEnvironmentUpdated,
-			map[string]any{"id": env.ID, "name": env.Name, "slug": env.Slug, "payload_retention_seconds": env.retentionSeconds(),
-				"archive_payloads": env.ArchivePayloads == 1, "ingest_rate_limit": env.IngestRateLimit}, t.Actor); err != nil {
+			env.settingsRecord(), t.Actor); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `UPDATE environments SET payload_retention_seconds = $2, archive_payloads = $3, ingest_rate_limit = $4 WHERE id = $1`,
-			env.ID, env.retentionSeconds(), env.ArchivePayloads == 1, env.IngestRateLimit)
+		_, err = tx.Exec(ctx, `UPDATE environments SET payload_retention_seconds = $2, archive_payloads = $3, ingest_rate_limit = $4,
+			history_retention_seconds = $5 WHERE id = $1`,
+			env.ID, env.retentionSeconds(), env.ArchivePayloads == 1, env.IngestRateLimit, env.historySeconds())
 		return err
 	})
 	if err != nil {
@@ -197,16 +229,21 @@ func (a *Accounts) CreateEnvironment(ctx context.Context, t domain.Tenant, in En
 	return env, nil
 }
 
-const envCols = `id, org_id, name, slug, created_at, payload_retention_seconds, archive_payloads, ingest_rate_limit`
+const envCols = `id, org_id, name, slug, created_at, payload_retention_seconds, archive_payloads, ingest_rate_limit, history_retention_seconds`
 
 func scanEnvironment(row pgx.Row) (Environment, error) {
 	var e Environment
 	var created time.Time
 	var retention int64
 	var archive bool
-	err := row.Scan(&e.ID, &e.OrgID, &e.Name, &e.Slug, &created, &retention, &archive, &e.IngestRateLimit)
+	var history *int64
+	err := row.Scan(&e.ID, &e.OrgID, &e.Name, &e.Slug, &created, &retention, &archive, &e.IngestRateLimit, &history)
 	e.CreatedAt = kit.ISOTime(created)
 	e.PayloadRetentionDays = float64(retention) / 86400
+	if history != nil {
+		days := float64(*history) / 86400
+		e.HistoryRetentionDays = &days
+	}
 	if archive {
 		e.ArchivePayloads = 1
 	}
@@ -259,12 +296,12 @@ func (a *Accounts) UpdateEnvironment(ctx context.Context, t domain.Tenant, id st
 			return err
 		}
 		if err := a.record(ctx, tx, domain.StreamEnvironment, id, t.OrgID, id, domain.EvEnvironmentUpdated,
-			map[string]any{"id": id, "name": cur.Name, "slug": cur.Slug, "payload_retention_seconds": cur.retentionSeconds(),
-				"archive_payloads": cur.ArchivePayloads == 1, "ingest_rate_limit": cur.IngestRateLimit}, t.Actor); err != nil {
+			cur.settingsRecord(), t.Actor); err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, `UPDATE environments SET name = $2, slug = $3, payload_retention_seconds = $4, archive_payloads = $5,
-			ingest_rate_limit = $6 WHERE id = $1`, id, cur.Name, cur.Slug, cur.retentionSeconds(), cur.ArchivePayloads == 1, cur.IngestRateLimit)
+			ingest_rate_limit = $6, history_retention_seconds = $7 WHERE id = $1`, id, cur.Name, cur.Slug, cur.retentionSeconds(),
+			cur.ArchivePayloads == 1, cur.IngestRateLimit, cur.historySeconds())
 		return uniqueSlug(err)
 	})
 	if domain.ErrorCode(err) != domain.EInternal {

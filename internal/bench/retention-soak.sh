@@ -1,6 +1,7 @@
 #!/bin/bash
 # Retention soak (issue 15): webhooks at a steady RATE for MINUTES with a
-# 5-minute payload retention, sampling every 10 s: deliveries, database and
+# 5-minute payload retention and a HISTORY_MINUTES history retention
+# (default 10; 0 keeps the history), sampling every 10 s: deliveries, database and
 # table sizes, the engine's memory, and the latency of GET /v1/events and
 # GET /v1/delivery-attempts. Then soak-summary.py compares the first and the
 # last 5 minutes.
@@ -8,6 +9,7 @@
 set -euo pipefail
 here=${BENCH:-$(cd "$(dirname "$0")/../../../shared/bench" && pwd)}/scripts
 bin=${1:?bin}; rate=${2:-450}; minutes=${3:-30}; out=${4:-/tmp/bench/retention-soak}
+history=$(python3 -c "print(${HISTORY_MINUTES:-10} * 60 / 86400)")
 mkdir -p "$out"; rm -f "$out"/*.jsonl
 pg=$(mktemp -d); chmod 755 "$pg"; trap '"$here/pgtmp.sh" stop "$pg/c" >/dev/null 2>&1; rm -rf "$pg"' EXIT
 dsn=$("$here/pgtmp.sh" start "$pg/c")
@@ -17,10 +19,11 @@ n=$((rate * minutes * 60))
 pad=$(printf 'x%.0s' $(seq 1 900))
 body='{"id":"{{id}}","sent_at_ns":{{ts}},"type":"order.created","data":"'$pad'"}'
 monitor=$(cd "$(dirname "$0")" && pwd)/soak-monitor.sh
-# Before firing: the environment keeps payloads 5 minutes; the monitor starts.
+# Before firing: the environment keeps payloads 5 minutes and its history
+# HISTORY_MINUTES; the monitor starts.
 export SOAK_OUT=$out SOAK_MONITOR=$monitor
 PRE_FIRE='env_id=$(api "$u/auth/session" | python3 -c "import sys,json; print(json.load(sys.stdin)[\"env_id\"])");
-  api -X PATCH "$u/environments/$env_id" -d "{\"payload_retention_days\": $(python3 -c "print(300/86400)")}" >/dev/null;
+  api -X PATCH "$u/environments/$env_id" -d "{\"payload_retention_days\": $(python3 -c "print(300/86400)"), \"history_retention_days\": '$history'}" >/dev/null;
   KEY=$key API=$u DB=$edsn ENGINE=$eng SINK=http://127.0.0.1:$sport/_stats "$SOAK_MONITOR" "$SOAK_OUT/monitor.jsonl" & mon=$!'
 export PRE_FIRE
 ENGINE_ENV="HOOKSTREAM_ALLOW_CIDRS=127.0.0.0/8 HOOKSTREAM_LOG_LEVEL=warn" DEST_EXTRA=',"circuit_breaker_enabled":false' \

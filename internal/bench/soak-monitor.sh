@@ -1,7 +1,7 @@
 #!/bin/bash
 # Samples a running engine every 10 s into OUT (JSON lines): seconds since
 # start, deliveries so far (the sink's), database and events-table bytes,
-# the engine's RSS, and the time of GET /v1/events and
+# the engine's RSS, retention's payload and history batches so far, and the time of GET /v1/events and
 # GET /v1/delivery-attempts (first page, 50 rows). Env: KEY API DB ENGINE SINK.
 out=${1:?out}
 start=$(date +%s.%N)
@@ -11,8 +11,9 @@ while kill -0 "$ENGINE" 2>/dev/null; do
   at=$(curl -s -o /dev/null -w '%{time_total}' -H "X-API-Key: $KEY" "$API/delivery-attempts?limit=50")
   delivered=$(curl -s "$SINK" | python3 -c 'import sys,json; print(json.load(sys.stdin)["unique_ids"])' 2>/dev/null || echo 0)
   sizes=$(psql -X -A -t -q "$DB" -c "SELECT pg_database_size(current_database()) || ',' || pg_total_relation_size('events')
-    || ',' || (SELECT count(*) FROM events WHERE event_type = 'PayloadsExpired')" 2>/dev/null || echo "0,0,0")
+    || ',' || (SELECT count(*) FROM events WHERE event_type = 'PayloadsExpired')
+    || ',' || (SELECT count(*) FROM events WHERE event_type = 'HistoryExpired')" 2>/dev/null || echo "0,0,0,0")
   rss=$(ps -o rss= -p "$ENGINE" 2>/dev/null | tr -d ' ')
-  echo "{\"t\":$t,\"delivered\":$delivered,\"db_bytes\":${sizes%%,*},\"events_bytes\":$(echo "$sizes" | cut -d, -f2),\"expiry_batches\":${sizes##*,},\"rss_kb\":${rss:-0},\"events_s\":$ev,\"attempts_s\":$at}" >> "$out"
+  echo "{\"t\":$t,\"delivered\":$delivered,\"db_bytes\":${sizes%%,*},\"events_bytes\":$(echo "$sizes" | cut -d, -f2),\"expiry_batches\":$(echo "$sizes" | cut -d, -f3),\"history_batches\":${sizes##*,},\"rss_kb\":${rss:-0},\"events_s\":$ev,\"attempts_s\":$at}" >> "$out"
   sleep 10
 done
