@@ -492,3 +492,67 @@ func (h *harness) quietExcept(timeout time.Duration, scheduled int) {
 		return true
 	})
 }
+
+// A retry that read its webhook's row before a history pass locked it
+// commits first, and the pass then finds the delivery scheduled and keeps
+// the webhook: the pass looks for scheduled deliveries only once it holds
+// the webhooks' rows.
+func TestHistoryRetentionWaitsForARetryInFlight(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	ok := newSink(t)
+	src, _ := h.route(ok.srv.URL, nil, nil)
+	id := h.ingest(src, `{"n":1}`)
+	waitFor(t, 10*time.Second, "the delivery", func() bool { return h.eventStatus(id) == "delivered" })
+	h.quiet(10 * time.Second)
+	_, sess := h.do("GET", "/v1/auth/session", h.key, nil)
+	envID := sess["env_id"].(string)
+	if code, out := h.do("PATCH", "/v1/environments/"+envID, h.key, map[string]any{"history_retention_days": 0.0007}); code != 200 {
+		t.Fatalf("PATCH = %d %v", code, out)
+	}
+
+	// The retry's transaction, as the retry endpoint runs it: the webhook's
+	// row FOR SHARE, then its delivery scheduled again.
+	tx, err := h.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx) //nolint:errcheck // committed below
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM events WHERE stream_id = $1 AND stream_version = 1 FOR SHARE`, id); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		rep retention.Report
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rep, err := retention.New(retention.Params{Pool: h.pool, Now: func() time.Time { return time.Now().Add(2 * time.Minute) }}).Run(ctx)
+		done <- result{rep, err}
+	}()
+	waitFor(t, 10*time.Second, "the pass to wait for the webhook's row", func() bool {
+		var waiting bool
+		err := h.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%EventReceived%FOR UPDATE%')`).Scan(&waiting)
+		return err == nil && waiting
+	})
+	if tag, err := tx.Exec(ctx, `UPDATE delivery_jobs SET state = 'scheduled', due_at = now() + interval '1 hour', lease_until = NULL WHERE event_id = $1`, id); err != nil || tag.RowsAffected() != 1 {
+		t.Fatalf("schedule the retry: %v (%d rows)", err, tag.RowsAffected())
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	res := <-done
+	if res.err != nil {
+		t.Fatal(res.err)
+	}
+	for _, e := range res.rep.Envs {
+		if e.EnvID == envID && (e.Webhooks != 0 || e.WebhooksHeld != 1) {
+			t.Fatalf("pass = %+v, want the webhook held", e)
+		}
+	}
+	var n int
+	if err := h.pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE stream_id = $1`, id).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("the webhook's event: %d rows (%v)", n, err)
+	}
+}

@@ -51,7 +51,6 @@ type family struct {
 	pos        int64 // the EventReceived's position
 	deliveries []string
 	rows       []int64 // every event of the webhook, its deliveries' included
-	first      int64
 	hold       bool
 }
 
@@ -72,6 +71,11 @@ func (r *Retention) historyEnv(ctx context.Context, e env, rep *EnvReport) error
 	offsets, err := groupOffsets(ctx, r)
 	if err != nil {
 		return err
+	}
+	if !attemptsGroup(offsets).started {
+		// Its position bounds the search for deliveries it has not read.
+		rep.HistoryHeld = "the read models have not read the log yet: the history is kept until they have"
+		return r.saveHistory(ctx, e, e.historyFrom, rep, now)
 	}
 	end, err := positionAt(ctx, r.p.Pool, cutoff, e.historyFrom)
 	if err != nil {
@@ -111,6 +115,18 @@ func (r *Retention) historyEnv(ctx context.Context, e env, rep *EnvReport) error
 type offset struct {
 	types   []string
 	tx, pos int64
+	started bool // the group has an offset row
+}
+
+// attemptsGroup is the offset of the one group that reads
+// DeliveryRequested (the attempts read model), which names every delivery.
+func attemptsGroup(offsets []offset) offset {
+	for _, o := range offsets {
+		if slices.Contains(o.types, domain.EvDeliveryRequested) {
+			return o
+		}
+	}
+	return offset{}
 }
 
 func (o offset) covers(tx, pos int64) bool { return tx < o.tx || (tx == o.tx && pos <= o.pos) }
@@ -137,6 +153,7 @@ func groupOffsets(ctx context.Context, r *Retention) ([]offset, error) {
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return nil, fmt.Errorf("consumer offsets: %w", err)
 		}
+		o.started = err == nil
 		out = append(out, o)
 	}
 	return out, nil
@@ -188,12 +205,7 @@ func (r *Retention) removeBatch(ctx context.Context, e env, s sel, offsets []off
 		}); err != nil {
 			return fmt.Errorf("select deliveries: %w", err)
 		}
-		var lowest offset // the read model's (the one group that reads DeliveryRequested)
-		for _, o := range offsets {
-			if slices.Contains(o.types, domain.EvDeliveryRequested) {
-				lowest = o
-			}
-		}
+		projected := attemptsGroup(offsets)
 		// hold holds the webhooks a query names.
 		hold := func(what, sql string, args ...any) error {
 			rows, err := tx.Query(ctx, sql, args...)
@@ -213,7 +225,7 @@ func (r *Retention) removeBatch(ctx context.Context, e env, s sel, offsets []off
 		if err := hold("unread deliveries", `SELECT DISTINCT e.payload->>'event_id' FROM events e
 			WHERE e.transaction_id >= $1::text::xid8 AND (e.transaction_id, e.global_position) > ($1::text::xid8, $2)
 				AND e.event_type = 'DeliveryRequested' AND e.payload->>'event_id' = ANY($3)`,
-			strconv.FormatInt(lowest.tx, 10), lowest.pos, ids); err != nil {
+			strconv.FormatInt(projected.tx, 10), projected.pos, ids); err != nil {
 			return err
 		}
 		// Live deliveries hold their webhook.
@@ -303,7 +315,8 @@ func (r *Retention) removeBatch(ctx context.Context, e env, s sel, offsets []off
 			sql, what string
 			args      []any
 		}{
-			{`DELETE FROM delivery_attempts WHERE delivery_id = ANY($1)`, "attempts", []any{goneDeliveries}},
+			// By event (indexed; every attempt carries its webhook's id).
+			{`DELETE FROM delivery_attempts WHERE event_id = ANY($1)`, "attempts", []any{goneIDs}},
 			{`DELETE FROM projected_deliveries WHERE delivery_id = ANY($1)`, "deliveries", []any{goneDeliveries}},
 			{`DELETE FROM issue_deliveries WHERE delivery_id = ANY($1)`, "issue deliveries", []any{goneDeliveries}},
 			{`DELETE FROM event_delivery_outcomes WHERE event_id = ANY($1)`, "outcomes", []any{goneIDs}},
