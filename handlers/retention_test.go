@@ -363,6 +363,14 @@ func TestHistoryRetentionRemovesFinishedWebhooksWhole(t *testing.T) {
 	h.quietExcept(10*time.Second, 1)
 	listsBefore := h.dump("/v1/delivery-attempts", "delivery_attempts")
 
+	// Finished deliveries keep their job rows a minute: they hold their
+	// webhooks until the engine prunes them.
+	if rep := pass(later); rep.Webhooks != 0 || rep.WebhooksHeld != 6 {
+		t.Fatalf("pass with the finished jobs' rows still there = %+v", rep)
+	}
+	if _, err := h.pool.Exec(ctx, `DELETE FROM delivery_jobs WHERE state = 'done'`); err != nil { // the engine's prune, a minute on
+		t.Fatal(err)
+	}
 	rep := pass(later)
 	// 5 webhooks, 5 deliveries; events: 5 × (received, requested,
 	// attempted) + the manual retry's requested and attempted.
@@ -449,6 +457,9 @@ func TestHistoryRetentionRemovesFinishedWebhooksWhole(t *testing.T) {
 		t.Fatalf("retry of the held delivery = %d %v", code, out)
 	}
 	h.quiet(10 * time.Second)
+	if _, err := h.pool.Exec(ctx, `DELETE FROM delivery_jobs WHERE state = 'done'`); err != nil {
+		t.Fatal(err)
+	}
 	rep = pass(func() time.Time { return time.Now().Add(3 * time.Minute) })
 	if rep.Webhooks != 1 || rep.Deliveries != 1 || rep.WebhooksHeld != 0 {
 		t.Fatalf("pass after the held delivery finished = %+v", rep)
@@ -512,8 +523,13 @@ func TestHistoryRetentionWaitsForARetryInFlight(t *testing.T) {
 		t.Fatalf("PATCH = %d %v", code, out)
 	}
 
+	// The finished delivery's job row, pruned (as a minute on).
+	var job string
+	if err := h.pool.QueryRow(ctx, `DELETE FROM delivery_jobs j WHERE event_id = $1 RETURNING row_to_json(j)::text`, id).Scan(&job); err != nil {
+		t.Fatal(err)
+	}
 	// The retry's transaction, as the retry endpoint runs it: the webhook's
-	// row FOR SHARE, then its delivery scheduled again.
+	// row FOR SHARE, then its delivery's job written again, scheduled.
 	tx, err := h.pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -536,7 +552,8 @@ func TestHistoryRetentionWaitsForARetryInFlight(t *testing.T) {
 		err := h.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE '%EventReceived%FOR UPDATE%')`).Scan(&waiting)
 		return err == nil && waiting
 	})
-	if tag, err := tx.Exec(ctx, `UPDATE delivery_jobs SET state = 'scheduled', due_at = now() + interval '1 hour', lease_until = NULL WHERE event_id = $1`, id); err != nil || tag.RowsAffected() != 1 {
+	if tag, err := tx.Exec(ctx, `INSERT INTO delivery_jobs SELECT * FROM jsonb_populate_record(NULL::delivery_jobs,
+		$1::jsonb || jsonb_build_object('state', 'scheduled', 'due_at', now() + interval '1 hour', 'lease_until', NULL))`, job); err != nil || tag.RowsAffected() != 1 {
 		t.Fatalf("schedule the retry: %v (%d rows)", err, tag.RowsAffected())
 	}
 	if err := tx.Commit(ctx); err != nil {

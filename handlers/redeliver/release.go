@@ -133,11 +133,14 @@ func (s *Redeliverer) releaseReplay(ctx context.Context, id string) error {
 
 type received struct{ uuid, source string }
 
-// loadReceived reads the EventReceived id and source of each event in batch.
+// loadReceived reads the EventReceived id and source of each event in batch,
+// FOR SHARE: a history pass (which locks them FOR UPDATE before it looks
+// for scheduled deliveries) either sees this release's jobs or removed the
+// event before it, and then it is missing here and left out.
 func loadReceived(ctx context.Context, tx pgx.Tx, batch []string) (map[string]received, error) {
 	found := map[string]received{}
 	rows, err := tx.Query(ctx, `SELECT stream_id, event_id::text, payload->>'source_id' FROM events
-		WHERE stream_id = ANY($1) AND event_type = $2`, batch, domain.EvEventReceived)
+		WHERE stream_id = ANY($1) AND event_type = $2 FOR SHARE`, batch, domain.EvEventReceived)
 	if _, err = kit.CollectRows(rows, err, func(row pgx.Row) (struct{}, error) {
 		var sid string
 		var rcv received
@@ -192,7 +195,7 @@ func (t replayTarget) deliveries(batch []string, found map[string]received, conn
 	for i, evID := range batch {
 		rcv, ok := found[evID]
 		if !ok {
-			continue // cannot happen: events are immutable and the ids came from them
+			continue // removed by history retention since the replay listed it
 		}
 		c := conns[rcv.source]
 		deliveryID, attemptID, due := kit.NewID(), kit.NewID(), now.Add(time.Duration(i)*spacing)

@@ -28,19 +28,21 @@ import (
 // rebuild from what is left gives the rows live has: every rebuildable
 // read model keeps rows per webhook, delivery or attempt. It is held (and
 // re-checked by later passes, history_held) while:
-//   - any of its deliveries is still scheduled (a finished one's job row
-//     is pruned by the engine a minute after it finished);
+//   - any of its deliveries has a job row: still scheduled, or finished less
+//     than a minute ago (the engine prunes the row then);
 //   - any of its events is newer than the cutoff (a manual retry last week
 //     keeps the whole webhook until that retry is old too);
 //   - a consumer group (scheduler, read models) has not yet processed one
-//     of its events, or a delivery of it not yet in the read model exists;
+//     of its events; and a pass waits while the attempts read model, which
+//     names the deliveries, is more than readModelLag behind;
 //   - a replay is releasing events in the environment.
 //
-// Races: a retry of one of its deliveries reads the EventReceived row FOR
-// SHARE in the transaction that schedules it; the pass locks the webhooks'
-// EventReceived rows FOR UPDATE before it looks for job rows, so either the
-// retry committed first (its scheduled job holds the webhook) or it waits and then
-// finds the webhook gone (a 400). A rebuild of the read models holds the
+// Races: a retry of one of its deliveries, and a replay's release of it,
+// read the EventReceived row FOR SHARE in the transaction that schedules
+// the delivery; the pass locks the webhooks' EventReceived rows FOR UPDATE
+// before it looks for job rows, so either the retry or release committed
+// first (its scheduled job holds the webhook) or it waits and then finds
+// the webhook gone (a retry is a 400, a release leaves it out). A rebuild of the read models holds the
 // retention lock, so no pass deletes rows under a build.
 
 // HistoryBatch is how many webhooks one history transaction removes by
@@ -72,9 +74,11 @@ func (r *Retention) historyEnv(ctx context.Context, e env, rep *EnvReport) error
 	if err != nil {
 		return err
 	}
-	if !attemptsGroup(offsets).started {
-		// Its position bounds the search for deliveries it has not read.
-		rep.HistoryHeld = "the read models have not read the log yet: the history is kept until they have"
+	if lag, err := readModelBehind(ctx, r, attemptsGroup(offsets), now); err != nil || lag != "" {
+		rep.HistoryHeld = lag
+		if err != nil {
+			return err
+		}
 		return r.saveHistory(ctx, e, e.historyFrom, rep, now)
 	}
 	end, err := positionAt(ctx, r.p.Pool, cutoff, e.historyFrom)
@@ -142,6 +146,36 @@ func read(offsets []offset, typ string, tx, pos int64) bool {
 	return true
 }
 
+// readModelLag is how far behind the attempts read model may be for a pass
+// to go on: it names every delivery older than that. Below the shortest
+// history retention (60 s), and below the minute a finished delivery keeps
+// its job row, so a delivery too young to be named still holds its webhook.
+const readModelLag = 30 * time.Second
+
+// readModelBehind says why a pass must wait for the attempts read model
+// (never started, or its oldest event not yet read older than
+// readModelLag); "" when it need not.
+func readModelBehind(ctx context.Context, r *Retention, o offset, now time.Time) (string, error) {
+	if !o.started {
+		return "the read models have not read the log yet: the history is kept until they have", nil
+	}
+	var oldest time.Time
+	err := r.p.Pool.QueryRow(ctx, `SELECT recorded_at FROM events WHERE transaction_id >= $1::text::xid8
+		AND (transaction_id, global_position) > ($1::text::xid8, $2) AND event_type = ANY($3)
+		ORDER BY transaction_id, global_position LIMIT 1`, strconv.FormatInt(o.tx, 10), o.pos, o.types).Scan(&oldest)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read model lag: %w", err)
+	}
+	if lag := now.Sub(oldest); lag > readModelLag {
+		return fmt.Sprintf("the attempts read model is %s behind the log: the history is kept until it is less than %s behind",
+			lag.Round(time.Second), readModelLag), nil
+	}
+	return "", nil
+}
+
 // groupOffsets reads every consumer group's position (a group that has
 // processed nothing yet is at the start).
 func groupOffsets(ctx context.Context, r *Retention) ([]offset, error) {
@@ -191,8 +225,7 @@ func (r *Retention) removeBatch(ctx context.Context, e env, s sel, offsets []off
 			return nil
 		}
 		// Their deliveries, from the read model (every delivery has an
-		// attempt row from its DeliveryRequested on) and from the log's
-		// tail the read model has not reached yet (those hold the webhook).
+		// attempt row from its DeliveryRequested on).
 		byDelivery := map[string]string{}
 		rows, err = tx.Query(ctx, `SELECT DISTINCT event_id, delivery_id FROM delivery_attempts WHERE event_id = ANY($1)`, ids)
 		if _, err := kit.CollectRows(rows, err, func(row pgx.Row) (struct{}, error) {
@@ -205,7 +238,6 @@ func (r *Retention) removeBatch(ctx context.Context, e env, s sel, offsets []off
 		}); err != nil {
 			return fmt.Errorf("select deliveries: %w", err)
 		}
-		projected := attemptsGroup(offsets)
 		// hold holds the webhooks a query names.
 		hold := func(what, sql string, args ...any) error {
 			rows, err := tx.Query(ctx, sql, args...)
@@ -222,14 +254,13 @@ func (r *Retention) removeBatch(ctx context.Context, e env, s sel, offsets []off
 			}
 			return nil
 		}
-		if err := hold("unread deliveries", `SELECT DISTINCT e.payload->>'event_id' FROM events e
-			WHERE e.transaction_id >= $1::text::xid8 AND (e.transaction_id, e.global_position) > ($1::text::xid8, $2)
-				AND e.event_type = 'DeliveryRequested' AND e.payload->>'event_id' = ANY($3)`,
-			strconv.FormatInt(projected.tx, 10), projected.pos, ids); err != nil {
-			return err
-		}
-		// Live deliveries hold their webhook.
-		if err := hold("live deliveries", `SELECT DISTINCT event_id FROM delivery_jobs WHERE event_id = ANY($1) AND state = 'scheduled'`, ids); err != nil {
+		// A delivery with a job row holds its webhook: a scheduled one, and
+		// one that finished less than a minute ago (the engine prunes it
+		// then). With the read model less than readModelLag behind (checked
+		// per pass), every delivery older than that is in the read model
+		// above, so a delivery the read model does not name yet still has
+		// its row here.
+		if err := hold("live deliveries", `SELECT DISTINCT event_id FROM delivery_jobs WHERE event_id = ANY($1)`, ids); err != nil {
 			return err
 		}
 		// Every event of each webhook: all older than the cutoff, all read

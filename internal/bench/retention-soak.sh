@@ -19,14 +19,15 @@ n=$((rate * minutes * 60))
 pad=$(printf 'x%.0s' $(seq 1 900))
 body='{"id":"{{id}}","sent_at_ns":{{ts}},"type":"order.created","data":"'$pad'"}'
 monitor=$(cd "$(dirname "$0")" && pwd)/soak-monitor.sh
+mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
 # Before firing: the environment keeps payloads 5 minutes and its history
 # HISTORY_MINUTES; the monitor starts.
 export SOAK_OUT=$out SOAK_MONITOR=$monitor
 PRE_FIRE='env_id=$(api "$u/auth/session" | python3 -c "import sys,json; print(json.load(sys.stdin)[\"env_id\"])");
   api -X PATCH "$u/environments/$env_id" -d "{\"payload_retention_days\": $(python3 -c "print(300/86400)"), \"history_retention_days\": '$history'}" >/dev/null;
-  KEY=$key API=$u DB=$edsn ENGINE=$eng SINK=http://127.0.0.1:$sport/_stats "$SOAK_MONITOR" "$SOAK_OUT/monitor.jsonl" & mon=$!'
+  KEY=$key API=$u DB=$edsn ENGINE=$eng SINK=http://127.0.0.1:$sport/_stats METRICS=http://127.0.0.1:'$mport'/metrics "$SOAK_MONITOR" "$SOAK_OUT/monitor.jsonl" & mon=$!'
 export PRE_FIRE
-ENGINE_ENV="HOOKSTREAM_ALLOW_CIDRS=127.0.0.0/8 HOOKSTREAM_LOG_LEVEL=warn" DEST_EXTRA=',"circuit_breaker_enabled":false' \
+ENGINE_ENV="HOOKSTREAM_ALLOW_CIDRS=127.0.0.0/8 HOOKSTREAM_LOG_LEVEL=warn HOOKSTREAM_METRICS_ADDR=127.0.0.1:$mport" DEST_EXTRA=',"circuit_breaker_enabled":false' \
   FIRE_ARGS="--rate $rate --body-template $body" SYSTEM=hookstream \
   "$here/bench-engine.sh" "$out/out.jsonl" 1 0 "$dsn" "$bin" "$n" 32 > "$out/fire.log" 2>&1
 pkill -f "soak-monitor.sh $out/monitor.jsonl" 2>/dev/null || true
