@@ -16,7 +16,10 @@ ALTER TABLE retention_state
     ADD COLUMN oldest_event_at    timestamptz,
     ADD COLUMN webhooks_removed   bigint NOT NULL DEFAULT 0,
     ADD COLUMN deliveries_removed bigint NOT NULL DEFAULT 0,
-    ADD COLUMN log_rows_removed   bigint NOT NULL DEFAULT 0;
+    ADD COLUMN log_rows_removed   bigint NOT NULL DEFAULT 0,
+    -- where the next pass goes on re-checking history_held (it wraps
+    -- around), so webhooks held for a long time do not starve the others
+    ADD COLUMN history_held_from  bigint NOT NULL DEFAULT 0;
 
 -- Webhooks a history pass had to keep past their cutoff (a delivery still
 -- live, an event of theirs newer than the cutoff, a read model not yet past
@@ -57,6 +60,3 @@ BEGIN
         USING ERRCODE = 'insufficient_privilege';
 END;
 $$;
-
--- A history pass removes an issue's links to the deliveries it removes.
-CREATE INDEX issue_deliveries_delivery_idx ON issue_deliveries (delivery_id);

@@ -51,7 +51,7 @@ func cmdRetention(ctx context.Context, args []string, stdout io.Writer, log *slo
 	archiveDir := fs.String("archive-dir", envOr("HOOKSTREAM_ARCHIVE_DIR", ""), "where archiving environments write their NDJSON (HOOKSTREAM_ARCHIVE_DIR)")
 	env := fs.String("env", "", "the environment to configure (set)")
 	days := fs.Float64("days", 0, "payload retention in days (fractions allowed, at least 60 s)")
-	historyDays := fs.Float64("history-days", -1, "history retention in days: finished webhooks are removed whole after it (0: kept forever)")
+	historyDays := fs.Float64("history-days", 0, "history retention in days: finished webhooks are removed whole after it (0: kept forever)")
 	archive := fs.String("archive", "", "archive payloads before they expire: true or false")
 	rate := fs.Int("ingest-rate-limit", -1, "the environment's ingest limit, webhooks/s (0: none)")
 	switch sub {
@@ -74,9 +74,11 @@ func cmdRetention(ctx context.Context, args []string, stdout io.Writer, log *slo
 		if *days != 0 {
 			in.PayloadRetentionDays = days
 		}
-		if *historyDays >= 0 {
-			in.HistoryRetentionDays = historyDays
-		}
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "history-days" {
+				in.HistoryRetentionDays = historyDays // validated with the API's rules (a negative one is refused)
+			}
+		})
 		switch *archive {
 		case "":
 		case "true", "false":

@@ -136,11 +136,12 @@ type received struct{ uuid, source string }
 // loadReceived reads the EventReceived id and source of each event in batch,
 // FOR SHARE: a history pass (which locks them FOR UPDATE before it looks
 // for scheduled deliveries) either sees this release's jobs or removed the
-// event before it, and then it is missing here and left out.
+// event before it, and then it is missing here and left out. In position
+// order, as the pass locks them (no deadlock).
 func loadReceived(ctx context.Context, tx pgx.Tx, batch []string) (map[string]received, error) {
 	found := map[string]received{}
 	rows, err := tx.Query(ctx, `SELECT stream_id, event_id::text, payload->>'source_id' FROM events
-		WHERE stream_id = ANY($1) AND event_type = $2 FOR SHARE`, batch, domain.EvEventReceived)
+		WHERE stream_id = ANY($1) AND event_type = $2 ORDER BY global_position FOR SHARE`, batch, domain.EvEventReceived)
 	if _, err = kit.CollectRows(rows, err, func(row pgx.Row) (struct{}, error) {
 		var sid string
 		var rcv received

@@ -62,40 +62,59 @@ func (r *Retention) historyEnv(ctx context.Context, e env, rep *EnvReport) error
 	now := r.p.Now().UTC()
 	cutoff := now.Add(-time.Duration(*e.history) * time.Second)
 	rep.HistoryBefore = &cutoff
-	switch {
-	case e.archive && r.p.ArchiveDir == "":
+	if e.archive && r.p.ArchiveDir == "" {
 		rep.HistoryHeld = "the environment archives before removal, and serve has no --archive-dir: its history is kept"
-		return r.saveHistory(ctx, e, e.historyFrom, rep, now)
-	case rep.Held != "":
-		rep.HistoryHeld = "a replay is releasing events in this environment: its history is kept until the replay has released them all"
-		return r.saveHistory(ctx, e, e.historyFrom, rep, now)
+		return r.saveHistory(ctx, e, e.historyFrom, e.heldFrom, rep, now)
 	}
-	offsets, err := groupOffsets(ctx, r)
-	if err != nil {
-		return err
-	}
-	if lag, err := readModelBehind(ctx, r, attemptsGroup(offsets), now); err != nil || lag != "" {
-		rep.HistoryHeld = lag
+	// Checked again before every batch: a pass over a large backlog runs
+	// long, and a replay may start, or the read model fall behind, meanwhile.
+	mayGo := func() ([]offset, bool, error) {
+		offsets, err := groupOffsets(ctx, r)
 		if err != nil {
-			return err
+			return nil, false, err
 		}
-		return r.saveHistory(ctx, e, e.historyFrom, rep, now)
+		why, err := readModelBehind(ctx, r, attemptsGroup(offsets), now)
+		if err == nil && why == "" {
+			why, err = replaying(ctx, r, e)
+		}
+		rep.HistoryHeld = why
+		return offsets, why == "" && err == nil, err
 	}
 	end, err := positionAt(ctx, r.p.Pool, cutoff, e.historyFrom)
 	if err != nil {
 		return err
 	}
-	held, err := r.heldBefore(ctx, "history_held", e, end, 5*r.p.HistoryBatch)
+	// The webhooks held before, from where the last pass stopped re-checking
+	// (wrapping around at the end), so long-held ones never starve the others.
+	rows, err := r.p.Pool.Query(ctx, `SELECT pos FROM history_held WHERE org_id = $1 AND env_id = $2 AND pos > $3 AND pos < $4
+		ORDER BY pos LIMIT $5`, e.org, e.id, e.heldFrom, end, 5*r.p.HistoryBatch)
+	held, err := kit.CollectRows(rows, err, func(row pgx.Row) (int64, error) {
+		var p int64
+		return p, row.Scan(&p)
+	})
 	if err != nil {
 		return fmt.Errorf("held webhooks: %w", err)
 	}
+	heldNext := int64(0)
+	if len(held) == 5*r.p.HistoryBatch {
+		heldNext = held[len(held)-1]
+	}
 	for i := 0; i < len(held); i += r.p.HistoryBatch {
+		offsets, ok, err := mayGo()
+		if err != nil || !ok {
+			return errors.Join(err, r.saveHistory(ctx, e, e.historyFrom, e.heldFrom, rep, now))
+		}
 		if _, _, err := r.removeBatch(ctx, e, sel{positions: held[i:min(len(held), i+r.p.HistoryBatch)]}, offsets, cutoff, now, rep); err != nil {
 			return err
 		}
 	}
 	after := e.historyFrom - 1
 	for {
+		offsets, ok, err := mayGo()
+		if err != nil || !ok {
+			// Every webhook up to after is gone or held.
+			return errors.Join(err, r.saveHistory(ctx, e, after+1, heldNext, rep, now))
+		}
 		started := time.Now()
 		n, last, err := r.removeBatch(ctx, e, sel{after: after, end: end}, offsets, cutoff, now, rep)
 		if err != nil {
@@ -111,7 +130,21 @@ func (r *Retention) historyEnv(ctx context.Context, e env, rep *EnvReport) error
 		case <-time.After(time.Since(started)):
 		}
 	}
-	return r.saveHistory(ctx, e, end, rep, now)
+	return r.saveHistory(ctx, e, end, heldNext, rep, now)
+}
+
+// replaying says why a pass must wait for a replay releasing events in the
+// environment (it listed them when it was requested); "" when none is.
+func replaying(ctx context.Context, r *Retention, e env) (string, error) {
+	var running bool
+	if err := r.p.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM replay_jobs WHERE org_id = $1 AND env_id = $2 AND status = 'running' AND released < total)`,
+		e.org, e.id).Scan(&running); err != nil {
+		return "", fmt.Errorf("running replays: %w", err)
+	}
+	if running {
+		return "a replay is releasing events in this environment: its history is kept until the replay has released them all", nil
+	}
+	return "", nil
 }
 
 // offset is a consumer group's position in commit order: it has
@@ -227,12 +260,17 @@ func (r *Retention) removeBatch(ctx context.Context, e env, s sel, offsets []off
 		// Their deliveries, from the read model (every delivery has an
 		// attempt row from its DeliveryRequested on).
 		byDelivery := map[string]string{}
-		rows, err = tx.Query(ctx, `SELECT DISTINCT event_id, delivery_id FROM delivery_attempts WHERE event_id = ANY($1)`, ids)
+		// A replay's delivery holds its webhook while the replay's row
+		// stays (24 h): its progress counts the replay's attempts.
+		rows, err = tx.Query(ctx, `SELECT event_id, delivery_id, bool_or(replay_id IS NOT NULL AND EXISTS (SELECT 1 FROM replay_jobs r WHERE r.id = a.replay_id))
+			FROM delivery_attempts a WHERE event_id = ANY($1) GROUP BY event_id, delivery_id`, ids)
 		if _, err := kit.CollectRows(rows, err, func(row pgx.Row) (struct{}, error) {
 			var ev, d string
-			err := row.Scan(&ev, &d)
+			var replayed bool
+			err := row.Scan(&ev, &d, &replayed)
 			if f := fams[ev]; f != nil && err == nil {
 				f.deliveries, byDelivery[d] = append(f.deliveries, d), ev
+				f.hold = f.hold || replayed
 			}
 			return struct{}{}, err
 		}); err != nil {
@@ -346,9 +384,11 @@ func (r *Retention) removeBatch(ctx context.Context, e env, s sel, offsets []off
 			sql, what string
 			args      []any
 		}{
-			// By event (indexed; every attempt carries its webhook's id).
-			{`DELETE FROM delivery_attempts WHERE event_id = ANY($1)`, "attempts", []any{goneIDs}},
+			// Deliveries before attempts, as a rename's projection updates them
+			// (no deadlock); attempts by event (indexed; every attempt carries
+			// its webhook's id).
 			{`DELETE FROM projected_deliveries WHERE delivery_id = ANY($1)`, "deliveries", []any{goneDeliveries}},
+			{`DELETE FROM delivery_attempts WHERE event_id = ANY($1)`, "attempts", []any{goneIDs}},
 			{`DELETE FROM issue_deliveries WHERE delivery_id = ANY($1)`, "issue deliveries", []any{goneDeliveries}},
 			{`DELETE FROM event_delivery_outcomes WHERE event_id = ANY($1)`, "outcomes", []any{goneIDs}},
 			{`DELETE FROM events_view WHERE id = ANY($1)`, "events", []any{goneIDs}},
@@ -391,35 +431,27 @@ func (r *Retention) removeBatch(ctx context.Context, e env, s sel, offsets []off
 	return found, last, err
 }
 
-// saveHistory records where the next history pass starts, its totals and
-// the oldest webhook kept.
-func (r *Retention) saveHistory(ctx context.Context, e env, next int64, rep *EnvReport, now time.Time) error {
+// saveHistory records where the next history pass starts (and goes on
+// re-checking held webhooks), its totals and the oldest webhook kept.
+func (r *Retention) saveHistory(ctx context.Context, e env, next, heldNext int64, rep *EnvReport, now time.Time) error {
 	var held int
-	var oldest *time.Time
-	if err := r.p.Pool.QueryRow(ctx, `SELECT count(*), min(e.recorded_at) FROM history_held h JOIN events e ON e.global_position = h.pos
-		WHERE h.org_id = $1 AND h.env_id = $2`, e.org, e.id).Scan(&held, &oldest); err != nil {
+	if err := r.p.Pool.QueryRow(ctx, `SELECT count(*) FROM history_held WHERE org_id = $1 AND env_id = $2`, e.org, e.id).Scan(&held); err != nil {
 		return fmt.Errorf("held webhooks: %w", err)
 	}
 	rep.WebhooksHeld = held
-	if oldest == nil {
-		var first time.Time
-		err := r.p.Pool.QueryRow(ctx, `SELECT recorded_at FROM events WHERE global_position >= $1 AND org_id = $2 AND env_id = $3
-			AND event_type = 'EventReceived' ORDER BY global_position LIMIT 1`, next, e.org, e.id).Scan(&first)
-		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("oldest webhook: %w", err)
-		}
-		if err == nil {
-			oldest = &first
-		}
+	// The oldest webhook kept, from the events list (its index).
+	if err := r.p.Pool.QueryRow(ctx, `SELECT min(received_at) FROM events_view WHERE org_id = $1 AND env_id = $2`, e.org, e.id).
+		Scan(&rep.OldestEventAt); err != nil {
+		return fmt.Errorf("oldest webhook: %w", err)
 	}
-	rep.OldestEventAt = oldest
-	_, err := r.p.Pool.Exec(ctx, `INSERT INTO retention_state (org_id, env_id, history_from, oldest_event_at, webhooks_removed, deliveries_removed,
-			log_rows_removed, last_run)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-		ON CONFLICT (org_id, env_id) DO UPDATE SET history_from = excluded.history_from, oldest_event_at = excluded.oldest_event_at,
+	_, err := r.p.Pool.Exec(ctx, `INSERT INTO retention_state (org_id, env_id, history_from, history_held_from, oldest_event_at, webhooks_removed,
+			deliveries_removed, log_rows_removed, last_run)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+		ON CONFLICT (org_id, env_id) DO UPDATE SET history_from = excluded.history_from, history_held_from = excluded.history_held_from,
+			oldest_event_at = excluded.oldest_event_at,
 			webhooks_removed = retention_state.webhooks_removed + excluded.webhooks_removed,
 			deliveries_removed = retention_state.deliveries_removed + excluded.deliveries_removed,
 			log_rows_removed = retention_state.log_rows_removed + excluded.log_rows_removed, last_run = excluded.last_run`,
-		e.org, e.id, next, oldest, rep.Webhooks, rep.Deliveries, rep.LogRows, now)
+		e.org, e.id, next, heldNext, rep.OldestEventAt, rep.Webhooks, rep.Deliveries, rep.LogRows, now)
 	return err
 }

@@ -138,6 +138,7 @@ type env struct {
 	from        int64
 	history     *int64 // seconds; nil: kept forever
 	historyFrom int64
+	heldFrom    int64 // where re-checking history_held goes on
 }
 
 // Run makes one pass over every environment, unless another process is
@@ -162,11 +163,11 @@ func (r *Retention) Run(ctx context.Context) (Report, error) {
 		}
 	}()
 	rows, err := r.p.Pool.Query(ctx, `SELECT e.org_id, e.id, e.payload_retention_seconds, e.archive_payloads, coalesce(s.scan_from, 0),
-			e.history_retention_seconds, coalesce(s.history_from, 0)
+			e.history_retention_seconds, coalesce(s.history_from, 0), coalesce(s.history_held_from, 0)
 		FROM environments e LEFT JOIN retention_state s ON s.org_id = e.org_id AND s.env_id = e.id ORDER BY e.org_id, e.id`)
 	envs, err := kit.CollectRows(rows, err, func(row pgx.Row) (env, error) {
 		var e env
-		return e, row.Scan(&e.org, &e.id, &e.retention, &e.archive, &e.from, &e.history, &e.historyFrom)
+		return e, row.Scan(&e.org, &e.id, &e.retention, &e.archive, &e.from, &e.history, &e.historyFrom, &e.heldFrom)
 	})
 	if err != nil {
 		return Report{}, fmt.Errorf("retention: environments: %w", err)
@@ -220,7 +221,12 @@ func (r *Retention) expireEnv(ctx context.Context, e env) (EnvReport, error) {
 		return rep, err
 	}
 	// The payloads held back before, oldest first, whose delivery may have finished.
-	held, err := r.heldBefore(ctx, "retention_held", e, end, 5*r.p.Batch)
+	rows, err := r.p.Pool.Query(ctx, `SELECT pos FROM retention_held WHERE org_id = $1 AND env_id = $2 AND pos < $3 ORDER BY pos LIMIT $4`,
+		e.org, e.id, end, 5*r.p.Batch)
+	held, err := kit.CollectRows(rows, err, func(row pgx.Row) (int64, error) {
+		var p int64
+		return p, row.Scan(&p)
+	})
 	if err != nil {
 		return rep, fmt.Errorf("held payloads: %w", err)
 	}
@@ -263,17 +269,6 @@ func (r *Retention) expireEnv(ctx context.Context, e env) (EnvReport, error) {
 		return rep, fmt.Errorf("hold payloads: %w", err)
 	}
 	return rep, r.saveState(ctx, e, end, cutoff, &rep, now)
-}
-
-// heldBefore lists up to limit positions held back in table (retention_held
-// or history_held, a constant) below end, oldest first.
-func (r *Retention) heldBefore(ctx context.Context, table string, e env, end int64, limit int) ([]int64, error) {
-	rows, err := r.p.Pool.Query(ctx, `SELECT pos FROM `+table+` WHERE org_id = $1 AND env_id = $2 AND pos < $3 ORDER BY pos LIMIT $4`,
-		e.org, e.id, end, limit)
-	return kit.CollectRows(rows, err, func(row pgx.Row) (int64, error) {
-		var p int64
-		return p, row.Scan(&p)
-	})
 }
 
 // saveState records where the next pass starts, the pass's totals and the
