@@ -685,3 +685,69 @@ func TestHistoryRetentionOrdersARetryAndAPass(t *testing.T) {
 		t.Fatalf("%d deliveries of the removed webhook scheduled (%v)", n, err)
 	}
 }
+
+// Payloads held past their cutoff are re-checked from where the last pass
+// stopped, wrapping around: a backlog held for long (here five webhooks of
+// a destination that keeps failing, more than a pass re-checks) does not
+// keep a webhook that finished meanwhile past its retention.
+func TestRetentionReChecksEveryHeldPayload(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	retries := map[string]any{"retry_intervals": []int{3600}, "retry_backoff_type": "fixed", "circuit_breaker_enabled": false}
+	srcStuck, _ := h.route(newSink(t, 500, 500, 500, 500, 500, 500, 500, 500).srv.URL, retries, nil)
+	srcLater, _ := h.route(newSink(t, 500).srv.URL, retries, nil)
+	var stuck []string
+	for i := 0; i < 5; i++ {
+		stuck = append(stuck, h.ingest(srcStuck, fmt.Sprintf(`{"stuck":%d}`, i)))
+	}
+	later := h.ingest(srcLater, `{"finishes":"later"}`)
+	waitFor(t, 10*time.Second, "every first attempt failed", func() bool {
+		for _, id := range append([]string{later}, stuck...) {
+			if a := h.attempts("event_id=" + id); len(a) != 1 || a[0]["status"] != "failed" {
+				return false
+			}
+		}
+		return true
+	})
+	_, sess := h.do("GET", "/v1/auth/session", h.key, nil)
+	envID := sess["env_id"].(string)
+	if code, out := h.do("PATCH", "/v1/environments/"+envID, h.key, map[string]any{"payload_retention_days": 0.0007}); code != 200 {
+		t.Fatalf("PATCH = %d %v", code, out)
+	}
+	pass := func(ahead time.Duration) {
+		t.Helper()
+		// Batch 1: a pass re-checks at most 5 held payloads.
+		if _, err := retention.New(retention.Params{Pool: h.pool, Now: func() time.Time { return time.Now().Add(ahead) }, Batch: 1}).Run(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pass(2 * time.Minute)
+	var held int
+	if err := h.pool.QueryRow(ctx, `SELECT count(*) FROM retention_held WHERE env_id = $1`, envID).Scan(&held); err != nil || held != 12 {
+		t.Fatalf("%d payloads held (%v), want the 6 webhooks and their 6 attempts", held, err)
+	}
+	if code, out := h.do("POST", "/v1/delivery-attempts/"+h.attempts("event_id="+later)[0]["id"].(string)+"/retry", h.key, nil); code != 200 ||
+		out["delivery_attempt"].(map[string]any)["status"] != "success" {
+		t.Fatalf("retry = %d %v", code, out)
+	}
+	expired := func(id string) bool {
+		var x bool
+		if err := h.pool.QueryRow(ctx, `SELECT payload ? 'payload_expired_at' FROM events WHERE stream_id = $1 AND stream_version = 1`, id).Scan(&x); err != nil {
+			t.Fatal(err)
+		}
+		return x
+	}
+	passes := 0
+	for ; passes < 4 && !expired(later); passes++ {
+		pass(3 * time.Minute)
+	}
+	if !expired(later) {
+		t.Fatalf("the finished webhook's payload is still kept after %d passes", passes)
+	}
+	for _, id := range stuck {
+		if expired(id) {
+			t.Fatalf("a live delivery's payload %s expired", id)
+		}
+	}
+}

@@ -19,7 +19,9 @@ ALTER TABLE retention_state
     ADD COLUMN log_rows_removed   bigint NOT NULL DEFAULT 0,
     -- where the next pass goes on re-checking history_held (it wraps
     -- around), so webhooks held for a long time do not starve the others
-    ADD COLUMN history_held_from  bigint NOT NULL DEFAULT 0;
+    ADD COLUMN history_held_from  bigint NOT NULL DEFAULT 0,
+    -- the same for retention_held (payloads held past their cutoff)
+    ADD COLUMN payload_held_from  bigint NOT NULL DEFAULT 0;
 
 -- Webhooks a history pass had to keep past their cutoff (a delivery still
 -- live, an event of theirs newer than the cutoff, a read model not yet past

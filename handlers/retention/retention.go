@@ -139,6 +139,7 @@ type env struct {
 	history     *int64 // seconds; nil: kept forever
 	historyFrom int64
 	heldFrom    int64 // where re-checking history_held goes on
+	payloadHeld int64 // where re-checking retention_held goes on
 }
 
 // Run makes one pass over every environment, unless another process is
@@ -163,11 +164,11 @@ func (r *Retention) Run(ctx context.Context) (Report, error) {
 		}
 	}()
 	rows, err := r.p.Pool.Query(ctx, `SELECT e.org_id, e.id, e.payload_retention_seconds, e.archive_payloads, coalesce(s.scan_from, 0),
-			e.history_retention_seconds, coalesce(s.history_from, 0), coalesce(s.history_held_from, 0)
+			e.history_retention_seconds, coalesce(s.history_from, 0), coalesce(s.history_held_from, 0), coalesce(s.payload_held_from, 0)
 		FROM environments e LEFT JOIN retention_state s ON s.org_id = e.org_id AND s.env_id = e.id ORDER BY e.org_id, e.id`)
 	envs, err := kit.CollectRows(rows, err, func(row pgx.Row) (env, error) {
 		var e env
-		return e, row.Scan(&e.org, &e.id, &e.retention, &e.archive, &e.from, &e.history, &e.historyFrom, &e.heldFrom)
+		return e, row.Scan(&e.org, &e.id, &e.retention, &e.archive, &e.from, &e.history, &e.historyFrom, &e.heldFrom, &e.payloadHeld)
 	})
 	if err != nil {
 		return Report{}, fmt.Errorf("retention: environments: %w", err)
@@ -211,24 +212,31 @@ func (r *Retention) expireEnv(ctx context.Context, e env) (EnvReport, error) {
 		// Its events are listed when the replay is requested and read when
 		// each batch is released (at most a few hours later).
 		rep.Held = "a replay is releasing events in this environment: payloads are kept until it has released them all"
-		return rep, r.saveState(ctx, e, e.from, cutoff, &rep, now)
+		return rep, r.saveState(ctx, e, e.from, e.payloadHeld, cutoff, &rep, now)
 	case e.archive && r.p.ArchiveDir == "":
 		rep.Held = "the environment archives its payloads before expiry, and serve has no --archive-dir: payloads are kept"
-		return rep, r.saveState(ctx, e, e.from, cutoff, &rep, now)
+		return rep, r.saveState(ctx, e, e.from, e.payloadHeld, cutoff, &rep, now)
 	}
 	end, err := positionAt(ctx, r.p.Pool, cutoff, e.from)
 	if err != nil {
 		return rep, err
 	}
-	// The payloads held back before, oldest first, whose delivery may have finished.
-	rows, err := r.p.Pool.Query(ctx, `SELECT pos FROM retention_held WHERE org_id = $1 AND env_id = $2 AND pos < $3 ORDER BY pos LIMIT $4`,
-		e.org, e.id, end, 5*r.p.Batch)
+	// The payloads held back before, whose delivery may have finished, from
+	// where the last pass stopped re-checking (wrapping around at the end):
+	// a long-held backlog (a destination paused for days) never keeps the
+	// others past their retention.
+	rows, err := r.p.Pool.Query(ctx, `SELECT pos FROM retention_held WHERE org_id = $1 AND env_id = $2 AND pos > $3 AND pos < $4
+		ORDER BY pos LIMIT $5`, e.org, e.id, e.payloadHeld, end, 5*r.p.Batch)
 	held, err := kit.CollectRows(rows, err, func(row pgx.Row) (int64, error) {
 		var p int64
 		return p, row.Scan(&p)
 	})
 	if err != nil {
 		return rep, fmt.Errorf("held payloads: %w", err)
+	}
+	heldNext := int64(0)
+	if len(held) == 5*r.p.Batch {
+		heldNext = held[len(held)-1]
 	}
 	if len(held) > 0 {
 		for i := 0; i < len(held); i += r.p.Batch {
@@ -268,13 +276,13 @@ func (r *Retention) expireEnv(ctx context.Context, e env) (EnvReport, error) {
 		ON CONFLICT DO NOTHING`, e.from, end, e.org, e.id); err != nil {
 		return rep, fmt.Errorf("hold payloads: %w", err)
 	}
-	return rep, r.saveState(ctx, e, end, cutoff, &rep, now)
+	return rep, r.saveState(ctx, e, end, heldNext, cutoff, &rep, now)
 }
 
 // saveState records where the next pass starts, the pass's totals and the
 // oldest payload kept: the oldest held back past the cutoff, else the
 // cutoff itself (no payload is older) when the environment has events.
-func (r *Retention) saveState(ctx context.Context, e env, next int64, cutoff time.Time, rep *EnvReport, now time.Time) error {
+func (r *Retention) saveState(ctx context.Context, e env, next, heldNext int64, cutoff time.Time, rep *EnvReport, now time.Time) error {
 	var oldest *time.Time
 	if err := r.p.Pool.QueryRow(ctx, `SELECT coalesce(
 			(SELECT min(e.recorded_at) FROM retention_held h JOIN events e ON e.global_position = h.pos
@@ -285,13 +293,15 @@ func (r *Retention) saveState(ctx context.Context, e env, next int64, cutoff tim
 		return fmt.Errorf("oldest payload: %w", err)
 	}
 	rep.OldestPayloadAt = oldest
-	_, err := r.p.Pool.Exec(ctx, `INSERT INTO retention_state (org_id, env_id, scan_from, oldest_payload_at, events_expired, attempts_expired, bytes_reclaimed, last_run)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+	_, err := r.p.Pool.Exec(ctx, `INSERT INTO retention_state (org_id, env_id, scan_from, oldest_payload_at, events_expired, attempts_expired, bytes_reclaimed,
+			last_run, payload_held_from)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 		ON CONFLICT (org_id, env_id) DO UPDATE SET scan_from = excluded.scan_from, oldest_payload_at = excluded.oldest_payload_at,
+			payload_held_from = excluded.payload_held_from,
 			events_expired = retention_state.events_expired + excluded.events_expired,
 			attempts_expired = retention_state.attempts_expired + excluded.attempts_expired,
 			bytes_reclaimed = retention_state.bytes_reclaimed + excluded.bytes_reclaimed, last_run = excluded.last_run`,
-		e.org, e.id, next, oldest, rep.Events, rep.Attempts, rep.Bytes, now)
+		e.org, e.id, next, oldest, rep.Events, rep.Attempts, rep.Bytes, now, heldNext)
 	return err
 }
 
