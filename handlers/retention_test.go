@@ -727,7 +727,7 @@ func TestRetentionReChecksEveryHeldPayload(t *testing.T) {
 	if err := h.pool.QueryRow(ctx, `SELECT count(*) FROM retention_held WHERE env_id = $1`, envID).Scan(&held); err != nil || held != 12 {
 		t.Fatalf("%d payloads held (%v), want the 6 webhooks and their 6 attempts", held, err)
 	}
-	if code, out := h.do("POST", "/v1/delivery-attempts/"+h.attempts("event_id="+later)[0]["id"].(string)+"/retry", h.key, nil); code != 200 ||
+	if code, out := h.do("POST", "/v1/delivery-attempts/"+h.attempts("event_id=" + later)[0]["id"].(string)+"/retry", h.key, nil); code != 200 ||
 		out["delivery_attempt"].(map[string]any)["status"] != "success" {
 		t.Fatalf("retry = %d %v", code, out)
 	}
