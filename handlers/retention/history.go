@@ -86,18 +86,9 @@ func (r *Retention) historyEnv(ctx context.Context, e env, rep *EnvReport) error
 	}
 	// The webhooks held before, from where the last pass stopped re-checking
 	// (wrapping around at the end), so long-held ones never starve the others.
-	rows, err := r.p.Pool.Query(ctx, `SELECT pos FROM history_held WHERE org_id = $1 AND env_id = $2 AND pos > $3 AND pos < $4
-		ORDER BY pos LIMIT $5`, e.org, e.id, e.heldFrom, end, 5*r.p.HistoryBatch)
-	held, err := kit.CollectRows(rows, err, func(row pgx.Row) (int64, error) {
-		var p int64
-		return p, row.Scan(&p)
-	})
+	held, heldNext, err := r.heldAfter(ctx, "history_held", e, e.heldFrom, end, 5*r.p.HistoryBatch)
 	if err != nil {
 		return fmt.Errorf("held webhooks: %w", err)
-	}
-	heldNext := int64(0)
-	if len(held) == 5*r.p.HistoryBatch {
-		heldNext = held[len(held)-1]
 	}
 	for i := 0; i < len(held); i += r.p.HistoryBatch {
 		offsets, ok, err := mayGo()

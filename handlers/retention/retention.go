@@ -225,18 +225,9 @@ func (r *Retention) expireEnv(ctx context.Context, e env) (EnvReport, error) {
 	// where the last pass stopped re-checking (wrapping around at the end):
 	// a long-held backlog (a destination paused for days) never keeps the
 	// others past their retention.
-	rows, err := r.p.Pool.Query(ctx, `SELECT pos FROM retention_held WHERE org_id = $1 AND env_id = $2 AND pos > $3 AND pos < $4
-		ORDER BY pos LIMIT $5`, e.org, e.id, e.payloadHeld, end, 5*r.p.Batch)
-	held, err := kit.CollectRows(rows, err, func(row pgx.Row) (int64, error) {
-		var p int64
-		return p, row.Scan(&p)
-	})
+	held, heldNext, err := r.heldAfter(ctx, "retention_held", e, e.payloadHeld, end, 5*r.p.Batch)
 	if err != nil {
 		return rep, fmt.Errorf("held payloads: %w", err)
-	}
-	heldNext := int64(0)
-	if len(held) == 5*r.p.Batch {
-		heldNext = held[len(held)-1]
 	}
 	if len(held) > 0 {
 		for i := 0; i < len(held); i += r.p.Batch {
@@ -277,6 +268,23 @@ func (r *Retention) expireEnv(ctx context.Context, e env) (EnvReport, error) {
 		return rep, fmt.Errorf("hold payloads: %w", err)
 	}
 	return rep, r.saveState(ctx, e, end, heldNext, cutoff, &rep, now)
+}
+
+// heldAfter lists up to limit positions held back in table (retention_held
+// or history_held, a constant) after from and below end, oldest first, and
+// where the next pass goes on re-checking: the last one listed when the
+// limit was reached, else 0 (wrapping around).
+func (r *Retention) heldAfter(ctx context.Context, table string, e env, from, end int64, limit int) (held []int64, next int64, err error) {
+	rows, err := r.p.Pool.Query(ctx, `SELECT pos FROM `+table+` WHERE org_id = $1 AND env_id = $2 AND pos > $3 AND pos < $4
+		ORDER BY pos LIMIT $5`, e.org, e.id, from, end, limit)
+	held, err = kit.CollectRows(rows, err, func(row pgx.Row) (int64, error) {
+		var p int64
+		return p, row.Scan(&p)
+	})
+	if len(held) == limit {
+		next = held[len(held)-1]
+	}
+	return held, next, err
 }
 
 // saveState records where the next pass starts, the pass's totals and the
