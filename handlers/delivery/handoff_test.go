@@ -24,7 +24,8 @@ func (e *Engine) load(dest, tenant string) (requests, batches, tenantLanes, free
 	return requests, batches, e.tenantLanes[tenant], len(e.lanes)
 }
 
-// A hand-off reserves room only for an idle destination, within a batch;
+// A hand-off reserves room for an idle destination, within a batch (and
+// none for a destination with a full batch in flight);
 // a claim sized before that reservation publishes only what still fits and
 // hands back the rest; an aborted hand-off gives back all it reserved. The
 // engine's accounting ends where it began.
@@ -111,5 +112,80 @@ func TestRecordGroupGoesBeforeItHoldsTooManyLanes(t *testing.T) {
 		if got := e.groupDue(); got != c.due {
 			t.Errorf("%d lanes, a group of %d batches (%d jobs): due %v, want %v", c.lanes, c.batches, c.jobs, got, c.due)
 		}
+	}
+}
+
+// A destination still sending one request takes a hand-off as a batch of
+// its own (at low load the webhook before is often still in flight); one
+// with handoffBusy requests in flight, or all its lanes, is left to claims.
+func TestHandOffJoinsANearlyIdleDestination(t *testing.T) {
+	pool := pgtest.NewPool(t)
+	const dest, tenant = "dst", "org/env"
+	newEngine := func(perDest int) *Engine {
+		e := NewEngine(EngineParams{Pool: pool, Lanes: 8, PerDestination: perDest})
+		bus := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 16}, watermill.NopLogger{})
+		t.Cleanup(func() { _ = bus.Close() })
+		var pub message.Publisher = bus
+		e.bus.Store(&pub)
+		return e
+	}
+	e := newEngine(32)
+	now := e.p.Now().UTC()
+	jobsOf := func(prefix string, n int) []jobs.NewJob {
+		out := make([]jobs.NewJob, n)
+		for i := range out {
+			out[i] = jobs.NewJob{DeliveryID: prefix + string(rune('a'+i)), OrgID: "org", EnvID: "env", DestinationID: dest, Due: now.Add(-time.Second)}
+		}
+		return out
+	}
+	reserved := func(take []bool) (n int) {
+		for _, tk := range take {
+			if tk {
+				n++
+			}
+		}
+		return n
+	}
+
+	first, t1 := e.Reserve(jobsOf("a", 1))
+	if t1 == nil || reserved(first) != 1 {
+		t.Fatalf("an idle destination: reserved %v", first)
+	}
+	// One request in flight: a second batch, of at most batchSize.
+	second, t2 := e.Reserve(jobsOf("b", batchSize+1))
+	if t2 == nil || reserved(second) != batchSize || second[batchSize] {
+		t.Fatalf("one request in flight: reserved %d of %d, want a batch of %d", reserved(second), batchSize+1, batchSize)
+	}
+	if r, b, tl, free := e.load(dest, tenant); r != 1+batchSize || b != 2 || tl != 2 || free != 6 {
+		t.Fatalf("after two hand-offs: %d requests, %d batches, tenant lanes %d, %d free lanes", r, b, tl, free)
+	}
+	if again, _ := e.Reserve(jobsOf("c", 1)); again != nil {
+		t.Fatal("a destination with a full batch in flight got a third hand-off")
+	}
+	t2.Aborted()
+	// handoffBusy requests in flight refuse a hand-off, a lane of the
+	// destination free or not.
+	e.mu.Lock()
+	e.inflight[dest].requests = handoffBusy
+	e.mu.Unlock()
+	if again, _ := e.Reserve(jobsOf("d", 1)); again != nil {
+		t.Fatalf("a destination with %d requests in flight got a hand-off", handoffBusy)
+	}
+	e.mu.Lock()
+	e.inflight[dest].requests = 1
+	e.mu.Unlock()
+	t1.Aborted()
+	if r, b, tl, free := e.load(dest, tenant); r != 0 || b != 0 || tl != 0 || free != 8 {
+		t.Fatalf("at the end: %d requests, %d batches, tenant lanes %d, %d free lanes; want all given back", r, b, tl, free)
+	}
+
+	// A destination that may hold one lane (PerDestination up to batchSize)
+	// takes no second batch, however few requests it has in flight.
+	one := newEngine(batchSize)
+	if _, t3 := one.Reserve(jobsOf("e", 1)); t3 == nil {
+		t.Fatal("an idle destination reserved nothing")
+	}
+	if again, _ := one.Reserve(jobsOf("f", 1)); again != nil {
+		t.Fatal("a destination holding its only lane got a second hand-off")
 	}
 }
