@@ -15,6 +15,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 // Expected-version sentinels for Append.
@@ -188,7 +189,7 @@ func (s *Store) prepare(appends []StreamAppend) ([]any, []Event, error) {
 		n += len(a.Events)
 	}
 	var (
-		ids       = make([]uuid.UUID, 0, n)
+		ids       = make([]pgtype.UUID, 0, n) // pgx encodes these without uuid.UUID's text round trip (driver.Valuer)
 		types     = make([]string, 0, n)
 		streamIDs = make([]string, 0, n)
 		expected  = make([]int64, 0, n)
@@ -222,7 +223,7 @@ func (s *Store) prepare(appends []StreamAppend) ([]any, []Event, error) {
 			if err != nil {
 				return nil, nil, fmt.Errorf("marshal metadata: %w", err)
 			}
-			ids = append(ids, id)
+			ids = append(ids, pgtype.UUID{Bytes: id, Valid: true})
 			types = append(types, a.StreamType)
 			streamIDs = append(streamIDs, a.StreamID)
 			expected = append(expected, a.Expected)
@@ -254,12 +255,12 @@ func readAppended(rows pgx.Rows, err error, out []Event) ([]Event, error) {
 	got := 0
 	for rows.Next() {
 		var pos, txid, ver int64
-		var id uuid.UUID
+		var id pgtype.UUID
 		if err := rows.Scan(&pos, &txid, &id, &ver); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("scan appended event: %w", err)
 		}
-		e := &out[byID[id]]
+		e := &out[byID[id.Bytes]]
 		e.GlobalPosition, e.TransactionID, e.StreamVersion = pos, uint64(txid), ver
 		got++
 	}
