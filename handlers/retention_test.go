@@ -365,6 +365,11 @@ func TestHistoryRetentionRemovesFinishedWebhooksWhole(t *testing.T) {
 			t.Fatalf("PATCH history retention = %d %v", code, out)
 		}
 	}
+	// Payloads expire at the same age in this environment: the pass removes
+	// what it can whole first, and expires only the payloads it keeps.
+	if code, out := h.do("PATCH", "/v1/environments/"+envID, h.key, map[string]any{"payload_retention_days": 0.0007}); code != 200 {
+		t.Fatalf("PATCH payload retention = %d %v", code, out)
+	}
 	h.quietExcept(10*time.Second, 1)
 	if n := len(h.dump("/v1/delivery-attempts", "delivery_attempts")); n != 9 {
 		t.Fatalf("attempts listed = %d, want 9", n)
@@ -388,6 +393,13 @@ func TestHistoryRetentionRemovesFinishedWebhooksWhole(t *testing.T) {
 	// attempted) + the manual retry's requested and attempted.
 	if rep := reps[envID]; rep.Webhooks != 3 || rep.Deliveries != 3 || rep.LogRows != 11 || rep.WebhooksHeld != 4 || rep.OldestEventAt == nil {
 		t.Fatalf("history pass = %+v", rep)
+	}
+	// The held webhooks' finished payloads expired; none of the removed
+	// ones' was expired first (every payload the pass expired is still here).
+	var expiredLeft int
+	if err := h.pool.QueryRow(ctx, `SELECT count(*) FROM events WHERE env_id = $1 AND payload ? 'payload_expired_at'`, envID).Scan(&expiredLeft); err != nil ||
+		reps[envID].Events == 0 || reps[envID].Events+reps[envID].Attempts != expiredLeft {
+		t.Fatalf("the pass expired %d payloads, %d left in the log (%v); want some, all left", reps[envID].Events+reps[envID].Attempts, expiredLeft, err)
 	}
 	// The other tenant's webhook had no connection (no delivery, no job
 	// row): it goes at once, counted in its own environment.

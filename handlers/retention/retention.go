@@ -175,14 +175,18 @@ func (r *Retention) Run(ctx context.Context) (Report, error) {
 	}
 	rep := Report{Ran: true}
 	for _, e := range envs {
-		er, err := r.expireEnv(ctx, e)
-		if err != nil {
-			return rep, fmt.Errorf("retention: environment %s: %w", e.id, err)
-		}
-		if er.HistoryRetentionSeconds = e.history; e.history != nil {
+		er := EnvReport{OrgID: e.org, EnvID: e.id, RetentionSeconds: e.retention, HistoryRetentionSeconds: e.history}
+		// History first: a finished webhook past its history's cutoff goes
+		// whole, and expiring its payloads just before would rewrite every
+		// row it is about to delete (with a history retention no longer
+		// than the payloads', that was all the payload phase did).
+		if e.history != nil {
 			if err := r.historyEnv(ctx, e, &er); err != nil {
 				return rep, fmt.Errorf("retention: environment %s: history: %w", e.id, err)
 			}
+		}
+		if err := r.expireEnv(ctx, e, &er); err != nil {
+			return rep, fmt.Errorf("retention: environment %s: %w", e.id, err)
 		}
 		rep.Envs = append(rep.Envs, er)
 	}
@@ -198,28 +202,28 @@ const expirable = `e.event_type IN ('EventReceived', 'DeliveryAttempted') AND NO
 const notLive = `NOT (e.event_type = 'EventReceived' AND EXISTS (SELECT 1 FROM delivery_jobs j WHERE j.event_id = e.stream_id AND j.state = 'scheduled'))
 	AND NOT (e.event_type = 'DeliveryAttempted' AND EXISTS (SELECT 1 FROM delivery_jobs j WHERE j.delivery_id = e.stream_id AND j.state = 'scheduled'))`
 
-func (r *Retention) expireEnv(ctx context.Context, e env) (EnvReport, error) {
+func (r *Retention) expireEnv(ctx context.Context, e env, rep *EnvReport) error {
 	now := r.p.Now().UTC()
 	cutoff := now.Add(-time.Duration(e.retention) * time.Second)
-	rep := EnvReport{OrgID: e.org, EnvID: e.id, RetentionSeconds: e.retention, Before: cutoff}
+	rep.Before = cutoff
 	var replaying bool
 	if err := r.p.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM replay_jobs WHERE org_id = $1 AND env_id = $2 AND status = 'running' AND released < total)`,
 		e.org, e.id).Scan(&replaying); err != nil {
-		return rep, fmt.Errorf("running replays: %w", err)
+		return fmt.Errorf("running replays: %w", err)
 	}
 	switch {
 	case replaying:
 		// Its events are listed when the replay is requested and read when
 		// each batch is released (at most a few hours later).
 		rep.Held = "a replay is releasing events in this environment: payloads are kept until it has released them all"
-		return rep, r.saveState(ctx, e, e.from, e.payloadHeld, cutoff, &rep, now)
+		return r.saveState(ctx, e, e.from, e.payloadHeld, cutoff, rep, now)
 	case e.archive && r.p.ArchiveDir == "":
 		rep.Held = "the environment archives its payloads before expiry, and serve has no --archive-dir: payloads are kept"
-		return rep, r.saveState(ctx, e, e.from, e.payloadHeld, cutoff, &rep, now)
+		return r.saveState(ctx, e, e.from, e.payloadHeld, cutoff, rep, now)
 	}
 	end, err := positionAt(ctx, r.p.Pool, cutoff, e.from)
 	if err != nil {
-		return rep, err
+		return err
 	}
 	// The payloads held back before, whose delivery may have finished, from
 	// where the last pass stopped re-checking (wrapping around at the end):
@@ -227,26 +231,26 @@ func (r *Retention) expireEnv(ctx context.Context, e env) (EnvReport, error) {
 	// others past their retention.
 	held, heldNext, err := r.heldAfter(ctx, "retention_held", e, e.payloadHeld, end, 5*r.p.Batch)
 	if err != nil {
-		return rep, fmt.Errorf("held payloads: %w", err)
+		return fmt.Errorf("held payloads: %w", err)
 	}
 	if len(held) > 0 {
 		for i := 0; i < len(held); i += r.p.Batch {
-			if _, _, err := r.expireBatch(ctx, e, sel{positions: held[i:min(len(held), i+r.p.Batch)]}, cutoff, now, &rep); err != nil {
-				return rep, err
+			if _, _, err := r.expireBatch(ctx, e, sel{positions: held[i:min(len(held), i+r.p.Batch)]}, cutoff, now, rep); err != nil {
+				return err
 			}
 		}
 		if _, err := r.p.Pool.Exec(ctx, `DELETE FROM retention_held h USING events e WHERE h.org_id = $1 AND h.env_id = $2 AND h.pos = ANY($3)
 			AND e.global_position = h.pos AND e.payload ? 'payload_expired_at'`, e.org, e.id, held); err != nil {
-			return rep, fmt.Errorf("held payloads: %w", err)
+			return fmt.Errorf("held payloads: %w", err)
 		}
 	}
 	// The log written since the last pass, up to the cutoff.
 	after := e.from - 1
 	for {
 		started := time.Now()
-		n, last, err := r.expireBatch(ctx, e, sel{after: after, end: end}, cutoff, now, &rep)
+		n, last, err := r.expireBatch(ctx, e, sel{after: after, end: end}, cutoff, now, rep)
 		if err != nil {
-			return rep, err
+			return err
 		}
 		if n < r.p.Batch {
 			break
@@ -255,7 +259,7 @@ func (r *Retention) expireEnv(ctx context.Context, e env) (EnvReport, error) {
 		// At most half the time: deliveries share the database with the pass.
 		select {
 		case <-ctx.Done():
-			return rep, ctx.Err()
+			return ctx.Err()
 		case <-time.After(time.Since(started)):
 		}
 	}
@@ -265,9 +269,9 @@ func (r *Retention) expireEnv(ctx context.Context, e env) (EnvReport, error) {
 		SELECT e.org_id, e.env_id, e.global_position FROM events e
 		WHERE e.global_position >= $1 AND e.global_position < $2 AND e.org_id = $3 AND e.env_id = $4 AND `+expirable+`
 		ON CONFLICT DO NOTHING`, e.from, end, e.org, e.id); err != nil {
-		return rep, fmt.Errorf("hold payloads: %w", err)
+		return fmt.Errorf("hold payloads: %w", err)
 	}
-	return rep, r.saveState(ctx, e, end, heldNext, cutoff, &rep, now)
+	return r.saveState(ctx, e, end, heldNext, cutoff, rep, now)
 }
 
 // heldAfter lists up to limit positions held back in table (retention_held
