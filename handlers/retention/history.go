@@ -58,8 +58,7 @@ type family struct {
 
 // historyEnv removes the environment's webhooks older than its history
 // retention, from where the last pass stopped and from those held before.
-func (r *Retention) historyEnv(ctx context.Context, e env, rep *EnvReport) error {
-	now := r.p.Now().UTC()
+func (r *Retention) historyEnv(ctx context.Context, e env, rep *EnvReport, now time.Time) error {
 	cutoff := now.Add(-time.Duration(*e.history) * time.Second)
 	rep.HistoryBefore = &cutoff
 	if e.archive && r.p.ArchiveDir == "" {
@@ -73,7 +72,7 @@ func (r *Retention) historyEnv(ctx context.Context, e env, rep *EnvReport) error
 		if err != nil {
 			return nil, false, err
 		}
-		why, err := readModelBehind(ctx, r, attemptsGroup(offsets), now)
+		why, err := readModelBehind(ctx, r, attemptsGroup(offsets), r.p.Now().UTC()) // the time now, not the pass's: a phase can run long
 		if err == nil && why == "" {
 			why, err = replaying(ctx, r, e)
 		}
