@@ -763,3 +763,43 @@ func TestRetentionReChecksEveryHeldPayload(t *testing.T) {
 		}
 	}
 }
+
+// With a history retention longer than the payloads', a pass expires
+// payloads before it removes history (they are due first, and a history
+// backlog must not hold them past their retention); with one no longer,
+// history goes first and removes the webhook whole, its payloads untouched
+// (TestHistoryRetentionRemovesFinishedWebhooksWhole).
+func TestRetentionExpiresPayloadsFirstWhenHistoryIsLonger(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+	ok := newSink(t)
+	src, _ := h.route(ok.srv.URL, nil, nil)
+	id := h.ingest(src, `{"order":"payloads first"}`)
+	waitFor(t, 10*time.Second, "the delivery", func() bool { return h.eventStatus(id) == "delivered" })
+	_, sess := h.do("GET", "/v1/auth/session", h.key, nil)
+	envID := sess["env_id"].(string)
+	if code, out := h.do("PATCH", "/v1/environments/"+envID, h.key,
+		map[string]any{"payload_retention_days": 0.0007, "history_retention_days": 0.0014}); code != 200 {
+		t.Fatalf("PATCH retention = %d %v", code, out)
+	}
+	h.quiet(10 * time.Second)
+	if _, err := h.pool.Exec(ctx, `DELETE FROM delivery_jobs WHERE state = 'done'`); err != nil { // as a minute on
+		t.Fatal(err)
+	}
+	// Both cutoffs (60 s and 121 s) are past the webhook.
+	rep, err := retention.New(retention.Params{Pool: h.pool, Now: func() time.Time { return time.Now().Add(3 * time.Minute) }}).Run(ctx)
+	if err != nil || !rep.Ran || len(rep.Envs) == 0 {
+		t.Fatalf("retention pass = %+v %v", rep, err)
+	}
+	for _, e := range rep.Envs {
+		if e.EnvID != envID {
+			continue
+		}
+		if e.Events != 1 || e.Attempts != 1 || e.Webhooks != 1 {
+			t.Fatalf("pass = %+v; want the payloads expired (1 event, 1 attempt), then the webhook removed", e)
+		}
+		return
+	}
+	t.Fatalf("no report for environment %s: %+v", envID, rep)
+}

@@ -176,22 +176,37 @@ func (r *Retention) Run(ctx context.Context) (Report, error) {
 	rep := Report{Ran: true}
 	for _, e := range envs {
 		er := EnvReport{OrgID: e.org, EnvID: e.id, RetentionSeconds: e.retention, HistoryRetentionSeconds: e.history}
-		// History first: a finished webhook past its history's cutoff goes
-		// whole, and expiring its payloads just before would rewrite every
-		// row it is about to delete (with a history retention no longer
-		// than the payloads', that was all the payload phase did). Both
-		// cutoffs are taken from one time: a payload cutoff taken after a
-		// long history phase would run ahead of it and rewrite the
-		// payloads of webhooks the next pass removes whole (a soak at
-		// 550/s did that to about 40,000 webhooks a pass).
+		// With a history retention no longer than the payloads', history
+		// goes first: a finished webhook past its cutoff goes whole, and
+		// expiring its payloads just before would rewrite every row it is
+		// about to delete (that was all the payload phase did in such an
+		// environment). With a longer one, payloads go first: they are due
+		// long before their webhook's history, and a history backlog (the
+		// setting just made on a large environment) must not hold them past
+		// their retention. Both cutoffs are taken from one time: a payload
+		// cutoff taken after a long history phase would run ahead of it
+		// and rewrite the payloads of webhooks the next pass removes whole
+		// (a soak at 550/s did that to 19 batches of 2,000 in one pass).
 		now := r.p.Now().UTC()
-		if e.history != nil {
+		historyFirst := e.history != nil && *e.history <= e.retention
+		history := func() error {
 			if err := r.historyEnv(ctx, e, &er, now); err != nil {
-				return rep, fmt.Errorf("retention: environment %s: history: %w", e.id, err)
+				return fmt.Errorf("retention: environment %s: history: %w", e.id, err)
+			}
+			return nil
+		}
+		if historyFirst {
+			if err := history(); err != nil {
+				return rep, err
 			}
 		}
 		if err := r.expireEnv(ctx, e, &er, now); err != nil {
 			return rep, fmt.Errorf("retention: environment %s: %w", e.id, err)
+		}
+		if e.history != nil && !historyFirst {
+			if err := history(); err != nil {
+				return rep, err
+			}
 		}
 		rep.Envs = append(rep.Envs, er)
 	}
