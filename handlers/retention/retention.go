@@ -186,7 +186,7 @@ func (r *Retention) Run(ctx context.Context) (Report, error) {
 		// their retention. Both cutoffs are taken from one time: a payload
 		// cutoff taken after a long history phase would run ahead of it
 		// and rewrite the payloads of webhooks the next pass removes whole
-		// (a soak at 550/s did that to 19 batches of 2,000 in one pass).
+		// (a soak at 550/s did that to 19 batches of 2,000 in its first passes).
 		now := r.p.Now().UTC()
 		historyFirst := e.history != nil && *e.history <= e.retention
 		history := func() error {
