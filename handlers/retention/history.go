@@ -74,7 +74,10 @@ func (r *Retention) historyEnv(ctx context.Context, e env, rep *EnvReport, now t
 		}
 		why, err := readModelBehind(ctx, r, attemptsGroup(offsets), r.p.Now().UTC()) // the time now, not the pass's: a phase can run long
 		if err == nil && why == "" {
-			why, err = replaying(ctx, r, e)
+			var running bool
+			if running, err = replaying(ctx, r, e); running {
+				why = "a replay is releasing events in this environment: its history is kept until the replay has released them all"
+			}
 		}
 		rep.HistoryHeld = why
 		return offsets, why == "" && err == nil, err
@@ -123,18 +126,16 @@ func (r *Retention) historyEnv(ctx context.Context, e env, rep *EnvReport, now t
 	return r.saveHistory(ctx, e, end, heldNext, rep, now)
 }
 
-// replaying says why a pass must wait for a replay releasing events in the
-// environment (it listed them when it was requested); "" when none is.
-func replaying(ctx context.Context, r *Retention, e env) (string, error) {
+// replaying reports whether a replay is releasing events in the
+// environment: it listed them when it was requested and reads them as it
+// releases each batch, so neither phase may change them meanwhile.
+func replaying(ctx context.Context, r *Retention, e env) (bool, error) {
 	var running bool
 	if err := r.p.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM replay_jobs WHERE org_id = $1 AND env_id = $2 AND status = 'running' AND released < total)`,
 		e.org, e.id).Scan(&running); err != nil {
-		return "", fmt.Errorf("running replays: %w", err)
+		return false, fmt.Errorf("running replays: %w", err)
 	}
-	if running {
-		return "a replay is releasing events in this environment: its history is kept until the replay has released them all", nil
-	}
-	return "", nil
+	return running, nil
 }
 
 // offset is a consumer group's position in commit order: it has

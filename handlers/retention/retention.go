@@ -225,13 +225,12 @@ const notLive = `NOT (e.event_type = 'EventReceived' AND EXISTS (SELECT 1 FROM d
 func (r *Retention) expireEnv(ctx context.Context, e env, rep *EnvReport, now time.Time) error {
 	cutoff := now.Add(-time.Duration(e.retention) * time.Second)
 	rep.Before = cutoff
-	var replaying bool
-	if err := r.p.Pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM replay_jobs WHERE org_id = $1 AND env_id = $2 AND status = 'running' AND released < total)`,
-		e.org, e.id).Scan(&replaying); err != nil {
-		return fmt.Errorf("running replays: %w", err)
+	running, err := replaying(ctx, r, e)
+	if err != nil {
+		return err
 	}
 	switch {
-	case replaying:
+	case running:
 		// Its events are listed when the replay is requested and read when
 		// each batch is released (at most a few hours later).
 		rep.Held = "a replay is releasing events in this environment: payloads are kept until it has released them all"
