@@ -4,7 +4,8 @@
 # (default 10; 0 keeps the history), sampling every 10 s: deliveries, database and
 # table sizes, the engine's memory, and the latency of GET /v1/events and
 # GET /v1/delivery-attempts. Then soak-summary.py compares the first and the
-# last 5 minutes.
+# last 5 minutes. STATEMENTS=1 also prints the soak's top statements
+# (pg_stat_statements).
 #   retention-soak.sh BIN [RATE] [MINUTES] [OUT]
 set -euo pipefail
 here=${BENCH:-$(cd "$(dirname "$0")/../../../shared/bench" && pwd)}/scripts
@@ -13,6 +14,11 @@ history=$(python3 -c "print(${HISTORY_MINUTES:-10} * 60 / 86400)")
 mkdir -p "$out"; rm -f "$out"/*.jsonl
 pg=$(mktemp -d); chmod 755 "$pg"; trap '"$here/pgtmp.sh" stop "$pg/c" >/dev/null 2>&1; rm -rf "$pg"' EXIT
 dsn=$("$here/pgtmp.sh" start "$pg/c")
+if [ -n "${STATEMENTS:-}" ]; then # pg_stat_statements over the whole soak, its top statements printed at the end
+  printf "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = all\n" >>"$pg/c/data/postgresql.conf"
+  "$here/pgtmp.sh" stop "$pg/c" >/dev/null; dsn=$("$here/pgtmp.sh" start "$pg/c")
+  psql -q -X "$dsn" -c 'CREATE EXTENSION IF NOT EXISTS pg_stat_statements'
+fi
 export PGPID=$(head -1 "$pg/c/data/postmaster.pid")
 n=$((rate * minutes * 60))
 # A ~1 KB body, as a production webhook's.
@@ -32,3 +38,8 @@ ENGINE_ENV="HOOKSTREAM_ALLOW_CIDRS=127.0.0.0/8 HOOKSTREAM_LOG_LEVEL=warn HOOKSTR
   "$here/bench-engine.sh" "$out/out.jsonl" 1 0 "$dsn" "$bin" "$n" 32 > "$out/fire.log" 2>&1
 pkill -f "soak-monitor.sh $out/monitor.jsonl" 2>/dev/null || true
 python3 "$(dirname "$0")/soak-summary.py" "$out/monitor.jsonl" "$rate"
+if [ -n "${STATEMENTS:-}" ]; then
+  psql -q -X -A -F ' | ' "$dsn" -c "SELECT round(total_exec_time::numeric) AS ms, calls, rows, round(wal_bytes::numeric/1048576) AS wal_mb,
+    left(regexp_replace(query, '\s+', ' ', 'g'), 120) AS query
+    FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'hsbench') ORDER BY total_exec_time DESC LIMIT 30" | tee "$out/statements.txt"
+fi
