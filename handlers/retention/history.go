@@ -102,6 +102,7 @@ func (r *Retention) historyEnv(ctx context.Context, e env, rep *EnvReport, now t
 		}
 	}
 	after := e.historyFrom - 1
+	phase := time.Now()
 	for {
 		offsets, ok, err := mayGo()
 		if err != nil || !ok {
@@ -117,10 +118,8 @@ func (r *Retention) historyEnv(ctx context.Context, e env, rep *EnvReport, now t
 			break
 		}
 		after = last
-		select { // at most half the time, as the payload expiry
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Since(started)):
+		if err := r.rest(ctx, phase, started); err != nil {
+			return err
 		}
 	}
 	return r.saveHistory(ctx, e, end, heldNext, rep, now)

@@ -264,6 +264,7 @@ func (r *Retention) expireEnv(ctx context.Context, e env, rep *EnvReport, now ti
 	}
 	// The log written since the last pass, up to the cutoff.
 	after := e.from - 1
+	phase := time.Now()
 	for {
 		started := time.Now()
 		n, last, err := r.expireBatch(ctx, e, sel{after: after, end: end}, cutoff, now, rep)
@@ -274,11 +275,8 @@ func (r *Retention) expireEnv(ctx context.Context, e env, rep *EnvReport, now ti
 			break
 		}
 		after = last
-		// At most half the time: deliveries share the database with the pass.
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Since(started)):
+		if err := r.rest(ctx, phase, started); err != nil {
+			return err
 		}
 	}
 	// What that part of the log held back (live deliveries, or an event
@@ -290,6 +288,33 @@ func (r *Retention) expireEnv(ctx context.Context, e env, rep *EnvReport, now ti
 		return fmt.Errorf("hold payloads: %w", err)
 	}
 	return r.saveState(ctx, e, end, heldNext, cutoff, rep, now)
+}
+
+// rest waits between two batches of a phase that began at phase, the last
+// batch at batch: as long as that batch took, so a pass takes at most half
+// the time and deliveries share the database with it; once the phase has
+// run longer than the pass interval, a quarter of that. A phase that long
+// removes less at half time than arrives meanwhile (it found more than an
+// interval's worth, and more arrived while it ran): at half time its
+// backlog, and the disk, would grow without bound on a busy database, as the
+// 550/s soak measured (the log's live rows +11% in 9 minutes). Four fifths
+// of the time removes 1.6 times as much and still leaves deliveries a share.
+func (r *Retention) rest(ctx context.Context, phase, batch time.Time) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(restAfter(time.Since(batch), time.Since(phase), r.p.Interval)):
+		return nil
+	}
+}
+
+// restAfter is rest's pause after a batch that took took, in a phase that
+// has run for running, with passes every interval.
+func restAfter(took, running, interval time.Duration) time.Duration {
+	if running > interval {
+		return took / 4
+	}
+	return took
 }
 
 // heldAfter lists up to limit positions held back in table (retention_held
