@@ -77,7 +77,10 @@ func TestMetricsAfterAKnownWorkload(t *testing.T) {
 	}
 	for _, series := range []string{`hookstream_delivery_jobs{state="due"}`, `hookstream_oldest_due_job_age_seconds`,
 		`hookstream_consumer_lag_events{group="projector.delivery_attempts"}`, `hookstream_consumer_lag_seconds{group="scheduler"}`,
-		`hookstream_circuit_state{destination_id="` + dest + `"}`, `hookstream_db_pool_max_connections`} {
+		`hookstream_circuit_state{destination_id="` + dest + `"}`, `hookstream_db_pool_max_connections`,
+		// The runtime's own: heap in use and the live heap after the last
+		// GC (the soak tells a leak from garbage with the second).
+		`go_memstats_heap_inuse_bytes`, `go_gc_heap_live_bytes`, `process_resident_memory_bytes`} {
 		if _, ok := after[series]; !ok {
 			t.Errorf("/metrics has no %s", series)
 		}

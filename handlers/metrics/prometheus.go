@@ -5,6 +5,7 @@ package metrics
 import (
 	"context"
 	"log/slog"
+	"regexp"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -67,7 +68,11 @@ func NewMetrics(pool *pgxpool.Pool, log *slog.Logger) *Metrics {
 			[]string{"route", "method", "code"}),
 	}
 	reg.MustRegister(m.deliveries, m.attemptDuration, m.ingestRequests, m.ingestBytes, m.apiDuration, m.expiredPayloads, m.reclaimedBytes, m.historyRemoved, m.dispatched, m.recordGroups, m.groupedBatches,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		// The live heap after the last GC beside the memstats: heap in use
+		// also counts garbage not yet collected, so only the live heap
+		// tells a leak from a busier allocation rate.
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/gc/heap/live:bytes$`)})),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&dbCollector{pool: pool, log: log})
 	return m
 }

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Samples a running engine every 10 s into OUT (JSON lines): seconds since
 # start, deliveries so far (the sink's), database and events-table bytes,
-# the engine's RSS and Go heap in use (METRICS, its /metrics), retention's payload and history batches so far, and the time of GET /v1/events and
+# the engine's RSS, Go heap in use and live heap after the last GC (METRICS, its /metrics), retention's payload and history batches so far, and the time of GET /v1/events and
 # GET /v1/delivery-attempts (first page, 50 rows; the median of three requests). Env: KEY API DB ENGINE SINK METRICS.
 out=${1:?out}
 median() {
@@ -19,7 +19,9 @@ while kill -0 "$ENGINE" 2>/dev/null; do
     || ',' || (SELECT count(*) FROM events WHERE event_type = 'PayloadsExpired')
     || ',' || (SELECT count(*) FROM events WHERE event_type = 'HistoryExpired')" 2>/dev/null || echo "0,0,0,0")
   rss=$(ps -o rss= -p "$ENGINE" 2>/dev/null | tr -d ' ')
-  heap=$(curl -s "${METRICS:-}" 2>/dev/null | awk '/^go_memstats_heap_inuse_bytes /{printf "%d", $2}')
-  echo "{\"t\":$t,\"delivered\":$delivered,\"db_bytes\":${sizes%%,*},\"events_bytes\":$(echo "$sizes" | cut -d, -f2),\"expiry_batches\":$(echo "$sizes" | cut -d, -f3),\"history_batches\":${sizes##*,},\"rss_kb\":${rss:-0},\"heap_bytes\":${heap:-0},\"events_s\":$ev,\"attempts_s\":$at}" >> "$out"
+  metrics=$(curl -s "${METRICS:-}" 2>/dev/null)
+  heap=$(echo "$metrics" | awk '/^go_memstats_heap_inuse_bytes /{printf "%d", $2}')
+  live=$(echo "$metrics" | awk '/^go_gc_heap_live_bytes /{printf "%d", $2}')
+  echo "{\"t\":$t,\"delivered\":$delivered,\"db_bytes\":${sizes%%,*},\"events_bytes\":$(echo "$sizes" | cut -d, -f2),\"expiry_batches\":$(echo "$sizes" | cut -d, -f3),\"history_batches\":${sizes##*,},\"rss_kb\":${rss:-0},\"heap_bytes\":${heap:-0},\"live_heap_bytes\":${live:-0},\"events_s\":$ev,\"attempts_s\":$at}" >> "$out"
   sleep 10
 done
