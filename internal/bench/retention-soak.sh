@@ -5,7 +5,8 @@
 # table sizes, the engine's memory, and the latency of GET /v1/events and
 # GET /v1/delivery-attempts. Then soak-summary.py compares the first and the
 # last 5 minutes. STATEMENTS=1 also prints the soak's top statements
-# (pg_stat_statements).
+# (pg_stat_statements). PPROF_ADDR=127.0.0.1:PORT serves the engine's pprof
+# there (heap profiles during the soak).
 #   retention-soak.sh BIN [RATE] [MINUTES] [OUT]
 set -euo pipefail
 here=${BENCH:-$(cd "$(dirname "$0")/../../../shared/bench" && pwd)}/scripts
@@ -33,7 +34,7 @@ PRE_FIRE='env_id=$(api "$u/auth/session" | python3 -c "import sys,json; print(js
   api -X PATCH "$u/environments/$env_id" -d "{\"payload_retention_days\": $(python3 -c "print(300/86400)"), \"history_retention_days\": '$history'}" >/dev/null;
   KEY=$key API=$u DB=$edsn ENGINE=$eng SINK=http://127.0.0.1:$sport/_stats METRICS=http://127.0.0.1:'$mport'/metrics "$SOAK_MONITOR" "$SOAK_OUT/monitor.jsonl" & mon=$!'
 export PRE_FIRE
-ENGINE_ENV="HOOKSTREAM_ALLOW_CIDRS=127.0.0.0/8 HOOKSTREAM_LOG_LEVEL=warn HOOKSTREAM_METRICS_ADDR=127.0.0.1:$mport" DEST_EXTRA=',"circuit_breaker_enabled":false' \
+ENGINE_ENV="HOOKSTREAM_ALLOW_CIDRS=127.0.0.0/8 HOOKSTREAM_LOG_LEVEL=warn HOOKSTREAM_METRICS_ADDR=127.0.0.1:$mport${PPROF_ADDR:+ HOOKSTREAM_PPROF_ADDR=$PPROF_ADDR}" DEST_EXTRA=',"circuit_breaker_enabled":false' \
   FIRE_ARGS="--rate $rate --body-template $body" SYSTEM=hookstream \
   "$here/bench-engine.sh" "$out/out.jsonl" 1 0 "$dsn" "$bin" "$n" 32 > "$out/fire.log" 2>&1
 pkill -f "soak-monitor.sh $out/monitor.jsonl" 2>/dev/null || true

@@ -6,10 +6,14 @@ import json, statistics, sys
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 rate = float(sys.argv[2]) if len(sys.argv) > 2 else 0
+# The monitor's last sample may come after the engine stopped (no RSS, no
+# metrics): it counts the deliveries, not a window.
+final = rows[-1]["delivered"]
+rows = [r for r in rows if r.get("rss_kb", 0)] or rows
 windows = {}
 for r in rows:
     windows.setdefault(int(r["t"] // 300), []).append(r)
-print(f"{len(rows)} samples over {rows[-1]['t'] / 60:.1f} min (offered {rate:.0f} webhooks/s)")
+print(f"{len(rows)} samples over {rows[-1]['t'] / 60:.1f} min (offered {rate:.0f} webhooks/s); {final} delivered at the end")
 print("| minutes | deliveries/s | database MB (end) | DB growth MB/min | events table MB | engine RSS MB | Go heap in use MB | Go live heap MB | GET /v1/events ms (median) | GET /v1/delivery-attempts ms (median) | expiry batches | history batches |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 summ = []
