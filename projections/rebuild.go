@@ -277,16 +277,18 @@ var specs = []spec{
 		fill: []string{
 			`DELETE FROM replay_jobs`,
 			`INSERT INTO replay_jobs (id, org_id, env_id, destination_id, source_id, connection_id, from_at, to_at, rate_limit, max_events,
-				status, error, total, released, created_at, failed_at, cancelled_at, next_batch_at)
+				status, error, total, released, skipped, created_at, failed_at, cancelled_at, next_batch_at)
 			SELECT r.replay_id, r.org_id, r.env_id, r.payload->>'destination_id', NULLIF(r.payload->>'source_id', ''),
 				NULLIF(r.payload->>'connection_id', ''), hs_ts(r.payload->>'from'), hs_ts(r.payload->>'to'), (r.payload->>'rate_limit')::int,
 				(r.payload->>'max_events')::int,
 				CASE WHEN f.replay_id IS NOT NULL THEN 'failed' WHEN c.replay_id IS NOT NULL THEN 'cancelled' ELSE 'running' END, f.payload->>'reason',
-				jsonb_array_length(r.payload->'event_ids'), coalesce(rel.released, 0), hs_ts(r.payload->>'requested_at'), hs_ts(f.payload->>'failed_at'),
+				jsonb_array_length(r.payload->'event_ids'), coalesce(rel.released, 0), coalesce(rel.skipped, 0), hs_ts(r.payload->>'requested_at'), hs_ts(f.payload->>'failed_at'),
 				hs_ts(c.payload->>'cancelled_at'), coalesce(rel.last_at + interval '1 second', hs_ts(r.payload->>'requested_at'))
 			FROM rb_replay r
 			LEFT JOIN (SELECT replay_id, max((payload->>'offset')::int + (payload->>'count')::int) AS released,
-				max(hs_ts(payload->>'released_at')) AS last_at FROM rb_replay
+				max(hs_ts(payload->>'released_at')) AS last_at,
+				sum((payload->>'count')::int - CASE jsonb_typeof(payload->'delivery_ids') WHEN 'array' THEN jsonb_array_length(payload->'delivery_ids') ELSE 0 END) AS skipped
+				FROM rb_replay
 				WHERE type = 'ReplayReleased' GROUP BY replay_id) rel ON rel.replay_id = r.replay_id
 			LEFT JOIN (SELECT DISTINCT ON (replay_id) replay_id, payload FROM rb_replay WHERE type = 'ReplayFailed') f ON f.replay_id = r.replay_id
 			LEFT JOIN (SELECT DISTINCT ON (replay_id) replay_id, payload FROM rb_replay WHERE type = 'ReplayCancelled') c ON c.replay_id = r.replay_id

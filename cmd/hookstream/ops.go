@@ -262,6 +262,9 @@ func cmdReplay(ctx context.Context, args []string, stdout, stderr io.Writer, log
 		}
 		_, err := fmt.Fprintf(stdout, "replay %s: %s, %d/%d processed (%d succeeded, %d failed), %d released, %d/s to destination %s\n",
 			j.ID, j.Status, j.Processed, j.Total, j.Succeeded, j.Failed, j.Released, j.RateLimit, j.DestinationID)
+		if err == nil && j.Skipped > 0 {
+			_, err = fmt.Fprintf(stdout, "  skipped: %d (history retention removed them before their batch was released)\n", j.Skipped)
+		}
 		if err == nil && j.Waiting != nil {
 			_, err = fmt.Fprintf(stdout, "  waiting: %s\n", *j.Waiting)
 		}

@@ -125,8 +125,10 @@ func (s *Redeliverer) releaseReplay(ctx context.Context, id string) error {
 				return err
 			}
 		}
-		_, err = tx.Exec(ctx, `UPDATE replay_jobs SET released = $2, next_batch_at = $3 WHERE id = $1 AND released < $2`,
-			id, offset+len(batch), now.Add(time.Second))
+		// Events removed by history retention since the replay listed them
+		// are skipped: they count towards the replay's completion.
+		_, err = tx.Exec(ctx, `UPDATE replay_jobs SET released = $2, next_batch_at = $3, skipped = skipped + $4 WHERE id = $1 AND released < $2`,
+			id, offset+len(batch), now.Add(time.Second), len(batch)-len(deliveryIDs))
 		return err
 	})
 }

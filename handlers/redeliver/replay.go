@@ -46,10 +46,14 @@ type ReplayJob struct {
 	Processed     int     `json:"processed"`
 	Succeeded     int     `json:"succeeded"`
 	Failed        int     `json:"failed"`
-	Error         *string `json:"error"`
-	StartedAt     string  `json:"started_at"`
-	CompletedAt   *string `json:"completed_at"`
-	CancelledAt   *string `json:"cancelled_at"`
+	// Skipped are listed events that history retention removed before
+	// their batch was released: they were not sent, and the replay
+	// completes without them.
+	Skipped     int     `json:"skipped"`
+	Error       *string `json:"error"`
+	StartedAt   string  `json:"started_at"`
+	CompletedAt *string `json:"completed_at"`
+	CancelledAt *string `json:"cancelled_at"`
 	// Waiting says why a running replay's deliveries are held, or null:
 	// its destination is paused or its circuit open, its connection or
 	// source paused.
@@ -309,7 +313,7 @@ func filterInput(method, contentType, ip string, headers map[string][]string, bo
 }
 
 const replayCols = `j.id, j.destination_id, j.source_id, j.connection_id, j.from_at, j.to_at, j.rate_limit, j.max_events, j.status,
-	j.total, j.released, j.error, j.created_at, coalesce(p.processed, 0), coalesce(p.succeeded, 0), coalesce(p.failed, 0), p.last_at,
+	j.total, j.released, j.skipped, j.error, j.created_at, coalesce(p.processed, 0), coalesce(p.succeeded, 0), coalesce(p.failed, 0), p.last_at,
 	j.cancelled_at, h.dest_status, h.circuit, h.opened_at, h.route_paused`
 
 // replayFrom is the job with its progress (a count of its attempts) and
@@ -335,7 +339,7 @@ func scanReplay(row pgx.Row) (ReplayJob, error) {
 	var failedStatus string
 	var destStatus, circuit, routePaused *string
 	err := row.Scan(&j.ID, &j.DestinationID, &j.SourceID, &j.ConnectionID, &from, &to, &j.RateLimit, &j.MaxEvents, &failedStatus,
-		&j.Total, &j.Released, &j.Error, &created, &j.Processed, &j.Succeeded, &j.Failed, &lastAt,
+		&j.Total, &j.Released, &j.Skipped, &j.Error, &created, &j.Processed, &j.Succeeded, &j.Failed, &lastAt,
 		&cancelledAt, &destStatus, &circuit, &openedAt, &routePaused)
 	j.From, j.To, j.StartedAt = kit.ISOTime(from), kit.ISOTime(to), kit.ISOTime(created)
 	j.CancelledAt = kit.ISOTimePtr(cancelledAt)
@@ -344,7 +348,7 @@ func scanReplay(row pgx.Row) (ReplayJob, error) {
 		j.Status = "failed"
 	case failedStatus == "cancelled":
 		j.Status = "cancelled"
-	case j.Processed >= j.Total:
+	case j.Processed+j.Skipped >= j.Total:
 		j.Status = "completed"
 		j.CompletedAt = kit.ISOTimePtr(lastAt)
 	default:

@@ -576,10 +576,11 @@ async function pageReplay() {
   const body = h('tbody', {});
   const draw = (list) => body.replaceChildren(...list.map((j) => {
     const bar = h('div', {});
-    bar.style.width = (j.total ? Math.round(100 * j.processed / j.total) : 100) + '%';
+    const done = j.processed + (j.skipped || 0); // skipped: removed by history retention before their batch
+    bar.style.width = (j.total ? Math.round(100 * done / j.total) : 100) + '%';
     return h('tr', {}, h('td', { class: 'id' }, j.id), h('td', {}, badge(j.status)),
-      h('td', {}, h('div', { class: 'progress', role: 'progressbar', 'aria-valuemin': 0, 'aria-valuemax': j.total, 'aria-valuenow': j.processed }, bar),
-        `${j.processed}/${j.total} · ${j.succeeded} ok · ${j.failed} failed`),
+      h('td', {}, h('div', { class: 'progress', role: 'progressbar', 'aria-valuemin': 0, 'aria-valuemax': j.total, 'aria-valuenow': done }, bar),
+        `${j.processed}/${j.total} · ${j.succeeded} ok · ${j.failed} failed` + (j.skipped ? ` · ${j.skipped} skipped (history expired)` : '')),
       h('td', {}, j.waiting ? String(j.waiting) : '–'),
       h('td', {}, j.status === 'running' ? h('button', {
         type: 'button', class: 'danger',
