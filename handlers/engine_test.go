@@ -250,6 +250,17 @@ func newSink(t *testing.T, codes ...int) *sink {
 
 func (s *sink) count() int { s.mu.Lock(); defer s.mu.Unlock(); return len(s.bodies) }
 
+// byEvent counts the requests received per X-hookstream-Event-Id.
+func (s *sink) byEvent() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	got := map[string]int{}
+	for _, hd := range s.headers {
+		got[hd.Get("X-hookstream-Event-Id")]++
+	}
+	return got
+}
+
 func num(v any) int { f, _ := v.(float64); return int(f) }
 
 func byNumber(list []map[string]any, n int) map[string]any {

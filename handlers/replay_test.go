@@ -89,11 +89,8 @@ func TestReplayDeliversTheRangeAtTheRateWithoutRetries(t *testing.T) {
 		t.Errorf("completed job = %v", job)
 	}
 	rs := sc.replaySink
+	got := rs.byEvent()
 	rs.mu.Lock()
-	got := map[string]int{}
-	for _, hd := range rs.headers {
-		got[hd.Get("X-hookstream-Event-Id")]++
-	}
 	times := append([]time.Time(nil), rs.times...)
 	rs.mu.Unlock()
 	if len(got) != 8 || len(times) != 8 {
@@ -420,13 +417,7 @@ func TestReplayCompletesWithoutAWebhookRemovedBeforeItsBatch(t *testing.T) {
 		num(job["skipped"]) != 1 || job["completed_at"] == nil {
 		t.Errorf("job = %v, want 2 of 3 processed and 1 skipped", job)
 	}
-	rs := sc.replaySink
-	rs.mu.Lock()
-	got := map[string]int{}
-	for _, hd := range rs.headers {
-		got[hd.Get("X-hookstream-Event-Id")]++
-	}
-	rs.mu.Unlock()
+	got := sc.replaySink.byEvent()
 	if len(got) != 2 || got[gone] != 0 || got[sc.inside[0]] != 1 || got[sc.inside[2]] != 1 {
 		t.Errorf("replayed = %v, want the first and the last once each", got)
 	}

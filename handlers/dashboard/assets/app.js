@@ -576,7 +576,7 @@ async function pageReplay() {
   const body = h('tbody', {});
   const draw = (list) => body.replaceChildren(...list.map((j) => {
     const bar = h('div', {});
-    const done = j.processed + (j.skipped || 0); // skipped: removed by history retention before their batch
+    const done = j.processed + j.skipped; // skipped: removed by history retention before their batch
     bar.style.width = (j.total ? Math.round(100 * done / j.total) : 100) + '%';
     return h('tr', {}, h('td', { class: 'id' }, j.id), h('td', {}, badge(j.status)),
       h('td', {}, h('div', { class: 'progress', role: 'progressbar', 'aria-valuemin': 0, 'aria-valuemax': j.total, 'aria-valuenow': done }, bar),
