@@ -699,15 +699,8 @@ func TestRetryDueAtOnceKeepsItsLeaseAndRunsAgain(t *testing.T) {
 		}
 	}))
 	t.Cleanup(dst.Close)
-	// Every hand-back of a scheduled job's lease is logged: a retry claimed
-	// again (not chained) shows as one between the attempts.
-	if _, err := h.pool.Exec(context.Background(), `CREATE TABLE lease_handbacks (delivery_id text, attempt_number int);
-		CREATE FUNCTION log_lease_handback() RETURNS trigger LANGUAGE plpgsql AS $$
-		BEGIN INSERT INTO lease_handbacks VALUES (NEW.delivery_id, NEW.attempt_number); RETURN NEW; END $$;
-		CREATE TRIGGER lease_handback AFTER UPDATE ON delivery_jobs FOR EACH ROW
-			WHEN (OLD.leased_by IS NOT NULL AND NEW.leased_by IS NULL AND NEW.state = 'scheduled') EXECUTE FUNCTION log_lease_handback()`); err != nil {
-		t.Fatal(err)
-	}
+	// A retry claimed again (not chained) shows as a hand-back between the attempts.
+	logLeaseHandbacks(t, h)
 	src, _ := h.route(dst.URL, map[string]any{"retry_intervals": []int{0}, "retry_backoff_type": "fixed", "retry_max_attempts": 5,
 		"circuit_breaker_enabled": false}, nil)
 	ev := h.ingest(src, `{"chain":true}`)
@@ -745,12 +738,139 @@ func TestRetryDueAtOnceKeepsItsLeaseAndRunsAgain(t *testing.T) {
 	if state != "done" || leased != nil {
 		t.Errorf("finished job: state %s, leased by %v", state, leased)
 	}
-	var handbacks int
-	if err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM lease_handbacks`).Scan(&handbacks); err != nil {
+	if handbacks := leaseHandbacks(t, h, ""); handbacks != 0 {
+		t.Errorf("the job's lease was handed back %d times between its attempts: the retries were claimed again, not chained", handbacks)
+	}
+}
+
+// logLeaseHandbacks logs every hand-back of a scheduled job's lease into the
+// table lease_handbacks (leaseHandbacks counts them).
+func logLeaseHandbacks(t *testing.T, h *harness) {
+	t.Helper()
+	if _, err := h.pool.Exec(context.Background(), `CREATE TABLE lease_handbacks (delivery_id text, attempt_number int);
+		CREATE FUNCTION log_lease_handback() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN INSERT INTO lease_handbacks VALUES (NEW.delivery_id, NEW.attempt_number); RETURN NEW; END $$;
+		CREATE TRIGGER lease_handback AFTER UPDATE ON delivery_jobs FOR EACH ROW
+			WHEN (OLD.leased_by IS NOT NULL AND NEW.leased_by IS NULL AND NEW.state = 'scheduled') EXECUTE FUNCTION log_lease_handback()`); err != nil {
 		t.Fatal(err)
 	}
-	if handbacks != 0 {
-		t.Errorf("the job's lease was handed back %d times between its attempts: the retries were claimed again, not chained", handbacks)
+}
+
+// leaseHandbacks counts the logged hand-backs of one event's jobs (all with event "").
+func leaseHandbacks(t *testing.T, h *harness, event string) int {
+	t.Helper()
+	var n int
+	if err := h.pool.QueryRow(context.Background(), `SELECT count(*) FROM lease_handbacks b
+		WHERE $1 = '' OR b.delivery_id IN (SELECT delivery_id FROM delivery_jobs WHERE event_id = $1)`, event).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// A small batch's failure records in a group and gives its destination's
+// room back meanwhile; its retry, due at once, takes the room again after
+// the record. When another webhook took the room in between (here the only
+// lane the destination may hold), the retry waits for it briefly, then
+// gives its lease back and is claimed once the room frees: each webhook
+// delivered, the failed one on its second attempt with the same
+// Idempotency-Key. Whether the other webhook's claim beats the record is a
+// race (the record waits up to 100 ms for company, the claim a few ms), so
+// a round where the retry went out first is tried again, up to three.
+func TestChainedRetryWithoutRoomIsClaimedOnceTheRoomFrees(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.stopEngine()
+	engine := handlers.NewEngine(handlers.EngineParams{Pool: h.pool, Lanes: 16, PerDestination: 16, LeaseTTL: 5 * time.Second,
+		Poll: 50 * time.Millisecond, ShutdownGrace: time.Second, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Outbound: loopbackOnly, Secrets: testKeyring})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- engine.Run(ctx) }()
+	logLeaseHandbacks(t, h)
+
+	type round struct {
+		failedArrived, otherIngested, otherArrived, release chan struct{}
+		mu                                                  sync.Mutex
+		keys                                                []string // the failing webhook's requests
+		other                                               int
+	}
+	var cur atomic.Pointer[round]
+	dst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rd := cur.Load()
+		body, _ := io.ReadAll(r.Body)
+		if strings.Contains(string(body), "other") {
+			rd.mu.Lock()
+			rd.other++
+			rd.mu.Unlock()
+			rd.otherArrived <- struct{}{}
+			select { // holds the destination's only lane until released
+			case <-rd.release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		rd.mu.Lock()
+		rd.keys = append(rd.keys, r.Header.Get("Idempotency-Key"))
+		n := len(rd.keys)
+		rd.mu.Unlock()
+		if n == 1 {
+			rd.failedArrived <- struct{}{}
+			<-rd.otherIngested // the other webhook waits for this one's room
+			w.WriteHeader(500)
+		}
+	}))
+	t.Cleanup(dst.Close)
+	t.Cleanup(func() { cancel(); <-done })
+	src, _ := h.route(dst.URL, map[string]any{"retry_intervals": []int{0}, "retry_backoff_type": "fixed", "retry_max_attempts": 3,
+		"circuit_breaker_enabled": false}, nil)
+
+	for try := 1; ; try++ {
+		rd := &round{failedArrived: make(chan struct{}, 1), otherIngested: make(chan struct{}),
+			otherArrived: make(chan struct{}, 4), release: make(chan struct{})}
+		cur.Store(rd)
+		failing := h.ingest(src, fmt.Sprintf(`{"kind":"fails first","try":%d}`, try))
+		waitSignal(t, rd.failedArrived, "the failing webhook's first attempt")
+		other := h.ingest(src, fmt.Sprintf(`{"kind":"other","try":%d}`, try))
+		close(rd.otherIngested)
+		waitSignal(t, rd.otherArrived, "the other webhook, once the failed attempt gave the room back")
+		// Now the other webhook holds the room: the retry either waits and
+		// is handed back, or went out before the other was claimed.
+		var handedBack bool
+		waitFor(t, 10*time.Second, "the retry handed back or sent", func() bool {
+			handedBack = leaseHandbacks(t, h, failing) > 0
+			rd.mu.Lock()
+			defer rd.mu.Unlock()
+			return handedBack || len(rd.keys) >= 2
+		})
+		close(rd.release)
+		waitFor(t, 10*time.Second, "both webhooks delivered", func() bool {
+			a, b := h.attempts("event_id="+failing), h.attempts("event_id="+other)
+			return len(a) == 2 && byNumber(a, 2) != nil && byNumber(a, 2)["status"] == "success" &&
+				len(b) == 1 && b[0]["status"] == "success"
+		})
+		rd.mu.Lock()
+		keys, others := rd.keys, rd.other
+		rd.mu.Unlock()
+		if len(keys) != 2 || keys[0] != keys[1] || keys[0] == "" || others != 1 {
+			t.Fatalf("round %d: the failing webhook's requests carried keys %q (want two, the same), the other arrived %d times", try, keys, others)
+		}
+		if handedBack {
+			t.Logf("round %d: the retry waited for the room, gave its lease back and was claimed once it freed", try)
+			return
+		}
+		if try == 3 {
+			t.Fatal("in three rounds the retry always went out before the other webhook took the room: the hand-back was never exercised")
+		}
+	}
+}
+
+// waitSignal waits for one value on c.
+func waitSignal(t *testing.T, c <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-c:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
 	}
 }
 

@@ -192,14 +192,21 @@ func (e *Engine) takeLane(tenant string) (int, bool) {
 // handBack releases the leases of claimed jobs that were not sent.
 func (e *Engine) handBack(ctx context.Context, batch []dispatchJob) error {
 	defer e.release(batch)
+	if err := e.releaseLeased(ctx, batch); err != nil {
+		return fmt.Errorf("hand back jobs: %w", err)
+	}
+	return nil
+}
+
+// releaseLeased releases the leases of jobs this worker holds and will not
+// send; the heartbeat stops extending them once their batch ends.
+func (e *Engine) releaseLeased(ctx context.Context, batch []dispatchJob) error {
 	ids := make([]string, len(batch))
 	for i, j := range batch {
 		ids[i] = j.DeliveryID
 	}
-	if _, err := e.p.Pool.Exec(context.WithoutCancel(ctx), jobs.ReleaseSQL, ids, e.p.WorkerID); err != nil {
-		return fmt.Errorf("hand back jobs: %w", err)
-	}
-	return nil
+	_, err := e.p.Pool.Exec(context.WithoutCancel(ctx), jobs.ReleaseSQL, ids, e.p.WorkerID)
+	return err
 }
 
 // claim leases due jobs: at most limit, each destination within its room

@@ -97,13 +97,17 @@ func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []
 	}
 	p := &pendingRecord{dest: batch[0].DestinationID, failed: failed, plan: plan, jobs: len(batch)}
 	var kept map[string]bool
-	// A batch that chains records at once, alone: its retries wait for the
-	// record, holding the destination's room (a wait there kept the
-	// destination busy, so the next webhooks were claimed, not handed off).
-	// So does a manual retry: its API call waits for the outcome.
-	grouped := run != nil && len(plan.next) == 0 && !anyManual(batch)
+	// A small batch records in a group, its retries too: it gives the
+	// destination's room back while the record waits (a wait holding it
+	// kept the destination busy, so the next webhooks were claimed, not
+	// handed off) and takes it again for the retries the record kept
+	// (retake). A full batch that chains records at once, alone, holding
+	// its room: under load a group would not wait for it anyway, and
+	// another lane would take the room meanwhile. A manual retry records at
+	// once: its API call waits for the outcome.
+	grouped := run != nil && !anyManual(batch) && (len(plan.next) == 0 || len(batch) < groupJobs)
 	if grouped {
-		run.sent(e) // nothing chains: the destination's room is free while the record waits
+		run.sent(e) // the destination's room is free while the record waits
 		kept, err = e.recordGrouped(ctx, p)
 	}
 	if !grouped || errors.Is(err, errRecordAlone) {
@@ -120,6 +124,15 @@ func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []
 		if kept[j.DeliveryID] { // else paused meanwhile: the job waits like any other
 			next = append(next, j)
 		}
+	}
+	if len(next) > 0 && run != nil && run.released() && !e.retake(run, len(next)) {
+		// Other batches took the destination's room while the record
+		// waited: the retries give their leases back and are claimed, in
+		// due order, when there is room (recorded pokes the dispatcher).
+		if err := e.releaseLeased(ctx, next); err != nil {
+			e.p.Log.Warn("hand back chained retries; their leases expire instead", "err", err, "deliveries", len(next))
+		}
+		return nil, nil
 	}
 	return next, nil
 }

@@ -140,6 +140,50 @@ func (e *Engine) notified() {
 	e.projector.Wake()
 }
 
+// retake gives a batch that gave its room back while its record waited
+// (laneRun.sent) the room for n chained attempts again, within the bounds
+// a claim or a hand-off keeps (the destination's requests and lanes). At
+// low load the room was often taken meanwhile by a webhook handed off
+// while the record waited, whose request takes a few milliseconds: retake
+// waits for room up to retakeWait, then gives up (false). The batch
+// still holds its lane throughout.
+func (e *Engine) retake(r *laneRun, n int) bool {
+	timer := (*time.Timer)(nil)
+	for {
+		e.mu.Lock()
+		load := e.inflight[r.dest]
+		if load == nil || (load.requests+n <= e.p.PerDestination && load.batches < e.maxBatches()) {
+			if load == nil {
+				load = &destLoad{tenant: r.tenant}
+				e.inflight[r.dest] = load
+			}
+			load.requests += n
+			load.batches++
+			e.mu.Unlock()
+			r.requests, r.batches = n, 1
+			return true
+		}
+		if e.roomFreed == nil {
+			e.roomFreed = make(chan struct{})
+		}
+		freed := e.roomFreed
+		e.mu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(retakeWait)
+			defer timer.Stop()
+		}
+		select {
+		case <-freed:
+		case <-timer.C:
+			return false
+		}
+	}
+}
+
+// retakeWait bounds how long chained retries wait for their destination's
+// room before they give their leases back and are claimed.
+const retakeWait = 50 * time.Millisecond
+
 // finished returns n requests and b batches of a destination, and a lane
 // that tenant held (when lane >= 0).
 func (e *Engine) finished(dest, tenant string, n, b, lane int) {
@@ -157,6 +201,10 @@ func (e *Engine) finished(dest, tenant string, n, b, lane int) {
 		if e.tenantLanes[tenant]--; e.tenantLanes[tenant] <= 0 {
 			delete(e.tenantLanes, tenant)
 		}
+	}
+	if e.roomFreed != nil {
+		close(e.roomFreed)
+		e.roomFreed = nil
 	}
 	e.mu.Unlock()
 	if lane >= 0 {

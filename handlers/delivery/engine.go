@@ -128,7 +128,10 @@ type Engine struct {
 	inflight map[string]*destLoad
 	// tenantLanes counts the lanes each tenant ("org/env") holds.
 	tenantLanes map[string]int
-	wake        chan struct{}
+	// roomFreed, when a batch waits to retake room (retake), is closed by
+	// the next finished.
+	roomFreed chan struct{}
+	wake      chan struct{}
 
 	// the records waiting to be written together (recordGrouped)
 	groupMu   sync.Mutex

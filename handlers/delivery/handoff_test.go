@@ -189,3 +189,60 @@ func TestHandOffJoinsANearlyIdleDestination(t *testing.T) {
 		t.Fatal("a destination holding its only lane got a second hand-off")
 	}
 }
+
+// A batch that gave its room back while its record waited takes it again
+// for its chained retries only within the destination's bounds: with the
+// destination's only lane taken meanwhile it waits, takes the room as soon
+// as that lane is given back, and gives up after retakeWait when it is not.
+func TestRetakeWaitsForTheDestinationsRoom(t *testing.T) {
+	e := NewEngine(EngineParams{Pool: pgtest.NewPool(t), Lanes: 8, PerDestination: batchSize}) // one lane per destination
+	const dest, tenant = "dst", "org/env"
+	other := func() { // another batch takes the destination's lane
+		e.mu.Lock()
+		e.inflight[dest] = &destLoad{tenant: tenant, requests: 1, batches: 1}
+		e.mu.Unlock()
+	}
+	other()
+	run := &laneRun{dest: dest, tenant: tenant}
+	got := make(chan bool, 1)
+	go func() { got <- e.retake(run, 2) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		e.mu.Lock()
+		waiting := e.roomFreed != nil
+		e.mu.Unlock()
+		if waiting {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("retake neither took the full destination's room nor waited for it")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	e.finished(dest, tenant, 1, 1, -1) // the other batch is done
+	select {
+	case ok := <-got:
+		if !ok {
+			t.Fatal("retake gave up although the room was given back")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("retake still waits after the room was given back")
+	}
+	if r, b, _, _ := e.load(dest, tenant); r != 2 || b != 1 || run.requests != 2 || run.batches != 1 || run.released() {
+		t.Fatalf("after retake: destination holds %d requests in %d batches, the run %d in %d, want 2 in 1", r, b, run.requests, run.batches)
+	}
+	e.finished(dest, tenant, run.requests, run.batches, -1)
+
+	other()
+	run = &laneRun{dest: dest, tenant: tenant}
+	start := time.Now()
+	if e.retake(run, 1) {
+		t.Fatal("retake took a lane the destination does not have")
+	}
+	if waited := time.Since(start); waited < retakeWait {
+		t.Errorf("retake gave up after %s, before retakeWait (%s)", waited, retakeWait)
+	}
+	if r, b, _, _ := e.load(dest, tenant); r != 1 || b != 1 || !run.released() {
+		t.Fatalf("after a retake that gave up: destination holds %d requests in %d batches (want the other's 1 in 1), run released %v", r, b, run.released())
+	}
+}
