@@ -125,10 +125,11 @@ func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []
 			next = append(next, j)
 		}
 	}
-	if len(next) > 0 && run != nil && run.released() && !e.retake(run, len(next)) {
-		// Other batches took the destination's room while the record
-		// waited: the retries give their leases back and are claimed, in
-		// due order, when there is room (recorded pokes the dispatcher).
+	if len(next) > 0 && run != nil && run.released() && (e.draining.Load() || !e.retake(run, len(next))) {
+		// The engine began to drain, or other batches took the
+		// destination's room while the record waited: the retries give
+		// their leases back and are claimed, in due order, when there is
+		// room (recorded pokes the dispatcher).
 		if err := e.releaseLeased(ctx, next); err != nil {
 			e.p.Log.Warn("hand back chained retries; their leases expire instead", "err", err, "deliveries", len(next))
 		}

@@ -145,8 +145,11 @@ func (e *Engine) notified() {
 // a claim or a hand-off keeps (the destination's requests and lanes). At
 // low load the room was often taken meanwhile by a webhook handed off
 // while the record waited, whose request takes a few milliseconds: retake
-// waits for room up to retakeWait, then gives up (false). The batch
-// still holds its lane throughout.
+// waits for room up to e.retakeWait (retakeWait), then gives up (false).
+// The batch still holds its lane throughout. Like a chain that held its
+// room, a retry taken again does not queue behind a backlog of its
+// destination (a claim, woken when the room was given back, has usually
+// taken that backlog's first jobs by then, and the retry waits or gives up).
 func (e *Engine) retake(r *laneRun, n int) bool {
 	timer := (*time.Timer)(nil)
 	for {
@@ -169,7 +172,7 @@ func (e *Engine) retake(r *laneRun, n int) bool {
 		freed := e.roomFreed
 		e.mu.Unlock()
 		if timer == nil {
-			timer = time.NewTimer(retakeWait)
+			timer = time.NewTimer(e.retakeWait)
 			defer timer.Stop()
 		}
 		select {

@@ -108,7 +108,8 @@ type Engine struct {
 	// also set while a claim runs).
 	backlog atomic.Bool
 	// draining is set once the engine stops claiming: batches then record
-	// their attempts but chain no retry.
+	// their attempts but chain no retry (one taken before hands its lease
+	// back unless it still holds its room).
 	draining atomic.Bool
 	// bus is the lanes' publisher while the delivery router runs (nil
 	// otherwise): the ingest hand-off publishes to it.
@@ -129,9 +130,10 @@ type Engine struct {
 	// tenantLanes counts the lanes each tenant ("org/env") holds.
 	tenantLanes map[string]int
 	// roomFreed, when a batch waits to retake room (retake), is closed by
-	// the next finished.
-	roomFreed chan struct{}
-	wake      chan struct{}
+	// the next finished; retakeWait bounds that wait.
+	retakeWait time.Duration
+	roomFreed  chan struct{}
+	wake       chan struct{}
 
 	// the records waiting to be written together (recordGrouped)
 	groupMu   sync.Mutex
@@ -191,7 +193,7 @@ func NewEngine(p EngineParams) *Engine {
 	}
 	e := &Engine{p: p, client: outbound.NewHTTPClient(p.Outbound), wlog: watermill.NewSlogLoggerWithLevelMapping(p.Log.With("component", "watermill"),
 		map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}),
-		lanes: make(chan int, p.Lanes), inflight: map[string]*destLoad{}, wake: make(chan struct{}, 1), held: map[string]int{},
+		lanes: make(chan int, p.Lanes), retakeWait: retakeWait, inflight: map[string]*destLoad{}, wake: make(chan struct{}, 1), held: map[string]int{},
 		tenantLanes: map[string]int{}, groupFull: make(chan struct{}, 1)}
 	for i := 0; i < p.Lanes; i++ {
 		e.lanes <- i

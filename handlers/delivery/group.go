@@ -12,9 +12,10 @@ import (
 // other lanes' records and writes them all in one pipeline, as River's
 // completer batches its completions; a group of groupJobs jobs or more goes
 // at once, so under load, when batches are large, nothing waits. The wait
-// holds the lane, not the destination's room: a batch whose deliveries do
-// not chain gives its room back before it waits (laneRun.sent), and a
-// group goes once it holds a quarter of a tenant's lanes (groupDue).
+// holds the lane, not the destination's room: a batch gives its room back
+// before it waits (laneRun.sent; one whose retries chain takes it again
+// after, retake), and a group goes once it holds a quarter of a tenant's
+// lanes (groupDue).
 //
 // The wait delays the record, not the delivery: the request has been
 // answered, and what waits is the attempt's event, its job row and, after

@@ -203,6 +203,7 @@ func TestRetakeWaitsForTheDestinationsRoom(t *testing.T) {
 		e.mu.Unlock()
 	}
 	other()
+	e.retakeWait = time.Minute // the room comes back within it, however busy the machine
 	run := &laneRun{dest: dest, tenant: tenant}
 	got := make(chan bool, 1)
 	go func() { got <- e.retake(run, 2) }()
@@ -234,6 +235,7 @@ func TestRetakeWaitsForTheDestinationsRoom(t *testing.T) {
 	e.finished(dest, tenant, run.requests, run.batches, -1)
 
 	other()
+	e.retakeWait = retakeWait
 	run = &laneRun{dest: dest, tenant: tenant}
 	start := time.Now()
 	if e.retake(run, 1) {

@@ -31,8 +31,9 @@ const ResponseBodyLimit = 10 * 1024
 
 // handleBatch is the delivery handler: HTTP calls with no transaction open,
 // then one short transaction records every outcome. A retry due at once
-// (a policy with no wait) goes out from here, in the same lane, as soon as
-// its failure is recorded: its job kept its lease, and no claim re-reads it.
+// (a policy with no wait) goes out from here, in the same lane, once its
+// failure is recorded and the destination has room (retake): its job kept
+// its lease, and no claim re-reads it.
 func (e *Engine) handleBatch(msg *message.Message) error {
 	held, ok := e.batches.LoadAndDelete(msg.UUID)
 	if !ok {
@@ -62,11 +63,12 @@ type laneRun struct {
 }
 
 // released reports whether the room went back (sent): the batch then
-// chains nothing more, since a chained attempt must hold it.
+// chains nothing more unless it takes the room again (retake), since a
+// chained attempt must hold it.
 func (r *laneRun) released() bool { return r.batches == 0 }
 
 // sent gives the destination's room back once the batch's requests are
-// done and nothing chains: recording them needs the lane, not the room.
+// done: recording them needs the lane, not the room.
 func (r *laneRun) sent(e *Engine) {
 	if r.requests > 0 || r.batches > 0 {
 		e.finished(r.dest, r.tenant, r.requests, r.batches, -1)
