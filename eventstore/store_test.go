@@ -108,6 +108,52 @@ func TestAppendManyIsAllOrNothing(t *testing.T) {
 	}
 }
 
+// One stream twice in one call at the same expected version is two writers
+// that decided from one state (found by the chaos run: two lanes of one
+// engine held the same delivery after its lease ran out, and their records
+// shared a group): refused, nothing stored, where the statement had
+// numbered the second after the first. Several AnyVersion appends to one
+// stream still go in order.
+func TestAppendManyRefusesOneStreamTwiceAtAnExpectedVersion(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	s := eventstore.New(nil)
+	if _, err := s.Append(ctx, pool, appendTo("d", eventstore.NoStream, ev("Requested", nil))); err != nil {
+		t.Fatal(err)
+	}
+	for _, pair := range [][2]int64{{1, 1}, {eventstore.NoStream, eventstore.NoStream}, {1, eventstore.AnyVersion}, {eventstore.AnyVersion, 1}} {
+		stream := "d"
+		if pair[0] == eventstore.NoStream {
+			stream = "new"
+		}
+		_, err := s.AppendMany(ctx, pool, appendTo("other", eventstore.AnyVersion, ev("X", nil)),
+			appendTo(stream, pair[0], ev("Attempted", nil)), appendTo(stream, pair[1], ev("Attempted", nil)))
+		if !errors.Is(err, eventstore.ErrConcurrency) {
+			t.Fatalf("stream %s twice, expected %d and %d: err = %v, want ErrConcurrency", stream, pair[0], pair[1], err)
+		}
+	}
+	for _, stream := range []string{"d", "new", "other"} {
+		evs, err := s.Load(ctx, pool, stream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := map[string]int{"d": 1}[stream]; len(evs) != want {
+			t.Fatalf("stream %s holds %d events after refused appends, want %d", stream, len(evs), want)
+		}
+	}
+	if _, err := s.AppendMany(ctx, pool, appendTo("any", eventstore.AnyVersion, ev("A", nil)), appendTo("any", eventstore.AnyVersion, ev("B", nil))); err != nil {
+		t.Fatalf("two AnyVersion appends to one stream: %v", err)
+	}
+	evs, err := s.Load(ctx, pool, "any")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 2 || evs[0].Type != "A" || evs[1].Type != "B" || evs[1].StreamVersion != 2 {
+		t.Fatalf("AnyVersion appends: %+v", evs)
+	}
+}
+
 func TestEventsAreImmutable(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
