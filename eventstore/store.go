@@ -144,16 +144,6 @@ FROM numbered
 ORDER BY ord
 RETURNING global_position, transaction_id::text::bigint, event_id, stream_version`
 
-// anyExpected reports whether one of appends to stream expects a version.
-func anyExpected(appends []StreamAppend, stream string) bool {
-	for _, a := range appends {
-		if a.StreamID == stream && a.Expected != AnyVersion {
-			return true
-		}
-	}
-	return false
-}
-
 // AppendSQL is the statement every append runs (exported for connection
 // warm-up: see handlers.HotStatements).
 const AppendSQL = appendSQL
@@ -192,8 +182,8 @@ func (s *Store) QueueAppend(b *pgx.Batch, appends ...StreamAppend) (func(pgx.Bat
 // and the events it will store (positions filled in by readAppended).
 func (s *Store) prepare(appends []StreamAppend) ([]any, []Event, error) {
 	n := 0
-	var seen map[string]bool
-	for i, a := range appends {
+	var expects map[string]bool // per stream seen: whether an append to it expects a version
+	for _, a := range appends {
 		if a.StreamID == "" || a.StreamType == "" || len(a.Events) == 0 {
 			return nil, nil, fmt.Errorf("%w: stream %q needs a type, an id and at least one event", ErrInvalid, a.StreamID)
 		}
@@ -204,13 +194,14 @@ func (s *Store) prepare(appends []StreamAppend) ([]any, []Event, error) {
 		// group that both held the same delivery, say) would both be
 		// stored. Only one of them is at its version: refuse the call.
 		if len(appends) > 1 {
-			if seen == nil {
-				seen = make(map[string]bool, len(appends))
+			if expects == nil {
+				expects = make(map[string]bool, len(appends))
 			}
-			if seen[a.StreamID] && (a.Expected != AnyVersion || anyExpected(appends[:i], a.StreamID)) {
+			before, seen := expects[a.StreamID]
+			if seen && (before || a.Expected != AnyVersion) {
 				return nil, nil, fmt.Errorf("%w: stream %q appended twice in one call", ErrConcurrency, a.StreamID)
 			}
-			seen[a.StreamID] = true
+			expects[a.StreamID] = a.Expected != AnyVersion
 		}
 	}
 	var (

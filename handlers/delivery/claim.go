@@ -93,7 +93,7 @@ func (e *Engine) claimAndPublish(ctx context.Context, bus message.Publisher) (bo
 // roomExhausted reports whether a claim took all the room a destination
 // had (so due jobs of it may have been left behind).
 func (e *Engine) roomExhausted(byDest map[string][]dispatchJob, dests []string, rooms []int32) bool {
-	defaultRoom := min(e.p.PerDestination, e.maxBatches()*batchSize)
+	defaultRoom := e.room(nil)
 	for d, got := range byDest {
 		room := defaultRoom
 		for i, known := range dests {
@@ -114,14 +114,10 @@ func (e *Engine) roomExhausted(byDest map[string][]dispatchJob, dests []string, 
 func (e *Engine) publish(ctx context.Context, bus message.Publisher, dest string, group []dispatchJob) (bool, error) {
 	tenant := tenantOf(group[0])
 	e.mu.Lock()
-	load := e.inflight[dest]
-	if load == nil {
-		load = &destLoad{tenant: tenant}
-		e.inflight[dest] = load
-	}
+	load := e.loadFor(dest, tenant)
 	// The claim was sized on the room it read; the ingest hand-off may have
 	// taken some of it since. What no longer fits goes back.
-	room := max(0, min(e.p.PerDestination-load.requests, (e.maxBatches()-load.batches)*batchSize))
+	room := e.room(load)
 	var over []dispatchJob
 	if len(group) > room {
 		group, over = group[:room], group[room:]
@@ -219,7 +215,7 @@ func (e *Engine) claim(ctx context.Context, dests []string, rooms []int32, fullT
 	if limit <= 0 {
 		return nil, nil
 	}
-	defaultRoom := min(e.p.PerDestination, e.maxBatches()*batchSize)
+	defaultRoom := e.room(nil)
 	claimedAt := e.p.Now().UTC()
 	// On its generic plan (kit.SendTx): left to choose, PostgreSQL planned
 	// the claim afresh on each of its first calls on every connection (2.6
@@ -359,8 +355,7 @@ func (e *Engine) rooms() (dests []string, rooms []int32, fullTenants []string) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for d, l := range e.inflight {
-		room := min(e.p.PerDestination-l.requests, (e.maxBatches()-l.batches)*batchSize)
-		dests, rooms = append(dests, d), append(rooms, int32(max(0, room)))
+		dests, rooms = append(dests, d), append(rooms, int32(e.room(l)))
 	}
 	fullTenants = []string{}
 	for t, n := range e.tenantLanes {

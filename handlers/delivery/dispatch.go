@@ -151,15 +151,11 @@ func (e *Engine) notified() {
 // destination (a claim, woken when the room was given back, has usually
 // taken that backlog's first jobs by then, and the retry waits or gives up).
 func (e *Engine) retake(r *laneRun, n int) bool {
-	timer := (*time.Timer)(nil)
+	var timer *time.Timer
 	for {
 		e.mu.Lock()
-		load := e.inflight[r.dest]
-		if load == nil || (load.requests+n <= e.p.PerDestination && load.batches < e.maxBatches()) {
-			if load == nil {
-				load = &destLoad{tenant: r.tenant}
-				e.inflight[r.dest] = load
-			}
+		if n <= e.room(e.inflight[r.dest]) { // n < batchSize: a free lane of the destination's is room for all
+			load := e.loadFor(r.dest, r.tenant)
 			load.requests += n
 			load.batches++
 			e.mu.Unlock()

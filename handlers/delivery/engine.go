@@ -161,6 +161,25 @@ const batchSize = 16
 // maxBatches is how many lanes one destination may occupy at once.
 func (e *Engine) maxBatches() int { return max(1, (e.p.PerDestination+batchSize-1)/batchSize) }
 
+// room is how many more requests a destination holding l (nil: nothing)
+// may take: within its requests and its lanes. Under e.mu.
+func (e *Engine) room(l *destLoad) int {
+	if l == nil {
+		return min(e.p.PerDestination, e.maxBatches()*batchSize)
+	}
+	return max(0, min(e.p.PerDestination-l.requests, (e.maxBatches()-l.batches)*batchSize))
+}
+
+// loadFor is dest's load, added for tenant when it holds nothing yet. Under e.mu.
+func (e *Engine) loadFor(dest, tenant string) *destLoad {
+	l := e.inflight[dest]
+	if l == nil {
+		l = &destLoad{tenant: tenant}
+		e.inflight[dest] = l
+	}
+	return l
+}
+
 // NewEngine fills defaults and returns an engine ready to Run.
 func NewEngine(p EngineParams) *Engine {
 	kit.Defaults(&p.Now, &p.Log, &p.Store)

@@ -95,10 +95,7 @@ func (e *Engine) Reserve(newJobs []jobs.NewJob) ([]bool, jobs.Ticket) {
 			default:
 				continue // every lane busy
 			}
-			if load == nil {
-				load = &destLoad{tenant: tenant}
-				e.inflight[j.DestinationID] = load
-			}
+			load = e.loadFor(j.DestinationID, tenant)
 			g = &handoffGroup{dest: j.DestinationID, tenant: tenant, lane: lane,
 				room: min(batchSize, e.p.PerDestination-load.requests)}
 			load.batches++
