@@ -22,3 +22,7 @@ psql -q "$dsn" -X -A -F ' | ' -c "SELECT round(total_exec_time::numeric,0) AS ms
 psql -q "$dsn" -X -A -t -c "SELECT 'total: '||round(sum(total_exec_time)::numeric,0)||' ms, '||round(sum(calls)::numeric/$n,1)||' statements per webhook' FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname='hsbench')"
 psql -q "${dsn%/*}/hsbench" -X -A -F ' | ' -c "SELECT event_type, count(*) AS events, round(avg(pg_column_size(payload))) AS payload_bytes, round(avg(pg_column_size(e.*))) AS row_bytes FROM events e GROUP BY 1 ORDER BY 2 DESC"
 psql -q "${dsn%/*}/hsbench" -X -A -c "SELECT payload FROM events WHERE event_type = 'DeliveryAttempted' ORDER BY global_position DESC LIMIT 1"
+# Row writes per webhook and how many updates stayed HOT (no new index entries).
+psql -q "${dsn%/*}/hsbench" -X -A -F ' | ' -c "SELECT relname, round(n_tup_ins::numeric/$n,2) AS ins_per_webhook, round(n_tup_upd::numeric/$n,2) AS upd_per_webhook,
+  round(n_tup_hot_upd::numeric/$n,2) AS hot_upd_per_webhook, round(n_tup_del::numeric/$n,2) AS del_per_webhook
+  FROM pg_stat_user_tables WHERE n_tup_ins + n_tup_upd + n_tup_del > $n / 10 ORDER BY n_tup_ins + n_tup_upd DESC"
