@@ -62,6 +62,22 @@ func TestAppendAndLoad(t *testing.T) {
 	if len(loaded) != 3 || loaded[2].Type != "C" || loaded[2].StreamVersion != 3 {
 		t.Fatalf("loaded %+v", loaded)
 	}
+	// At an exact version the versions are numbered before the statement
+	// (appendKnownSQL): the next ones follow, a stale version is refused
+	// whether the stream moved one or more past it, and with another stream
+	// in the call nothing of either is stored.
+	got, err = s.Append(ctx, pool, appendTo("s1", 3, ev("D", nil), ev("E", nil)))
+	if err != nil || len(got) != 2 || got[0].StreamVersion != 4 || got[1].StreamVersion != 5 {
+		t.Fatalf("append at version 3: %+v, %v", got, err)
+	}
+	for _, stale := range []int64{4, 2} {
+		if _, err := s.AppendMany(ctx, pool, appendTo("s1", stale, ev("F", nil)), appendTo("s2", eventstore.NoStream, ev("G", nil))); !errors.Is(err, eventstore.ErrConcurrency) {
+			t.Fatalf("version %d of a stream at 5: err = %v, want ErrConcurrency", stale, err)
+		}
+	}
+	if s2, err := s.Load(ctx, pool, "s2"); err != nil || len(s2) != 0 {
+		t.Fatalf("s2 after refused appends: %+v, %v", s2, err)
+	}
 	if loaded[0].Metadata != (eventstore.Metadata{Actor: "test", CorrelationID: "corr-1", RequestID: "req_1"}) {
 		t.Fatalf("metadata = %+v", loaded[0].Metadata)
 	}

@@ -419,7 +419,7 @@ const circuitGuardCode = "HS412"
 // batch: preparing them on fresh connections before traffic keeps their
 // planning off the first deliveries.
 func HotStatements() []string {
-	return []string{jobs.ClaimSQL, jobs.UpdateSQL, jobs.ReleaseSQL, circuitGuardSQL, eventstore.AppendSQL}
+	return []string{jobs.ClaimSQL, jobs.UpdateSQL, jobs.ReleaseSQL, circuitGuardSQL, eventstore.AppendKnownSQL, eventstore.AppendSQL}
 }
 
 // anyManual reports whether the batch holds a manual retry: its API call

@@ -389,7 +389,7 @@ const lookupSQL = `SELECT src.*, c.id, c.name, c.enabled, c.status, c.filter_rul
 
 // HotStatements are the statements every ingest runs (see delivery.HotStatements).
 func HotStatements() []string {
-	return []string{lookupSQL, jobs.InsertSQL, jobs.InsertTakeSQL, eventstore.AppendSQL}
+	return []string{lookupSQL, jobs.InsertSQL, jobs.InsertTakeSQL, eventstore.AppendKnownSQL, eventstore.AppendSQL}
 }
 
 // exactValues returns, base64-encoded, the values of the headers that text
