@@ -109,7 +109,10 @@ var InsertTakeSQL = `WITH ins AS (
                  AND NOT EXISTS (SELECT 1 FROM delivery_jobs o WHERE o.destination_id = v.dst AND o.state = 'scheduled'
                                  AND o.due_at <= $1 AND (o.lease_until IS NULL OR o.lease_until < $1)) AS take
           FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                      $11::timestamptz[], $12::bool[]) AS v(d, o, e, ev, c, dst, r, a, tr, due, tk)) t
+                      $11::timestamptz[], $12::bool[]) AS v(d, o, e, ev, c, dst, r, a, tr, due, tk)
+          -- OFFSET 0 keeps this subquery whole: pulled up, take's four
+          -- lookups were copied into both CASEs below and ran twice a row.
+          OFFSET 0) t
     ON CONFLICT (delivery_id) DO NOTHING
     RETURNING delivery_id, org_id, env_id, event_id, destination_id, attempt_id, attempt_number, version, received_uuid, due_at,
         trigger_type, auto_retries, last_number, reopened, leased_by
