@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -113,6 +114,14 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 		return err
 	}
 	defer db.Close()
+	if os.Getenv("GOMAXPROCS") == "" {
+		host := db.Pool.Config().ConnConfig.Host
+		if n, now := engineProcs(runtime.GOMAXPROCS(0), db.Local || localHost(host)); n != now {
+			runtime.GOMAXPROCS(n)
+			log.Info("Go runtime: the database runs on this machine, so the engine leaves it half the cores (GOMAXPROCS overrides)",
+				"gomaxprocs", n, "cores", now)
+		}
+	}
 	policy, keyring, err := prepareServe(ctx, cfg, db, stdout, log)
 	if err != nil {
 		return err
@@ -388,4 +397,30 @@ func startEngine(ctx context.Context, cfg serveConfig, p handlers.EngineParams, 
 	svc.HandOff(engine) // ingest gives this engine the jobs it has room for
 	go func() { done <- engine.Run(ctx) }()
 	return done
+}
+
+// engineProcs returns how many Ps the Go runtime keeps (and the count it
+// has now, cores) when GOMAXPROCS is not set: half the cores, at least one,
+// when PostgreSQL runs on the same machine, else all of them. The engine's
+// work per webhook is small and hops between goroutines (the request, the
+// group commit, a lane, the recorded group); with a P per core, each hop
+// woke an idle P that spun looking for work on a core PostgreSQL needed.
+// Measured on 2 cores with the database local, 150 webhooks/s: engine CPU
+// per delivery -17% (fail-first 0) and -11% (fail-first 1), latency and
+// saturated throughput unchanged (README, Performance).
+func engineProcs(cores int, dbLocal bool) (n, now int) {
+	if !dbLocal {
+		return cores, cores
+	}
+	return max(1, cores/2), cores
+}
+
+// localHost reports whether a pgx host is this machine: a Unix socket
+// directory, localhost or a loopback address.
+func localHost(host string) bool {
+	if host == "" || strings.HasPrefix(host, "/") || host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
 }
