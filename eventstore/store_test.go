@@ -744,3 +744,45 @@ func TestReadRangeWithoutBodies(t *testing.T) {
 		t.Errorf("EventReceived read whole = %v", whole["EventReceived"])
 	}
 }
+
+// An append at an exact version looks its stream's last version up in the
+// (stream_id, stream_version) index whatever the table held when the
+// statement's generic plan was made. The engine runs its statements on
+// generic plans; an EXISTS planned on a young table became a hashed
+// subplan, a scan of all of events on every record.
+func TestAppendAtAVersionLooksTheStreamUpInItsIndex(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	s := eventstore.New(nil)
+	if _, err := s.Append(ctx, pool, appendTo("s1", eventstore.NoStream, ev("A", nil))); err != nil {
+		t.Fatal(err)
+	}
+	appends := []eventstore.StreamAppend{appendTo("s1", 1, ev("B", nil)), appendTo("s2", eventstore.NoStream, ev("C", nil))}
+	if q, _, err := s.PrepareAppend(appends...); err != nil || q != eventstore.AppendKnownSQL {
+		t.Fatalf("an append at exact versions runs %q (%v)", q, err)
+	}
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	scans := func() (seq, idx int64) {
+		t.Helper()
+		if err := tx.QueryRow(ctx, `SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables WHERE relname = 'events'`).Scan(&seq, &idx); err != nil {
+			t.Fatal(err)
+		}
+		return seq, idx
+	}
+	if _, err := tx.Exec(ctx, "SET LOCAL plan_cache_mode = force_generic_plan"); err != nil {
+		t.Fatal(err)
+	}
+	seq0, idx0 := scans()
+	got, err := s.AppendMany(ctx, tx, appends...)
+	if err != nil || len(got) != 2 || got[0].StreamVersion != 2 {
+		t.Fatalf("append: %+v, %v", got, err)
+	}
+	if seq, idx := scans(); seq != seq0 || idx == idx0 {
+		t.Fatalf("the append scanned events %d times and its indexes %d times: the version look-up must be an index probe", seq-seq0, idx-idx0)
+	}
+}
