@@ -214,7 +214,7 @@ func (s *Store) QueueAppend(b *pgx.Batch, appends ...StreamAppend) (func(pgx.Bat
 // the events it will store (positions filled in by readAppended).
 func (s *Store) prepare(appends []StreamAppend) (string, []any, []Event, error) {
 	n := 0
-	known := true // every append expects a version: versions are computed here
+	known := true               // every append expects a version: versions are computed here
 	var expects map[string]bool // per stream seen: whether an append to it expects a version
 	for _, a := range appends {
 		if a.StreamID == "" || a.StreamType == "" || len(a.Events) == 0 {
