@@ -22,3 +22,6 @@ psql -X -q "$db" -c "SELECT relname AS table, pg_size_pretty(pg_table_size(c.oid
   FROM pg_class c WHERE relname IN ('events','delivery_jobs','delivery_attempts','events_view','projected_deliveries','event_delivery_outcomes','consumer_offsets')
   ORDER BY pg_total_relation_size(c.oid) DESC"
 tail -1 "$out/out.jsonl" | python3 -c "import sys,json; d=json.loads(sys.stdin.read()); print('deliveries/s', d['e2e']['deliveries_per_sec'], 'complete', d['e2e']['complete'], 'dups', d['e2e']['duplicates'])"
+# Checkpoints during the run (log_checkpoints is on by default): the pages first written after each one go to the WAL whole.
+psql -X -A -t -q "$db" -c "SELECT 'run: '||min(recorded_at)||' .. '||max(recorded_at) FROM events WHERE event_type = 'DeliveryAttempted'"
+grep -E "checkpoint (starting|complete)" "$pg/c/server.log" | sed -E 's/ UTC \[[0-9]+\]//' || true
