@@ -82,14 +82,16 @@ func (r *Rows) Args(worker string) []any {
 // nor its source is paused: a pause, a disabled or edited destination
 // holds a chained retry like any other job. It returns the rows that kept
 // their leases. The rows are also found by key (= ANY($1)): joined to
-// unnest alone, the generic plan scanned the whole table.
+// unnest alone, the generic plan scanned the whole table. OFFSET 0 keeps
+// the lease's subquery whole: pulled up, its look-ups ran once for each of
+// the two columns it sets.
 var UpdateSQL = `UPDATE delivery_jobs j SET state = u.state, attempt_id = NULLIF(u.attempt_id, ''), attempt_number = u.num,
 		trigger_type = u.trig, due_at = u.due, version = u.ver, auto_retries = u.auto, last_number = u.last, reopened = u.reopened,
 		(lease_until, leased_by) = (SELECT h.lease, CASE WHEN h.lease IS NULL THEN NULL ELSE $12 END
 			FROM (SELECT CASE WHEN u.lease IS NOT NULL AND u.state = 'scheduled' AND j.leased_by = $12
 				AND EXISTS (SELECT 1 FROM destinations x WHERE x.id = j.destination_id AND x.status = 'active' AND x.updated_at = u.dest_at)
 				AND NOT ` + PausedRoute("j.connection_id") + `
-				THEN u.lease END AS lease) h)
+				THEN u.lease END AS lease OFFSET 0) h)
 	FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::timestamptz[], $7::bigint[], $8::int[], $9::int[], $10::text[],
 		$11::timestamptz[], $13::timestamptz[]) AS u(id, state, attempt_id, num, trig, due, ver, auto, last, reopened, lease, dest_at)
 	WHERE j.delivery_id = u.id AND j.delivery_id = ANY($1::text[]) AND j.version < u.ver
