@@ -118,7 +118,8 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 		host := db.Pool.Config().ConnConfig.Host
 		if n, now := engineProcs(runtime.GOMAXPROCS(0), db.Local || localHost(host)); n != now {
 			runtime.GOMAXPROCS(n)
-			log.Info("Go runtime: PostgreSQL runs on this machine, so the engine keeps half the cores (GOMAXPROCS overrides)",
+			log.Info("Go runtime: the database address is on this machine, so the engine keeps half the cores for PostgreSQL; "+
+				"set GOMAXPROCS when it is a proxy (pgbouncer, a cloud SQL proxy) to a database elsewhere",
 				"gomaxprocs", n, "cores", now)
 		}
 	}
@@ -417,7 +418,11 @@ func engineProcs(cores int, dbLocal bool) (n, now int) {
 }
 
 // localHost reports whether a pgx host is this machine: a Unix socket
-// directory, localhost or a loopback address.
+// directory, localhost or a loopback address. A local proxy to a database
+// elsewhere (pgbouncer, a cloud SQL proxy, a tunnel) looks the same; the
+// log line at start says what was decided, and GOMAXPROCS overrides it.
+// Setting it also turns off the runtime's tracking of a container's CPU
+// limit, which the remote case keeps.
 func localHost(host string) bool {
 	if host == "" || strings.HasPrefix(host, "/") || host == "localhost" {
 		return true

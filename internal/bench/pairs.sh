@@ -3,12 +3,15 @@
 #   pairs.sh OUT.jsonl ROUNDS FAIL N BIN...   (FIRE_ARGS passes whbench flags, e.g. --rate 150)
 # Prints each run's engine and PostgreSQL CPU per delivery, rate, p50/p99, and the medians per binary.
 # A wrapper script works as a BIN (e.g. one that sets an environment variable, then execs the engine).
+# Runs are labelled by position and path (two builds may both be called hookstream); OUT is overwritten.
 set -euo pipefail
 here=${BENCH:-$(cd "$(dirname "$0")/../../../shared/bench" && pwd)}/scripts; out=${1:?out.jsonl}; rounds=${2:?rounds}; fail=${3:?fail}; n=${4:?n}; shift 4
 pg=$(mktemp -d); chmod 755 "$pg"; trap '"$here/pgtmp.sh" stop "$pg/c" >/dev/null 2>&1; rm -rf "$pg"' EXIT
 dsn=$("$here/pgtmp.sh" start "$pg/c"); export PGPID=$(head -1 "$pg/c/data/postmaster.pid")
-for ((r = 1; r <= rounds; r++)); do for b in "$@"; do
-  SYSTEM=$(basename "$b") RUN=$r ENGINE_ENV="HOOKSTREAM_ALLOW_CIDRS=127.0.0.0/8 HOOKSTREAM_LOG_LEVEL=warn" DEST_EXTRA=',"circuit_breaker_enabled":false' \
+rm -f "$out" "${out%.jsonl}.engine.log" # bench-engine.sh appends: start from nothing
+for ((r = 1; r <= rounds; r++)); do i=0; for b in "$@"; do
+  i=$((i + 1))
+  SYSTEM="$i:$b" RUN=$r ENGINE_ENV="HOOKSTREAM_ALLOW_CIDRS=127.0.0.0/8 HOOKSTREAM_LOG_LEVEL=warn" DEST_EXTRA=',"circuit_breaker_enabled":false' \
     "$here/bench-engine.sh" "$out" 1 "$fail" "$dsn" "$b" "$n" 32 >/dev/null 2>&1
 done; done
 python3 - "$out" <<'PY'
