@@ -149,10 +149,11 @@ RETURNING global_position, transaction_id::text::bigint, event_id, stream_versio
 // versions are known before the statement (expected + 1, + 2, ...), so it
 // is a plain insert of the arrays, without appendSQL's per-stream lookup,
 // grouping, join and numbering (half of that statement's executor time for
-// an ingest's two or three events). The unique (stream_id, stream_version)
-// index refuses a stream that moved past its expected version; the look
-// at the stream's last version refuses one that is not at it yet, as in
-// appendSQL. It runs only for a stream's first event at an exact version
+// an ingest's two or three events). The look at the stream's last version
+// refuses an exact version the stream is not at (stale or ahead), as in
+// appendSQL; two appends racing at one version meet at the unique
+// (stream_id, stream_version) index, as does NoStream on a stream that
+// exists. The look runs only for a stream's first event at an exact version
 // (NoStream needs no look), and it is a max() on purpose: the generic plan
 // of an EXISTS was made on a young table as a hashed subplan, a sequential
 // scan of all of events on every record (7 ms a group after 4,600 events),
