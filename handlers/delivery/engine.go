@@ -210,8 +210,7 @@ func NewEngine(p EngineParams) *Engine {
 	if p.Wake == nil {
 		p.Wake = wake.New(p.Pool)
 	}
-	e := &Engine{p: p, client: outbound.NewHTTPClient(p.Outbound), wlog: watermill.NewSlogLoggerWithLevelMapping(p.Log.With("component", "watermill"),
-		map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug}),
+	e := &Engine{p: p, client: outbound.NewHTTPClient(p.Outbound), wlog: newWatermillLogger(p.Log),
 		lanes: make(chan int, p.Lanes), retakeWait: retakeWait, inflight: map[string]*destLoad{}, wake: make(chan struct{}, 1), held: map[string]int{},
 		tenantLanes: map[string]int{}, groupFull: make(chan struct{}, 1)}
 	for i := 0; i < p.Lanes; i++ {
