@@ -13,8 +13,8 @@ func TestEngineProcsLeavesHalfTheCoresToALocalDatabase(t *testing.T) {
 		{1, true, 1}, {2, true, 1}, {3, true, 1}, {4, true, 2}, {16, true, 8},
 		{1, false, 1}, {2, false, 2}, {16, false, 16},
 	} {
-		if n, now := engineProcs(c.cores, c.local); n != c.want || now != c.cores {
-			t.Errorf("engineProcs(%d, %v) = %d, %d; want %d, %d", c.cores, c.local, n, now, c.want, c.cores)
+		if n := engineProcs(c.cores, c.local); n != c.want {
+			t.Errorf("engineProcs(%d, %v) = %d, want %d", c.cores, c.local, n, c.want)
 		}
 	}
 	for host, want := range map[string]bool{

@@ -115,12 +115,12 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	}
 	defer db.Close()
 	if os.Getenv("GOMAXPROCS") == "" {
-		host := db.Pool.Config().ConnConfig.Host
-		if n, now := engineProcs(runtime.GOMAXPROCS(0), db.Local || localHost(host)); n != now {
+		cores := runtime.GOMAXPROCS(0)
+		if n := engineProcs(cores, db.Local || localHost(db.Pool.Config().ConnConfig.Host)); n != cores {
 			runtime.GOMAXPROCS(n)
 			log.Info("Go runtime: the database address is on this machine, so the engine keeps half the cores for PostgreSQL; "+
 				"set GOMAXPROCS when it is a proxy (pgbouncer, a cloud SQL proxy) to a database elsewhere",
-				"gomaxprocs", n, "cores", now)
+				"gomaxprocs", n, "cores", cores)
 		}
 	}
 	policy, keyring, err := prepareServe(ctx, cfg, db, stdout, log)
@@ -400,8 +400,8 @@ func startEngine(ctx context.Context, cfg serveConfig, p handlers.EngineParams, 
 	return done
 }
 
-// engineProcs returns how many Ps the Go runtime keeps (and the count it
-// has now, cores) when GOMAXPROCS is not set: half the cores, at least one,
+// engineProcs returns how many Ps the Go runtime keeps of cores when
+// GOMAXPROCS is not set: half of them, at least one,
 // when PostgreSQL runs on the same machine, else all of them. The engine's
 // work per webhook is small and hops between goroutines (the request, the
 // group commit, a lane, the recorded group); with a P per core, each hop
@@ -410,11 +410,11 @@ func startEngine(ctx context.Context, cfg serveConfig, p handlers.EngineParams, 
 // Measured on 2 cores with the database local, 150 webhooks/s: engine CPU
 // per delivery -17% (fail-first 0) and -11% (fail-first 1), latency and
 // saturated throughput unchanged (README, Performance).
-func engineProcs(cores int, dbLocal bool) (n, now int) {
+func engineProcs(cores int, dbLocal bool) int {
 	if !dbLocal {
-		return cores, cores
+		return cores
 	}
-	return max(1, cores/2), cores
+	return max(1, cores/2)
 }
 
 // localHost reports whether a pgx host is this machine: a Unix socket
