@@ -12,7 +12,7 @@ SEED     ?=
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test bench sbs profile writes pairs idle soak retention-soak chaos screenshots lint migrate db db-stop clean
+.PHONY: help build run test bench sbs profile pgperf writes pairs idle soak retention-soak chaos screenshots lint migrate db db-stop clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,9 @@ sbs: build ## side by side with the no-durability limit and a tuned River (needs
 
 profile: build ## one saturated run with pg_stat_statements and a CPU profile into prof/; N, FAIL
 	BENCH=$(BENCH) internal/bench/profile.sh $(BIN) $(N) $(FAIL) prof
+
+pgperf: build ## PostgreSQL's CPU by executor stage (perf) over one run; N, FAIL (FIRE_ARGS, PERF_SECONDS)
+	BENCH=$(BENCH) internal/bench/pgperf.sh $(BIN) $(N) $(FAIL) prof/pgperf
 
 writes: build ## commits, rows and WAL per webhook at 150/s (2,000 webhooks), River against the engine; FAIL
 	BENCH=$(BENCH) internal/bench/writes.sh $(BIN) 2000 $(FAIL)
