@@ -1,6 +1,12 @@
 package main
 
-import "testing"
+import (
+	"io"
+	"log/slog"
+	"slices"
+	"testing"
+	"time"
+)
 
 // The engine keeps half the cores (at least one) for itself only when the
 // database is on the same machine; a remote database leaves it all.
@@ -24,5 +30,65 @@ func TestEngineProcsLeavesHalfTheCoresToALocalDatabase(t *testing.T) {
 		if got := localHost(host); got != want {
 			t.Errorf("localHost(%q) = %v, want %v", host, got, want)
 		}
+	}
+}
+
+// The rule: low Ps until the engine uses half of them, high until it has
+// used less than 0.3 of low for calmFor samples in a row.
+func TestNextProcsFollowsTheEnginesLoad(t *testing.T) {
+	for _, c := range []struct {
+		name               string
+		cur                int
+		used               float64
+		calm               int
+		wantProcs, wantCal int
+	}{
+		{"quiet stays low", 1, 0.2, 0, 1, 0},
+		{"just below the step up", 1, 0.49, 0, 1, 0},
+		{"busy steps up", 1, 0.5, 0, 2, 0},
+		{"busy stays high", 2, 0.9, 3, 2, 0},
+		{"between the thresholds stays high and resets the count", 2, 0.4, 2, 2, 0},
+		{"calm counts", 2, 0.1, 0, 2, 1},
+		{"calm long enough steps down", 2, 0.1, 2, 1, 0},
+	} {
+		procs, calm := nextProcs(c.cur, 1, 2, c.used, 0.5, 0.3, c.calm, 3)
+		if procs != c.wantProcs || calm != c.wantCal {
+			t.Errorf("%s: nextProcs = %d, %d; want %d, %d", c.name, procs, calm, c.wantProcs, c.wantCal)
+		}
+	}
+}
+
+// The governor measures the CPU used between samples as cores (CPU time over
+// wall time) and sets GOMAXPROCS only when the rule changes it.
+func TestProcsGovernorSetsGOMAXPROCSByCPUUsed(t *testing.T) {
+	var cpu time.Duration
+	at := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)
+	var sets []int
+	g := newProcsGovernor(1, 2, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	g.cpu, g.now, g.set, g.calmFor = func() time.Duration { return cpu }, func() time.Time { return at }, func(n int) { sets = append(sets, n) }, 3
+	tick := func(usedCores float64) {
+		cpu += time.Duration(usedCores * float64(250*time.Millisecond))
+		at = at.Add(250 * time.Millisecond)
+		g.sample()
+	}
+	g.sample() // the first sample only starts the clock
+	for _, used := range []float64{0.2, 0.45} {
+		tick(used)
+	}
+	if len(sets) != 0 {
+		t.Fatalf("set %v while the engine used under half a core", sets)
+	}
+	tick(0.6)
+	tick(0.7)
+	tick(0.2) // calm 1
+	tick(0.4) // between the thresholds: the count starts again
+	tick(0.2)
+	tick(0.2)
+	if want := []int{2}; !slices.Equal(sets, want) {
+		t.Fatalf("sets = %v, want %v (up once, not down before three calm samples in a row)", sets, want)
+	}
+	tick(0.2)
+	if want := []int{2, 1}; !slices.Equal(sets, want) || g.cur != 1 {
+		t.Fatalf("sets = %v (cur %d), want %v", sets, g.cur, want)
 	}
 }

@@ -118,9 +118,10 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 		cores := runtime.GOMAXPROCS(0)
 		if n := engineProcs(cores, db.Local || localHost(db.Pool.Config().ConnConfig.Host)); n != cores {
 			runtime.GOMAXPROCS(n)
-			log.Info("Go runtime: the database address is on this machine, so the engine keeps half the cores for PostgreSQL; "+
-				"set GOMAXPROCS when it is a proxy (pgbouncer, a cloud SQL proxy) to a database elsewhere",
+			log.Info("Go runtime: the database address is on this machine, so the engine keeps half the cores for PostgreSQL "+
+				"until it is busy enough to need them all; set GOMAXPROCS when it is a proxy (pgbouncer, a cloud SQL proxy) to a database elsewhere",
 				"gomaxprocs", n, "cores", cores)
+			go newProcsGovernor(n, cores, log).run(ctx)
 		}
 	}
 	policy, keyring, err := prepareServe(ctx, cfg, db, stdout, log)
@@ -400,16 +401,19 @@ func startEngine(ctx context.Context, cfg serveConfig, p handlers.EngineParams, 
 	return done
 }
 
-// engineProcs returns how many Ps the Go runtime keeps of cores when
+// engineProcs returns how many Ps the Go runtime starts with of cores when
 // GOMAXPROCS is not set: half of them, at least one,
-// when PostgreSQL runs on the same machine, else all of them. The engine's
+// when PostgreSQL runs on the same machine, else all of them (a
+// procsGovernor then gives the engine all of them while it is busy). The engine's
 // work per webhook is small and hops between goroutines (the request, the
 // group commit, a lane, the recorded group); with a P per core, each hop
 // woke another thread (futex: 6% of the engine's CPU at 150/s with 2 Ps,
 // 2.6% with one) on a core PostgreSQL needed.
 // Measured on 2 cores with the database local, 150 webhooks/s: engine CPU
-// per delivery -17% (fail-first 0) and -11% (fail-first 1), latency and
-// saturated throughput unchanged (README, Performance).
+// per delivery -17% (fail-first 0) and -11% (fail-first 1), latency
+// unchanged. Saturated, though, one P left a core idle while PostgreSQL
+// waited on a WAL flush, which is why procsGovernor hands the engine every
+// core while it is busy (README, Performance).
 func engineProcs(cores int, dbLocal bool) int {
 	if !dbLocal {
 		return cores

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"runtime"
+	"syscall"
+	"time"
+)
+
+// procsGovernor moves the Go runtime between low and high Ps (GOMAXPROCS)
+// by how busy the engine is, when PostgreSQL shares the machine and
+// GOMAXPROCS is not set.
+//
+// Neither fixed setting serves both loads. With a P per core, a quiet
+// engine's goroutine hops woke idle threads on cores PostgreSQL needed
+// (150 webhooks/s on 2 cores: engine CPU per delivery -17% with one P). A
+// busy one, held to half the cores, left a core idle whenever PostgreSQL
+// waited on a WAL flush (saturated, first attempt failing, 4 interleaved
+// pairs: the machine 87% busy with one P, 91-93% with two; 1,149 against
+// 1,247 deliveries/s). So the engine keeps low Ps while it uses less than
+// upAt of them, and takes high once it uses more; it goes back after calmFor
+// samples below downAt (the gap between the two is the CPU a P's wake-ups
+// add, so the switch does not flap).
+type procsGovernor struct {
+	low, high    int
+	upAt, downAt float64 // cores used, as a share of low
+	calmFor      int     // samples below downAt before stepping down
+	cur, calm    int
+	lastCPU      time.Duration
+	lastAt       time.Time
+	cpu          func() time.Duration // the process's CPU time so far
+	set          func(int)            // runtime.GOMAXPROCS
+	log          *slog.Logger
+	every        time.Duration
+	now          func() time.Time
+}
+
+func newProcsGovernor(low, high int, log *slog.Logger) *procsGovernor {
+	return &procsGovernor{low: low, high: high, upAt: 0.5, downAt: 0.3, calmFor: 20, cur: low,
+		cpu: processCPU, set: func(n int) { runtime.GOMAXPROCS(n) }, log: log, every: 250 * time.Millisecond, now: time.Now}
+}
+
+// nextProcs is the governor's rule: the Ps to run with after a sample in
+// which the engine used `used` cores, and the count of calm samples so far.
+func nextProcs(cur, low, high int, used, upAt, downAt float64, calm, calmFor int) (int, int) {
+	if cur == low {
+		if used >= upAt*float64(low) {
+			return high, 0
+		}
+		return low, 0
+	}
+	if used >= downAt*float64(low) {
+		return high, 0
+	}
+	if calm+1 >= calmFor {
+		return low, 0
+	}
+	return high, calm + 1
+}
+
+// sample reads the CPU used since the last sample and applies the rule.
+func (g *procsGovernor) sample() {
+	at, cpu := g.now(), g.cpu()
+	if !g.lastAt.IsZero() && at.After(g.lastAt) {
+		used := float64(cpu-g.lastCPU) / float64(at.Sub(g.lastAt))
+		next, calm := nextProcs(g.cur, g.low, g.high, used, g.upAt, g.downAt, g.calm, g.calmFor)
+		g.calm = calm
+		if next != g.cur {
+			g.set(next)
+			g.log.Debug("Go runtime: Ps follow the engine's load", "gomaxprocs", next, "engine_cores_used", used)
+			g.cur = next
+		}
+	}
+	g.lastAt, g.lastCPU = at, cpu
+}
+
+// run samples every g.every until ctx ends.
+func (g *procsGovernor) run(ctx context.Context) {
+	t := time.NewTicker(g.every)
+	defer t.Stop()
+	g.sample()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			g.sample()
+		}
+	}
+}
+
+// processCPU is the user and system CPU time this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
