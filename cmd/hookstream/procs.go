@@ -19,14 +19,15 @@ import (
 // waited on a WAL flush (saturated, first attempt failing, 4 interleaved
 // pairs: the machine 87% busy with one P, 91-93% with two; 1,149 against
 // 1,247 deliveries/s). So the engine keeps low Ps while it uses less than
-// upAt of them, and takes high once it uses more; it goes back after calmFor
-// samples below downAt (the gap between the two is the CPU a P's wake-ups
-// add, so the switch does not flap).
+// upAt of them, and takes high once it uses more for upFor samples in a
+// row; it goes back after calmFor samples below downAt (the gap between the
+// two is the CPU a P's wake-ups add, so the switch does not flap).
 type procsGovernor struct {
 	low, high    int
 	upAt, downAt float64 // cores used, as a share of low
-	calmFor      int     // samples below downAt before stepping down
-	cur, calm    int
+	upFor        int     // samples in a row at or above upAt before stepping up
+	calmFor      int     // samples in a row below downAt before stepping down
+	cur, streak  int
 	lastCPU      time.Duration
 	lastAt       time.Time
 	cpu          func() time.Duration // the process's CPU time so far
@@ -37,26 +38,32 @@ type procsGovernor struct {
 }
 
 func newProcsGovernor(low, high int, log *slog.Logger) *procsGovernor {
-	return &procsGovernor{low: low, high: high, upAt: 0.5, downAt: 0.3, calmFor: 20, cur: low,
+	return &procsGovernor{low: low, high: high, upAt: 0.5, downAt: 0.3, upFor: 2, calmFor: 20, cur: low,
 		cpu: processCPU, set: func(n int) { runtime.GOMAXPROCS(n) }, log: log, every: 250 * time.Millisecond, now: time.Now}
 }
 
 // nextProcs is the governor's rule: the Ps to run with after a sample in
-// which the engine used `used` cores, and the count of calm samples so far.
-func nextProcs(cur, low, high int, used, upAt, downAt float64, calm, calmFor int) (int, int) {
+// which the engine used `used` cores, given how many samples in a row so far
+// pointed the other way (streak); a step needs upFor busy samples in a row
+// up, downFor calm ones down, so a burst or a lull of one sample moves
+// nothing.
+func nextProcs(cur, low, high int, used, upAt, downAt float64, streak, upFor, downFor int) (procs, nextStreak int) {
 	if cur == low {
-		if used >= upAt*float64(low) {
+		if used < upAt*float64(low) {
+			return low, 0
+		}
+		if streak+1 >= upFor {
 			return high, 0
 		}
-		return low, 0
+		return low, streak + 1
 	}
 	if used >= downAt*float64(low) {
 		return high, 0
 	}
-	if calm+1 >= calmFor {
+	if streak+1 >= downFor {
 		return low, 0
 	}
-	return high, calm + 1
+	return high, streak + 1
 }
 
 // sample reads the CPU used since the last sample and applies the rule.
@@ -64,8 +71,8 @@ func (g *procsGovernor) sample() {
 	at, cpu := g.now(), g.cpu()
 	if !g.lastAt.IsZero() && at.After(g.lastAt) {
 		used := float64(cpu-g.lastCPU) / float64(at.Sub(g.lastAt))
-		next, calm := nextProcs(g.cur, g.low, g.high, used, g.upAt, g.downAt, g.calm, g.calmFor)
-		g.calm = calm
+		next, streak := nextProcs(g.cur, g.low, g.high, used, g.upAt, g.downAt, g.streak, g.upFor, g.calmFor)
+		g.streak = streak
 		if next != g.cur {
 			g.set(next)
 			g.log.Debug("Go runtime: Ps follow the engine's load", "gomaxprocs", next, "engine_cores_used", used)

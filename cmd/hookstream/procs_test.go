@@ -33,27 +33,28 @@ func TestEngineProcsLeavesHalfTheCoresToALocalDatabase(t *testing.T) {
 	}
 }
 
-// The rule: low Ps until the engine uses half of them, high until it has
-// used less than 0.3 of low for calmFor samples in a row.
+// The rule: low Ps until the engine uses half of them for upFor samples in
+// a row, high until it has used less than 0.3 of low for downFor in a row.
 func TestNextProcsFollowsTheEnginesLoad(t *testing.T) {
 	for _, c := range []struct {
-		name               string
-		cur                int
-		used               float64
-		calm               int
-		wantProcs, wantCal int
+		name                  string
+		cur                   int
+		used                  float64
+		streak                int
+		wantProcs, wantStreak int
 	}{
 		{"quiet stays low", 1, 0.2, 0, 1, 0},
-		{"just below the step up", 1, 0.49, 0, 1, 0},
-		{"busy steps up", 1, 0.5, 0, 2, 0},
-		{"busy stays high", 2, 0.9, 3, 2, 0},
+		{"just below the step up", 1, 0.49, 1, 1, 0},
+		{"one busy sample counts", 1, 0.5, 0, 1, 1},
+		{"busy long enough steps up", 1, 0.5, 1, 2, 0},
+		{"busy stays high", 2, 0.9, 2, 2, 0},
 		{"between the thresholds stays high and resets the count", 2, 0.4, 2, 2, 0},
 		{"calm counts", 2, 0.1, 0, 2, 1},
 		{"calm long enough steps down", 2, 0.1, 2, 1, 0},
 	} {
-		procs, calm := nextProcs(c.cur, 1, 2, c.used, 0.5, 0.3, c.calm, 3)
-		if procs != c.wantProcs || calm != c.wantCal {
-			t.Errorf("%s: nextProcs = %d, %d; want %d, %d", c.name, procs, calm, c.wantProcs, c.wantCal)
+		procs, streak := nextProcs(c.cur, 1, 2, c.used, 0.5, 0.3, c.streak, 2, 3)
+		if procs != c.wantProcs || streak != c.wantStreak {
+			t.Errorf("%s: nextProcs = %d, %d; want %d, %d", c.name, procs, streak, c.wantProcs, c.wantStreak)
 		}
 	}
 }
@@ -72,11 +73,11 @@ func TestProcsGovernorSetsGOMAXPROCSByCPUUsed(t *testing.T) {
 		g.sample()
 	}
 	g.sample() // the first sample only starts the clock
-	for _, used := range []float64{0.2, 0.45} {
+	for _, used := range []float64{0.2, 0.45, 0.6, 0.3} {
 		tick(used)
 	}
 	if len(sets) != 0 {
-		t.Fatalf("set %v while the engine used under half a core", sets)
+		t.Fatalf("set %v while the engine used under half a core but for one sample", sets)
 	}
 	tick(0.6)
 	tick(0.7)
