@@ -19,9 +19,10 @@ import (
 // waited on a WAL flush (saturated, first attempt failing, 4 interleaved
 // pairs: the machine 87% busy with one P, 91-93% with two; 1,149 against
 // 1,247 deliveries/s). So the engine keeps low Ps while it uses less than
-// upAt of them, and takes high once it uses more for upFor samples in a
-// row; it goes back after calmFor samples below downAt (the gap between the
-// two is the CPU a P's wake-ups add, so the switch does not flap).
+// upAt of them, and takes high once it uses at least that for upFor samples
+// in a row; it goes back after calmFor samples in a row below downAt. The
+// gap between upAt and downAt is hysteresis: a load near one threshold
+// does not switch back and forth.
 type procsGovernor struct {
 	low, high    int
 	upAt, downAt float64 // cores used, as a share of low
@@ -30,8 +31,8 @@ type procsGovernor struct {
 	cur, streak  int
 	lastCPU      time.Duration
 	lastAt       time.Time
-	cpu          func() time.Duration // the process's CPU time so far
-	set          func(int)            // runtime.GOMAXPROCS
+	cpu          func() (time.Duration, bool) // the process's CPU time so far; false when unreadable
+	set          func(int)                    // runtime.GOMAXPROCS
 	log          *slog.Logger
 	every        time.Duration
 	now          func() time.Time
@@ -45,9 +46,9 @@ func newProcsGovernor(low, high int, log *slog.Logger) *procsGovernor {
 // nextProcs is the governor's rule: the Ps to run with after a sample in
 // which the engine used `used` cores, given how many samples in a row so far
 // pointed the other way (streak); a step needs upFor busy samples in a row
-// up, downFor calm ones down, so a burst or a lull of one sample moves
+// up, calmFor calm ones down, so a burst or a lull of one sample moves
 // nothing.
-func nextProcs(cur, low, high int, used, upAt, downAt float64, streak, upFor, downFor int) (procs, nextStreak int) {
+func nextProcs(cur, low, high int, used, upAt, downAt float64, streak, upFor, calmFor int) (procs, nextStreak int) {
 	if cur == low {
 		if used < upAt*float64(low) {
 			return low, 0
@@ -60,16 +61,19 @@ func nextProcs(cur, low, high int, used, upAt, downAt float64, streak, upFor, do
 	if used >= downAt*float64(low) {
 		return high, 0
 	}
-	if streak+1 >= downFor {
+	if streak+1 >= calmFor {
 		return low, 0
 	}
 	return high, streak + 1
 }
 
-// sample reads the CPU used since the last sample and applies the rule.
+// sample reads the CPU used since the last sample and applies the rule. A
+// sample whose reading failed, or whose clock or CPU time did not move
+// forward, only restarts the measurement.
 func (g *procsGovernor) sample() {
-	at, cpu := g.now(), g.cpu()
-	if !g.lastAt.IsZero() && at.After(g.lastAt) {
+	at := g.now()
+	cpu, ok := g.cpu()
+	if ok && !g.lastAt.IsZero() && at.After(g.lastAt) && cpu >= g.lastCPU {
 		used := float64(cpu-g.lastCPU) / float64(at.Sub(g.lastAt))
 		next, streak := nextProcs(g.cur, g.low, g.high, used, g.upAt, g.downAt, g.streak, g.upFor, g.calmFor)
 		g.streak = streak
@@ -78,6 +82,10 @@ func (g *procsGovernor) sample() {
 			g.log.Debug("Go runtime: Ps follow the engine's load", "gomaxprocs", next, "engine_cores_used", used)
 			g.cur = next
 		}
+	}
+	if !ok {
+		g.lastAt = time.Time{}
+		return
 	}
 	g.lastAt, g.lastCPU = at, cpu
 }
@@ -97,11 +105,12 @@ func (g *procsGovernor) run(ctx context.Context) {
 	}
 }
 
-// processCPU is the user and system CPU time this process has used.
-func processCPU() time.Duration {
+// processCPU is the user and system CPU time this process has used; false
+// when getrusage fails.
+func processCPU() (time.Duration, bool) {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
+		return 0, false
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), true
 }

@@ -66,7 +66,10 @@ func TestProcsGovernorSetsGOMAXPROCSByCPUUsed(t *testing.T) {
 	at := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)
 	var sets []int
 	g := newProcsGovernor(1, 2, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	g.cpu, g.now, g.set, g.calmFor = func() time.Duration { return cpu }, func() time.Time { return at }, func(n int) { sets = append(sets, n) }, 3
+	if g.upAt != 0.5 || g.downAt != 0.3 || g.upFor != 2 || g.calmFor != 20 || g.every != 250*time.Millisecond || g.cur != 1 {
+		t.Fatalf("defaults: %+v, want up at 0.5 of low for 2 samples, down below 0.3 for 20, every 250 ms, starting low", *g)
+	}
+	g.cpu, g.now, g.set, g.calmFor = func() (time.Duration, bool) { return cpu, true }, func() time.Time { return at }, func(n int) { sets = append(sets, n) }, 3
 	tick := func(usedCores float64) {
 		cpu += time.Duration(usedCores * float64(250*time.Millisecond))
 		at = at.Add(250 * time.Millisecond)
@@ -91,5 +94,34 @@ func TestProcsGovernorSetsGOMAXPROCSByCPUUsed(t *testing.T) {
 	tick(0.2)
 	if want := []int{2, 1}; !slices.Equal(sets, want) || g.cur != 1 {
 		t.Fatalf("sets = %v (cur %d), want %v", sets, g.cur, want)
+	}
+}
+
+// A reading that fails, or a clock that does not move forward, restarts the
+// measurement instead of counting as a busy or calm sample.
+func TestProcsGovernorSkipsSamplesItCannotMeasure(t *testing.T) {
+	var cpu time.Duration
+	ok := true
+	at := time.Date(2026, 12, 3, 0, 0, 0, 0, time.UTC)
+	var sets []int
+	g := newProcsGovernor(1, 2, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	g.cpu, g.now, g.set = func() (time.Duration, bool) { return cpu, ok }, func() time.Time { return at }, func(n int) { sets = append(sets, n) }
+	g.sample()
+	cpu, at = cpu+200*time.Millisecond, at.Add(250*time.Millisecond)
+	g.sample() // busy 1 (0.8 cores)
+	ok = false
+	cpu, at = cpu+10*time.Second, at.Add(250*time.Millisecond)
+	g.sample() // unreadable: no sample
+	ok = true
+	cpu, at = cpu+10*time.Second, at.Add(250*time.Millisecond)
+	g.sample() // restarts the clock: the 10 s it missed are not counted
+	g.sample() // no time passed: no sample
+	if len(sets) != 0 || g.streak != 1 {
+		t.Fatalf("sets %v, streak %d: want no switch and the one busy sample still counted", sets, g.streak)
+	}
+	cpu, at = cpu+200*time.Millisecond, at.Add(250*time.Millisecond)
+	g.sample() // busy 2
+	if !slices.Equal(sets, []int{2}) {
+		t.Fatalf("sets %v, want [2] after two measured busy samples", sets)
 	}
 }

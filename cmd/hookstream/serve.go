@@ -121,7 +121,9 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 			log.Info("Go runtime: the database address is on this machine, so the engine keeps half the cores for PostgreSQL "+
 				"until it is busy enough to need them all; set GOMAXPROCS when it is a proxy (pgbouncer, a cloud SQL proxy) to a database elsewhere",
 				"gomaxprocs", n, "cores", cores)
-			go newProcsGovernor(n, cores, log).run(ctx)
+			govCtx, stopGov := context.WithCancel(ctx)
+			defer stopGov()
+			go newProcsGovernor(n, cores, log).run(govCtx)
 		}
 	}
 	policy, keyring, err := prepareServe(ctx, cfg, db, stdout, log)
@@ -401,10 +403,11 @@ func startEngine(ctx context.Context, cfg serveConfig, p handlers.EngineParams, 
 	return done
 }
 
-// engineProcs returns how many Ps the Go runtime starts with of cores when
-// GOMAXPROCS is not set: half of them, at least one,
-// when PostgreSQL runs on the same machine, else all of them (a
-// procsGovernor then gives the engine all of them while it is busy). The engine's
+// engineProcs returns how many Ps the Go runtime starts with of cores (Go's
+// default: the machine's cores, or a container's CPU limit) when GOMAXPROCS
+// is not set: half of them, at least one, when PostgreSQL runs on the same
+// machine (a procsGovernor then gives the engine all of them while it is
+// busy), else all of them. The engine's
 // work per webhook is small and hops between goroutines (the request, the
 // group commit, a lane, the recorded group); with a P per core, each hop
 // woke another thread (futex: 6% of the engine's CPU at 150/s with 2 Ps,
