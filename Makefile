@@ -46,8 +46,8 @@ sbs: build ## side by side with the no-durability limit and a tuned River (needs
 profile: build ## one saturated run with pg_stat_statements and a CPU profile into prof/; N, FAIL
 	BENCH=$(BENCH) internal/bench/profile.sh $(BIN) $(N) $(FAIL) prof
 
-pgperf: build ## PostgreSQL's CPU by executor stage (perf) over one run; N, FAIL (FIRE_ARGS, PERF_SECONDS)
-	BENCH=$(BENCH) internal/bench/pgperf.sh $(BIN) $(N) $(FAIL) prof/pgperf
+pgperf: build ## PostgreSQL's CPU by executor stage (perf) over one run; N, FAIL (FIRE_ARGS, PERF_SECONDS; SYSTEM=river for River)
+	BENCH=$(BENCH) internal/bench/pgperf.sh $(if $(filter river,$(SYSTEM)),river,$(BIN)) $(N) $(FAIL) prof/pgperf
 
 writes: build ## commits, rows and WAL per webhook at 150/s (2,000 webhooks), River against the engine; FAIL
 	BENCH=$(BENCH) internal/bench/writes.sh $(BIN) 2000 $(FAIL)

@@ -1,6 +1,7 @@
 #!/bin/bash
 # Where PostgreSQL's CPU goes during one run of the engine, by executor stage, from a system-wide perf profile:
 #   pgperf.sh BIN [N] [FAIL] [OUT]   (FIRE_ARGS passes whbench flags, e.g. --rate 150; PERF_SECONDS, default 8)
+# BIN river profiles the tuned River of side-by-side.sh instead, for comparison.
 # pg_stat_statements (make profile) gives each statement's time, which includes its waits; this gives the CPU
 # of PostgreSQL's processes, split by what the executor was doing (index and heap insertion, scans, executor
 # start-up, planning, commit and WAL flush, decoding parameters), whatever statement it was running.
@@ -11,9 +12,17 @@ here=${BENCH:-$(cd "$(dirname "$0")/../../../shared/bench" && pwd)}/scripts; bin
 mkdir -p "$out"; rm -f "$out/perf.data" "$out/out.jsonl"
 pg=$(mktemp -d); chmod 755 "$pg"; trap '"$here/pgtmp.sh" stop "$pg/c" >/dev/null 2>&1; rm -rf "$pg"' EXIT
 dsn=$("$here/pgtmp.sh" start "$pg/c"); export PGPID=$(head -1 "$pg/c/data/postmaster.pid")
-ENGINE_ENV="HOOKSTREAM_ALLOW_CIDRS=127.0.0.0/8 HOOKSTREAM_LOG_LEVEL=warn" DEST_EXTRA=',"circuit_breaker_enabled":false' SYSTEM=hookstream \
-  PRE_FIRE="(sleep 1; perf record -a -g -o '$out/perf.data' -- sleep ${PERF_SECONDS:-8} >/dev/null 2>&1) &" \
-  "$here/bench-engine.sh" "$out/out.jsonl" 1 "$fail" "$dsn" "$bin" "$n" 32 >/dev/null 2>&1
+record="perf record -a -g -o $out/perf.data -- sleep ${PERF_SECONDS:-8}"
+if [ "$bin" = river ]; then
+  # The tuned River of side-by-side.sh, for comparison. Its script has no hook before the fire: the
+  # recording starts RIVER_DELAY seconds (default 3) after River's start, which its health check takes.
+  (sleep "${RIVER_DELAY:-3}"; $record >/dev/null 2>&1) &
+  SYSTEM=river-tuned "$here/bench-river.sh" "$out/out.jsonl" 1 "$fail" "$dsn" "$n" 32 --workers 100 --fetch-cooldown 10ms --fetch-poll 100ms >/dev/null 2>&1
+else
+  ENGINE_ENV="HOOKSTREAM_ALLOW_CIDRS=127.0.0.0/8 HOOKSTREAM_LOG_LEVEL=warn" DEST_EXTRA=',"circuit_breaker_enabled":false' SYSTEM=hookstream \
+    PRE_FIRE="(sleep 1; $record >/dev/null 2>&1) &" \
+    "$here/bench-engine.sh" "$out/out.jsonl" 1 "$fail" "$dsn" "$bin" "$n" 32 >/dev/null 2>&1
+fi
 while pgrep -f "perf record -a -g -o $out/perf.data" >/dev/null; do sleep 0.5; done
 python3 -c 'import json,sys; j=json.loads(open(sys.argv[1]).read().splitlines()[-1]); e=j["e2e"]; c=j["cpu"]["proc_cpu_s"]
 print("run: %d webhooks, %.0f/s, CPU s: engine %s, postgres %s" % (j["n"], e["deliveries_per_sec"], c.get("engine", 0), c.get("postgres", 0)))' "$out/out.jsonl"
