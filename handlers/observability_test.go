@@ -80,7 +80,10 @@ func TestMetricsAfterAKnownWorkload(t *testing.T) {
 		`hookstream_circuit_state{destination_id="` + dest + `"}`, `hookstream_db_pool_max_connections`,
 		// The runtime's own: heap in use and the live heap after the last
 		// GC (the soak tells a leak from garbage with the second).
-		`go_memstats_heap_inuse_bytes`, `go_gc_heap_live_bytes`, `process_resident_memory_bytes`} {
+		`go_memstats_heap_inuse_bytes`, `go_gc_heap_live_bytes`, `process_resident_memory_bytes`,
+		// The Ps serve runs with right now (it follows the load beside a
+		// local PostgreSQL: README, Configuration).
+		`go_sched_gomaxprocs_threads`} {
 		if _, ok := after[series]; !ok {
 			t.Errorf("/metrics has no %s", series)
 		}
