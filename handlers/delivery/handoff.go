@@ -97,7 +97,7 @@ func (e *Engine) Reserve(newJobs []jobs.NewJob) ([]bool, jobs.Ticket) {
 			}
 			load = e.loadFor(j.DestinationID, tenant)
 			g = &handoffGroup{dest: j.DestinationID, tenant: tenant, lane: lane,
-				room: min(batchSize, e.p.PerDestination-load.requests)}
+				room: min(batchSize, e.room(load))} // the check above left it a lane: its requests decide
 			load.batches++
 			e.tenantLanes[tenant]++
 			byDest[j.DestinationID] = g
