@@ -151,6 +151,16 @@ type EventReceived struct {
 	Skipped []SkippedRoute `json:"skipped,omitempty"`
 }
 
+// WithoutBodies is e without the webhook as it was sent (body, headers,
+// query): what a reader of the log that leaves out
+// eventstore.ReceivedPayloadFields decodes, and so what the ingest hands
+// the projector in this process (eventstore.NewEvent.Projected).
+func (e EventReceived) WithoutBodies() EventReceived {
+	e.Headers, e.Query, e.HeadersB64 = nil, nil, nil
+	e.RawQuery, e.RawQueryB64, e.BodyB64 = "", "", ""
+	return e
+}
+
 // SkippedRoute is a connection an ingested event was not delivered through.
 type SkippedRoute struct {
 	ConnectionID  string `json:"connection_id"`

@@ -59,6 +59,11 @@ type NewEvent struct {
 	SchemaVersion int
 	Payload       any // marshalled with encoding/json; json.RawMessage is kept as is
 	Metadata      Metadata
+	// Projected, when set, is the payload as the value a reader in this
+	// process decodes it into (what Payload's JSON holds, without what the
+	// projector does not read: an EventReceived's body, headers and query).
+	// The projector folds it instead of decoding the JSON (recent.go).
+	Projected any
 }
 
 // Event is a stored event.
@@ -76,6 +81,9 @@ type Event struct {
 	OrgID          string
 	EnvID          string
 	RecordedAt     time.Time
+	// Decoded is Payload as its appender's value (NewEvent.Projected), when
+	// this process appended it and AttachRecent found it; nil otherwise.
+	Decoded any
 }
 
 // Position is a commit-order cursor: events are read ordered by
@@ -277,6 +285,7 @@ func (s *Store) prepare(appends []StreamAppend) (string, []any, []Event, error) 
 			if err != nil {
 				return "", nil, nil, fmt.Errorf("marshal %s payload: %w", ev.Type, err)
 			}
+			recent.put(id, ev.Projected, payload)
 			meta, err := json.Marshal(ev.Metadata)
 			if err != nil {
 				return "", nil, nil, fmt.Errorf("marshal metadata: %w", err)

@@ -70,22 +70,22 @@ type attemptRow struct {
 func (s *attemptsSegment) add(e eventstore.Event) error {
 	switch e.Type {
 	case domain.EvDeliveryRequested:
-		var p domain.DeliveryRequested
-		if err := json.Unmarshal(e.Payload, &p); err != nil {
+		p, err := payload[domain.DeliveryRequested](e)
+		if err != nil {
 			return fmt.Errorf("project %s %s into delivery_attempts: %w", e.Type, e.EventID, err)
 		}
 		s.pdDelivery, s.pdEvent, s.pdConn, s.pdDest = append(s.pdDelivery, p.DeliveryID), append(s.pdEvent, p.EventID), append(s.pdConn, p.ConnectionID), append(s.pdDest, p.DestinationID)
 		s.pdConnName, s.pdDestName, s.pdReplay = append(s.pdConnName, p.ConnectionName), append(s.pdDestName, p.DestinationName), append(s.pdReplay, p.ReplayID)
 		s.pending(e, p.AttemptID, p.DeliveryID, 1, p.TriggerType, p.RequestURL, p.RequestMethod, p.RequestedAt)
 	case domain.EvRetryRequested:
-		var p domain.RetryRequested
-		if err := json.Unmarshal(e.Payload, &p); err != nil {
+		p, err := payload[domain.RetryRequested](e)
+		if err != nil {
 			return fmt.Errorf("project %s %s into delivery_attempts: %w", e.Type, e.EventID, err)
 		}
 		s.pending(e, p.AttemptID, e.StreamID, p.AttemptNumber, domain.TriggerManual, p.RequestURL, p.RequestMethod, p.RequestedAt)
 	case domain.EvDeliveryAttempted:
-		var p domain.DeliveryAttempted
-		if err := json.Unmarshal(e.Payload, &p); err != nil {
+		p, err := payload[domain.DeliveryAttempted](e)
+		if err != nil {
 			return fmt.Errorf("project %s %s into delivery_attempts: %w", e.Type, e.EventID, err)
 		}
 		if s.attempted == nil {
@@ -99,8 +99,8 @@ func (s *attemptsSegment) add(e eventstore.Event) error {
 			s.a = append(s.a, row)
 		}
 	case domain.EvRetryScheduled:
-		var p domain.RetryScheduled
-		if err := json.Unmarshal(e.Payload, &p); err != nil {
+		p, err := payload[domain.RetryScheduled](e)
+		if err != nil {
 			return fmt.Errorf("project %s %s into delivery_attempts: %w", e.Type, e.EventID, err)
 		}
 		if s.retryAt == nil {
@@ -108,8 +108,8 @@ func (s *attemptsSegment) add(e eventstore.Event) error {
 		}
 		s.retryAt[p.AfterAttemptID] = p.NotBefore
 	case domain.EvMovedToDLQ:
-		var p domain.MovedToDLQ
-		if err := json.Unmarshal(e.Payload, &p); err != nil {
+		p, err := payload[domain.MovedToDLQ](e)
+		if err != nil {
 			return fmt.Errorf("project %s %s into delivery_attempts: %w", e.Type, e.EventID, err)
 		}
 		if s.dlqAt == nil {
@@ -244,7 +244,9 @@ func EventsBatch(evs []eventstore.Event) ([]eventstore.Statement, error) {
 				Query      json.RawMessage `json:"query"`
 				BodyB64    json.RawMessage `json:"body_b64"`
 			}
-			if err := json.Unmarshal(e.Payload, &p); err != nil {
+			if d, ok := e.Decoded.(domain.EventReceived); ok {
+				p.EventReceived = d
+			} else if err := json.Unmarshal(e.Payload, &p); err != nil {
 				return nil, fmt.Errorf("project %s: %w", e.EventID, err)
 			}
 			st := "received"

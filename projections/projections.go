@@ -40,7 +40,7 @@ func DeliveryAttempts(e eventstore.Event) ([]eventstore.Statement, error) {
 	switch e.Type {
 	case domain.EvDeliveryRequested:
 		var p domain.DeliveryRequested
-		if err = json.Unmarshal(e.Payload, &p); err != nil {
+		if p, err = payload[domain.DeliveryRequested](e); err != nil {
 			break
 		}
 		add(`INSERT INTO projected_deliveries (delivery_id, event_id, connection_id, destination_id, connection_name, destination_name, replay_id)
@@ -49,13 +49,13 @@ func DeliveryAttempts(e eventstore.Event) ([]eventstore.Statement, error) {
 		add(insertPendingSQL, pendingArgs(e, p.AttemptID, p.DeliveryID, 1, p.TriggerType, p.RequestURL, p.RequestMethod, p.RequestedAt)...)
 	case domain.EvRetryRequested:
 		var p domain.RetryRequested
-		if err = json.Unmarshal(e.Payload, &p); err != nil {
+		if p, err = payload[domain.RetryRequested](e); err != nil {
 			break
 		}
 		add(insertPendingSQL, pendingArgs(e, p.AttemptID, e.StreamID, p.AttemptNumber, domain.TriggerManual, p.RequestURL, p.RequestMethod, p.RequestedAt)...)
 	case domain.EvDeliveryAttempted:
 		var p domain.DeliveryAttempted
-		if err = json.Unmarshal(e.Payload, &p); err != nil {
+		if p, err = payload[domain.DeliveryAttempted](e); err != nil {
 			break
 		}
 		add(`INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
@@ -73,13 +73,13 @@ func DeliveryAttempts(e eventstore.Event) ([]eventstore.Statement, error) {
 			p.ResponseStatus, p.ResponseHeaders, p.ResponseBody, p.DurationMS, p.Status, p.Error, p.StartedAt, p.AttemptNumber, p.TriggerType)
 	case domain.EvRetryScheduled:
 		var p domain.RetryScheduled
-		if err = json.Unmarshal(e.Payload, &p); err != nil {
+		if p, err = payload[domain.RetryScheduled](e); err != nil {
 			break
 		}
 		add(`UPDATE delivery_attempts SET next_retry_at = $2 WHERE id = $1`, p.AfterAttemptID, p.NotBefore)
 	case domain.EvMovedToDLQ:
 		var p domain.MovedToDLQ
-		if err = json.Unmarshal(e.Payload, &p); err != nil {
+		if p, err = payload[domain.MovedToDLQ](e); err != nil {
 			break
 		}
 		add(`UPDATE delivery_attempts SET is_dlq = 1, dlq_at = $2, next_retry_at = NULL WHERE id = $1`, p.AttemptID, p.DLQAt)
@@ -128,6 +128,17 @@ func eventOutcome(e eventstore.Event, eventID, outcome string) []eventstore.Stat
 	}
 }
 
+// payload is e's payload as a T: the value its appender encoded when this
+// process appended it (eventstore.AttachRecent), else decoded from the log.
+func payload[T any](e eventstore.Event) (T, error) {
+	if v, ok := e.Decoded.(T); ok {
+		return v, nil
+	}
+	var p T
+	err := json.Unmarshal(e.Payload, &p)
+	return p, err
+}
+
 const insertPendingSQL = `INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
 		request_url, request_method, status, created_at, attempt_number, trigger_type, connection_name, destination_name, replay_id)
 	SELECT $1, $2, $3, d.delivery_id, d.event_id, d.connection_id, d.destination_id, $5, $6, 'pending', $7, $8, $9, d.connection_name, d.destination_name, d.replay_id
@@ -149,7 +160,9 @@ func Events(e eventstore.Event) ([]eventstore.Statement, error) {
 			EventID     string `json:"event_id"`
 			TriggerType string `json:"trigger_type"`
 		}
-		if err := json.Unmarshal(e.Payload, &p); err != nil {
+		if d, ok := e.Decoded.(domain.DeliveryAttempted); ok {
+			p.Status, p.EventID, p.TriggerType = d.Status, d.EventID, d.TriggerType
+		} else if err := json.Unmarshal(e.Payload, &p); err != nil {
 			return nil, fmt.Errorf("project %s: %w", e.EventID, err)
 		}
 		if p.Status != domain.AttemptSuccess || p.EventID == "" || p.TriggerType == domain.TriggerReplay {
@@ -157,8 +170,8 @@ func Events(e eventstore.Event) ([]eventstore.Statement, error) {
 		}
 		return eventOutcome(e, p.EventID, "success"), nil
 	case domain.EvMovedToDLQ:
-		var p domain.MovedToDLQ
-		if err := json.Unmarshal(e.Payload, &p); err != nil {
+		p, err := payload[domain.MovedToDLQ](e)
+		if err != nil {
 			return nil, fmt.Errorf("project %s: %w", e.EventID, err)
 		}
 		if p.EventID == "" {
@@ -168,8 +181,8 @@ func Events(e eventstore.Event) ([]eventstore.Statement, error) {
 	default:
 		return nil, nil
 	}
-	var p domain.EventReceived
-	if err := json.Unmarshal(e.Payload, &p); err != nil {
+	p, err := payload[domain.EventReceived](e)
+	if err != nil {
 		return nil, fmt.Errorf("project %s: %w", e.EventID, err)
 	}
 	status := "received"

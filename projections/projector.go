@@ -124,6 +124,7 @@ func NewProjector(p ProjectorParams) *Projector {
 	if p.Wake == nil {
 		p.Wake = wake.New(p.Pool)
 	}
+	eventstore.KeepRecent() // this process's appends are folded from their values (eventstore/recent.go)
 	return &Projector{p: p, limit: p.BatchSize, wake: make(chan struct{}, 1), hurry: make(chan struct{}, 1), retryAt: map[string]time.Time{}}
 }
 
@@ -239,6 +240,7 @@ func (pr *Projector) Step(ctx context.Context) (int, error) {
 		if read == 0 {
 			return nil
 		}
+		eventstore.AttachRecent(evs) // what this process appended is folded from its values, not decoded
 		plan := pr.fold(evs, offsets, active)
 		failures = plan.failures
 		notify = attempted(evs) // waiting retries re-read after the commit

@@ -275,7 +275,7 @@ func planCompletion(batch []dispatchJob, results []domain.DeliveryAttempted, str
 			if err := d.ApplyDecided(expected+int64(k)+1, dec); err != nil {
 				return completionPlan{}, err
 			}
-			evs[k] = eventstore.NewEvent{Type: dec.Type, Payload: json.RawMessage(raw), Metadata: md}
+			evs[k] = eventstore.NewEvent{Type: dec.Type, Payload: json.RawMessage(raw), Projected: dec.Payload, Metadata: md}
 		}
 		*appends = append(*appends, eventstore.StreamAppend{StreamType: domain.StreamDelivery, StreamID: j.DeliveryID,
 			OrgID: j.OrgID, EnvID: j.EnvID, Expected: expected, Events: evs})

@@ -267,7 +267,7 @@ func (s *Ingester) Ingest(ctx context.Context, tg *IngestTarget, in IngestReques
 	}
 	eventAppend := func(e domain.EventReceived) eventstore.StreamAppend {
 		return eventstore.StreamAppend{StreamType: domain.StreamEvent, StreamID: eventID, OrgID: org, EnvID: env, Expected: eventstore.NoStream,
-			Events: []eventstore.NewEvent{{ID: receivedUUID, Type: domain.EvEventReceived, Payload: e, Metadata: meta}}}
+			Events: []eventstore.NewEvent{{ID: receivedUUID, Type: domain.EvEventReceived, Payload: e, Projected: e.WithoutBodies(), Metadata: meta}}}
 	}
 	var key string
 	var dedup bool
@@ -343,14 +343,15 @@ func fanOut(tg *IngestTarget, in IngestRequest, input domain.FilterInput, eventI
 		deliveryID, attemptID := kit.NewID(), kit.NewID()
 		newJobs = append(newJobs, jobs.NewJob{DeliveryID: deliveryID, OrgID: org, EnvID: env, EventID: eventID, ConnectionID: r.connID,
 			DestinationID: r.destID, ReceivedUUID: receivedUUID, AttemptID: attemptID, Trigger: domain.TriggerInitial, Due: now})
+		requested := domain.DeliveryRequested{
+			DeliveryID: deliveryID, EventID: eventID, ReceivedUUID: receivedUUID,
+			ConnectionID: r.connID, ConnectionName: r.connName, DestinationID: r.destID, DestinationName: r.destName,
+			RequestURL: r.url, RequestMethod: r.method, AttemptID: attemptID, TriggerType: domain.TriggerInitial, RequestedAt: now,
+		}
 		appends = append(appends, eventstore.StreamAppend{
 			StreamType: domain.StreamDelivery, StreamID: deliveryID, OrgID: org, EnvID: env, Expected: eventstore.NoStream,
 			Events: []eventstore.NewEvent{{Type: domain.EvDeliveryRequested, Metadata: eventstore.Metadata{Actor: "ingest", RequestID: in.RequestID, CorrelationID: eventID, CausationID: receivedUUID},
-				Payload: domain.DeliveryRequested{
-					DeliveryID: deliveryID, EventID: eventID, ReceivedUUID: receivedUUID,
-					ConnectionID: r.connID, ConnectionName: r.connName, DestinationID: r.destID, DestinationName: r.destName,
-					RequestURL: r.url, RequestMethod: r.method, AttemptID: attemptID, TriggerType: domain.TriggerInitial, RequestedAt: now,
-				}}},
+				Payload: requested, Projected: requested}},
 		})
 	}
 	return appends, newJobs, skipped
