@@ -15,7 +15,8 @@ import (
 // encoded here was the largest part of its work (encoding/json's decoder,
 // 10% of the engine's CPU saturated at fail-first 1). An appender that
 // sets NewEvent.Projected leaves that value here; the projector takes it
-// (AttachRecent) and folds it instead of the stored JSON.
+// (ReadFolded) and folds it instead of the stored JSON, which it then does
+// not read at all.
 //
 // The log stays the source of truth: an event not found here (another
 // process appended it, the projector fell further behind than recentCap
@@ -61,7 +62,8 @@ func (r *recentPayloads) put(id uuid.UUID, v any, payload []byte) {
 	r.mu.Unlock()
 }
 
-// attach moves the kept payloads of evs into their Decoded.
+// attach moves the kept payloads of evs into their Decoded, and forgets
+// them: each is handed out once (a batch read again is read from the log).
 func (r *recentPayloads) attach(evs []Event) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -77,15 +79,10 @@ func (r *recentPayloads) attach(evs []Event) {
 	}
 }
 
-// AttachRecent sets Decoded on the events of evs this process appended
-// with a Projected value, and forgets those values: each is handed out
-// once (a batch read again is decoded from the log).
-func AttachRecent(evs []Event) { recent.attach(evs) }
-
 // KeepRecent makes this process keep the Projected values of what it
-// appends from now on, for AttachRecent; a projector turns it on.
+// appends from now on, for ReadFolded; a projector turns it on.
 func KeepRecent() { recent.on.Store(true) }
 
-// RecentAttached is how many payloads AttachRecent has handed out since
-// the process started.
+// RecentAttached is how many payloads ReadFolded has handed out as values
+// since the process started.
 func RecentAttached() uint64 { return recent.attached.Load() }

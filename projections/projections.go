@@ -129,7 +129,7 @@ func eventOutcome(e eventstore.Event, eventID, outcome string) []eventstore.Stat
 }
 
 // payload is e's payload as a T: the value its appender encoded when this
-// process appended it (eventstore.AttachRecent), else decoded from the log.
+// process appended it (eventstore.ReadFolded), else decoded from the log.
 func payload[T any](e eventstore.Event) (T, error) {
 	if v, ok := e.Decoded.(T); ok {
 		return v, nil

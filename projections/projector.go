@@ -232,7 +232,10 @@ func (pr *Projector) Step(ctx context.Context) (int, error) {
 		if from == nil {
 			return nil
 		}
-		evs, err := eventstore.ReadRange(ctx, tx, eventstore.RangeQuery{After: *from, Limit: pr.limit, UntilTx: -1, WithoutMetadata: true, WithoutBodies: true})
+		// What this process appended comes as its appenders' values, the
+		// rest as the JSON of the types a projection folds.
+		evs, err := eventstore.ReadFolded(ctx, tx, eventstore.RangeQuery{After: *from, Limit: pr.limit, UntilTx: -1, WithoutMetadata: true, WithoutBodies: true},
+			pr.folds)
 		if err != nil {
 			return err
 		}
@@ -240,7 +243,6 @@ func (pr *Projector) Step(ctx context.Context) (int, error) {
 		if read == 0 {
 			return nil
 		}
-		eventstore.AttachRecent(evs) // what this process appended is folded from its values, not decoded
 		plan := pr.fold(evs, offsets, active)
 		failures = plan.failures
 		notify = attempted(evs) // waiting retries re-read after the commit
@@ -373,6 +375,16 @@ func (pr *Projector) fold(evs []eventstore.Event, offsets []eventstore.Position,
 func failed(fs []failure, group string) bool {
 	for _, f := range fs {
 		if f.group == group {
+			return true
+		}
+	}
+	return false
+}
+
+// folds reports whether a projection folds events of type t.
+func (pr *Projector) folds(t string) bool {
+	for _, p := range pr.p.Projections {
+		if wants(p.Types, t) {
 			return true
 		}
 	}
