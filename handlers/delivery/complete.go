@@ -2,7 +2,6 @@ package delivery
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -267,15 +266,13 @@ func planCompletion(batch []dispatchJob, results []domain.DeliveryAttempted, str
 			if dec.Type == domain.EvMovedToDLQ {
 				return completionPlan{deadLetter: true}, nil
 			}
-			raw, err := json.Marshal(dec.Payload)
-			if err != nil {
-				return completionPlan{}, err
-			}
 			// The events' versions are known: the fold follows them without a read back.
 			if err := d.ApplyDecided(expected+int64(k)+1, dec); err != nil {
 				return completionPlan{}, err
 			}
-			evs[k] = eventstore.NewEvent{Type: dec.Type, Payload: json.RawMessage(raw), Projected: dec.Payload, Metadata: md}
+			// The store encodes the payload (once: a json.RawMessage would be
+			// encoded here and scanned again there).
+			evs[k] = eventstore.NewEvent{Type: dec.Type, Payload: dec.Payload, Projected: dec.Payload, Metadata: md}
 		}
 		*appends = append(*appends, eventstore.StreamAppend{StreamType: domain.StreamDelivery, StreamID: j.DeliveryID,
 			OrgID: j.OrgID, EnvID: j.EnvID, Expected: expected, Events: evs})
