@@ -104,10 +104,15 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 		return err // a helpRequest or a usageError
 	}
 	if os.Getenv("GOGC") == "" {
-		// The engine's heap is small and short-lived (batches, payloads): a
-		// collection every 200% of growth instead of 100% halves GC CPU for a
-		// few MB more memory. GOGC overrides it.
-		debug.SetGCPercent(200)
+		// The engine's heap is small and short-lived (batches, payloads;
+		// 41% of the bytes it allocates saturated are pgx's parameter
+		// buffers, which pgx shrinks after every large statement): a
+		// collection every 400% of growth instead of 100% spends far less
+		// CPU on marking for some tens of MB. Saturated at fail-first 1, 8
+		// interleaved pairs of 8,000 against 200: engine CPU per delivery
+		// 5.7% lower, peak RSS 62–85 MB against 96–122 MB. GOGC overrides
+		// it (and GOMEMLIMIT bounds it).
+		debug.SetGCPercent(400)
 	}
 	db, err := openDatabaseIn(ctx, log, 50, true)
 	if err != nil {
