@@ -12,7 +12,7 @@ SEED     ?=
 DURATION ?= 60s
 
 .DEFAULT_GOAL := help
-.PHONY: help build run test bench sbs profile pgperf writes pairs idle soak retention-soak chaos screenshots lint migrate db db-stop clean
+.PHONY: help build run test bench sbs profile pgperf writes wal pairs idle soak retention-soak chaos screenshots lint migrate db db-stop clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,6 +51,9 @@ pgperf: build ## PostgreSQL's CPU by executor stage (perf) over one run; N, FAIL
 
 writes: build ## commits, rows and WAL per webhook at 150/s (2,000 webhooks), River against the engine; FAIL
 	BENCH=$(BENCH) internal/bench/writes.sh $(BIN) 2000 $(FAIL)
+
+wal: build ## the WAL one run writes per webhook, by table, index and record kind (pg_walinspect); N, FAIL
+	BENCH=$(BENCH) internal/bench/walrel.sh $(BIN) $(N) $(FAIL)
 
 pairs: ## binaries against each other, interleaved, CPU per delivery (BINS="a b", ROUNDS, FAIL, N; FIRE_ARGS)
 	BENCH=$(BENCH) internal/bench/pairs.sh pairs.jsonl $(ROUNDS) $(FAIL) $(N) $(BINS)
