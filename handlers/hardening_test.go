@@ -578,3 +578,31 @@ func TestSuccessAfterAFailureResetsTheCircuitCount(t *testing.T) {
 		t.Errorf("circuit after a success = %v, want closed with no failures", c)
 	}
 }
+
+// A hostile destination answers with a NUL byte, which the log's jsonb
+// cannot hold: the attempt is recorded with U+FFFD in its place, once, and
+// the webhook is not sent again and again.
+func TestAResponseWithANULByteIsRecorded(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	var hits atomic.Int64
+	dst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		_, _ = w.Write([]byte("a\x00b"))
+	}))
+	t.Cleanup(dst.Close)
+	src, _ := h.route(dst.URL+"/nul", nil, nil)
+	ev := h.ingest(src, `{"n":1}`)
+	var list []map[string]any
+	waitFor(t, 10*time.Second, "the attempt recorded", func() bool {
+		list = h.attempts("event_id=" + ev)
+		return len(list) == 1 && list[0]["status"] == "success"
+	})
+	if got := list[0]["response_body"]; got != "a\ufffdb" {
+		t.Errorf("response_body = %q", got)
+	}
+	waitFor(t, 10*time.Second, "the event delivered", func() bool { return h.eventStatus(ev) == "delivered" })
+	if n := hits.Load(); n != 1 {
+		t.Errorf("the destination was called %d times", n)
+	}
+}

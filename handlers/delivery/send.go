@@ -191,6 +191,7 @@ func (e *Engine) send(ctx context.Context, j dispatchJob) domain.DeliveryAttempt
 	started := e.p.Now().UTC()
 	res := domain.DeliveryAttempted{AttemptID: j.AttemptID, RequestURL: j.URL, RequestMethod: j.Method, StartedAt: started, Status: domain.AttemptFailed}
 	fail := func(msg string) domain.DeliveryAttempted {
+		msg = storableText([]byte(msg)) // an error may quote what the destination sent
 		res.Error = &msg
 		res.DurationMS = int(e.p.Now().Sub(started).Milliseconds())
 		return res
@@ -271,7 +272,7 @@ func (e *Engine) recordResponse(res domain.DeliveryAttempted, resp *http.Respons
 	res.DurationMS = int(e.p.Now().Sub(started).Milliseconds())
 	status := resp.StatusCode
 	res.ResponseStatus = &status
-	rhs, rb := recordHeaders(resp.Header, ResponseHeadersLimit), string(limited)
+	rhs, rb := recordHeaders(resp.Header, ResponseHeadersLimit), storableText(limited)
 	res.ResponseHeaders, res.ResponseBody = &rhs, &rb
 	if status >= 200 && status < 300 {
 		res.Status = domain.AttemptSuccess
@@ -297,6 +298,18 @@ const headersTruncated = "X-Hookstream-Headers-Truncated"
 // recordHeaders is h as an attempt records it: a JSON object of at most
 // limit bytes, headers in name order, a value cut where the limit falls, and
 // an entry naming how many headers were left out.
+// storableText is a destination's bytes as text the log can hold: a NUL
+// (which encoding/json writes as \u0000, and jsonb refuses) becomes U+FFFD,
+// as invalid UTF-8 does when the event is encoded. Kept as it came, one
+// NUL in a response body made its attempt impossible to record: the
+// delivery was sent again, forever.
+func storableText(b []byte) string {
+	if bytes.IndexByte(b, 0) < 0 {
+		return string(b)
+	}
+	return strings.ReplaceAll(string(b), "\x00", "\uFFFD")
+}
+
 func recordHeaders(h http.Header, limit int) string {
 	flat := flatten(h)
 	names := make([]string, 0, len(flat))
