@@ -3,9 +3,12 @@ package eventstore_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/hookstream/hookstream/eventstore"
 	"github.com/hookstream/hookstream/internal/pgtest"
@@ -24,7 +27,7 @@ func TestReadFoldedReadsOnlyThePayloadsItHasNoValueFor(t *testing.T) {
 		N string `json:"n"`
 	}
 	kept := ev("Kept", body{"kept"})
-	kept.Projected = body{"kept"}
+	kept.ID, kept.Projected = uuid.Must(uuid.NewV7()), body{"kept"}
 	cut := ev("Cut", body{"caf\xc3"}) // stored as U+FFFD: not the value
 	cut.Projected = body{"caf\xc3"}
 	if _, err := s.Append(ctx, pool, appendTo("s", eventstore.NoStream, kept, ev("Other", body{"other"}), ev("Unused", body{"unused"}), cut)); err != nil {
@@ -69,6 +72,13 @@ func TestReadFoldedReadsOnlyThePayloadsItHasNoValueFor(t *testing.T) {
 	}
 	if e := got["Cut"]; e.Decoded != nil || payload(e) != "caf\ufffd" {
 		t.Errorf("event not UTF-8: decoded %v, payload %s", e.Decoded, e.Payload)
+	}
+	// The same event id appended again with another value (a retried append
+	// whose first commit went through) fails, and leaves no value behind.
+	again := kept
+	again.Projected = body{"other"}
+	if _, err := s.Append(ctx, pool, appendTo("s2", eventstore.NoStream, again)); !errors.Is(err, eventstore.ErrDuplicateEvent) {
+		t.Fatalf("append of a stored event id: %v", err)
 	}
 	// Read again (a batch that rolled back), the value is gone: the log's JSON.
 	if e := read()["Kept"]; e.Decoded != nil || !strings.Contains(string(e.Payload), `"kept"`) {

@@ -199,7 +199,11 @@ func (s *Store) AppendMany(ctx context.Context, q DBTX, appends ...StreamAppend)
 		return nil, err
 	}
 	rows, err := q.Query(ctx, query, args...)
-	return readAppended(rows, err, out)
+	evs, err := readAppended(rows, err, out)
+	if err != nil {
+		recent.forget(out)
+	}
+	return evs, err
 }
 
 // QueueAppend queues AppendMany's statement on b (to send it in one round
@@ -214,7 +218,11 @@ func (s *Store) QueueAppend(b *pgx.Batch, appends ...StreamAppend) (func(pgx.Bat
 	b.Queue(query, args...)
 	return func(br pgx.BatchResults) ([]Event, error) {
 		rows, err := br.Query()
-		return readAppended(rows, err, out)
+		evs, err := readAppended(rows, err, out)
+		if err != nil {
+			recent.forget(out)
+		}
+		return evs, err
 	}, nil
 }
 
@@ -260,6 +268,7 @@ func (s *Store) prepare(appends []StreamAppend) (string, []any, []Event, error) 
 		orgs      = make([]string, 0, n)
 		envs      = make([]string, 0, n)
 		out       = make([]Event, 0, n)
+		projected []any // NewEvent.Projected, by out's index
 	)
 	if known {
 		versions = make([]int64, 0, n)
@@ -285,7 +294,6 @@ func (s *Store) prepare(appends []StreamAppend) (string, []any, []Event, error) 
 			if err != nil {
 				return "", nil, nil, fmt.Errorf("marshal %s payload: %w", ev.Type, err)
 			}
-			recent.put(id, ev.Projected, payload)
 			meta, err := json.Marshal(ev.Metadata)
 			if err != nil {
 				return "", nil, nil, fmt.Errorf("marshal metadata: %w", err)
@@ -304,7 +312,11 @@ func (s *Store) prepare(appends []StreamAppend) (string, []any, []Event, error) 
 				EventID: id, StreamType: a.StreamType, StreamID: a.StreamID, Type: ev.Type, SchemaVersion: sv,
 				Payload: payload, Metadata: ev.Metadata, OrgID: a.OrgID, EnvID: a.EnvID, RecordedAt: now,
 			})
+			projected = append(projected, ev.Projected)
 		}
+	}
+	for i := range out { // once the call is valid: a failed append forgets them (recent.go)
+		recent.put(out[i].EventID, projected[i], out[i].Payload)
 	}
 	if known {
 		return appendKnownSQL, []any{ids, types, streamIDs, expected, versions, evTypes, schemas, payloads, metas, orgs, envs, now}, out, nil
