@@ -53,6 +53,9 @@ type handoff struct {
 	err    error // Read failed
 	// partial: some of the new jobs were not reserved (no room, not due)
 	partial bool
+	// sent: the webhooks of reserved jobs the ingest holds (NewJob.Sent),
+	// which the insert does not read back (jobs.InsertTakeSQLFor)
+	sent map[string]*jobs.Sent
 }
 
 // Reserve implements jobs.Handoff.
@@ -109,6 +112,12 @@ func (e *Engine) Reserve(newJobs []jobs.NewJob) ([]bool, jobs.Ticket) {
 		g.reserved++
 		e.inflight[j.DestinationID].requests++
 		take[i] = true
+		if j.Sent != nil {
+			if h.sent == nil {
+				h.sent = map[string]*jobs.Sent{}
+			}
+			h.sent[j.DeliveryID] = j.Sent
+		}
 	}
 	for _, t := range take {
 		h.partial = h.partial || !t
@@ -133,6 +142,11 @@ func (h *handoff) Read(rows pgx.Rows) error {
 	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) {
 		h.err = err
 		return err
+	}
+	for i := range taken {
+		if s := h.sent[taken[i].DeliveryID]; s != nil {
+			taken[i].BodyB64, taken[i].ContentType = s.BodyB64, s.ContentType
+		}
 	}
 	for _, j := range taken {
 		for _, g := range h.groups {

@@ -183,7 +183,7 @@ func (g *groupCommitter) commitPipelined(ctx context.Context, batch []appendRequ
 	switch {
 	case ticket != nil:
 		now, worker, ttl := ticket.Lease()
-		b.Queue(jobs.InsertTakeSQL, jobs.InsertTakeArgs(newJobs, take, now, worker, ttl)...)
+		b.Queue(jobs.InsertTakeSQLFor(newJobs, take), jobs.InsertTakeArgs(newJobs, take, now, worker, ttl)...)
 	case len(newJobs) > 0:
 		b.Queue(jobs.InsertSQL, jobs.InsertArgs(newJobs)...)
 	}

@@ -257,12 +257,13 @@ func (s *Ingester) Ingest(ctx context.Context, tg *IngestTarget, in IngestReques
 	eventID := kit.NewID()
 	receivedUUID := uuid.Must(uuid.NewV7())
 	meta := eventstore.Metadata{Actor: "ingest", RequestID: in.RequestID, CorrelationID: eventID}
-	appends, newJobs, skipped := fanOut(tg, in, input, eventID, receivedUUID.String(), now)
+	sent := &jobs.Sent{BodyB64: base64.StdEncoding.EncodeToString(in.Body), ContentType: contentType}
+	appends, newJobs, skipped := fanOut(tg, in, input, eventID, receivedUUID.String(), sent, now)
 	received := domain.EventReceived{
 		EventID: eventID, SourceID: in.SourceID, SourceName: src.Name, SourceSlug: src.Slug, Method: in.Method,
 		Headers: in.Headers, Query: in.Query, RawQuery: rawQuery, RawQueryB64: rawQueryB64, HeadersB64: headersB64,
 		ContentType: contentType, SourceIP: in.SourceIP,
-		BodyB64: base64.StdEncoding.EncodeToString(in.Body), BodySize: len(in.Body), Deliveries: len(appends), ReceivedAt: now,
+		BodyB64: sent.BodyB64, BodySize: len(in.Body), Deliveries: len(appends), ReceivedAt: now,
 		VerificationStatus: verification, DedupStatus: "unique", Skipped: skipped,
 	}
 	eventAppend := func(e domain.EventReceived) eventstore.StreamAppend {
@@ -323,7 +324,7 @@ func filterInput(in IngestRequest, contentType string, routes []route) domain.Fi
 
 // fanOut is a webhook's deliveries: a DeliveryRequested stream and a job per
 // route that takes it, and the routes skipped with why.
-func fanOut(tg *IngestTarget, in IngestRequest, input domain.FilterInput, eventID, receivedUUID string, now time.Time) (
+func fanOut(tg *IngestTarget, in IngestRequest, input domain.FilterInput, eventID, receivedUUID string, sent *jobs.Sent, now time.Time) (
 	appends []eventstore.StreamAppend, newJobs []jobs.NewJob, skipped []domain.SkippedRoute) {
 	org, env := tg.src.OrgID, tg.src.EnvID
 	for _, r := range tg.routes {
@@ -342,7 +343,7 @@ func fanOut(tg *IngestTarget, in IngestRequest, input domain.FilterInput, eventI
 		}
 		deliveryID, attemptID := kit.NewID(), kit.NewID()
 		newJobs = append(newJobs, jobs.NewJob{DeliveryID: deliveryID, OrgID: org, EnvID: env, EventID: eventID, ConnectionID: r.connID,
-			DestinationID: r.destID, ReceivedUUID: receivedUUID, AttemptID: attemptID, Trigger: domain.TriggerInitial, Due: now})
+			DestinationID: r.destID, ReceivedUUID: receivedUUID, AttemptID: attemptID, Trigger: domain.TriggerInitial, Due: now, Sent: sent})
 		requested := domain.DeliveryRequested{
 			DeliveryID: deliveryID, EventID: eventID, ReceivedUUID: receivedUUID,
 			ConnectionID: r.connID, ConnectionName: r.connName, DestinationID: r.destID, DestinationName: r.destName,

@@ -78,14 +78,21 @@ ORDER BY u.destination_id, u.due_at`
 // destination's configuration. ClaimSQL and InsertTakeSQL end with it, so a
 // job handed over at ingest is read exactly like a claimed one.
 const claimedSelect = `SELECT u.delivery_id, u.org_id, u.env_id, u.event_id, u.destination_id, u.attempt_id, u.attempt_number, u.version,
-       coalesce(e.payload->>'body_b64', '` + ExpiredBody + `'), coalesce(e.payload->>'content_type', ''),
+       ` + claimedBody + `,
        d.id IS NOT NULL, coalesce(d.url, ''), coalesce(d.method, 'POST'), coalesce(d.headers, '{}'), coalesce(d.timeout_ms, 30000),
        coalesce(d.retry_enabled, false), coalesce(d.retry_max_attempts, 0), coalesce(d.retry_backoff_type, 'exponential'),
        coalesce(d.retry_intervals, '[30]'), coalesce(d.status, ''), coalesce(d.disabled_reason, ''), d.signing_config,
        coalesce(d.signing_previous_expires_at > $1, false), coalesce(d.secrets, ''),
        u.trigger_type, u.due_at, u.auto_retries, u.last_number, u.reopened, coalesce(d.circuit_breaker_enabled, true), d.updated_at
-FROM u CROSS JOIN LATERAL (SELECT x.payload FROM events x WHERE x.event_id = u.received_uuid) e
+FROM u` + claimedWebhook + `
 LEFT JOIN destinations d ON d.id = u.destination_id`
+
+// claimedBody and claimedWebhook are claimedSelect's webhook: its body and
+// content type, from the EventReceived that holds it.
+const (
+	claimedBody    = `coalesce(e.payload->>'body_b64', '` + ExpiredBody + `'), coalesce(e.payload->>'content_type', '')`
+	claimedWebhook = ` CROSS JOIN LATERAL (SELECT x.payload FROM events x WHERE x.event_id = u.received_uuid) e`
+)
 
 // ExpiredBody is the body a claim reads for a webhook whose payload expired
 // (retention removed body_b64): not base64, so it is never sent. Retention
