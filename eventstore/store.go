@@ -400,6 +400,9 @@ var (
 		`}'::text[] ELSE payload END`
 	selectColumnsWithoutBodies           = strings.Replace(selectColumns, " payload,", " "+payloadWithoutBodies+",", 1)
 	selectColumnsWithoutMetadataOrBodies = strings.Replace(selectColumnsWithoutMetadata, " payload,", " "+payloadWithoutBodies+",", 1)
+	// and with no payload at all (ReadFolded)
+	selectColumnsWithoutPayload           = strings.Replace(selectColumns, " payload,", " NULL::jsonb,", 1)
+	selectColumnsWithoutMetadataOrPayload = strings.Replace(selectColumnsWithoutMetadata, " payload,", " NULL::jsonb,", 1)
 )
 
 func scanEvent(row pgx.Row) (Event, error) {
@@ -526,7 +529,10 @@ func ReadRange(ctx context.Context, db DBTX, q RangeQuery) ([]Event, error) {
 	}
 	switch {
 	case q.withoutPayloads:
-		cols = strings.Replace(cols, " payload,", " NULL::jsonb,", 1)
+		cols = selectColumnsWithoutPayload
+		if q.WithoutMetadata {
+			cols = selectColumnsWithoutMetadataOrPayload
+		}
 	case q.WithoutBodies:
 		cols = selectColumnsWithoutBodies
 		if q.WithoutMetadata {
