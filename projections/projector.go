@@ -400,6 +400,25 @@ func wants(types []string, t string) bool {
 	return false
 }
 
+// projectorSettings are the settings of the projector's transaction, set by
+// the statement that locks the offsets (two columns of its result):
+//
+//   - Its commit does not wait for the WAL flush: read models and their
+//     offsets are derived from the log and written in one transaction, so a
+//     crash loses both together and they are projected again.
+//   - No sequential scans. Every statement a projection runs finds its rows
+//     by key (a delivery, an attempt, an event id), but on a table that
+//     autovacuum has not analyzed yet (a new installation, the first minute
+//     of every benchmark run) the planner prices an index scan for a
+//     handful of keys above a scan of the whole table, and kept doing so as
+//     the table grew: at 150 webhooks/s a projected attempt's insert scanned
+//     all of projected_deliveries for its delivery's names, and the status
+//     update all of events_view, for each batch. Analyzing the read models
+//     as they grow costs more than it saves (5196e1a); this setting makes
+//     the planner take the index whatever the statistics say, and leaves a
+//     statement with no index to use its scan.
+const projectorSettings = `set_config('synchronous_commit', 'off', true), set_config('enable_seqscan', 'off', true)`
+
 // lockOffsets locks (creating when missing) every projection's offset row,
 // in name order so two projectors never deadlock, and returns the offsets in
 // projection order.
@@ -410,20 +429,17 @@ func (pr *Projector) lockOffsets(ctx context.Context, tx pgx.Tx) ([]eventstore.P
 	}
 	sorted := append([]string(nil), names...)
 	sort.Strings(sorted)
-	// The batch commits without waiting for its WAL flush: read models and
-	// their offsets are derived from the log and written in one transaction,
-	// so a crash loses both together and they are projected again.
 	rows, err := tx.Query(ctx, `SELECT consumer_group, coalesce(offset_acked, 0), last_processed_transaction_id::text::bigint,
-			set_config('synchronous_commit', 'off', true)
+			`+projectorSettings+`
 		FROM consumer_offsets WHERE consumer_group = ANY($1) ORDER BY consumer_group FOR UPDATE`, sorted)
 	if err != nil {
 		return nil, fmt.Errorf("lock offsets: %w", err)
 	}
 	byName := map[string]eventstore.Position{}
 	for rows.Next() {
-		var name, setting string
+		var name, commit, seqscan string
 		var pos, txid int64
-		if err := rows.Scan(&name, &pos, &txid, &setting); err != nil {
+		if err := rows.Scan(&name, &pos, &txid, &commit, &seqscan); err != nil {
 			rows.Close()
 			return nil, err
 		}
