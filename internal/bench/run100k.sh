@@ -17,6 +17,14 @@ psql -X -q "$db" -c "WITH a AS (SELECT recorded_at, ntile(10) OVER (ORDER BY rec
     WHERE event_type = 'DeliveryAttempted' AND payload->>'status' = 'success')
   SELECT tenth, count(*), round(extract(epoch FROM max(recorded_at) - min(recorded_at))::numeric, 2) AS seconds,
          round(count(*) / nullif(extract(epoch FROM max(recorded_at) - min(recorded_at)), 0)) AS per_s FROM a GROUP BY tenth ORDER BY tenth"
+# The last tenth's stragglers: when its deliveries were recorded, from its first (seconds), at its 90th, 99th,
+# 99.9th percentile and last; a few late deliveries stretch the tenth's time and lower its rate.
+psql -X -q "$db" -c "WITH a AS (SELECT recorded_at, ntile(10) OVER (ORDER BY recorded_at) AS tenth FROM events
+    WHERE event_type = 'DeliveryAttempted' AND payload->>'status' = 'success'), l AS (SELECT recorded_at FROM a WHERE tenth = 10)
+  SELECT round(extract(epoch FROM percentile_disc(0.9) WITHIN GROUP (ORDER BY recorded_at) - min(recorded_at))::numeric, 2) AS p90_s,
+         round(extract(epoch FROM percentile_disc(0.99) WITHIN GROUP (ORDER BY recorded_at) - min(recorded_at))::numeric, 2) AS p99_s,
+         round(extract(epoch FROM percentile_disc(0.999) WITHIN GROUP (ORDER BY recorded_at) - min(recorded_at))::numeric, 2) AS p999_s,
+         round(extract(epoch FROM max(recorded_at) - min(recorded_at))::numeric, 2) AS last_s FROM l"
 # The run's start, second by second (a run from an empty database starts slower than it goes on):
 # successful deliveries and EventReceived (ingest) per second of the first ten.
 psql -X -q "$db" -c "WITH t0 AS (SELECT min(recorded_at) AS t FROM events WHERE event_type = 'EventReceived')
