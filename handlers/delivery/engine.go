@@ -300,8 +300,10 @@ func (e *Engine) work(ctx context.Context, bus message.Publisher, errc <-chan er
 // upkeep keeps delivery_jobs vacuumed (past 5,000 dead rows) and analyzed:
 // the claim and the job update are planned on its statistics. The other
 // tables are left to autovacuum: their hot statements find rows by key
-// whatever the statistics say, and analyzing them cost more than it saved
-// (1.4 s of a saturated 10,000-webhook run analyzing the read models).
+// whatever the statistics say (the projector's transaction runs with
+// sequential scans off, projections.projectorSettings: on young tables the
+// planner chose them), and analyzing them cost more than it saved (1.4 s of
+// a saturated 10,000-webhook run analyzing the read models).
 func (e *Engine) upkeep() upkeep.Upkeep {
 	return upkeep.Upkeep{Pool: e.p.Pool, Log: e.p.Log, Vacuum: map[string]int64{"delivery_jobs": 5000}, Analyze: []string{"delivery_jobs"},
 		Prune: []string{jobs.PruneDoneSQL, PruneReplaysSQL}}
