@@ -15,9 +15,11 @@ import (
 // direction only — an event's row before its status, a delivery's helper row
 // before its attempts, attempts before the updates that mark them — so the
 // statements run in that order. Each statement that joins the batch's
-// arrays to a table also filters the table by key (= ANY(array)): the
-// planner takes unnest for a handful of rows and, on a young table, chose
-// a sequential scan of all of it for the join otherwise. Renames are the exception (a rename applies
+// arrays to a table also filters the table by key (= ANY(array)), so the
+// planner can look the rows up by key: it takes unnest for a handful of
+// rows. On a young (never analyzed) table it still chose a sequential scan
+// of all of it; the projector's transaction prices those out
+// (projectorSettings). Renames are the exception (a rename applies
 // to the rows before it, not after), so a batch is cut at each rename.
 
 // DeliveryAttemptsBatch folds evs (commit order) into delivery_attempts.

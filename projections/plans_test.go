@@ -23,8 +23,10 @@ import (
 // 15 plans sequential scans for them instead, whole-table for a handful of
 // rows; the projector's transaction settings make it take the indexes. The
 // test plans a batch's statements against young tables of a few thousand
-// rows both ways: with the settings no read-model table is scanned whole,
-// without them (the control, so this test can fail) at least one is.
+// rows both ways: with the settings no read-model table is read by a
+// sequential scan, without them (the control, so this test can fail) at
+// least one is. TestProjectorTransactionHasItsSettings checks that the
+// projector's transaction has them.
 func TestProjectorStatementsFindRowsByKeyOnYoungTables(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/hookstream/hookstream/eventstore"
 	"github.com/hookstream/hookstream/internal/pgtest"
 	"github.com/hookstream/hookstream/projections"
@@ -43,4 +45,62 @@ func TestHurryCutsTheProjectorsPace(t *testing.T) {
 	note("second")
 	pr.Hurry()
 	pgtest.WaitFor(t, 10*time.Second, "the second event projected after Hurry", func() bool { return seen.Load() == 2 })
+}
+
+// The projector's transaction carries projectorSettings (set by the
+// statement that locks the offsets): the statements a projection returns run
+// with sequential scans off and an asynchronous commit, one event alone (in
+// its savepoint) or a batch.
+func TestProjectorTransactionHasItsSettings(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pool := pgtest.NewPool(t)
+	if _, err := pool.Exec(ctx, `CREATE TABLE seen_settings (n int, seqscan text, sync text)`); err != nil {
+		t.Fatal(err)
+	}
+	pr := projections.NewProjector(projections.ProjectorParams{Pool: pool, Pace: time.Millisecond, MaxIdle: 10 * time.Millisecond,
+		Projections: []projections.Projection{{Group: "settings_test", Types: []string{"Noted"},
+			Apply: func(e eventstore.Event) ([]eventstore.Statement, error) {
+				return []eventstore.Statement{{SQL: `INSERT INTO seen_settings SELECT $1, current_setting('enable_seqscan'), current_setting('synchronous_commit')`,
+					Args: []any{int(e.StreamVersion)}}}, nil
+			}}}})
+	done := make(chan struct{})
+	go func() { defer close(done); _ = pr.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	store := eventstore.New(nil)
+	noted := eventstore.NewEvent{Type: "Noted", Payload: map[string]int{"n": 1}}
+	if _, err := store.Append(ctx, pool, eventstore.StreamAppend{StreamType: "test", StreamID: "one", Expected: eventstore.NoStream,
+		Events: []eventstore.NewEvent{noted}}); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.WaitFor(t, 10*time.Second, "the first event projected", func() bool {
+		var n int
+		return pool.QueryRow(ctx, `SELECT count(*) FROM seen_settings`).Scan(&n) == nil && n == 1
+	})
+	if _, err := store.Append(ctx, pool, eventstore.StreamAppend{StreamType: "test", StreamID: "two", Expected: eventstore.NoStream,
+		Events: []eventstore.NewEvent{noted, noted, noted}}); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.WaitFor(t, 10*time.Second, "the batch projected", func() bool {
+		var n int
+		return pool.QueryRow(ctx, `SELECT count(*) FROM seen_settings`).Scan(&n) == nil && n == 4
+	})
+	rows, _ := pool.Query(ctx, `SELECT n, seqscan, sync FROM seen_settings`)
+	type seen struct {
+		n             int
+		seqscan, sync string
+	}
+	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (seen, error) {
+		var s seen
+		return s, r.Scan(&s.n, &s.seqscan, &s.sync)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range got {
+		if s.seqscan != "off" || s.sync != "off" {
+			t.Errorf("event %d was projected with enable_seqscan=%s, synchronous_commit=%s; want off, off", s.n, s.seqscan, s.sync)
+		}
+	}
 }
