@@ -97,3 +97,48 @@ func TestUpkeepAnalyzesGrownTables(t *testing.T) {
 		t.Fatalf("a second round: %+v, err %v", did, err)
 	}
 }
+
+// With a StatisticsTarget the analyze samples that many histogram buckets'
+// worth, in its own transaction: the pooled connections keep the server's
+// target. The control analyzes the same rows at the server's target.
+func TestUpkeepAnalyzesAtItsStatisticsTarget(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	if _, err := pool.Exec(ctx, `INSERT INTO delivery_jobs (delivery_id, org_id, env_id, event_id, connection_id, destination_id, received_uuid,
+			state, attempt_number, trigger_type, due_at, version)
+		SELECT 'd' || g, 'o', 'e', 'ev', 'c', 'dst', gen_random_uuid(), 'scheduled', 1, 'initial', now() + g * interval '1 second', 1
+		FROM generate_series(1, 2000) g`); err != nil {
+		t.Fatal(err)
+	}
+	bounds := func() int {
+		t.Helper()
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT coalesce(cardinality(histogram_bounds::text::text[]), 0) FROM pg_stats
+			WHERE schemaname = 'public' AND tablename = 'delivery_jobs' AND attname = 'due_at'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	waitDid(t, upkeep.Upkeep{Pool: pool, Analyze: []string{"delivery_jobs"}, MinChanged: 500, StatisticsTarget: 10}, func(d upkeep.Did) bool {
+		return slices.Equal(d.Analyzed, []string{"delivery_jobs"})
+	})
+	if n := bounds(); n == 0 || n > 11 {
+		t.Fatalf("due_at has %d histogram bounds after an analyze at target 10, want 2 to 11", n)
+	}
+	for i := 0; i < 5; i++ { // whichever pooled connection answers
+		var target string
+		if err := pool.QueryRow(ctx, `SHOW default_statistics_target`).Scan(&target); err != nil {
+			t.Fatal(err)
+		}
+		if target != "100" {
+			t.Fatalf("a pooled connection kept default_statistics_target %s", target)
+		}
+	}
+	if _, err := pool.Exec(ctx, `ANALYZE delivery_jobs`); err != nil {
+		t.Fatal(err)
+	}
+	if n := bounds(); n <= 11 {
+		t.Fatalf("control: at the server's target due_at has %d histogram bounds; the rows cannot tell the targets apart", n)
+	}
+}
