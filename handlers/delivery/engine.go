@@ -297,17 +297,6 @@ func (e *Engine) work(ctx context.Context, bus message.Publisher, errc <-chan er
 	return routerErr
 }
 
-// jobsStatisticsTarget is the statistics target of the engine's analyzes
-// of delivery_jobs: a sample of 3,000 rows instead of 30,000. The plans
-// that need its statistics (the claim, the job update, the ingest's
-// insert) choose between an index and a whole-table scan, for which the
-// row count and rough shares of states and due times are enough, and the
-// table is analyzed each time it about doubles as it grows. Over a
-// saturated run of 100,000 webhooks (pg_stat_statements): 9 analyzes at
-// the default target, 2.0 s of statement time for the 7 run alone; 10 at
-// this one, 0.6 s.
-const jobsStatisticsTarget = 10
-
 // upkeep keeps delivery_jobs vacuumed (past 5,000 dead rows) and analyzed:
 // the claim and the job update are planned on its statistics. The other
 // tables are left to autovacuum: their hot statements find rows by key
@@ -317,8 +306,7 @@ const jobsStatisticsTarget = 10
 // a saturated 10,000-webhook run analyzing the read models).
 func (e *Engine) upkeep() upkeep.Upkeep {
 	return upkeep.Upkeep{Pool: e.p.Pool, Log: e.p.Log, Vacuum: map[string]int64{"delivery_jobs": 5000}, Analyze: []string{"delivery_jobs"},
-		StatisticsTarget: jobsStatisticsTarget,
-		Prune:            []string{jobs.PruneDoneSQL, PruneReplaysSQL}}
+		Prune: []string{jobs.PruneDoneSQL, PruneReplaysSQL}}
 }
 
 // newLogRouter is the router of the consumer groups on the events table:

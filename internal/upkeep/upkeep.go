@@ -54,10 +54,6 @@ type Upkeep struct {
 	// analyze that triggers another (default 200), once also as many as its
 	// live rows.
 	MinChanged int64
-	// StatisticsTarget, when set, is the statistics target of the analyzes
-	// (default_statistics_target for their transaction only; 0 keeps the
-	// server's, 100 by default). ANALYZE samples 300 rows per unit of it.
-	StatisticsTarget int
 	// Prune are statements run first every PruneEvery rounds (default 10)
 	// that delete rows no longer needed (finished jobs, expired replay
 	// jobs); each should bound its own batch.
@@ -227,15 +223,14 @@ func (u Upkeep) once(ctx context.Context, prune bool) (Did, error) {
 			analyze[t] = true
 		}
 	}
-	// VACUUM runs outside a transaction block: Exec with no arguments sends
-	// it as a simple query. Without a StatisticsTarget a table due for both
-	// gets one VACUUM (ANALYZE); with one, the ANALYZE runs on its own below.
+	// VACUUM and ANALYZE run outside a transaction block: Exec with no
+	// arguments sends them as a simple query.
 	for t, min := range u.Vacuum {
 		if seen[t].dead < min {
 			continue
 		}
 		opts := "SKIP_LOCKED"
-		if analyze[t] && u.StatisticsTarget == 0 {
+		if analyze[t] {
 			opts += ", ANALYZE"
 			delete(analyze, t)
 			did.Analyzed = append(did.Analyzed, t)
@@ -252,22 +247,10 @@ func (u Upkeep) once(ctx context.Context, prune bool) (Did, error) {
 			did.Analyzed = append(did.Analyzed, t)
 		}
 	}
-	if len(list) == 0 {
-		return did, nil
-	}
-	analyzeSQL := "ANALYZE (SKIP_LOCKED) " + strings.Join(list, ", ")
-	if u.StatisticsTarget == 0 {
-		_, err = u.Pool.Exec(ctx, analyzeSQL)
-		return did, err
-	}
-	// ANALYZE, unlike VACUUM, runs inside a transaction block: the target
-	// is SET LOCAL, so the pooled connection does not keep it.
-	err = pgx.BeginFunc(ctx, u.Pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL default_statistics_target = %d", u.StatisticsTarget)); err != nil {
-			return err
+	if len(list) > 0 {
+		if _, err := u.Pool.Exec(ctx, "ANALYZE (SKIP_LOCKED) "+strings.Join(list, ", ")); err != nil {
+			return did, err
 		}
-		_, err := tx.Exec(ctx, analyzeSQL)
-		return err
-	})
-	return did, err
+	}
+	return did, nil
 }
