@@ -23,7 +23,6 @@ import (
 	"github.com/hookstream/hookstream/handlers/metrics"
 	"github.com/hookstream/hookstream/handlers/outbound"
 	"github.com/hookstream/hookstream/handlers/tenancy"
-	"github.com/hookstream/hookstream/internal/kit"
 	"github.com/hookstream/hookstream/internal/pgtest"
 	"github.com/hookstream/hookstream/internal/secretbox"
 )
@@ -44,7 +43,6 @@ var loopbackOnly = outbound.Policy{Allow: []netip.Prefix{netip.MustParsePrefix("
 type harness struct {
 	t          *testing.T
 	pool       *pgxpool.Pool
-	ingestPool kit.GenericPool
 	api        *httptest.Server
 	key        string
 	engineStop func()
@@ -55,20 +53,14 @@ type harness struct {
 func newHarness(t *testing.T) *harness {
 	t.Helper()
 	pool := pgtest.NewPool(t)
-	// The ingest's commits on their own generic-plan connections, as serve runs them.
-	ingestPool, _, err := handlers.NewIngestPool(context.Background(), pool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ingestPool.Close) // after svc.Close (cleanups run last first)
-	svc := handlers.NewService(handlers.ServiceParams{Pool: pool, IngestPool: ingestPool, MaxIngestBody: 64 << 10, Outbound: loopbackOnly, Secrets: testKeyring})
+	svc := handlers.NewService(handlers.ServiceParams{Pool: pool, MaxIngestBody: 64 << 10, Outbound: loopbackOnly, Secrets: testKeyring})
 	t.Cleanup(svc.Close)
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	metrics := handlers.NewMetrics(pool, quiet)
 	loadSpec(t)
 	api := httptest.NewServer(&specValidator{t: t, next: handlers.NewAPI(handlers.APIParams{Service: svc, Pool: pool, Log: quiet, Metrics: metrics, MetricsOnAPI: true})})
 	t.Cleanup(api.Close)
-	h := &harness{t: t, pool: pool, ingestPool: ingestPool, api: api, key: newKey(t, pool, ""), metrics: metrics, svc: svc}
+	h := &harness{t: t, pool: pool, api: api, key: newKey(t, pool, ""), metrics: metrics, svc: svc}
 	h.startEngine()
 	t.Cleanup(func() {
 		if h.engineStop != nil {

@@ -34,14 +34,11 @@ import (
 
 // ServiceParams configure the application service behind the API.
 type ServiceParams struct {
-	Pool *pgxpool.Pool
-	// IngestPool, when set, holds the ingest's group commits (their own
-	// connections, on generic plans: ingest.Params.CommitPool).
-	IngestPool kit.GenericPool
-	Store      *eventstore.Store
-	Log        *slog.Logger
-	Now        func() time.Time
-	PublicURL  string // base of ingest URLs, e.g. http://127.0.0.1:8080
+	Pool      *pgxpool.Pool
+	Store     *eventstore.Store
+	Log       *slog.Logger
+	Now       func() time.Time
+	PublicURL string // base of ingest URLs, e.g. http://127.0.0.1:8080
 	// MaxIngestBody bounds ingested bodies (413 above it); default 1 MiB.
 	MaxIngestBody int64
 	// Secrets encrypts signing and verification secrets, credential headers
@@ -57,14 +54,6 @@ type ServiceParams struct {
 	// Wake, shared with the engine in one process, carries wake-ups to it
 	// without a round trip (default: a notifier of the service's own).
 	Wake *wake.Notifier
-}
-
-// NewIngestPool opens the ingest's own connections for ServiceParams
-// (kit.GenericPool, at most ingest.CommitWorkers), with the statements
-// they run, to ready them before traffic.
-func NewIngestPool(ctx context.Context, pool *pgxpool.Pool) (kit.GenericPool, []string, error) {
-	p, err := kit.NewGenericPool(ctx, pool, ingest.CommitWorkers)
-	return p, ingest.HotStatements(), err
 }
 
 // Service is the application layer: every API call is one method of one of
@@ -84,7 +73,7 @@ func NewService(p ServiceParams) *Service {
 	tracker := issues.New(p.Pool, p.Store, p.Now)
 	*s = api.Services{
 		Registry: reg,
-		Ingester: ingest.New(ingest.Params{Pool: p.Pool, CommitPool: p.IngestPool, Store: p.Store, Now: p.Now, MaxIngestBody: p.MaxIngestBody,
+		Ingester: ingest.New(ingest.Params{Pool: p.Pool, Store: p.Store, Now: p.Now, MaxIngestBody: p.MaxIngestBody,
 			CacheTTL: p.IngestCacheTTL, Sources: reg, Wake: p.Wake}),
 		Reads: reads,
 		Redeliverer: redeliver.New(redeliver.Params{Pool: p.Pool, Store: p.Store, Log: p.Log, Now: p.Now,

@@ -148,18 +148,8 @@ func cmdServe(ctx context.Context, args []string, stdout io.Writer, log *slog.Lo
 	// One notifier for the API and the engine: ingest wakes this process's
 	// dispatcher directly, and other processes by NOTIFY after its commit.
 	notifier := handlers.NewWake(db.Pool)
-	// The ingest's commits on connections of their own, whose generic plans
-	// save each commit a settings statement (kit.GenericPool).
-	ingestPool, ingestStmts, err := handlers.NewIngestPool(ctx, db.Pool)
-	if err != nil {
-		return fmt.Errorf("ingest pool: %w", err)
-	}
-	defer ingestPool.Close()
-	if cfg.API { // a workers-only process ingests nothing: its ingest pool stays empty
-		warmPool(ctx, ingestPool.Pool, ingestStmts, int(ingestPool.Config().MaxConns), log)
-	}
-	svc := handlers.NewService(handlers.ServiceParams{Pool: db.Pool, IngestPool: ingestPool, Store: store, Log: log, PublicURL: publicURL,
-		MaxIngestBody: cfg.MaxIngestBody, Outbound: policy, Secrets: keyring, Wake: notifier})
+	svc := handlers.NewService(handlers.ServiceParams{Pool: db.Pool, Store: store, Log: log, PublicURL: publicURL, MaxIngestBody: cfg.MaxIngestBody,
+		Outbound: policy, Secrets: keyring, Wake: notifier})
 	defer svc.Close()
 	metrics := handlers.NewMetrics(db.Pool, log)
 	cookieSecret, err := loadAuthSecret(db, log)

@@ -23,14 +23,12 @@ const jobsChannel = jobs.Channel
 // work (a WAL flush, a backend busy per request), and 32 concurrent ingests
 // starved the single-connection consumer groups of CPU.
 type groupCommitter struct {
-	pool *pgxpool.Pool
-	// generic, when set, is where the pipelined commits run (kit.SendGenericTx).
-	generic kit.GenericPool
-	store   *eventstore.Store
-	reqs    chan appendRequest
-	wake    *wake.Notifier
-	max     int
-	done    chan struct{}
+	pool  *pgxpool.Pool
+	store *eventstore.Store
+	reqs  chan appendRequest
+	wake  *wake.Notifier
+	max   int
+	done  chan struct{}
 	// handoff, when set, is the delivery engine of this process: new jobs
 	// it has room for are leased in the ingest's transaction and sent by
 	// it, with no claim (jobs.Handoff).
@@ -57,8 +55,8 @@ type dedupClaim struct {
 	Now, Expires           time.Time
 }
 
-func newGroupCommitter(pool *pgxpool.Pool, generic kit.GenericPool, store *eventstore.Store, w *wake.Notifier, workers, maxBatch int) *groupCommitter {
-	g := &groupCommitter{pool: pool, generic: generic, store: store, wake: w, reqs: make(chan appendRequest), max: maxBatch, done: make(chan struct{})}
+func newGroupCommitter(pool *pgxpool.Pool, store *eventstore.Store, w *wake.Notifier, workers, maxBatch int) *groupCommitter {
+	g := &groupCommitter{pool: pool, store: store, wake: w, reqs: make(chan appendRequest), max: maxBatch, done: make(chan struct{})}
 	for i := 0; i < workers; i++ {
 		go g.run()
 	}
@@ -189,7 +187,7 @@ func (g *groupCommitter) commitPipelined(ctx context.Context, batch []appendRequ
 	case len(newJobs) > 0:
 		b.Queue(jobs.InsertSQL, jobs.InsertArgs(newJobs)...)
 	}
-	readAll := func(br pgx.BatchResults) error {
+	err = kit.SendTx(ctx, g.pool, true, b, func(br pgx.BatchResults) error {
 		if _, err := read(br); err != nil {
 			return err
 		}
@@ -206,12 +204,7 @@ func (g *groupCommitter) commitPipelined(ctx context.Context, batch []appendRequ
 			}
 		}
 		return nil
-	}
-	if g.generic.Pool != nil {
-		err = kit.SendGenericTx(ctx, g.generic, b, readAll)
-	} else {
-		err = kit.SendTx(ctx, g.pool, true, b, readAll)
-	}
+	})
 	if ticket == nil {
 		return false, err
 	}

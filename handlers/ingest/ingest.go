@@ -28,14 +28,9 @@ import (
 
 // Params configure ingest.
 type Params struct {
-	Pool *pgxpool.Pool
-	// CommitPool, when set, holds the group commit's connections (at most
-	// CommitWorkers are used), which run its statements on their generic
-	// plans without a settings statement in each commit (kit.GenericPool).
-	// Without it the commits use Pool.
-	CommitPool kit.GenericPool
-	Store      *eventstore.Store
-	Now        func() time.Time
+	Pool  *pgxpool.Pool
+	Store *eventstore.Store
+	Now   func() time.Time
 	// MaxIngestBody bounds ingested bodies (413 above it); default 1 MiB.
 	MaxIngestBody int64
 	// CacheTTL is how long ingest reuses a looked-up source and its routes
@@ -60,9 +55,6 @@ type Ingester struct {
 	limits limiter
 }
 
-// CommitWorkers is how many group commits run at once.
-const CommitWorkers = 4
-
 // New fills defaults and starts the group committer (stop it with Close).
 func New(p Params) *Ingester {
 	kit.Defaults(&p.Now, nil, &p.Store)
@@ -76,7 +68,7 @@ func New(p Params) *Ingester {
 		p.Wake = wake.New(p.Pool)
 	}
 	return &Ingester{p: p, pool: p.Pool, store: p.Store, now: func() time.Time { return p.Now().UTC() }, reg: p.Sources,
-		ingest: newGroupCommitter(p.Pool, p.CommitPool, p.Store, p.Wake, CommitWorkers, 256), routes: newIngestCache(p.CacheTTL, p.Now)}
+		ingest: newGroupCommitter(p.Pool, p.Store, p.Wake, 4, 256), routes: newIngestCache(p.CacheTTL, p.Now)}
 }
 
 // HandOff gives new jobs to h, a delivery engine in this process, when it

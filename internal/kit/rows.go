@@ -30,56 +30,14 @@ import (
 // (synchronous_commit off): for writes a PostgreSQL crash may lose without
 // breaking a promise, which the caller's comment must say.
 func SendTx(ctx context.Context, pool *pgxpool.Pool, durable bool, b *pgx.Batch, read func(pgx.BatchResults) error) error {
+	if len(b.QueuedQueries) == 0 || b.QueuedQueries[0].SQL != "BEGIN" {
+		return fmt.Errorf("kit.SendTx: the batch must start with BEGIN")
+	}
 	settings := genericPlans
 	if !durable {
 		settings = genericPlansAsync
 	}
-	return sendTx(ctx, pool, settings, b, read)
-}
-
-// GenericPool is a pool whose connections run every statement on its
-// generic plan (plan_cache_mode, set once when each connects): a hot
-// writer's own connections, whose transactions then need no settings
-// statement (SendGenericTx). Only statements whose plans do not depend on
-// their values belong on it (SendTx's comment).
-type GenericPool struct{ *pgxpool.Pool }
-
-// NewGenericPool opens a GenericPool of at most maxConns connections to
-// base's database, with base's settings otherwise. Connections open when
-// first needed; Close it when done.
-func NewGenericPool(ctx context.Context, base *pgxpool.Pool, maxConns int32) (GenericPool, error) {
-	cfg := base.Config()
-	cfg.MaxConns, cfg.MinConns = maxConns, 0
-	after := cfg.AfterConnect
-	cfg.AfterConnect = func(ctx context.Context, c *pgx.Conn) error {
-		if after != nil {
-			if err := after(ctx, c); err != nil {
-				return err
-			}
-		}
-		_, err := c.Exec(ctx, "SET plan_cache_mode = force_generic_plan")
-		return err
-	}
-	p, err := pgxpool.NewWithConfig(ctx, cfg)
-	return GenericPool{p}, err
-}
-
-// SendGenericTx is SendTx with durable true on a GenericPool: the same
-// transaction without its settings statement, which the connection's own
-// setting makes unnecessary (one statement less per ingest commit, as
-// many as webhooks at a low rate).
-func SendGenericTx(ctx context.Context, pool GenericPool, b *pgx.Batch, read func(pgx.BatchResults) error) error {
-	return sendTx(ctx, pool.Pool, "", b, read)
-}
-
-// sendTx is SendTx with its settings statement (none when empty).
-func sendTx(ctx context.Context, pool *pgxpool.Pool, settings string, b *pgx.Batch, read func(pgx.BatchResults) error) error {
-	if len(b.QueuedQueries) == 0 || b.QueuedQueries[0].SQL != "BEGIN" {
-		return fmt.Errorf("kit.SendTx: the batch must start with BEGIN")
-	}
-	if settings != "" {
-		b.QueuedQueries = append(b.QueuedQueries[:1], append([]*pgx.QueuedQuery{{SQL: settings}}, b.QueuedQueries[1:]...)...)
-	}
+	b.QueuedQueries = append(b.QueuedQueries[:1], append([]*pgx.QueuedQuery{{SQL: settings}}, b.QueuedQueries[1:]...)...)
 	b.Queue("COMMIT")
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
@@ -88,7 +46,7 @@ func sendTx(ctx context.Context, pool *pgxpool.Pool, settings string, b *pgx.Bat
 	defer conn.Release() // a connection left inside a transaction is closed, not reused
 	br := conn.SendBatch(ctx, b)
 	_, err = br.Exec() // BEGIN
-	if err == nil && settings != "" {
+	if err == nil {
 		_, err = br.Exec() // settings
 	}
 	if err == nil {
