@@ -295,9 +295,6 @@ const ResponseHeadersLimit = 64 * 1024
 // headersTruncated is the entry that says how many headers were left out.
 const headersTruncated = "X-Hookstream-Headers-Truncated"
 
-// recordHeaders is h as an attempt records it: a JSON object of at most
-// limit bytes, headers in name order, a value cut where the limit falls, and
-// an entry naming how many headers were left out.
 // storableText is a destination's bytes as text the log can hold: a NUL
 // (which encoding/json writes as \u0000, and jsonb refuses) becomes U+FFFD,
 // as invalid UTF-8 does when the event is encoded. Kept as it came, one
@@ -310,6 +307,9 @@ func storableText(b []byte) string {
 	return strings.ReplaceAll(string(b), "\x00", "\uFFFD")
 }
 
+// recordHeaders is h as an attempt records it: a JSON object of at most
+// limit bytes, headers in name order, a value cut where the limit falls, and
+// an entry naming how many headers were left out.
 func recordHeaders(h http.Header, limit int) string {
 	flat := flatten(h)
 	names := make([]string, 0, len(flat))
