@@ -13,10 +13,36 @@ db="${dsn%/*}/hsbench?sslmode=disable"
 echo "projected when the engine stopped: $(psql -X -A -t -q "$db" -c "SELECT count(*) FROM delivery_attempts WHERE status = 'success'") of $n deliveries"
 # Deliveries per tenth of the run, by when each successful attempt was recorded (the log's recorded_at):
 # an attempt row's created_at is its pending row's, i.e. when the webhook was ingested, so it measured ingest.
-psql -X -q "$db" -c "WITH a AS (SELECT recorded_at, ntile(10) OVER (ORDER BY recorded_at) AS tenth FROM events
+# under_checkpoint: the seconds of the tenth during which PostgreSQL ran a checkpoint (server.log, log_checkpoints
+# on by default): it writes the dirty buffers out (two thirds of shared_buffers here) while the run goes on.
+psql -X -A -t -F '|' -q "$db" -c "WITH a AS (SELECT recorded_at, ntile(10) OVER (ORDER BY recorded_at) AS tenth FROM events
     WHERE event_type = 'DeliveryAttempted' AND payload->>'status' = 'success')
-  SELECT tenth, count(*), round(extract(epoch FROM max(recorded_at) - min(recorded_at))::numeric, 2) AS seconds,
-         round(count(*) / nullif(extract(epoch FROM max(recorded_at) - min(recorded_at)), 0)) AS per_s FROM a GROUP BY tenth ORDER BY tenth"
+  SELECT tenth, count(*), extract(epoch FROM min(recorded_at)), extract(epoch FROM max(recorded_at)) FROM a GROUP BY tenth ORDER BY tenth" |
+  python3 -c '
+import sys, re, datetime as dt
+ts = lambda s: dt.datetime.strptime(s, "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=dt.timezone.utc).timestamp()
+spans, start = [], None
+for l in open(sys.argv[1]):
+    m = re.match(r"(\S+ \S+) UTC \[\d+\] LOG:  checkpoint (starting|complete)", l)
+    if m and m.group(2) == "starting": start = ts(m.group(1))
+    elif m and start is not None: spans.append((start, ts(m.group(1)))); start = None
+if start is not None: spans.append((start, float("inf")))
+rows = [l.strip().split("|") for l in sys.stdin if l.strip()]
+print(" tenth | count | seconds | per_s | under_checkpoint_s")
+inside, outside = [], []
+for t, n, a, b in rows:
+    a, b, n = float(a), float(b), int(n)
+    under = sum(max(0.0, min(b, e) - max(a, s)) for s, e in spans)
+    rate = n / (b - a) if b > a else 0
+    (inside if under > (b - a) / 2 else outside).append(rate)
+    print(f" {t:>5} | {n:>5} | {b - a:7.2f} | {rate:5.0f} | {under:7.2f}")
+if rows:
+    r = [int(x[1]) / (float(x[3]) - float(x[2])) for x in (rows[0], rows[-1])]
+    print(f"last tenth against the first: {100 * (r[1] - r[0]) / r[0]:+.1f}%")
+if inside and outside:
+    print(f"tenths mostly under a checkpoint: {len(inside)}, {sum(inside) / len(inside):.0f}/s on average; the others {sum(outside) / len(outside):.0f}/s")
+' "$pg/c/server.log"
+psql -X -A -t -q "$dsn" -c "SELECT 'WAL written since the cluster started: '||pg_size_pretty(wal_bytes)||', '||round(wal_bytes / $n)||' bytes per webhook' FROM pg_stat_wal"
 # The last tenth's stragglers: when its deliveries were recorded, from its first (seconds), at its 90th, 99th,
 # 99.9th percentile and last; a few late deliveries stretch the tenth's time and lower its rate.
 psql -X -q "$db" -c "WITH a AS (SELECT recorded_at, ntile(10) OVER (ORDER BY recorded_at) AS tenth FROM events
