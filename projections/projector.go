@@ -51,6 +51,9 @@ type ProjectorParams struct {
 	// doubles, up to MaxBatchSize (default 8×BatchSize): set-based
 	// statements cost far less per event in large batches, so a projector
 	// that fell behind under load catches up instead of falling further.
+	// After a batch that was not full, the next reads up to twice as many
+	// events as it did (at least BatchSize), so what a Pace gathers under
+	// load comes in one batch.
 	BatchSize    int
 	MaxBatchSize int
 	// MaxIdle is the longest wait between reads when the log is quiet
@@ -179,7 +182,12 @@ func (pr *Projector) Run(ctx context.Context) error {
 			continue
 		case n > 0:
 			idle = time.Millisecond
-			pr.limit = pr.p.BatchSize
+			// The next batch, after the Pace, may read twice what this one
+			// did: under load the events of a Pace come in one batch, not
+			// cut into BatchSize pieces. A cut between a webhook and its
+			// delivery's record writes their rows twice (pending, then
+			// updated).
+			pr.limit = max(pr.p.BatchSize, min(2*n, pr.p.MaxBatchSize))
 			t := time.NewTimer(pr.p.Pace)
 			select {
 			case <-ctx.Done():

@@ -2,6 +2,7 @@ package projections_test
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -102,5 +103,65 @@ func TestProjectorTransactionHasItsSettings(t *testing.T) {
 		if s.seqscan != "off" || s.sync != "off" {
 			t.Errorf("event %d was projected with enable_seqscan=%s, synchronous_commit=%s; want off, off", s.n, s.seqscan, s.sync)
 		}
+	}
+}
+
+// After a batch that was not full, the next batch may read twice as many
+// events: under load, what a Pace gathers is read in one batch instead of
+// being cut into BatchSize pieces (a cut between a webhook and its
+// delivery writes their rows twice: pending, then updated).
+func TestProjectorReadsWhatAPaceGatheredInOneBatch(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pool := pgtest.NewPool(t)
+	var mu sync.Mutex
+	var batches []int
+	pr := projections.NewProjector(projections.ProjectorParams{Pool: pool, BatchSize: 2, MaxBatchSize: 64, Pace: 50 * time.Millisecond,
+		MaxIdle: 20 * time.Millisecond,
+		Projections: []projections.Projection{{Group: "pace_test", Types: []string{"Noted"},
+			Apply: func(eventstore.Event) ([]eventstore.Statement, error) { return nil, nil },
+			Batch: func(evs []eventstore.Event) ([]eventstore.Statement, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				if len(evs) > 0 {
+					batches = append(batches, len(evs))
+				}
+				return nil, nil
+			}}}})
+	done := make(chan struct{})
+	go func() { defer close(done); _ = pr.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	store := eventstore.New(nil)
+	note := func(stream string, n int) {
+		t.Helper()
+		evs := make([]eventstore.NewEvent, n)
+		for i := range evs {
+			evs[i] = eventstore.NewEvent{Type: "Noted", Payload: map[string]int{"n": i}}
+		}
+		if _, err := store.Append(ctx, pool, eventstore.StreamAppend{StreamType: "test", StreamID: stream, Expected: eventstore.NoStream,
+			Events: evs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := func() (n int, bs []int) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, b := range batches {
+			n += b
+		}
+		return n, append([]int(nil), batches...)
+	}
+	// Five events at once: a full batch of 2, then 3 of the 4 the next may
+	// read (not full), so the one after may read 6.
+	note("first", 5)
+	pgtest.WaitFor(t, 10*time.Second, "the first five events projected", func() bool { n, _ := seen(); return n == 5 })
+	// Six more: one batch, whether they came during the Pace or after it
+	// (an empty read keeps the limit). Cut into BatchSize pieces they
+	// would come as 2 and 4.
+	note("second", 6)
+	pgtest.WaitFor(t, 10*time.Second, "the next six events projected", func() bool { n, _ := seen(); return n == 11 })
+	if _, bs := seen(); bs[len(bs)-1] != 6 {
+		t.Fatalf("batches %v: the six events that came after a batch of 3 were not read in one batch", bs)
 	}
 }
