@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/hookstream/hookstream/eventstore"
 	"github.com/hookstream/hookstream/internal/pgtest"
@@ -19,8 +20,6 @@ import (
 // gets its attempt projected at once.
 func TestHurryCutsTheProjectorsPace(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	pool := pgtest.NewPool(t)
 	var seen atomic.Int32
 	pr := projections.NewProjector(projections.ProjectorParams{Pool: pool, Pace: time.Hour, MaxIdle: time.Hour,
@@ -29,21 +28,11 @@ func TestHurryCutsTheProjectorsPace(t *testing.T) {
 				seen.Add(1)
 				return nil, nil
 			}}}})
-	done := make(chan struct{})
-	go func() { defer close(done); _ = pr.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	store := eventstore.New(nil)
-	note := func(stream string) {
-		t.Helper()
-		if _, err := store.Append(ctx, pool, eventstore.StreamAppend{StreamType: "test", StreamID: stream, Expected: eventstore.NoStream,
-			Events: []eventstore.NewEvent{{Type: "Noted", Payload: map[string]int{"n": 1}}}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	note("first")
+	runProjector(t, pr)
+	appendNoted(t, pool, "first", 1)
 	pgtest.WaitFor(t, 10*time.Second, "the first event projected (the projector polls from 1 ms when it starts)", func() bool { return seen.Load() == 1 })
 	// Now it waits an hour after that batch; only Hurry cuts that short.
-	note("second")
+	appendNoted(t, pool, "second", 1)
 	pr.Hurry()
 	pgtest.WaitFor(t, 10*time.Second, "the second event projected after Hurry", func() bool { return seen.Load() == 2 })
 }
@@ -66,23 +55,13 @@ func TestProjectorTransactionHasItsSettings(t *testing.T) {
 				return []eventstore.Statement{{SQL: `INSERT INTO seen_settings SELECT $1, current_setting('enable_seqscan'), current_setting('synchronous_commit')`,
 					Args: []any{int(e.StreamVersion)}}}, nil
 			}}}})
-	done := make(chan struct{})
-	go func() { defer close(done); _ = pr.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	store := eventstore.New(nil)
-	noted := eventstore.NewEvent{Type: "Noted", Payload: map[string]int{"n": 1}}
-	if _, err := store.Append(ctx, pool, eventstore.StreamAppend{StreamType: "test", StreamID: "one", Expected: eventstore.NoStream,
-		Events: []eventstore.NewEvent{noted}}); err != nil {
-		t.Fatal(err)
-	}
+	runProjector(t, pr)
+	appendNoted(t, pool, "one", 1)
 	pgtest.WaitFor(t, 10*time.Second, "the first event projected", func() bool {
 		var n int
 		return pool.QueryRow(ctx, `SELECT count(*) FROM seen_settings`).Scan(&n) == nil && n == 1
 	})
-	if _, err := store.Append(ctx, pool, eventstore.StreamAppend{StreamType: "test", StreamID: "two", Expected: eventstore.NoStream,
-		Events: []eventstore.NewEvent{noted, noted, noted}}); err != nil {
-		t.Fatal(err)
-	}
+	appendNoted(t, pool, "two", 3)
 	pgtest.WaitFor(t, 10*time.Second, "the batch projected", func() bool {
 		var n int
 		return pool.QueryRow(ctx, `SELECT count(*) FROM seen_settings`).Scan(&n) == nil && n == 4
@@ -112,8 +91,6 @@ func TestProjectorTransactionHasItsSettings(t *testing.T) {
 // delivery writes their rows twice: pending, then updated).
 func TestProjectorReadsWhatAPaceGatheredInOneBatch(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	pool := pgtest.NewPool(t)
 	var mu sync.Mutex
 	var batches []int
@@ -129,21 +106,7 @@ func TestProjectorReadsWhatAPaceGatheredInOneBatch(t *testing.T) {
 				}
 				return nil, nil
 			}}}})
-	done := make(chan struct{})
-	go func() { defer close(done); _ = pr.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	store := eventstore.New(nil)
-	note := func(stream string, n int) {
-		t.Helper()
-		evs := make([]eventstore.NewEvent, n)
-		for i := range evs {
-			evs[i] = eventstore.NewEvent{Type: "Noted", Payload: map[string]int{"n": i}}
-		}
-		if _, err := store.Append(ctx, pool, eventstore.StreamAppend{StreamType: "test", StreamID: stream, Expected: eventstore.NoStream,
-			Events: evs}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	runProjector(t, pr)
 	seen := func() (n int, bs []int) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -154,14 +117,36 @@ func TestProjectorReadsWhatAPaceGatheredInOneBatch(t *testing.T) {
 	}
 	// Five events at once: a full batch of 2, then 3 of the 4 the next may
 	// read (not full), so the one after may read 6.
-	note("first", 5)
+	appendNoted(t, pool, "first", 5)
 	pgtest.WaitFor(t, 10*time.Second, "the first five events projected", func() bool { n, _ := seen(); return n == 5 })
 	// Six more: one batch, whether they came during the Pace or after it
 	// (an empty read keeps the limit). Cut into BatchSize pieces they
 	// would come as 2 and 4.
-	note("second", 6)
+	appendNoted(t, pool, "second", 6)
 	pgtest.WaitFor(t, 10*time.Second, "the next six events projected", func() bool { n, _ := seen(); return n == 11 })
 	if _, bs := seen(); bs[len(bs)-1] != 6 {
 		t.Fatalf("batches %v: the six events that came after a batch of 3 were not read in one batch", bs)
+	}
+}
+
+// runProjector runs pr until the test ends.
+func runProjector(t *testing.T, pr *projections.Projector) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = pr.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// appendNoted appends n "Noted" events to a new stream in one transaction.
+func appendNoted(t *testing.T, pool *pgxpool.Pool, stream string, n int) {
+	t.Helper()
+	evs := make([]eventstore.NewEvent, n)
+	for i := range evs {
+		evs[i] = eventstore.NewEvent{Type: "Noted", Payload: map[string]int{"n": i}}
+	}
+	if _, err := eventstore.New(nil).Append(context.Background(), pool, eventstore.StreamAppend{StreamType: "test", StreamID: stream,
+		Expected: eventstore.NoStream, Events: evs}); err != nil {
+		t.Fatal(err)
 	}
 }
