@@ -428,7 +428,16 @@ func wants(types []string, t string) bool {
 //     whatever the statistics say; a statement with none would still scan.
 //     The statement that sets it is planned before it, and so is its own
 //     look-up of the offset rows (a handful).
-const projectorSettings = `set_config('synchronous_commit', 'off', true), set_config('enable_seqscan', 'off', true)`
+//   - Generic plans. A projection's statements are keyed by unnest arrays,
+//     and left to choose PostgreSQL planned about half of their calls
+//     afresh (a plan for each array length looked cheaper than the generic
+//     one): at 150 webhooks/s, fail-first 1, 40 ms of planning over 2,000
+//     webhooks for the projector's statements, 10 ms with this setting, at
+//     no cost to their execution (pg_stat_statements, make profile). Their
+//     plans do not depend on the values: look-ups by key, through an index
+//     (the setting above). As kit.SendTx does for the hot writers.
+const projectorSettings = `set_config('synchronous_commit', 'off', true), set_config('enable_seqscan', 'off', true),
+	set_config('plan_cache_mode', 'force_generic_plan', true)`
 
 // lockOffsets locks (creating when missing) every projection's offset row,
 // in name order so two projectors never deadlock, and returns the offsets in
@@ -448,9 +457,9 @@ func (pr *Projector) lockOffsets(ctx context.Context, tx pgx.Tx) ([]eventstore.P
 	}
 	byName := map[string]eventstore.Position{}
 	for rows.Next() {
-		var name, commit, seqscan string
+		var name, commit, seqscan, plans string
 		var pos, txid int64
-		if err := rows.Scan(&name, &pos, &txid, &commit, &seqscan); err != nil {
+		if err := rows.Scan(&name, &pos, &txid, &commit, &seqscan, &plans); err != nil {
 			rows.Close()
 			return nil, err
 		}

@@ -39,20 +39,21 @@ func TestHurryCutsTheProjectorsPace(t *testing.T) {
 
 // The projector's transaction carries projectorSettings (set by the
 // statement that locks the offsets): the statements a projection returns run
-// with sequential scans off and an asynchronous commit, one event alone (in
-// its savepoint) or a batch.
+// with sequential scans off, on their generic plans and with an asynchronous
+// commit, one event alone (in its savepoint) or a batch.
 func TestProjectorTransactionHasItsSettings(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	pool := pgtest.NewPool(t)
-	if _, err := pool.Exec(ctx, `CREATE TABLE seen_settings (n int, seqscan text, sync text)`); err != nil {
+	if _, err := pool.Exec(ctx, `CREATE TABLE seen_settings (n int, seqscan text, sync text, plans text)`); err != nil {
 		t.Fatal(err)
 	}
 	pr := projections.NewProjector(projections.ProjectorParams{Pool: pool, Pace: time.Millisecond, MaxIdle: 10 * time.Millisecond,
 		Projections: []projections.Projection{{Group: "settings_test", Types: []string{"Noted"},
 			Apply: func(e eventstore.Event) ([]eventstore.Statement, error) {
-				return []eventstore.Statement{{SQL: `INSERT INTO seen_settings SELECT $1, current_setting('enable_seqscan'), current_setting('synchronous_commit')`,
+				return []eventstore.Statement{{SQL: `INSERT INTO seen_settings SELECT $1, current_setting('enable_seqscan'), current_setting('synchronous_commit'),
+					current_setting('plan_cache_mode')`,
 					Args: []any{int(e.StreamVersion)}}}, nil
 			}}}})
 	runProjector(t, pr)
@@ -66,21 +67,22 @@ func TestProjectorTransactionHasItsSettings(t *testing.T) {
 		var n int
 		return pool.QueryRow(ctx, `SELECT count(*) FROM seen_settings`).Scan(&n) == nil && n == 4
 	})
-	rows, _ := pool.Query(ctx, `SELECT n, seqscan, sync FROM seen_settings`)
+	rows, _ := pool.Query(ctx, `SELECT n, seqscan, sync, plans FROM seen_settings`)
 	type seen struct {
-		n             int
-		seqscan, sync string
+		n                    int
+		seqscan, sync, plans string
 	}
 	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (seen, error) {
 		var s seen
-		return s, r.Scan(&s.n, &s.seqscan, &s.sync)
+		return s, r.Scan(&s.n, &s.seqscan, &s.sync, &s.plans)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range got {
-		if s.seqscan != "off" || s.sync != "off" {
-			t.Errorf("event %d was projected with enable_seqscan=%s, synchronous_commit=%s; want off, off", s.n, s.seqscan, s.sync)
+		if s.seqscan != "off" || s.sync != "off" || s.plans != "force_generic_plan" {
+			t.Errorf("event %d was projected with enable_seqscan=%s, synchronous_commit=%s, plan_cache_mode=%s; want off, off, force_generic_plan",
+				s.n, s.seqscan, s.sync, s.plans)
 		}
 	}
 }
