@@ -66,6 +66,7 @@ type attemptsSegment struct {
 
 type attemptRow struct {
 	org, env, delivery string
+	pos                int64 // the DeliveryAttempted's position: its headers and body stay in the log
 	p                  domain.DeliveryAttempted
 }
 
@@ -93,7 +94,7 @@ func (s *attemptsSegment) add(e eventstore.Event) error {
 		if s.attempted == nil {
 			s.attempted = map[string]int{}
 		}
-		row := attemptRow{org: e.OrgID, env: e.EnvID, delivery: e.StreamID, p: p}
+		row := attemptRow{org: e.OrgID, env: e.EnvID, delivery: e.StreamID, pos: e.GlobalPosition, p: p}
 		if i, ok := s.attempted[p.AttemptID]; ok {
 			s.a[i] = row // the later recording wins, as one at a time
 		} else {
@@ -158,23 +159,24 @@ func (s *attemptsSegment) statements() []eventstore.Statement {
 			ON CONFLICT (id) DO NOTHING`, s.pID, s.pOrg, s.pEnv, s.pDelivery, s.pURL, s.pMethod, s.pAt, s.pNum, s.pTrigger)
 	}
 	if n := len(s.a); n > 0 {
-		id, org, env, delivery, url, method, reqHeaders, status, trigger := make([]string, n), make([]string, n), make([]string, n), make([]string, n),
-			make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		id, org, env, delivery, url, method, status, trigger := make([]string, n), make([]string, n), make([]string, n), make([]string, n),
+			make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		pos := make([]int64, n)
 		bodySize, duration, number := make([]int32, n), make([]int32, n), make([]int32, n)
 		respStatus := make([]*int32, n)
-		respHeaders, respBody, errMsg := make([]*string, n), make([]*string, n), make([]*string, n)
+		errMsg := make([]*string, n)
 		created := make([]time.Time, n)
 		nextRetry := make([]*time.Time, n)
 		for i, r := range s.a {
 			p := r.p
 			id[i], org[i], env[i], delivery[i], url[i], method[i] = p.AttemptID, r.org, r.env, r.delivery, p.RequestURL, p.RequestMethod
-			reqHeaders[i], status[i], trigger[i] = p.RequestHeaders, p.Status, p.TriggerType
+			pos[i], status[i], trigger[i] = r.pos, p.Status, p.TriggerType
 			bodySize[i], duration[i], number[i] = int32(p.RequestBodySize), int32(p.DurationMS), int32(p.AttemptNumber)
 			if p.ResponseStatus != nil {
 				v := int32(*p.ResponseStatus)
 				respStatus[i] = &v
 			}
-			respHeaders[i], respBody[i], errMsg[i], created[i] = p.ResponseHeaders, p.ResponseBody, p.Error, p.StartedAt
+			errMsg[i], created[i] = p.Error, p.StartedAt
 			if at, ok := pendingAt[p.AttemptID]; ok {
 				created[i] = at // the pending row's creation time, which the upsert keeps
 			}
@@ -184,21 +186,20 @@ func (s *attemptsSegment) statements() []eventstore.Statement {
 			}
 		}
 		out.Add(`INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
-				request_url, request_method, request_headers, request_body_size, response_status, response_headers, response_body,
+				request_url, request_method, attempted_pos, request_body_size, response_status,
 				duration_ms, status, error, created_at, attempt_number, trigger_type, connection_name, destination_name, replay_id, next_retry_at)
-			SELECT u.id, u.org, u.env, d.delivery_id, d.event_id, d.connection_id, d.destination_id, u.url, u.method, NULLIF(u.rh, ''), u.bs, u.rs, u.rsh, u.rb,
+			SELECT u.id, u.org, u.env, d.delivery_id, d.event_id, d.connection_id, d.destination_id, u.url, u.method, u.pos, u.bs, u.rs,
 				u.dur, u.st, u.err, u.at, u.num, u.trig, d.connection_name, d.destination_name, d.replay_id, u.nra
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[], $9::int[], $10::text[],
-				$11::text[], $12::int[], $13::text[], $14::text[], $15::timestamptz[], $16::int[], $17::text[], $18::timestamptz[])
-				AS u(id, org, env, delivery, url, method, rh, bs, rs, rsh, rb, dur, st, err, at, num, trig, nra)
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::int[], $9::int[],
+				$10::int[], $11::text[], $12::text[], $13::timestamptz[], $14::int[], $15::text[], $16::timestamptz[])
+				AS u(id, org, env, delivery, url, method, pos, bs, rs, dur, st, err, at, num, trig, nra)
 			CROSS JOIN LATERAL (SELECT * FROM projected_deliveries x WHERE x.delivery_id = u.delivery AND x.delivery_id = ANY($4::text[])) d
 			ON CONFLICT (id) DO UPDATE SET request_url = excluded.request_url, request_method = excluded.request_method,
-				request_headers = excluded.request_headers, request_body_size = excluded.request_body_size,
-				response_status = excluded.response_status, response_headers = excluded.response_headers,
-				response_body = excluded.response_body, duration_ms = excluded.duration_ms, status = excluded.status,
+				attempted_pos = excluded.attempted_pos, request_body_size = excluded.request_body_size,
+				response_status = excluded.response_status, duration_ms = excluded.duration_ms, status = excluded.status,
 				error = excluded.error, attempt_number = excluded.attempt_number, trigger_type = excluded.trigger_type,
 				next_retry_at = coalesce(excluded.next_retry_at, delivery_attempts.next_retry_at)`,
-			id, org, env, delivery, url, method, reqHeaders, bodySize, respStatus, respHeaders, respBody, duration, status, errMsg, created, number, trigger, nextRetry)
+			id, org, env, delivery, url, method, pos, bodySize, respStatus, duration, status, errMsg, created, number, trigger, nextRetry)
 	}
 	if ids, at := keysAndTimes(s.retryAt); len(ids) > 0 {
 		out.Add(`UPDATE delivery_attempts a SET next_retry_at = u.at FROM unnest($1::text[], $2::timestamptz[]) AS u(id, at) WHERE a.id = u.id AND a.id = ANY($1::text[])`, ids, at)

@@ -129,3 +129,69 @@ func BenchmarkEventList(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAttemptList reads the delivery-attempts list of a log of
+// HOOKSTREAM_BENCH_WEBHOOKS webhooks (default 20,000; about 1.2 attempts
+// each): the first page, one destination's first page, a page 90% deep by
+// cursor, and one attempt. One op is one request of 100 rows (one row for
+// get). Each attempt's headers and body are read from its DeliveryAttempted
+// (migration 0024), so this is what that look-up costs a reader.
+func BenchmarkAttemptList(b *testing.B) {
+	ctx := context.Background()
+	n := 20_000
+	if v := os.Getenv("HOOKSTREAM_BENCH_WEBHOOKS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil {
+			b.Fatal(err)
+		}
+	}
+	pool := pgtest.NewPool(b)
+	if _, err := benchdata.Generate(ctx, pool, n); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := projections.Rebuild(ctx, pool, "delivery_attempts", projections.RebuildOptions{}); err != nil {
+		b.Fatal(err)
+	}
+	for _, table := range []string{"events", "delivery_attempts"} {
+		if _, err := pool.Exec(ctx, `VACUUM ANALYZE `+table); err != nil {
+			b.Fatal(err)
+		}
+	}
+	reads := projections.NewReads(pool)
+	tenant := domain.Tenant{OrgID: "org_bench", EnvID: "env_bench"}
+	var at projections.Cursor
+	var one string
+	if err := pool.QueryRow(ctx, `SELECT created_at, id FROM delivery_attempts ORDER BY created_at DESC, id DESC OFFSET $1 LIMIT 1`, n*9/10).
+		Scan(&at.At, &at.ID); err != nil {
+		b.Fatal(err)
+	}
+	one = at.ID
+	for _, c := range []struct {
+		name string
+		f    projections.AttemptFilter
+	}{
+		{"first_page", projections.AttemptFilter{Limit: 100}},
+		{"destination_first_page", projections.AttemptFilter{Limit: 100, DestinationID: "dst_bench_3"}},
+		{"cursor_90pct", projections.AttemptFilter{Limit: 100, Cursor: &at}},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				out, _, err := reads.ListAttempts(ctx, tenant, c.f)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(out) != 100 || out[0].RequestHeaders == nil || out[0].ResponseBody == nil {
+					b.Fatalf("%d rows, first %+v", len(out), out[0])
+				}
+			}
+		})
+	}
+	b.Run("get", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			a, err := reads.GetAttempt(ctx, tenant, one)
+			if err != nil || a.RequestHeaders == nil {
+				b.Fatal(a, err)
+			}
+		}
+	})
+}

@@ -58,19 +58,19 @@ func DeliveryAttempts(e eventstore.Event) ([]eventstore.Statement, error) {
 		if p, err = payload[domain.DeliveryAttempted](e); err != nil {
 			break
 		}
+		// Headers and body stay in the log: attempted_pos points at this event.
 		add(`INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id,
-				request_url, request_method, request_headers, request_body_size, response_status, response_headers, response_body,
+				request_url, request_method, attempted_pos, request_body_size, response_status,
 				duration_ms, status, error, created_at, attempt_number, trigger_type, connection_name, destination_name, replay_id)
-			SELECT $1, $2, $3, d.delivery_id, d.event_id, d.connection_id, d.destination_id, $5, $6, NULLIF($7, ''), $8, $9, $10, $11, $12, $13, $14,
-				$15, $16, $17, d.connection_name, d.destination_name, d.replay_id
+			SELECT $1, $2, $3, d.delivery_id, d.event_id, d.connection_id, d.destination_id, $5, $6, $7, $8, $9, $10, $11, $12,
+				$13, $14, $15, d.connection_name, d.destination_name, d.replay_id
 			FROM projected_deliveries d WHERE d.delivery_id = $4
 			ON CONFLICT (id) DO UPDATE SET request_url = excluded.request_url, request_method = excluded.request_method,
-				request_headers = excluded.request_headers, request_body_size = excluded.request_body_size,
-				response_status = excluded.response_status, response_headers = excluded.response_headers,
-				response_body = excluded.response_body, duration_ms = excluded.duration_ms, status = excluded.status,
+				attempted_pos = excluded.attempted_pos, request_body_size = excluded.request_body_size,
+				response_status = excluded.response_status, duration_ms = excluded.duration_ms, status = excluded.status,
 				error = excluded.error, attempt_number = excluded.attempt_number, trigger_type = excluded.trigger_type`,
-			p.AttemptID, e.OrgID, e.EnvID, e.StreamID, p.RequestURL, p.RequestMethod, p.RequestHeaders, p.RequestBodySize,
-			p.ResponseStatus, p.ResponseHeaders, p.ResponseBody, p.DurationMS, p.Status, p.Error, p.StartedAt, p.AttemptNumber, p.TriggerType)
+			p.AttemptID, e.OrgID, e.EnvID, e.StreamID, p.RequestURL, p.RequestMethod, e.GlobalPosition, p.RequestBodySize,
+			p.ResponseStatus, p.DurationMS, p.Status, p.Error, p.StartedAt, p.AttemptNumber, p.TriggerType)
 	case domain.EvRetryScheduled:
 		var p domain.RetryScheduled
 		if p, err = payload[domain.RetryScheduled](e); err != nil {

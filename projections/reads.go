@@ -48,17 +48,29 @@ type Attempt struct {
 	DeliveryID string `json:"delivery_id"`
 }
 
-const attemptCols = `id, org_id, env_id, event_id, connection_id, destination_id, request_url, request_method, request_headers,
-	request_body_size, response_status, response_headers, response_body, duration_ms, status, error, created_at, attempt_number,
+// attemptCols are an attempt's columns (from delivery_attempts, unaliased)
+// in scanAttempt's order. Its request headers, response headers and body
+// are read from the DeliveryAttempted it was projected from (attempted_pos,
+// a look-up by the log's primary key; none while pending): the read model
+// keeps no copy of them (migration 0024). A payload retention expired has
+// none left, so an expired attempt shows them null.
+const attemptCols = `id, org_id, env_id, event_id, connection_id, destination_id, request_url, request_method,
+	(SELECT ARRAY[NULLIF(e.payload->>'request_headers', ''), e.payload->>'response_headers', e.payload->>'response_body']
+		FROM events e WHERE e.global_position = delivery_attempts.attempted_pos),
+	request_body_size, response_status, duration_ms, status, error, created_at, attempt_number,
 	next_retry_at, is_dlq, dlq_at, trigger_type, connection_name, destination_name, delivery_id`
 
 func scanAttempt(row pgx.Row, extra ...any) (Attempt, error) {
 	var a Attempt
 	var created time.Time
 	var next, dlq *time.Time
+	var logged []*string // request headers, response headers, response body
 	err := row.Scan(append([]any{&a.ID, &a.OrgID, &a.EnvID, &a.EventID, &a.ConnectionID, &a.DestinationID, &a.RequestURL, &a.RequestMethod,
-		&a.RequestHeaders, &a.RequestBodySize, &a.ResponseStatus, &a.ResponseHeaders, &a.ResponseBody, &a.DurationMS, &a.Status,
+		&logged, &a.RequestBodySize, &a.ResponseStatus, &a.DurationMS, &a.Status,
 		&a.Error, &created, &a.AttemptNumber, &next, &a.IsDLQ, &dlq, &a.TriggerType, &a.ConnectionName, &a.DestinationName, &a.DeliveryID}, extra...)...)
+	if len(logged) == 3 {
+		a.RequestHeaders, a.ResponseHeaders, a.ResponseBody = logged[0], logged[1], logged[2]
+	}
 	a.CreatedAt = kit.ISOTime(created)
 	a.NextRetryAt, a.DLQAt = kit.ISOTimePtr(next), kit.ISOTimePtr(dlq)
 	return a, err

@@ -149,12 +149,12 @@ var specs = []spec{
 			{"rb_retryreq", `org_id text, env_id text, delivery_id text, attempt_id text, attempt_number int, request_url text, request_method text, requested_at timestamptz`,
 				sel(domain.EvRetryRequested, `e.org_id, e.env_id, e.stream_id, e.payload->>'attempt_id', (e.payload->>'attempt_number')::int,
 				e.payload->>'request_url', e.payload->>'request_method', hs_ts(e.payload->>'requested_at')`)},
-			{"rb_att", `org_id text, env_id text, delivery_id text, attempt_id text, request_url text, request_method text, request_headers text,
-				request_body_size int, response_status int, response_headers text, response_body text, duration_ms int, status text, error text,
+			{"rb_att", `org_id text, env_id text, delivery_id text, attempt_id text, request_url text, request_method text, attempted_pos bigint,
+				request_body_size int, response_status int, duration_ms int, status text, error text,
 				started_at timestamptz, attempt_number int, trigger_type text`,
 				sel(domain.EvDeliveryAttempted, `e.org_id, e.env_id, e.stream_id, e.payload->>'attempt_id', e.payload->>'request_url', e.payload->>'request_method',
-				e.payload->>'request_headers', (e.payload->>'request_body_size')::int, (e.payload->>'response_status')::int, e.payload->>'response_headers',
-				e.payload->>'response_body', (e.payload->>'duration_ms')::int, e.payload->>'status', e.payload->>'error', hs_ts(e.payload->>'started_at'),
+				e.global_position, (e.payload->>'request_body_size')::int, (e.payload->>'response_status')::int,
+				(e.payload->>'duration_ms')::int, e.payload->>'status', e.payload->>'error', hs_ts(e.payload->>'started_at'),
 				(e.payload->>'attempt_number')::int, e.payload->>'trigger_type'`)},
 			{"rb_sched", `after_attempt_id text, not_before timestamptz`,
 				sel(domain.EvRetryScheduled, `e.payload->>'after_attempt_id', hs_ts(e.payload->>'not_before')`)},
@@ -186,11 +186,11 @@ var specs = []spec{
 				SELECT attempt_id, org_id, env_id, delivery_id, request_url, request_method, requested_at, attempt_number, 'manual' FROM rb_retryreq
 			)
 			INSERT INTO delivery_attempts (id, org_id, env_id, delivery_id, event_id, connection_id, destination_id, request_url, request_method,
-				request_headers, request_body_size, response_status, response_headers, response_body, duration_ms, status, error, created_at,
+				attempted_pos, request_body_size, response_status, duration_ms, status, error, created_at,
 				attempt_number, next_retry_at, is_dlq, dlq_at, trigger_type, connection_name, destination_name, replay_id)
 			SELECT coalesce(p.id, a.attempt_id), coalesce(p.org_id, a.org_id), coalesce(p.env_id, a.env_id), d.delivery_id, d.event_id,
 				d.connection_id, d.destination_id, coalesce(a.request_url, p.request_url), coalesce(a.request_method, p.request_method),
-				a.request_headers, coalesce(a.request_body_size, 0), a.response_status, a.response_headers, a.response_body, a.duration_ms,
+				a.attempted_pos, coalesce(a.request_body_size, 0), a.response_status, a.duration_ms,
 				coalesce(a.status, 'pending'), a.error, coalesce(p.requested_at, a.started_at), coalesce(a.attempt_number, p.attempt_number),
 				CASE WHEN q.attempt_id IS NULL THEN s.not_before END, CASE WHEN q.attempt_id IS NULL THEN 0 ELSE 1 END, q.dlq_at,
 				coalesce(a.trigger_type, p.trigger_type), d.connection_name, d.destination_name, d.replay_id

@@ -397,8 +397,7 @@ type candidate struct {
 }
 
 // expireBatch expires up to Batch payloads at positions in (after, end),
-// in one transaction with the read model's copy and a PayloadsExpired
-// event. It returns how many it found and the last position.
+// in one transaction with a PayloadsExpired event. It returns how many it found and the last position.
 // sel picks the payloads of a batch: the log between two positions, or
 // the positions given.
 type sel struct {
@@ -450,20 +449,21 @@ func (r *Retention) expireBatch(ctx context.Context, e env, s sel, cutoff, now t
 			return err
 		}
 		rows, err = tx.Query(ctx, `UPDATE events e SET payload = hookstream_expired_payload(e.event_type, e.payload, $2)
-			WHERE e.global_position = ANY($1) RETURNING e.event_type, coalesce(e.payload->>'attempt_id', ''), pg_column_size(e.payload)`, positions, now)
+			WHERE e.global_position = ANY($1) RETURNING e.event_type, pg_column_size(e.payload)`, positions, now)
 		type expired struct {
-			eventType, attemptID string
-			size                 int64
+			eventType string
+			size      int64
 		}
 		done, err := kit.CollectRows(rows, err, func(row pgx.Row) (expired, error) {
 			var x expired
-			return x, row.Scan(&x.eventType, &x.attemptID, &x.size)
+			return x, row.Scan(&x.eventType, &x.size)
 		})
 		if err != nil {
 			return fmt.Errorf("expire payloads: %w", err)
 		}
+		// The attempts read model keeps no copy of an attempt's headers and
+		// body: it reads them from the event just expired (migration 0024).
 		var events, attempts int
-		var attemptIDs []string
 		var afterSize int64
 		for _, x := range done {
 			afterSize += x.size
@@ -471,14 +471,7 @@ func (r *Retention) expireBatch(ctx context.Context, e env, s sel, cutoff, now t
 				events++
 			} else {
 				attempts++
-				attemptIDs = append(attemptIDs, x.attemptID)
 			}
-		}
-		// The read model shows an expired attempt as a rebuild from the
-		// expired event would: no request or response headers or body.
-		if _, err := tx.Exec(ctx, `UPDATE delivery_attempts SET request_headers = NULL, response_headers = NULL, response_body = NULL
-			WHERE id = ANY($1)`, attemptIDs); err != nil {
-			return fmt.Errorf("expire attempts read model: %w", err)
 		}
 		bytes := max(0, before-afterSize)
 		if _, err := r.p.Store.Append(ctx, tx, eventstore.StreamAppend{StreamType: domain.StreamRetention, StreamID: kit.NewID(),
