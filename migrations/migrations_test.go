@@ -3,6 +3,7 @@ package migrations_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -108,4 +109,54 @@ func TestNoTransactionMigrationAppliesAgainAfterAnInterruptedBuild(t *testing.T)
 	if !valid() {
 		t.Fatal("the index is still invalid after the migration ran again")
 	}
+}
+
+// Migration 0026 leaves the list indexes ascending, one of each under its old
+// name, and applies again cleanly from any point it was cut at (here: after
+// the first index was swapped, and with a half-built copy of another left).
+func TestListIndexesAscendingAppliesAgain(t *testing.T) {
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	check := func(when string) {
+		t.Helper()
+		rows, err := pool.Query(ctx, `SELECT indexname, indexdef FROM pg_indexes
+			WHERE tablename IN ('delivery_attempts', 'events_view') AND (indexname LIKE '%list%' OR indexname LIKE '%status%')`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]string{}
+		for rows.Next() {
+			var name, def string
+			if err := rows.Scan(&name, &def); err != nil {
+				t.Fatal(err)
+			}
+			got[name] = def
+		}
+		want := map[string]string{
+			"delivery_attempts_list_idx": "(org_id, env_id, created_at, id)",
+			"events_view_list_idx":       "(org_id, env_id, received_at, id)",
+			"events_view_status_idx":     "(org_id, env_id, status, received_at)",
+		}
+		if len(got) != len(want) {
+			t.Errorf("%s: indexes %v, want %v", when, got, want)
+		}
+		for name, cols := range want {
+			if def := got[name]; !strings.HasSuffix(def, cols) {
+				t.Errorf("%s: %s is %q, want it on %s", when, name, def, cols)
+			}
+		}
+	}
+	check("after the migrations")
+	for _, q := range []string{
+		`DELETE FROM schema_migrations WHERE version = 26`,
+		`CREATE INDEX events_view_list_asc_idx ON events_view (org_id, env_id)`, // a build cut short
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if applied, err := migrations.Apply(ctx, pool); err != nil || len(applied) != 1 {
+		t.Fatalf("applying 0026 again: %v %v", applied, err)
+	}
+	check("applied again")
 }
