@@ -133,7 +133,7 @@ func BenchmarkEventList(b *testing.B) {
 // BenchmarkAttemptList reads the delivery-attempts list of a log of
 // HOOKSTREAM_BENCH_WEBHOOKS webhooks (default 20,000; about 1.2 attempts
 // each): the first page, one destination's first page, a page 90% deep by
-// cursor, and one attempt. One op is one request of 100 rows (one row for
+// cursor and by offset, and one attempt. One op is one request of 100 rows (one row for
 // get). Each attempt's headers and body are read from its DeliveryAttempted
 // (migration 0024), so this is what that look-up costs a reader.
 func BenchmarkAttemptList(b *testing.B) {
@@ -173,6 +173,7 @@ func BenchmarkAttemptList(b *testing.B) {
 		{"first_page", projections.AttemptFilter{Limit: 100}},
 		{"destination_first_page", projections.AttemptFilter{Limit: 100, DestinationID: "dst_bench_3"}},
 		{"cursor_90pct", projections.AttemptFilter{Limit: 100, Cursor: &at}},
+		{"offset_90pct", projections.AttemptFilter{Limit: 100, Offset: n * 9 / 10}},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {

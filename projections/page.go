@@ -131,7 +131,11 @@ func ListPage[T any](ctx context.Context, pool *pgxpool.Pool, l List, scan func(
 		item T
 		at   Cursor
 	}
-	rows, err := pool.Query(ctx, fmt.Sprintf(`SELECT %s FROM %s WHERE %s ORDER BY %s LIMIT $%d OFFSET $%d`, l.Cols, l.Table, where, order, n+1, n+2),
+	// The page is picked first, its columns computed after: a column that
+	// looks something up (an attempt's headers and body, in the log) is then
+	// read for the page's rows only, not for every row an offset skips.
+	rows, err := pool.Query(ctx, fmt.Sprintf(`SELECT %s FROM (SELECT * FROM %s WHERE %s ORDER BY %s LIMIT $%d OFFSET $%d) AS %s ORDER BY %s`,
+		l.Cols, l.Table, where, order, n+1, n+2, l.Table, order),
 		append(args, l.Limit+1, offset)...)
 	got, err := kit.CollectRows(rows, err, func(r pgx.Row) (keyed, error) {
 		item, at, err := scan(r)
