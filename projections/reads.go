@@ -51,12 +51,14 @@ type Attempt struct {
 // attemptCols are an attempt's columns (from delivery_attempts, unaliased)
 // in scanAttempt's order. Its request headers, response headers and body
 // are read from the DeliveryAttempted it was projected from (attempted_pos,
-// a look-up by the log's primary key; none while pending): the read model
-// keeps no copy of them (migration 0024). A payload retention expired has
-// none left, so an expired attempt shows them null.
+// a look-up by the log's primary key, within the attempt's tenant; none
+// while pending): the read model keeps no copy of them (migration 0024). A
+// payload retention expired has none left, so an expired attempt shows them
+// null.
 const attemptCols = `id, org_id, env_id, event_id, connection_id, destination_id, request_url, request_method,
 	(SELECT ARRAY[NULLIF(e.payload->>'request_headers', ''), e.payload->>'response_headers', e.payload->>'response_body']
-		FROM events e WHERE e.global_position = delivery_attempts.attempted_pos),
+		FROM events e WHERE e.global_position = delivery_attempts.attempted_pos
+			AND e.org_id = delivery_attempts.org_id AND e.env_id = delivery_attempts.env_id),
 	request_body_size, response_status, duration_ms, status, error, created_at, attempt_number,
 	next_retry_at, is_dlq, dlq_at, trigger_type, connection_name, destination_name, delivery_id`
 

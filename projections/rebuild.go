@@ -351,10 +351,10 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, name string, opt RebuildOp
 	// Unlocked explicitly: a closed connection's backend may hold it a moment longer.
 	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock(hashtext('hookstream.rebuild.' || $1))`, name) //nolint:errcheck // the session ends next
 	if slices.Contains(sp.tables, "delivery_attempts") || slices.Contains(sp.tables, "events_view") {
-		// No retention pass meanwhile: it changes attempts in place, and
-		// removes whole webhooks (history retention), in the log and the
-		// live tables, and the build would swap in rows read before it. (A
-		// pass waits for the build; the build for a pass.)
+		// No retention pass meanwhile: a history pass removes whole
+		// webhooks, in the log and the live tables, and the build would
+		// swap in rows read before it. (A pass waits for the build; the
+		// build for a pass.)
 		if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock(`+RetentionLockKey+`)`); err != nil {
 			return RebuildResult{}, fmt.Errorf("rebuild %s: retention lock: %w", name, err)
 		}
