@@ -8,7 +8,7 @@
 -- now says the same by itself (its payload no longer has those fields).
 -- The table is locked (reads of attempts wait) until the migration commits:
 -- one pass over the attempts made so far, rewriting each row once (240,000
--- attempts in 3.9 s on the project's machine).
+-- attempts: 0024 to 0026 in 6.3 s on the project's machine, fsync on).
 SET LOCAL lock_timeout = '10s';
 ALTER TABLE delivery_attempts ADD COLUMN attempted_pos bigint,
     DROP COLUMN request_headers, DROP COLUMN response_headers, DROP COLUMN response_body;
