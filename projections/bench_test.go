@@ -133,9 +133,10 @@ func BenchmarkEventList(b *testing.B) {
 // BenchmarkAttemptList reads the delivery-attempts list of a log of
 // HOOKSTREAM_BENCH_WEBHOOKS webhooks (default 20,000; about 1.2 attempts
 // each): the first page, one destination's first page, a page 90% deep by
-// cursor and by offset, and one attempt. One op is one request of 100 rows (one row for
-// get). Each attempt's headers and body are read from its DeliveryAttempted
-// (migration 0024), so this is what that look-up costs a reader.
+// cursor and by offset, and one attempt. One op is one request of 100 rows
+// (one row for get). Each attempt's headers and body are read from its
+// DeliveryAttempted (migration 0024), so this is what that look-up costs a
+// reader.
 func BenchmarkAttemptList(b *testing.B) {
 	ctx := context.Background()
 	n := 20_000

@@ -397,7 +397,8 @@ type candidate struct {
 }
 
 // expireBatch expires up to Batch payloads at positions in (after, end),
-// in one transaction with a PayloadsExpired event. It returns how many it found and the last position.
+// in one transaction with a PayloadsExpired event. It returns how many it
+// found and the last position.
 // sel picks the payloads of a batch: the log between two positions, or
 // the positions given.
 type sel struct {
