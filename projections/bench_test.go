@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/hookstream/hookstream/domain"
 	"github.com/hookstream/hookstream/internal/benchdata"
 	"github.com/hookstream/hookstream/internal/pgtest"
@@ -75,13 +77,7 @@ func BenchmarkRebuild(b *testing.B) {
 // and a full event id. One op is one request of 50 rows.
 func BenchmarkEventList(b *testing.B) {
 	ctx := context.Background()
-	n := 100_000
-	if v := os.Getenv("HOOKSTREAM_BENCH_EVENTS"); v != "" {
-		var err error
-		if n, err = strconv.Atoi(v); err != nil {
-			b.Fatal(err)
-		}
-	}
+	n := benchSize(b, "HOOKSTREAM_BENCH_EVENTS", 100_000)
 	pool := pgtest.NewPool(b)
 	started := time.Now()
 	if _, err := benchdata.GenerateWith(ctx, pool, n, benchdata.Options{EventsOnly: true, BodyBytes: 600}); err != nil {
@@ -90,11 +86,7 @@ func BenchmarkEventList(b *testing.B) {
 	if _, err := projections.Rebuild(ctx, pool, "events", projections.RebuildOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	for _, table := range []string{"events", "events_view"} {
-		if _, err := pool.Exec(ctx, `VACUUM ANALYZE `+table); err != nil {
-			b.Fatal(err)
-		}
-	}
+	vacuumAnalyze(b, pool, "events", "events_view")
 	b.Logf("%d events generated and projected in %s", n, time.Since(started).Round(time.Second))
 	reads := projections.NewReads(pool)
 	tenant := domain.Tenant{OrgID: "org_bench", EnvID: "env_bench"}
@@ -139,13 +131,7 @@ func BenchmarkEventList(b *testing.B) {
 // reader.
 func BenchmarkAttemptList(b *testing.B) {
 	ctx := context.Background()
-	n := 20_000
-	if v := os.Getenv("HOOKSTREAM_BENCH_WEBHOOKS"); v != "" {
-		var err error
-		if n, err = strconv.Atoi(v); err != nil {
-			b.Fatal(err)
-		}
-	}
+	n := benchSize(b, "HOOKSTREAM_BENCH_WEBHOOKS", 20_000)
 	pool := pgtest.NewPool(b)
 	if _, err := benchdata.Generate(ctx, pool, n); err != nil {
 		b.Fatal(err)
@@ -153,20 +139,15 @@ func BenchmarkAttemptList(b *testing.B) {
 	if _, err := projections.Rebuild(ctx, pool, "delivery_attempts", projections.RebuildOptions{}); err != nil {
 		b.Fatal(err)
 	}
-	for _, table := range []string{"events", "delivery_attempts"} {
-		if _, err := pool.Exec(ctx, `VACUUM ANALYZE `+table); err != nil {
-			b.Fatal(err)
-		}
-	}
+	vacuumAnalyze(b, pool, "events", "delivery_attempts")
 	reads := projections.NewReads(pool)
 	tenant := domain.Tenant{OrgID: "org_bench", EnvID: "env_bench"}
 	var at projections.Cursor
-	var one string
 	if err := pool.QueryRow(ctx, `SELECT created_at, id FROM delivery_attempts ORDER BY created_at DESC, id DESC OFFSET $1 LIMIT 1`, n*9/10).
 		Scan(&at.At, &at.ID); err != nil {
 		b.Fatal(err)
 	}
-	one = at.ID
+	one := at.ID
 	for _, c := range []struct {
 		name string
 		f    projections.AttemptFilter
@@ -196,4 +177,28 @@ func BenchmarkAttemptList(b *testing.B) {
 			}
 		}
 	})
+}
+
+// benchSize is the log size a benchmark generates: the environment
+// variable env when set, else def.
+func benchSize(b *testing.B, env string, def int) int {
+	v := os.Getenv(env)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		b.Fatalf("%s: %v", env, err)
+	}
+	return n
+}
+
+// vacuumAnalyze vacuums and analyzes tables, as a live installation's
+// autovacuum would have, before a benchmark reads them.
+func vacuumAnalyze(b *testing.B, pool *pgxpool.Pool, tables ...string) {
+	for _, table := range tables {
+		if _, err := pool.Exec(context.Background(), `VACUUM ANALYZE `+table); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
