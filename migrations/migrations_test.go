@@ -160,3 +160,41 @@ func TestListIndexesAscendingAppliesAgain(t *testing.T) {
 	}
 	check("applied again")
 }
+
+// projected_deliveries is read by its key only: 0027 leaves it no other
+// index, and applies again (a re-run after a crash) without error.
+func TestProjectedDeliveriesKeepsOnlyItsKey(t *testing.T) {
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	indexes := func() []string {
+		t.Helper()
+		rows, err := pool.Query(ctx, `SELECT indexname::text FROM pg_indexes WHERE tablename = 'projected_deliveries' ORDER BY 1`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for rows.Next() {
+			var n string
+			if err := rows.Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			names = append(names, n)
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return names
+	}
+	if got := strings.Join(indexes(), ","); got != "projected_deliveries_pkey" {
+		t.Fatalf("projected_deliveries has indexes %s, want only its primary key", got)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM schema_migrations WHERE version = 27`); err != nil {
+		t.Fatal(err)
+	}
+	if applied, err := migrations.Apply(ctx, pool); err != nil || len(applied) != 1 {
+		t.Fatalf("applying 0027 again: %v %v", applied, err)
+	}
+	if got := strings.Join(indexes(), ","); got != "projected_deliveries_pkey" {
+		t.Fatalf("applied again: indexes %s", got)
+	}
+}
