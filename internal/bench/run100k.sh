@@ -42,7 +42,7 @@ if rows:
 if inside and outside:
     print(f"tenths mostly under a checkpoint: {len(inside)}, {sum(inside) / len(inside):.0f}/s on average; the others {sum(outside) / len(outside):.0f}/s")
 ' "$pg/c/server.log"
-psql -X -A -t -q "$dsn" -c "SELECT 'WAL written since the cluster started: '||pg_size_pretty(wal_bytes)||', '||round(wal_bytes / $n)||' bytes per webhook' FROM pg_stat_wal"
+psql -X -A -t -q "$dsn" -c "SELECT 'WAL written since the cluster started: '||pg_size_pretty(wal_bytes)||', '||round(wal_bytes / $n)||' bytes per webhook, '||round(wal_fpi::numeric / $n, 2)||' full-page images per webhook' FROM pg_stat_wal"
 # The last tenth's stragglers: when its deliveries were recorded, from its first (seconds), at its 90th, 99th,
 # 99.9th percentile and last; a few late deliveries stretch the tenth's time and lower its rate.
 psql -X -q "$db" -c "WITH a AS (SELECT recorded_at, ntile(10) OVER (ORDER BY recorded_at) AS tenth FROM events
@@ -67,3 +67,6 @@ tail -1 "$out/out.jsonl" | python3 -c "import sys,json; d=json.loads(sys.stdin.r
 # Checkpoints during the run (log_checkpoints is on by default): the pages first written after each one go to the WAL whole.
 psql -X -A -t -q "$db" -c "SELECT 'run: '||min(recorded_at)||' .. '||max(recorded_at) FROM events WHERE event_type = 'DeliveryAttempted'"
 grep -E "checkpoint (starting|complete)" "$pg/c/server.log" | sed -E 's/ UTC \[[0-9]+\]//' || true
+# Who wrote the dirty buffers out: the checkpointer, the background writer, or the backends themselves (a
+# backend that needs a buffer and finds only dirty ones writes one first, in the middle of its statement).
+psql -X -q "$dsn" -c "SELECT checkpoints_timed, checkpoints_req, buffers_checkpoint, buffers_clean, maxwritten_clean, buffers_backend, buffers_backend_fsync, buffers_alloc FROM pg_stat_bgwriter"
