@@ -198,3 +198,80 @@ func TestProjectedDeliveriesKeepsOnlyItsKey(t *testing.T) {
 		t.Fatalf("applied again: indexes %s", got)
 	}
 }
+
+// event_delivery_outcomes has one index, its primary key on (event_id,
+// delivery_id), after 0028; an upsert of an outcome finds its row through it;
+// and 0028 applies again over its own result, over a run cut short after
+// the new index was built, and over one cut short while building it.
+func TestOutcomesHaveOneKey(t *testing.T) {
+	ctx := context.Background()
+	pool := pgtest.NewPool(t)
+	check := func(when string) {
+		t.Helper()
+		rows, err := pool.Query(ctx, `SELECT i.indexrelid::regclass::text, i.indisprimary, pg_get_indexdef(i.indexrelid)
+			FROM pg_index i WHERE i.indrelid = 'event_delivery_outcomes'::regclass`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for rows.Next() {
+			var name, def string
+			var primary bool
+			if err := rows.Scan(&name, &primary, &def); err != nil {
+				t.Fatal(err)
+			}
+			if !primary || !strings.HasSuffix(def, "(event_id, delivery_id)") {
+				t.Errorf("%s: index %s (primary %v): %s", when, name, primary, def)
+			}
+			got = append(got, name)
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 {
+			t.Errorf("%s: indexes %v, want the primary key only", when, got)
+		}
+	}
+	check("after the migrations")
+	upsert := `INSERT INTO event_delivery_outcomes (delivery_id, event_id, outcome, version) VALUES ('d1', 'e1', $1, $2)
+		ON CONFLICT (event_id, delivery_id) DO UPDATE SET outcome = excluded.outcome, version = excluded.version
+		WHERE event_delivery_outcomes.version < excluded.version`
+	for _, o := range []struct {
+		outcome string
+		version int
+	}{{"success", 3}, {"dlq", 5}, {"success", 4}} {
+		if _, err := pool.Exec(ctx, upsert, o.outcome, o.version); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var outcome string
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT max(outcome), count(*) FROM event_delivery_outcomes`).Scan(&outcome, &n); err != nil || n != 1 || outcome != "dlq" {
+		t.Fatalf("after three upserts: %d rows, outcome %q (%v); want one row, dlq (the newest version)", n, outcome, err)
+	}
+	reapply := func(when string, setup ...string) {
+		t.Helper()
+		for _, q := range append([]string{`DELETE FROM schema_migrations WHERE version = 28`}, setup...) {
+			if _, err := pool.Exec(ctx, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if applied, err := migrations.Apply(ctx, pool); err != nil || len(applied) != 1 {
+			t.Fatalf("%s: applying 0028 again: %v %v", when, applied, err)
+		}
+		check(when)
+	}
+	reapply("applied again")
+	// Cut short after the build: the old key and index are still there.
+	reapply("applied again over a half-done run",
+		`ALTER TABLE event_delivery_outcomes DROP CONSTRAINT event_delivery_outcomes_pkey`,
+		`ALTER TABLE event_delivery_outcomes ADD CONSTRAINT event_delivery_outcomes_pkey PRIMARY KEY (delivery_id)`,
+		`CREATE INDEX event_delivery_outcomes_event_idx ON event_delivery_outcomes (event_id)`,
+		`CREATE UNIQUE INDEX event_delivery_outcomes_key ON event_delivery_outcomes (event_id, delivery_id)`)
+	// Cut short during the build: an index of that name, not the one wanted.
+	reapply("applied again over a build cut short",
+		`ALTER TABLE event_delivery_outcomes DROP CONSTRAINT event_delivery_outcomes_pkey`,
+		`ALTER TABLE event_delivery_outcomes ADD CONSTRAINT event_delivery_outcomes_pkey PRIMARY KEY (delivery_id)`,
+		`CREATE INDEX event_delivery_outcomes_event_idx ON event_delivery_outcomes (event_id)`,
+		`CREATE INDEX event_delivery_outcomes_key ON event_delivery_outcomes (event_id)`)
+}

@@ -339,7 +339,7 @@ func EventsBatch(evs []eventstore.Event) ([]eventstore.Statement, error) {
 		}
 		out.Add(`INSERT INTO event_delivery_outcomes (delivery_id, event_id, outcome, version)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
-			ON CONFLICT (delivery_id) DO UPDATE SET outcome = excluded.outcome, version = excluded.version
+			ON CONFLICT (event_id, delivery_id) DO UPDATE SET outcome = excluded.outcome, version = excluded.version
 			WHERE event_delivery_outcomes.version < excluded.version`, dl, ev, oc, ver)
 		// Each event is looked up by key (LATERAL): a join over the arrays
 		// would let the planner scan whole tables for a few hundred rows.

@@ -116,7 +116,7 @@ func followRename(payload []byte, idCol, nameCol string) ([]eventstore.Statement
 func eventOutcome(e eventstore.Event, eventID, outcome string) []eventstore.Statement {
 	return []eventstore.Statement{
 		{SQL: `INSERT INTO event_delivery_outcomes (delivery_id, event_id, outcome, version) VALUES ($1, $2, $3, $4)
-			ON CONFLICT (delivery_id) DO UPDATE SET outcome = excluded.outcome, version = excluded.version
+			ON CONFLICT (event_id, delivery_id) DO UPDATE SET outcome = excluded.outcome, version = excluded.version
 			WHERE event_delivery_outcomes.version < excluded.version`, Args: []any{e.StreamID, eventID, outcome, e.StreamVersion}},
 		{SQL: `UPDATE events_view v SET status = CASE
 				WHEN o.dlq > 0 THEN 'failed'
