@@ -111,27 +111,14 @@ func BenchmarkHandoffInsertWithHeldBacklog(b *testing.B) {
 			b.ResetTimer()
 			for b.Loop() {
 				now := time.Now().UTC()
-				newJobs := []jobs.NewJob{{DeliveryID: uuid.NewString(), OrgID: "o", EnvID: "e", EventID: "ev", ConnectionID: "cn",
-					DestinationID: "dnew", ReceivedUUID: uuid.NewString(), AttemptID: uuid.NewString(), Trigger: "initial", Due: now, Sent: sent}}
-				take := []bool{true}
+				job := jobs.NewJob{DeliveryID: uuid.NewString(), OrgID: "o", EnvID: "e", EventID: "ev", ConnectionID: "cn",
+					DestinationID: "dnew", ReceivedUUID: uuid.NewString(), AttemptID: uuid.NewString(), Trigger: "initial", Due: now, Sent: sent}
 				tx, err := pool.Begin(ctx)
 				if err != nil {
 					b.Fatal(err)
 				}
-				if _, err := tx.Exec(ctx, `SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`); err != nil {
-					b.Fatal(err)
-				}
-				rows, err := tx.Query(ctx, jobs.InsertTakeSQLFor(newJobs, take), jobs.InsertTakeArgs(newJobs, take, now, "worker", time.Minute)...)
-				if err != nil {
-					b.Fatal(err)
-				}
-				n := 0
-				for rows.Next() {
-					n++
-				}
-				rows.Close()
-				if err := rows.Err(); err != nil || n != 1 {
-					b.Fatalf("hand-off: %d rows, %v", n, err)
+				if n := handOff(ctx, b, tx, job, now); n != 1 {
+					b.Fatalf("hand-off: %d rows", n)
 				}
 				_ = tx.Rollback(ctx)
 			}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/hookstream/hookstream/handlers/jobs"
 	"github.com/hookstream/hookstream/internal/pgtest"
@@ -117,9 +118,6 @@ func TestInsertTakeReadsOnlyItsOwnJobsRoutes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, `SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`); err != nil {
-		t.Fatal(err)
-	}
 	reads := func() map[string]int64 {
 		t.Helper()
 		rows, err := tx.Query(ctx, `SELECT relname::text, seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables
@@ -149,19 +147,7 @@ func TestInsertTakeReadsOnlyItsOwnJobsRoutes(t *testing.T) {
 	job := jobs.NewJob{DeliveryID: "new", OrgID: "o1", EnvID: "e", EventID: "ev-new", ConnectionID: "c1", DestinationID: "d1",
 		ReceivedUUID: uuid.NewString(), AttemptID: "a-new", Trigger: "initial", Due: now.Add(-time.Millisecond),
 		Sent: &jobs.Sent{BodyB64: "e30=", ContentType: "application/json"}}
-	newJobs, take := []jobs.NewJob{job}, []bool{true}
-	rows, err := tx.Query(ctx, jobs.InsertTakeSQLFor(newJobs, take), jobs.InsertTakeArgs(newJobs, take, now, "worker", time.Minute)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	taken := 0
-	for rows.Next() {
-		taken++
-	}
-	if rows.Close(); rows.Err() != nil {
-		t.Fatal(rows.Err())
-	}
-	if taken != 1 {
+	if taken := handOff(ctx, t, tx, job, now); taken != 1 {
 		t.Fatalf("the job of an active route with nothing waiting was not handed over (%d rows)", taken)
 	}
 	after := reads()
@@ -229,4 +215,27 @@ func TestInsertTakeForSentWebhooksDoesNotReadTheLog(t *testing.T) {
 	if sentSQL == logSQL || strings.Contains(sentSQL, "FROM events") || strings.Contains(sentSQL, "body_b64") {
 		t.Errorf("the insert for held webhooks still reads the log:\n%s", sentSQL)
 	}
+}
+
+// handOff runs the ingest's hand-off insert of job, marked to be taken, in
+// tx with the generic plan the ingest's transaction uses, and returns how
+// many jobs it handed over.
+func handOff(ctx context.Context, tb testing.TB, tx pgx.Tx, job jobs.NewJob, now time.Time) int {
+	tb.Helper()
+	if _, err := tx.Exec(ctx, `SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`); err != nil {
+		tb.Fatal(err)
+	}
+	newJobs, take := []jobs.NewJob{job}, []bool{true}
+	rows, err := tx.Query(ctx, jobs.InsertTakeSQLFor(newJobs, take), jobs.InsertTakeArgs(newJobs, take, now, "worker", time.Minute)...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	if rows.Close(); rows.Err() != nil {
+		tb.Fatal(rows.Err())
+	}
+	return n
 }
