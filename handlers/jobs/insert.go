@@ -104,7 +104,7 @@ func Lock(ctx context.Context, tx pgx.Tx, deliveryID string) (state string, leas
 // this way costs no claim: no statement of its own, no round trip, no
 // dispatcher wake-up.
 //
-// Each of take's four lookups is a probe by its job's keys (perRow), and
+// Each of take's four lookups is a probe by its job's keys (PerRow), and
 // the backlog probe reads the claim index in due order: left to choose,
 // PostgreSQL made each a hashed subplan, which reads every row its
 // subquery can match, whatever the job. For the backlog that was every due,
@@ -118,12 +118,12 @@ var InsertTakeSQL = `WITH ins AS (
     SELECT d, o, e, ev, c, dst, r::uuid, 'scheduled', a, 1, tr, due, 1, 0, 1, '',
         CASE WHEN take THEN $1 + $14::interval END, CASE WHEN take THEN $13::text END
     FROM (SELECT v.*, v.tk AND v.due <= $1
-                 AND NOT ` + perRow(PausedDestination("v.dst")) + `
-                 AND NOT ` + perRow(PausedRoute("v.c")) + `
-                 AND NOT ` + perRow(`EXISTS (SELECT 1 FROM destination_circuits k WHERE k.destination_id = v.dst AND k.state <> 'closed')`) + `
+                 AND NOT ` + PerRow(PausedDestination("v.dst")) + `
+                 AND NOT ` + PerRow(PausedRoute("v.c")) + `
+                 AND NOT ` + PerRow(`EXISTS (SELECT 1 FROM destination_circuits k WHERE k.destination_id = v.dst AND k.state <> 'closed')`) + `
                  -- No older due job of the destination waits (a backlog held by
                  -- a pause or an open circuit goes first, in due order).
-                 AND NOT ` + perRow(`EXISTS (SELECT 1 FROM delivery_jobs o WHERE o.destination_id = v.dst AND o.state = 'scheduled'
+                 AND NOT ` + PerRow(`EXISTS (SELECT 1 FROM delivery_jobs o WHERE o.destination_id = v.dst AND o.state = 'scheduled'
                                  AND o.due_at <= $1 AND (o.lease_until IS NULL OR o.lease_until < $1) ORDER BY o.due_at)`) + ` AS take
           FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
                       $11::timestamptz[], $12::bool[]) AS v(d, o, e, ev, c, dst, r, a, tr, due, tk)
@@ -137,11 +137,13 @@ var InsertTakeSQL = `WITH ins AS (
 ` + claimedSelect + `
 ORDER BY u.destination_id, u.due_at`
 
-// perRow makes an EXISTS (…) a probe run for each row with that row's
+// PerRow makes an EXISTS (…) a probe run for each row with that row's
 // values: its OFFSET 0 keeps PostgreSQL from turning it into a hashed
 // subplan, which reads everything the subquery could match once a
-// statement, to hash it.
-func perRow(exists string) string {
+// statement, to hash it: a cost that grows with every tenant's
+// configuration (destinations, routes, circuits), not with the statement's
+// own rows.
+func PerRow(exists string) string {
 	return strings.TrimSuffix(exists, ")") + " OFFSET 0)"
 }
 
