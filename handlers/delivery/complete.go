@@ -112,7 +112,7 @@ func (e *Engine) completeTx(ctx context.Context, batch []dispatchJob, results []
 	if !grouped || errors.Is(err, errRecordAlone) {
 		kept, err = e.record(ctx, []*pendingRecord{p})
 	}
-	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == circuitGuardCode {
+	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == jobs.CircuitGuardCode {
 		return nil, e.completeLocked(ctx, batch, results)
 	}
 	if err != nil {
@@ -155,7 +155,7 @@ func (e *Engine) record(ctx context.Context, group []*pendingRecord) (map[string
 	}
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
-	b.Queue(circuitGuardSQL, dests, failed)
+	b.Queue(jobs.CircuitGuardSQL, dests, failed)
 	var read func(pgx.BatchResults) ([]eventstore.Event, error)
 	if len(appends) > 0 {
 		var err error
@@ -398,25 +398,11 @@ func (e *Engine) moveJobs(ctx context.Context, tx pgx.Tx, aggs map[string]*domai
 	return nil
 }
 
-// circuitGuardSQL fails its transaction (circuitGuardCode) when one of the
-// destinations in $1 has no circuit row yet, or has its breaker on with a
-// circuit its batch may move: an attempt of it failed ($2, by destination),
-// or the circuit is not clean (closed, no failures, no probe).
-const circuitGuardSQL = `SELECT CASE WHEN EXISTS (SELECT 1 FROM unnest($1::text[], $2::bool[]) AS g(dest, failed)
-		WHERE NOT EXISTS (SELECT 1 FROM destination_circuits WHERE destination_id = g.dest)
-		   OR EXISTS (SELECT 1 FROM destinations d JOIN destination_circuits k ON k.destination_id = d.id
-			WHERE d.id = g.dest AND d.circuit_breaker_enabled
-			  AND (g.failed OR NOT (k.state = 'closed' AND k.failure_count = 0 AND k.probe_delivery_id IS NULL))))
-	THEN hookstream_circuit_guard() ELSE 0 END`
-
-// circuitGuardCode is the SQLSTATE hookstream_circuit_guard raises (migration 0013).
-const circuitGuardCode = "HS412"
-
 // HotStatements are the statements the delivery handler runs on every
 // batch: preparing them on fresh connections before traffic keeps their
 // planning off the first deliveries.
 func HotStatements() []string {
-	return []string{jobs.ClaimSQL, jobs.UpdateSQL, jobs.ReleaseSQL, circuitGuardSQL, eventstore.AppendKnownSQL, eventstore.AppendSQL}
+	return []string{jobs.ClaimSQL, jobs.UpdateSQL, jobs.ReleaseSQL, jobs.CircuitGuardSQL, eventstore.AppendKnownSQL, eventstore.AppendSQL}
 }
 
 // anyManual reports whether the batch holds a manual retry: its API call

@@ -7,7 +7,9 @@ package jobs
 // other destination takes $5), oldest due first, $2 in all, none of the
 // tenants in $10 (at their share of the lanes). Paused
 // destinations and open circuits are skipped once, at the destination, not
-// job by job; $6, when set, claims only those jobs (half-open circuits'
+// job by job, by a probe of that destination's own rows (PerRow): as hashed
+// subplans, PostgreSQL's choice, every claim read all paused destinations
+// (a scan of the whole table) and all open circuits of every tenant; $6, when set, claims only those jobs (half-open circuits'
 // probes). A lease runs $8 (the lease TTL) from the claim, and the worker's
 // heartbeat (HeartbeatSQL) extends it while the job is held: a job whose
 // lease expired (its worker died) is claimable again soon, under the same
@@ -41,12 +43,12 @@ WITH RECURSIVE dests AS (
            coalesce((SELECT c.n FROM unnest($3::text[], $4::int[]) AS c(dest, n) WHERE c.dest = d.destination_id), $5::int) AS room
     FROM dests d
     WHERE d.destination_id IS NOT NULL
-      AND NOT ` + PausedDestination("d.destination_id") + `
+      AND NOT ` + PerRow(PausedDestination("d.destination_id")) + `
       -- Tenants ("org/env") already holding their share of the lanes: their
       -- jobs wait, other tenants' go out.
-      AND NOT EXISTS (SELECT 1 FROM destinations t WHERE t.id = d.destination_id AND t.org_id || '/' || t.env_id = ANY($10::text[]))
+      AND NOT ` + PerRow(`EXISTS (SELECT 1 FROM destinations t WHERE t.id = d.destination_id AND t.org_id || '/' || t.env_id = ANY($10::text[]))`) + `
       AND ($6::text[] IS NOT NULL
-           OR NOT EXISTS (SELECT 1 FROM destination_circuits k WHERE k.destination_id = d.destination_id AND k.state <> 'closed'))
+           OR NOT ` + PerRow(`EXISTS (SELECT 1 FROM destination_circuits k WHERE k.destination_id = d.destination_id AND k.state <> 'closed')`) + `)
     -- Round robin: start after the destination the last claim served last.
     ORDER BY d.destination_id <= $9, d.destination_id
 ), c AS (

@@ -97,6 +97,22 @@ var UpdateSQL = `UPDATE delivery_jobs j SET state = u.state, attempt_id = NULLIF
 	WHERE j.delivery_id = u.id AND j.delivery_id = ANY($1::text[]) AND j.version < u.ver
 	RETURNING j.delivery_id, j.leased_by IS NOT NULL`
 
+// CircuitGuardSQL fails its transaction (CircuitGuardCode) when one of the
+// destinations in $1 has no circuit row yet, or has its breaker on with a
+// circuit its batch may move: an attempt of it failed ($2, by destination),
+// or the circuit is not clean (closed, no failures, no probe). Both checks
+// probe the batch's own destinations (PerRow): the first, as a hashed
+// subplan, read every tenant's circuit rows on every batch.
+var CircuitGuardSQL = `SELECT CASE WHEN EXISTS (SELECT 1 FROM unnest($1::text[], $2::bool[]) AS g(dest, failed)
+		WHERE NOT ` + PerRow(`EXISTS (SELECT 1 FROM destination_circuits WHERE destination_id = g.dest)`) + `
+		   OR ` + PerRow(`EXISTS (SELECT 1 FROM destinations d JOIN destination_circuits k ON k.destination_id = d.id
+			WHERE d.id = g.dest AND d.circuit_breaker_enabled
+			  AND (g.failed OR NOT (k.state = 'closed' AND k.failure_count = 0 AND k.probe_delivery_id IS NULL)))`) + `)
+	THEN hookstream_circuit_guard() ELSE 0 END`
+
+// CircuitGuardCode is the SQLSTATE hookstream_circuit_guard raises (migration 0013).
+const CircuitGuardCode = "HS412"
+
 // ReleaseSQL hands back jobs whose attempt was already recorded.
 const ReleaseSQL = `UPDATE delivery_jobs SET lease_until = NULL, leased_by = NULL WHERE delivery_id = ANY($1) AND leased_by = $2`
 
