@@ -9,8 +9,8 @@ package jobs
 // destinations and open circuits are skipped once, at the destination, not
 // job by job, by a probe of that destination's own rows (PerRow): as hashed
 // subplans, PostgreSQL's choice, every claim read all paused destinations
-// (a scan of the whole table) and all open circuits of every tenant; $6, when set, claims only those jobs (half-open circuits'
-// probes). A lease runs $8 (the lease TTL) from the claim, and the worker's
+// (a scan of the whole table) and all open circuits of every tenant. $6,
+// when set, claims only those jobs (half-open circuits' probes). A lease runs $8 (the lease TTL) from the claim, and the worker's
 // heartbeat (HeartbeatSQL) extends it while the job is held: a job whose
 // lease expired (its worker died) is claimable again soon, under the same
 // attempt id. Only the lease columns change, which no index
