@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/hookstream/hookstream/handlers/jobs"
 	"github.com/hookstream/hookstream/internal/pgtest"
@@ -30,14 +32,7 @@ func TestClaimAndGuardReadOnlyTheirDestinations(t *testing.T) {
 			state, attempt_id, attempt_number, trigger_type, due_at, version)
 			SELECT 'due' || g, 'o1', 'e', 'ev' || g, 'c1', 'd1', gen_random_uuid(), 'scheduled', 'a' || g, 1, 'initial',
 				now() - interval '1 minute', 1 FROM generate_series(1, 16) g`)
-	tx, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	if _, err := tx.Exec(ctx, `SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`); err != nil {
-		t.Fatal(err)
-	}
+	tx := genericTx(ctx, t, pool)
 	before := rowsRead(ctx, t, tx)
 	// The claim's rows: the jobs with their webhook (whose EventReceived the
 	// log does not hold here, so none comes back) — the lease is what counts.
@@ -64,14 +59,7 @@ func TestClaimAndGuardReadOnlyTheirDestinations(t *testing.T) {
 
 	// The guard, in a transaction of its own (it fails its transaction when
 	// it refuses a batch).
-	tx2, err := pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx2.Rollback(ctx) }()
-	if _, err := tx2.Exec(ctx, `SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`); err != nil {
-		t.Fatal(err)
-	}
+	tx2 := genericTx(ctx, t, pool)
 	before = rowsRead(ctx, t, tx2)
 	var guard int
 	// d2 and d4: clean closed circuits; their breakers are on.
@@ -88,4 +76,19 @@ func TestClaimAndGuardReadOnlyTheirDestinations(t *testing.T) {
 	if pgErr := (*pgconn.PgError)(nil); !errors.As(err, &pgErr) || pgErr.Code != jobs.CircuitGuardCode {
 		t.Errorf("the guard of a destination without a circuit row: %v, want SQLSTATE %s", err, jobs.CircuitGuardCode)
 	}
+}
+
+// genericTx begins a transaction, rolled back when the test ends, that
+// plans its statements generically, as the dispatcher's and the ingest's do.
+func genericTx(ctx context.Context, tb testing.TB, pool *pgxpool.Pool) pgx.Tx {
+	tb.Helper()
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = tx.Rollback(ctx) })
+	if _, err := tx.Exec(ctx, `SELECT set_config('plan_cache_mode', 'force_generic_plan', true)`); err != nil {
+		tb.Fatal(err)
+	}
+	return tx
 }
