@@ -12,10 +12,12 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/hookstream/hookstream/internal/pgcluster"
@@ -297,10 +299,15 @@ const warmConns = 16
 // warmPool opens n connections and prepares stmts on each, so the first
 // webhooks find connections open and their statements parsed: without it a
 // burst right after start pays connection setup and preparation (20-50 ms a
-// statement on a busy machine) on its requests. (Running them to settle
-// their plans was tried: empty arguments made PostgreSQL keep custom plans
-// for good, 60% more PostgreSQL CPU.) A statement that fails to prepare is
-// left to be prepared on first use.
+// statement on a busy machine) on its requests. A statement that fails to
+// prepare is left to be prepared on first use.
+//
+// It also builds each statement's generic plan (buildGenericPlans), which
+// the hot writers run on (kit.SendTx): otherwise every pooled connection
+// plans each hot statement on its first use, 1-3 ms apiece for the claim
+// and the hand-off insert, paid by the first webhooks after a start.
+// (Running the statements to settle their plans was tried: empty arguments
+// made PostgreSQL keep custom plans for good, 60% more PostgreSQL CPU.)
 func warmPool(ctx context.Context, pool *pgxpool.Pool, stmts []string, n int, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -318,13 +325,44 @@ func warmPool(ctx context.Context, pool *pgxpool.Pool, stmts []string, n int, lo
 			return
 		}
 		conns = append(conns, c)
+		var prepared []*pgconn.StatementDescription
 		for _, q := range stmts {
-			if _, err := c.Conn().Prepare(ctx, q, q); err != nil {
+			sd, err := c.Conn().Prepare(ctx, q, q)
+			if err != nil {
 				failed++
+				continue
 			}
+			prepared = append(prepared, sd)
+		}
+		if err := buildGenericPlans(ctx, c.Conn(), prepared); err != nil {
+			log.Warn("warm connections: generic plans not built", "err", err)
 		}
 	}
 	if failed > 0 {
 		log.Warn("warm connections: some statements did not prepare", "failures", failed)
 	}
+}
+
+// buildGenericPlans has PostgreSQL build and keep the generic plan of each
+// prepared statement on conn, without running it: EXPLAIN EXECUTE under
+// force_generic_plan plans through the statement's plan cache, and EXPLAIN
+// without ANALYZE executes nothing. The parameters are NULL (a generic plan
+// does not look at them). The statements run in one implicit transaction:
+// the setting ends with it, also when one fails.
+func buildGenericPlans(ctx context.Context, conn *pgx.Conn, sds []*pgconn.StatementDescription) error {
+	if len(sds) == 0 {
+		return nil
+	}
+	var q strings.Builder
+	q.WriteString("SELECT set_config('plan_cache_mode', 'force_generic_plan', true);")
+	for _, sd := range sds {
+		q.WriteString("EXPLAIN EXECUTE ")
+		q.WriteString(pgx.Identifier{sd.Name}.Sanitize())
+		if len(sd.ParamOIDs) > 0 {
+			q.WriteString("(NULL" + strings.Repeat(", NULL", len(sd.ParamOIDs)-1) + ")")
+		}
+		q.WriteString(";")
+	}
+	_, err := conn.PgConn().Exec(ctx, q.String()).ReadAll()
+	return err
 }
