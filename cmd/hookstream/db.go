@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -317,26 +318,49 @@ func warmPool(ctx context.Context, pool *pgxpool.Pool, stmts []string, n int, lo
 			c.Release()
 		}
 	}()
-	failed := 0
 	for range n {
 		c, err := pool.Acquire(ctx)
 		if err != nil {
 			log.Warn("warm connections", "err", err)
-			return
+			break
 		}
 		conns = append(conns, c)
-		var prepared []*pgconn.StatementDescription
-		for _, q := range stmts {
-			sd, err := c.Conn().Prepare(ctx, q, q)
-			if err != nil {
-				failed++
-				continue
+	}
+	// A few connections at a time: planning is PostgreSQL CPU, and a
+	// machine with few cores gains nothing from more.
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		failed  int
+		planErr error
+		slots   = make(chan struct{}, 4)
+	)
+	for _, c := range conns {
+		wg.Go(func() {
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			var prepared []*pgconn.StatementDescription
+			fails := 0
+			for _, q := range stmts {
+				sd, err := c.Conn().Prepare(ctx, q, q)
+				if err != nil {
+					fails++
+					continue
+				}
+				prepared = append(prepared, sd)
 			}
-			prepared = append(prepared, sd)
-		}
-		if err := buildGenericPlans(ctx, c.Conn(), prepared); err != nil {
-			log.Warn("warm connections: generic plans not built", "err", err)
-		}
+			err := buildGenericPlans(ctx, c.Conn(), prepared)
+			mu.Lock()
+			defer mu.Unlock()
+			failed += fails
+			if err != nil && planErr == nil {
+				planErr = err
+			}
+		})
+	}
+	wg.Wait()
+	if planErr != nil {
+		log.Warn("warm connections: generic plans not built", "err", planErr)
 	}
 	if failed > 0 {
 		log.Warn("warm connections: some statements did not prepare", "failures", failed)
