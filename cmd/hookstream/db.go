@@ -326,45 +326,49 @@ func warmPool(ctx context.Context, pool *pgxpool.Pool, stmts []string, n int, lo
 		}
 		conns = append(conns, c)
 	}
-	// A few connections at a time: planning is PostgreSQL CPU, and a
-	// machine with few cores gains nothing from more.
-	var (
-		wg      sync.WaitGroup
-		mu      sync.Mutex
-		failed  int
-		planErr error
-		slots   = make(chan struct{}, 4)
-	)
-	for _, c := range conns {
+	// Four connections at a time: planning is PostgreSQL CPU, and a machine
+	// with few cores gains nothing from more.
+	failed := make([]int, len(conns))
+	errs := make([]error, len(conns))
+	slots := make(chan struct{}, 4)
+	var wg sync.WaitGroup
+	for i, c := range conns {
 		wg.Go(func() {
 			slots <- struct{}{}
 			defer func() { <-slots }()
-			var prepared []*pgconn.StatementDescription
-			fails := 0
-			for _, q := range stmts {
-				sd, err := c.Conn().Prepare(ctx, q, q)
-				if err != nil {
-					fails++
-					continue
-				}
-				prepared = append(prepared, sd)
-			}
-			err := buildGenericPlans(ctx, c.Conn(), prepared)
-			mu.Lock()
-			defer mu.Unlock()
-			failed += fails
-			if err != nil && planErr == nil {
-				planErr = err
-			}
+			failed[i], errs[i] = warmConn(ctx, c.Conn(), stmts)
 		})
 	}
 	wg.Wait()
-	if planErr != nil {
-		log.Warn("warm connections: generic plans not built", "err", planErr)
+	total := 0
+	for i := range conns {
+		total += failed[i]
 	}
-	if failed > 0 {
-		log.Warn("warm connections: some statements did not prepare", "failures", failed)
+	if total > 0 {
+		log.Warn("warm connections: some statements did not prepare", "failures", total)
 	}
+	for _, err := range errs {
+		if err != nil {
+			log.Warn("warm connections: generic plans not built", "err", err)
+			break
+		}
+	}
+}
+
+// warmConn prepares stmts on conn and builds their generic plans; it
+// returns how many did not prepare.
+func warmConn(ctx context.Context, conn *pgx.Conn, stmts []string) (int, error) {
+	var prepared []*pgconn.StatementDescription
+	failed := 0
+	for _, q := range stmts {
+		sd, err := conn.Prepare(ctx, q, q)
+		if err != nil {
+			failed++
+			continue
+		}
+		prepared = append(prepared, sd)
+	}
+	return failed, buildGenericPlans(ctx, conn, prepared)
 }
 
 // buildGenericPlans has PostgreSQL build and keep the generic plan of each
